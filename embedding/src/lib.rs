@@ -1,0 +1,1 @@
+//! Virtual network embedding (placeholder until the crate lands).

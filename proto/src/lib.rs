@@ -1,0 +1,22 @@
+//! The gRPC contract of the vnet control plane.
+//!
+//! Three services share the package `vnet.v1`:
+//! - [`v1::virtual_networks_server`]: service providers create, watch and delete virtual networks;
+//! - [`v1::substrate_server`]: infrastructure operators read the substrate and its residuals;
+//! - [`v1::agent_control_server`]: substrate agents dial in, receive their host's desired state
+//!   and report what they observed.
+//!
+//! This crate knows no other member of the workspace.
+
+/// Generated messages, clients and servers of `vnet.v1`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("vnet.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every `vnet.v1` file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/vnet_descriptor.bin"));
+
+/// Request metadata key that carries the caller's provider identity.
+pub const PROVIDER_METADATA_KEY: &str = "x-vnet-provider";

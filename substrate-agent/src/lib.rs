@@ -1,0 +1,1 @@
+//! The substrate agent library.
