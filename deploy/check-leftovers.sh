@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Compares the machine's namespaces, root-namespace links and our processes with a snapshot taken
+# before the suite, and fails when something of ours outlived it.
+#
+#   deploy/check-leftovers.sh snapshot FILE    record the current state
+#   deploy/check-leftovers.sh compare FILE     fail if anything was added since
+set -uo pipefail
+state() {
+  ip netns list 2>/dev/null | awk '{print "netns " $1}' | sort
+  ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | sort
+  for p in substrate-agent vn-controller qemu-system iperf3; do
+    pgrep -f "$p" >/dev/null && echo "process $p"
+  done
+}
+case "${1:-}" in
+  snapshot) state > "$2" ;;
+  compare)
+    added=$(comm -13 "$2" <(state))
+    if [[ -n "$added" ]]; then
+      echo "left behind by the suite:"; echo "$added" | sed 's/^/  /'; exit 1
+    fi
+    echo "no leftovers" ;;
+  *) echo "usage: $0 snapshot|compare FILE" >&2; exit 2 ;;
+esac
