@@ -1,1 +1,2 @@
 //! The substrate agent library.
+pub mod guest;

@@ -1,0 +1,251 @@
+//! A recording fake of [`GuestRuntime`] for tests of the agent's planner and executor: it keeps
+//! the guests it was asked to run in memory, records every call, and fails on request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{
+    AccelUsed, EnsureAction, ExecOutput, GuestConfig, GuestError, GuestRuntime, GuestStatus,
+    ObservedGuest,
+};
+
+/// One call made to the fake, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestCall {
+    /// `ensure(cfg)`.
+    Ensure(GuestConfig),
+    /// `stop(node_id)`.
+    Stop(String),
+    /// `observed()`.
+    Observed,
+    /// `exec(node_id, argv)`.
+    Exec(String, Vec<String>),
+    /// `wait_ready(node_id)`.
+    WaitReady(String),
+    /// `console(node_id)`.
+    Console(String),
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<GuestCall>,
+    running: BTreeMap<String, (GuestConfig, u32, u32)>,
+    next_pid: u32,
+    fail_ensure: HashMap<String, String>,
+    exec_replies: HashMap<String, ExecOutput>,
+}
+
+/// Recording fake: `ensure` "starts" a guest (a fake pid), `stop` forgets it, `observed` lists
+/// what runs, `exec` answers with the output set by [`RecordingGuestRuntime::set_exec_reply`]
+/// (default: exit 0, no output).
+#[derive(Default)]
+pub struct RecordingGuestRuntime {
+    state: Mutex<State>,
+}
+
+impl RecordingGuestRuntime {
+    /// An empty fake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<GuestCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Node ids of the guests currently "running", sorted.
+    pub fn running(&self) -> Vec<String> {
+        self.lock().running.keys().cloned().collect()
+    }
+
+    /// The configuration a running guest was last ensured with.
+    pub fn config_of(&self, node_id: &str) -> Option<GuestConfig> {
+        self.lock().running.get(node_id).map(|(c, _, _)| c.clone())
+    }
+
+    /// Makes the next `ensure` of `node_id` fail with `GuestError::Spawn { reason }`.
+    pub fn fail_next_ensure(&self, node_id: &str, reason: &str) {
+        self.lock()
+            .fail_ensure
+            .insert(node_id.to_string(), reason.to_string());
+    }
+
+    /// Simulates a crash: the guest is no longer running but still observed (dead).
+    pub fn crash(&self, node_id: &str) {
+        if let Some(entry) = self.lock().running.get_mut(node_id) {
+            entry.1 = 0;
+        }
+    }
+
+    /// What `exec` on `node_id` answers.
+    pub fn set_exec_reply(&self, node_id: &str, out: ExecOutput) {
+        self.lock().exec_replies.insert(node_id.to_string(), out);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl GuestRuntime for RecordingGuestRuntime {
+    fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
+        let mut s = self.lock();
+        s.calls.push(GuestCall::Ensure(cfg.clone()));
+        cfg.validate()?;
+        if let Some(reason) = s.fail_ensure.remove(&cfg.node_id) {
+            return Err(GuestError::Spawn {
+                node_id: cfg.node_id.clone(),
+                reason,
+            });
+        }
+        s.next_pid += 1;
+        let fresh_pid = 1000 + s.next_pid;
+        let (action, pid, restarts) = match s.running.get(&cfg.node_id) {
+            None => (EnsureAction::Started, fresh_pid, 0),
+            Some((_, 0, r)) => (EnsureAction::Restarted, fresh_pid, r + 1),
+            Some((old, pid, r)) if old == cfg => (EnsureAction::Adopted, *pid, *r),
+            Some((_, _, r)) => (EnsureAction::Replaced, fresh_pid, *r),
+        };
+        s.running
+            .insert(cfg.node_id.clone(), (cfg.clone(), pid, restarts));
+        Ok(GuestStatus {
+            node_id: cfg.node_id.clone(),
+            pid,
+            accel: AccelUsed::Tcg,
+            action,
+            restarts,
+        })
+    }
+
+    fn stop(&self, node_id: &str) -> Result<(), GuestError> {
+        let mut s = self.lock();
+        s.calls.push(GuestCall::Stop(node_id.to_string()));
+        s.running.remove(node_id);
+        Ok(())
+    }
+
+    fn observed(&self) -> Result<Vec<ObservedGuest>, GuestError> {
+        let mut s = self.lock();
+        s.calls.push(GuestCall::Observed);
+        Ok(s.running
+            .iter()
+            .map(|(id, (cfg, pid, restarts))| ObservedGuest {
+                node_id: id.clone(),
+                pid: (*pid != 0).then_some(*pid),
+                running: *pid != 0,
+                netns: cfg.netns.clone(),
+                taps: super::tap::tap_names(&cfg.nics)
+                    .into_iter()
+                    .map(|(_, t)| t)
+                    .collect(),
+                accel: Some(AccelUsed::Tcg),
+                restarts: *restarts,
+            })
+            .collect())
+    }
+
+    fn exec(
+        &self,
+        node_id: &str,
+        argv: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput, GuestError> {
+        let mut s = self.lock();
+        s.calls
+            .push(GuestCall::Exec(node_id.to_string(), argv.to_vec()));
+        match s.running.get(node_id) {
+            Some((_, pid, _)) if *pid != 0 => {}
+            _ => return Err(GuestError::NotFound(node_id.to_string())),
+        }
+        Ok(s.exec_replies.get(node_id).cloned().unwrap_or_default())
+    }
+
+    fn wait_ready(&self, node_id: &str, _timeout: Duration) -> Result<(), GuestError> {
+        let mut s = self.lock();
+        s.calls.push(GuestCall::WaitReady(node_id.to_string()));
+        match s.running.get(node_id) {
+            Some((_, pid, _)) if *pid != 0 => Ok(()),
+            _ => Err(GuestError::NotFound(node_id.to_string())),
+        }
+    }
+
+    fn console(&self, node_id: &str, _max_bytes: usize) -> Result<Vec<u8>, GuestError> {
+        let mut s = self.lock();
+        s.calls.push(GuestCall::Console(node_id.to_string()));
+        if s.running.contains_key(node_id) {
+            Ok(format!("fake console of {node_id}\n").into_bytes())
+        } else {
+            Err(GuestError::NotFound(node_id.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::{Accel, GuestNic, MacAddr, NicModel};
+
+    fn cfg(id: &str, mem: u64) -> GuestConfig {
+        GuestConfig {
+            node_id: id.into(),
+            name: "web".into(),
+            netns: format!("vn-h1-{id}"),
+            vcpus: 1,
+            memory_mb: mem,
+            image: "default".into(),
+            nic: NicModel::Virtio,
+            accel: Accel::Auto,
+            nics: vec![GuestNic {
+                ifname: "eth0".into(),
+                mac: MacAddr::derived(id),
+                addresses: vec!["10.0.0.1/24".parse().unwrap()],
+                mtu: 1450,
+            }],
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn lifecycle_is_recorded_and_classified() {
+        let f = RecordingGuestRuntime::new();
+        assert_eq!(
+            f.ensure(&cfg("a1", 128)).unwrap().action,
+            EnsureAction::Started
+        );
+        assert_eq!(
+            f.ensure(&cfg("a1", 128)).unwrap().action,
+            EnsureAction::Adopted
+        );
+        assert_eq!(
+            f.ensure(&cfg("a1", 256)).unwrap().action,
+            EnsureAction::Replaced
+        );
+        f.crash("a1");
+        assert!(!f.observed().unwrap()[0].running);
+        let st = f.ensure(&cfg("a1", 256)).unwrap();
+        assert_eq!((st.action, st.restarts), (EnsureAction::Restarted, 1));
+        f.stop("a1").unwrap();
+        assert!(f.running().is_empty());
+        assert!(matches!(
+            f.exec("a1", &["true".into()], Duration::from_secs(1)),
+            Err(GuestError::NotFound(_))
+        ));
+        assert_eq!(f.calls().len(), 7);
+    }
+
+    #[test]
+    fn injected_failure_and_validation() {
+        let f = RecordingGuestRuntime::new();
+        f.fail_next_ensure("b2", "boom");
+        assert!(matches!(
+            f.ensure(&cfg("b2", 128)),
+            Err(GuestError::Spawn { .. })
+        ));
+        assert!(f.running().is_empty());
+        let err = f.ensure(&cfg("b2", 64)).unwrap_err().to_string();
+        assert!(err.contains("memory_mb 64"), "{err}");
+        assert!(f.ensure(&cfg("b2", 128)).is_ok());
+    }
+}

@@ -1,0 +1,503 @@
+//! QEMU guests as virtual nodes.
+//!
+//! A guest ("VM virtual node") lives in its own network namespace, the *sandbox*, which the agent
+//! creates and names exactly as for a namespace node. The agent realizes each of the node's links
+//! into the sandbox as for a namespace node (one interface per link with the tenant's ifname, MTU
+//! and tc shaping) but puts **no addresses or routes** on them. [`GuestRuntime::ensure`] then, for
+//! each such interface, creates a TAP device in the sandbox, joins interface and TAP both ways
+//! with tc (`ingress` qdisc, `u32 match u32 0 0`, `mirred egress redirect`), and starts QEMU
+//! inside the sandbox with one NIC per TAP. Addresses, routes and the hostname reach the guest on
+//! its kernel command line (the project's image) or in a cloud-init NoCloud seed (cloud images).
+//!
+//! The trait is **synchronous** and blocking (a start takes tens of milliseconds, a stop up to the
+//! QMP grace period, an exec as long as the command): call it from `tokio::task::spawn_blocking`.
+//! Implementations are `Send + Sync` and serialize operations on one node internally.
+//!
+//! Parts, one concept per module:
+//! - [`accel`]: the KVM probe and the pure `auto|kvm|tcg` decision;
+//! - [`qemu_args`]: QEMU's command line as data, rendered to strings;
+//! - [`kernel_cmdline`]: the guest's network configuration on its kernel command line;
+//! - [`channel`]: the command channel protocol (virtio-serial) used by `exec`;
+//! - [`qmp`]: a minimal QMP client (query-status, quit);
+//! - [`tap`]: TAP devices and tc redirects inside the sandbox (the kernel layer);
+//! - [`process`]: spawning QEMU in the sandbox, pidfiles, liveness and identity checks;
+//! - [`image`]: guest images on disk (kernel + initrd, or a disk with a NoCloud seed);
+//! - [`seed`]: the NoCloud seed for cloud images;
+//! - [`runtime`]: [`QemuRuntime`], the real implementation;
+//! - [`fake`]: [`RecordingGuestRuntime`], a recording fake for planner tests.
+
+pub mod accel;
+pub mod fake;
+pub mod tap;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use accel::{HostGuestSupport, KvmVerdict, probe_host};
+pub use fake::{GuestCall, RecordingGuestRuntime};
+
+/// Smallest guest memory that boots the project's image (64 MiB does not, measured).
+pub const MIN_MEMORY_MB: u64 = 96;
+/// Most vCPUs one guest may have.
+pub const MAX_VCPUS: u32 = 64;
+
+/// Network model of all NICs of one guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    /// Para-virtualized virtio-net (the default). Runs on `-M microvm` (virtio-mmio).
+    #[default]
+    Virtio,
+    /// Emulated Intel e1000, for guests without virtio drivers. Needs PCI: runs on `-M q35`.
+    E1000,
+}
+
+/// CPU acceleration requested for a guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when the host probe proved it usable, TCG otherwise (logged with the reason).
+    #[default]
+    Auto,
+    /// KVM or fail (with the probe's reason).
+    Kvm,
+    /// Binary translation, always available.
+    Tcg,
+}
+
+/// The acceleration a guest actually runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelUsed {
+    /// Hardware-assisted.
+    Kvm,
+    /// QEMU's dynamic binary translation.
+    Tcg,
+}
+
+impl fmt::Display for AccelUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AccelUsed::Kvm => "kvm",
+            AccelUsed::Tcg => "tcg",
+        })
+    }
+}
+
+/// A 48-bit Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A stable, locally administered unicast address derived from `seed` (FNV-1a), for NICs
+    /// whose link carries no MAC.
+    pub fn derived(seed: &str) -> MacAddr {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in seed.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        MacAddr([0x52, 0x56, b[2], b[3], b[4], b[5]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = GuestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || GuestError::InvalidConfig(format!("MAC address {s:?} is not six hex octets"));
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for o in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if out[0] & 1 == 1 {
+            return Err(GuestError::InvalidConfig(format!(
+                "MAC address {s} is a multicast address"
+            )));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = GuestError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+/// One NIC of a guest: the sandbox interface the agent realized for one link, and how the guest
+/// sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNic {
+    /// The tenant's interface name; the agent's interface in the sandbox has this name, and the
+    /// guest renames its NIC to it.
+    pub ifname: String,
+    /// The guest NIC's MAC (from the link's `NodeInterface.mac`, or [`MacAddr::derived`]).
+    pub mac: MacAddr,
+    /// Addresses inside the guest, with prefix length.
+    pub addresses: Vec<IpNet>,
+    /// The link's MTU (TAP and guest NIC get it).
+    pub mtu: u32,
+}
+
+/// A static route inside the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestRoute {
+    /// Destination; `None` is the default route of `via`'s address family.
+    pub destination: Option<IpNet>,
+    /// Next hop.
+    pub via: IpAddr,
+}
+
+/// Everything needed to run one guest. Built by the agent from a `VirtualNodeSpec` of kind VM and
+/// the node's link interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    /// The controller's node id (`[a-z0-9]{1,12}`): names the run directory and QEMU's process.
+    pub node_id: String,
+    /// The tenant's node name: the guest's hostname (sanitized to a DNS label).
+    pub name: String,
+    /// The sandbox: a name under `/run/netns`, or an absolute path to a netns file.
+    pub netns: String,
+    /// vCPUs (1..=64).
+    pub vcpus: u32,
+    /// Guest memory in MiB (at least [`MIN_MEMORY_MB`]).
+    pub memory_mb: u64,
+    /// Image name known to the agent (`"default"`: the project's own image).
+    pub image: String,
+    /// NIC model of every NIC.
+    pub nic: NicModel,
+    /// Requested acceleration.
+    pub accel: Accel,
+    /// One per link interface, in a stable order (the guest sees them in this order).
+    pub nics: Vec<GuestNic>,
+    /// Static routes inside the guest.
+    pub routes: Vec<GuestRoute>,
+}
+
+impl GuestConfig {
+    /// Path of the sandbox's namespace file.
+    pub fn netns_path(&self) -> PathBuf {
+        netns_path(&self.netns)
+    }
+
+    /// Checks what the runtime relies on; the error names the offending field.
+    pub fn validate(&self) -> Result<(), GuestError> {
+        let bad = |m: String| {
+            Err(GuestError::InvalidConfig(format!(
+                "guest {}: {m}",
+                self.node_id
+            )))
+        };
+        if self.node_id.is_empty()
+            || self.node_id.len() > 12
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(GuestError::InvalidConfig(format!(
+                "node id {:?} must be 1-12 characters of [a-z0-9]",
+                self.node_id
+            )));
+        }
+        if self.netns.is_empty() {
+            return bad("sandbox netns is empty".into());
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return bad(format!("vcpus {} is outside 1..={MAX_VCPUS}", self.vcpus));
+        }
+        if self.memory_mb < MIN_MEMORY_MB {
+            return bad(format!(
+                "memory_mb {} is below the minimum of {MIN_MEMORY_MB} MiB",
+                self.memory_mb
+            ));
+        }
+        if self.image.is_empty()
+            || !self
+                .image
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || self.image.starts_with('.')
+        {
+            return bad(format!("image name {:?} is not a plain name", self.image));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut macs = std::collections::HashSet::new();
+        for nic in &self.nics {
+            if nic.ifname.is_empty()
+                || nic.ifname.len() > 15
+                || nic.ifname.contains(['/', ' ', ':', ',', '='])
+            {
+                return bad(format!("interface name {:?} is not valid", nic.ifname));
+            }
+            if !names.insert(nic.ifname.as_str()) {
+                return bad(format!("interface {} appears twice", nic.ifname));
+            }
+            if !macs.insert(nic.mac) {
+                return bad(format!("MAC {} appears twice", nic.mac));
+            }
+            if !(68..=65535).contains(&nic.mtu) {
+                return bad(format!(
+                    "interface {}: MTU {} is outside 68..=65535",
+                    nic.ifname, nic.mtu
+                ));
+            }
+        }
+        for r in &self.routes {
+            if let Some(d) = r.destination
+                && d.addr().is_ipv4() != r.via.is_ipv4()
+            {
+                return bad(format!(
+                    "route to {d} via {}: address families differ",
+                    r.via
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Path of a netns given as a name under `/run/netns` or as an absolute path.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.starts_with('/') {
+        PathBuf::from(netns)
+    } else {
+        PathBuf::from("/run/netns").join(netns)
+    }
+}
+
+/// What [`GuestRuntime::ensure`] did and found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    /// The node.
+    pub node_id: String,
+    /// QEMU's process id.
+    pub pid: u32,
+    /// Acceleration in use.
+    pub accel: AccelUsed,
+    /// What `ensure` had to do.
+    pub action: EnsureAction,
+    /// Times this guest was restarted after it had died (persisted in the run directory).
+    pub restarts: u32,
+}
+
+/// What [`GuestRuntime::ensure`] had to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsureAction {
+    /// Nothing ran: QEMU was started.
+    Started,
+    /// A guest with this configuration was already running (possibly started by an earlier agent
+    /// process) and was adopted; its TAPs and redirects were re-checked.
+    Adopted,
+    /// The guest had died (crash, killed, powered off): it was started again.
+    Restarted,
+    /// A guest of this node ran with another configuration: it was stopped and started again.
+    Replaced,
+}
+
+/// A guest found on the host (from run directories, pidfiles and `/proc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedGuest {
+    /// The node.
+    pub node_id: String,
+    /// QEMU's pid when it runs.
+    pub pid: Option<u32>,
+    /// QEMU runs (pid alive and its command line is this guest's).
+    pub running: bool,
+    /// The sandbox it was started in.
+    pub netns: String,
+    /// TAP devices created for it.
+    pub taps: Vec<String>,
+    /// Acceleration it was started with.
+    pub accel: Option<AccelUsed>,
+    /// Restarts after crashes.
+    pub restarts: u32,
+}
+
+/// Result of a command run inside a guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Exit status (128 + signal when killed, 124 when the guest-side timeout hit).
+    pub exit_code: i32,
+    /// Standard output, byte for byte.
+    pub stdout: Vec<u8>,
+    /// Standard error, byte for byte.
+    pub stderr: Vec<u8>,
+}
+
+/// Errors of the guest runtime. Messages name the guest and the object that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The configuration cannot run (names the field).
+    #[error("invalid guest configuration: {0}")]
+    InvalidConfig(String),
+    /// No such guest is known to this runtime.
+    #[error("guest {0} is not running on this host")]
+    NotFound(String),
+    /// The image is missing or incomplete.
+    #[error("guest image {name:?}: {reason}")]
+    Image {
+        /// Image name.
+        name: String,
+        /// What is wrong, with the path.
+        reason: String,
+    },
+    /// KVM was requested explicitly but the host cannot provide it.
+    #[error("guest {node_id}: KVM requested but unusable on this host: {reason}")]
+    KvmUnusable {
+        /// The node.
+        node_id: String,
+        /// The probe's reason.
+        reason: String,
+    },
+    /// The sandbox namespace does not exist.
+    #[error("guest {node_id}: sandbox netns {netns} does not exist")]
+    NoSandbox {
+        /// The node.
+        node_id: String,
+        /// The netns name or path.
+        netns: String,
+    },
+    /// A link the agent should have realized in the sandbox is missing.
+    #[error("guest {node_id}: interface {ifname} is missing in sandbox {netns}")]
+    MissingInterface {
+        /// The node.
+        node_id: String,
+        /// The tenant interface.
+        ifname: String,
+        /// The sandbox.
+        netns: String,
+    },
+    /// A netlink or TAP operation failed.
+    #[error("guest {node_id}: {what}")]
+    Net {
+        /// The node.
+        node_id: String,
+        /// What was attempted, naming the device.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not be started or exited during start-up.
+    #[error("guest {node_id}: QEMU failed to start: {reason}")]
+    Spawn {
+        /// The node.
+        node_id: String,
+        /// QEMU's own message when it gave one.
+        reason: String,
+    },
+    /// The command channel failed (guest not reachable, protocol error, timeout).
+    #[error("guest {node_id}: command channel: {reason}")]
+    Channel {
+        /// The node.
+        node_id: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A command ran longer than allowed.
+    #[error("guest {node_id}: command timed out after {timeout:?}")]
+    ExecTimeout {
+        /// The node.
+        node_id: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// QMP failed.
+    #[error("guest {node_id}: QMP: {reason}")]
+    Qmp {
+        /// The node.
+        node_id: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file in the run directory could not be read or written.
+    #[error("{what} {path}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs guests on this host. See the module docs for the sandbox contract with the agent.
+pub trait GuestRuntime: Send + Sync {
+    /// Makes the guest run with `cfg`: idempotent. Starts it when absent, adopts one already
+    /// running with the same configuration (after an agent restart) without rebooting it,
+    /// restarts it when it died (and counts the restart), replaces it when it runs with another
+    /// configuration. Creates TAPs and tc redirects in the sandbox; the sandbox and the link
+    /// interfaces named by `cfg.nics` must exist. Returns once QEMU runs (the guest may still be
+    /// booting: see [`GuestRuntime::wait_ready`]). On error nothing of this guest is left
+    /// running or created.
+    fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError>;
+
+    /// Stops the guest (QMP `quit`, SIGKILL after a grace period), removes its TAPs and tc
+    /// redirects (when the sandbox still exists) and its run directory. Idempotent: an unknown
+    /// node is not an error. Call it before deleting the sandbox.
+    fn stop(&self, node_id: &str) -> Result<(), GuestError>;
+
+    /// Every guest this runtime finds in its run directory, running or dead.
+    fn observed(&self) -> Result<Vec<ObservedGuest>, GuestError>;
+
+    /// Runs `argv` inside the guest through the command channel.
+    fn exec(
+        &self,
+        node_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, GuestError>;
+
+    /// Waits until the guest's command channel answers (it booted and configured its NICs).
+    fn wait_ready(&self, node_id: &str, timeout: Duration) -> Result<(), GuestError>;
+
+    /// The last `max_bytes` of the guest's serial console log.
+    fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError>;
+}
