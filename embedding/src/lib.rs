@@ -1,1 +1,62 @@
-//! Virtual network embedding (placeholder until the crate lands).
+//! Virtual network embedding (VNE): the substrate and request model, exact residual accounting,
+//! the embedding algorithms, an exact MIP reference, and an online simulator.
+//!
+//! The crate is pure: no async, no I/O except serde (trace and decision-log formats).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use embedding::{Residual, Substrate, SubstrateLink, SubstrateNode, VirtualNode, VnRequest};
+//!
+//! let mut s = Substrate::new();
+//! s.add_node(SubstrateNode::new("h1", 100))?;
+//! s.add_node(SubstrateNode::new("h2", 100))?;
+//! s.add_link("h1", "h2", SubstrateLink::new(1000))?;
+//! let mut residual = Residual::new(Arc::new(s));
+//!
+//! let mut vn = VnRequest::new("demo");
+//! vn.add_node(VirtualNode::new("a", 10))?;
+//! vn.add_node(VirtualNode::new("b", 10))?;
+//! vn.add_link("a", "b", 100)?;
+//!
+//! let algo = embedding::by_name(embedding::DEFAULT_ALGORITHM).expect("registered");
+//! let emb = algo.embed(&residual, &vn)?;            // pure: residual unchanged
+//! let token = residual.commit(&vn, &emb)?;          // re-checks every capacity
+//! assert_eq!(residual.substrate().total_cpu() - residual.cpus().iter().sum::<u64>(), 20);
+//! residual.release(token)?;                         // consumes the token
+//! assert!(residual.is_full());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod algo;
+pub mod embedder;
+pub mod mapping;
+pub mod rejection;
+pub mod request;
+pub mod residual;
+pub mod substrate;
+
+pub use embedder::{
+    ALGORITHMS, AlgorithmInfo, BoxedEmbedder, DEFAULT_ALGORITHM, Embedder, algorithm_names, by_name,
+};
+pub use mapping::{
+    Embedding, EmbeddingError, Flow, FlowPlacement, LinkEmbedding, LinkPlacement, Placement,
+};
+pub use rejection::{Rejection, Resource};
+pub use request::{RequestError, RequestOptions, VirtualLink, VirtualNode, VnRequest};
+pub use residual::{Allocation, CommitError, ReleaseError, Residual};
+pub use substrate::{NodeKind, Substrate, SubstrateError, SubstrateLink, SubstrateNode};
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_state_is_send_and_sync() {
+        assert_send_sync::<crate::Residual>();
+        assert_send_sync::<crate::Substrate>();
+        assert_send_sync::<crate::VnRequest>();
+        assert_send_sync::<crate::Embedding>();
+        assert_send_sync::<crate::Allocation>();
+        assert_send_sync::<crate::BoxedEmbedder>();
+    }
+}

@@ -1,0 +1,70 @@
+//! The algorithm interface and the registry of algorithms by name.
+
+use crate::algo;
+use crate::mapping::Embedding;
+use crate::rejection::Rejection;
+use crate::request::VnRequest;
+use crate::residual::Residual;
+
+/// A virtual network embedding algorithm.
+///
+/// `embed` is a pure function of the residual state and the request: it never changes the
+/// residual (commit the result with [`Residual::commit`]) and is deterministic. Implementations are
+/// `Send + Sync` and keep no state between calls, so one instance can serve many threads.
+pub trait Embedder: Send + Sync {
+    /// Registry name (`grc`, `mip`, ...).
+    fn name(&self) -> &str;
+
+    /// Embeds `request` on the residual capacities of `residual`, honouring the request's
+    /// options, or says why not.
+    fn embed(&self, residual: &Residual, request: &VnRequest) -> Result<Embedding, Rejection>;
+}
+
+/// A boxed algorithm as returned by [`by_name`].
+pub type BoxedEmbedder = Box<dyn Embedder + Send + Sync>;
+
+/// Name of the algorithm used when none is given (the flagship).
+pub const DEFAULT_ALGORITHM: &str = "grc";
+
+/// One registry entry: name and one-line description.
+#[derive(Clone, Copy, Debug)]
+pub struct AlgorithmInfo {
+    /// Registry name.
+    pub name: &'static str,
+    /// What it is, with the paper it follows.
+    pub summary: &'static str,
+}
+
+/// Every registered algorithm, in display order.
+pub const ALGORITHMS: &[AlgorithmInfo] = &[AlgorithmInfo {
+    name: "grc",
+    summary: "GRC node ranking + shortest paths on the bandwidth-feasible graph (Gong et al., INFOCOM 2014)",
+}];
+
+/// Names of every registered algorithm.
+pub fn algorithm_names() -> Vec<&'static str> {
+    ALGORITHMS.iter().map(|a| a.name).collect()
+}
+
+/// The algorithm called `name` with its default parameters.
+pub fn by_name(name: &str) -> Option<BoxedEmbedder> {
+    Some(match name {
+        "grc" => Box::new(algo::grc::Grc::default()),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_resolves() {
+        for info in ALGORITHMS {
+            let e = by_name(info.name).unwrap_or_else(|| panic!("{} not constructible", info.name));
+            assert_eq!(e.name(), info.name);
+        }
+        assert!(by_name(DEFAULT_ALGORITHM).is_some());
+        assert!(by_name("no-such-algorithm").is_none());
+    }
+}
