@@ -1,2 +1,19 @@
-//! The substrate agent library.
+//! The substrate agent: the per-host daemon that realizes virtual nodes and links.
+//!
+//! Data flow: the controller's `DesiredState` is validated into [`spec::Desired`] at the edge
+//! ([`session`]); [`observe::observe`] reads the host through the [`kernel::Kernel`] trait into an
+//! [`observed::Observed`]; the pure [`plan::plan`] computes operations; [`apply::apply`] runs them
+//! on the kernel (the Linux implementation is [`linux`], the recording fake [`fake`]). VLAN links
+//! use the userspace datapath in [`vlan`]; VM nodes are handed to a [`guest::GuestRuntime`].
+
+pub mod apply;
+pub mod fake;
 pub mod guest;
+pub mod kernel;
+pub mod naming;
+pub mod observe;
+pub mod observed;
+pub mod plan;
+pub mod spec;
+pub mod state;
+pub mod vlan;
