@@ -1,0 +1,194 @@
+//! Bridge to the `embedding` crate.
+//!
+//! [`View`] is a snapshot of the residual substrate as one request may use it: only attached
+//! hosts, only links between attached hosts, capacities reduced by what held VNs use, and the
+//! hosts excluded by dedicated-host isolation. It is taken under the commit lock and embedded
+//! outside it; the result is checked again at commit ([`crate::core::usage::Usage::check`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use embedding::{Residual, Substrate};
+
+use super::index::Index;
+use super::model::{Kind, VnReq};
+use super::usage::Mapping;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewHost {
+    pub id: String,
+    pub cpu_free: u64,
+    pub memory_free: u64,
+    pub kinds: BTreeSet<Kind>,
+    pub labels: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewLink {
+    pub id: String,
+    pub a: String,
+    pub b: String,
+    pub bandwidth_free: u64,
+    pub latency_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub hosts: Vec<ViewHost>,
+    pub links: Vec<ViewLink>,
+    /// Hosts this request must not use (dedicated-host isolation).
+    pub excluded: BTreeSet<String>,
+}
+
+impl Index {
+    /// The residual substrate as `req` may use it.
+    pub fn view(&self, req: &VnReq) -> View {
+        let u = self.usage();
+        let hosts = self
+            .registry
+            .hosts()
+            .filter(|h| self.registry.is_connected(&h.id))
+            .map(|h| ViewHost {
+                id: h.id.clone(),
+                cpu_free: h.cpu.saturating_sub(u.host_cpu(&h.id)),
+                memory_free: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
+                kinds: h.kinds.clone(),
+                labels: h.labels.clone(),
+            })
+            .collect();
+        let links = self
+            .registry
+            .links()
+            .iter()
+            .filter(|l| self.registry.link_usable(l))
+            .map(|l| ViewLink {
+                id: l.id.clone(),
+                a: l.a.clone(),
+                b: l.b.clone(),
+                bandwidth_free: l.bandwidth_mbps.saturating_sub(u.link_bandwidth(&l.id)),
+                latency_ms: l.latency_ms,
+            })
+            .collect();
+        View {
+            hosts,
+            links,
+            excluded: u.excluded_hosts(req),
+        }
+    }
+}
+
+/// The controller's planner: the `embedding` crate's algorithms on a [`View`].
+#[derive(Debug, Default)]
+pub struct EmbeddingPlanner;
+
+impl EmbeddingPlanner {
+    pub fn new() -> Self {
+        EmbeddingPlanner
+    }
+}
+
+fn kind(k: Kind) -> embedding::NodeKind {
+    match k {
+        Kind::Netns => embedding::NodeKind::Netns,
+        Kind::Vm => embedding::NodeKind::Vm,
+    }
+}
+
+/// Builds the `embedding` model of a view and a request. Returns the substrate, the request
+/// and the view's link id of each substrate edge index.
+pub fn model(
+    view: &View,
+    req: &VnReq,
+) -> Result<(Substrate, embedding::VnRequest, Vec<String>), String> {
+    let mut s = Substrate::new();
+    for h in view.hosts.iter().filter(|h| !view.excluded.contains(&h.id)) {
+        let mut n = embedding::SubstrateNode::new(h.id.clone(), h.cpu_free)
+            .with_memory_mb(h.memory_free)
+            .with_kinds(h.kinds.iter().map(|k| kind(*k)));
+        for l in &h.labels {
+            n = n.with_label(l.clone());
+        }
+        s.add_node(n).map_err(|e| e.to_string())?;
+    }
+    let mut edge_ids = Vec::with_capacity(view.links.len());
+    for l in &view.links {
+        if s.find(&l.a).is_none() || s.find(&l.b).is_none() {
+            continue;
+        }
+        let mut sl = embedding::SubstrateLink::new(l.bandwidth_free);
+        if let Some(lat) = l.latency_ms {
+            sl = sl.with_latency_ms(lat);
+        }
+        let e = s.add_link(&l.a, &l.b, sl).map_err(|e| e.to_string())?;
+        debug_assert_eq!(e.index(), edge_ids.len());
+        edge_ids.push(l.id.clone());
+    }
+    let mut r = embedding::VnRequest::new(req.name.clone()).with_options(
+        embedding::RequestOptions::default()
+            .with_revisitation(req.allow_revisitation)
+            .with_path_split(false)
+            .with_max_path_hops(req.max_path_hops),
+    );
+    for n in &req.nodes {
+        let mut v = embedding::VirtualNode::new(n.name.clone(), n.cpu)
+            .with_memory_mb(n.memory_mb)
+            .with_kind(kind(n.kind));
+        if let Some(p) = &n.pin {
+            v = v.pinned_to(p.clone());
+        }
+        if let Some(loc) = &n.location {
+            v = v.with_location(loc.clone());
+        }
+        r.add_node(v).map_err(|e| e.to_string())?;
+    }
+    for l in &req.links {
+        r.add_link(&req.nodes[l.a].name, &req.nodes[l.b].name, l.bandwidth_mbps)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((s, r, edge_ids))
+}
+
+impl crate::runtime::controller::Planner for EmbeddingPlanner {
+    fn algorithms(&self) -> Vec<&'static str> {
+        embedding::algorithm_names()
+    }
+
+    fn default_algorithm(&self) -> &str {
+        embedding::DEFAULT_ALGORITHM
+    }
+
+    fn plan(&self, view: &View, req: &VnReq, algorithm: &str) -> Result<Mapping, String> {
+        let algo = embedding::by_name(algorithm)
+            .ok_or_else(|| format!("unknown algorithm {algorithm}"))?;
+        let (s, r, edge_ids) = model(view, req)?;
+        let residual = Residual::new(Arc::new(s));
+        let emb = algo.embed(&residual, &r).map_err(|e| e.to_string())?;
+        // The algorithm's result must fit the snapshot it was given.
+        residual
+            .check(&r, &emb)
+            .map_err(|e| format!("algorithm {algorithm} proposed an infeasible embedding: {e}"))?;
+        let sub = residual.substrate();
+        let node_hosts = emb
+            .nodes()
+            .iter()
+            .map(|n| sub.node(*n).id.clone())
+            .collect();
+        let link_paths = emb
+            .links()
+            .iter()
+            .enumerate()
+            .map(|(i, le)| match le.flows() {
+                [] => Ok(vec![]),
+                [f] => Ok(f.edges.iter().map(|e| edge_ids[e.index()].clone()).collect()),
+                _ => Err(format!("link {i} was split over several paths")),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Mapping {
+            node_hosts,
+            link_paths,
+            algorithm: algorithm.to_string(),
+            revenue: emb.revenue() as f64,
+            cost: emb.cost() as f64,
+        })
+    }
+}

@@ -1,0 +1,747 @@
+//! The in-memory index: every VN record, the substrate registry, exact usage, identifier
+//! allocators and per-host generations. Pure and synchronous: the runtime holds it under one
+//! lock (which serialises commits), persists the [`Change`] each operation returns, then
+//! publishes desired states and events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vnet_proto::v1 as pb;
+
+use super::alloc::{AllocError, Allocators, Cursors, link_id, node_id};
+use super::desired;
+use super::model::{Encap, ProviderId, VnReq};
+use super::record::{
+    Hop, HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
+};
+use super::substrate::{DEFAULT_UNDERLAY_MTU, HostInfo, Registry};
+use super::usage::{Mapping, Usage};
+
+/// VXLAN overhead on the underlay MTU.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// UDP port of VXLAN hops of VNs on the substrate (depth 0).
+    pub vxlan_port: u16,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { vxlan_port: 4789 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoreError {
+    #[error("VN {name} already exists (provider {provider})")]
+    AlreadyExists { provider: String, name: String },
+    #[error("VN {name} not found")]
+    NotFound { name: String },
+    /// The substrate cannot host the request (capacity or identifiers).
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("inconsistent store: {0}")]
+    Restore(String),
+}
+
+impl From<AllocError> for CoreError {
+    fn from(e: AllocError) -> Self {
+        CoreError::Exhausted(e.to_string())
+    }
+}
+
+/// What happened to a VN, for watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Accepted,
+    HostProgress,
+    Ready,
+    Degraded,
+    Failed,
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub provider: ProviderId,
+    pub name: String,
+    pub kind: EventKind,
+    /// `None`: deleted.
+    pub status: Option<VnStatus>,
+    pub host: String,
+    pub message: String,
+}
+
+/// The effects of one operation: what to persist (in one transaction) and what to publish.
+#[derive(Clone, Debug, Default)]
+pub struct Change {
+    pub upserts: BTreeMap<String, VnRecord>,
+    pub removed: BTreeSet<String>,
+    pub generations: BTreeMap<String, u64>,
+    pub cursors: Option<Cursors>,
+    pub events: Vec<Event>,
+    /// Hosts whose desired state changed.
+    pub hosts_changed: BTreeSet<String>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.removed.is_empty()
+            && self.generations.is_empty()
+            && self.cursors.is_none()
+            && self.events.is_empty()
+    }
+
+    fn merge(&mut self, other: Change) {
+        for (k, v) in other.upserts {
+            self.removed.remove(&k);
+            self.upserts.insert(k, v);
+        }
+        for k in other.removed {
+            self.upserts.remove(&k);
+            self.removed.insert(k);
+        }
+        self.generations.extend(other.generations);
+        if other.cursors.is_some() {
+            self.cursors = other.cursors;
+        }
+        self.events.extend(other.events);
+        self.hosts_changed.extend(other.hosts_changed);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    cfg: IndexConfig,
+    pub registry: Registry,
+    alloc: Allocators,
+    usage: Usage,
+    vns: BTreeMap<String, VnRecord>,
+    by_name: BTreeMap<(ProviderId, String), String>,
+    host_vns: BTreeMap<String, BTreeSet<String>>,
+    generations: BTreeMap<String, u64>,
+    observed: BTreeMap<String, u64>,
+}
+
+fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
+    rec.placement
+        .links
+        .iter()
+        .map(|l| l.hops.iter().map(|h| h.link.clone()).collect())
+        .collect()
+}
+
+fn node_hosts(rec: &VnRecord) -> Vec<String> {
+    rec.placement.nodes.iter().map(|n| n.host.clone()).collect()
+}
+
+impl Index {
+    pub fn new(cfg: IndexConfig, registry: Registry) -> Self {
+        Index {
+            cfg,
+            registry,
+            alloc: Allocators::default(),
+            usage: Usage::default(),
+            vns: BTreeMap::new(),
+            by_name: BTreeMap::new(),
+            host_vns: BTreeMap::new(),
+            generations: BTreeMap::new(),
+            observed: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the index from the store: every held VN is committed again against the
+    /// substrate (it must still fit) and its identifiers reserved again (no collision allowed).
+    pub fn restore(
+        cfg: IndexConfig,
+        mut registry: Registry,
+        hosts: Vec<HostInfo>,
+        cursors: &Cursors,
+        generations: BTreeMap<String, u64>,
+        records: Vec<VnRecord>,
+    ) -> Result<Self, CoreError> {
+        for h in hosts {
+            registry.upsert_host(h);
+        }
+        let mut ix = Index::new(cfg, registry);
+        ix.alloc = Allocators::from_cursors(cursors);
+        ix.generations = generations;
+        for rec in records {
+            let key = (rec.provider().clone(), rec.name().to_string());
+            if ix.by_name.insert(key, rec.vn_id.clone()).is_some() {
+                return Err(CoreError::Restore(format!(
+                    "VN {} is stored twice",
+                    rec.label()
+                )));
+            }
+            if rec.status.holds_resources() {
+                let mapping = Mapping {
+                    node_hosts: node_hosts(&rec),
+                    link_paths: hop_links(&rec),
+                    algorithm: rec.placement.algorithm.clone(),
+                    revenue: rec.placement.revenue,
+                    cost: rec.placement.cost,
+                };
+                ix.usage
+                    .check(&ix.registry, &rec.req, &mapping, false)
+                    .map_err(|e| {
+                        CoreError::Restore(format!("VN {} no longer fits: {e}", rec.label()))
+                    })?;
+                ix.usage
+                    .add(&rec.req, &mapping.node_hosts, &mapping.link_paths);
+                ix.reserve_ids(&rec)
+                    .map_err(|e| CoreError::Restore(format!("VN {}: {e}", rec.label())))?;
+                for h in rec.placement.hosts() {
+                    ix.host_vns.entry(h).or_default().insert(rec.vn_id.clone());
+                }
+            }
+            ix.vns.insert(rec.vn_id.clone(), rec);
+        }
+        Ok(ix)
+    }
+
+    fn reserve_ids(&mut self, rec: &VnRecord) -> Result<(), AllocError> {
+        for l in &rec.placement.links {
+            for m in l.macs {
+                self.alloc.mac.reserve(m)?;
+            }
+            for h in &l.hops {
+                if let Some(v) = h.vni {
+                    self.alloc.vni.reserve(u64::from(v))?;
+                }
+                if let Some(v) = h.vlan_id {
+                    self.alloc.vlan_pool(&h.segment).reserve(u64::from(v))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_ids(&mut self, placement: &Placement) {
+        for l in &placement.links {
+            for m in l.macs {
+                self.alloc.mac.release(m);
+            }
+            for h in &l.hops {
+                if let Some(v) = h.vni {
+                    self.alloc.vni.release(u64::from(v));
+                }
+                if let Some(v) = h.vlan_id {
+                    self.alloc.vlan_pool(&h.segment).release(u64::from(v));
+                }
+            }
+        }
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    pub fn allocators(&self) -> &Allocators {
+        &self.alloc
+    }
+
+    pub fn generation(&self, host: &str) -> u64 {
+        self.generations.get(host).copied().unwrap_or(0)
+    }
+
+    /// The last generation `host`'s agent reported about (0: none since the controller started).
+    pub fn observed_generation(&self, host: &str) -> u64 {
+        self.observed.get(host).copied().unwrap_or(0)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &VnRecord> {
+        self.vns.values()
+    }
+
+    pub fn record(&self, vn_id: &str) -> Option<&VnRecord> {
+        self.vns.get(vn_id)
+    }
+
+    pub fn find(&self, provider: &ProviderId, name: &str) -> Option<&VnRecord> {
+        self.by_name
+            .get(&(provider.clone(), name.to_string()))
+            .and_then(|id| self.vns.get(id))
+    }
+
+    pub fn list(&self, provider: &ProviderId) -> Vec<&VnRecord> {
+        self.by_name
+            .range((provider.clone(), String::new())..)
+            .take_while(|((p, _), _)| p == provider)
+            .filter_map(|(_, id)| self.vns.get(id))
+            .collect()
+    }
+
+    pub fn check_name_free(&self, provider: &ProviderId, name: &str) -> Result<(), CoreError> {
+        if self.find(provider, name).is_some() {
+            return Err(CoreError::AlreadyExists {
+                provider: provider.0.clone(),
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn bump(&mut self, host: &str, change: &mut Change) -> u64 {
+        let g = self.generations.entry(host.to_string()).or_insert(0);
+        *g += 1;
+        change.generations.insert(host.to_string(), *g);
+        change.hosts_changed.insert(host.to_string());
+        *g
+    }
+
+    /// Raises `host`'s generation to at least `at_least` (same content, newer number).
+    pub fn raise_generation(&mut self, host: &str, at_least: u64) -> Change {
+        let mut change = Change::default();
+        let g = self.generations.entry(host.to_string()).or_insert(0);
+        if *g < at_least {
+            *g = at_least;
+            change.generations.insert(host.to_string(), at_least);
+            change.hosts_changed.insert(host.to_string());
+        }
+        change
+    }
+
+    /// The desired state of `host`.
+    pub fn desired(&self, host: &str) -> pb::DesiredState {
+        let vns = self
+            .host_vns
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.vns.get(id))
+            .filter_map(|rec| desired::slice(rec, host, 0))
+            .collect();
+        pb::DesiredState {
+            generation: self.generation(host),
+            vns,
+        }
+    }
+
+    /// Commits an embedded request: re-checks it against the residual substrate, allocates
+    /// identifiers and records the VN in state provisioning. Nothing changes on error.
+    pub fn accept(
+        &mut self,
+        req: VnReq,
+        spec_pb: Vec<u8>,
+        mapping: &Mapping,
+        now_ms: u64,
+    ) -> Result<(VnRecord, Change), CoreError> {
+        self.check_name_free(&req.provider, &req.name)?;
+        let paths = self
+            .usage
+            .check(&self.registry, &req, mapping, true)
+            .map_err(CoreError::Exhausted)?;
+        let saved = self.alloc.clone();
+        let (vn_id, placement) = match self.allocate(&req, mapping, &paths) {
+            Ok(p) => p,
+            Err(e) => {
+                self.alloc = saved;
+                return Err(e);
+            }
+        };
+        let mut change = Change::default();
+        let mut hosts = BTreeMap::new();
+        for h in placement.hosts() {
+            let g = self.bump(&h, &mut change);
+            hosts.insert(
+                h.clone(),
+                HostProgress {
+                    since_generation: g,
+                    phase: HostPhase::Pending,
+                },
+            );
+            self.host_vns.entry(h).or_default().insert(vn_id.clone());
+        }
+        self.usage
+            .add(&req, &mapping.node_hosts, &mapping.link_paths);
+        let rec = VnRecord {
+            vn_id: vn_id.clone(),
+            req,
+            spec_pb,
+            status: VnStatus::Provisioning,
+            reason: String::new(),
+            created_unix_ms: now_ms,
+            placement,
+            hosts,
+        };
+        self.by_name
+            .insert((rec.provider().clone(), rec.name().to_string()), vn_id.clone());
+        change.events.push(Event {
+            provider: rec.provider().clone(),
+            name: rec.name().to_string(),
+            kind: EventKind::Accepted,
+            status: Some(VnStatus::Provisioning),
+            host: String::new(),
+            message: format!(
+                "embedded on {} by {}",
+                rec.placement.hosts().into_iter().collect::<Vec<_>>().join(","),
+                rec.placement.algorithm
+            ),
+        });
+        change.upserts.insert(vn_id.clone(), rec.clone());
+        change.cursors = Some(self.alloc.cursors());
+        self.vns.insert(vn_id, rec.clone());
+        Ok((rec, change))
+    }
+
+    fn allocate(
+        &mut self,
+        req: &VnReq,
+        mapping: &Mapping,
+        paths: &[Vec<String>],
+    ) -> Result<(String, Placement), CoreError> {
+        let vn_id = self.alloc.next_vn_id();
+        let nodes: Vec<PlacedNode> = mapping
+            .node_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| PlacedNode {
+                host: h.clone(),
+                node_id: node_id(&vn_id, i),
+            })
+            .collect();
+        // Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
+        let mut taken: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
+        for l in &req.links {
+            for (side, node) in [l.a, l.b].into_iter().enumerate() {
+                if let Some(n) = &l.interfaces[side] {
+                    taken[node].insert(n.clone());
+                }
+            }
+        }
+        let mut next_eth = vec![0usize; req.nodes.len()];
+        let mut links = Vec::with_capacity(req.links.len());
+        for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
+            let mut ifnames = [String::new(), String::new()];
+            for (side, node) in [l.a, l.b].into_iter().enumerate() {
+                ifnames[side] = match &l.interfaces[side] {
+                    Some(n) => n.clone(),
+                    None => loop {
+                        let cand = format!("eth{}", next_eth[node]);
+                        next_eth[node] += 1;
+                        if taken[node].insert(cand.clone()) {
+                            break cand;
+                        }
+                    },
+                };
+            }
+            let macs = [self.alloc.mac.allocate()?, self.alloc.mac.allocate()?];
+            let mut hops = Vec::new();
+            let mut mtu = u32::MAX;
+            for (j, sid) in mapping.link_paths[i].iter().enumerate() {
+                let sl = self
+                    .registry
+                    .link(sid)
+                    .expect("checked by Usage::check")
+                    .clone();
+                let (from, to) = (&path[j], &path[j + 1]);
+                let addr = |h: &str| {
+                    self.registry.address_on(&sl, h).ok_or_else(|| {
+                        CoreError::Exhausted(format!("host {h} has no address on link {sid}"))
+                    })
+                };
+                let (from_address, to_address) = (addr(from)?, addr(to)?);
+                let under = self
+                    .registry
+                    .mtu_on(&sl, from)
+                    .min(self.registry.mtu_on(&sl, to));
+                let (vni, vlan_id, hop_mtu) = match l.encap {
+                    Encap::Vxlan => (
+                        Some(self.alloc.vni.allocate()? as u32),
+                        None,
+                        under.saturating_sub(VXLAN_OVERHEAD),
+                    ),
+                    Encap::Vlan => (
+                        None,
+                        Some(self.alloc.vlan_pool(&sl.segment).allocate()? as u16),
+                        under,
+                    ),
+                };
+                mtu = mtu.min(hop_mtu);
+                hops.push(Hop {
+                    link: sid.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    encap: l.encap,
+                    vni,
+                    vlan_id,
+                    segment: sl.segment.clone(),
+                    udp_port: self.cfg.vxlan_port,
+                    from_address,
+                    to_address,
+                });
+            }
+            if hops.is_empty() {
+                mtu = DEFAULT_UNDERLAY_MTU;
+            }
+            if let Some(cap) = req.attributes.mtu {
+                mtu = mtu.min(cap);
+            }
+            links.push(PlacedLink {
+                link_id: link_id(&vn_id, i),
+                path: path.clone(),
+                hops,
+                mtu,
+                ifnames,
+                macs,
+            });
+        }
+        let placement = Placement {
+            nodes,
+            links,
+            algorithm: mapping.algorithm.clone(),
+            revenue: mapping.revenue,
+            cost: mapping.cost,
+        };
+        Ok((vn_id, placement))
+    }
+
+    /// Undoes [`Index::accept`] when the change could not be persisted.
+    pub fn forget(&mut self, vn_id: &str) {
+        if let Some(rec) = self.vns.remove(vn_id) {
+            self.by_name
+                .remove(&(rec.provider().clone(), rec.name().to_string()));
+            if rec.status.holds_resources() {
+                self.release(&rec);
+            }
+        }
+    }
+
+    fn release(&mut self, rec: &VnRecord) {
+        self.usage
+            .remove(&rec.req, &node_hosts(rec), &hop_links(rec));
+        self.release_ids(&rec.placement);
+        for h in rec.placement.hosts() {
+            if let Some(s) = self.host_vns.get_mut(&h) {
+                s.remove(&rec.vn_id);
+                if s.is_empty() {
+                    self.host_vns.remove(&h);
+                }
+            }
+        }
+    }
+
+    /// Rolls a VN back: releases everything it holds, removes it from every host's desired state
+    /// and keeps the record as failed with `reason`.
+    pub fn fail(&mut self, vn_id: &str, reason: &str) -> Change {
+        let mut change = Change::default();
+        let Some(rec) = self.vns.get(vn_id).cloned() else {
+            return change;
+        };
+        if !rec.status.holds_resources() {
+            return change;
+        }
+        self.release(&rec);
+        for h in rec.placement.hosts() {
+            self.bump(&h, &mut change);
+        }
+        let rec = self.vns.get_mut(vn_id).expect("present");
+        rec.status = VnStatus::Failed;
+        rec.reason = reason.to_string();
+        change.events.push(Event {
+            provider: rec.provider().clone(),
+            name: rec.name().to_string(),
+            kind: EventKind::Failed,
+            status: Some(VnStatus::Failed),
+            host: String::new(),
+            message: reason.to_string(),
+        });
+        change.upserts.insert(vn_id.to_string(), rec.clone());
+        change
+    }
+
+    /// Deletes a VN of `provider`: releases what it holds and forgets the record.
+    pub fn delete(&mut self, provider: &ProviderId, name: &str) -> Result<Change, CoreError> {
+        let vn_id = self
+            .by_name
+            .get(&(provider.clone(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| CoreError::NotFound {
+                name: name.to_string(),
+            })?;
+        let rec = self.vns.remove(&vn_id).expect("indexed");
+        self.by_name.remove(&(provider.clone(), name.to_string()));
+        let mut change = Change::default();
+        if rec.status.holds_resources() {
+            self.release(&rec);
+            for h in rec.placement.hosts() {
+                self.bump(&h, &mut change);
+            }
+        }
+        change.removed.insert(vn_id);
+        change.events.push(Event {
+            provider: provider.clone(),
+            name: name.to_string(),
+            kind: EventKind::Deleted,
+            status: None,
+            host: String::new(),
+            message: String::new(),
+        });
+        Ok(change)
+    }
+
+    fn progress_event(rec: &VnRecord, host: &str, phase: &HostPhase) -> Event {
+        Event {
+            provider: rec.provider().clone(),
+            name: rec.name().to_string(),
+            kind: EventKind::HostProgress,
+            status: Some(rec.status),
+            host: host.to_string(),
+            message: phase.describe(),
+        }
+    }
+
+    /// Marks READY when every host reported its slice ready.
+    fn settle(rec: &mut VnRecord, change: &mut Change) {
+        let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
+        if all_ready && matches!(rec.status, VnStatus::Provisioning | VnStatus::Degraded) {
+            rec.status = VnStatus::Ready;
+            rec.reason.clear();
+            change.events.push(Event {
+                provider: rec.provider().clone(),
+                name: rec.name().to_string(),
+                kind: EventKind::Ready,
+                status: Some(VnStatus::Ready),
+                host: String::new(),
+                message: String::new(),
+            });
+        }
+    }
+
+    fn degrade(rec: &mut VnRecord, reason: String, host: &str, change: &mut Change) {
+        if rec.status == VnStatus::Ready {
+            rec.status = VnStatus::Degraded;
+            rec.reason = reason.clone();
+            change.events.push(Event {
+                provider: rec.provider().clone(),
+                name: rec.name().to_string(),
+                kind: EventKind::Degraded,
+                status: Some(VnStatus::Degraded),
+                host: host.to_string(),
+                message: reason,
+            });
+        }
+    }
+
+    /// Applies an agent's report about `generation` of `host`'s desired state.
+    pub fn observe(&mut self, host: &str, generation: u64, reports: &[pb::VnObserved]) -> Change {
+        let mut change = Change::default();
+        let seen = self.observed.entry(host.to_string()).or_insert(0);
+        *seen = (*seen).max(generation);
+        let mut failures = Vec::new();
+        let on_host = self.host_vns.get(host).cloned().unwrap_or_default();
+        for r in reports {
+            if !on_host.contains(&r.vn_id) {
+                continue;
+            }
+            let rec = self.vns.get_mut(&r.vn_id).expect("indexed");
+            let Some(progress) = rec.hosts.get_mut(host) else {
+                continue;
+            };
+            if generation < progress.since_generation {
+                continue;
+            }
+            let phase = match pb::SliceState::try_from(r.state) {
+                Ok(pb::SliceState::Ready) => HostPhase::Ready,
+                Ok(pb::SliceState::Failed) => HostPhase::Failed(if r.message.is_empty() {
+                    "failed without a message".into()
+                } else {
+                    r.message.clone()
+                }),
+                _ => HostPhase::Pending,
+            };
+            if progress.phase == phase {
+                continue;
+            }
+            progress.phase = phase.clone();
+            change.events.push(Self::progress_event(rec, host, &phase));
+            match phase {
+                HostPhase::Failed(msg) if rec.status == VnStatus::Provisioning => {
+                    failures.push((r.vn_id.clone(), format!("host {host}: {msg}")));
+                }
+                HostPhase::Failed(msg) => {
+                    Self::degrade(rec, format!("host {host}: {msg}"), host, &mut change)
+                }
+                _ => Self::settle(rec, &mut change),
+            }
+            change.upserts.insert(rec.vn_id.clone(), rec.clone());
+        }
+        for (vn_id, reason) in failures {
+            let c = self.fail(&vn_id, &reason);
+            change.merge(c);
+        }
+        change
+    }
+
+    /// Registers or refreshes a host and marks it attached.
+    pub fn attach(&mut self, info: HostInfo) -> bool {
+        let id = info.id.clone();
+        let new = self.registry.upsert_host(info);
+        self.registry.set_connected(&id, true);
+        new
+    }
+
+    /// An agent went away: its VNs become degraded (not deleted).
+    pub fn detach(&mut self, host: &str) -> Change {
+        self.registry.set_connected(host, false);
+        let mut change = Change::default();
+        for vn_id in self.host_vns.get(host).cloned().unwrap_or_default() {
+            let rec = self.vns.get_mut(&vn_id).expect("indexed");
+            let Some(p) = rec.hosts.get_mut(host) else {
+                continue;
+            };
+            p.phase = HostPhase::Disconnected;
+            Self::degrade(rec, format!("host {host} disconnected"), host, &mut change);
+            change.upserts.insert(vn_id, rec.clone());
+        }
+        change
+    }
+
+    /// After a restart: VNs on hosts that did not re-attach within the grace period degrade.
+    pub fn degrade_unattached(&mut self) -> Change {
+        let mut change = Change::default();
+        let missing: Vec<String> = self
+            .host_vns
+            .keys()
+            .filter(|h| !self.registry.is_connected(h))
+            .cloned()
+            .collect();
+        for h in missing {
+            change.merge(self.detach(&h));
+        }
+        change
+    }
+
+    /// Fails a VN still provisioning, naming the hosts that did not report.
+    pub fn provisioning_timeout(&mut self, vn_id: &str, after: std::time::Duration) -> Change {
+        let Some(rec) = self.vns.get(vn_id) else {
+            return Change::default();
+        };
+        if rec.status != VnStatus::Provisioning {
+            return Change::default();
+        }
+        let late: Vec<&str> = rec
+            .hosts
+            .iter()
+            .filter(|(_, p)| p.phase != HostPhase::Ready)
+            .map(|(h, _)| h.as_str())
+            .collect();
+        let reason = format!(
+            "host(s) {} did not report ready within {} s",
+            late.join(", "),
+            after.as_secs()
+        );
+        self.fail(vn_id, &reason)
+    }
+
+    /// VNs currently provisioning (after a restart their timers start again).
+    pub fn provisioning(&self) -> Vec<String> {
+        self.vns
+            .values()
+            .filter(|r| r.status == VnStatus::Provisioning)
+            .map(|r| r.vn_id.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,421 @@
+//! The substrate registry: hosts (from the agents' hellos) and substrate links (from a topology
+//! file, or a full mesh over the registered hosts' underlay addresses).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::model::Kind;
+
+/// Name of the single segment of the default full mesh.
+pub const MESH_SEGMENT: &str = "mesh";
+/// MTU assumed for an underlay interface the agent did not describe.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("topology file {path} is not valid")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("topology link {index} ({a}-{b}): {reason}")]
+    Link {
+        index: usize,
+        a: String,
+        b: String,
+        reason: String,
+    },
+    #[error("topology host {0}: listed twice")]
+    DuplicateHost(String),
+}
+
+/// The topology file (YAML).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    #[serde(default)]
+    pub hosts: Vec<TopologyHost>,
+    #[serde(default)]
+    pub links: Vec<TopologyLink>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyHost {
+    pub id: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyLink {
+    /// Optional id (default `a-b`).
+    #[serde(default)]
+    pub id: Option<String>,
+    pub a: String,
+    pub b: String,
+    /// Mbit/s.
+    pub bandwidth: u64,
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    #[serde(default)]
+    pub a_address: Option<IpAddr>,
+    #[serde(default)]
+    pub b_address: Option<IpAddr>,
+    /// L2 segment (one VLAN ID space); default: the link's own id.
+    #[serde(default)]
+    pub segment: Option<String>,
+}
+
+impl TopologyFile {
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let topo: TopologyFile =
+            serde_yaml_ng::from_str(&text).map_err(|source| TopologyError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
+        topo.links()?;
+        Ok(topo)
+    }
+
+    /// The links, checked: distinct ends, bandwidth > 0, unique ids, one link per host pair.
+    pub fn links(&self) -> Result<Vec<SubstrateLink>, TopologyError> {
+        let mut hosts = BTreeSet::new();
+        for h in &self.hosts {
+            if !hosts.insert(h.id.clone()) {
+                return Err(TopologyError::DuplicateHost(h.id.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        let mut ids = BTreeSet::new();
+        let mut pairs = BTreeSet::new();
+        for (index, l) in self.links.iter().enumerate() {
+            let err = |reason: String| TopologyError::Link {
+                index,
+                a: l.a.clone(),
+                b: l.b.clone(),
+                reason,
+            };
+            if l.a.is_empty() || l.b.is_empty() {
+                return Err(err("both ends must name a host".into()));
+            }
+            if l.a == l.b {
+                return Err(err("a link must join two different hosts".into()));
+            }
+            if l.bandwidth == 0 {
+                return Err(err("bandwidth must be > 0".into()));
+            }
+            if let Some(lat) = l.latency_ms
+                && !(lat.is_finite() && lat >= 0.0)
+            {
+                return Err(err(format!("latency_ms {lat} must be >= 0")));
+            }
+            let id = l.id.clone().unwrap_or_else(|| format!("{}-{}", l.a, l.b));
+            if !ids.insert(id.clone()) {
+                return Err(err(format!("link id {id} is used twice")));
+            }
+            let pair = if l.a < l.b {
+                (l.a.clone(), l.b.clone())
+            } else {
+                (l.b.clone(), l.a.clone())
+            };
+            if !pairs.insert(pair) {
+                return Err(err("a second link between the same hosts".into()));
+            }
+            out.push(SubstrateLink {
+                segment: l.segment.clone().unwrap_or_else(|| id.clone()),
+                id,
+                a: l.a.clone(),
+                b: l.b.clone(),
+                bandwidth_mbps: l.bandwidth,
+                latency_ms: l.latency_ms,
+                a_address: l.a_address,
+                b_address: l.b_address,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// An underlay interface of a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayIf {
+    pub name: String,
+    pub addresses: Vec<IpNet>,
+    pub mtu: u32,
+    pub mac: String,
+}
+
+/// What an agent reported about its host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub id: String,
+    pub underlay_address: IpAddr,
+    pub underlay: Vec<UnderlayIf>,
+    pub cpu: u64,
+    pub memory_mb: u64,
+    pub kinds: BTreeSet<Kind>,
+    pub labels: BTreeSet<String>,
+    /// The agent's `Capabilities`, protobuf-encoded (kept opaque: reported back as is).
+    pub capabilities_pb: Vec<u8>,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub last_seen_unix_ms: u64,
+}
+
+impl HostInfo {
+    /// MTU of the underlay interface that carries `addr` (the interface holding it, else the
+    /// first interface, else the default).
+    pub fn mtu_for(&self, addr: IpAddr) -> u32 {
+        self.underlay
+            .iter()
+            .find(|i| i.addresses.iter().any(|a| a.addr() == addr))
+            .or_else(|| {
+                self.underlay.iter().find(|i| {
+                    i.addresses
+                        .iter()
+                        .any(|a| a.addr() == self.underlay_address)
+                })
+            })
+            .or(self.underlay.first())
+            .map(|i| i.mtu)
+            .filter(|m| *m > 0)
+            .unwrap_or(DEFAULT_UNDERLAY_MTU)
+    }
+}
+
+/// A substrate link between two hosts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubstrateLink {
+    pub id: String,
+    pub a: String,
+    pub b: String,
+    pub bandwidth_mbps: u64,
+    pub latency_ms: Option<f64>,
+    /// Tunnel endpoints on `a` and `b` (default: the hosts' underlay addresses).
+    pub a_address: Option<IpAddr>,
+    pub b_address: Option<IpAddr>,
+    pub segment: String,
+}
+
+impl SubstrateLink {
+    pub fn other(&self, host: &str) -> &str {
+        if self.a == host { &self.b } else { &self.a }
+    }
+}
+
+/// Where substrate links come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkSource {
+    /// Fixed links from a topology file.
+    Topology(Vec<SubstrateLink>),
+    /// A full mesh over every registered host, with this bandwidth (Mbit/s).
+    FullMesh { bandwidth_mbps: u64 },
+}
+
+/// Registered hosts, attachment, extra labels and substrate links.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    hosts: BTreeMap<String, HostInfo>,
+    connected: BTreeSet<String>,
+    extra_labels: BTreeMap<String, BTreeSet<String>>,
+    source: LinkSource,
+    links: Vec<SubstrateLink>,
+}
+
+impl Registry {
+    pub fn new(source: LinkSource, topology_hosts: &[TopologyHost]) -> Self {
+        let extra_labels = topology_hosts
+            .iter()
+            .map(|h| (h.id.clone(), h.labels.iter().cloned().collect()))
+            .collect();
+        let mut r = Registry {
+            hosts: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            extra_labels,
+            source,
+            links: Vec::new(),
+        };
+        r.rebuild_links();
+        r
+    }
+
+    fn rebuild_links(&mut self) {
+        self.links = match &self.source {
+            LinkSource::Topology(links) => links.clone(),
+            LinkSource::FullMesh { bandwidth_mbps } => {
+                let ids: Vec<&String> = self.hosts.keys().collect();
+                let mut links = Vec::new();
+                for (i, a) in ids.iter().enumerate() {
+                    for b in &ids[i + 1..] {
+                        links.push(SubstrateLink {
+                            id: format!("{a}-{b}"),
+                            a: (*a).clone(),
+                            b: (*b).clone(),
+                            bandwidth_mbps: *bandwidth_mbps,
+                            latency_ms: None,
+                            a_address: None,
+                            b_address: None,
+                            segment: MESH_SEGMENT.to_string(),
+                        });
+                    }
+                }
+                links
+            }
+        };
+    }
+
+    /// Registers or refreshes a host. Returns true when the set of hosts changed.
+    pub fn upsert_host(&mut self, mut info: HostInfo) -> bool {
+        if let Some(extra) = self.extra_labels.get(&info.id) {
+            info.labels.extend(extra.iter().cloned());
+        }
+        let new = !self.hosts.contains_key(&info.id);
+        self.hosts.insert(info.id.clone(), info);
+        if new {
+            self.rebuild_links();
+        }
+        new
+    }
+
+    pub fn set_connected(&mut self, host: &str, connected: bool) {
+        if connected {
+            self.connected.insert(host.to_string());
+        } else {
+            self.connected.remove(host);
+        }
+    }
+
+    pub fn is_connected(&self, host: &str) -> bool {
+        self.connected.contains(host)
+    }
+
+    pub fn host(&self, id: &str) -> Option<&HostInfo> {
+        self.hosts.get(id)
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &HostInfo> {
+        self.hosts.values()
+    }
+
+    pub fn links(&self) -> &[SubstrateLink] {
+        &self.links
+    }
+
+    pub fn link(&self, id: &str) -> Option<&SubstrateLink> {
+        self.links.iter().find(|l| l.id == id)
+    }
+
+    /// Whether a link can carry new virtual links: both ends registered and attached.
+    pub fn link_usable(&self, l: &SubstrateLink) -> bool {
+        self.is_connected(&l.a) && self.is_connected(&l.b)
+    }
+
+    /// The tunnel address of `host` on link `l`.
+    pub fn address_on(&self, l: &SubstrateLink, host: &str) -> Option<IpAddr> {
+        let explicit = if l.a == host { l.a_address } else { l.b_address };
+        explicit.or_else(|| self.hosts.get(host).map(|h| h.underlay_address))
+    }
+
+    /// MTU of the underlay that carries `host`'s end of `l`.
+    pub fn mtu_on(&self, l: &SubstrateLink, host: &str) -> u32 {
+        match (self.hosts.get(host), self.address_on(l, host)) {
+            (Some(h), Some(addr)) => h.mtu_for(addr),
+            _ => DEFAULT_UNDERLAY_MTU,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn host(id: &str, addr: &str) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            underlay_address: addr.parse().unwrap(),
+            underlay: vec![UnderlayIf {
+                name: "eth0".into(),
+                addresses: vec![format!("{addr}/24").parse().unwrap()],
+                mtu: 9000,
+                mac: String::new(),
+            }],
+            cpu: 100,
+            memory_mb: 1024,
+            kinds: [Kind::Netns].into(),
+            labels: BTreeSet::new(),
+            capabilities_pb: vec![],
+            agent_version: String::new(),
+            boot_id: String::new(),
+            last_seen_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn full_mesh_grows_with_hosts() {
+        let mut r = Registry::new(
+            LinkSource::FullMesh {
+                bandwidth_mbps: 100,
+            },
+            &[],
+        );
+        assert!(r.upsert_host(host("h1", "10.0.0.1")));
+        assert!(r.links().is_empty());
+        assert!(r.upsert_host(host("h2", "10.0.0.2")));
+        assert!(r.upsert_host(host("h3", "10.0.0.3")));
+        assert!(!r.upsert_host(host("h3", "10.0.0.3")));
+        let ids: Vec<_> = r.links().iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["h1-h2", "h1-h3", "h2-h3"]);
+        let l = r.link("h1-h3").unwrap().clone();
+        assert_eq!(r.address_on(&l, "h3"), Some("10.0.0.3".parse().unwrap()));
+        assert_eq!(r.mtu_on(&l, "h3"), 9000);
+        assert!(!r.link_usable(&l));
+        r.set_connected("h1", true);
+        r.set_connected("h3", true);
+        assert!(r.link_usable(&l));
+    }
+
+    #[test]
+    fn topology_file_parses_and_rejects_bad_links() {
+        let yaml = "hosts: [{id: h1, labels: [eu]}]\nlinks:\n  - {a: h1, b: h2, bandwidth: 1000, latency_ms: 1, a_address: 10.255.12.1, b_address: 10.255.12.2, segment: h1-h2}\n  - {a: h2, b: h3, bandwidth: 10}\n";
+        let t: TopologyFile = serde_yaml_ng::from_str(yaml).unwrap();
+        let links = t.links().unwrap();
+        assert_eq!(links[0].id, "h1-h2");
+        assert_eq!(links[1].segment, "h2-h3");
+        let mut r = Registry::new(LinkSource::Topology(links), &t.hosts);
+        r.upsert_host(host("h1", "10.0.0.1"));
+        assert!(r.host("h1").unwrap().labels.contains("eu"));
+        let l = r.link("h1-h2").unwrap().clone();
+        assert_eq!(r.address_on(&l, "h1"), Some("10.255.12.1".parse().unwrap()));
+
+        for (bad, needle) in [
+            ("links: [{a: h1, b: h1, bandwidth: 1}]", "two different hosts"),
+            ("links: [{a: h1, b: h2, bandwidth: 0}]", "bandwidth must be > 0"),
+            (
+                "links: [{a: h1, b: h2, bandwidth: 1}, {a: h2, b: h1, bandwidth: 1}]",
+                "same hosts",
+            ),
+        ] {
+            let t: TopologyFile = serde_yaml_ng::from_str(bad).unwrap();
+            let e = t.links().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(serde_yaml_ng::from_str::<TopologyFile>("links: [{a: h1, b: h2, bw: 1}]").is_err());
+    }
+}

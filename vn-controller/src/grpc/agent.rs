@@ -1,0 +1,129 @@
+//! `vnet.v1.AgentControl`: one bidirectional `Attach` stream per agent.
+//!
+//! The first message must be an `AgentHello`. The controller answers at once with the host's
+//! whole desired state, then with every newer one, interleaved with exec commands. Reports and
+//! exec results flow the other way. When the stream ends, the host's VNs degrade.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::agent_control_server::AgentControl;
+
+use crate::runtime::controller::Controller;
+
+use super::{convert, validate};
+
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    ctl: Controller,
+}
+
+impl AgentService {
+    pub fn new(ctl: Controller) -> Self {
+        AgentService { ctl }
+    }
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentControl for AgentService {
+    type AttachStream = Outbound;
+
+    #[tracing::instrument(skip_all)]
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before an AgentHello"))?;
+        let Some(pb::agent_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of Attach must be an AgentHello",
+            ));
+        };
+        let info = validate::hello(&hello, convert::now_ms())?;
+        let handle = self.ctl.attach(info, hello.applied_generation).await;
+        let host = handle.host.clone();
+        let epoch = handle.epoch;
+        let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
+
+        // Outbound: the desired state now and at every change, and exec commands.
+        let mut desired = handle.desired;
+        let mut exec = handle.exec;
+        let mut shutdown = self.ctl.shutdown_signal();
+        let out_tx = tx.clone();
+        tokio::spawn(async move {
+            let mut send_desired = true;
+            loop {
+                if send_desired {
+                    let d = (**desired.borrow_and_update()).clone();
+                    let msg = pb::ControllerMessage {
+                        msg: Some(pb::controller_message::Msg::Desired(d)),
+                    };
+                    if out_tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                send_desired = false;
+                tokio::select! {
+                    changed = desired.changed() => {
+                        if changed.is_err() { return; }
+                        send_desired = true;
+                    }
+                    cmd = exec.recv() => match cmd {
+                        Some(c) => {
+                            let msg = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Exec(c)) };
+                            if out_tx.send(Ok(msg)).await.is_err() { return; }
+                        }
+                        // This session was replaced by a newer one of the same host.
+                        None => {
+                            let _ = out_tx.send(Err(Status::aborted("replaced by a newer session of this host"))).await;
+                            return;
+                        }
+                    },
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        let _ = out_tx.send(Err(Status::unavailable("controller is shutting down"))).await;
+                        return;
+                    }
+                    _ = out_tx.closed() => return,
+                }
+            }
+        });
+
+        // Inbound: reports and exec results until the stream ends.
+        let ctl = self.ctl.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                match msg {
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Observed(o)),
+                    }) => ctl.observe(&host, o).await,
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::ExecResult(r)),
+                    }) => ctl.exec_result(&host, epoch, r),
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Hello(_)),
+                    }) => {
+                        tracing::warn!(%host, "a second hello on one stream is ignored");
+                    }
+                    Ok(pb::AgentMessage { msg: None }) => {}
+                    Err(e) => {
+                        tracing::info!(%host, error = %e, "agent stream failed");
+                        break;
+                    }
+                }
+            }
+            ctl.detach(&host, epoch).await;
+        });
+        drop(tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

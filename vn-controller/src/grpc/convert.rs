@@ -1,0 +1,220 @@
+//! Domain -> wire conversions for responses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use vnet_proto::v1 as pb;
+
+use crate::core::alloc::mac_string;
+use crate::core::index::{Event, EventKind, Index};
+use crate::core::model::Encap;
+use crate::core::record::{VnRecord, VnStatus};
+use crate::core::substrate::{HostInfo, SubstrateLink};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn state(s: VnStatus) -> pb::VnState {
+    match s {
+        VnStatus::Provisioning => pb::VnState::Provisioning,
+        VnStatus::Ready => pb::VnState::Ready,
+        VnStatus::Degraded => pb::VnState::Degraded,
+        VnStatus::Failed => pb::VnState::Failed,
+    }
+}
+
+fn encap(e: Encap) -> i32 {
+    match e {
+        Encap::Vxlan => pb::Encapsulation::Vxlan as i32,
+        Encap::Vlan => pb::Encapsulation::Vlan as i32,
+    }
+}
+
+pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
+    let spec = pb::VnSpec::decode(rec.spec_pb.as_slice()).ok();
+    let req = &rec.req;
+    let attributes = spec.as_ref().and_then(|s| s.attributes.clone());
+    let nodes = req
+        .nodes
+        .iter()
+        .zip(&rec.placement.nodes)
+        .map(|(n, p)| pb::NodePlacement {
+            node: n.name.clone(),
+            host: p.host.clone(),
+            parent_node: String::new(),
+            node_id: p.node_id.clone(),
+        })
+        .collect();
+    let links = req
+        .links
+        .iter()
+        .zip(&rec.placement.links)
+        .map(|(l, p)| pb::LinkPlacement {
+            endpoints: vec![req.nodes[l.a].name.clone(), req.nodes[l.b].name.clone()],
+            bandwidth_mbps: l.bandwidth_mbps,
+            path: p.path.clone(),
+            hops: p
+                .hops
+                .iter()
+                .map(|h| pb::HopPlacement {
+                    from: h.from.clone(),
+                    to: h.to.clone(),
+                    encapsulation: encap(h.encap),
+                    vni: h.vni.unwrap_or(0),
+                    vlan_id: h.vlan_id.map_or(0, u32::from),
+                    udp_port: u32::from(h.udp_port),
+                })
+                .collect(),
+            mtu: p.mtu,
+            addresses: l
+                .addresses
+                .map(|a| a.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            interfaces: p.ifnames.to_vec(),
+            macs: p.macs.iter().map(|m| mac_string(*m)).collect(),
+        })
+        .collect();
+    pb::VirtualNetwork {
+        name: req.name.clone(),
+        provider: req.provider.0.clone(),
+        spec,
+        state: state(rec.status) as i32,
+        reason: rec.reason.clone(),
+        nodes,
+        links,
+        attributes,
+        algorithm: rec.placement.algorithm.clone(),
+        revenue: rec.placement.revenue,
+        cost: rec.placement.cost,
+        created_unix_ms: rec.created_unix_ms,
+        depth: 0,
+        children: vec![],
+        hosts: rec
+            .hosts
+            .iter()
+            .map(|(h, p)| (h.clone(), p.phase.describe()))
+            .collect(),
+    }
+}
+
+pub fn host(ix: &Index, h: &HostInfo) -> pb::Host {
+    let u = ix.usage();
+    pb::Host {
+        id: h.id.clone(),
+        underlay_address: h.underlay_address.to_string(),
+        underlay: h
+            .underlay
+            .iter()
+            .map(|i| pb::UnderlayInterface {
+                name: i.name.clone(),
+                addresses: i.addresses.iter().map(ToString::to_string).collect(),
+                mtu: i.mtu,
+                mac: i.mac.clone(),
+            })
+            .collect(),
+        capacity: Some(pb::Resources {
+            cpu: h.cpu,
+            memory_mb: h.memory_mb,
+        }),
+        residual: Some(pb::Resources {
+            cpu: h.cpu.saturating_sub(u.host_cpu(&h.id)),
+            memory_mb: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
+        }),
+        node_kinds: h
+            .kinds
+            .iter()
+            .map(|k| match k {
+                crate::core::model::Kind::Netns => pb::NodeKind::Netns as i32,
+                crate::core::model::Kind::Vm => pb::NodeKind::Vm as i32,
+            })
+            .collect(),
+        labels: h.labels.iter().cloned().collect(),
+        capabilities: pb::Capabilities::decode(h.capabilities_pb.as_slice()).ok(),
+        connected: ix.registry.is_connected(&h.id),
+        desired_generation: ix.generation(&h.id),
+        observed_generation: ix.observed_generation(&h.id),
+        last_seen_unix_ms: h.last_seen_unix_ms,
+    }
+}
+
+pub fn link(ix: &Index, l: &SubstrateLink) -> pb::SubstrateLink {
+    let addr = |h: &str| {
+        ix.registry
+            .address_on(l, h)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    pb::SubstrateLink {
+        id: l.id.clone(),
+        a: l.a.clone(),
+        b: l.b.clone(),
+        bandwidth_mbps: l.bandwidth_mbps,
+        residual_mbps: l
+            .bandwidth_mbps
+            .saturating_sub(ix.usage().link_bandwidth(&l.id)),
+        latency_ms: l.latency_ms,
+        a_address: addr(&l.a),
+        b_address: addr(&l.b),
+        segment: l.segment.clone(),
+    }
+}
+
+pub fn event(e: &Event) -> pb::VnEvent {
+    let kind = match e.kind {
+        EventKind::Accepted => pb::VnEventKind::Accepted,
+        EventKind::HostProgress => pb::VnEventKind::HostProgress,
+        EventKind::Ready => pb::VnEventKind::Ready,
+        EventKind::Degraded => pb::VnEventKind::Degraded,
+        EventKind::Failed => pb::VnEventKind::Failed,
+        EventKind::Deleted => pb::VnEventKind::Deleted,
+    };
+    pb::VnEvent {
+        kind: kind as i32,
+        name: e.name.clone(),
+        state: e.status.map_or(pb::VnState::Deleted, state) as i32,
+        host: e.host.clone(),
+        message: e.message.clone(),
+        unix_ms: now_ms(),
+    }
+}
+
+pub fn snapshot(rec: &VnRecord) -> pb::VnEvent {
+    pb::VnEvent {
+        kind: pb::VnEventKind::Snapshot as i32,
+        name: rec.name().to_string(),
+        state: state(rec.status) as i32,
+        host: String::new(),
+        message: rec.reason.clone(),
+        unix_ms: now_ms(),
+    }
+}
+
+pub fn embedded(rec: &VnRecord) -> pb::EmbeddedVn {
+    let req = &rec.req;
+    pb::EmbeddedVn {
+        name: req.name.clone(),
+        provider: req.provider.0.clone(),
+        parent: String::new(),
+        placement: req
+            .nodes
+            .iter()
+            .zip(&rec.placement.nodes)
+            .map(|(n, p)| (n.name.clone(), p.host.clone()))
+            .collect(),
+        link_paths: req
+            .links
+            .iter()
+            .zip(&rec.placement.links)
+            .map(|(l, p)| {
+                (
+                    format!("{}-{}", req.nodes[l.a].name, req.nodes[l.b].name),
+                    p.path.join(","),
+                )
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,64 @@
+//! The gRPC edge: identity, validation into domain types, Status codes, and the services.
+
+pub mod agent;
+pub mod convert;
+pub mod identity;
+pub mod substrate;
+pub mod validate;
+pub mod vn;
+
+use tonic::Status;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use vnet_proto::v1::agent_control_server::AgentControlServer;
+use vnet_proto::v1::substrate_server::SubstrateServer;
+use vnet_proto::v1::virtual_networks_server::VirtualNetworksServer;
+
+use crate::runtime::controller::{ControlError, Controller};
+
+/// The status code of each controller error.
+pub fn status(e: ControlError) -> Status {
+    match e {
+        ControlError::InvalidArgument(m) => Status::invalid_argument(m),
+        ControlError::AlreadyExists(m) => Status::already_exists(m),
+        ControlError::NotFound(m) => Status::not_found(m),
+        ControlError::Exhausted(m) => Status::resource_exhausted(m),
+        ControlError::Precondition(m) => Status::failed_precondition(m),
+        ControlError::Unavailable(m) => Status::unavailable(m),
+        ControlError::Timeout(m) => Status::deadline_exceeded(m),
+        ControlError::Internal(m) => Status::internal(m),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the gRPC reflection service")]
+pub struct RouterError(#[source] tonic_reflection::server::Error);
+
+/// Every service of the controller (plus health and reflection) on one router.
+pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<VirtualNetworksServer<vn::VnService>>()
+        .await;
+    health
+        .set_serving::<SubstrateServer<substrate::SubstrateService>>()
+        .await;
+    health
+        .set_serving::<AgentControlServer<agent::AgentService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vnet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(RouterError)?;
+    Ok(Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(VirtualNetworksServer::new(vn::VnService::new(ctl.clone())))
+        .add_service(SubstrateServer::new(substrate::SubstrateService::new(
+            ctl.clone(),
+        )))
+        .add_service(AgentControlServer::new(agent::AgentService::new(
+            ctl.clone(),
+        ))))
+}

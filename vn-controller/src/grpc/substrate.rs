@@ -1,0 +1,78 @@
+//! `vnet.v1.Substrate`: the operators' view of hosts, links and residual capacities.
+
+use tonic::{Request, Response, Status};
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::substrate_server::Substrate;
+
+use crate::runtime::controller::Controller;
+
+use super::{convert, identity};
+
+#[derive(Clone, Debug)]
+pub struct SubstrateService {
+    ctl: Controller,
+}
+
+impl SubstrateService {
+    pub fn new(ctl: Controller) -> Self {
+        SubstrateService { ctl }
+    }
+}
+
+#[tonic::async_trait]
+impl Substrate for SubstrateService {
+    #[tracing::instrument(skip_all)]
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self
+            .ctl
+            .with_index(|ix| ix.registry.hosts().map(|h| convert::host(ix, h)).collect());
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_links(
+        &self,
+        _req: Request<pb::ListLinksRequest>,
+    ) -> Result<Response<pb::ListLinksResponse>, Status> {
+        let links = self.ctl.with_index(|ix| {
+            ix.registry
+                .links()
+                .iter()
+                .map(|l| convert::link(ix, l))
+                .collect()
+        });
+        Ok(Response::new(pb::ListLinksResponse { links }))
+    }
+
+    /// Hosts, links and the caller's VNs (only the caller's: placements of other providers do
+    /// not leak). Without an identity, the substrate alone.
+    #[tracing::instrument(skip_all)]
+    async fn get_topology(
+        &self,
+        req: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::Topology>, Status> {
+        let caller = identity::provider(&req).ok();
+        let topo = self.ctl.with_index(|ix| pb::Topology {
+            hosts: ix.registry.hosts().map(|h| convert::host(ix, h)).collect(),
+            links: ix
+                .registry
+                .links()
+                .iter()
+                .map(|l| convert::link(ix, l))
+                .collect(),
+            vns: caller
+                .map(|p| {
+                    ix.list(&p)
+                        .into_iter()
+                        .filter(|r| r.status.holds_resources())
+                        .map(convert::embedded)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+        Ok(Response::new(topo))
+    }
+}

@@ -1,0 +1,164 @@
+//! `vnet.v1.VirtualNetworks`: the service providers' API.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::virtual_networks_server::VirtualNetworks;
+
+use crate::core::model::ProviderId;
+use crate::runtime::controller::Controller;
+
+use super::{convert, identity, status, validate};
+
+#[derive(Clone, Debug)]
+pub struct VnService {
+    ctl: Controller,
+}
+
+impl VnService {
+    pub fn new(ctl: Controller) -> Self {
+        VnService { ctl }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
+
+fn snapshot(ctl: &Controller, provider: &ProviderId, name: &str) -> Vec<pb::VnEvent> {
+    ctl.list(provider)
+        .iter()
+        .filter(|r| name.is_empty() || r.name() == name)
+        .map(convert::snapshot)
+        .collect()
+}
+
+#[tonic::async_trait]
+impl VirtualNetworks for VnService {
+    #[tracing::instrument(skip_all)]
+    async fn create(
+        &self,
+        req: Request<pb::CreateVnRequest>,
+    ) -> Result<Response<pb::VirtualNetwork>, Status> {
+        let caller = identity::provider(&req)?;
+        let algorithms = self.ctl.algorithms();
+        let (vn, spec) = validate::vn_spec(req.into_inner().spec, &caller, &algorithms)?;
+        let rec = self.ctl.create(vn, spec).await.map_err(status)?;
+        Ok(Response::new(convert::vn(&rec)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get(
+        &self,
+        req: Request<pb::GetVnRequest>,
+    ) -> Result<Response<pb::VirtualNetwork>, Status> {
+        let caller = identity::provider(&req)?;
+        let name = req.into_inner().name;
+        validate::vn_name(&name, "name")?;
+        let rec = self.ctl.get(&caller, &name).map_err(status)?;
+        Ok(Response::new(convert::vn(&rec)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list(
+        &self,
+        req: Request<pb::ListVnsRequest>,
+    ) -> Result<Response<pb::ListVnsResponse>, Status> {
+        let caller = identity::provider(&req)?;
+        let vns = self.ctl.list(&caller).iter().map(convert::vn).collect();
+        Ok(Response::new(pb::ListVnsResponse { vns }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteVnRequest>,
+    ) -> Result<Response<pb::DeleteVnResponse>, Status> {
+        let caller = identity::provider(&req)?;
+        let name = req.into_inner().name;
+        validate::vn_name(&name, "name")?;
+        let deleted = self.ctl.delete(&caller, &name).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteVnResponse { deleted }))
+    }
+
+    type WatchStream = EventStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch(
+        &self,
+        req: Request<pb::WatchVnsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = identity::provider(&req)?;
+        let name = req.into_inner().name;
+        if !name.is_empty() {
+            validate::vn_name(&name, "name")?;
+        }
+        // Subscribe before the snapshot so that nothing falls between them.
+        let mut events = self.ctl.subscribe();
+        let mut shutdown = self.ctl.shutdown_signal();
+        let initial = snapshot(&self.ctl, &caller, &name);
+        let (tx, rx) = mpsc::channel(256);
+        let ctl = self.ctl.clone();
+        tokio::spawn(async move {
+            for e in initial {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(e) => {
+                            if e.provider != caller || (!name.is_empty() && e.name != name) {
+                                continue;
+                            }
+                            if tx.send(Ok(convert::event(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Too slow: start over from a fresh snapshot rather than miss events.
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(missed = n, "watcher lagged, sending a snapshot");
+                            for e in snapshot(&ctl, &caller, &name) {
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("controller is shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        let caller = identity::provider(&req)?;
+        let r = req.into_inner();
+        validate::vn_name(&r.vn, "vn")?;
+        if r.node.is_empty() {
+            return Err(Status::invalid_argument("node is required"));
+        }
+        if r.argv.is_empty() || r.argv[0].is_empty() {
+            return Err(Status::invalid_argument("argv must name a program"));
+        }
+        let out = self
+            .ctl
+            .exec(&caller, &r.vn, &r.node, r.argv, r.timeout_ms)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(out))
+    }
+}

@@ -1,0 +1,648 @@
+//! The controller: the index under one lock (which serialises commits), the store, agent
+//! sessions, watchers and timers.
+//!
+//! Every mutation runs on a blocking thread: lock the index, apply the operation, persist its
+//! [`Change`] in one transaction, compute the changed hosts' desired states, unlock, then publish
+//! desired states (to the agents' sessions) and events (to watchers).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use vnet_proto::v1 as pb;
+
+use crate::core::embed::View;
+use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
+use crate::core::model::{ProviderId, VnReq};
+use crate::core::record::VnRecord;
+use crate::core::store::{Store, StoreError};
+use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
+use crate::core::usage::Mapping;
+
+use super::metrics::Metrics;
+
+/// Embedding algorithms as the controller uses them.
+pub trait Planner: Send + Sync + 'static {
+    /// Names of the available algorithms.
+    fn algorithms(&self) -> Vec<&'static str>;
+    fn default_algorithm(&self) -> &str;
+    /// Embeds `req` on `view`, or says why it cannot.
+    fn plan(&self, view: &View, req: &VnReq, algorithm: &str) -> Result<Mapping, String>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub state_dir: std::path::PathBuf,
+    pub links: LinkSource,
+    pub topology_hosts: Vec<TopologyHost>,
+    pub vxlan_port: u16,
+    /// Algorithm for specs that name none (`None`: the planner's default).
+    pub algorithm: Option<String>,
+    /// A VN still provisioning after this long fails and is rolled back.
+    pub provisioning_timeout: Duration,
+    /// After a restart, VNs on hosts that did not re-attach within this long degrade.
+    pub reattach_grace: Duration,
+    /// Exec timeout when the request gives none.
+    pub exec_timeout: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(state_dir: impl Into<std::path::PathBuf>) -> Self {
+        ControllerConfig {
+            state_dir: state_dir.into(),
+            links: LinkSource::FullMesh {
+                bandwidth_mbps: 1000,
+            },
+            topology_hosts: vec![],
+            vxlan_port: 4789,
+            algorithm: None,
+            provisioning_timeout: Duration::from_secs(120),
+            reattach_grace: Duration::from_secs(30),
+            exec_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors of controller operations; the gRPC edge maps each to a status code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CoreError> for ControlError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::AlreadyExists { .. } => ControlError::AlreadyExists(e.to_string()),
+            CoreError::NotFound { .. } => ControlError::NotFound(e.to_string()),
+            CoreError::Exhausted(m) => ControlError::Exhausted(m),
+            CoreError::Restore(m) => ControlError::Internal(m),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot restore the controller state")]
+    Restore(#[source] CoreError),
+}
+
+/// A published event, with the provider it belongs to.
+pub type Published = Arc<Event>;
+
+struct AgentSlot {
+    epoch: u64,
+    exec_tx: mpsc::Sender<pb::ExecCommand>,
+    pending: HashMap<u64, oneshot::Sender<pb::ExecResult>>,
+}
+
+struct Shared {
+    cfg: ControllerConfig,
+    planner: Box<dyn Planner>,
+    index: Mutex<Index>,
+    store: Store,
+    events: broadcast::Sender<Published>,
+    agents: Mutex<HashMap<String, AgentSlot>>,
+    desired: Mutex<HashMap<String, watch::Sender<Arc<pb::DesiredState>>>>,
+    epoch: AtomicU64,
+    exec_seq: AtomicU64,
+    metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+}
+
+/// What an attached agent's session needs.
+pub struct AgentHandle {
+    pub host: String,
+    pub epoch: u64,
+    pub desired: watch::Receiver<Arc<pb::DesiredState>>,
+    pub exec: mpsc::Receiver<pb::ExecCommand>,
+}
+
+#[derive(Clone)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("state_dir", &self.shared.cfg.state_dir)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is a bug; the data stays usable for diagnosis.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Controller {
+    /// Opens the store and restores every VN. Needs no runtime; call [`Controller::start`]
+    /// from inside one.
+    pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
+        let store = Store::open(&cfg.state_dir)?;
+        let loaded = store.load()?;
+        let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
+        let index = Index::restore(
+            IndexConfig {
+                vxlan_port: cfg.vxlan_port,
+            },
+            registry,
+            loaded.hosts,
+            &loaded.cursors,
+            loaded.generations,
+            loaded.records,
+        )
+        .map_err(OpenError::Restore)?;
+        let (events, _) = broadcast::channel(1024);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Controller {
+            shared: Arc::new(Shared {
+                cfg,
+                planner,
+                index: Mutex::new(index),
+                store,
+                events,
+                agents: Mutex::new(HashMap::new()),
+                desired: Mutex::new(HashMap::new()),
+                epoch: AtomicU64::new(0),
+                exec_seq: AtomicU64::new(0),
+                metrics: Metrics::new(),
+                shutdown,
+            }),
+        })
+    }
+
+    /// Starts the timers of restored state: provisioning timeouts and the re-attach grace.
+    pub fn start(&self) {
+        let (provisioning, held) = {
+            let ix = lock(&self.shared.index);
+            (
+                ix.provisioning(),
+                ix.records().any(|r| r.status.holds_resources()),
+            )
+        };
+        for vn_id in provisioning {
+            self.arm_provisioning_timer(vn_id);
+        }
+        if held {
+            let this = self.clone();
+            let grace = self.shared.cfg.reattach_grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                this.mutate(|ix| ((), ix.degrade_unattached())).await;
+            });
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        self.shared.planner.algorithms()
+    }
+
+    /// Read access to the index (for queries, tests and metrics).
+    pub fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        f(&lock(&self.shared.index))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.shared.events.subscribe()
+    }
+
+    /// Resolves when the controller shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+
+    /// Tells sessions and watchers to end (before the servers drain).
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    fn publish(&self, change: Change, desired: Vec<(String, pb::DesiredState)>) {
+        {
+            let mut chans = lock(&self.shared.desired);
+            for (host, d) in desired {
+                publish_desired(&mut chans, &host, d);
+            }
+        }
+        for e in change.events {
+            self.shared.metrics.event(&e);
+            // No receiver is not an error.
+            let _ = self.shared.events.send(Arc::new(e));
+        }
+    }
+
+    /// Runs `f` on the index under the lock, persists its change, then publishes it.
+    async fn mutate<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Index) -> (R, Change) + Send + 'static,
+    ) -> R {
+        let this = self.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut ix = lock(&this.shared.index);
+            let (r, change) = f(&mut ix);
+            if let Err(e) = this.shared.store.apply(&change) {
+                tracing::error!(error = %e, "cannot persist a state change; memory is ahead of the store");
+            }
+            let desired = desired_of(&ix, &change);
+            drop(ix);
+            this.publish(change, desired);
+            r
+        })
+        .await;
+        match out {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn arm_provisioning_timer(&self, vn_id: String) {
+        let this = self.clone();
+        let after = self.shared.cfg.provisioning_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            this.mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, after)))
+                .await;
+        });
+    }
+
+    fn check_pins(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
+        for (i, n) in req.nodes.iter().enumerate() {
+            let Some(pin) = &n.pin else { continue };
+            let what = format!("spec.nodes[{i}] ({})", n.name);
+            if ix.registry.host(pin).is_none() {
+                return Err(ControlError::InvalidArgument(format!(
+                    "{what}: pinned to unknown host {pin}"
+                )));
+            }
+            if !ix.registry.is_connected(pin) {
+                return Err(ControlError::Precondition(format!(
+                    "{what}: pinned host {pin} is not attached"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeds and commits a validated request; returns the VN in state provisioning.
+    #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
+    pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
+        let started = Instant::now();
+        let algorithm = req
+            .algorithm
+            .clone()
+            .or_else(|| self.shared.cfg.algorithm.clone())
+            .unwrap_or_else(|| self.shared.planner.default_algorithm().to_string());
+        let spec_pb = prost::Message::encode_to_vec(&spec);
+        let req = Arc::new(req);
+        const OPTIMISTIC: usize = 2;
+        for attempt in 0..=OPTIMISTIC {
+            let this = self.clone();
+            let req2 = req.clone();
+            let algo = algorithm.clone();
+            let spec_pb = spec_pb.clone();
+            let serialised = attempt == OPTIMISTIC;
+            let out = tokio::task::spawn_blocking(move || {
+                this.create_attempt(&req2, &algo, spec_pb, serialised)
+            })
+            .await
+            .map_err(|e| ControlError::Internal(format!("create task failed: {e}")))?;
+            match out {
+                Ok(rec) => {
+                    self.arm_provisioning_timer(rec.vn_id.clone());
+                    self.shared.metrics.created(started.elapsed(), "accepted");
+                    tracing::info!(vn_id = %rec.vn_id, hosts = ?rec.placement.hosts(), "accepted");
+                    return Ok(rec);
+                }
+                // A concurrent commit took what this mapping needed: embed again.
+                Err(Attempt::Conflict(why)) if !serialised => {
+                    tracing::debug!(%why, attempt, "commit conflict, embedding again");
+                }
+                Err(Attempt::Conflict(why)) => {
+                    self.shared.metrics.created(started.elapsed(), "rejected");
+                    return Err(ControlError::Exhausted(why));
+                }
+                Err(Attempt::Error(e)) => {
+                    self.shared.metrics.created(started.elapsed(), "rejected");
+                    return Err(e);
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn create_attempt(
+        &self,
+        req: &VnReq,
+        algorithm: &str,
+        spec_pb: Vec<u8>,
+        serialised: bool,
+    ) -> Result<VnRecord, Attempt> {
+        let shared = &self.shared;
+        let mut guard = lock(&shared.index);
+        guard.check_name_free(&req.provider, &req.name)?;
+        Self::check_pins(&guard, req)?;
+        let view = guard.view(req);
+        let embed = |view: &View| {
+            let t = Instant::now();
+            let r = shared.planner.plan(view, req, algorithm);
+            shared.metrics.embedded(t.elapsed());
+            r.map_err(|why| {
+                Attempt::Error(ControlError::Exhausted(format!(
+                    "cannot embed {}: {why}",
+                    req.name
+                )))
+            })
+        };
+        let mapping = if serialised {
+            embed(&view)?
+        } else {
+            drop(guard);
+            let m = embed(&view)?;
+            guard = lock(&shared.index);
+            m
+        };
+        let (rec, change) = match guard.accept(req.clone(), spec_pb, &mapping, crate::grpc::convert::now_ms()) {
+            Ok(x) => x,
+            Err(CoreError::Exhausted(why)) => return Err(Attempt::Conflict(why)),
+            Err(e) => return Err(Attempt::Error(e.into())),
+        };
+        if let Err(e) = shared.store.apply(&change) {
+            guard.forget(&rec.vn_id);
+            return Err(Attempt::Error(ControlError::Internal(format!(
+                "cannot persist VN {}: {e}",
+                req.name
+            ))));
+        }
+        let desired = desired_of(&guard, &change);
+        drop(guard);
+        self.publish(change, desired);
+        Ok(rec)
+    }
+
+    pub fn get(&self, provider: &ProviderId, name: &str) -> Result<VnRecord, ControlError> {
+        self.with_index(|ix| ix.find(provider, name).cloned())
+            .ok_or_else(|| ControlError::NotFound(format!("VN {name} not found")))
+    }
+
+    pub fn list(&self, provider: &ProviderId) -> Vec<VnRecord> {
+        self.with_index(|ix| ix.list(provider).into_iter().cloned().collect())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete(&self, provider: &ProviderId, name: &str) -> Result<Vec<String>, ControlError> {
+        let (p, n) = (provider.clone(), name.to_string());
+        self.mutate(move |ix| match ix.delete(&p, &n) {
+            Ok(c) => (Ok(vec![n]), c),
+            Err(e) => (Err(e.into()), Change::default()),
+        })
+        .await
+    }
+
+    /// Registers an agent's host and opens its session.
+    pub async fn attach(&self, info: HostInfo, applied_generation: u64) -> AgentHandle {
+        let host = info.id.clone();
+        let epoch = self.shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let (exec_tx, exec_rx) = mpsc::channel(64);
+        lock(&self.shared.agents).insert(
+            host.clone(),
+            AgentSlot {
+                epoch,
+                exec_tx,
+                pending: HashMap::new(),
+            },
+        );
+        let this = self.clone();
+        let h = host.clone();
+        let desired = tokio::task::spawn_blocking(move || {
+            let mut ix = lock(&this.shared.index);
+            if let Err(e) = this.shared.store.put_host(&info) {
+                tracing::error!(host = %h, error = %e, "cannot persist the host");
+            }
+            let new = ix.attach(info);
+            let mut change = Change::default();
+            // An agent that applied a generation we do not know (a store from before) gets a
+            // higher one with the same content, so that it does not ignore it.
+            if applied_generation >= ix.generation(&h) && applied_generation > 0 {
+                change = ix.raise_generation(&h, applied_generation + 1);
+            }
+            if let Err(e) = this.shared.store.apply(&change) {
+                tracing::error!(host = %h, error = %e, "cannot persist the generation");
+            }
+            tracing::info!(host = %h, new, generation = ix.generation(&h), "agent attached");
+            let d = ix.desired(&h);
+            let mut chans = lock(&this.shared.desired);
+            publish_desired(&mut chans, &h, d);
+            chans[&h].subscribe()
+        })
+        .await
+        .expect("attach task");
+        self.shared.metrics.set_agents(lock(&self.shared.agents).len());
+        AgentHandle {
+            host,
+            epoch,
+            desired,
+            exec: exec_rx,
+        }
+    }
+
+    /// An agent's report.
+    pub async fn observe(&self, host: &str, obs: pb::ObservedState) {
+        for e in &obs.errors {
+            tracing::warn!(%host, error = %e, "agent reports a fault");
+        }
+        let h = host.to_string();
+        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, &obs.vns)))
+            .await;
+    }
+
+    pub fn exec_result(&self, host: &str, epoch: u64, res: pb::ExecResult) {
+        let mut agents = lock(&self.shared.agents);
+        if let Some(slot) = agents.get_mut(host).filter(|s| s.epoch == epoch)
+            && let Some(tx) = slot.pending.remove(&res.request_id)
+        {
+            let _ = tx.send(res);
+        }
+    }
+
+    /// The session of `host` (epoch `epoch`) ended.
+    pub async fn detach(&self, host: &str, epoch: u64) {
+        {
+            let mut agents = lock(&self.shared.agents);
+            if agents.get(host).map(|s| s.epoch) != Some(epoch) {
+                return; // replaced by a newer session
+            }
+            agents.remove(host);
+            self.shared.metrics.set_agents(agents.len());
+        }
+        tracing::warn!(%host, "agent detached");
+        let h = host.to_string();
+        self.mutate(move |ix| ((), ix.detach(&h))).await;
+    }
+
+    /// Runs a command in a virtual node through its host's agent.
+    #[tracing::instrument(skip(self, argv))]
+    pub async fn exec(
+        &self,
+        provider: &ProviderId,
+        vn: &str,
+        node: &str,
+        argv: Vec<String>,
+        timeout_ms: u32,
+    ) -> Result<pb::ExecResponse, ControlError> {
+        let rec = self.get(provider, vn)?;
+        if !rec.status.holds_resources() {
+            return Err(ControlError::Precondition(format!(
+                "VN {vn} is failed: {}",
+                rec.reason
+            )));
+        }
+        let i = rec
+            .req
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| ControlError::NotFound(format!("VN {vn} has no node {node}")))?;
+        let placed = &rec.placement.nodes[i];
+        let timeout = if timeout_ms == 0 {
+            self.shared.cfg.exec_timeout
+        } else {
+            Duration::from_millis(u64::from(timeout_ms))
+        };
+        let request_id = self.shared.exec_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        let exec_tx = {
+            let mut agents = lock(&self.shared.agents);
+            let slot = agents.get_mut(&placed.host).ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "host {} of node {node} is not attached",
+                    placed.host
+                ))
+            })?;
+            slot.pending.insert(request_id, tx);
+            slot.exec_tx.clone()
+        };
+        exec_tx
+            .send(pb::ExecCommand {
+                request_id,
+                node_id: placed.node_id.clone(),
+                argv,
+                timeout_ms: timeout.as_millis() as u32,
+            })
+            .await
+            .map_err(|_| ControlError::Unavailable(format!("host {} went away", placed.host)))?;
+        // The agent enforces the timeout; give it a margin to report.
+        let res = tokio::time::timeout(timeout + Duration::from_secs(2), rx).await;
+        let res = match res {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => {
+                return Err(ControlError::Unavailable(format!(
+                    "host {} went away during exec",
+                    placed.host
+                )));
+            }
+            Err(_) => {
+                if let Some(slot) = lock(&self.shared.agents).get_mut(&placed.host) {
+                    slot.pending.remove(&request_id);
+                }
+                return Err(ControlError::Timeout(format!(
+                    "exec in {vn}/{node} did not finish within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        if !res.error.is_empty() {
+            return Err(ControlError::Precondition(format!(
+                "exec in {vn}/{node}: {}",
+                res.error
+            )));
+        }
+        Ok(pb::ExecResponse {
+            exit_code: res.exit_code,
+            stdout: res.stdout,
+            stderr: res.stderr,
+        })
+    }
+
+    /// Number of VNs per state, for tests and metrics.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        self.with_index(|ix| {
+            let mut m = BTreeMap::new();
+            for r in ix.records() {
+                *m.entry(r.status.as_str()).or_default() += 1;
+            }
+            m
+        })
+    }
+}
+
+enum Attempt {
+    Conflict(String),
+    Error(ControlError),
+}
+
+impl From<CoreError> for Attempt {
+    fn from(e: CoreError) -> Self {
+        Attempt::Error(e.into())
+    }
+}
+
+impl From<ControlError> for Attempt {
+    fn from(e: ControlError) -> Self {
+        Attempt::Error(e)
+    }
+}
+
+fn desired_of(ix: &Index, change: &Change) -> Vec<(String, pb::DesiredState)> {
+    change
+        .hosts_changed
+        .iter()
+        .map(|h| (h.clone(), ix.desired(h)))
+        .collect()
+}
+
+/// Replaces `host`'s desired state unless a newer generation was published already.
+fn publish_desired(
+    chans: &mut HashMap<String, watch::Sender<Arc<pb::DesiredState>>>,
+    host: &str,
+    d: pb::DesiredState,
+) {
+    let d = Arc::new(d);
+    match chans.get(host) {
+        Some(tx) => {
+            tx.send_if_modified(|cur| {
+                if d.generation > cur.generation || (d.generation == cur.generation && **cur != *d) {
+                    *cur = d.clone();
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        None => {
+            chans.insert(host.to_string(), watch::channel(d).0);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The daemon: command line, start-up order (tracing; parse config without binding; open the
+//! store; bind and log every address; serve; wait for SIGTERM/SIGINT; drain with a grace
+//! timeout), and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::core::embed::EmbeddingPlanner;
+use crate::core::substrate::{LinkSource, TopologyFile};
+
+use super::controller::{Controller, ControllerConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// vn-controller: the gRPC control plane of vnet.
+#[derive(Debug, Parser)]
+#[command(name = "vn-controller", version)]
+pub struct Args {
+    /// gRPC listen address (repeatable).
+    #[arg(long = "listen", default_value = "127.0.0.1:7000")]
+    pub listen: Vec<SocketAddr>,
+    /// Directory of the durable store (controller.redb).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Substrate links (YAML); without it, a full mesh over the registered hosts.
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Prometheus text endpoint (GET /metrics).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Embedding algorithm for specs that name none.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// UDP port of VXLAN hops.
+    #[arg(long, default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// Bandwidth (Mbit/s) of each link of the default full mesh.
+    #[arg(long, default_value_t = 1000)]
+    pub default_link_bandwidth: u64,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// A VN still provisioning after this many seconds fails and is rolled back.
+    #[arg(long, default_value_t = 120)]
+    pub provisioning_timeout_secs: u64,
+    /// After a restart, VNs on hosts not re-attached within this many seconds degrade.
+    #[arg(long, default_value_t = 30)]
+    pub reattach_grace_secs: u64,
+    /// Exec timeout when a request gives none, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub exec_timeout_secs: u64,
+    /// How long to drain on SIGTERM/SIGINT before closing connections, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+impl Args {
+    /// The controller configuration (reads the topology file; binds nothing).
+    pub fn config(&self) -> anyhow::Result<ControllerConfig> {
+        let mut cfg = ControllerConfig::new(&self.state_dir);
+        if let Some(path) = &self.topology {
+            let topo = TopologyFile::load(path)?;
+            cfg.links = LinkSource::Topology(topo.links()?);
+            cfg.topology_hosts = topo.hosts;
+        } else {
+            anyhow::ensure!(
+                self.default_link_bandwidth > 0,
+                "--default-link-bandwidth must be > 0"
+            );
+            cfg.links = LinkSource::FullMesh {
+                bandwidth_mbps: self.default_link_bandwidth,
+            };
+        }
+        if let Some(a) = &self.algorithm {
+            anyhow::ensure!(
+                embedding::by_name(a).is_some(),
+                "--algorithm {a}: unknown (known: {})",
+                embedding::algorithm_names().join(", ")
+            );
+        }
+        cfg.algorithm = self.algorithm.clone();
+        cfg.vxlan_port = self.vxlan_port;
+        cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
+        cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
+        cfg.exec_timeout = Duration::from_secs(self.exec_timeout_secs);
+        Ok(cfg)
+    }
+}
+
+async fn metrics(
+    axum::extract::State(ctl): axum::extract::State<Controller>,
+) -> impl axum::response::IntoResponse {
+    let body = ctl.with_index(|ix| ctl.metrics().render(ix));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` fires.
+pub async fn serve_metrics(
+    ctl: Controller,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state(ctl);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+async fn signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    let planner = Box::new(EmbeddingPlanner::new());
+    let ctl = Controller::open(cfg, planner)
+        .with_context(|| format!("opening the state in {}", args.state_dir.display()))?;
+    let (held, total) = ctl.with_index(|ix| {
+        (
+            ix.records().filter(|r| r.status.holds_resources()).count(),
+            ix.records().count(),
+        )
+    });
+    tracing::info!(vns = total, held, state_dir = %args.state_dir.display(), "state restored");
+    ctl.start();
+
+    let router = crate::grpc::router(&ctl).await?;
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in &args.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding gRPC address {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "gRPC listening");
+        let router = router.clone();
+        let mut stop = ctl.shutdown_signal();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .with_context(|| format!("serving gRPC on {bound}"))
+        });
+    }
+    if let Some(addr) = args.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics address {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics listening on /metrics");
+        let ctl2 = ctl.clone();
+        let stop = ctl.shutdown_signal();
+        servers.spawn(async move {
+            serve_metrics(ctl2, listener, stop)
+                .await
+                .context("serving metrics")
+        });
+    }
+
+    tokio::select! {
+        sig = signal() => tracing::info!(signal = sig?, "shutting down"),
+        Some(res) = servers.join_next() => {
+            res.context("server task")??;
+            anyhow::bail!("a server stopped unexpectedly");
+        }
+    }
+    ctl.begin_shutdown();
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(res) = servers.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "server ended with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "drain timed out, closing connections");
+        servers.abort_all();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Agent sessions, provisioning, rollback, timers, metrics and the daemon's wiring.
+
+pub mod controller;
+pub mod daemon;
+pub mod metrics;
