@@ -9,3 +9,4 @@
 pub mod core;
 pub mod grpc;
 pub mod runtime;
+pub mod standin;

@@ -729,9 +729,9 @@ impl Index {
             .map(|(h, _)| h.as_str())
             .collect();
         let reason = format!(
-            "host(s) {} did not report ready within {} s",
+            "host(s) {} did not report ready within {:?}",
             late.join(", "),
-            after.as_secs()
+            after
         );
         self.fail(vn_id, &reason)
     }

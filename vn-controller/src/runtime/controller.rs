@@ -204,11 +204,15 @@ impl Controller {
             self.arm_provisioning_timer(vn_id);
         }
         if held {
-            let this = self.clone();
+            let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                this.mutate(|ix| ((), ix.degrade_unattached())).await;
+                if let Some(shared) = weak.upgrade() {
+                    Controller { shared }
+                        .mutate(|ix| ((), ix.degrade_unattached()))
+                        .await;
+                }
             });
         }
     }
@@ -279,12 +283,16 @@ impl Controller {
     }
 
     fn arm_provisioning_timer(&self, vn_id: String) {
-        let this = self.clone();
+        // Timers hold no strong reference: a dropped controller releases its store at once.
+        let weak = Arc::downgrade(&self.shared);
         let after = self.shared.cfg.provisioning_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            this.mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, after)))
-                .await;
+            if let Some(shared) = weak.upgrade() {
+                Controller { shared }
+                    .mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, after)))
+                    .await;
+            }
         });
     }
 

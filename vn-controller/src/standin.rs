@@ -1,0 +1,229 @@
+//! A stand-in substrate agent for tests and benchmarks: it speaks `AgentControl` as a real agent
+//! does (dials in, sends a hello, receives desired states, reports observed states and answers
+//! exec commands), but builds nothing. It reports every slice READY, or FAILED on demand, or
+//! stays silent. It is a test double, never a substitute for `substrate-agent`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::agent_control_client::AgentControlClient;
+
+/// How the stand-in answers desired states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Every slice READY.
+    Ready,
+    /// Every slice FAILED with this message.
+    Fail(String),
+    /// Slices whose label (`provider/name`) is listed fail with the message; others are READY.
+    FailLabels(Vec<String>, String),
+    /// No reports at all.
+    Silent,
+}
+
+#[derive(Clone, Debug)]
+pub struct StandInConfig {
+    pub host_id: String,
+    pub underlay_address: String,
+    pub cpu: u64,
+    pub memory_mb: u64,
+    pub labels: Vec<String>,
+    pub mtu: u32,
+    pub applied_generation: u64,
+}
+
+impl StandInConfig {
+    pub fn new(host_id: &str, underlay_address: &str, cpu: u64, memory_mb: u64) -> Self {
+        StandInConfig {
+            host_id: host_id.into(),
+            underlay_address: underlay_address.into(),
+            cpu,
+            memory_mb,
+            labels: vec![],
+            mtu: 1500,
+            applied_generation: 0,
+        }
+    }
+
+    fn hello(&self) -> pb::AgentHello {
+        pb::AgentHello {
+            host_id: self.host_id.clone(),
+            underlay_address: self.underlay_address.clone(),
+            underlay: vec![pb::UnderlayInterface {
+                name: "eth0".into(),
+                addresses: vec![format!("{}/16", self.underlay_address)],
+                mtu: self.mtu,
+                mac: String::new(),
+            }],
+            capacity: Some(pb::Resources {
+                cpu: self.cpu,
+                memory_mb: self.memory_mb,
+            }),
+            node_kinds: vec![pb::NodeKind::Netns as i32, pb::NodeKind::Vm as i32],
+            labels: self.labels.clone(),
+            capabilities: Some(pb::Capabilities {
+                netns: true,
+                veth: true,
+                vxlan: true,
+                tc: true,
+                vlan_datapath: "userspace".into(),
+                ..Default::default()
+            }),
+            agent_version: "stand-in".into(),
+            applied_generation: self.applied_generation,
+            boot_id: "stand-in".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandInError {
+    #[error("cannot connect to {0}")]
+    Connect(String, #[source] tonic::transport::Error),
+    #[error("attach refused")]
+    Attach(#[source] tonic::Status),
+}
+
+/// A running stand-in agent; dropping it closes its stream (the controller sees a detach).
+pub struct StandIn {
+    behaviour: Arc<Mutex<Behaviour>>,
+    desired: watch::Receiver<Option<pb::DesiredState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn observed(d: &pb::DesiredState, b: &Behaviour) -> Option<pb::ObservedState> {
+    let state = |label: &str| match b {
+        Behaviour::Ready => (pb::SliceState::Ready, String::new()),
+        Behaviour::Fail(m) => (pb::SliceState::Failed, m.clone()),
+        Behaviour::FailLabels(labels, m) if labels.iter().any(|l| l == label) => {
+            (pb::SliceState::Failed, m.clone())
+        }
+        Behaviour::FailLabels(..) => (pb::SliceState::Ready, String::new()),
+        Behaviour::Silent => (pb::SliceState::Provisioning, String::new()),
+    };
+    if *b == Behaviour::Silent {
+        return None;
+    }
+    let vns: Vec<pb::VnObserved> = d
+        .vns
+        .iter()
+        .map(|s| {
+            let (st, message) = state(&s.label);
+            pb::VnObserved {
+                vn_id: s.vn_id.clone(),
+                state: st as i32,
+                message,
+            }
+        })
+        .collect();
+    Some(pb::ObservedState {
+        generation: d.generation,
+        converged: vns
+            .iter()
+            .all(|v| v.state == pb::SliceState::Ready as i32),
+        vns,
+        errors: vec![],
+    })
+}
+
+impl StandIn {
+    /// Dials `endpoint` (`http://host:port`) and attaches.
+    pub async fn connect(
+        endpoint: &str,
+        cfg: StandInConfig,
+        behaviour: Behaviour,
+    ) -> Result<StandIn, StandInError> {
+        let mut client = AgentControlClient::connect(endpoint.to_string())
+            .await
+            .map_err(|e| StandInError::Connect(endpoint.to_string(), e))?;
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+        tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(cfg.hello())),
+        })
+        .await
+        .expect("receiver alive");
+        let mut inbound = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .map_err(StandInError::Attach)?
+            .into_inner();
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let (dtx, drx) = watch::channel(None);
+        let b = behaviour.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                match msg.msg {
+                    Some(pb::controller_message::Msg::Desired(d)) => {
+                        let report = observed(&d, &b.lock().expect("lock"));
+                        dtx.send_replace(Some(d));
+                        if let Some(o) = report {
+                            let m = pb::AgentMessage {
+                                msg: Some(pb::agent_message::Msg::Observed(o)),
+                            };
+                            if tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(pb::controller_message::Msg::Exec(c)) => {
+                        // Echo the command line, so that tests can see it arrived intact.
+                        let r = pb::ExecResult {
+                            request_id: c.request_id,
+                            exit_code: 0,
+                            stdout: format!("{} {}\n", c.node_id, c.argv.join(" ")).into_bytes(),
+                            stderr: vec![],
+                            error: String::new(),
+                        };
+                        let m = pb::AgentMessage {
+                            msg: Some(pb::agent_message::Msg::ExecResult(r)),
+                        };
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
+        Ok(StandIn {
+            behaviour,
+            desired: drx,
+            task,
+        })
+    }
+
+    pub fn set_behaviour(&self, b: Behaviour) {
+        *self.behaviour.lock().expect("lock") = b;
+    }
+
+    /// The last desired state received.
+    pub fn desired(&self) -> Option<pb::DesiredState> {
+        self.desired.borrow().clone()
+    }
+
+    /// Waits until a desired state satisfying `f` arrived (or `timeout` passed).
+    pub async fn wait_desired(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&pb::DesiredState) -> bool,
+    ) -> Option<pb::DesiredState> {
+        let mut rx = self.desired.clone();
+        let r = tokio::time::timeout(timeout, async {
+            rx.wait_for(|d| d.as_ref().is_some_and(&f))
+                .await
+                .ok()
+                .and_then(|d| d.clone())
+        })
+        .await;
+        r.ok().flatten()
+    }
+}

@@ -1,0 +1,160 @@
+//! In-process controller with stand-in agents, for the gRPC tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Request;
+use tonic::transport::Channel;
+use vn_controller::core::embed::EmbeddingPlanner;
+use vn_controller::runtime::controller::{Controller, ControllerConfig};
+use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
+use vnet_proto::PROVIDER_METADATA_KEY;
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::substrate_client::SubstrateClient;
+use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
+
+pub struct Harness {
+    pub addr: SocketAddr,
+    pub ctl: Controller,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start(dir: &Path, tweak: impl FnOnce(&mut ControllerConfig)) -> Harness {
+        let mut cfg = ControllerConfig::new(dir);
+        cfg.reattach_grace = Duration::from_secs(3600);
+        tweak(&mut cfg);
+        let ctl = Controller::open(cfg, Box::new(EmbeddingPlanner::new())).expect("open");
+        ctl.start();
+        let router = vn_controller::grpc::router(&ctl).await.expect("router");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("serve");
+        });
+        Harness {
+            addr,
+            ctl,
+            stop: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn vns(&self) -> VirtualNetworksClient<Channel> {
+        VirtualNetworksClient::connect(self.endpoint()).await.unwrap()
+    }
+
+    pub async fn substrate(&self) -> SubstrateClient<Channel> {
+        SubstrateClient::connect(self.endpoint()).await.unwrap()
+    }
+
+    /// `n` stand-in hosts h1..hn with addresses 10.77.x.y.
+    pub async fn agents(&self, n: usize, cpu: u64, mem: u64, b: Behaviour) -> Vec<StandIn> {
+        let mut out = Vec::new();
+        for i in 1..=n {
+            out.push(self.agent(&format!("h{i}"), i, cpu, mem, b.clone()).await);
+        }
+        // every agent attached and got its first desired state
+        for a in &out {
+            a.wait_desired(Duration::from_secs(10), |_| true).await.expect("desired");
+        }
+        out
+    }
+
+    pub async fn agent(&self, id: &str, i: usize, cpu: u64, mem: u64, b: Behaviour) -> StandIn {
+        let cfg = StandInConfig::new(id, &format!("10.77.{}.{}", i / 250, i % 250 + 1), cpu, mem);
+        StandIn::connect(&self.endpoint(), cfg, b).await.unwrap()
+    }
+
+    /// Stops the server and the controller (drops every session).
+    pub async fn stop(mut self) {
+        self.ctl.begin_shutdown();
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+    }
+}
+
+pub fn req<T>(provider: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(PROVIDER_METADATA_KEY, provider.parse().unwrap());
+    r
+}
+
+pub fn node(name: &str, cpu: i64) -> pb::NodeSpec {
+    pb::NodeSpec {
+        name: name.into(),
+        kind: pb::NodeKind::Netns as i32,
+        cpu,
+        memory_mb: 64,
+        ..Default::default()
+    }
+}
+
+pub fn link(a: &str, b: &str, bw: i64) -> pb::LinkSpec {
+    pb::LinkSpec {
+        endpoints: vec![a.into(), b.into()],
+        bandwidth_mbps: bw,
+        ..Default::default()
+    }
+}
+
+/// A chain a - b - c of netns nodes.
+pub fn chain(name: &str, cpu: i64, bw: i64) -> pb::VnSpec {
+    pb::VnSpec {
+        name: name.into(),
+        nodes: vec![node("a", cpu), node("b", cpu), node("c", cpu)],
+        links: vec![link("a", "b", bw), link("b", "c", bw)],
+        ..Default::default()
+    }
+}
+
+pub fn create(spec: pb::VnSpec) -> pb::CreateVnRequest {
+    pb::CreateVnRequest { spec: Some(spec) }
+}
+
+/// Waits until `provider`'s VN `name` reaches `state`.
+pub async fn wait_state(
+    c: &mut VirtualNetworksClient<Channel>,
+    provider: &str,
+    name: &str,
+    state: pb::VnState,
+) -> pb::VirtualNetwork {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let vn = c
+            .get(req(provider, pb::GetVnRequest { name: name.into() }))
+            .await
+            .unwrap()
+            .into_inner();
+        if vn.state == state as i32 {
+            return vn;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed in {:?} ({}), expected {state:?}",
+            pb::VnState::try_from(vn.state),
+            vn.reason
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
