@@ -1,0 +1,47 @@
+//! `vnctl describe vn NAME [-o json|yaml]`: where every node landed, the substrate path and
+//! identifiers (VNI, VLAN ID) of every link, MTU, state and per-host state.
+
+use vnet_proto::v1 as pb;
+
+use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
+use crate::output::{self, Format, VnView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    #[value(alias = "vns")]
+    Vn,
+}
+
+/// Show one virtual network in detail.
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    #[arg(value_enum)]
+    pub kind: Kind,
+    pub name: String,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+impl DescribeArgs {
+    pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        block_on(async {
+            let ctl = Controller::connect(opts).await?;
+            ctl.require_provider()?;
+            let vn = ctl
+                .vns()
+                .get(pb::GetVnRequest {
+                    name: self.name.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("describe vn {}", self.name), s))?
+                .into_inner();
+            match self.output {
+                Format::Table => {
+                    print!("{}", output::describe_vn(&vn));
+                    Ok(())
+                }
+                f => output::print_structured(f, &VnView::from_proto(&vn)),
+            }
+        })
+    }
+}

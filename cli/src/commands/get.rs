@@ -1,0 +1,137 @@
+//! `vnctl get vns|hosts|links [NAME] [-o table|json|yaml]`.
+
+use std::time::SystemTime;
+
+use vnet_proto::v1 as pb;
+
+use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
+use crate::output::{self, Format, HostView, SubstrateLinkView, VnView};
+
+/// What `get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resource {
+    /// The caller's virtual networks.
+    #[value(alias = "vn")]
+    Vns,
+    /// Substrate hosts (registered agents).
+    #[value(alias = "host")]
+    Hosts,
+    /// Substrate links.
+    #[value(alias = "link")]
+    Links,
+}
+
+/// List virtual networks, substrate hosts or substrate links.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    #[arg(value_enum)]
+    pub resource: Resource,
+    /// Only this one (VN name, host id or link id).
+    pub name: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+impl GetArgs {
+    pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        block_on(self.get(opts))
+    }
+
+    async fn get(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        let ctl = Controller::connect(opts).await?;
+        let text = match self.resource {
+            Resource::Vns => {
+                ctl.require_provider()?;
+                let vns = match &self.name {
+                    Some(name) => vec![
+                        ctl.vns()
+                            .get(pb::GetVnRequest { name: name.clone() })
+                            .await
+                            .map_err(|s| rpc_error(&format!("get vn {name}"), s))?
+                            .into_inner(),
+                    ],
+                    None => {
+                        let mut vns = ctl
+                            .vns()
+                            .list(pb::ListVnsRequest {})
+                            .await
+                            .map_err(|s| rpc_error("list vns", s))?
+                            .into_inner()
+                            .vns;
+                        vns.sort_by(|a, b| a.name.cmp(&b.name));
+                        vns
+                    }
+                };
+                match self.output {
+                    Format::Table if vns.is_empty() => {
+                        format!(
+                            "no virtual networks of provider {}\n",
+                            ctl.provider().unwrap_or("-")
+                        )
+                    }
+                    Format::Table => output::vns_table(&vns, SystemTime::now()),
+                    f => {
+                        let views: Vec<VnView> = vns.iter().map(VnView::from_proto).collect();
+                        return one_or_many(f, views, self.name.is_some());
+                    }
+                }
+            }
+            Resource::Hosts => {
+                let mut hosts = ctl
+                    .substrate()
+                    .list_hosts(pb::ListHostsRequest {})
+                    .await
+                    .map_err(|s| rpc_error("list hosts", s))?
+                    .into_inner()
+                    .hosts;
+                hosts.sort_by(|a, b| a.id.cmp(&b.id));
+                if let Some(name) = &self.name {
+                    hosts.retain(|h| &h.id == name);
+                    anyhow::ensure!(!hosts.is_empty(), "no host {name:?} is registered");
+                }
+                match self.output {
+                    Format::Table if hosts.is_empty() => "no hosts registered\n".into(),
+                    Format::Table => output::hosts_table(&hosts),
+                    f => {
+                        let views: Vec<HostView> = hosts.iter().map(HostView::from_proto).collect();
+                        return one_or_many(f, views, self.name.is_some());
+                    }
+                }
+            }
+            Resource::Links => {
+                let mut links = ctl
+                    .substrate()
+                    .list_links(pb::ListLinksRequest {})
+                    .await
+                    .map_err(|s| rpc_error("list links", s))?
+                    .into_inner()
+                    .links;
+                links.sort_by(|a, b| (&a.a, &a.b, &a.id).cmp(&(&b.a, &b.b, &b.id)));
+                if let Some(name) = &self.name {
+                    links.retain(|l| &l.id == name);
+                    anyhow::ensure!(!links.is_empty(), "no substrate link {name:?}");
+                }
+                match self.output {
+                    Format::Table if links.is_empty() => "no substrate links\n".into(),
+                    Format::Table => output::links_table(&links),
+                    f => {
+                        let views: Vec<SubstrateLinkView> =
+                            links.iter().map(SubstrateLinkView::from_proto).collect();
+                        return one_or_many(f, views, self.name.is_some());
+                    }
+                }
+            }
+        };
+        print!("{text}");
+        Ok(())
+    }
+}
+
+/// A named object prints as itself, a listing as a list.
+fn one_or_many<T: serde::Serialize>(f: Format, mut views: Vec<T>, one: bool) -> anyhow::Result<()> {
+    if one && views.len() == 1 {
+        output::print_structured(f, &views.remove(0))
+    } else {
+        output::print_structured(f, &views)
+    }
+}

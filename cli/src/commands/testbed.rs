@@ -1,0 +1,101 @@
+//! `vnctl testbed up|down|status`: the local multi-host testbed (see `crate::testbed`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::testbed::{self, DEFAULT_STATE_DIR, UpOptions, layout::Naming};
+
+/// Build, remove or inspect a local multi-host testbed (host namespaces h1..hN, a shaped and
+/// routed underlay, the controller and one agent per host).
+#[derive(Debug, clap::Args)]
+pub struct TestbedArgs {
+    #[command(subcommand)]
+    pub command: TestbedCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TestbedCommand {
+    /// Create host namespaces and the underlay, start the controller and the agents, and wait
+    /// until every host is registered.
+    Up(UpArgs),
+    /// Stop the daemons, remove everything the agents and the testbed created (also after a
+    /// crash). Idempotent.
+    Down(StateDirArg),
+    /// Show hosts, processes and whether the controller answers.
+    Status(StateDirArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StateDirArg {
+    /// Where the testbed keeps its record, daemon state, pidfiles and logs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Number of hosts h1..hN, joined as a full mesh.
+    #[arg(long, default_value_t = 3, conflicts_with = "topology")]
+    pub hosts: usize,
+    /// Hosts and links from a YAML file (the controller's topology format, plus optional
+    /// per-host cpu and memory).
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Bandwidth of every link of the default full mesh, Mbit/s.
+    #[arg(long, default_value_t = 1000, value_name = "MBIT")]
+    pub bandwidth: u64,
+    /// Prefix of host namespace names (host ids stay h1..hN), e.g. for tests next to a running
+    /// testbed.
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    pub netns_prefix: String,
+    /// Management bridge in the root namespace (at most 11 characters).
+    #[arg(long, default_value = "vnmgmt0", value_name = "NAME")]
+    pub mgmt_bridge: String,
+    /// Management network: the bridge takes the first address, host i the (1+i)-th.
+    #[arg(long, default_value_t = testbed::default_mgmt_subnet(), value_name = "CIDR")]
+    pub mgmt_subnet: Ipv4Net,
+    /// The controller's gRPC port (on 127.0.0.1 and on the management bridge).
+    #[arg(long, default_value_t = 7000)]
+    pub listen_port: u16,
+    /// The controller's Prometheus port (127.0.0.1).
+    #[arg(long, default_value_t = 9100)]
+    pub metrics_port: u16,
+    /// MTU of the underlay veths.
+    #[arg(long, default_value_t = 1500)]
+    pub underlay_mtu: u32,
+    /// The agents' --name-prefix (names of virtual-node namespaces); default: the agent's own.
+    #[arg(long, value_name = "PREFIX")]
+    pub node_prefix: Option<String>,
+    /// How long to wait for the controller and every agent to come up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl TestbedArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            TestbedCommand::Up(a) => testbed::up(&UpOptions {
+                hosts: a.hosts,
+                topology: a.topology,
+                state_dir: a.state_dir,
+                naming: Naming {
+                    netns_prefix: a.netns_prefix,
+                    mgmt_bridge: a.mgmt_bridge,
+                    mgmt_subnet: a.mgmt_subnet,
+                    underlay_mtu: a.underlay_mtu,
+                },
+                listen_port: a.listen_port,
+                metrics_port: a.metrics_port,
+                bandwidth: a.bandwidth,
+                node_prefix: a.node_prefix,
+                timeout: a.timeout,
+            }),
+            TestbedCommand::Down(a) => testbed::down(&a.state_dir),
+            TestbedCommand::Status(a) => testbed::status(&a.state_dir),
+        }
+    }
+}

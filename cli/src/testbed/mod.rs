@@ -1,0 +1,905 @@
+//! The local multi-host testbed: host namespaces `h1`..`hN` joined by a shaped, routed underlay,
+//! a management network to the root namespace, and the real controller and agents as detached
+//! processes. `up` is all-or-nothing; `down` removes exactly what `up` recorded, also after a
+//! crash; `status` reports what is there.
+//!
+//! State directory (default `/var/lib/vnet/testbed`):
+//! ```text
+//! testbed.json        what was built: layout, owned objects (recorded before creation), binaries
+//! topology.yaml       the controller's --topology
+//! controller/         the controller's --state-dir
+//! agents/hN/          each agent's --state-dir
+//! run/*.pid           pidfiles
+//! logs/*.log          daemon logs (kept by `down`, for post-mortems)
+//! ```
+
+pub mod daemon;
+pub mod layout;
+pub mod net;
+pub mod topology;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use vnet_proto::v1 as pb;
+
+use crate::client::{Controller, ControllerOpts};
+use daemon::DaemonSpec;
+use layout::{Layout, Naming, NetOp, Owned};
+use net::{LinkState, Net};
+use topology::Substrate;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vnet/testbed";
+const RECORD: &str = "testbed.json";
+const CONTROLLER_BIN: &str = "vn-controller";
+const AGENT_BIN: &str = "substrate-agent";
+
+/// Everything `testbed up` is asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub hosts: usize,
+    pub topology: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub naming: Naming,
+    pub listen_port: u16,
+    pub metrics_port: u16,
+    /// Link bandwidth of the default full mesh, Mbit/s.
+    pub bandwidth: u64,
+    /// The agents' `--name-prefix` (names of virtual node namespaces), default: the agent's.
+    pub node_prefix: Option<String>,
+    /// How long to wait for the controller and every agent.
+    pub timeout: Duration,
+}
+
+/// An object outside the host namespaces, recorded before it is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnedEntry {
+    pub object: Owned,
+    /// For namespaces: the inode once created (a look-alike of someone else's differs).
+    pub inode: Option<u64>,
+}
+
+/// `testbed.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub state_dir: PathBuf,
+    pub layout: Layout,
+    pub listen_port: u16,
+    pub metrics_port: u16,
+    pub node_prefix: Option<String>,
+    pub controller_bin: PathBuf,
+    pub agent_bin: PathBuf,
+    pub owned: Vec<OwnedEntry>,
+}
+
+impl Record {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(RECORD)
+    }
+
+    pub fn load(state_dir: &Path) -> anyhow::Result<Option<Record>> {
+        let p = Record::path(state_dir);
+        match std::fs::read(&p) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", p.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Written atomically (temp file + rename): a crash leaves the old or the new record.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let p = Record::path(&self.state_dir);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+        Ok(())
+    }
+
+    pub fn controller_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.listen_port)
+    }
+
+    fn alias(&self) -> String {
+        layout::alias_tag(&self.state_dir)
+    }
+
+    pub fn controller_daemon(&self) -> DaemonSpec {
+        let dir = &self.state_dir;
+        let state = dir.join("controller");
+        let gw = self.layout.gateway.addr();
+        DaemonSpec {
+            name: "controller".into(),
+            program: self.controller_bin.clone(),
+            args: vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", self.listen_port),
+                "--listen".into(),
+                format!("{gw}:{}", self.listen_port),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--topology".into(),
+                dir.join("topology.yaml").display().to_string(),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{}", self.metrics_port),
+            ],
+            log: dir.join("logs/controller.log"),
+            pidfile: dir.join("run/controller.pid"),
+            marker: state.display().to_string(),
+        }
+    }
+
+    pub fn agent_state_dir(&self, host: &str) -> PathBuf {
+        self.state_dir.join("agents").join(host)
+    }
+
+    pub fn agent_daemon(&self, host: &layout::HostLayout) -> DaemonSpec {
+        let dir = &self.state_dir;
+        let state = self.agent_state_dir(&host.id);
+        let mut args = vec![
+            "--netns".into(),
+            host.netns.clone(),
+            "--host-id".into(),
+            host.id.clone(),
+            "--controller".into(),
+            format!("http://{}:{}", self.layout.gateway.addr(), self.listen_port),
+            "--underlay-address".into(),
+            host.primary.to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ];
+        if let Some(p) = &self.node_prefix {
+            args.extend(["--name-prefix".into(), p.clone()]);
+        }
+        if let Some(c) = host.cpu {
+            args.extend(["--cpu".into(), c.to_string()]);
+        }
+        if let Some(m) = host.memory {
+            args.extend(["--memory-mb".into(), m.to_string()]);
+        }
+        for l in &host.labels {
+            args.extend(["--label".into(), l.clone()]);
+        }
+        DaemonSpec {
+            name: format!("agent {}", host.id),
+            program: self.agent_bin.clone(),
+            args,
+            log: dir.join(format!("logs/agent-{}.log", host.id)),
+            pidfile: dir.join(format!("run/agent-{}.pid", host.id)),
+            marker: state.display().to_string(),
+        }
+    }
+
+    /// `substrate-agent cleanup ...` for one host: removes everything that agent owns.
+    pub fn agent_cleanup_argv(&self, host: &layout::HostLayout) -> Vec<String> {
+        let mut v = vec![
+            "cleanup".into(),
+            "--state-dir".into(),
+            self.agent_state_dir(&host.id).display().to_string(),
+            "--host-id".into(),
+            host.id.clone(),
+            "--netns".into(),
+            host.netns.clone(),
+        ];
+        if let Some(p) = &self.node_prefix {
+            v.extend(["--name-prefix".into(), p.clone()]);
+        }
+        v
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root (it creates namespaces and links); run it with sudo"
+    );
+    Ok(())
+}
+
+fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    crate::which::beside_self_or_path(name).with_context(|| {
+        let here = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.display().to_string()))
+            .unwrap_or_else(|| "?".into());
+        format!(
+            "cannot find {name} next to vnctl ({here}) or on PATH: build it \
+             (cargo build --release -p {name}) or install it"
+        )
+    })
+}
+
+/// Creates the network from `ops`, recording each owned object before creating it. On failure
+/// everything recorded is removed again.
+pub fn build_network(net: &mut dyn Net, record: &mut Record, ops: &[NetOp]) -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<()> {
+        for op in ops {
+            if let Some(obj) = op.creates() {
+                record.owned.push(OwnedEntry {
+                    object: obj.clone(),
+                    inode: None,
+                });
+                record.save()?;
+                net.apply(op)?;
+                if let Owned::Netns(name) = &obj {
+                    let inode = net.netns_inode(name);
+                    if let Some(e) = record.owned.last_mut() {
+                        e.inode = inode;
+                    }
+                    record.save()?;
+                }
+            } else {
+                net.apply(op)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let problems = remove_network(net, record);
+        let mut e = e.context("building the testbed network");
+        if !problems.is_empty() {
+            e = e.context(format!("and undoing it left: {}", problems.join("; ")));
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes the recorded objects that are still ours (namespaces by inode, root links by alias).
+/// Returns what could not be removed.
+pub fn remove_network(net: &mut dyn Net, record: &mut Record) -> Vec<String> {
+    let alias = record.alias();
+    let mut problems = Vec::new();
+    // Namespaces first: their veths (and the root ends of management veths) go with them.
+    let mut owned = record.owned.clone();
+    owned.sort_by_key(|e| match e.object {
+        Owned::Netns(_) => 0,
+        Owned::RootLink(_) => 1,
+    });
+    for e in &owned {
+        match &e.object {
+            Owned::Netns(name) => match (net.netns_inode(name), e.inode) {
+                (None, _) => {}
+                (Some(now), Some(ours)) if now != ours => problems.push(format!(
+                    "namespace {name} is not the one the testbed created (inode {now}, ours was \
+                     {ours}); left alone"
+                )),
+                _ => {
+                    if let Err(err) = net.delete_netns(name) {
+                        problems.push(format!("{err:#}"));
+                    }
+                }
+            },
+            Owned::RootLink(name) => match net.root_link(name) {
+                Ok(LinkState::Absent) => {}
+                Ok(LinkState::Present { alias: a }) if a == alias => {
+                    if let Err(err) = net.delete_root_link(name) {
+                        problems.push(format!("{err:#}"));
+                    }
+                }
+                // Created but crashed before tagging: the record says we made it.
+                Ok(LinkState::Present { alias: a }) if a.is_empty() => {
+                    if let Err(err) = net.delete_root_link(name) {
+                        problems.push(format!("{err:#}"));
+                    }
+                }
+                Ok(LinkState::Present { alias: a }) => problems.push(format!(
+                    "link {name} carries alias {a:?}, not this testbed's; left alone"
+                )),
+                Err(err) => problems.push(format!("{err:#}")),
+            },
+        }
+    }
+    if problems.is_empty() {
+        record.owned.clear();
+    }
+    problems
+}
+
+/// Refuses to build over existing objects or a clashing subnet.
+fn preflight(net: &dyn Net, layout: &Layout) -> anyhow::Result<()> {
+    for h in &layout.hosts {
+        anyhow::ensure!(
+            net.netns_inode(&h.netns).is_none(),
+            "namespace {} already exists (another testbed? take it down with `vnctl testbed \
+             down --state-dir DIR`, or choose --netns-prefix)",
+            h.netns
+        );
+        anyhow::ensure!(
+            net.root_link(&h.mgmt_root_if)? == LinkState::Absent,
+            "link {} already exists in the root namespace (choose --mgmt-bridge)",
+            h.mgmt_root_if
+        );
+    }
+    anyhow::ensure!(
+        net.root_link(&layout.naming.mgmt_bridge)? == LinkState::Absent,
+        "link {} already exists in the root namespace (another testbed? choose --mgmt-bridge)",
+        layout.naming.mgmt_bridge
+    );
+    let subnet = layout.naming.mgmt_subnet;
+    for a in net.root_addresses()? {
+        anyhow::ensure!(
+            !(subnet.contains(&a.addr()) || a.trunc().contains(&subnet.network())),
+            "the management subnet {subnet} overlaps {a}, already configured in the root \
+             namespace (choose --mgmt-subnet)"
+        );
+    }
+    Ok(())
+}
+
+fn port_free(port: u16) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .with_context(|| {
+            format!("port {port} on 127.0.0.1 is in use (another controller? choose another port)")
+        })
+}
+
+/// `vnctl testbed up`.
+pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
+    require_root("testbed up")?;
+    let input = match &opts.topology {
+        Some(p) => topology::load(p)?,
+        None => {
+            anyhow::ensure!(opts.hosts >= 1, "--hosts must be at least 1");
+            topology::full_mesh(opts.hosts, opts.bandwidth)
+        }
+    };
+    let substrate = input.resolve().context("invalid topology")?;
+    let layout = Layout::new(&substrate, &opts.naming)?;
+    let state_dir = std::path::absolute(&opts.state_dir)
+        .with_context(|| format!("state dir {}", opts.state_dir.display()))?;
+    if let Some(old) = Record::load(&state_dir)? {
+        let hosts: Vec<&str> = old.layout.hosts.iter().map(|h| h.id.as_str()).collect();
+        anyhow::bail!(
+            "a testbed ({}) is already recorded in {}: `vnctl testbed down --state-dir {}` \
+             first (it also cleans up after a crash)",
+            hosts.join(", "),
+            state_dir.display(),
+            state_dir.display()
+        );
+    }
+    let controller_bin = find_binary(CONTROLLER_BIN)?;
+    let agent_bin = find_binary(AGENT_BIN)?;
+    for tool in ["ip", "tc"] {
+        anyhow::ensure!(
+            crate::which::on_path(tool).is_some(),
+            "`{tool}` is not on PATH: install iproute2 (apt-get install iproute2)"
+        );
+    }
+    let mut net = net::IpRoute2;
+    preflight(&net, &layout)?;
+    port_free(opts.listen_port)?;
+    port_free(opts.metrics_port)?;
+
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let mut record = Record {
+        state_dir: state_dir.clone(),
+        layout,
+        listen_port: opts.listen_port,
+        metrics_port: opts.metrics_port,
+        node_prefix: opts.node_prefix.clone(),
+        controller_bin,
+        agent_bin,
+        owned: Vec::new(),
+    };
+    record.save()?;
+    eprintln!(
+        "building {} host namespaces and {} underlay links",
+        record.layout.hosts.len(),
+        record.layout.links.len()
+    );
+    let ops = record.layout.up_ops(&record.alias());
+    if let Err(e) = build_network(&mut net, &mut record, &ops) {
+        let _ = remove_runtime_files(&state_dir);
+        return Err(e);
+    }
+    if let Err(e) = start_daemons(&record, &substrate, opts.timeout) {
+        let problems = teardown(&mut record);
+        let mut e = e.context("starting the testbed (everything it built was removed again)");
+        if !problems.is_empty() {
+            e = e.context(format!("cleanup problems: {}", problems.join("; ")));
+        }
+        return Err(e);
+    }
+    println!(
+        "testbed up: {} hosts, controller at {} (state in {})",
+        record.layout.hosts.len(),
+        record.controller_url(),
+        state_dir.display()
+    );
+    if record.controller_url() != crate::client::DEFAULT_CONTROLLER {
+        println!("  export VNET_CONTROLLER={}", record.controller_url());
+    }
+    print!("{}", hosts_summary(&record));
+    println!(
+        "take it down with: vnctl testbed down{}",
+        if state_dir == Path::new(DEFAULT_STATE_DIR) {
+            String::new()
+        } else {
+            format!(" --state-dir {}", state_dir.display())
+        }
+    );
+    Ok(())
+}
+
+fn hosts_summary(record: &Record) -> String {
+    let rows: Vec<Vec<String>> = record
+        .layout
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.clone(),
+                h.netns.clone(),
+                h.mgmt_address.addr().to_string(),
+                h.primary.to_string(),
+            ]
+        })
+        .collect();
+    crate::output::table(&["HOST", "NETNS", "MGMT", "UNDERLAY"], &rows)
+}
+
+fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> anyhow::Result<()> {
+    let dir = &record.state_dir;
+    std::fs::write(
+        dir.join("topology.yaml"),
+        serde_yaml_ng::to_string(&substrate.controller_topology())?,
+    )
+    .context("writing topology.yaml")?;
+    let deadline = Instant::now() + timeout;
+
+    let ctl_spec = record.controller_daemon();
+    let mut children: Vec<(DaemonSpec, Child)> = Vec::new();
+    children.push((ctl_spec.clone(), daemon::spawn(&ctl_spec)?));
+    let opts = ControllerOpts {
+        controller: record.controller_url(),
+        provider: None,
+    };
+    crate::client::block_on(async {
+        // The controller must accept connections before agents dial it (they retry anyway).
+        let ctl = loop {
+            check_children(&mut children)?;
+            match Controller::connect(&opts).await {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "the controller did not come up within {}; log tail:\n{}",
+                        humantime::format_duration(timeout),
+                        daemon::tail(&ctl_spec.log, 15)
+                    )));
+                }
+            }
+        };
+        eprintln!("controller listening at {}", record.controller_url());
+        for h in &record.layout.hosts {
+            let spec = record.agent_daemon(h);
+            std::fs::create_dir_all(record.agent_state_dir(&h.id))?;
+            let child = daemon::spawn(&spec)?;
+            children.push((spec, child));
+        }
+        let want: Vec<&str> = record.layout.hosts.iter().map(|h| h.id.as_str()).collect();
+        loop {
+            check_children(&mut children)?;
+            let hosts = ctl
+                .substrate()
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .map(|r| r.into_inner().hosts)
+                .unwrap_or_default();
+            let missing: Vec<&str> = want
+                .iter()
+                .copied()
+                .filter(|id| !hosts.iter().any(|h| h.id == *id && h.connected))
+                .collect();
+            if missing.is_empty() {
+                eprintln!("all {} agents registered and connected", want.len());
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = missing
+                    .iter()
+                    .filter_map(|id| record.layout.host(id))
+                    .map(|h| {
+                        let spec = record.agent_daemon(h);
+                        format!(
+                            "--- {}:\n{}",
+                            spec.log.display(),
+                            daemon::tail(&spec.log, 10)
+                        )
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "hosts {} did not register with the controller within {}; log tails:\n{}\n\
+                     --- controller:\n{}",
+                    missing.join(", "),
+                    humantime::format_duration(timeout),
+                    tails.join("\n"),
+                    daemon::tail(&ctl_spec.log, 10)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .inspect_err(|_| {
+        // Reap what we started; `teardown` stops them by pidfile.
+        for (spec, child) in &mut children {
+            let _ = daemon::stop(spec, Duration::from_secs(5));
+            let _ = child.wait();
+        }
+    })
+}
+
+/// Fails when a daemon we started has already exited, with its log tail.
+fn check_children(children: &mut [(DaemonSpec, Child)]) -> anyhow::Result<()> {
+    for (spec, child) in children.iter_mut() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "{} exited during start-up ({status}); {} says:\n{}",
+                spec.name,
+                spec.log.display(),
+                daemon::tail(&spec.log, 15)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stops daemons, has every agent remove what it owns, removes the network and runtime files.
+/// Returns the problems met (empty: everything is gone).
+fn teardown(record: &mut Record) -> Vec<String> {
+    let mut problems = Vec::new();
+    let grace = Duration::from_secs(10);
+    for h in &record.layout.hosts {
+        let spec = record.agent_daemon(h);
+        match daemon::stop(&spec, grace) {
+            Ok(daemon::Stopped::Killed) => {
+                eprintln!("{} did not stop on SIGTERM; killed", spec.name)
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    for h in &record.layout.hosts {
+        if !record.agent_state_dir(&h.id).exists() {
+            continue;
+        }
+        let argv = record.agent_cleanup_argv(h);
+        match std::process::Command::new(&record.agent_bin)
+            .args(&argv)
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => problems.push(format!(
+                "`{} {}` failed ({}): {}",
+                record.agent_bin.display(),
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => problems.push(format!(
+                "cannot run {} cleanup: {e}",
+                record.agent_bin.display()
+            )),
+        }
+    }
+    let ctl = record.controller_daemon();
+    match daemon::stop(&ctl, grace) {
+        Ok(daemon::Stopped::Killed) => eprintln!("controller did not stop on SIGTERM; killed"),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    problems.extend(remove_network(&mut net::IpRoute2, record));
+    if problems.is_empty() {
+        if let Err(e) = remove_runtime_files(&record.state_dir) {
+            problems.push(format!("{e:#}"));
+        }
+    } else if let Err(e) = record.save() {
+        problems.push(format!("{e:#}"));
+    }
+    problems
+}
+
+/// Everything in the state dir except `logs/`.
+fn remove_runtime_files(dir: &Path) -> anyhow::Result<()> {
+    for name in [RECORD, "testbed.json.tmp", "topology.yaml"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {}", dir.join(name).display()));
+            }
+        }
+    }
+    for sub in ["run", "controller", "agents"] {
+        match std::fs::remove_dir_all(dir.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {}", dir.join(sub).display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vnctl testbed down`: idempotent; works after a crash.
+pub fn down(state_dir: &Path) -> anyhow::Result<()> {
+    require_root("testbed down")?;
+    let state_dir = std::path::absolute(state_dir)?;
+    let Some(mut record) = Record::load(&state_dir)? else {
+        println!(
+            "no testbed recorded in {}; nothing to do",
+            state_dir.display()
+        );
+        return Ok(());
+    };
+    let problems = teardown(&mut record);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "testbed down left things behind: {} (state kept in {}; fix and run down again)",
+        problems.join("; "),
+        state_dir.display()
+    );
+    println!(
+        "testbed down: {} hosts removed (logs kept in {})",
+        record.layout.hosts.len(),
+        state_dir.join("logs").display()
+    );
+    Ok(())
+}
+
+/// `vnctl testbed status`.
+pub fn status(state_dir: &Path) -> anyhow::Result<()> {
+    let state_dir = std::path::absolute(state_dir)?;
+    let Some(record) = Record::load(&state_dir)? else {
+        println!("no testbed recorded in {}", state_dir.display());
+        return Ok(());
+    };
+    let net = net::IpRoute2;
+    let ctl_spec = record.controller_daemon();
+    let ctl_pid = daemon::running(&ctl_spec);
+    let opts = ControllerOpts {
+        controller: record.controller_url(),
+        provider: None,
+    };
+    let hosts: Result<Vec<pb::Host>, String> = crate::client::block_on(async {
+        let ctl = Controller::connect(&opts)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        ctl.substrate()
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .map(|r| r.into_inner().hosts)
+            .map_err(|s| s.message().to_owned())
+    });
+    println!("state dir:   {}", state_dir.display());
+    println!(
+        "controller:  {} ({}), {}",
+        record.controller_url(),
+        match ctl_pid {
+            Some(p) => format!("pid {p}"),
+            None => "not running".into(),
+        },
+        match &hosts {
+            Ok(_) => "reachable".to_owned(),
+            Err(e) => format!("unreachable: {e}"),
+        }
+    );
+    println!(
+        "management:  {} {}",
+        record.layout.naming.mgmt_bridge, record.layout.gateway
+    );
+    let rows: Vec<Vec<String>> = record
+        .layout
+        .hosts
+        .iter()
+        .map(|h| {
+            let agent = daemon::running(&record.agent_daemon(h));
+            let reg = hosts
+                .as_ref()
+                .ok()
+                .and_then(|hs| hs.iter().find(|x| x.id == h.id));
+            vec![
+                h.id.clone(),
+                format!(
+                    "{}{}",
+                    h.netns,
+                    if net.netns_inode(&h.netns).is_some() {
+                        ""
+                    } else {
+                        " (missing)"
+                    }
+                ),
+                h.mgmt_address.addr().to_string(),
+                h.primary.to_string(),
+                agent
+                    .map(|p| format!("pid {p}"))
+                    .unwrap_or_else(|| "not running".into()),
+                match reg {
+                    Some(x) if x.connected => "connected".into(),
+                    Some(_) => "disconnected".into(),
+                    None => "not registered".into(),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::output::table(
+            &["HOST", "NETNS", "MGMT", "UNDERLAY", "AGENT", "CONTROLLER"],
+            &rows
+        )
+    );
+    let links: Vec<Vec<String>> = record
+        .layout
+        .links
+        .iter()
+        .map(|l| {
+            vec![
+                l.link.id.clone(),
+                format!("{}:{} {}", l.link.a, l.a_if, l.link.a_address),
+                format!("{}:{} {}", l.link.b, l.b_if, l.link.b_address),
+                format!("{}Mbit/s", l.link.bandwidth),
+            ]
+        })
+        .collect();
+    if !links.is_empty() {
+        print!(
+            "{}",
+            crate::output::table(&["LINK", "A", "B", "SHAPED"], &links)
+        );
+    }
+    Ok(())
+}
+
+/// The default management subnet, for the CLI.
+pub fn default_mgmt_subnet() -> Ipv4Net {
+    Naming::default().mgmt_subnet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::net::FakeNet;
+    use super::*;
+
+    fn record(dir: &Path) -> Record {
+        let s = topology::full_mesh(3, 100).resolve().unwrap();
+        Record {
+            state_dir: dir.to_owned(),
+            layout: Layout::new(&s, &Naming::default()).unwrap(),
+            listen_port: 7000,
+            metrics_port: 9100,
+            node_prefix: Some("t1".into()),
+            controller_bin: "/bin/vn-controller".into(),
+            agent_bin: "/bin/substrate-agent".into(),
+            owned: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn build_then_remove_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(dir.path());
+        let mut net = FakeNet::default();
+        let ops = r.layout.up_ops(&r.alias());
+        build_network(&mut net, &mut r, &ops).unwrap();
+        assert_eq!(net.netns.len(), 3);
+        assert_eq!(net.links.len(), 4);
+        // The record on disk knows every owned object, with inodes.
+        let saved = Record::load(dir.path()).unwrap().unwrap();
+        assert_eq!(saved.owned.len(), 7);
+        assert!(
+            saved
+                .owned
+                .iter()
+                .all(|e| matches!(e.object, Owned::RootLink(_)) || e.inode.is_some())
+        );
+        let problems = remove_network(&mut net, &mut r);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(net.netns.is_empty() && net.links.is_empty());
+    }
+
+    #[test]
+    fn failure_midway_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(dir.path());
+        let mut net = FakeNet {
+            fail_on: Some("route add".into()),
+            ..Default::default()
+        };
+        let ops = r.layout.up_ops(&r.alias());
+        let e = build_network(&mut net, &mut r, &ops).unwrap_err();
+        assert!(format!("{e:#}").contains("injected"), "{e:#}");
+        assert!(net.netns.is_empty(), "{:?}", net.netns);
+        assert!(net.links.is_empty(), "{:?}", net.links);
+    }
+
+    #[test]
+    fn look_alikes_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(dir.path());
+        let mut net = FakeNet::default();
+        let ops = r.layout.up_ops(&r.alias());
+        build_network(&mut net, &mut r, &ops).unwrap();
+        // Someone replaced h2 by their own namespace of the same name, and re-tagged the bridge.
+        net.netns.insert("h2".into(), 99);
+        net.links.insert("vnmgmt0".into(), "someone else".into());
+        let problems = remove_network(&mut net, &mut r);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(net.netns.get("h2"), Some(&99));
+        assert!(net.links.contains_key("vnmgmt0"));
+        assert!(!net.netns.contains_key("h1"));
+    }
+
+    #[test]
+    fn preflight_refuses_existing_objects_and_clashing_subnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = record(dir.path());
+        let mut net = FakeNet::default();
+        preflight(&net, &r.layout).unwrap();
+        net.netns.insert("h2".into(), 1);
+        let e = preflight(&net, &r.layout).unwrap_err().to_string();
+        assert!(e.contains("namespace h2 already exists"), "{e}");
+        net.netns.clear();
+        net.addresses.push("10.254.0.7/16".parse().unwrap());
+        let e = preflight(&net, &r.layout).unwrap_err().to_string();
+        assert!(e.contains("overlaps 10.254.0.7/16"), "{e}");
+    }
+
+    #[test]
+    fn daemon_command_lines() {
+        let dir = Path::new("/var/lib/vnet/testbed");
+        let r = record(dir);
+        let c = r.controller_daemon();
+        assert_eq!(
+            c.args.join(" "),
+            "--listen 127.0.0.1:7000 --listen 10.254.0.1:7000 --state-dir \
+             /var/lib/vnet/testbed/controller --topology /var/lib/vnet/testbed/topology.yaml \
+             --metrics-listen 127.0.0.1:9100"
+        );
+        let a = r.agent_daemon(&r.layout.hosts[1]);
+        assert_eq!(
+            a.args.join(" "),
+            "--netns h2 --host-id h2 --controller http://10.254.0.1:7000 --underlay-address \
+             10.255.0.2 --state-dir /var/lib/vnet/testbed/agents/h2 --name-prefix t1"
+        );
+        assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");
+        assert_eq!(
+            r.agent_cleanup_argv(&r.layout.hosts[0]).join(" "),
+            "cleanup --state-dir /var/lib/vnet/testbed/agents/h1 --host-id h1 --netns h1 \
+             --name-prefix t1"
+        );
+    }
+
+    #[test]
+    fn runtime_files_go_logs_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["run", "controller/db", "agents/h1", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join(RECORD), "{}").unwrap();
+        std::fs::write(d.join("topology.yaml"), "").unwrap();
+        std::fs::write(d.join("logs/controller.log"), "x").unwrap();
+        remove_runtime_files(d).unwrap();
+        let left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["logs"]);
+        remove_runtime_files(d).unwrap();
+    }
+}
