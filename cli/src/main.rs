@@ -1,1 +1,44 @@
-fn main() {}
+//! vnctl: operate vnet from the command line.
+//!
+//! Subcommands live one per file under `commands/`. Errors are printed as one line (the error and
+//! its whole chain of causes) and give a non-zero exit status.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// vnctl: virtual networks on a shared substrate.
+#[derive(Debug, Parser)]
+#[command(name = "vnctl", version, about, propagate_version = true)]
+struct Cli {
+    /// Address of the vn-controller's gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "VNET_CONTROLLER",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    controller: String,
+    /// Provider (tenant) identity sent with every request.
+    #[arg(long, global = true, env = "VNET_PROVIDER")]
+    provider: Option<String>,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = commands::GlobalOpts {
+        controller: cli.controller,
+        provider: cli.provider,
+    };
+    match cli.command.run(&global) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -29,22 +29,30 @@
 
 pub mod algo;
 pub mod embedder;
+pub mod generator;
 pub mod mapping;
 pub mod rejection;
 pub mod request;
 pub mod residual;
+pub mod sim;
 pub mod substrate;
+pub mod trace;
 
 pub use embedder::{
     ALGORITHMS, AlgorithmInfo, BoxedEmbedder, DEFAULT_ALGORITHM, Embedder, algorithm_names, by_name,
 };
+pub use generator::{GeneratorError, WaxmanConfig, generate};
 pub use mapping::{
     Embedding, EmbeddingError, Flow, FlowPlacement, LinkEmbedding, LinkPlacement, Placement,
 };
 pub use rejection::{Rejection, Resource};
 pub use request::{RequestError, RequestOptions, VirtualLink, VirtualNode, VnRequest};
 pub use residual::{Allocation, CommitError, ReleaseError, Residual};
+pub use sim::{Decision, SimReport, decision_json, simulate};
 pub use substrate::{NodeKind, Substrate, SubstrateError, SubstrateLink, SubstrateNode};
+pub use trace::{
+    TimedRequest, Trace, TraceError, parse_request, parse_substrate, parse_trace, trace_json,
+};
 
 #[cfg(test)]
 mod tests {

@@ -21,13 +21,23 @@
 
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, PathFailure};
+use crate::algo::paths::{Bfs, Path, PathFailure, k_shortest_paths};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
 use crate::rejection::{Rejection, Resource};
 use crate::request::VnRequest;
 use crate::residual::Residual;
+
+/// How the node-ranking baselines route virtual links once the nodes are placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkStrategy {
+    /// The `k` fewest-hop simple paths of the whole substrate (Yen), the first whose links all
+    /// have the bandwidth (Virne's default `k_shortest`, k = 10).
+    KShortest(usize),
+    /// The fewest-hop path of the bandwidth-feasible graph (never misses a feasible path).
+    Feasible,
+}
 
 /// The GRC algorithm (see the module docs).
 #[derive(Clone, Debug)]
@@ -36,13 +46,16 @@ pub struct Grc {
     pub damping: f64,
     /// Convergence threshold of the power iteration.
     pub epsilon: f64,
+    /// Link mapping.
+    pub links: LinkStrategy,
 }
 
 impl Default for Grc {
     fn default() -> Self {
         Grc {
             damping: 0.85,
-            epsilon: 1e-6,
+            epsilon: 1e-5,
+            links: LinkStrategy::KShortest(10),
         }
     }
 }
@@ -136,6 +149,7 @@ pub(crate) fn two_stage(
     request: &VnRequest,
     v_order: &[usize],
     s_order: &[usize],
+    strategy: LinkStrategy,
 ) -> Result<Embedding, Rejection> {
     let s = residual.substrate();
     let cands = candidate_hosts(residual, request)?;
@@ -163,16 +177,35 @@ pub(crate) fn two_stage(
     }
     let mut bfs = Bfs::default();
     let mut paths = Vec::with_capacity(request.links().len());
+    let max_hops = request.options().max_path_hops;
     for (l, vl) in request.links().iter().enumerate() {
         let (a, b) = (hosts[vl.u], hosts[vl.v]);
-        match bfs.shortest(
-            s,
-            &work.bandwidth,
-            vl.bandwidth,
-            a,
-            b,
-            request.options().max_path_hops,
-        ) {
+        let found = match strategy {
+            LinkStrategy::Feasible => {
+                bfs.shortest(s, &work.bandwidth, vl.bandwidth, a, b, max_hops)
+            }
+            LinkStrategy::KShortest(k) => {
+                let candidates = k_shortest_paths(s, a, b, k);
+                let fits = |p: &&Path| {
+                    max_hops.is_none_or(|m| p.1.len() <= m as usize)
+                        && p.1
+                            .iter()
+                            .all(|e| work.bandwidth[e.index()] >= vl.bandwidth)
+                };
+                match candidates.iter().find(fits) {
+                    Some(p) => Ok(p.clone()),
+                    None if candidates
+                        .iter()
+                        .any(|p| max_hops.is_none_or(|m| p.1.len() <= m as usize))
+                        || max_hops.is_none() =>
+                    {
+                        Err(PathFailure::Bandwidth)
+                    }
+                    None => Err(PathFailure::Hops),
+                }
+            }
+        };
+        match found {
             Ok(p) => {
                 work.route(&p.1, vl.bandwidth);
                 paths.push(p);
@@ -188,13 +221,16 @@ pub(crate) fn two_stage(
 
 impl Embedder for Grc {
     fn name(&self) -> &str {
-        "grc"
+        match self.links {
+            LinkStrategy::KShortest(_) => "grc",
+            LinkStrategy::Feasible => "grc-feasible",
+        }
     }
 
     fn embed(&self, residual: &Residual, request: &VnRequest) -> Result<Embedding, Rejection> {
         let v_order = by_rank(&self.request_ranks(request));
         let s_order = by_rank(&self.substrate_ranks(residual));
-        two_stage(residual, request, &v_order, &s_order)
+        two_stage(residual, request, &v_order, &s_order, self.links)
     }
 }
 

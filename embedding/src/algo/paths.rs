@@ -115,6 +115,119 @@ impl Bfs {
     }
 }
 
+/// A path as hosts and links.
+pub type Path = (Vec<NodeIndex>, Vec<EdgeIndex>);
+
+/// Fewest-hop path from `src` to `dst` avoiding `blocked_nodes` and `blocked_edges` (plain BFS;
+/// `None` when there is none).
+fn masked_bfs(
+    substrate: &Substrate,
+    blocked_nodes: &[bool],
+    blocked_edges: &[bool],
+    src: NodeIndex,
+    dst: NodeIndex,
+) -> Option<Path> {
+    let n = substrate.node_count();
+    let mut parent: Vec<Option<(NodeIndex, EdgeIndex)>> = vec![None; n];
+    let mut seen = vec![false; n];
+    let mut queue = VecDeque::new();
+    seen[src.index()] = true;
+    queue.push_back(src);
+    while let Some(x) = queue.pop_front() {
+        if x == dst {
+            break;
+        }
+        for &(y, e) in substrate.neighbors(x) {
+            if seen[y.index()] || blocked_nodes[y.index()] || blocked_edges[e.index()] {
+                continue;
+            }
+            seen[y.index()] = true;
+            parent[y.index()] = Some((x, e));
+            queue.push_back(y);
+        }
+    }
+    if !seen[dst.index()] {
+        return None;
+    }
+    let (mut hosts, mut edges) = (vec![dst], Vec::new());
+    let mut at = dst;
+    while at != src {
+        let (p, e) = parent[at.index()].expect("reached nodes have parents");
+        hosts.push(p);
+        edges.push(e);
+        at = p;
+    }
+    hosts.reverse();
+    edges.reverse();
+    Some((hosts, edges))
+}
+
+/// The `k` fewest-hop simple paths from `src` to `dst` on the whole substrate, in order of hop
+/// count (Yen, Management Science 1971, with BFS as the inner shortest-path routine); ties in
+/// the order they are found. `O(k n (n + m))`.
+pub fn k_shortest_paths(
+    substrate: &Substrate,
+    src: NodeIndex,
+    dst: NodeIndex,
+    k: usize,
+) -> Vec<Path> {
+    if src == dst {
+        return vec![(vec![src], Vec::new())];
+    }
+    let n = substrate.node_count();
+    let m = substrate.link_count();
+    let mut blocked_nodes = vec![false; n];
+    let mut blocked_edges = vec![false; m];
+    let Some(first) = masked_bfs(substrate, &blocked_nodes, &blocked_edges, src, dst) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Path> = vec![first];
+    // candidates: (hops, sequence number, path)
+    let mut candidates: Vec<(usize, usize, Path)> = Vec::new();
+    let mut seq = 0usize;
+    while found.len() < k {
+        let prev = found.last().expect("non-empty").clone();
+        for j in 0..prev.1.len() {
+            let spur = prev.0[j];
+            let root_hosts = &prev.0[..=j];
+            let root_edges = &prev.1[..j];
+            for p in &found {
+                if p.0.len() > j && p.0[..=j] == *root_hosts {
+                    blocked_edges[p.1[j].index()] = true;
+                }
+            }
+            for h in &root_hosts[..j] {
+                blocked_nodes[h.index()] = true;
+            }
+            if let Some((sh, se)) = masked_bfs(substrate, &blocked_nodes, &blocked_edges, spur, dst)
+            {
+                let mut hosts = root_hosts.to_vec();
+                hosts.extend_from_slice(&sh[1..]);
+                let mut edges = root_edges.to_vec();
+                edges.extend_from_slice(&se);
+                let dup =
+                    candidates.iter().any(|c| c.2.1 == edges) || found.iter().any(|f| f.1 == edges);
+                if !dup {
+                    candidates.push((edges.len(), seq, (hosts, edges)));
+                    seq += 1;
+                }
+            }
+            blocked_edges.iter_mut().for_each(|b| *b = false);
+            blocked_nodes.iter_mut().for_each(|b| *b = false);
+        }
+        let Some(best) = candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| (c.0, c.1))
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        found.push(candidates.swap_remove(best).2);
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +261,43 @@ mod tests {
             Err(PathFailure::Bandwidth)
         );
         assert_eq!(bfs.distances(&s, &bw, 5, a), &[0, 3, 2, 1]);
+    }
+
+    #[test]
+    fn yen_enumerates_simple_paths_by_length() {
+        // a 3x3 grid: from corner to corner there are 6 shortest paths of 4 hops
+        let mut s = Substrate::new();
+        for i in 0..9 {
+            s.add_node(SubstrateNode::new(i.to_string(), 1)).unwrap();
+        }
+        for r in 0..3 {
+            for c in 0..3 {
+                let i = r * 3 + c;
+                if c < 2 {
+                    s.add_link(&i.to_string(), &(i + 1).to_string(), SubstrateLink::new(1))
+                        .unwrap();
+                }
+                if r < 2 {
+                    s.add_link(&i.to_string(), &(i + 3).to_string(), SubstrateLink::new(1))
+                        .unwrap();
+                }
+            }
+        }
+        let paths = k_shortest_paths(&s, NodeIndex::new(0), NodeIndex::new(8), 10);
+        assert_eq!(paths.len(), 10);
+        assert!(paths[..6].iter().all(|p| p.1.len() == 4));
+        assert!(paths[6..].iter().all(|p| p.1.len() == 6));
+        for p in &paths {
+            let mut hosts = p.0.clone();
+            hosts.sort();
+            hosts.dedup();
+            assert_eq!(hosts.len(), p.0.len(), "simple");
+            assert_eq!(p.0.first(), Some(&NodeIndex::new(0)));
+            assert_eq!(p.0.last(), Some(&NodeIndex::new(8)));
+        }
+        let mut uniq = paths.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), 10);
     }
 }

@@ -1,0 +1,215 @@
+//! `vnctl sim`: the online embedding simulator, the algorithm list and the workload generator.
+//!
+//! - `vnctl sim --trace FILE [--algo NAME] [--decisions OUT.jsonl] [--json] [--limit N]`
+//! - `vnctl sim --list-algos`
+//! - `vnctl sim --generate waxman --nodes N --requests R --rate ETA --lifetime L --seed S --out FILE`
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use embedding::generator::WaxmanConfig;
+use embedding::{ALGORITHMS, DEFAULT_ALGORITHM, SimReport};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Trace generators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    /// Waxman substrate (alpha 0.5, beta 0.2) with random connected requests.
+    Waxman,
+}
+
+/// Arguments of `vnctl sim`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["trace", "list_algos", "generate"])))]
+pub struct SimArgs {
+    /// Trace to simulate (JSON, the shared VNE trace format).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Embedding algorithm (see --list-algos); default: the flagship.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_ALGORITHM)]
+    pub algo: String,
+    /// Write the decision log (one JSON object per request) to this file.
+    #[arg(long, value_name = "OUT.jsonl", requires = "trace")]
+    pub decisions: Option<PathBuf>,
+    /// Print the metrics as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Simulate only the first N requests of the trace.
+    #[arg(long, value_name = "N", requires = "trace")]
+    pub limit: Option<usize>,
+    /// List the algorithms and exit.
+    #[arg(long)]
+    pub list_algos: bool,
+    /// Generate a trace instead of simulating one.
+    #[arg(long, value_enum, value_name = "MODEL", requires = "out")]
+    pub generate: Option<Generator>,
+    /// Generator: substrate nodes.
+    #[arg(long, default_value_t = 100, requires = "generate")]
+    pub nodes: usize,
+    /// Generator: number of requests.
+    #[arg(long, default_value_t = 1000, requires = "generate")]
+    pub requests: usize,
+    /// Generator: arrival rate (requests per time unit).
+    #[arg(long, default_value_t = 0.14, requires = "generate")]
+    pub rate: f64,
+    /// Generator: mean lifetime.
+    #[arg(long, default_value_t = 500.0, requires = "generate")]
+    pub lifetime: f64,
+    /// Generator: random seed.
+    #[arg(long, default_value_t = 0, requires = "generate")]
+    pub seed: u64,
+    /// Generator: output file.
+    #[arg(long, value_name = "FILE", requires = "generate")]
+    pub out: Option<PathBuf>,
+}
+
+impl SimArgs {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        if self.list_algos {
+            return list_algos(self.json);
+        }
+        if let Some(Generator::Waxman) = self.generate {
+            let out = self.out.as_deref().context("--generate needs --out FILE")?;
+            return generate(&self, out);
+        }
+        let trace = self.trace.as_deref().context("--trace FILE is required")?;
+        simulate(&self, trace)
+    }
+}
+
+fn list_algos(json: bool) -> anyhow::Result<()> {
+    if json {
+        let v: Vec<_> = ALGORITHMS
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name, "summary": a.summary, "default": a.name == DEFAULT_ALGORITHM}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for a in ALGORITHMS {
+            let mark = if a.name == DEFAULT_ALGORITHM {
+                " (default)"
+            } else {
+                ""
+            };
+            println!("{:<10} {}{mark}", a.name, a.summary);
+        }
+    }
+    Ok(())
+}
+
+fn generate(args: &SimArgs, out: &Path) -> anyhow::Result<()> {
+    let cfg = WaxmanConfig {
+        nodes: args.nodes,
+        requests: args.requests,
+        rate: args.rate,
+        lifetime: args.lifetime,
+        seed: args.seed,
+        ..WaxmanConfig::default()
+    };
+    let trace = embedding::generate(&cfg).context("generating the waxman workload")?;
+    let meta = serde_json::json!({
+        "generator": "vnctl sim --generate waxman",
+        "nodes": cfg.nodes, "requests": cfg.requests, "rate": cfg.rate,
+        "lifetime": cfg.lifetime, "seed": cfg.seed, "alpha": cfg.alpha, "beta": cfg.beta,
+    });
+    let text = embedding::trace_json(&trace, Some(meta)).to_string();
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {}: {} substrate nodes, {} links, {} requests",
+        out.display(),
+        trace.substrate.node_count(),
+        trace.substrate.link_count(),
+        trace.requests.len()
+    );
+    Ok(())
+}
+
+pub(crate) fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
+    let algo = embedding::by_name(&args.algo).with_context(|| {
+        format!(
+            "unknown algorithm `{}` (known: {})",
+            args.algo,
+            embedding::algorithm_names().join(", ")
+        )
+    })?;
+    let mut trace = embedding::parse_trace(&read(path)?)
+        .with_context(|| format!("invalid trace {}", path.display()))?;
+    if let Some(n) = args.limit {
+        trace.requests.truncate(n);
+    }
+    let mut log = match &args.decisions {
+        Some(p) => Some((
+            BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            p,
+        )),
+        None => None,
+    };
+    let bar = ProgressBar::new(trace.requests.len() as u64);
+    if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {wide_bar} {pos}/{len} requests, {msg} [{elapsed_precise}]",
+            )
+            .expect("static template"),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let mut accepted = 0usize;
+    let mut write_err: Option<anyhow::Error> = None;
+    let report = embedding::simulate(&trace, algo.as_ref(), |tr, d| {
+        bar.inc(1);
+        if d.outcome.is_ok() {
+            accepted += 1;
+        }
+        bar.set_message(format!("{accepted} accepted"));
+        if let Some((w, p)) = &mut log
+            && write_err.is_none()
+        {
+            let line = embedding::decision_json(&trace.substrate, tr, d);
+            if let Err(e) = writeln!(w, "{line}") {
+                write_err = Some(anyhow::Error::new(e).context(format!("writing {}", p.display())));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    if let Some((mut w, p)) = log {
+        w.flush()
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    print_report(&report, args.json);
+    if report.requests == 0 {
+        bail!("the trace has no requests");
+    }
+    Ok(())
+}
+
+fn print_report(r: &SimReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("a report serialises"));
+        return;
+    }
+    println!("algorithm          {}", r.algo);
+    println!("requests           {}", r.requests);
+    println!("accepted           {}", r.accepted);
+    println!("acceptance ratio   {:.4}", r.acceptance_ratio);
+    println!("revenue            {}", r.revenue);
+    println!("cost               {}", r.cost);
+    println!("R/C                {:.4}", r.lt_r2c);
+    println!("R/C (lifetime)     {:.4}", r.lt_time_r2c);
+    println!("solve ms mean      {:.3}", r.solve_ms_mean);
+    println!("solve ms p95       {:.3}", r.solve_ms_p95);
+    println!("solve ms max       {:.3}", r.solve_ms_max);
+    println!("wall s             {:.2}", r.wall_s);
+}
