@@ -505,6 +505,10 @@ impl Controller {
             agents.remove(host);
             self.shared.metrics.set_agents(agents.len());
         }
+        if *self.shared.shutdown.borrow() {
+            // The controller is leaving, not the agent: its VNs are not degraded.
+            return;
+        }
         tracing::warn!(%host, "agent detached");
         let h = host.to_string();
         self.mutate(move |ix| ((), ix.detach(&h))).await;
