@@ -3,7 +3,14 @@
 //! Subcommands live one per file under `commands/`. Errors are printed as one line (the error and
 //! its whole chain of causes) and give a non-zero exit status.
 
+mod client;
 mod commands;
+mod error;
+mod output;
+mod spec;
+mod testbed;
+mod wait;
+mod which;
 
 use std::process::ExitCode;
 
@@ -36,9 +43,12 @@ fn main() -> ExitCode {
     };
     match cli.command.run(&global) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
+        // One line; exit 2 when the controller is unreachable, the remote code for `exec`.
+        Err(e) => error::report(&e),
     }
+}
+
+/// vnctl's whole command tree (for `vnctl completions`).
+pub(crate) fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

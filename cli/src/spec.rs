@@ -753,6 +753,21 @@ links:
     }
 
     #[test]
+    fn every_example_spec_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let f = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!f.to_proto().nodes.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "examples found: {n}");
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let e = load(Path::new("/nonexistent/vn.yaml"))
             .unwrap_err()

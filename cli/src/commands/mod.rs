@@ -1,11 +1,18 @@
 //! One subcommand per file.
 
+pub mod apply;
+pub mod completions;
+pub mod delete;
+pub mod describe;
 pub mod embed;
+pub mod exec;
+pub mod get;
 pub mod sim;
+pub mod testbed;
+pub mod topology;
+pub mod watch;
 
 /// Global flags shared by the subcommands that talk to the controller.
-// Read by the controller subcommands (apply, get, ...), which are wired in separately.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct GlobalOpts {
     /// `--controller` / `VNET_CONTROLLER`.
@@ -21,14 +28,45 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Embed one request on a substrate (offline, no controller).
     Embed(embed::EmbedArgs),
+    /// Create a virtual network from a YAML spec, or report how the existing one differs.
+    Apply(apply::ApplyArgs),
+    /// List virtual networks, substrate hosts or substrate links.
+    Get(get::GetArgs),
+    /// Show one virtual network in detail: placement, paths, VNIs and VLAN IDs, state.
+    Describe(describe::DescribeArgs),
+    /// Delete a virtual network.
+    Delete(delete::DeleteArgs),
+    /// Follow the events of your virtual networks.
+    Watch(watch::WatchArgs),
+    /// Run a command inside a virtual node: vnctl exec VN NODE -- CMD...
+    Exec(exec::ExecArgs),
+    /// The substrate and the embedded VNs as Graphviz DOT (or SVG with --svg).
+    Topology(topology::TopologyArgs),
+    /// A local multi-host testbed: host namespaces, underlay, controller and agents.
+    Testbed(testbed::TestbedArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
 }
 
 impl Command {
     /// Runs the subcommand.
-    pub fn run(self, _global: &GlobalOpts) -> anyhow::Result<()> {
+    pub fn run(self, global: &GlobalOpts) -> anyhow::Result<()> {
+        let ctl = crate::client::ControllerOpts {
+            controller: global.controller.clone(),
+            provider: global.provider.clone(),
+        };
         match self {
             Command::Sim(args) => args.run(),
             Command::Embed(args) => args.run(),
+            Command::Apply(args) => args.run(&ctl),
+            Command::Get(args) => args.run(&ctl),
+            Command::Describe(args) => args.run(&ctl),
+            Command::Delete(args) => args.run(&ctl),
+            Command::Watch(args) => args.run(&ctl),
+            Command::Exec(args) => args.run(&ctl),
+            Command::Topology(args) => args.run(&ctl),
+            Command::Testbed(args) => args.run(),
+            Command::Completions(args) => args.run(crate::cli_command()),
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct UpArgs {
     /// per-host cpu and memory).
     #[arg(long, value_name = "FILE")]
     pub topology: Option<PathBuf>,
+    /// Where the testbed keeps its record, daemon state, pidfiles and logs.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Bandwidth of every link of the default full mesh, Mbit/s.

@@ -6,6 +6,7 @@
 //! exactly as every other tool expects, and TBF is not in netlink-packet-route. Each command's
 //! stderr becomes part of the error, which names the command.
 
+#[cfg(test)]
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
@@ -202,6 +203,7 @@ impl Net for IpRoute2 {
 }
 
 /// Records ops and keeps a model of namespaces and root links; fails on request.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct FakeNet {
     pub log: Vec<String>,
@@ -213,6 +215,7 @@ pub struct FakeNet {
     pub next_inode: u64,
 }
 
+#[cfg(test)]
 impl Net for FakeNet {
     fn apply(&mut self, op: &NetOp) -> anyhow::Result<()> {
         let line = argv(op).join(" ");

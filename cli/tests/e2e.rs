@@ -1,0 +1,650 @@
+//! End-to-end tests of vnctl against the real controller and agents.
+//!
+//! - Without root or controller: vnctl against a stopped controller, a malformed spec and a spec
+//!   naming an unknown node each print one clear line, exit non-zero and create nothing (the
+//!   "controller" here is a bare TCP listener that counts connections: none may arrive).
+//! - As root (`three_hosts_two_providers`): a private 3-host testbed (own namespace prefix,
+//!   bridge, subnet, ports and state dir, so a developer's testbed is untouched); providers red and
+//!   blue apply the example VNs (same address plan, spread over h1..h3; red over VXLAN, blue over
+//!   VLAN); every pair inside a VN reaches every other; nothing crosses between them; both are
+//!   deleted; then no namespace, link, qdisc, process or file of ours is left.
+//!
+//! Root tests print `SKIP <test>: <reason>` without root, unless `VNET_REQUIRE_ROOT=1`.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn example(name: &str) -> PathBuf {
+    repo().join("deploy/examples").join(name)
+}
+
+fn vnctl(controller: &str, provider: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(VNCTL);
+    c.env_remove("VNET_PROVIDER")
+        .env("VNET_CONTROLLER", controller);
+    if let Some(p) = provider {
+        c.args(["--provider", p]);
+    }
+    c.args(args).output().expect("run vnctl")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A TCP listener that counts the connections it accepts (it never speaks gRPC).
+fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_ok() {
+                n2.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (addr, n)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn assert_one_line_error(out: &Output, want: &[&str]) {
+    assert!(!out.status.success(), "must fail: {out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{w:?} not in {err:?}");
+    }
+}
+
+#[test]
+fn stopped_controller_is_one_line_exit_2() {
+    let port = free_port(); // bound and released: nothing listens there now
+    let addr = format!("http://127.0.0.1:{port}");
+    for args in [
+        vec!["get", "vns"],
+        vec!["get", "hosts"],
+        vec!["apply", "-f", example("red.yaml").to_str().unwrap()],
+        vec!["delete", "vn", "red-net"],
+        vec!["exec", "red-net", "a", "--", "true"],
+        vec!["topology"],
+    ] {
+        let out = vnctl(&addr, Some("red"), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_one_line_error(&out, &[&addr, "cannot reach the controller"]);
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn malformed_spec_names_file_line_and_field_and_sends_nothing() {
+    let (addr, conns) = counting_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nnodes:\n  - {name: a, cpu: 10}\n  - {name: b, cpu: ten}\n",
+    )
+    .unwrap();
+    let out = vnctl(&addr, Some("red"), &["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, &[&format!("{}:4:", bad.display()), "nodes[1].cpu"]);
+    let unknown_key = dir.path().join("key.yaml");
+    std::fs::write(&unknown_key, "name: x\nnodes: [{name: a}]\nlinkz: []\n").unwrap();
+    let out = vnctl(
+        &addr,
+        Some("red"),
+        &["apply", "-f", unknown_key.to_str().unwrap()],
+    );
+    assert_one_line_error(&out, &[&format!("{}:3:", unknown_key.display()), "linkz"]);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        0,
+        "the controller was contacted"
+    );
+}
+
+#[test]
+fn unknown_node_is_named_and_sends_nothing() {
+    let (addr, conns) = counting_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("vn.yaml");
+    std::fs::write(
+        &spec,
+        "name: x\nnodes: [{name: a}, {name: b}]\nlinks:\n  - {endpoints: [a, b], bandwidth: 1}\n  - {endpoints: [b, ghost], bandwidth: 1}\n",
+    )
+    .unwrap();
+    let out = vnctl(&addr, Some("red"), &["apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, &["links[1].endpoints[1]", "unknown node \"ghost\""]);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        0,
+        "the controller was contacted"
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = Command::new(VNCTL)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = text(&out.stdout);
+    assert!(s.contains("vnctl") && s.contains("testbed"), "{s}");
+}
+
+// ----- the root test -----
+
+fn require_root(test: &str) -> bool {
+    let root = nix_is_root();
+    if !root {
+        if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("{test}: needs root and VNET_REQUIRE_ROOT=1");
+        }
+        println!("SKIP {test}: needs root (namespaces, veths, daemons)");
+    }
+    root
+}
+
+fn nix_is_root() -> bool {
+    // The effective uid from /proc (no libc dependency in tests).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// What must be the same before and after.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    qdiscs: BTreeSet<String>,
+    processes: BTreeSet<String>,
+}
+
+fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn snapshot(markers: &[&str]) -> Snapshot {
+    let netns = lines_of(&["ip", "netns", "list"])
+        .into_iter()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect();
+    let links = lines_of(&["ip", "-o", "link", "show"])
+        .into_iter()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap().to_owned())
+        })
+        .collect();
+    let qdiscs = lines_of(&["tc", "qdisc", "show"]);
+    let mut processes = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = text(&raw).replace('\0', " ");
+            if markers.iter().any(|m| cmd.contains(m)) {
+                processes.insert(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    Snapshot {
+        netns,
+        links,
+        qdiscs,
+        processes,
+    }
+}
+
+/// Takes the testbed down however the test ends.
+struct TestbedGuard {
+    state_dir: PathBuf,
+}
+
+impl Drop for TestbedGuard {
+    fn drop(&mut self) {
+        let out = Command::new(VNCTL)
+            .args(["testbed", "down", "--state-dir"])
+            .arg(&self.state_dir)
+            .output();
+        if std::thread::panicking() {
+            eprintln!("testbed down after failure: {out:?}");
+            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
+                let p = self.state_dir.join(format!("logs/{log}.log"));
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                    eprintln!("--- {}:", p.display());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+struct Vn {
+    provider: &'static str,
+    name: String,
+    json: Value,
+}
+
+fn describe(ctl: &str, provider: &'static str, name: &str) -> Vn {
+    let out = ok(
+        vnctl(ctl, Some(provider), &["describe", "vn", name, "-o", "json"]),
+        "describe",
+    );
+    Vn {
+        provider,
+        name: name.into(),
+        json: serde_json::from_str(&out).unwrap(),
+    }
+}
+
+fn ping(ctl: &str, vn: &Vn, node: &str, addr: &str) -> Output {
+    vnctl(
+        ctl,
+        Some(vn.provider),
+        &[
+            "exec",
+            &vn.name,
+            node,
+            "--timeout",
+            "20s",
+            "--",
+            "busybox",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            addr,
+        ],
+    )
+}
+
+fn strip_len(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap()
+}
+
+/// (node x, node y, y's address, y's interface) for both directions of every link.
+fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
+    let mut v = Vec::new();
+    for l in vn.json["links"].as_array().unwrap() {
+        let ends: Vec<String> = serde_json::from_value(l["endpoints"].clone()).unwrap();
+        let addrs: Vec<String> = serde_json::from_value(l["addresses"].clone()).unwrap();
+        let ifs: Vec<String> = serde_json::from_value(l["interfaces"].clone()).unwrap();
+        assert_eq!(addrs.len(), 2, "{l}");
+        assert_eq!(ifs.len(), 2, "{l}");
+        v.push((
+            ends[0].clone(),
+            ends[1].clone(),
+            addrs[1].clone(),
+            ifs[1].clone(),
+        ));
+        v.push((
+            ends[1].clone(),
+            ends[0].clone(),
+            addrs[0].clone(),
+            ifs[0].clone(),
+        ));
+    }
+    v
+}
+
+#[test]
+fn three_hosts_two_providers() {
+    if !require_root("three_hosts_two_providers") {
+        return;
+    }
+    let bin_dir = Path::new(VNCTL).parent().unwrap();
+    for b in ["vn-controller", "substrate-agent"] {
+        if !bin_dir.join(b).exists() {
+            let msg = format!(
+                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
+                bin_dir.display()
+            );
+            if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+                panic!("{msg}");
+            }
+            println!("SKIP three_hosts_two_providers: {msg}");
+            return;
+        }
+    }
+    let pid = std::process::id();
+    let tag = format!("e2e{}", pid % 100_000);
+    let state = tempfile::Builder::new()
+        .prefix("vnet-e2e-")
+        .tempdir()
+        .unwrap();
+    let state_dir = state.path().to_owned();
+    let netns_prefix = format!("{tag}-");
+    let bridge = format!("vne{}", pid % 100_000);
+    let subnet = format!("10.252.{}.0/24", pid % 250);
+    let port = free_port();
+    let metrics = free_port();
+    let ctl = format!("http://127.0.0.1:{port}");
+    let markers = [state_dir.to_str().unwrap(), netns_prefix.as_str()];
+
+    let before = snapshot(&markers);
+    let guard = TestbedGuard {
+        state_dir: state_dir.clone(),
+    };
+    ok(
+        Command::new(VNCTL)
+            .args(["testbed", "up", "--hosts", "3", "--state-dir"])
+            .arg(&state_dir)
+            .args(["--netns-prefix", &netns_prefix, "--mgmt-bridge", &bridge])
+            .args(["--mgmt-subnet", &subnet, "--node-prefix", &tag])
+            .args(["--listen-port", &port.to_string()])
+            .args(["--metrics-port", &metrics.to_string(), "--timeout", "90s"])
+            .output()
+            .unwrap(),
+        "testbed up",
+    );
+    let status = ok(
+        Command::new(VNCTL)
+            .args(["testbed", "status", "--state-dir"])
+            .arg(&state_dir)
+            .output()
+            .unwrap(),
+        "testbed status",
+    );
+    assert_eq!(status.matches("connected").count(), 3, "{status}");
+    let hosts = ok(
+        vnctl(&ctl, None, &["get", "hosts", "-o", "json"]),
+        "get hosts",
+    );
+    let hosts: Value = serde_json::from_str(&hosts).unwrap();
+    let ids: BTreeSet<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["h1", "h2", "h3"]));
+
+    // Bad input against the live controller: one line, non-zero, nothing created.
+    let dir = tempfile::tempdir().unwrap();
+    let ghost = dir.path().join("ghost.yaml");
+    std::fs::write(
+        &ghost,
+        "name: ghost\nnodes: [{name: a}]\nlinks: [{endpoints: [a, nobody], bandwidth: 1}]\n",
+    )
+    .unwrap();
+    let out = vnctl(&ctl, Some("red"), &["apply", "-f", ghost.to_str().unwrap()]);
+    assert_one_line_error(&out, &["unknown node \"nobody\""]);
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: bad\nnodes: [{name: a, memory: lots}]\n").unwrap();
+    let out = vnctl(&ctl, Some("red"), &["apply", "-f", bad.to_str().unwrap()]);
+    assert_one_line_error(&out, &["bad.yaml:2:", "memory"]);
+    let listed = ok(
+        vnctl(&ctl, Some("red"), &["get", "vns", "-o", "json"]),
+        "get vns",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&listed).unwrap(),
+        Value::Array(vec![])
+    );
+
+    // Two providers, one address plan.
+    for (provider, file) in [("red", "red.yaml"), ("blue", "blue.yaml")] {
+        ok(
+            vnctl(
+                &ctl,
+                Some(provider),
+                &[
+                    "apply",
+                    "-f",
+                    example(file).to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "180s",
+                ],
+            ),
+            &format!("apply {file}"),
+        );
+    }
+    // Applying again is a no-op that says so.
+    let again = ok(
+        vnctl(
+            &ctl,
+            Some("red"),
+            &["apply", "-f", example("red.yaml").to_str().unwrap()],
+        ),
+        "re-apply",
+    );
+    assert!(again.contains("unchanged"), "{again}");
+
+    let red = describe(&ctl, "red", "red-net");
+    let blue = describe(&ctl, "blue", "blue-net");
+    for (vn, encap) in [(&red, "vxlan"), (&blue, "vlan")] {
+        assert_eq!(vn.json["state"], "READY", "{}", vn.json);
+        let placed: BTreeSet<(String, String)> = vn.json["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().into(),
+                    n["host"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want: BTreeSet<(String, String)> = [("a", "h1"), ("b", "h2"), ("c", "h3")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(placed, want);
+        for l in vn.json["links"].as_array().unwrap() {
+            let hops = l["hops"].as_array().unwrap();
+            assert!(!hops.is_empty(), "{l}");
+            for h in hops {
+                assert_eq!(h["encapsulation"], encap, "{l}");
+            }
+        }
+    }
+    // Each provider sees only its own VN.
+    let red_list = ok(vnctl(&ctl, Some("red"), &["get", "vns"]), "get vns");
+    assert!(
+        red_list.contains("red-net") && !red_list.contains("blue-net"),
+        "{red_list}"
+    );
+
+    // Inside each VN, every pair reaches every other.
+    for vn in [&red, &blue] {
+        for (x, y, addr, _) in pairs(vn) {
+            let out = ping(&ctl, vn, &x, strip_len(&addr));
+            assert!(
+                out.status.success(),
+                "{}: {x} cannot reach {y} at {addr}: {}{}",
+                vn.name,
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+    }
+    // Across VNs, nothing: give each node of one VN an extra address that exists only there;
+    // the same node of the same VN reaches it, the other VN's twin does not.
+    for (k, (owner, other)) in [(&blue, &red), (&red, &blue)].into_iter().enumerate() {
+        for (i, (x, y, addr, ifname)) in pairs(owner).into_iter().enumerate() {
+            let net: Vec<&str> = strip_len(&addr).split('.').collect();
+            let probe = format!("{}.{}.{}.{}", net[0], net[1], net[2], 200 + k * 20 + i);
+            ok(
+                vnctl(
+                    &ctl,
+                    Some(owner.provider),
+                    &[
+                        "exec",
+                        &owner.name,
+                        &y,
+                        "--",
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("{probe}/32"),
+                        "dev",
+                        &ifname,
+                    ],
+                ),
+                "add probe address",
+            );
+            let mine = ping(&ctl, owner, &x, &probe);
+            assert!(
+                mine.status.success(),
+                "{}: {x} cannot reach its own {y} at probe {probe}: {}",
+                owner.name,
+                text(&mine.stdout)
+            );
+            let theirs = ping(&ctl, other, &x, &probe);
+            assert!(!text(&theirs.stderr).contains("error: "), "{theirs:?}");
+            assert_eq!(
+                theirs.status.code(),
+                Some(1),
+                "{}'s {x} reached {}'s {y} at {probe}: {}{}",
+                other.name,
+                owner.name,
+                text(&theirs.stdout),
+                text(&theirs.stderr)
+            );
+            ok(
+                vnctl(
+                    &ctl,
+                    Some(owner.provider),
+                    &[
+                        "exec",
+                        &owner.name,
+                        &y,
+                        "--",
+                        "ip",
+                        "addr",
+                        "del",
+                        &format!("{probe}/32"),
+                        "dev",
+                        &ifname,
+                    ],
+                ),
+                "remove probe address",
+            );
+        }
+    }
+    // Exit codes of remote commands come through.
+    let out = vnctl(
+        &ctl,
+        Some("red"),
+        &[
+            "exec",
+            "red-net",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    for (provider, name) in [("red", "red-net"), ("blue", "blue-net")] {
+        ok(
+            vnctl(
+                &ctl,
+                Some(provider),
+                &["delete", "vn", name, "--wait", "--timeout", "120s"],
+            ),
+            "delete",
+        );
+    }
+    let listed = ok(
+        vnctl(&ctl, Some("blue"), &["get", "vns", "-o", "json"]),
+        "get vns",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&listed).unwrap(),
+        Value::Array(vec![])
+    );
+
+    let down = Command::new(VNCTL)
+        .args(["testbed", "down", "--state-dir"])
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    ok(down, "testbed down");
+    std::mem::forget(guard);
+    // Only the logs are left in the state dir.
+    let left: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["logs"]);
+    // Processes may take a moment to be reaped by init.
+    let mut after = snapshot(&markers);
+    for _ in 0..20 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        after = snapshot(&markers);
+    }
+    assert_eq!(before, after, "left behind");
+    // Down again is a no-op.
+    ok(
+        Command::new(VNCTL)
+            .args(["testbed", "down", "--state-dir"])
+            .arg(&state_dir)
+            .output()
+            .unwrap(),
+        "second testbed down",
+    );
+}
