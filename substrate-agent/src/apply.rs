@@ -404,6 +404,23 @@ fn configure_datapath<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan, report:
     let planned = report.failed.clone();
     let cfg = datapath_config(env, plan, &planned, &mut report.failed);
     if let Err(e) = env.datapath.configure(&cfg, plan.datapath_reattach) {
+        if let crate::vlan::config::DatapathError::Wires(per_wire) = &e {
+            // Only the slices whose wires failed.
+            for (wire, err) in per_wire {
+                if let Some(w) = plan.wires.iter().find(|w| &w.id == wire) {
+                    report
+                        .failed
+                        .entry(w.vn.clone())
+                        .or_insert_with(|| format!("vlan datapath: wire {wire}: {err}"));
+                }
+            }
+            let mut again = BTreeMap::new();
+            let cfg = datapath_config(env, plan, &report.failed.clone(), &mut again);
+            if let Err(e) = env.datapath.configure(&cfg, false) {
+                report.errors.push(e.to_string());
+            }
+            return;
+        }
         let msg = e.to_string();
         let vns: BTreeSet<VnId> = plan
             .wires

@@ -63,6 +63,8 @@ impl DatapathConfig {
 pub enum DatapathError {
     #[error("vlan datapath: {0}")]
     Config(String),
+    #[error("vlan datapath: {}", .0.iter().map(|(w, e)| format!("wire {w}: {e}")).collect::<Vec<_>>().join("; "))]
+    Wires(BTreeMap<String, String>),
     #[error("vlan datapath: {what}: {source}")]
     Io {
         what: String,

@@ -2,4 +2,10 @@
 //!
 //! - [`config`]: what the datapath serves (wires between TAP devices and underlay VLANs), and the
 //!   control trait the executor uses;
+//! - [`frame`]: tag push/pop with `pnet_packet`;
+//! - [`datapath`]: the datapath process itself (AF_PACKET + PACKET_AUXDATA, TAP readers);
+//! - [`process`]: spawning, adopting and reconfiguring that process from the agent.
 pub mod config;
+pub mod datapath;
+pub mod frame;
+pub mod process;

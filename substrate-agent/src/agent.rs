@@ -1,0 +1,444 @@
+//! The daemon: one `Attach` session with the controller (dialled by the agent, re-dialled with
+//! backoff) and one reconcile loop.
+//!
+//! The session forwards every `DesiredState` to the reconcile loop through a watch channel (only
+//! the newest matters: a newer one cancels the apply in progress between phases), answers
+//! `ExecCommand`s, and sends each `ObservedState` the loop produces (and the latest one again after
+//! every reconnect). The loop also re-runs every `resync` interval, so drift on the host and slices
+//! that failed are retried without a new desired state.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::agent_control_client::AgentControlClient;
+
+use crate::apply::{ApplyReport, Env, apply};
+use crate::guest::GuestRuntime;
+use crate::kernel::Kernel;
+use crate::naming::Naming;
+use crate::observe::observe;
+use crate::plan::{PlanContext, plan};
+use crate::spec::{Desired, NodeId, NodeKind};
+use crate::state::{Ledger, StateDir};
+use crate::vlan::config::DatapathControl;
+
+/// Configuration of a running agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub host_id: String,
+    /// `http://host:port` of the controller.
+    pub controller: String,
+    pub underlay_address: IpAddr,
+    pub underlay: Vec<pb::UnderlayInterface>,
+    pub state_dir: PathBuf,
+    pub capacity: pb::Resources,
+    pub labels: Vec<String>,
+    pub name_prefix: String,
+    pub workers: usize,
+    pub resync: Duration,
+    pub capabilities: pb::Capabilities,
+}
+
+/// The agent.
+pub struct Agent<K: Kernel + 'static> {
+    pub cfg: AgentConfig,
+    pub naming: Naming,
+    pub kernel: Arc<K>,
+    pub ledger: Arc<StateDir>,
+    pub datapath: Arc<dyn DatapathControl>,
+    pub guests: Option<Arc<dyn GuestRuntime>>,
+    /// The newest desired state, validated (for exec).
+    latest: Mutex<Option<Desired>>,
+}
+
+/// `/proc/sys/kernel/random/boot_id`.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl<K: Kernel + 'static> Agent<K> {
+    pub fn new(
+        cfg: AgentConfig,
+        kernel: Arc<K>,
+        ledger: Arc<StateDir>,
+        datapath: Arc<dyn DatapathControl>,
+        guests: Option<Arc<dyn GuestRuntime>>,
+    ) -> Self {
+        let naming = Naming::new(cfg.name_prefix.clone(), cfg.host_id.clone());
+        Self {
+            cfg,
+            naming,
+            kernel,
+            ledger,
+            datapath,
+            guests,
+            latest: Mutex::new(None),
+        }
+    }
+
+    /// The first message of every session.
+    pub fn hello(&self) -> pb::AgentHello {
+        let mut kinds = vec![pb::NodeKind::Netns as i32];
+        if self.guests.is_some() {
+            kinds.push(pb::NodeKind::Vm as i32);
+        }
+        pb::AgentHello {
+            host_id: self.cfg.host_id.clone(),
+            underlay_address: self.cfg.underlay_address.to_string(),
+            underlay: self.cfg.underlay.clone(),
+            capacity: Some(self.cfg.capacity),
+            node_kinds: kinds,
+            labels: self.cfg.labels.clone(),
+            capabilities: Some(self.cfg.capabilities.clone()),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            applied_generation: self.ledger.applied_generation(),
+            boot_id: boot_id(),
+        }
+    }
+
+    /// One reconcile pass: observe, plan, apply. Blocking.
+    pub fn reconcile(&self, msg: &pb::DesiredState, cancel: &AtomicBool) -> pb::ObservedState {
+        let desired = Desired::from_proto(msg);
+        *self.latest.lock().expect("latest") = Some(desired.clone());
+        let report = match self.reconcile_desired(&desired, cancel) {
+            Ok(r) => r,
+            Err(e) => {
+                return pb::ObservedState {
+                    generation: msg.generation,
+                    converged: false,
+                    vns: desired
+                        .slices
+                        .keys()
+                        .map(|vn| pb::VnObserved {
+                            vn_id: vn.to_string(),
+                            state: pb::SliceState::Provisioning as i32,
+                            message: String::new(),
+                        })
+                        .collect(),
+                    errors: vec![format!("{e:#}")],
+                };
+            }
+        };
+        observed_state(msg.generation, &desired, &report)
+    }
+
+    fn reconcile_desired(&self, desired: &Desired, cancel: &AtomicBool) -> anyhow::Result<ApplyReport> {
+        let guests: BTreeSet<String> = match &self.guests {
+            Some(g) => g
+                .observed()
+                .context("list guests")?
+                .into_iter()
+                .filter(|g| g.running)
+                .map(|g| g.node_id)
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let obs = observe(
+            self.kernel.as_ref(),
+            &self.naming,
+            self.ledger.as_ref(),
+            guests,
+            self.cfg.workers,
+        )
+        .context("observe the host")?;
+        if !obs.stale_records.is_empty() {
+            self.ledger.forget(&obs.stale_records)?;
+        }
+        let p = plan(
+            &self.naming,
+            desired,
+            &obs.observed,
+            PlanContext {
+                guests_supported: self.guests.is_some(),
+            },
+        );
+        for (vn, e) in &desired.invalid {
+            tracing::warn!(vn = %vn, error = %e, "invalid slice");
+        }
+        tracing::info!(
+            generation = desired.generation,
+            ops = p.ops.len(),
+            wires = p.wires.len(),
+            failed = p.failed.len(),
+            "plan"
+        );
+        let env = Env {
+            kernel: self.kernel.as_ref(),
+            ledger: self.ledger.as_ref(),
+            datapath: self.datapath.as_ref(),
+            guests: self.guests.as_deref(),
+            workers: self.cfg.workers,
+            cancel: Some(cancel),
+        };
+        let report = apply(&env, &p);
+        if !report.superseded {
+            self.ledger.set_applied_generation(desired.generation)?;
+        }
+        for (vn, e) in &report.failed {
+            tracing::warn!(vn = %vn, error = %e, "slice failed");
+        }
+        for e in &report.errors {
+            tracing::warn!(error = %e, "host error");
+        }
+        Ok(report)
+    }
+
+    /// Runs a command in a node of this host.
+    pub async fn exec(self: &Arc<Self>, cmd: pb::ExecCommand) -> pb::ExecResult {
+        let mut res = pb::ExecResult {
+            request_id: cmd.request_id,
+            exit_code: -1,
+            ..Default::default()
+        };
+        let node = match NodeId::parse(&cmd.node_id) {
+            Ok(n) => n,
+            Err(e) => {
+                res.error = e.0;
+                return res;
+            }
+        };
+        let kind = self.latest.lock().expect("latest").as_ref().and_then(|d| {
+            d.slices
+                .values()
+                .find_map(|s| s.node(&node).map(|n| n.kind.clone()))
+        });
+        let timeout = Duration::from_millis(if cmd.timeout_ms == 0 {
+            30_000
+        } else {
+            cmd.timeout_ms as u64
+        });
+        match kind {
+            None => res.error = format!("node {node} is not on host {}", self.cfg.host_id),
+            Some(NodeKind::Netns) => {
+                let out =
+                    crate::exec::exec_in_netns(&self.naming.node_ns(&node), &cmd.argv, timeout)
+                        .await;
+                res.exit_code = out.exit_code;
+                res.stdout = out.stdout;
+                res.stderr = out.stderr;
+                res.error = out.error;
+            }
+            Some(NodeKind::Vm(_)) => {
+                let Some(g) = self.guests.clone() else {
+                    res.error = "no guest runtime on this agent".into();
+                    return res;
+                };
+                let argv = cmd.argv.clone();
+                let id = node.to_string();
+                match tokio::task::spawn_blocking(move || g.exec(&id, &argv, timeout)).await {
+                    Ok(Ok(o)) => {
+                        res.exit_code = o.exit_code;
+                        res.stdout = o.stdout;
+                        res.stderr = o.stderr;
+                    }
+                    Ok(Err(e)) => res.error = e.to_string(),
+                    Err(e) => res.error = format!("exec task: {e}"),
+                }
+            }
+        }
+        res
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let (desired_tx, desired_rx) = watch::channel::<Option<pb::DesiredState>>(None);
+        let (report_tx, report_rx) = watch::channel::<Option<pb::ObservedState>>(None);
+        let current_cancel: Arc<Mutex<Arc<AtomicBool>>> =
+            Arc::new(Mutex::new(Arc::new(AtomicBool::new(false))));
+        let reconciler = tokio::spawn(reconcile_loop(
+            self.clone(),
+            desired_rx,
+            report_tx,
+            current_cancel.clone(),
+            shutdown.clone(),
+        ));
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let session = self.session(
+                &desired_tx,
+                report_rx.clone(),
+                &current_cancel,
+                shutdown.clone(),
+            );
+            tokio::select! {
+                r = session => match r {
+                    Ok(()) => backoff = Duration::from_millis(200),
+                    Err(e) => tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended"),
+                },
+                _ = shutdown.changed() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        current_cancel.lock().expect("cancel").store(true, Ordering::Relaxed);
+        reconciler.abort();
+        Ok(())
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        desired_tx: &watch::Sender<Option<pb::DesiredState>>,
+        mut report_rx: watch::Receiver<Option<pb::ObservedState>>,
+        current_cancel: &Arc<Mutex<Arc<AtomicBool>>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
+            .context("controller address")?
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await.context("connect")?;
+        let mut client = AgentControlClient::new(channel);
+        let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
+        out_tx
+            .send(pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Hello(self.hello())),
+            })
+            .await?;
+        let mut inbound = client
+            .attach(ReceiverStream::new(out_rx))
+            .await
+            .context("attach")?
+            .into_inner();
+        tracing::info!(controller = %self.cfg.controller, "attached");
+        // The latest report again (the controller may have restarted).
+        report_rx.mark_changed();
+        loop {
+            tokio::select! {
+                m = inbound.message() => {
+                    let Some(m) = m.context("stream")? else {
+                        anyhow::bail!("controller closed the stream");
+                    };
+                    match m.msg {
+                        Some(pb::controller_message::Msg::Desired(d)) => {
+                            tracing::info!(generation = d.generation, slices = d.vns.len(), "desired state");
+                            current_cancel.lock().expect("cancel").store(true, Ordering::Relaxed);
+                            desired_tx.send_replace(Some(d));
+                        }
+                        Some(pb::controller_message::Msg::Exec(cmd)) => {
+                            let me = self.clone();
+                            let tx = out_tx.clone();
+                            tokio::spawn(async move {
+                                let r = me.exec(cmd).await;
+                                let _ = tx.send(pb::AgentMessage {
+                                    msg: Some(pb::agent_message::Msg::ExecResult(r)),
+                                }).await;
+                            });
+                        }
+                        None => {}
+                    }
+                }
+                r = report_rx.changed() => {
+                    r.context("reconcile loop ended")?;
+                    let rep = report_rx.borrow_and_update().clone();
+                    if let Some(rep) = rep {
+                        out_tx.send(pb::AgentMessage {
+                            msg: Some(pb::agent_message::Msg::Observed(rep)),
+                        }).await?;
+                    }
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+async fn reconcile_loop<K: Kernel + 'static>(
+    agent: Arc<Agent<K>>,
+    mut desired_rx: watch::Receiver<Option<pb::DesiredState>>,
+    report_tx: watch::Sender<Option<pb::ObservedState>>,
+    current_cancel: Arc<Mutex<Arc<AtomicBool>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let resync = agent.cfg.resync;
+    loop {
+        tokio::select! {
+            r = desired_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(resync) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(d) = desired_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        *current_cancel.lock().expect("cancel") = cancel.clone();
+        report_tx.send_replace(Some(pb::ObservedState {
+            generation: d.generation,
+            converged: false,
+            vns: d
+                .vns
+                .iter()
+                .map(|s| pb::VnObserved {
+                    vn_id: s.vn_id.clone(),
+                    state: pb::SliceState::Provisioning as i32,
+                    message: String::new(),
+                })
+                .collect(),
+            errors: vec![],
+        }));
+        let a = agent.clone();
+        let c = cancel.clone();
+        let res = tokio::task::spawn_blocking(move || a.reconcile(&d, &c)).await;
+        match res {
+            Ok(rep) if !cancel.load(Ordering::Relaxed) => {
+                report_tx.send_replace(Some(rep));
+            }
+            Ok(_) => {
+                tracing::info!("apply superseded by a newer desired state");
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+        }
+    }
+}
+
+/// The report of one apply.
+pub fn observed_state(generation: u64, desired: &Desired, report: &ApplyReport) -> pb::ObservedState {
+    let mut vns = Vec::new();
+    for vn in desired.slices.keys() {
+        match report.failed.get(vn) {
+            Some(e) => vns.push(pb::VnObserved {
+                vn_id: vn.to_string(),
+                state: pb::SliceState::Failed as i32,
+                message: e.clone(),
+            }),
+            None => vns.push(pb::VnObserved {
+                vn_id: vn.to_string(),
+                state: pb::SliceState::Ready as i32,
+                message: String::new(),
+            }),
+        }
+    }
+    for (vn, e) in &desired.invalid {
+        vns.push(pb::VnObserved {
+            vn_id: vn.clone(),
+            state: pb::SliceState::Failed as i32,
+            message: e.clone(),
+        });
+    }
+    let converged = vns
+        .iter()
+        .all(|v| v.state == pb::SliceState::Ready as i32)
+        && report.errors.is_empty();
+    pb::ObservedState {
+        generation,
+        converged,
+        vns,
+        errors: report.errors.clone(),
+    }
+}

@@ -1,0 +1,232 @@
+//! `substrate-agent`: the per-host daemon (see the library docs).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use substrate_agent::agent::{Agent, AgentConfig};
+use substrate_agent::linux::LinuxKernel;
+use substrate_agent::naming::Naming;
+use substrate_agent::state::StateDir;
+use substrate_agent::vlan::process::ProcessDatapath;
+use vnet_proto::v1 as pb;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "substrate-agent", version, about = "Realizes virtual nodes and links on this host")]
+#[command(subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// This host's id (as the controller knows it).
+    #[arg(long, required = true)]
+    host_id: Option<String>,
+    /// The controller's AgentControl endpoint, e.g. http://10.254.0.1:7000.
+    #[arg(long, required = true)]
+    controller: Option<String>,
+    /// Primary underlay address of this host (no prefix length).
+    #[arg(long, required = true)]
+    underlay_address: Option<IpAddr>,
+    /// State directory (ownership ledger, datapath files).
+    #[arg(long, required = true)]
+    state_dir: Option<PathBuf>,
+    /// Named network namespace to run in (entered before anything else starts).
+    #[arg(long)]
+    netns: Option<String>,
+    /// CPU capacity in units of 1/100 core (default: 100 per core).
+    #[arg(long)]
+    cpu: Option<u64>,
+    /// Memory capacity in MiB (default: MemTotal).
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Labels offered to the embedding (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Prefix of every namespace name this agent creates.
+    #[arg(long, default_value = "vn")]
+    name_prefix: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Threads per apply phase.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Re-run reconcile this often even without a new desired state (seconds).
+    #[arg(long, default_value_t = 30)]
+    resync_s: u64,
+    /// QEMU binary to probe.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the capability probe as JSON.
+    Probe {
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: String,
+    },
+    /// Scale benchmark: build and tear down N netns nodes through the agent's own code path.
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value_t = 1000)]
+        vnodes: usize,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        #[arg(long, default_value_t = 0)]
+        bandwidth_mbps: u64,
+        #[arg(long, default_value = "vnbench")]
+        name_prefix: String,
+        #[arg(long, default_value = "b")]
+        host_id: String,
+    },
+    /// The userspace VLAN datapath process (started by the agent).
+    #[command(hide = true)]
+    VlanDatapath {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        status: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn mem_total_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Probe { qemu }) => {
+            let p = substrate_agent::probe::probe(&qemu);
+            println!("{}", serde_json::to_string_pretty(&p)?);
+            Ok(())
+        }
+        Some(Cmd::Bench {
+            vnodes,
+            workers,
+            bandwidth_mbps,
+            name_prefix,
+            host_id,
+        }) => {
+            raise_nofile();
+            let k = LinuxKernel::new().context("kernel")?;
+            let naming = Naming::new(name_prefix, host_id);
+            let r = substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Some(Cmd::VlanDatapath { config, status }) => {
+            init_tracing(LogFormat::Text);
+            substrate_agent::vlan::datapath::run(config, status)
+        }
+        None => run(cli),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing(cli.log_format);
+    // Before any thread exists: every thread (and the datapath child) inherits the namespace.
+    if let Some(ns) = &cli.netns {
+        substrate_agent::netns::enter_for_good(ns)
+            .with_context(|| format!("enter network namespace {ns}"))?;
+    }
+    raise_nofile();
+    let host_id = cli.host_id.expect("required");
+    let state_dir = cli.state_dir.expect("required");
+    let probe = substrate_agent::probe::probe(&cli.qemu);
+    tracing::info!(probe = %serde_json::to_string(&probe)?, "capability probe");
+    if probe.kernel_vlan {
+        tracing::info!("kernel 802.1Q is available; VLAN links still use the userspace datapath");
+    } else {
+        tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
+    }
+    let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
+    let ledger = Arc::new(
+        StateDir::open(&state_dir, &host_id).context("open the state directory")?,
+    );
+    let exe = std::env::current_exe().context("locate own binary")?;
+    let datapath = Arc::new(ProcessDatapath::new(exe, ledger.clone())?);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let cfg = AgentConfig {
+        host_id: host_id.clone(),
+        controller: cli.controller.expect("required"),
+        underlay_address: cli.underlay_address.expect("required"),
+        underlay: substrate_agent::linux::underlay_interfaces().context("list interfaces")?,
+        state_dir,
+        capacity: pb::Resources {
+            cpu: cli.cpu.unwrap_or(100 * cores),
+            memory_mb: cli.memory_mb.unwrap_or_else(mem_total_mb),
+        },
+        labels: cli.labels,
+        name_prefix: cli.name_prefix,
+        workers: cli.workers.max(1),
+        resync: Duration::from_secs(cli.resync_s.max(1)),
+        capabilities: probe.to_proto(),
+    };
+    let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, None));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+        });
+        tracing::info!(host = %host_id, "agent started");
+        agent.run(rx).await
+    })
+}

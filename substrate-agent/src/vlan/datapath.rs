@@ -1,0 +1,519 @@
+//! The datapath process (`substrate-agent vlan-datapath`): serves the wires of its config file.
+//!
+//! Per underlay device (a namespace + device pair): one AF_PACKET socket, bound to the device,
+//! promiscuous, `PACKET_AUXDATA` on (the kernel strips the 802.1Q tag before the socket sees the
+//! frame and reports it in the auxiliary data) and `PACKET_IGNORE_OUTGOING` on (or the socket
+//! would read its own sends); one receive thread that demultiplexes by VLAN ID. Per TAP: the
+//! attached file and one reader thread that pushes the wire's tag and sends on the underlay.
+//! VLAN-to-VLAN wires (transit) re-tag in the receive thread.
+//!
+//! SIGHUP re-reads the config: unchanged ends keep running (a TAP is re-attached only when its
+//! device was recreated, detected by its ifindex); tables are swapped under a lock. SIGTERM
+//! stops. After each (re)load the process writes a status file the agent waits for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{DatapathConfig, Wire, WireEnd};
+use super::frame::{ETH_HLEN, VLAN_HLEN, pop_inband, push_tag};
+use crate::netns;
+
+/// The config file: the agent bumps `nonce` on every write.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub nonce: u64,
+    pub config: DatapathConfig,
+}
+
+/// The status file: which config was loaded, and what failed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatusFile {
+    pub nonce: u64,
+    pub pid: u32,
+    /// Wire id -> error.
+    pub errors: BTreeMap<String, String>,
+    /// Frames forwarded so far (all wires).
+    pub frames: u64,
+}
+
+const POLL_MS: i32 = 200;
+const BUF: usize = 65536 + 64;
+
+type UlKey = (Option<String>, String);
+type TapKey = (String, String);
+
+#[derive(Clone)]
+enum Dest {
+    Tap(Arc<Tap>),
+    Vlan(Arc<Underlay>, u16),
+}
+
+struct Underlay {
+    key: UlKey,
+    fd: OwnedFd,
+    table: RwLock<HashMap<u16, Dest>>,
+    stop: AtomicBool,
+}
+
+struct Tap {
+    key: TapKey,
+    file: File,
+    ifindex: u32,
+    dest: RwLock<Option<Dest>>,
+    stop: AtomicBool,
+}
+
+static FRAMES: AtomicU64 = AtomicU64::new(0);
+
+fn last_err(what: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn ifindex_in(home: &File, ns: Option<&str>, name: &str) -> io::Result<u32> {
+    let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    let f = || unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    let idx = match ns {
+        Some(ns) => netns::within(&netns::open(ns)?, home, f)?,
+        None => f(),
+    };
+    if idx == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("device {name} not found in {}", ns.unwrap_or("the host namespace")),
+        ));
+    }
+    Ok(idx)
+}
+
+fn setsockopt_int(fd: &OwnedFd, level: i32, opt: i32, val: i32) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live i32 and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &val as *const i32 as *const libc::c_void,
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(last_err("setsockopt"));
+    }
+    Ok(())
+}
+
+/// An AF_PACKET socket on `dev` of the calling thread's namespace.
+fn packet_socket(dev: &str, ifindex: u32) -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2) call; the result is checked and owned below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
+    if raw < 0 {
+        return Err(last_err("socket(AF_PACKET)"));
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binds with a pointer to a live sockaddr_ll and its size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(last_err(&format!("bind to {dev}")));
+    }
+    setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
+    setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    // SAFETY: packet_mreq is plain old data; all-zero is valid.
+    let mut mreq: libc::packet_mreq = unsafe { zeroed() };
+    mreq.mr_ifindex = ifindex as i32;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: passes a pointer to a live packet_mreq and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mreq as *const libc::packet_mreq as *const libc::c_void,
+            size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(last_err(&format!("promiscuous mode on {dev}")));
+    }
+    Ok(fd)
+}
+
+fn poll_in(fd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, POLL_MS) };
+    r > 0 && p.revents & libc::POLLIN != 0
+}
+
+fn send_tagged(ul: &Underlay, frame: &[u8], vid: u16, out: &mut [u8]) {
+    if let Some(n) = push_tag(frame, vid, out) {
+        // SAFETY: sends `n` initialized bytes of `out` on a bound packet socket.
+        let r = unsafe { libc::send(ul.fd.as_raw_fd(), out.as_ptr() as *const libc::c_void, n, 0) };
+        if r > 0 {
+            FRAMES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn deliver(dest: &Dest, frame: &[u8], out: &mut [u8]) {
+    match dest {
+        Dest::Tap(t) => {
+            if (&t.file).write(frame).is_ok() {
+                FRAMES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Dest::Vlan(ul, vid) => send_tagged(ul, frame, *vid, out),
+    }
+}
+
+fn underlay_loop(ul: Arc<Underlay>) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF + VLAN_HLEN];
+    let mut untag = vec![0u8; BUF];
+    // Room for one tpacket_auxdata control message.
+    let mut cbuf = [0u64; 16];
+    let fd = ul.fd.as_raw_fd();
+    while !ul.stop.load(Ordering::Relaxed) {
+        if !poll_in(fd) {
+            continue;
+        }
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = size_of::<[u64; 16]>();
+        // SAFETY: msg points at live buffers of the sizes given.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            continue;
+        }
+        let n = n as usize;
+        let mut vid = None;
+        // SAFETY: walks the control messages the kernel wrote into `cbuf` with the CMSG macros.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    let aux = std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata,
+                    );
+                    if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                        vid = Some(aux.tp_vlan_tci & 0x0fff);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let (vid, frame): (u16, &[u8]) = match vid {
+            Some(v) => (v, &buf[..n]),
+            None => match pop_inband(&buf[..n], &mut untag) {
+                Some((v, m)) => (v, &untag[..m]),
+                None => continue, // untagged: not ours
+            },
+        };
+        if frame.len() < ETH_HLEN {
+            continue;
+        }
+        let dest = ul.table.read().expect("table").get(&vid).cloned();
+        if let Some(d) = dest {
+            deliver(&d, frame, &mut out);
+        }
+    }
+}
+
+fn tap_loop(tap: Arc<Tap>) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF + VLAN_HLEN];
+    let fd = tap.file.as_raw_fd();
+    while !tap.stop.load(Ordering::Relaxed) {
+        if !poll_in(fd) {
+            continue;
+        }
+        let n = match (&tap.file).read(&mut buf) {
+            Ok(n) if n >= ETH_HLEN => n,
+            _ => continue,
+        };
+        let dest = tap.dest.read().expect("dest").clone();
+        if let Some(d) = dest {
+            deliver(&d, &buf[..n], &mut out);
+        }
+    }
+}
+
+struct Runtime {
+    home: File,
+    underlays: HashMap<UlKey, (Arc<Underlay>, JoinHandle<()>)>,
+    taps: HashMap<TapKey, (Arc<Tap>, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    fn open_underlay(&self, ns: Option<&str>, dev: &str) -> io::Result<Arc<Underlay>> {
+        let idx = ifindex_in(&self.home, ns, dev)?;
+        let fd = match ns {
+            Some(n) => netns::within(&netns::open(n)?, &self.home, || packet_socket(dev, idx))??,
+            None => packet_socket(dev, idx)?,
+        };
+        Ok(Arc::new(Underlay {
+            key: (ns.map(str::to_string), dev.to_string()),
+            fd,
+            table: RwLock::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+        }))
+    }
+
+    fn open_tap(&self, ns: &str, ifname: &str) -> io::Result<Arc<Tap>> {
+        let nsf = netns::open(ns)?;
+        let (file, idx) = netns::within(&nsf, &self.home, || -> io::Result<(File, u32)> {
+            let idx = ifindex_in_current(ifname)?;
+            Ok((crate::tap::attach(ifname)?, idx))
+        })??;
+        Ok(Arc::new(Tap {
+            key: (ns.to_string(), ifname.to_string()),
+            file,
+            ifindex: idx,
+            dest: RwLock::new(None),
+            stop: AtomicBool::new(false),
+        }))
+    }
+
+    /// Serves exactly `cfg`; returns errors per wire.
+    fn reload(&mut self, cfg: &DatapathConfig) -> BTreeMap<String, String> {
+        let mut errors = BTreeMap::new();
+        let mut uls: HashMap<UlKey, Arc<Underlay>> = HashMap::new();
+        let mut taps: HashMap<TapKey, Arc<Tap>> = HashMap::new();
+        let mut ul_tables: HashMap<UlKey, HashMap<u16, Dest>> = HashMap::new();
+        let mut tap_dest: HashMap<TapKey, Dest> = HashMap::new();
+        for (id, Wire { a, b }) in &cfg.wires {
+            let mut open = |e: &WireEnd| -> io::Result<Dest> {
+                match e {
+                    WireEnd::Vlan {
+                        netns,
+                        dev,
+                        vlan_id,
+                    } => {
+                        let key = (netns.clone(), dev.clone());
+                        let ul = match uls.get(&key) {
+                            Some(u) => u.clone(),
+                            None => {
+                                let u = match self.underlays.get(&key) {
+                                    Some((u, _)) => u.clone(),
+                                    None => self.open_underlay(netns.as_deref(), dev)?,
+                                };
+                                uls.insert(key, u.clone());
+                                u
+                            }
+                        };
+                        Ok(Dest::Vlan(ul, *vlan_id))
+                    }
+                    WireEnd::Tap { netns, ifname } => {
+                        let key = (netns.clone(), ifname.clone());
+                        if let Some(t) = taps.get(&key) {
+                            return Ok(Dest::Tap(t.clone()));
+                        }
+                        let current = netns::open(netns).and_then(|f| {
+                            netns::within(&f, &self.home, || ifindex_in_current(ifname))?
+                        });
+                        let t = match (self.taps.get(&key), current) {
+                            (Some((t, _)), Ok(idx)) if t.ifindex == idx => t.clone(),
+                            _ => self.open_tap(netns, ifname)?,
+                        };
+                        taps.insert(key, t.clone());
+                        Ok(Dest::Tap(t))
+                    }
+                }
+            };
+            let ends = open(a).and_then(|da| Ok((da, open(b)?)));
+            let (da, db) = match ends {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.insert(id.clone(), e.to_string());
+                    continue;
+                }
+            };
+            let mut link = |from: &Dest, to: &Dest| match from {
+                Dest::Vlan(u, vid) => {
+                    ul_tables
+                        .entry(u.key.clone())
+                        .or_default()
+                        .insert(*vid, to.clone());
+                }
+                Dest::Tap(t) => {
+                    tap_dest.insert(t.key.clone(), to.clone());
+                }
+            };
+            link(&da, &db);
+            link(&db, &da);
+        }
+        // Swap in the new tables and destinations, start threads for new ends.
+        for (key, ul) in &uls {
+            *ul.table.write().expect("table") = ul_tables.remove(key).unwrap_or_default();
+            if !self.underlays.contains_key(key) {
+                let u = ul.clone();
+                let h = std::thread::spawn(move || underlay_loop(u));
+                self.underlays.insert(key.clone(), (ul.clone(), h));
+            }
+        }
+        for (key, t) in &taps {
+            *t.dest.write().expect("dest") = tap_dest.remove(key);
+            let fresh = self
+                .taps
+                .get(key)
+                .is_none_or(|(old, _)| !Arc::ptr_eq(old, t));
+            if fresh {
+                if let Some((old, h)) = self.taps.remove(key) {
+                    stop_tap(old, h);
+                }
+                let tt = t.clone();
+                let h = std::thread::spawn(move || tap_loop(tt));
+                self.taps.insert(key.clone(), (t.clone(), h));
+            }
+        }
+        // Stop what is no longer used.
+        let gone_taps: Vec<TapKey> = self
+            .taps
+            .keys()
+            .filter(|k| !taps.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone_taps {
+            if let Some((t, h)) = self.taps.remove(&k) {
+                stop_tap(t, h);
+            }
+        }
+        let gone_uls: Vec<UlKey> = self
+            .underlays
+            .keys()
+            .filter(|k| !uls.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone_uls {
+            if let Some((u, h)) = self.underlays.remove(&k) {
+                u.stop.store(true, Ordering::Relaxed);
+                let _ = h.join();
+                u.table.write().expect("table").clear();
+            }
+        }
+        errors
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (t, h)) in self.taps.drain() {
+            stop_tap(t, h);
+        }
+        for (_, (u, h)) in self.underlays.drain() {
+            u.stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+            u.table.write().expect("table").clear();
+        }
+    }
+}
+
+fn stop_tap(t: Arc<Tap>, h: JoinHandle<()>) {
+    t.stop.store(true, Ordering::Relaxed);
+    let _ = h.join();
+    *t.dest.write().expect("dest") = None;
+}
+
+fn ifindex_in_current(name: &str) -> io::Result<u32> {
+    let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("tap {name} not found"),
+        ));
+    }
+    Ok(idx)
+}
+
+fn write_status(path: &Path, st: &StatusFile) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(st).map_err(io::Error::other)?)?;
+    std::fs::rename(tmp, path)
+}
+
+fn read_config(path: &Path) -> io::Result<ConfigFile> {
+    let b = std::fs::read(path)?;
+    serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+}
+
+/// Runs the datapath until SIGTERM or SIGINT.
+pub fn run(config: PathBuf, status: PathBuf) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGHUP);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    // Blocked here, before any thread exists, so every thread inherits the mask and the signals
+    // are taken synchronously by sigwait below.
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let mut rt = Runtime {
+        home: netns::current()?,
+        underlays: HashMap::new(),
+        taps: HashMap::new(),
+    };
+    let pid = std::process::id();
+    loop {
+        let (nonce, errors) = match read_config(&config) {
+            Ok(c) => (c.nonce, rt.reload(&c.config)),
+            Err(e) => (
+                0,
+                BTreeMap::from([("config".to_string(), e.to_string())]),
+            ),
+        };
+        for (w, e) in &errors {
+            tracing::warn!(wire = %w, error = %e, "wire not served");
+        }
+        tracing::info!(nonce, taps = rt.taps.len(), underlays = rt.underlays.len(), "loaded");
+        write_status(
+            &status,
+            &StatusFile {
+                nonce,
+                pid,
+                errors,
+                frames: FRAMES.load(Ordering::Relaxed),
+            },
+        )?;
+        match set.wait()? {
+            Signal::SIGHUP => continue,
+            _ => break,
+        }
+    }
+    rt.stop_all();
+    Ok(())
+}
