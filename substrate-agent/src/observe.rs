@@ -41,6 +41,25 @@ pub fn observe<K: Kernel + ?Sized>(
             Ok(s) => s,
             // Deleted between listing and reading: it simply is not there.
             Err(e) if e.is_not_found() => continue,
+            // Our open intent, but not a usable namespace (a crash between creating the file and
+            // mounting the namespace on it): ours to remove. Listed with a tag that matches
+            // nothing, so the planner deletes it and builds it anew.
+            Err(e) if records.get(&entry.name) == Some(&None) => {
+                tracing::warn!(ns = %entry.name, error = %e, "half-created namespace of ours");
+                out.observed.namespaces.insert(
+                    entry.name.clone(),
+                    NsObs {
+                        tag: crate::naming::NsTag {
+                            vn: String::new(),
+                            role: crate::naming::NsRole::Transit,
+                            fingerprint: "broken".into(),
+                        },
+                        links: Default::default(),
+                        routes: vec![],
+                    },
+                );
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let tag = snap

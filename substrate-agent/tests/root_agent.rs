@@ -174,3 +174,186 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     assert_eq!((tb.host_view(1), tb.host_view(2)), before, "links and qdiscs of the hosts");
     assert!(tb.processes().is_empty());
 }
+
+#[test]
+fn link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host() {
+    if !root_or_skip("link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host") {
+        return;
+    }
+    let mut tb = Testbed::new("b", 3);
+    let (_u12, u21) = tb.underlay(1, 2);
+    let (u23, _u32) = tb.underlay(2, 3);
+    for i in 1..=3 {
+        tb.start_agent(i);
+    }
+    let ids: Vec<String> = tb.hosts.iter().map(|h| h.id.clone()).collect();
+    // Three links from n1 (h1) to n3 (h3), each mapped onto h1-h2-h3: VXLAN, VLAN, and mixed.
+    let h1 = slice(
+        "vnt",
+        &["n1"],
+        vec![
+            seg("tx", 1450, 0, nif("n1", "eth0", "10.3.0.1/24", ""), hop(Vxlan, 6001, "10.255.12.1", "10.255.12.2")),
+            seg("tv", 1500, 0, nif("n1", "eth1", "10.4.0.1/24", ""), hop(Vlan, 301, "10.255.12.1", "10.255.12.2")),
+            seg("tm", 1450, 0, nif("n1", "eth2", "10.5.0.1/24", ""), hop(Vxlan, 6003, "10.255.12.1", "10.255.12.2")),
+        ],
+    );
+    let h2 = slice(
+        "vnt",
+        &[],
+        vec![
+            seg("tx", 1450, 0, hop(Vxlan, 6001, "10.255.12.2", "10.255.12.1"), hop(Vxlan, 6002, "10.255.23.2", "10.255.23.3")),
+            seg("tv", 1500, 0, hop(Vlan, 301, "10.255.12.2", "10.255.12.1"), hop(Vlan, 302, "10.255.23.2", "10.255.23.3")),
+            seg("tm", 1450, 0, hop(Vxlan, 6003, "10.255.12.2", "10.255.12.1"), hop(Vlan, 303, "10.255.23.2", "10.255.23.3")),
+        ],
+    );
+    let h3 = slice(
+        "vnt",
+        &["n3"],
+        vec![
+            seg("tx", 1450, 0, nif("n3", "eth0", "10.3.0.3/24", ""), hop(Vxlan, 6002, "10.255.23.3", "10.255.23.2")),
+            seg("tv", 1500, 0, nif("n3", "eth1", "10.4.0.3/24", ""), hop(Vlan, 302, "10.255.23.3", "10.255.23.2")),
+            seg("tm", 1450, 0, nif("n3", "eth2", "10.5.0.3/24", ""), hop(Vlan, 303, "10.255.23.3", "10.255.23.2")),
+        ],
+    );
+    for (id, s) in ids.iter().zip([h1, h2, h3]) {
+        tb.ctl().set_desired(id, desired(1, vec![s]));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let r = tb.ctl().wait_report(id, 1, T);
+        assert!(r.converged, "{id}: {r:#?}\n{}", tb.log(i + 1));
+    }
+    let transit = format!("vt-{}-vnt-t", ids[1]);
+    assert!(tb.namespaces().contains(&transit), "transit namespace on h2");
+    let n1 = tb.node_ns(1, "n1");
+    let h2ns = tb.hosts[1].ns.clone();
+    for dst in ["10.3.0.3", "10.4.0.3", "10.5.0.3"] {
+        let before = (rx_packets(&h2ns, &u21), tx_packets(&h2ns, &u23), rx_packets(&h2ns, &u23), tx_packets(&h2ns, &u21));
+        let (ok, out) = in_ns(&n1, &format!("busybox ping -c 5 -W 2 {dst}"));
+        assert!(ok, "ping {dst} through h2: {out}\n{}", tb.log(2));
+        let after = (rx_packets(&h2ns, &u21), tx_packets(&h2ns, &u23), rx_packets(&h2ns, &u23), tx_packets(&h2ns, &u21));
+        // Requests in on h1's link and out on h3's; replies back the other way.
+        assert!(after.0 - before.0 >= 5 && after.1 - before.1 >= 5, "{dst}: {before:?} -> {after:?}");
+        assert!(after.2 - before.2 >= 5 && after.3 - before.3 >= 5, "{dst}: {before:?} -> {after:?}");
+    }
+    // Tear down: nothing of the VN is left on any host.
+    for id in &ids {
+        tb.ctl().set_desired(id, desired(2, vec![]));
+    }
+    for id in &ids {
+        tb.ctl().wait_converged(id, 2, T);
+    }
+    let left: Vec<String> = tb.namespaces().into_iter().filter(|n| n.starts_with("vt-")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn iperf_mbps(client_ns: &str, server_ns: &str, server_ip: &str, port: u16, reverse: bool) -> f64 {
+    let mut srv = std::process::Command::new("ip")
+        .args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = in_ns(
+        client_ns,
+        &format!("iperf3 -c {server_ip} -p {port} -t 5 -O 1 -J {}", if reverse { "-R" } else { "" }),
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(ok, "iperf3: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+}
+
+#[test]
+fn a_50_mbit_link_measures_within_ten_percent() {
+    if !root_or_skip("a_50_mbit_link_measures_within_ten_percent") {
+        return;
+    }
+    let mut tb = Testbed::new("c", 2);
+    tb.underlay(1, 2);
+    tb.start_agent(1);
+    tb.start_agent(2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    let s1 = slice("vns", &["s1"], vec![seg("sl", 1450, 50, nif("s1", "eth0", "10.6.0.1/24", ""), hop(Vxlan, 7001, "10.255.12.1", "10.255.12.2"))]);
+    let s2 = slice("vns", &["s2"], vec![seg("sl", 1450, 50, nif("s2", "eth0", "10.6.0.2/24", ""), hop(Vxlan, 7001, "10.255.12.2", "10.255.12.1"))]);
+    tb.ctl().set_desired(&h1, desired(1, vec![s1]));
+    tb.ctl().set_desired(&h2, desired(1, vec![s2]));
+    tb.ctl().wait_converged(&h1, 1, T);
+    tb.ctl().wait_converged(&h2, 1, T);
+    let (a, b) = (tb.node_ns(1, "s1"), tb.node_ns(2, "s2"));
+    let fwd = iperf_mbps(&a, &b, "10.6.0.2", 5301, false);
+    let rev = iperf_mbps(&a, &b, "10.6.0.2", 5302, true);
+    println!("50 Mbit/s link: {fwd:.1} Mbit/s forward, {rev:.1} Mbit/s reverse");
+    assert!((45.0..=55.0).contains(&fwd), "forward {fwd} Mbit/s");
+    assert!((45.0..=55.0).contains(&rev), "reverse {rev} Mbit/s");
+}
+
+#[test]
+fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
+    if !root_or_skip("agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes") {
+        return;
+    }
+    let mut tb = Testbed::new("d", 1);
+    let h = tb.hosts[0].id.clone();
+    let host_ns = tb.hosts[0].ns.clone();
+    // Look-alikes made by someone else: a namespace with our prefix and host id, a link inside it,
+    // and a link in the host namespace named like our transit devices.
+    let look_ns = format!("vt-{h}-zz1");
+    sh(&format!(
+        "ip netns add {look_ns} && ip link add xzz1a netns {host_ns} type veth peer name eth0 netns {look_ns}"
+    ));
+    let n = 300;
+    let nodes: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let node_refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let links = (0..n / 2)
+        .map(|i| {
+            seg(
+                &format!("kl{i}"),
+                1500,
+                100,
+                nif(&format!("k{}", 2 * i), "eth0", &format!("10.7.{}.1/30", i), ""),
+                nif(&format!("k{}", 2 * i + 1), "eth0", &format!("10.7.{}.2/30", i), ""),
+            )
+        })
+        .collect();
+    let big = slice("vnk", &node_refs, links);
+    tb.ctl().set_desired(&h, desired(1, vec![big]));
+    tb.start_agent(1);
+    let prefix = format!("vt-{h}-k");
+    let count = || {
+        std::fs::read_dir("/run/netns")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    let t = std::time::Instant::now();
+    while count() < 10 {
+        assert!(t.elapsed() < T, "agent never started building\n{}", tb.log(1));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tb.kill_agent(1);
+    let at_kill = count();
+    assert!(at_kill < n, "killed too late ({at_kill} of {n} namespaces): not mid-apply");
+    tb.start_agent(1);
+    let r = tb.ctl().wait_report(&h, 1, T);
+    assert!(r.converged, "{r:#?}\n{}", tb.log(1));
+    assert_eq!(count(), n, "one namespace per node, no more");
+    // Every node has exactly its one link, tagged, up, shaped.
+    for i in [0, 1, n / 2, n - 1] {
+        let ns = tb.node_ns(1, &format!("k{i}"));
+        let links = sh(&format!("ip -n {ns} -o link show | grep -v ': lo:' | wc -l"));
+        assert_eq!(links.trim(), "1", "{ns}");
+        let q = sh(&format!("tc -n {ns} qdisc show dev eth0"));
+        assert!(q.contains("tbf"), "{ns}: {q}");
+    }
+    assert!(tb.namespaces().contains(&look_ns));
+    // Remove everything: our namespaces go, the look-alikes stay.
+    tb.ctl().set_desired(&h, desired(2, vec![]));
+    tb.ctl().wait_converged(&h, 2, T);
+    assert_eq!(count(), 0);
+    assert!(tb.namespaces().contains(&look_ns), "look-alike namespace deleted");
+    assert!(in_ns(&look_ns, "ip link show eth0").0, "look-alike's link deleted");
+    assert!(sh_ok(&format!("ip -n {host_ns} link show xzz1a")).0, "look-alike host link deleted");
+}
