@@ -212,6 +212,26 @@ pub async fn until_deleted(
                 pending.remove(&ev.name);
             }
         }
+        // The controller reports a VN deleted once it is out of every host's desired state;
+        // wait until the hosts have applied that state, so that nothing of it is left running.
+        progress.status("waiting for the hosts to finish tearing down");
+        let target = host_generations(ctl).await?;
+        loop {
+            let now = host_generations(ctl).await?;
+            let behind: Vec<String> = target
+                .iter()
+                .filter(|(id, (want, _))| {
+                    now.get(*id)
+                        .is_some_and(|(_, (obs, connected))| *connected && obs < want)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            progress.status(&format!("hosts still tearing down: {}", behind.join(", ")));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         anyhow::Ok(())
     })
     .await;
@@ -224,6 +244,28 @@ pub async fn until_deleted(
             pending.into_iter().collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// Per host: (desired generation, (observed generation, connected)).
+async fn host_generations(
+    ctl: &Controller,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, (u64, bool))>> {
+    let hosts = ctl
+        .substrate()
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .map_err(|s| rpc_error("list hosts", s))?
+        .into_inner()
+        .hosts;
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            (
+                h.id,
+                (h.desired_generation, (h.observed_generation, h.connected)),
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]

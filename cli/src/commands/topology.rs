@@ -220,7 +220,7 @@ pub fn to_dot(t: &pb::Topology) -> String {
                 q(&vnode_id(vn, b)),
                 q(color),
                 q(color),
-                label(std::slice::from_ref(path))
+                label(&[path.split(',').collect::<Vec<_>>().join(" > ")])
             ));
         }
     }

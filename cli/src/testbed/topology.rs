@@ -413,6 +413,16 @@ mod tests {
     }
 
     #[test]
+    fn example_topologies_resolve() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+        for f in ["topology.yaml", "testbed-line.yaml"] {
+            let t = load(&dir.join(f)).unwrap();
+            let s = t.resolve().unwrap_or_else(|e| panic!("{f}: {e:#}"));
+            assert!(s.hosts.len() >= 3, "{f}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let r: Result<TopologyInput, _> =
             serde_yaml_ng::from_str("links: [{a: h1, b: h2, bandwith: 1}]");

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# vnet in one command, as root on a fresh Debian machine:
+#
+#   ./deploy/quickstart.sh
+#
+# Installs the system packages (deploy/setup.sh), builds vnctl, vn-controller and substrate-agent
+# (release), brings up a local 3-host testbed (host namespaces h1, h2, h3 with a shaped underlay,
+# the controller and one agent per host), lets two providers, red and blue, create a VN each with
+# the SAME address plan spread over the three hosts (red over VXLAN, blue over VLAN), waits until
+# both are READY, and shows reachability inside each VN and isolation between them.
+#
+# The testbed stays up afterwards; take it down with:
+#   target/release/vnctl testbed down
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $EUID -ne 0 ]]; then
+  echo "quickstart: run as root (it creates network namespaces and links)" >&2
+  exit 1
+fi
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+step "system packages"
+./deploy/setup.sh
+
+step "build (release)"
+cargo build --release --locked -p vnctl -p vn-controller -p substrate-agent
+export PATH="$PWD/target/release:$PATH"
+VNCTL="$PWD/target/release/vnctl"
+
+step "a 3-host testbed"
+if [[ -e /var/lib/vnet/testbed/testbed.json ]]; then
+  echo "a testbed is already recorded; taking it down first"
+  "$VNCTL" testbed down
+fi
+show vnctl testbed up --hosts 3
+show vnctl get hosts
+show vnctl get links
+
+step "two providers, one address plan"
+show vnctl --provider red apply -f deploy/examples/red.yaml --wait
+show vnctl --provider blue apply -f deploy/examples/blue.yaml --wait
+show vnctl --provider red describe vn red-net
+show vnctl --provider blue describe vn blue-net
+
+# (node, peer address) pairs of the triangle a(h1) - b(h2) - c(h3) in both example specs.
+PAIRS=("a 10.0.1.2" "b 10.0.1.1" "b 10.0.2.3" "c 10.0.2.2" "a 10.0.3.3" "c 10.0.3.1")
+
+reach() { # provider vn node addr
+  vnctl --provider "$1" exec "$2" "$3" -- busybox ping -c 1 -W 2 "$4" >/dev/null
+}
+
+step "reachability inside each VN"
+fail=0
+for vn in "red red-net" "blue blue-net"; do
+  set -- $vn
+  for pair in "${PAIRS[@]}"; do
+    set -- $vn $pair
+    if reach "$1" "$2" "$3" "$4"; then
+      echo "  $1/$2: $3 -> $4  reachable"
+    else
+      echo "  $1/$2: $3 -> $4  NOT reachable"; fail=1
+    fi
+  done
+done
+
+step "isolation between them"
+# Both VNs use 10.0.1.0/24 on their a-b link. Give blue's b one more address, 10.0.1.99:
+# blue's a reaches it, red's a (same addresses, same hosts) does not.
+b_if=$(vnctl --provider blue describe vn blue-net -o json | jq -r '.links[] | select(.endpoints == ["a","b"]) | .interfaces[1]')
+show vnctl --provider blue exec blue-net b -- ip addr add 10.0.1.99/32 dev "$b_if"
+if reach blue blue-net a 10.0.1.99; then echo "  blue/a -> 10.0.1.99 (blue/b)  reachable"; else echo "  blue/a -> 10.0.1.99  NOT reachable"; fail=1; fi
+if reach red red-net a 10.0.1.99; then echo "  red/a  -> 10.0.1.99 (blue/b)  REACHABLE: isolation broken"; fail=1; else echo "  red/a  -> 10.0.1.99 (blue/b)  not reachable: isolated"; fi
+vnctl --provider blue exec blue-net b -- ip addr del 10.0.1.99/32 dev "$b_if"
+
+step "what to try next"
+cat <<'NEXT'
+  export VNET_PROVIDER=red
+  vnctl get vns                                   # your VNs
+  vnctl describe vn red-net                       # placement, paths, VNIs, MTU, per-host state
+  vnctl exec red-net a -- ip addr                 # a command inside a virtual node
+  vnctl watch                                     # events as they happen (Ctrl-C to stop)
+  vnctl topology --svg /tmp/vnet.svg              # substrate and VNs as a picture
+  vnctl apply -f deploy/examples/three-tier.yaml --provider shop --wait
+  vnctl delete vn red-net --wait
+  vnctl testbed status
+  vnctl testbed down                              # removes the testbed and everything in it
+NEXT
+exit $fail
