@@ -132,7 +132,11 @@ impl<K: Kernel + 'static> Agent<K> {
         observed_state(msg.generation, &desired, &report)
     }
 
-    fn reconcile_desired(&self, desired: &Desired, cancel: &AtomicBool) -> anyhow::Result<ApplyReport> {
+    fn reconcile_desired(
+        &self,
+        desired: &Desired,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<ApplyReport> {
         let guests: BTreeSet<String> = match &self.guests {
             Some(g) => g
                 .observed()
@@ -286,7 +290,10 @@ impl<K: Kernel + 'static> Agent<K> {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        current_cancel.lock().expect("cancel").store(true, Ordering::Relaxed);
+        current_cancel
+            .lock()
+            .expect("cancel")
+            .store(true, Ordering::Relaxed);
         reconciler.abort();
         Ok(())
     }
@@ -408,7 +415,11 @@ async fn reconcile_loop<K: Kernel + 'static>(
 }
 
 /// The report of one apply.
-pub fn observed_state(generation: u64, desired: &Desired, report: &ApplyReport) -> pb::ObservedState {
+pub fn observed_state(
+    generation: u64,
+    desired: &Desired,
+    report: &ApplyReport,
+) -> pb::ObservedState {
     let mut vns = Vec::new();
     for vn in desired.slices.keys() {
         match report.failed.get(vn) {
@@ -431,10 +442,8 @@ pub fn observed_state(generation: u64, desired: &Desired, report: &ApplyReport) 
             message: e.clone(),
         });
     }
-    let converged = vns
-        .iter()
-        .all(|v| v.state == pb::SliceState::Ready as i32)
-        && report.errors.is_empty();
+    let converged =
+        vns.iter().all(|v| v.state == pb::SliceState::Ready as i32) && report.errors.is_empty();
     pb::ObservedState {
         generation,
         converged,

@@ -60,13 +60,19 @@ fn describe(op: &Op) -> String {
             format!("create veth {}/{} - {}/{}", a.ns, a.ifname, b.ns, b.ifname)
         }
         Op::CreateVxlan { dev, vni, link, .. } => {
-            format!("link {link}: create vxlan {} (vni {vni}) in {}", dev.ifname, dev.ns)
+            format!(
+                "link {link}: create vxlan {} (vni {vni}) in {}",
+                dev.ifname, dev.ns
+            )
         }
         Op::CreateTap { dev, .. } => format!("create tap {} in {}", dev.ifname, dev.ns),
         Op::Shape { ns, ifname, mbps } => format!("shape {ifname} in {ns} to {mbps} Mbit/s"),
         Op::JoinTransit { ns, a, b } => format!("join {a} and {b} in {ns}"),
         Op::AddRoute { ns, route } => {
-            format!("add route {:?} via {} in {ns}", route.destination, route.via)
+            format!(
+                "add route {:?} via {} in {ns}",
+                route.destination, route.via
+            )
         }
         Op::EnsureGuest(g) => format!("start guest {}", g.node),
     }
@@ -96,10 +102,9 @@ pub fn guest_config(g: &GuestRequest) -> guest::GuestConfig {
             .iter()
             .map(|n| guest::GuestNic {
                 ifname: n.ifname.clone(),
-                mac: n
-                    .mac
-                    .map(|m| guest::MacAddr(m.0))
-                    .unwrap_or_else(|| guest::MacAddr::derived(&format!("{}/{}", g.node, n.ifname))),
+                mac: n.mac.map(|m| guest::MacAddr(m.0)).unwrap_or_else(|| {
+                    guest::MacAddr::derived(&format!("{}/{}", g.node, n.ifname))
+                }),
                 addresses: n.addresses.clone(),
                 mtu: n.mtu,
             })

@@ -127,8 +127,7 @@ pub fn run_scale<K: Kernel>(
     let count = || -> anyhow::Result<usize> { Ok(kernel.list_netns(&naming.ns_prefix())?.len()) };
     let (create, create_ops) = converge(kernel, naming, &ledger, &desired, workers)?;
     let after_create = count()?;
-    let (teardown, teardown_ops) =
-        converge(kernel, naming, &ledger, &Desired::default(), workers)?;
+    let (teardown, teardown_ops) = converge(kernel, naming, &ledger, &Desired::default(), workers)?;
     Ok(ScaleResult {
         vnodes,
         links: vnodes / 2,

@@ -72,6 +72,9 @@ pub async fn exec_in_netns(netns: &str, argv: &[String], timeout: Duration) -> E
         }
         Ok(Err(e)) => fail(format!("waiting for {prog:?}: {e}")),
         // Dropping the future kills the child (kill_on_drop).
-        Err(_) => fail(format!("{prog:?} timed out after {} ms", timeout.as_millis())),
+        Err(_) => fail(format!(
+            "{prog:?} timed out after {} ms",
+            timeout.as_millis()
+        )),
     }
 }

@@ -99,7 +99,13 @@ impl FakeKernel {
 
     /// Names of all namespaces.
     pub fn namespaces(&self) -> Vec<String> {
-        self.host.lock().unwrap().namespaces.keys().cloned().collect()
+        self.host
+            .lock()
+            .unwrap()
+            .namespaces
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Links of a namespace.
@@ -116,7 +122,11 @@ impl FakeKernel {
     /// Mutates a link as a disturbance from outside would (e.g. someone sets it down).
     pub fn tamper_link(&self, ns: &str, ifname: &str, f: impl FnOnce(&mut LinkObs)) {
         let mut h = self.host.lock().unwrap();
-        if let Some(l) = h.namespaces.get_mut(ns).and_then(|n| n.links.get_mut(ifname)) {
+        if let Some(l) = h
+            .namespaces
+            .get_mut(ns)
+            .and_then(|n| n.links.get_mut(ifname))
+        {
             f(&mut l.obs);
         }
     }
@@ -138,7 +148,11 @@ impl FakeKernel {
 }
 
 fn remove_link(h: &mut Host, ns: &str, ifname: &str) -> bool {
-    let Some(l) = h.namespaces.get_mut(ns).and_then(|n| n.links.remove(ifname)) else {
+    let Some(l) = h
+        .namespaces
+        .get_mut(ns)
+        .and_then(|n| n.links.remove(ifname))
+    else {
         return false;
     };
     if let Some((pns, pname)) = l.peer
@@ -168,15 +182,20 @@ fn new_link(h: &mut Host, spec: &IfSpec, kind: &str, tag: &str) -> FakeLink {
 }
 
 fn ns_mut<'a>(h: &'a mut Host, ns: &str) -> Result<&'a mut FakeNs, KernelError> {
-    h.namespaces.get_mut(ns).ok_or_else(|| KernelError::NotFound {
-        what: format!("namespace {ns}"),
-    })
+    h.namespaces
+        .get_mut(ns)
+        .ok_or_else(|| KernelError::NotFound {
+            what: format!("namespace {ns}"),
+        })
 }
 
 fn check_free(h: &Host, spec: &IfSpec) -> Result<(), KernelError> {
-    let n = h.namespaces.get(&spec.ns).ok_or_else(|| KernelError::NotFound {
-        what: format!("namespace {}", spec.ns),
-    })?;
+    let n = h
+        .namespaces
+        .get(&spec.ns)
+        .ok_or_else(|| KernelError::NotFound {
+            what: format!("namespace {}", spec.ns),
+        })?;
     if n.links.contains_key(&spec.ifname) {
         return Err(KernelError::other(
             format!("link {} in {}", spec.ifname, spec.ns),
@@ -215,7 +234,11 @@ impl Kernel for FakeKernel {
         let h = self.host.lock().unwrap();
         Ok(h.host_links
             .values()
-            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(alias_prefix)))
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(alias_prefix))
+            })
             .cloned()
             .collect())
     }
@@ -224,7 +247,10 @@ impl Kernel for FakeKernel {
         let mut h = self.host.lock().unwrap();
         self.record(&mut h, format!("create_netns {name}"))?;
         if h.namespaces.contains_key(name) {
-            return Err(KernelError::other(format!("namespace {name}"), "File exists"));
+            return Err(KernelError::other(
+                format!("namespace {name}"),
+                "File exists",
+            ));
         }
         h.next_inode += 1;
         let inode = h.next_inode;
@@ -350,7 +376,10 @@ impl Kernel for FakeKernel {
 
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError> {
         let mut h = self.host.lock().unwrap();
-        self.record(&mut h, format!("add_route {ns} {:?} via {}", route.destination, route.via))?;
+        self.record(
+            &mut h,
+            format!("add_route {ns} {:?} via {}", route.destination, route.via),
+        )?;
         let r = RouteObs {
             destination: route.destination,
             via: route.via,
@@ -379,8 +408,9 @@ impl Kernel for FakeKernel {
                 what: format!("namespace {ns}"),
             });
         }
-        h.routes.get(&dst).cloned().ok_or_else(|| {
-            KernelError::other(format!("route to {dst}"), "Network is unreachable")
-        })
+        h.routes
+            .get(&dst)
+            .cloned()
+            .ok_or_else(|| KernelError::other(format!("route to {dst}"), "Network is unreachable"))
     }
 }

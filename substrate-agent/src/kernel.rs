@@ -35,7 +35,8 @@ impl KernelError {
     }
 
     pub fn os(what: impl Into<String>, source: std::io::Error) -> Self {
-        if source.raw_os_error() == Some(libc::ENODEV) || source.raw_os_error() == Some(libc::ENOENT)
+        if source.raw_os_error() == Some(libc::ENODEV)
+            || source.raw_os_error() == Some(libc::ENOENT)
         {
             return KernelError::NotFound { what: what.into() };
         }

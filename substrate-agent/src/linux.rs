@@ -77,7 +77,8 @@ fn index_of(rtnl: &mut Rtnl, ifname: &str) -> io::Result<u32> {
 /// namespace: the kernel answers ENOTCONN, measured).
 fn tag_and_up(rtnl: &mut Rtnl, index: u32, alias: &str) -> io::Result<()> {
     let msg = LinkUnspec::new_with_index(index).alias(alias).up().build();
-    rtnl.request(RouteNetlinkMessage::SetLink(msg), 0).map(|_| ())
+    rtnl.request(RouteNetlinkMessage::SetLink(msg), 0)
+        .map(|_| ())
 }
 
 fn add_address(rtnl: &mut Rtnl, index: u32, addr: &IpNet) -> io::Result<()> {
@@ -203,18 +204,13 @@ fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<Ro
             TcAttribute::Kind(k) => Some(k.clone()),
             _ => None,
         });
-        let Some(l) = links
-            .iter_mut()
-            .find(|l| l.index as i32 == q.header.index)
-        else {
+        let Some(l) = links.iter_mut().find(|l| l.index as i32 == q.header.index) else {
             continue;
         };
         match kind.as_deref() {
             Some("ingress") | Some("clsact") => l.ingress_qdisc = true,
-            Some(k) if q.header.parent == TcHandle::ROOT => {
-                if k != "noqueue" && k != "noop" {
-                    l.root_qdisc = Some(k.to_string());
-                }
+            Some(k) if q.header.parent == TcHandle::ROOT && k != "noqueue" && k != "noop" => {
+                l.root_qdisc = Some(k.to_string());
             }
             _ => {}
         }
@@ -370,7 +366,11 @@ impl Kernel for LinuxKernel {
             .map_err(io_err("read the agent's namespace"))?;
         Ok(links
             .into_iter()
-            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(alias_prefix)))
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(alias_prefix))
+            })
             .collect())
     }
 
@@ -407,12 +407,7 @@ impl Kernel for LinuxKernel {
     fn create_veth(&self, a: &IfSpec, b: &IfSpec, tag: &str) -> Result<(), KernelError> {
         let ha = self.handle(&a.ns)?;
         let hb = self.handle(&b.ns)?;
-        let peer = apply_if(
-            LinkUnspec::new_with_name(&b.ifname),
-            b,
-            hb.file.as_raw_fd(),
-        )
-        .build();
+        let peer = apply_if(LinkUnspec::new_with_name(&b.ifname), b, hb.file.as_raw_fd()).build();
         let msg = apply_if(LinkVeth::new(&a.ifname, &b.ifname), a, ha.file.as_raw_fd())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
@@ -458,21 +453,27 @@ impl Kernel for LinuxKernel {
 
     fn create_tap(&self, dev: &IfSpec, tag: &str) -> Result<(), KernelError> {
         let h = self.handle(&dev.ns)?;
-        netns::within(&h.file, &self.home, || crate::tap::create_persistent(&dev.ifname))
-            .and_then(|r| r)
-            .map_err(io_err(format!("tap {} in {}", dev.ifname, dev.ns)))?;
-        self.in_ns(&dev.ns, format!("configure tap {} in {}", dev.ifname, dev.ns), |r| {
-            let idx = index_of(r, &dev.ifname)?;
-            let mut b = LinkUnspec::new_with_index(idx).mtu(dev.mtu).up().alias(tag);
-            if let Some(m) = dev.mac {
-                b = b.address(m.0.to_vec());
-            }
-            r.request(RouteNetlinkMessage::SetLink(b.build()), 0)?;
-            for a in &dev.addresses {
-                add_address(r, idx, a)?;
-            }
-            Ok(())
+        netns::within(&h.file, &self.home, || {
+            crate::tap::create_persistent(&dev.ifname)
         })
+        .and_then(|r| r)
+        .map_err(io_err(format!("tap {} in {}", dev.ifname, dev.ns)))?;
+        self.in_ns(
+            &dev.ns,
+            format!("configure tap {} in {}", dev.ifname, dev.ns),
+            |r| {
+                let idx = index_of(r, &dev.ifname)?;
+                let mut b = LinkUnspec::new_with_index(idx).mtu(dev.mtu).up().alias(tag);
+                if let Some(m) = dev.mac {
+                    b = b.address(m.0.to_vec());
+                }
+                r.request(RouteNetlinkMessage::SetLink(b.build()), 0)?;
+                for a in &dev.addresses {
+                    add_address(r, idx, a)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError> {
@@ -498,21 +499,25 @@ impl Kernel for LinuxKernel {
     }
 
     fn join(&self, ns: &str, a: &str, b: &str) -> Result<(), KernelError> {
-        self.in_ns(ns, format!("tc redirect between {a} and {b} in {ns}"), |r| {
-            let ia = index_of(r, a)?;
-            let ib = index_of(r, b)?;
-            for (from, to) in [(ia, ib), (ib, ia)] {
-                r.request(
-                    RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(from)),
-                    REPLACE,
-                )?;
-                r.request(
-                    RouteNetlinkMessage::NewTrafficFilter(tc::redirect_filter(from, to)),
-                    REPLACE,
-                )?;
-            }
-            Ok(())
-        })
+        self.in_ns(
+            ns,
+            format!("tc redirect between {a} and {b} in {ns}"),
+            |r| {
+                let ia = index_of(r, a)?;
+                let ib = index_of(r, b)?;
+                for (from, to) in [(ia, ib), (ib, ia)] {
+                    r.request(
+                        RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(from)),
+                        REPLACE,
+                    )?;
+                    r.request(
+                        RouteNetlinkMessage::NewTrafficFilter(tc::redirect_filter(from, to)),
+                        REPLACE,
+                    )?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError> {
@@ -538,10 +543,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn route_to(&self, ns: Option<&str>, dst: IpAddr) -> Result<RouteInfo, KernelError> {
-        let what = format!(
-            "route to {dst} in {}",
-            ns.unwrap_or("the host namespace")
-        );
+        let what = format!("route to {dst} in {}", ns.unwrap_or("the host namespace"));
         self.in_ctx(ns, what, |r| {
             let mut q = RouteMessage::default();
             q.header.address_family = if dst.is_ipv4() {
@@ -571,7 +573,9 @@ impl Kernel for LinuxKernel {
             }
             let oif = oif.ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))?;
             if route.header.kind == RouteType::Local {
-                return Err(io::Error::other(format!("{dst} is an address of this host")));
+                return Err(io::Error::other(format!(
+                    "{dst} is an address of this host"
+                )));
             }
             let mut get = LinkMessage::default();
             get.header.index = oif;

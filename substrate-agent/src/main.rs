@@ -21,7 +21,11 @@ enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "substrate-agent", version, about = "Realizes virtual nodes and links on this host")]
+#[command(
+    name = "substrate-agent",
+    version,
+    about = "Realizes virtual nodes and links on this host"
+)]
 #[command(subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
@@ -154,7 +158,8 @@ fn main() -> anyhow::Result<()> {
             raise_nofile();
             let k = LinuxKernel::new().context("kernel")?;
             let naming = Naming::new(name_prefix, host_id);
-            let r = substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
+            let r =
+                substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
@@ -184,9 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
     }
     let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
-    let ledger = Arc::new(
-        StateDir::open(&state_dir, &host_id).context("open the state directory")?,
-    );
+    let ledger =
+        Arc::new(StateDir::open(&state_dir, &host_id).context("open the state directory")?);
     let exe = std::env::current_exe().context("locate own binary")?;
     let datapath = Arc::new(ProcessDatapath::new(exe, ledger.clone())?);
     let cores = std::thread::available_parallelism()

@@ -81,7 +81,13 @@ impl Naming {
 
     /// The tag on the loopback of a node namespace.
     pub fn node_ns_tag(&self, vn: &VnId, node: &Node) -> String {
-        format!("{}{}:{}:{}", self.tag_head(), vn, node.id, fingerprint_node(node))
+        format!(
+            "{}{}:{}:{}",
+            self.tag_head(),
+            vn,
+            node.id,
+            fingerprint_node(node)
+        )
     }
 
     /// The tag on the loopback of a transit namespace.
@@ -91,7 +97,13 @@ impl Naming {
 
     /// The tag on every interface of a segment.
     pub fn link_tag(&self, vn: &VnId, seg: &Segment) -> String {
-        format!("{}{}:{}:{}", self.tag_head(), vn, seg.link_id, fingerprint_segment(seg))
+        format!(
+            "{}{}:{}:{}",
+            self.tag_head(),
+            vn,
+            seg.link_id,
+            fingerprint_segment(seg)
+        )
     }
 
     /// Parses a namespace tag of this agent; `None` for anything else (another host's, a
@@ -164,10 +176,7 @@ pub fn slice_needs_transit_ns(slice: &Slice) -> bool {
     use crate::spec::{Encap, SegmentShape};
     slice.links.iter().any(|l| match l.shape() {
         SegmentShape::Transit(a, b) => {
-            !matches!(
-                (a.encap, b.encap),
-                (Encap::Vlan { .. }, Encap::Vlan { .. })
-            )
+            !matches!((a.encap, b.encap), (Encap::Vlan { .. }, Encap::Vlan { .. }))
         }
         _ => false,
     })

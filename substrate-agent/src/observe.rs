@@ -31,7 +31,7 @@ pub fn observe<K: Kernel + ?Sized>(
     let mut out = Observation::default();
     out.observed.guests = guests;
     let present: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-    for (name, _) in &records {
+    for name in records.keys() {
         if !present.contains(name.as_str()) {
             out.stale_records.push(name.clone());
         }
@@ -77,7 +77,11 @@ pub fn observe<K: Kernel + ?Sized>(
                     entry.name.clone(),
                     NsObs {
                         tag,
-                        links: snap.links.into_iter().map(|l| (l.name.clone(), l)).collect(),
+                        links: snap
+                            .links
+                            .into_iter()
+                            .map(|l| (l.name.clone(), l))
+                            .collect(),
                         routes: snap.routes,
                     },
                 );

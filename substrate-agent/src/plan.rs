@@ -67,17 +67,36 @@ pub struct GuestRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Unmount and remove a namespace of ours (its links go with it).
-    DeleteNetns { name: String },
+    DeleteNetns {
+        name: String,
+    },
     /// Delete one link inside a namespace of ours.
-    DeleteLink { ns: String, ifname: String },
+    DeleteLink {
+        ns: String,
+        ifname: String,
+    },
     /// Delete a link tagged by us in the agent's own namespace.
-    DeleteHostLink { ifname: String },
-    DeleteRoute { ns: String, route: Route },
-    StopGuest { node: NodeId },
+    DeleteHostLink {
+        ifname: String,
+    },
+    DeleteRoute {
+        ns: String,
+        route: Route,
+    },
+    StopGuest {
+        node: NodeId,
+    },
     /// Create a named namespace, loopback up and tagged.
-    CreateNetns { name: String, tag: String },
+    CreateNetns {
+        name: String,
+        tag: String,
+    },
     /// A veth pair with each end created directly in its namespace.
-    CreateVeth { a: IfSpec, b: IfSpec, tag: String },
+    CreateVeth {
+        a: IfSpec,
+        b: IfSpec,
+        tag: String,
+    },
     /// A VXLAN device created from the context namespace (`None`: the agent's own) directly into
     /// `dev.ns`; its UDP socket stays in the context namespace.
     CreateVxlan {
@@ -91,7 +110,10 @@ pub enum Op {
         link: LinkId,
     },
     /// A persistent TAP device served by the userspace VLAN datapath.
-    CreateTap { dev: IfSpec, tag: String },
+    CreateTap {
+        dev: IfSpec,
+        tag: String,
+    },
     /// Egress shaping (TBF) of an interface.
     Shape {
         ns: String,
@@ -99,8 +121,15 @@ pub enum Op {
         mbps: u64,
     },
     /// Join two devices of a transit namespace with tc (ingress u32 + mirred redirect, both ways).
-    JoinTransit { ns: String, a: String, b: String },
-    AddRoute { ns: String, route: Route },
+    JoinTransit {
+        ns: String,
+        a: String,
+        b: String,
+    },
+    AddRoute {
+        ns: String,
+        route: Route,
+    },
     EnsureGuest(Box<GuestRequest>),
 }
 
@@ -268,7 +297,10 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     }
     // A child whose context node belongs to a failed slice cannot be built either.
     loop {
-        let built: BTreeSet<&NodeId> = good.iter().flat_map(|s| s.nodes.iter().map(|n| &n.id)).collect();
+        let built: BTreeSet<&NodeId> = good
+            .iter()
+            .flat_map(|s| s.nodes.iter().map(|n| &n.id))
+            .collect();
         let before = good.len();
         good.retain(|s| match &s.context {
             Some(c) if !built.contains(c) => {
@@ -363,9 +395,10 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
                 let Some(l) = observed.namespaces[ns].links.get(ifname) else {
                     return false;
                 };
-                let (addrs, shaped, transit) = match seg.node_ifs().find(|n| {
-                    &naming.node_ns(&n.node) == ns && n.ifname.as_str() == ifname
-                }) {
+                let (addrs, shaped, transit) = match seg
+                    .node_ifs()
+                    .find(|n| &naming.node_ns(&n.node) == ns && n.ifname.as_str() == ifname)
+                {
                     Some(n) => (
                         if is_vm(s, &n.node) {
                             vec![]

@@ -96,7 +96,9 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
             };
             if f[1] {
                 let idx = r
-                    .get(RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name("pv0").build()))
+                    .get(RouteNetlinkMessage::GetLink(
+                        LinkUnspec::new_with_name("pv0").build(),
+                    ))
                     .ok()
                     .and_then(|m| {
                         m.into_iter().find_map(|m| match m {
@@ -146,7 +148,13 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
             // Partial results are in the message; re-derive the flags from it.
             let msg = e.to_string();
             found[0] = !msg.contains("Operation not permitted");
-            for (i, name) in [(1, "veth:"), (2, "tap:"), (3, "vxlan:"), (4, "kernel 802.1Q:"), (5, "tc tbf:")] {
+            for (i, name) in [
+                (1, "veth:"),
+                (2, "tap:"),
+                (3, "vxlan:"),
+                (4, "kernel 802.1Q:"),
+                (5, "tc tbf:"),
+            ] {
                 found[i] = found[0] && !msg.contains(name);
             }
             errors.push(msg);

@@ -40,7 +40,8 @@ impl Rtnl {
 
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        let mut nl =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         nl.header.flags = NLM_F_REQUEST | flags;
         nl.header.sequence_number = self.seq;
         nl.finalize();

@@ -321,10 +321,16 @@ impl Desired {
         let mut owner_of_link: BTreeMap<LinkId, Vec<VnId>> = BTreeMap::new();
         for s in slices.values() {
             for n in &s.nodes {
-                owner_of_node.entry(n.id.clone()).or_default().push(s.vn_id.clone());
+                owner_of_node
+                    .entry(n.id.clone())
+                    .or_default()
+                    .push(s.vn_id.clone());
             }
             for l in &s.links {
-                owner_of_link.entry(l.link_id.clone()).or_default().push(s.vn_id.clone());
+                owner_of_link
+                    .entry(l.link_id.clone())
+                    .or_default()
+                    .push(s.vn_id.clone());
             }
         }
         let mut bad: BTreeMap<VnId, String> = BTreeMap::new();
@@ -386,9 +392,10 @@ impl Slice {
         let context = if s.context_node_id.is_empty() {
             None
         } else {
-            Some(NodeId::parse(&s.context_node_id).map_err(|e| {
-                SpecError(format!("context_node_id: {}", e.0))
-            })?)
+            Some(
+                NodeId::parse(&s.context_node_id)
+                    .map_err(|e| SpecError(format!("context_node_id: {}", e.0)))?,
+            )
         };
         if context.is_none() && s.depth != 0 {
             return err(format!(
@@ -446,9 +453,10 @@ impl Node {
         let kind = match pb::NodeKind::try_from(n.kind) {
             Ok(pb::NodeKind::Netns) => NodeKind::Netns,
             Ok(pb::NodeKind::Vm) => {
-                let g = n.guest.as_ref().ok_or_else(|| {
-                    SpecError(format!("node {id}: kind VM without a guest spec"))
-                })?;
+                let g = n
+                    .guest
+                    .as_ref()
+                    .ok_or_else(|| SpecError(format!("node {id}: kind VM without a guest spec")))?;
                 if g.vcpus == 0 {
                     return err(format!("node {id}: guest.vcpus must be at least 1"));
                 }
@@ -486,7 +494,10 @@ impl Node {
                 })?)
             };
             let via: IpAddr = r.via.parse().map_err(|_| {
-                SpecError(format!("node {id}: route via {:?} is not an IP address", r.via))
+                SpecError(format!(
+                    "node {id}: route via {:?} is not an IP address",
+                    r.via
+                ))
             })?;
             if let Some(d) = destination
                 && d.addr().is_ipv4() != via.is_ipv4()
@@ -524,12 +535,16 @@ impl Segment {
                 .and_then(|e| e.kind.as_ref())
                 .ok_or_else(|| SpecError(format!("link {link_id}: endpoint {side} is empty")))?;
             match kind {
-                pb::endpoint::Kind::Node(n) => Ok(Endpoint::Node(NodeIf::from_proto(n).map_err(
-                    |e| SpecError(format!("link {link_id}: endpoint {side}: {}", e.0)),
-                )?)),
-                pb::endpoint::Kind::Tunnel(h) => Ok(Endpoint::Tunnel(Hop::from_proto(h).map_err(
-                    |e| SpecError(format!("link {link_id}: endpoint {side}: {}", e.0)),
-                )?)),
+                pb::endpoint::Kind::Node(n) => {
+                    Ok(Endpoint::Node(NodeIf::from_proto(n).map_err(|e| {
+                        SpecError(format!("link {link_id}: endpoint {side}: {}", e.0))
+                    })?))
+                }
+                pb::endpoint::Kind::Tunnel(h) => {
+                    Ok(Endpoint::Tunnel(Hop::from_proto(h).map_err(|e| {
+                        SpecError(format!("link {link_id}: endpoint {side}: {}", e.0))
+                    })?))
+                }
             }
         };
         let a = ep(&l.a, "a")?;
@@ -623,7 +638,9 @@ impl Hop {
             ))
         })?;
         if local.is_ipv4() != remote.is_ipv4() {
-            return err(format!("local {local} and remote {remote} mix address families"));
+            return err(format!(
+                "local {local} and remote {remote} mix address families"
+            ));
         }
         if local == remote {
             return err(format!("local and remote address are both {local}"));
@@ -646,7 +663,11 @@ pub(crate) mod tests {
             kind: Some(pb::endpoint::Kind::Node(pb::NodeInterface {
                 node_id: node.into(),
                 ifname: ifname.into(),
-                addresses: if addr.is_empty() { vec![] } else { vec![addr.into()] },
+                addresses: if addr.is_empty() {
+                    vec![]
+                } else {
+                    vec![addr.into()]
+                },
                 mac: String::new(),
             })),
         }
@@ -731,7 +752,12 @@ pub(crate) mod tests {
             Mac::parse("02:00:00:00:00:01").unwrap().to_string(),
             "02:00:00:00:00:01"
         );
-        assert!(Mac::parse("01:00:00:00:00:01").unwrap_err().0.contains("multicast"));
+        assert!(
+            Mac::parse("01:00:00:00:00:01")
+                .unwrap_err()
+                .0
+                .contains("multicast")
+        );
         assert!(Mac::parse("02:00:00:00:00").is_err());
         assert!(Mac::parse("zz:00:00:00:00:00").is_err());
     }
@@ -742,8 +768,16 @@ pub(crate) mod tests {
             "vn1",
             &["n1", "n2"],
             vec![
-                link("l1", nif("n1", "eth0", "10.0.0.1/24"), nif("n2", "eth0", "10.0.0.2/24")),
-                link("l2", nif("n1", "eth1", ""), vxlan(100, "10.255.0.1", "10.255.0.2")),
+                link(
+                    "l1",
+                    nif("n1", "eth0", "10.0.0.1/24"),
+                    nif("n2", "eth0", "10.0.0.2/24"),
+                ),
+                link(
+                    "l2",
+                    nif("n1", "eth1", ""),
+                    vxlan(100, "10.255.0.1", "10.255.0.2"),
+                ),
             ],
         );
         let d = Desired::from_proto(&pb::DesiredState {
@@ -756,7 +790,13 @@ pub(crate) mod tests {
         match sl.links[1].shape() {
             SegmentShape::NodeTunnel(n, h) => {
                 assert_eq!(n.ifname.as_str(), "eth1");
-                assert_eq!(h.encap, Encap::Vxlan { vni: 100, port: 4789 });
+                assert_eq!(
+                    h.encap,
+                    Encap::Vxlan {
+                        vni: 100,
+                        port: 4789
+                    }
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -766,19 +806,51 @@ pub(crate) mod tests {
     fn bad_inputs_name_the_field() {
         let cases: Vec<(pb::VnSlice, &str)> = vec![
             (
-                slice("vn1", &["n1"], vec![link("l1", nif("n9", "eth0", ""), vxlan(1, "1.1.1.1", "1.1.1.2"))]),
+                slice(
+                    "vn1",
+                    &["n1"],
+                    vec![link(
+                        "l1",
+                        nif("n9", "eth0", ""),
+                        vxlan(1, "1.1.1.1", "1.1.1.2"),
+                    )],
+                ),
                 "node n9 is not a node of this slice",
             ),
             (
-                slice("vn1", &["n1"], vec![link("l1", nif("n1", "eth0", "10.0.0.300/24"), vxlan(1, "1.1.1.1", "1.1.1.2"))]),
+                slice(
+                    "vn1",
+                    &["n1"],
+                    vec![link(
+                        "l1",
+                        nif("n1", "eth0", "10.0.0.300/24"),
+                        vxlan(1, "1.1.1.1", "1.1.1.2"),
+                    )],
+                ),
                 "address \"10.0.0.300/24\"",
             ),
             (
-                slice("vn1", &["n1"], vec![link("l1", nif("n1", "eth0", ""), vxlan(0, "1.1.1.1", "1.1.1.2"))]),
+                slice(
+                    "vn1",
+                    &["n1"],
+                    vec![link(
+                        "l1",
+                        nif("n1", "eth0", ""),
+                        vxlan(0, "1.1.1.1", "1.1.1.2"),
+                    )],
+                ),
                 "vni 0",
             ),
             (
-                slice("vn1", &["n1"], vec![link("l1", nif("n1", "eth0", ""), vlan(4095, "1.1.1.1", "1.1.1.2"))]),
+                slice(
+                    "vn1",
+                    &["n1"],
+                    vec![link(
+                        "l1",
+                        nif("n1", "eth0", ""),
+                        vlan(4095, "1.1.1.1", "1.1.1.2"),
+                    )],
+                ),
                 "vlan_id 4095",
             ),
             (
@@ -797,15 +869,30 @@ pub(crate) mod tests {
                 "node n1 already has an interface eth0",
             ),
             (
-                slice("vn1", &["n1"], vec![link("l1", nif("n1", "eth0", ""), vxlan(5, "1.1.1.1", "::1"))]),
+                slice(
+                    "vn1",
+                    &["n1"],
+                    vec![link(
+                        "l1",
+                        nif("n1", "eth0", ""),
+                        vxlan(5, "1.1.1.1", "::1"),
+                    )],
+                ),
                 "mix address families",
             ),
         ];
         for (s, want) in cases {
-            let d = Desired::from_proto(&pb::DesiredState { generation: 1, vns: vec![s] });
+            let d = Desired::from_proto(&pb::DesiredState {
+                generation: 1,
+                vns: vec![s],
+            });
             assert!(d.slices.is_empty());
             assert_eq!(d.invalid.len(), 1);
-            assert!(d.invalid[0].1.contains(want), "{:?} does not contain {want}", d.invalid[0].1);
+            assert!(
+                d.invalid[0].1.contains(want),
+                "{:?} does not contain {want}",
+                d.invalid[0].1
+            );
         }
     }
 
@@ -824,7 +911,11 @@ pub(crate) mod tests {
         }
         let d = Desired::from_proto(&pb::DesiredState {
             generation: 1,
-            vns: vec![slice("vn1", &["n1"], vec![link("l1", nif("n1", "eth0", ""), e)])],
+            vns: vec![slice(
+                "vn1",
+                &["n1"],
+                vec![link("l1", nif("n1", "eth0", ""), e)],
+            )],
         });
         assert!(d.invalid[0].1.contains("must be VXLAN or VLAN"));
     }
@@ -841,10 +932,21 @@ pub(crate) mod tests {
                 slice("vnd", &["n4"], vec![]),
             ],
         });
-        assert_eq!(d.slices.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["vnd"]);
+        assert_eq!(
+            d.slices.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["vnd"]
+        );
         assert_eq!(d.invalid.len(), 4);
-        assert!(d.invalid.iter().any(|(v, m)| v == "vna" && m.contains("node_id n1")));
-        assert!(d.invalid.iter().any(|(v, m)| v == "vnc" && m.contains("more than one slice")));
+        assert!(
+            d.invalid
+                .iter()
+                .any(|(v, m)| v == "vna" && m.contains("node_id n1"))
+        );
+        assert!(
+            d.invalid
+                .iter()
+                .any(|(v, m)| v == "vnc" && m.contains("more than one slice"))
+        );
     }
 
     #[test]
@@ -856,7 +958,11 @@ pub(crate) mod tests {
             generation: 1,
             vns: vec![child.clone()],
         });
-        assert!(d.invalid[0].1.contains("context_node_id p1 is not a node on this host"));
+        assert!(
+            d.invalid[0]
+                .1
+                .contains("context_node_id p1 is not a node on this host")
+        );
         let d = Desired::from_proto(&pb::DesiredState {
             generation: 1,
             vns: vec![child, slice("vnp", &["p1"], vec![])],

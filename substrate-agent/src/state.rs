@@ -73,12 +73,12 @@ impl StateDir {
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let path = dir.join("state.json");
         let state = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<StateFile>(&b).map_err(|source| {
-                StateError::Corrupt {
+            Ok(b) => {
+                serde_json::from_slice::<StateFile>(&b).map_err(|source| StateError::Corrupt {
                     path: path.clone(),
                     source,
-                }
-            })?,
+                })?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => StateFile {
                 host_id: host_id.to_string(),
                 ..Default::default()

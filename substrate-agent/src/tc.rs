@@ -8,9 +8,8 @@
 use rtnetlink::packet_core::DefaultNla;
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle,
-    TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector,
-    TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
+    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 
 const TCA_TBF_PARMS: u16 = 1;
@@ -71,7 +70,10 @@ pub fn tbf_qdisc(ifindex: u32, mbps: u64) -> TcMessage {
     m.attributes.push(TcAttribute::Kind("tbf".into()));
     let mut opts = vec![
         TcOption::Other(DefaultNla::new(TCA_TBF_PARMS, p.qopt())),
-        TcOption::Other(DefaultNla::new(TCA_TBF_BURST, p.burst.to_ne_bytes().to_vec())),
+        TcOption::Other(DefaultNla::new(
+            TCA_TBF_BURST,
+            p.burst.to_ne_bytes().to_vec(),
+        )),
     ];
     if p.rate_bytes > u32::MAX as u64 {
         opts.push(TcOption::Other(DefaultNla::new(

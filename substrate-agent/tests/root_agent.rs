@@ -19,16 +19,40 @@ fn vn_pair(p: &str, vni: u32, vlan: u32, mac_byte: u8) -> (pb::VnSlice, pb::VnSl
         &format!("vn{p}"),
         &[&format!("{p}1")],
         vec![
-            seg(&format!("{p}x"), 1450, 0, nif(&format!("{p}1"), "eth0", "10.1.0.1/24", &mac(1, 0)), hop(Vxlan, vni, "10.255.12.1", "10.255.12.2")),
-            seg(&format!("{p}v"), 1500, 0, nif(&format!("{p}1"), "eth1", "10.2.0.1/24", &mac(1, 1)), hop(Vlan, vlan, "10.255.12.1", "10.255.12.2")),
+            seg(
+                &format!("{p}x"),
+                1450,
+                0,
+                nif(&format!("{p}1"), "eth0", "10.1.0.1/24", &mac(1, 0)),
+                hop(Vxlan, vni, "10.255.12.1", "10.255.12.2"),
+            ),
+            seg(
+                &format!("{p}v"),
+                1500,
+                0,
+                nif(&format!("{p}1"), "eth1", "10.2.0.1/24", &mac(1, 1)),
+                hop(Vlan, vlan, "10.255.12.1", "10.255.12.2"),
+            ),
         ],
     );
     let h2 = slice(
         &format!("vn{p}"),
         &[&format!("{p}2")],
         vec![
-            seg(&format!("{p}x"), 1450, 0, nif(&format!("{p}2"), "eth0", "10.1.0.2/24", &mac(2, 0)), hop(Vxlan, vni, "10.255.12.2", "10.255.12.1")),
-            seg(&format!("{p}v"), 1500, 0, nif(&format!("{p}2"), "eth1", "10.2.0.2/24", &mac(2, 1)), hop(Vlan, vlan, "10.255.12.2", "10.255.12.1")),
+            seg(
+                &format!("{p}x"),
+                1450,
+                0,
+                nif(&format!("{p}2"), "eth0", "10.1.0.2/24", &mac(2, 0)),
+                hop(Vxlan, vni, "10.255.12.2", "10.255.12.1"),
+            ),
+            seg(
+                &format!("{p}v"),
+                1500,
+                0,
+                nif(&format!("{p}2"), "eth1", "10.2.0.2/24", &mac(2, 1)),
+                hop(Vlan, vlan, "10.255.12.2", "10.255.12.1"),
+            ),
         ],
     );
     (h1, h2)
@@ -37,7 +61,13 @@ fn vn_pair(p: &str, vni: u32, vlan: u32, mac_byte: u8) -> (pb::VnSlice, pb::VnSl
 fn diag(tb: &Testbed) -> String {
     let mut s = String::new();
     for ns in tb.namespaces() {
-        s.push_str(&format!("== {ns}\n{}\n", sh_ok(&format!("ip -n {ns} -d addr; ip -n {ns} route; tc -n {ns} qdisc; ip netns exec {ns} ss -uan")).1));
+        s.push_str(&format!(
+            "== {ns}\n{}\n",
+            sh_ok(&format!(
+                "ip -n {ns} -d addr; ip -n {ns} route; tc -n {ns} qdisc; ip netns exec {ns} ss -uan"
+            ))
+            .1
+        ));
     }
     s
 }
@@ -53,13 +83,25 @@ fn ping(ns: &str, dst: &str) -> bool {
 /// TCP through iperf3 (a one-off server in `server_ns`).
 fn tcp_ok(client_ns: &str, server_ns: &str, server_ip: &str, port: u16) -> bool {
     let mut srv = std::process::Command::new("ip")
-        .args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port.to_string()])
+        .args([
+            "netns",
+            "exec",
+            server_ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = in_ns(client_ns, &format!("iperf3 -c {server_ip} -p {port} -t 1 -J"));
+    let (ok, out) = in_ns(
+        client_ns,
+        &format!("iperf3 -c {server_ip} -p {port} -t 1 -J"),
+    );
     let _ = srv.kill();
     let _ = srv.wait();
     ok && out.contains("\"bits_per_second\"")
@@ -67,7 +109,9 @@ fn tcp_ok(client_ns: &str, server_ns: &str, server_ip: &str, port: u16) -> bool 
 
 #[test]
 fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_clean() {
-    if !root_or_skip("same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_clean") {
+    if !root_or_skip(
+        "same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_clean",
+    ) {
         return;
     }
     let mut tb = Testbed::new("a", 2);
@@ -79,10 +123,18 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     let (h1id, h2id) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
     let hello = tb.ctl().wait_attached(&h1id, 1, T);
     let caps = hello.capabilities.unwrap();
-    assert!(caps.netns && caps.veth && caps.vxlan && caps.tap && caps.tc, "{caps:?}");
+    assert!(
+        caps.netns && caps.veth && caps.vxlan && caps.tap && caps.tc,
+        "{caps:?}"
+    );
     assert_eq!(caps.vlan_datapath, "userspace");
     assert!(!caps.kvm_usable && !caps.kvm_reason.is_empty());
-    assert!(hello.underlay.iter().any(|u| u.addresses.contains(&"10.255.12.1/24".to_string())));
+    assert!(
+        hello
+            .underlay
+            .iter()
+            .any(|u| u.addresses.contains(&"10.255.12.1/24".to_string()))
+    );
 
     let (a1, a2) = vn_pair("a", 5001, 101, 0xaa);
     let (b1, b2) = vn_pair("b", 5002, 102, 0xbb);
@@ -90,34 +142,66 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     tb.ctl().set_desired(&h2id, desired(1, vec![a2, b2]));
     let r1 = tb.ctl().wait_report(&h1id, 1, T);
     let r2 = tb.ctl().wait_report(&h2id, 1, T);
-    assert!(r1.converged && r2.converged, "{r1:#?}\n{r2:#?}\n{}\n{}", tb.log(1), tb.log(2));
+    assert!(
+        r1.converged && r2.converged,
+        "{r1:#?}\n{r2:#?}\n{}\n{}",
+        tb.log(1),
+        tb.log(2)
+    );
 
     // Capture on h1's underlay while traffic flows.
     let pcap = format!("/tmp/vt{}.pcap", tb.tag);
     let mut cap = std::process::Command::new("ip")
-        .args(["netns", "exec", &tb.hosts[0].ns, "tcpdump", "-i", &u1, "-U", "-w", &pcap])
+        .args([
+            "netns",
+            "exec",
+            &tb.hosts[0].ns,
+            "tcpdump",
+            "-i",
+            &u1,
+            "-U",
+            "-w",
+            &pcap,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
 
-    let (na1, na2, nb1, nb2) = (tb.node_ns(1, "a1"), tb.node_ns(2, "a2"), tb.node_ns(1, "b1"), tb.node_ns(2, "b2"));
+    let (na1, na2, nb1, nb2) = (
+        tb.node_ns(1, "a1"),
+        tb.node_ns(2, "a2"),
+        tb.node_ns(1, "b1"),
+        tb.node_ns(2, "b2"),
+    );
     // Watch VN b's node with the same addresses for any IPv4 traffic while VN a talks.
     let bcap = format!("/tmp/vt{}b.pcap", tb.tag);
     let mut bwatch = std::process::Command::new("ip")
-        .args(["netns", "exec", &nb2, "tcpdump", "-i", "any", "-U", "-w", &bcap, "ip"])
+        .args([
+            "netns", "exec", &nb2, "tcpdump", "-i", "any", "-U", "-w", &bcap, "ip",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    for (x, y) in [(&na1, &na2)] {
-        assert!(ping(x, "10.1.0.2"), "VN a VXLAN ping\n{}\n{}", tb.log(1), diag(&tb));
-        assert!(ping(x, "10.2.0.2"), "VN a VLAN ping\n{}\n{}", tb.log(1), tb.log(2));
-        assert!(tcp_ok(x, y, "10.1.0.2", 5201), "VN a TCP over VXLAN");
-        assert!(tcp_ok(x, y, "10.2.0.2", 5202), "VN a TCP over VLAN");
-    }
+    let (x, y) = (&na1, &na2);
+    assert!(
+        ping(x, "10.1.0.2"),
+        "VN a VXLAN ping\n{}\n{}",
+        tb.log(1),
+        diag(&tb)
+    );
+    assert!(
+        ping(x, "10.2.0.2"),
+        "VN a VLAN ping\n{}\n{}",
+        tb.log(1),
+        tb.log(2)
+    );
+    assert!(tcp_ok(x, y, "10.1.0.2", 5201), "VN a TCP over VXLAN");
+    assert!(tcp_ok(x, y, "10.2.0.2", 5202), "VN a TCP over VLAN");
+
     // Nothing of VN a reached VN b's node with the same addresses.
     std::thread::sleep(Duration::from_millis(300));
     let _ = nix::sys::signal::kill(
@@ -126,7 +210,10 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     );
     let _ = bwatch.wait();
     let seen = sh(&format!("tcpdump -nn -r {bcap} 2>/dev/null; rm -f {bcap}"));
-    assert!(seen.trim().is_empty(), "VN a traffic reached VN b's node:\n{seen}");
+    assert!(
+        seen.trim().is_empty(),
+        "VN a traffic reached VN b's node:\n{seen}"
+    );
     // The neighbour that answered is VN a's (MAC from VN a's plan).
     let neigh = in_ns(&na1, "ip neigh show 10.1.0.2").1;
     assert!(neigh.contains("02:aa:00:00:00:02"), "{neigh}");
@@ -134,18 +221,36 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     assert!(neigh.contains("02:aa:00:00:01:02"), "{neigh}");
 
     // VN b works the same way, through the agent's ExecCommand this time.
-    let r = tb.ctl().exec(&h1id, "b1", &["busybox", "ping", "-c", "2", "-W", "2", "10.1.0.2"], T);
+    let r = tb.ctl().exec(
+        &h1id,
+        "b1",
+        &["busybox", "ping", "-c", "2", "-W", "2", "10.1.0.2"],
+        T,
+    );
     assert_eq!(r.exit_code, 0, "{r:?}");
-    let r = tb.ctl().exec(&h1id, "b1", &["busybox", "ping", "-c", "2", "-W", "2", "10.2.0.2"], T);
+    let r = tb.ctl().exec(
+        &h1id,
+        "b1",
+        &["busybox", "ping", "-c", "2", "-W", "2", "10.2.0.2"],
+        T,
+    );
     assert_eq!(r.exit_code, 0, "{r:?}");
     assert!(tcp_ok(&nb1, &nb2, "10.2.0.2", 5203), "VN b TCP over VLAN");
     let neigh = in_ns(&nb1, "ip neigh show 10.1.0.2").1;
     assert!(neigh.contains("02:bb:00:00:00:02"), "{neigh}");
-    let r = tb.ctl().exec(&h1id, "b1", &["ip", "-o", "link", "show", "eth0"], T);
-    assert!(String::from_utf8_lossy(&r.stdout).contains("mtu 1450"), "{r:?}");
+    let r = tb
+        .ctl()
+        .exec(&h1id, "b1", &["ip", "-o", "link", "show", "eth0"], T);
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("mtu 1450"),
+        "{r:?}"
+    );
     // No virtual node reaches the hosts' underlay or management addresses.
     for dst in ["10.255.12.1", "10.255.12.2", "10.254.1.1", "10.254.2.2"] {
-        assert!(!in_ns(&na1, &format!("busybox ping -c 1 -W 1 {dst}")).0, "node reached {dst}");
+        assert!(
+            !in_ns(&na1, &format!("busybox ping -c 1 -W 1 {dst}")).0,
+            "node reached {dst}"
+        );
     }
 
     std::thread::sleep(Duration::from_millis(500));
@@ -154,9 +259,15 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         nix::sys::signal::Signal::SIGINT,
     );
     let _ = cap.wait();
-    let dump = sh(&format!("tcpdump -nn -e -r {pcap} 2>/dev/null; rm -f {pcap}"));
+    let dump = sh(&format!(
+        "tcpdump -nn -e -r {pcap} 2>/dev/null; rm -f {pcap}"
+    ));
     for want in ["vlan 101", "vlan 102", "vni 5001", "vni 5002"] {
-        assert!(dump.contains(want), "capture lacks {want}:\n{}", &dump[..dump.len().min(3000)]);
+        assert!(
+            dump.contains(want),
+            "capture lacks {want}:\n{}",
+            &dump[..dump.len().min(3000)]
+        );
     }
 
     // Teardown: an empty desired state leaves the hosts exactly as before.
@@ -164,14 +275,25 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     tb.ctl().set_desired(&h2id, desired(2, vec![]));
     tb.ctl().wait_converged(&h1id, 2, T);
     tb.ctl().wait_converged(&h2id, 2, T);
-    let agents: Vec<u32> = tb.hosts.iter().map(|h| h.agent.as_ref().unwrap().id()).collect();
+    let agents: Vec<u32> = tb
+        .hosts
+        .iter()
+        .map(|h| h.agent.as_ref().unwrap().id())
+        .collect();
     let mut procs = tb.processes();
     procs.retain(|p| !agents.contains(p));
-    assert!(procs.is_empty(), "processes left besides the agents: {procs:?}");
+    assert!(
+        procs.is_empty(),
+        "processes left besides the agents: {procs:?}"
+    );
     tb.stop_agent(1);
     tb.stop_agent(2);
     assert_eq!(tb.namespaces(), ns_before, "namespaces");
-    assert_eq!((tb.host_view(1), tb.host_view(2)), before, "links and qdiscs of the hosts");
+    assert_eq!(
+        (tb.host_view(1), tb.host_view(2)),
+        before,
+        "links and qdiscs of the hosts"
+    );
     assert!(tb.processes().is_empty());
 }
 
@@ -192,27 +314,81 @@ fn link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host() {
         "vnt",
         &["n1"],
         vec![
-            seg("tx", 1450, 0, nif("n1", "eth0", "10.3.0.1/24", ""), hop(Vxlan, 6001, "10.255.12.1", "10.255.12.2")),
-            seg("tv", 1500, 0, nif("n1", "eth1", "10.4.0.1/24", ""), hop(Vlan, 301, "10.255.12.1", "10.255.12.2")),
-            seg("tm", 1450, 0, nif("n1", "eth2", "10.5.0.1/24", ""), hop(Vxlan, 6003, "10.255.12.1", "10.255.12.2")),
+            seg(
+                "tx",
+                1450,
+                0,
+                nif("n1", "eth0", "10.3.0.1/24", ""),
+                hop(Vxlan, 6001, "10.255.12.1", "10.255.12.2"),
+            ),
+            seg(
+                "tv",
+                1500,
+                0,
+                nif("n1", "eth1", "10.4.0.1/24", ""),
+                hop(Vlan, 301, "10.255.12.1", "10.255.12.2"),
+            ),
+            seg(
+                "tm",
+                1450,
+                0,
+                nif("n1", "eth2", "10.5.0.1/24", ""),
+                hop(Vxlan, 6003, "10.255.12.1", "10.255.12.2"),
+            ),
         ],
     );
     let h2 = slice(
         "vnt",
         &[],
         vec![
-            seg("tx", 1450, 0, hop(Vxlan, 6001, "10.255.12.2", "10.255.12.1"), hop(Vxlan, 6002, "10.255.23.2", "10.255.23.3")),
-            seg("tv", 1500, 0, hop(Vlan, 301, "10.255.12.2", "10.255.12.1"), hop(Vlan, 302, "10.255.23.2", "10.255.23.3")),
-            seg("tm", 1450, 0, hop(Vxlan, 6003, "10.255.12.2", "10.255.12.1"), hop(Vlan, 303, "10.255.23.2", "10.255.23.3")),
+            seg(
+                "tx",
+                1450,
+                0,
+                hop(Vxlan, 6001, "10.255.12.2", "10.255.12.1"),
+                hop(Vxlan, 6002, "10.255.23.2", "10.255.23.3"),
+            ),
+            seg(
+                "tv",
+                1500,
+                0,
+                hop(Vlan, 301, "10.255.12.2", "10.255.12.1"),
+                hop(Vlan, 302, "10.255.23.2", "10.255.23.3"),
+            ),
+            seg(
+                "tm",
+                1450,
+                0,
+                hop(Vxlan, 6003, "10.255.12.2", "10.255.12.1"),
+                hop(Vlan, 303, "10.255.23.2", "10.255.23.3"),
+            ),
         ],
     );
     let h3 = slice(
         "vnt",
         &["n3"],
         vec![
-            seg("tx", 1450, 0, nif("n3", "eth0", "10.3.0.3/24", ""), hop(Vxlan, 6002, "10.255.23.3", "10.255.23.2")),
-            seg("tv", 1500, 0, nif("n3", "eth1", "10.4.0.3/24", ""), hop(Vlan, 302, "10.255.23.3", "10.255.23.2")),
-            seg("tm", 1450, 0, nif("n3", "eth2", "10.5.0.3/24", ""), hop(Vlan, 303, "10.255.23.3", "10.255.23.2")),
+            seg(
+                "tx",
+                1450,
+                0,
+                nif("n3", "eth0", "10.3.0.3/24", ""),
+                hop(Vxlan, 6002, "10.255.23.3", "10.255.23.2"),
+            ),
+            seg(
+                "tv",
+                1500,
+                0,
+                nif("n3", "eth1", "10.4.0.3/24", ""),
+                hop(Vlan, 302, "10.255.23.3", "10.255.23.2"),
+            ),
+            seg(
+                "tm",
+                1450,
+                0,
+                nif("n3", "eth2", "10.5.0.3/24", ""),
+                hop(Vlan, 303, "10.255.23.3", "10.255.23.2"),
+            ),
         ],
     );
     for (id, s) in ids.iter().zip([h1, h2, h3]) {
@@ -223,17 +399,36 @@ fn link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host() {
         assert!(r.converged, "{id}: {r:#?}\n{}", tb.log(i + 1));
     }
     let transit = format!("vt-{}-vnt-t", ids[1]);
-    assert!(tb.namespaces().contains(&transit), "transit namespace on h2");
+    assert!(
+        tb.namespaces().contains(&transit),
+        "transit namespace on h2"
+    );
     let n1 = tb.node_ns(1, "n1");
     let h2ns = tb.hosts[1].ns.clone();
     for dst in ["10.3.0.3", "10.4.0.3", "10.5.0.3"] {
-        let before = (rx_packets(&h2ns, &u21), tx_packets(&h2ns, &u23), rx_packets(&h2ns, &u23), tx_packets(&h2ns, &u21));
+        let before = (
+            rx_packets(&h2ns, &u21),
+            tx_packets(&h2ns, &u23),
+            rx_packets(&h2ns, &u23),
+            tx_packets(&h2ns, &u21),
+        );
         let (ok, out) = in_ns(&n1, &format!("busybox ping -c 5 -W 2 {dst}"));
         assert!(ok, "ping {dst} through h2: {out}\n{}", tb.log(2));
-        let after = (rx_packets(&h2ns, &u21), tx_packets(&h2ns, &u23), rx_packets(&h2ns, &u23), tx_packets(&h2ns, &u21));
+        let after = (
+            rx_packets(&h2ns, &u21),
+            tx_packets(&h2ns, &u23),
+            rx_packets(&h2ns, &u23),
+            tx_packets(&h2ns, &u21),
+        );
         // Requests in on h1's link and out on h3's; replies back the other way.
-        assert!(after.0 - before.0 >= 5 && after.1 - before.1 >= 5, "{dst}: {before:?} -> {after:?}");
-        assert!(after.2 - before.2 >= 5 && after.3 - before.3 >= 5, "{dst}: {before:?} -> {after:?}");
+        assert!(
+            after.0 - before.0 >= 5 && after.1 - before.1 >= 5,
+            "{dst}: {before:?} -> {after:?}"
+        );
+        assert!(
+            after.2 - before.2 >= 5 && after.3 - before.3 >= 5,
+            "{dst}: {before:?} -> {after:?}"
+        );
     }
     // Tear down: nothing of the VN is left on any host.
     for id in &ids {
@@ -242,13 +437,26 @@ fn link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host() {
     for id in &ids {
         tb.ctl().wait_converged(id, 2, T);
     }
-    let left: Vec<String> = tb.namespaces().into_iter().filter(|n| n.starts_with("vt-")).collect();
+    let left: Vec<String> = tb
+        .namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with("vt-"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
 fn iperf_mbps(client_ns: &str, server_ns: &str, server_ip: &str, port: u16, reverse: bool) -> f64 {
     let mut srv = std::process::Command::new("ip")
-        .args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port.to_string()])
+        .args([
+            "netns",
+            "exec",
+            server_ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -256,13 +464,19 @@ fn iperf_mbps(client_ns: &str, server_ns: &str, server_ip: &str, port: u16, reve
     std::thread::sleep(Duration::from_millis(300));
     let (ok, out) = in_ns(
         client_ns,
-        &format!("iperf3 -c {server_ip} -p {port} -t 5 -O 1 -J {}", if reverse { "-R" } else { "" }),
+        &format!(
+            "iperf3 -c {server_ip} -p {port} -t 5 -O 1 -J {}",
+            if reverse { "-R" } else { "" }
+        ),
     );
     let _ = srv.kill();
     let _ = srv.wait();
     assert!(ok, "iperf3: {out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e6
 }
 
 #[test]
@@ -275,8 +489,28 @@ fn a_50_mbit_link_measures_within_ten_percent() {
     tb.start_agent(1);
     tb.start_agent(2);
     let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
-    let s1 = slice("vns", &["s1"], vec![seg("sl", 1450, 50, nif("s1", "eth0", "10.6.0.1/24", ""), hop(Vxlan, 7001, "10.255.12.1", "10.255.12.2"))]);
-    let s2 = slice("vns", &["s2"], vec![seg("sl", 1450, 50, nif("s2", "eth0", "10.6.0.2/24", ""), hop(Vxlan, 7001, "10.255.12.2", "10.255.12.1"))]);
+    let s1 = slice(
+        "vns",
+        &["s1"],
+        vec![seg(
+            "sl",
+            1450,
+            50,
+            nif("s1", "eth0", "10.6.0.1/24", ""),
+            hop(Vxlan, 7001, "10.255.12.1", "10.255.12.2"),
+        )],
+    );
+    let s2 = slice(
+        "vns",
+        &["s2"],
+        vec![seg(
+            "sl",
+            1450,
+            50,
+            nif("s2", "eth0", "10.6.0.2/24", ""),
+            hop(Vxlan, 7001, "10.255.12.2", "10.255.12.1"),
+        )],
+    );
     tb.ctl().set_desired(&h1, desired(1, vec![s1]));
     tb.ctl().set_desired(&h2, desired(1, vec![s2]));
     tb.ctl().wait_converged(&h1, 1, T);
@@ -312,8 +546,18 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
                 &format!("kl{i}"),
                 1500,
                 100,
-                nif(&format!("k{}", 2 * i), "eth0", &format!("10.7.{}.1/30", i), ""),
-                nif(&format!("k{}", 2 * i + 1), "eth0", &format!("10.7.{}.2/30", i), ""),
+                nif(
+                    &format!("k{}", 2 * i),
+                    "eth0",
+                    &format!("10.7.{}.1/30", i),
+                    "",
+                ),
+                nif(
+                    &format!("k{}", 2 * i + 1),
+                    "eth0",
+                    &format!("10.7.{}.2/30", i),
+                    "",
+                ),
             )
         })
         .collect();
@@ -330,12 +574,19 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
     };
     let t = std::time::Instant::now();
     while count() < 10 {
-        assert!(t.elapsed() < T, "agent never started building\n{}", tb.log(1));
+        assert!(
+            t.elapsed() < T,
+            "agent never started building\n{}",
+            tb.log(1)
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     tb.kill_agent(1);
     let at_kill = count();
-    assert!(at_kill < n, "killed too late ({at_kill} of {n} namespaces): not mid-apply");
+    assert!(
+        at_kill < n,
+        "killed too late ({at_kill} of {n} namespaces): not mid-apply"
+    );
     tb.start_agent(1);
     let r = tb.ctl().wait_report(&h, 1, T);
     assert!(r.converged, "{r:#?}\n{}", tb.log(1));
@@ -343,7 +594,9 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
     // Every node has exactly its one link, tagged, up, shaped.
     for i in [0, 1, n / 2, n - 1] {
         let ns = tb.node_ns(1, &format!("k{i}"));
-        let links = sh(&format!("ip -n {ns} -o link show | grep -v ': lo:' | wc -l"));
+        let links = sh(&format!(
+            "ip -n {ns} -o link show | grep -v ': lo:' | wc -l"
+        ));
         assert_eq!(links.trim(), "1", "{ns}");
         let q = sh(&format!("tc -n {ns} qdisc show dev eth0"));
         assert!(q.contains("tbf"), "{ns}: {q}");
@@ -353,7 +606,16 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
     tb.ctl().set_desired(&h, desired(2, vec![]));
     tb.ctl().wait_converged(&h, 2, T);
     assert_eq!(count(), 0);
-    assert!(tb.namespaces().contains(&look_ns), "look-alike namespace deleted");
-    assert!(in_ns(&look_ns, "ip link show eth0").0, "look-alike's link deleted");
-    assert!(sh_ok(&format!("ip -n {host_ns} link show xzz1a")).0, "look-alike host link deleted");
+    assert!(
+        tb.namespaces().contains(&look_ns),
+        "look-alike namespace deleted"
+    );
+    assert!(
+        in_ns(&look_ns, "ip link show eth0").0,
+        "look-alike's link deleted"
+    );
+    assert!(
+        sh_ok(&format!("ip -n {host_ns} link show xzz1a")).0,
+        "look-alike host link deleted"
+    );
 }

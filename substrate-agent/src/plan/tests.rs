@@ -91,7 +91,10 @@ impl Host {
             kernel: &self.k,
             ledger: &self.ledger,
             datapath: &self.dp,
-            guests: self.guests.as_ref().map(|g| g as &dyn crate::guest::GuestRuntime),
+            guests: self
+                .guests
+                .as_ref()
+                .map(|g| g as &dyn crate::guest::GuestRuntime),
             workers: 2,
             cancel: None,
         };
@@ -125,7 +128,13 @@ fn two_node_vn(vn: &str, a: &str, b: &str) -> pb::VnSlice {
 fn kinds(p: &Plan) -> Vec<String> {
     p.ops
         .iter()
-        .map(|(_, op)| format!("{op:?}").split([' ', '{', '(']).next().unwrap().to_string())
+        .map(|(_, op)| {
+            format!("{op:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -168,14 +177,26 @@ fn shaping_and_routes_are_planned_and_checked() {
         .filter(|(_, o)| matches!(o, Op::Shape { mbps: 50, .. }))
         .collect();
     assert_eq!(shapes.len(), 2, "both ends of the veth shape their egress");
-    assert!(p.ops.iter().any(|(_, o)| matches!(o, Op::AddRoute { ns, .. } if ns == "vn-h1-a1")));
+    assert!(
+        p.ops
+            .iter()
+            .any(|(_, o)| matches!(o, Op::AddRoute { ns, .. } if ns == "vn-h1-a1"))
+    );
     h.converge(&d);
     assert!(h.plan(&d).is_noop());
     // A qdisc removed behind our back is restored by rebuilding that segment only.
     h.k.tamper_link("vn-h1-a2", "eth0", |l| l.root_qdisc = None);
     let p = h.plan(&d);
-    assert!(p.ops.iter().any(|(_, o)| matches!(o, Op::CreateVeth { .. })));
-    assert!(!p.ops.iter().any(|(_, o)| matches!(o, Op::CreateVxlan { .. })));
+    assert!(
+        p.ops
+            .iter()
+            .any(|(_, o)| matches!(o, Op::CreateVeth { .. }))
+    );
+    assert!(
+        !p.ops
+            .iter()
+            .any(|(_, o)| matches!(o, Op::CreateVxlan { .. }))
+    );
     h.converge(&d);
     assert!(h.plan(&d).is_noop());
     // A route removed in the desired state is deleted, nothing else.
@@ -197,10 +218,19 @@ fn half_built_host_completes_without_duplicates() {
     h.k.clear_failures();
     // Simulate a crash mid-apply: namespaces created, links not.
     h.ledger.intend(&["vn-h1-a1".into()]).unwrap();
-    h.k.create_netns("vn-h1-a1", &naming().node_ns_tag(
-        &VnId::parse("va").unwrap(),
-        d.slices.values().next().unwrap().node(&NodeId::parse("a1").unwrap()).unwrap(),
-    )).unwrap();
+    h.k.create_netns(
+        "vn-h1-a1",
+        &naming().node_ns_tag(
+            &VnId::parse("va").unwrap(),
+            d.slices
+                .values()
+                .next()
+                .unwrap()
+                .node(&NodeId::parse("a1").unwrap())
+                .unwrap(),
+        ),
+    )
+    .unwrap();
     let p = h.plan(&d);
     assert_eq!(
         kinds(&p),
@@ -214,7 +244,10 @@ fn half_built_host_completes_without_duplicates() {
 #[test]
 fn leftovers_are_removed_but_look_alikes_survive() {
     let h = Host::new();
-    let d = desired(vec![two_node_vn("va", "a1", "a2"), two_node_vn("vb", "b1", "b2")]);
+    let d = desired(vec![
+        two_node_vn("va", "a1", "a2"),
+        two_node_vn("vb", "b1", "b2"),
+    ]);
     h.converge(&d);
     h.k.add_foreign_netns("vn-h1-zz9");
     h.k.add_host_link("vxtemp", "vnet:h1:vb:x:0");
@@ -239,14 +272,20 @@ fn leftovers_are_removed_but_look_alikes_survive() {
 fn look_alike_with_a_wanted_name_blocks_only_its_slice() {
     let h = Host::new();
     h.k.add_foreign_netns("vn-h1-b1");
-    let d = desired(vec![two_node_vn("va", "a1", "a2"), two_node_vn("vb", "b1", "b2")]);
+    let d = desired(vec![
+        two_node_vn("va", "a1", "a2"),
+        two_node_vn("vb", "b1", "b2"),
+    ]);
     let r = h.converge(&d);
     assert_eq!(r.failed.len(), 1);
     assert!(
         r.failed[&VnId::parse("vb").unwrap()]
             .contains("namespace vn-h1-b1 exists and is not owned by this agent")
     );
-    assert!(h.k.namespaces().contains(&"vn-h1-b1".to_string()), "not deleted");
+    assert!(
+        h.k.namespaces().contains(&"vn-h1-b1".to_string()),
+        "not deleted"
+    );
     assert!(!h.k.namespaces().contains(&"vn-h1-b2".to_string()));
     assert!(h.k.namespaces().contains(&"vn-h1-a1".to_string()));
 }
@@ -287,13 +326,20 @@ fn rebooted_host_rebuilds_from_scratch() {
 #[test]
 fn changing_one_slice_leaves_the_other_alone() {
     let h = Host::new();
-    let d = desired(vec![two_node_vn("va", "a1", "a2"), two_node_vn("vb", "b1", "b2")]);
+    let d = desired(vec![
+        two_node_vn("va", "a1", "a2"),
+        two_node_vn("vb", "b1", "b2"),
+    ]);
     h.converge(&d);
     let mut vb = two_node_vn("vb", "b1", "b2");
     vb.links[0].mtu = 1400;
     let d2 = desired(vec![two_node_vn("va", "a1", "a2"), vb]);
     let p = h.plan(&d2);
-    assert!(p.ops.iter().all(|(vn, _)| vn.as_ref().unwrap().as_str() == "vb"));
+    assert!(
+        p.ops
+            .iter()
+            .all(|(vn, _)| vn.as_ref().unwrap().as_str() == "vb")
+    );
     assert_eq!(kinds(&p), vec!["DeleteLink", "DeleteLink", "CreateVeth"]);
     h.converge(&d2);
     assert!(h.plan(&d2).is_noop());
@@ -323,10 +369,21 @@ fn node_kind_change_rebuilds_that_namespace() {
     tag.fingerprint = "0".into();
     let mut o2 = o.clone();
     o2.namespaces.get_mut(&ns).unwrap().tag = tag;
-    let p = plan(&n, &desired(vec![two_node_vn("va", "a1", "a2")]), &o2, NETNS_ONLY);
+    let p = plan(
+        &n,
+        &desired(vec![two_node_vn("va", "a1", "a2")]),
+        &o2,
+        NETNS_ONLY,
+    );
     assert_eq!(
         kinds(&p),
-        vec!["DeleteNetns", "DeleteLink", "CreateNetns", "CreateVeth", "CreateVxlan"]
+        vec![
+            "DeleteNetns",
+            "DeleteLink",
+            "CreateNetns",
+            "CreateVeth",
+            "CreateVxlan"
+        ]
     );
 }
 
@@ -336,7 +393,11 @@ fn vlan_links_become_datapath_wires() {
     let s = slice(
         "vc",
         &["c1"],
-        vec![link("cl1", nif("c1", "eth0", "10.0.0.1/24"), vlan(42, "10.255.0.1", "10.255.0.2"))],
+        vec![link(
+            "cl1",
+            nif("c1", "eth0", "10.0.0.1/24"),
+            vlan(42, "10.255.0.1", "10.255.0.2"),
+        )],
     );
     let d = desired(vec![s]);
     let p = h.plan(&d);
@@ -366,7 +427,11 @@ fn vlan_hop_through_a_gateway_fails_with_a_clear_error() {
     let s = slice(
         "vc",
         &["c1"],
-        vec![link("cl1", nif("c1", "eth0", ""), vlan(42, "10.255.0.1", "10.9.9.9"))],
+        vec![link(
+            "cl1",
+            nif("c1", "eth0", ""),
+            vlan(42, "10.255.0.1", "10.9.9.9"),
+        )],
     );
     let r = h.converge(&desired(vec![s]));
     let e = &r.failed[&VnId::parse("vc").unwrap()];
@@ -381,7 +446,10 @@ fn vxlan_mtu_above_underlay_is_refused() {
     s.links[1].mtu = 1500;
     let r = h.converge(&desired(vec![s]));
     let e = &r.failed[&VnId::parse("va").unwrap()];
-    assert!(e.contains("mtu 1500 exceeds what underlay ul0 (mtu 1500) carries over VXLAN (1450)"), "{e}");
+    assert!(
+        e.contains("mtu 1500 exceeds what underlay ul0 (mtu 1500) carries over VXLAN (1450)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -392,24 +460,53 @@ fn transit_segments() {
         "vt",
         &[],
         vec![
-            link("t1", vxlan(11, "10.255.0.1", "10.255.0.2"), vxlan(12, "10.255.1.1", "10.255.1.2")),
-            link("t2", vlan(21, "10.255.0.1", "10.255.0.2"), vlan(22, "10.255.1.1", "10.255.1.2")),
-            link("t3", vxlan(31, "10.255.0.1", "10.255.0.2"), vlan(32, "10.255.1.1", "10.255.1.2")),
+            link(
+                "t1",
+                vxlan(11, "10.255.0.1", "10.255.0.2"),
+                vxlan(12, "10.255.1.1", "10.255.1.2"),
+            ),
+            link(
+                "t2",
+                vlan(21, "10.255.0.1", "10.255.0.2"),
+                vlan(22, "10.255.1.1", "10.255.1.2"),
+            ),
+            link(
+                "t3",
+                vxlan(31, "10.255.0.1", "10.255.0.2"),
+                vlan(32, "10.255.1.1", "10.255.1.2"),
+            ),
         ],
     );
     let d = desired(vec![s]);
     let p = h.plan(&d);
     assert_eq!(
         kinds(&p),
-        vec!["CreateNetns", "CreateVxlan", "CreateVxlan", "CreateVxlan", "CreateTap", "JoinTransit", "JoinTransit"]
+        vec![
+            "CreateNetns",
+            "CreateVxlan",
+            "CreateVxlan",
+            "CreateVxlan",
+            "CreateTap",
+            "JoinTransit",
+            "JoinTransit"
+        ]
     );
     let r = h.converge(&d);
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     let cfg = h.last_datapath();
     assert_eq!(cfg.wires.len(), 2, "{cfg:?}");
-    assert!(matches!(cfg.wires["vt:t2"].a, crate::vlan::config::WireEnd::Vlan { vlan_id: 21, .. }));
-    assert!(matches!(cfg.wires["vt:t2"].b, crate::vlan::config::WireEnd::Vlan { vlan_id: 22, .. }));
-    assert!(matches!(cfg.wires["vt:t3:b"].a, crate::vlan::config::WireEnd::Tap { .. }));
+    assert!(matches!(
+        cfg.wires["vt:t2"].a,
+        crate::vlan::config::WireEnd::Vlan { vlan_id: 21, .. }
+    ));
+    assert!(matches!(
+        cfg.wires["vt:t2"].b,
+        crate::vlan::config::WireEnd::Vlan { vlan_id: 22, .. }
+    ));
+    assert!(matches!(
+        cfg.wires["vt:t3:b"].a,
+        crate::vlan::config::WireEnd::Tap { .. }
+    ));
     assert!(h.plan(&d).is_noop());
 }
 
@@ -427,7 +524,9 @@ fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
     let d = desired(vec![s]);
     let h = Host::new();
     let r = h.converge(&d);
-    assert!(r.failed[&VnId::parse("vm").unwrap()].contains("vm nodes not supported by this agent yet"));
+    assert!(
+        r.failed[&VnId::parse("vm").unwrap()].contains("vm nodes not supported by this agent yet")
+    );
 
     let mut h = Host::new();
     h.guests = Some(RecordingGuestRuntime::new());
@@ -468,7 +567,11 @@ fn child_vn_uses_its_context_namespace_and_fails_with_its_parent() {
     let mut child = slice(
         "vc",
         &["c1"],
-        vec![link("cl1", nif("c1", "eth0", ""), vxlan(500, "10.0.1.1", "10.255.0.2"))],
+        vec![link(
+            "cl1",
+            nif("c1", "eth0", ""),
+            vxlan(500, "10.0.1.1", "10.255.0.2"),
+        )],
     );
     child.context_node_id = "p1".into();
     child.depth = 1;
@@ -479,7 +582,9 @@ fn child_vn_uses_its_context_namespace_and_fails_with_its_parent() {
         .ops
         .iter()
         .find_map(|(vn, o)| match o {
-            Op::CreateVxlan { ctx, .. } if vn.as_ref().unwrap().as_str() == "vc" => Some(ctx.clone()),
+            Op::CreateVxlan { ctx, .. } if vn.as_ref().unwrap().as_str() == "vc" => {
+                Some(ctx.clone())
+            }
             _ => None,
         })
         .unwrap();

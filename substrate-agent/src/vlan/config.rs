@@ -113,10 +113,20 @@ mod tests {
             ifname: "eth0".into(),
         };
         let mut c = DatapathConfig::default();
-        c.wires.insert("a:1".into(), Wire { a: t("x"), b: v.clone() });
+        c.wires.insert(
+            "a:1".into(),
+            Wire {
+                a: t("x"),
+                b: v.clone(),
+            },
+        );
         assert!(c.validate().is_ok());
         c.wires.insert("a:2".into(), Wire { a: t("y"), b: v });
-        assert!(c.validate().unwrap_err().contains("already used by wire a:1"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("already used by wire a:1")
+        );
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<DatapathConfig>(&json).unwrap(), c);
     }

@@ -92,7 +92,10 @@ fn ifindex_in(home: &File, ns: Option<&str>, name: &str) -> io::Result<u32> {
     if idx == 0 {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("device {name} not found in {}", ns.unwrap_or("the host namespace")),
+            format!(
+                "device {name} not found in {}",
+                ns.unwrap_or("the host namespace")
+            ),
         ));
     }
     Ok(idx)
@@ -119,7 +122,13 @@ fn setsockopt_int(fd: &OwnedFd, level: i32, opt: i32, val: i32) -> io::Result<()
 fn packet_socket(dev: &str, ifindex: u32) -> io::Result<OwnedFd> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            proto as i32,
+        )
+    };
     if raw < 0 {
         return Err(last_err("socket(AF_PACKET)"));
     }
@@ -229,7 +238,7 @@ fn underlay_loop(ul: Arc<Underlay>) {
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
                     let aux = std::ptr::read_unaligned(
-                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata,
+                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata
                     );
                     if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
                         vid = Some(aux.tp_vlan_tci & 0x0fff);
@@ -491,15 +500,17 @@ pub fn run(config: PathBuf, status: PathBuf) -> anyhow::Result<()> {
     loop {
         let (nonce, errors) = match read_config(&config) {
             Ok(c) => (c.nonce, rt.reload(&c.config)),
-            Err(e) => (
-                0,
-                BTreeMap::from([("config".to_string(), e.to_string())]),
-            ),
+            Err(e) => (0, BTreeMap::from([("config".to_string(), e.to_string())])),
         };
         for (w, e) in &errors {
             tracing::warn!(wire = %w, error = %e, "wire not served");
         }
-        tracing::info!(nonce, taps = rt.taps.len(), underlays = rt.underlays.len(), "loaded");
+        tracing::info!(
+            nonce,
+            taps = rt.taps.len(),
+            underlays = rt.underlays.len(),
+            "loaded"
+        );
         write_status(
             &status,
             &StatusFile {

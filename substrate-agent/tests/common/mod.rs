@@ -187,7 +187,12 @@ impl FakeController {
         }
     }
 
-    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut(&mut HashMap<String, HostState>) -> Option<T>) -> T {
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&mut HashMap<String, HostState>) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let mut hosts = self.shared.hosts.lock().unwrap();
         loop {
@@ -198,11 +203,22 @@ impl FakeController {
             if now >= deadline {
                 let seen: Vec<String> = hosts
                     .iter()
-                    .map(|(k, h)| format!("{k}: attaches {} observed {:?}", h.attaches, h.observed.last()))
+                    .map(|(k, h)| {
+                        format!(
+                            "{k}: attaches {} observed {:?}",
+                            h.attaches,
+                            h.observed.last()
+                        )
+                    })
                     .collect();
                 panic!("timed out waiting for {what}; {seen:#?}");
             }
-            hosts = self.shared.cv.wait_timeout(hosts, deadline - now).unwrap().0;
+            hosts = self
+                .shared
+                .cv
+                .wait_timeout(hosts, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -216,22 +232,33 @@ impl FakeController {
 
     /// Waits for a final report (converged, or with a failed slice) of `generation`.
     pub fn wait_report(&self, host: &str, generation: u64, timeout: Duration) -> pb::ObservedState {
-        self.wait(&format!("{host} report of generation {generation}"), timeout, |h| {
-            let s = h.get(host)?;
-            s.observed
-                .iter()
-                .rev()
-                .find(|o| {
-                    o.generation == generation
-                        && (o.converged
-                            || o.vns.iter().any(|v| v.state == pb::SliceState::Failed as i32))
-                })
-                .cloned()
-        })
+        self.wait(
+            &format!("{host} report of generation {generation}"),
+            timeout,
+            |h| {
+                let s = h.get(host)?;
+                s.observed
+                    .iter()
+                    .rev()
+                    .find(|o| {
+                        o.generation == generation
+                            && (o.converged
+                                || o.vns
+                                    .iter()
+                                    .any(|v| v.state == pb::SliceState::Failed as i32))
+                    })
+                    .cloned()
+            },
+        )
     }
 
     /// Waits until `generation` converged on `host`.
-    pub fn wait_converged(&self, host: &str, generation: u64, timeout: Duration) -> pb::ObservedState {
+    pub fn wait_converged(
+        &self,
+        host: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> pb::ObservedState {
         let o = self.wait_report(host, generation, timeout);
         assert!(o.converged, "{host} did not converge: {o:#?}");
         o
@@ -246,7 +273,10 @@ impl FakeController {
         };
         {
             let hosts = self.shared.hosts.lock().unwrap();
-            let tx = hosts.get(host).and_then(|h| h.tx.clone()).expect("attached");
+            let tx = hosts
+                .get(host)
+                .and_then(|h| h.tx.clone())
+                .expect("attached");
             tx.try_send(Ok(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Exec(pb::ExecCommand {
                     request_id: id,
@@ -257,9 +287,11 @@ impl FakeController {
             }))
             .unwrap();
         }
-        self.wait(&format!("exec {id} on {host}"), timeout + Duration::from_secs(5), |h| {
-            h.get_mut(host)?.exec.remove(&id)
-        })
+        self.wait(
+            &format!("exec {id} on {host}"),
+            timeout + Duration::from_secs(5),
+            |h| h.get_mut(host)?.exec.remove(&id),
+        )
     }
 }
 
@@ -313,7 +345,9 @@ impl Testbed {
             dir,
             tag: tag.clone(),
         };
-        sh(&format!("ip netns add {ctl_ns} && ip -n {ctl_ns} link set lo up"));
+        sh(&format!(
+            "ip netns add {ctl_ns} && ip -n {ctl_ns} link set lo up"
+        ));
         for i in 1..=n {
             let id = format!("{tag}h{i}");
             let ns = format!("vt{tag}h{i}");
@@ -348,7 +382,10 @@ impl Testbed {
     /// An underlay veth between hosts `a` and `b` (1-based) with 10.255.<ab>.<a|b>/24; returns the
     /// device names (in a, in b).
     pub fn underlay(&mut self, a: usize, b: usize) -> (String, String) {
-        let (da, db) = (format!("u{}{a}{b}", self.tag), format!("u{}{b}{a}", self.tag));
+        let (da, db) = (
+            format!("u{}{a}{b}", self.tag),
+            format!("u{}{b}{a}", self.tag),
+        );
         let (na, nb) = (self.hosts[a - 1].ns.clone(), self.hosts[b - 1].ns.clone());
         sh(&format!(
             "ip link add {da} netns {na} type veth peer name {db} netns {nb} && \
@@ -380,7 +417,11 @@ impl Testbed {
                 "--controller",
                 &format!("http://{}:{PORT}", h.ctl_ip),
                 "--underlay-address",
-                if h.underlay_ip.is_empty() { &h.mgmt_ip } else { &h.underlay_ip },
+                if h.underlay_ip.is_empty() {
+                    &h.mgmt_ip
+                } else {
+                    &h.underlay_ip
+                },
                 "--state-dir",
                 h.state_dir.to_str().unwrap(),
                 "--netns",
@@ -428,8 +469,12 @@ impl Testbed {
 
     /// The agent's log, for failure messages.
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.hosts[i - 1].id)))
-            .unwrap_or_default()
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.hosts[i - 1].id)),
+        )
+        .unwrap_or_default()
     }
 
     /// Name of a node's namespace on host `i`.
@@ -517,8 +562,16 @@ pub fn hop(encap: pb::Encapsulation, id: u32, local: &str, remote: &str) -> pb::
     pb::Endpoint {
         kind: Some(pb::endpoint::Kind::Tunnel(pb::TunnelHop {
             encapsulation: encap as i32,
-            vni: if encap == pb::Encapsulation::Vxlan { id } else { 0 },
-            vlan_id: if encap == pb::Encapsulation::Vlan { id } else { 0 },
+            vni: if encap == pb::Encapsulation::Vxlan {
+                id
+            } else {
+                0
+            },
+            vlan_id: if encap == pb::Encapsulation::Vlan {
+                id
+            } else {
+                0
+            },
             udp_port: 0,
             local_address: local.into(),
             remote_address: remote.into(),
