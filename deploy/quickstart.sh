@@ -26,9 +26,11 @@ step "system packages"
 ./deploy/setup.sh
 
 step "build (release)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --locked -p vnctl -p vn-controller -p substrate-agent
-export PATH="$PWD/target/release:$PATH"
-VNCTL="$PWD/target/release/vnctl"
+BIN="$CARGO_TARGET_DIR/release"
+export PATH="$BIN:$PATH"
+VNCTL="$BIN/vnctl"
 
 step "a 3-host testbed"
 if [[ -e /var/lib/vnet/testbed/testbed.json ]]; then

@@ -191,6 +191,9 @@ pub fn rpc_error(what: &str, status: Status) -> anyhow::Error {
         Code::Unavailable if msg.is_empty() || msg.contains("transport") => {
             " (the controller went away; is vn-controller running?)"
         }
+        _ if msg.contains("grpc-status header missing") => {
+            " (the server at --controller does not speak gRPC: is it a vn-controller?)"
+        }
         _ => "",
     };
     let kind = match code {

@@ -37,8 +37,10 @@ impl ExecArgs {
                 argv: self.argv.clone(),
                 timeout_ms,
             });
-            // The call may legitimately take as long as the command.
-            req.set_timeout(self.timeout + Duration::from_secs(10));
+            // The call may legitimately take as long as the command (0: the controller decides).
+            if !self.timeout.is_zero() {
+                req.set_timeout(self.timeout + Duration::from_secs(10));
+            }
             anyhow::Ok(
                 ctl.vns()
                     .exec(req)
