@@ -9,6 +9,8 @@ mod error;
 mod output;
 mod spec;
 mod testbed;
+#[cfg(test)]
+mod testing;
 mod wait;
 mod which;
 

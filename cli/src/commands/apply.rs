@@ -26,9 +26,13 @@ pub struct ApplyArgs {
 
 impl ApplyArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        block_on(self.execute(opts))
+    }
+
+    pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         // The spec is checked before anything is sent: a bad file creates nothing.
         let file = spec::load(&self.file)?;
-        block_on(self.apply(opts, file))
+        self.apply(opts, file).await
     }
 
     async fn apply(&self, opts: &ControllerOpts, file: spec::VnFile) -> anyhow::Result<()> {
@@ -97,5 +101,141 @@ impl ApplyArgs {
             println!("vn/{name} READY");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeController, Outcome};
+
+    const SPEC: &str = "name: web\nnodes: [{name: a, cpu: 10}, {name: b, cpu: 10}]\n\
+                        links: [{endpoints: [a, b], bandwidth: 5}]\n";
+
+    fn args(dir: &std::path::Path, text: &str, wait: bool) -> ApplyArgs {
+        let file = dir.join(format!("vn{}.yaml", text.len()));
+        std::fs::write(&file, text).unwrap();
+        ApplyArgs {
+            file,
+            wait,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn opts(addr: &str, provider: Option<&str>) -> ControllerOpts {
+        ControllerOpts {
+            controller: addr.into(),
+            provider: provider.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_then_unchanged_then_differs() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(&addr, Some("red"));
+        args(dir.path(), SPEC, true).execute(&o).await.unwrap();
+        assert_eq!(
+            fake.vn("red", "web").unwrap().state,
+            pb::VnState::Ready as i32
+        );
+        // The same file again: unchanged, success.
+        args(dir.path(), SPEC, false).execute(&o).await.unwrap();
+        // A different demand: an error that counts the differences; nothing is changed.
+        let changed = SPEC.replace("{name: b, cpu: 10}", "{name: b, cpu: 30}");
+        let e = args(dir.path(), &changed, false)
+            .execute(&o)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exists with a different spec (1 difference)"),
+            "{e}"
+        );
+        assert_eq!(
+            fake.vn("red", "web").unwrap().spec.unwrap().nodes[1].cpu,
+            10
+        );
+        // Identity travelled on every call.
+        assert!(
+            fake.providers_seen()
+                .iter()
+                .all(|p| p.as_deref() == Some("red"))
+        );
+    }
+
+    #[tokio::test]
+    async fn provider_from_the_spec_when_no_flag() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("provider: blue\n{SPEC}");
+        args(dir.path(), &text, false)
+            .execute(&opts(&addr, None))
+            .await
+            .unwrap();
+        assert!(fake.vn("blue", "web").is_some());
+    }
+
+    #[tokio::test]
+    async fn no_provider_at_all_sends_nothing() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let e = args(dir.path(), SPEC, false)
+            .execute(&opts(&addr, None))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--provider"), "{e}");
+        assert!(fake.providers_seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn wait_reports_failure_with_the_hosts_reason() {
+        let fake = FakeController::new(Outcome::Fail);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let e = args(dir.path(), SPEC, true)
+            .execute(&opts(&addr, Some("red")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "vn/web failed: h2: no tap");
+    }
+
+    #[tokio::test]
+    async fn wait_times_out_naming_the_state() {
+        let fake = FakeController::new(Outcome::Hang);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path(), SPEC, true);
+        a.timeout = Duration::from_millis(300);
+        let e = a
+            .execute(&opts(&addr, Some("red")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("timed out after 300ms waiting for vn/web"),
+            "{e}"
+        );
+        assert!(e.contains("state PROVISIONING"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn controller_validation_errors_are_one_line() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = SPEC.replace("{name: a, cpu: 10}", "{name: a, cpu: -1}");
+        let e = args(dir.path(), &text, false)
+            .execute(&opts(&addr, Some("red")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "apply vn web: invalid: nodes[0].cpu: must be >= 0");
+        assert!(fake.vn("red", "web").is_none());
     }
 }

@@ -31,32 +31,75 @@ pub struct DeleteArgs {
 
 impl DeleteArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
-        block_on(async {
-            let ctl = Controller::connect(opts).await?;
-            ctl.require_provider()?;
-            let deleted = ctl
-                .vns()
-                .delete(pb::DeleteVnRequest {
-                    name: self.name.clone(),
-                    cascade: self.cascade,
-                })
-                .await
-                .map_err(|s| rpc_error(&format!("delete vn {}", self.name), s))?
-                .into_inner()
-                .deleted;
-            let names = if deleted.is_empty() {
-                vec![self.name.clone()]
-            } else {
-                deleted
-            };
-            for n in &names {
-                println!("vn/{n} deleted");
-            }
-            if self.wait {
-                crate::wait::until_deleted(&ctl, &names, self.timeout).await?;
-                println!("{} gone", names.join(", "));
-            }
-            Ok(())
-        })
+        block_on(self.execute(opts))
+    }
+
+    pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        let ctl = Controller::connect(opts).await?;
+        ctl.require_provider()?;
+        let deleted = ctl
+            .vns()
+            .delete(pb::DeleteVnRequest {
+                name: self.name.clone(),
+                cascade: self.cascade,
+            })
+            .await
+            .map_err(|s| rpc_error(&format!("delete vn {}", self.name), s))?
+            .into_inner()
+            .deleted;
+        let names = if deleted.is_empty() {
+            vec![self.name.clone()]
+        } else {
+            deleted
+        };
+        for n in &names {
+            println!("vn/{n} deleted");
+        }
+        if self.wait {
+            crate::wait::until_deleted(&ctl, &names, self.timeout).await?;
+            println!("{} gone", names.join(", "));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeController, Outcome, generations};
+
+    #[tokio::test]
+    async fn wait_returns_after_the_hosts_applied_the_teardown() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let opts = ControllerOpts {
+            controller: addr,
+            provider: Some("red".into()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vn.yaml");
+        std::fs::write(&file, "name: web\nnodes: [{name: a}]\n").unwrap();
+        crate::commands::apply::ApplyArgs {
+            file,
+            wait: true,
+            timeout: Duration::from_secs(5),
+        }
+        .execute(&opts)
+        .await
+        .unwrap();
+        let del = DeleteArgs {
+            kind: Kind::Vn,
+            name: "web".into(),
+            cascade: false,
+            wait: true,
+            timeout: Duration::from_secs(5),
+        };
+        del.execute(&opts).await.unwrap();
+        // The stand-in's hosts apply a deletion 300 ms after it; --wait saw them do it.
+        for (host, (desired, observed)) in generations(&fake) {
+            assert_eq!(desired, observed, "{host}");
+        }
+        let e = del.execute(&opts).await.unwrap_err().to_string();
+        assert_eq!(e, "delete vn web: not found: vn web not found");
     }
 }

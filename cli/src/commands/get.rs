@@ -34,10 +34,10 @@ pub struct GetArgs {
 
 impl GetArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
-        block_on(self.get(opts))
+        block_on(self.execute(opts))
     }
 
-    async fn get(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
+    pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         let ctl = Controller::connect(opts).await?;
         let text = match self.resource {
             Resource::Vns => {

@@ -1,0 +1,369 @@
+//! A stand-in controller for vnctl's in-process tests: the `VirtualNetworks` and `Substrate`
+//! services on 127.0.0.1:0 with scripted behaviour (provisioning that becomes READY or FAILED,
+//! deletion that hosts apply a little later, exec with a chosen exit code). It records the
+//! provider metadata of every call, so tests can check that identity travels.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use vnet_proto::PROVIDER_METADATA_KEY;
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::substrate_server::{Substrate, SubstrateServer};
+use vnet_proto::v1::virtual_networks_server::{VirtualNetworks, VirtualNetworksServer};
+
+/// How a created VN ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ready,
+    Fail,
+    /// Stays PROVISIONING forever.
+    Hang,
+}
+
+#[derive(Default)]
+struct State {
+    vns: BTreeMap<(String, String), pb::VirtualNetwork>,
+    /// host -> (desired, observed)
+    generations: BTreeMap<String, (u64, u64)>,
+    providers_seen: Vec<Option<String>>,
+}
+
+/// The stand-in. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct FakeController {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(String, pb::VnEvent)>,
+    pub outcome: Outcome,
+}
+
+fn provider_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(PROVIDER_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl FakeController {
+    pub fn new(outcome: Outcome) -> Self {
+        let (events, _) = broadcast::channel(64);
+        let mut state = State::default();
+        for h in ["h1", "h2"] {
+            state.generations.insert(h.into(), (1, 1));
+        }
+        FakeController {
+            state: Arc::new(Mutex::new(state)),
+            events,
+            outcome,
+        }
+    }
+
+    /// Serves on 127.0.0.1:0 until the test's runtime ends; returns the address.
+    pub async fn serve(self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(VirtualNetworksServer::new(self.clone()))
+                .add_service(SubstrateServer::new(self))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// Provider metadata of every call so far.
+    pub fn providers_seen(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().providers_seen.clone()
+    }
+
+    pub fn vn(&self, provider: &str, name: &str) -> Option<pb::VirtualNetwork> {
+        self.state
+            .lock()
+            .unwrap()
+            .vns
+            .get(&(provider.into(), name.into()))
+            .cloned()
+    }
+
+    fn identity<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let p = provider_of(req);
+        self.state.lock().unwrap().providers_seen.push(p.clone());
+        p.ok_or_else(|| Status::unauthenticated("missing x-vnet-provider"))
+    }
+
+    fn emit(
+        &self,
+        provider: &str,
+        kind: pb::VnEventKind,
+        name: &str,
+        state: pb::VnState,
+        msg: &str,
+    ) {
+        let ev = pb::VnEvent {
+            kind: kind as i32,
+            name: name.into(),
+            state: state as i32,
+            host: String::new(),
+            message: msg.into(),
+            unix_ms: 0,
+        };
+        let _ = self.events.send((provider.into(), ev));
+    }
+
+    fn set_state(&self, provider: &str, name: &str, state: pb::VnState, reason: &str) {
+        if let Some(vn) = self
+            .state
+            .lock()
+            .unwrap()
+            .vns
+            .get_mut(&(provider.into(), name.into()))
+        {
+            vn.state = state as i32;
+            vn.reason = reason.into();
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl VirtualNetworks for FakeController {
+    async fn create(
+        &self,
+        req: Request<pb::CreateVnRequest>,
+    ) -> Result<Response<pb::VirtualNetwork>, Status> {
+        let provider = self.identity(&req)?;
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no spec"))?;
+        if spec.nodes.iter().any(|n| n.cpu < 0) {
+            return Err(Status::invalid_argument("nodes[0].cpu: must be >= 0"));
+        }
+        let name = spec.name.clone();
+        let mut stored = spec.clone();
+        stored.provider = provider.clone();
+        let vn = pb::VirtualNetwork {
+            name: name.clone(),
+            provider: provider.clone(),
+            spec: Some(stored),
+            state: pb::VnState::Provisioning as i32,
+            ..Default::default()
+        };
+        {
+            let mut st = self.state.lock().unwrap();
+            let key = (provider.clone(), name.clone());
+            if st.vns.contains_key(&key) {
+                return Err(Status::already_exists(format!("vn {name} exists")));
+            }
+            st.vns.insert(key, vn.clone());
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            me.emit(
+                &provider,
+                pb::VnEventKind::HostProgress,
+                &name,
+                pb::VnState::Provisioning,
+                "h1 ready",
+            );
+            match me.outcome {
+                Outcome::Ready => {
+                    me.set_state(&provider, &name, pb::VnState::Ready, "");
+                    me.emit(
+                        &provider,
+                        pb::VnEventKind::Ready,
+                        &name,
+                        pb::VnState::Ready,
+                        "",
+                    );
+                }
+                Outcome::Fail => {
+                    me.set_state(&provider, &name, pb::VnState::Failed, "h2: no tap");
+                    me.emit(
+                        &provider,
+                        pb::VnEventKind::Failed,
+                        &name,
+                        pb::VnState::Failed,
+                        "h2: no tap",
+                    );
+                }
+                Outcome::Hang => {}
+            }
+        });
+        Ok(Response::new(vn))
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetVnRequest>,
+    ) -> Result<Response<pb::VirtualNetwork>, Status> {
+        let provider = self.identity(&req)?;
+        let name = req.into_inner().name;
+        self.vn(&provider, &name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("vn {name} not found")))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListVnsRequest>,
+    ) -> Result<Response<pb::ListVnsResponse>, Status> {
+        let provider = self.identity(&req)?;
+        let vns = self
+            .state
+            .lock()
+            .unwrap()
+            .vns
+            .iter()
+            .filter(|((p, _), _)| *p == provider)
+            .map(|(_, v)| v.clone())
+            .collect();
+        Ok(Response::new(pb::ListVnsResponse { vns }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteVnRequest>,
+    ) -> Result<Response<pb::DeleteVnResponse>, Status> {
+        let provider = self.identity(&req)?;
+        let name = req.into_inner().name;
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.vns.remove(&(provider.clone(), name.clone())).is_none() {
+                return Err(Status::not_found(format!("vn {name} not found")));
+            }
+            // New desired state for every host; the hosts apply it a little later.
+            for g in st.generations.values_mut() {
+                g.0 += 1;
+            }
+        }
+        self.emit(
+            &provider,
+            pb::VnEventKind::Deleted,
+            &name,
+            pb::VnState::Deleted,
+            "",
+        );
+        let st = self.state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for g in st.lock().unwrap().generations.values_mut() {
+                g.1 = g.0;
+            }
+        });
+        Ok(Response::new(pb::DeleteVnResponse {
+            deleted: vec![name],
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchVnsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let provider = self.identity(&req)?;
+        let only = req.into_inner().name;
+        let mut rx = self.events.subscribe();
+        let (tx, out) = mpsc::channel(64);
+        let snapshot: Vec<pb::VnEvent> = self
+            .state
+            .lock()
+            .unwrap()
+            .vns
+            .iter()
+            .filter(|((p, n), _)| *p == provider && (only.is_empty() || *n == only))
+            .map(|(_, v)| pb::VnEvent {
+                kind: pb::VnEventKind::Snapshot as i32,
+                name: v.name.clone(),
+                state: v.state,
+                ..Default::default()
+            })
+            .collect();
+        tokio::spawn(async move {
+            for ev in snapshot {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            while let Ok((p, ev)) = rx.recv().await {
+                if p == provider
+                    && (only.is_empty() || ev.name == only)
+                    && tx.send(Ok(ev)).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        self.identity(&req)?;
+        let r = req.into_inner();
+        let code = r
+            .argv
+            .iter()
+            .find_map(|a| a.strip_prefix("exit="))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok(Response::new(pb::ExecResponse {
+            exit_code: code,
+            stdout: format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" ")).into_bytes(),
+            stderr: b"to stderr\n".to_vec(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Substrate for FakeController {
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self
+            .state
+            .lock()
+            .unwrap()
+            .generations
+            .iter()
+            .map(|(id, (d, o))| pb::Host {
+                id: id.clone(),
+                connected: true,
+                desired_generation: *d,
+                observed_generation: *o,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn list_links(
+        &self,
+        _req: Request<pb::ListLinksRequest>,
+    ) -> Result<Response<pb::ListLinksResponse>, Status> {
+        Ok(Response::new(pb::ListLinksResponse::default()))
+    }
+
+    async fn get_topology(
+        &self,
+        _req: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::Topology>, Status> {
+        Ok(Response::new(pb::Topology::default()))
+    }
+}
+
+/// Host generations as the stand-in reports them (desired, observed).
+pub fn generations(fake: &FakeController) -> BTreeMap<String, (u64, u64)> {
+    fake.state.lock().unwrap().generations.clone()
+}
