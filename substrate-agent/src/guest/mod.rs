@@ -27,7 +27,15 @@
 //! - [`fake`]: [`RecordingGuestRuntime`], a recording fake for planner tests.
 
 pub mod accel;
+pub mod channel;
 pub mod fake;
+pub mod image;
+pub mod kernel_cmdline;
+pub mod process;
+pub mod qemu_args;
+pub mod qmp;
+pub mod runtime;
+pub mod seed;
 pub mod tap;
 
 use std::fmt;
@@ -41,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accel::{HostGuestSupport, KvmVerdict, probe_host};
 pub use fake::{GuestCall, RecordingGuestRuntime};
+pub use runtime::{QemuRuntime, QemuRuntimeOptions};
 
 /// Smallest guest memory that boots the project's image (64 MiB does not, measured).
 pub const MIN_MEMORY_MB: u64 = 96;
@@ -361,7 +370,8 @@ pub struct ObservedGuest {
 /// Result of a command run inside a guest.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
-    /// Exit status (128 + signal when killed, 124 when the guest-side timeout hit).
+    /// Exit status (128 + signal when killed; 137 when the guest-side timeout killed it, 127
+    /// when the command was not found).
     pub exit_code: i32,
     /// Standard output, byte for byte.
     pub stdout: Vec<u8>,

@@ -1,0 +1,758 @@
+//! [`QemuRuntime`]: the real [`GuestRuntime`]. One run directory per guest under `state_dir`
+//! (default `/run/vnet/guests/<node_id>/`) holds what survives an agent restart:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `guest.json` | the runtime's record: configuration, acceleration, TAPs, argv, restarts |
+//! | `qemu.pid` | QEMU's pidfile (`-pidfile`) |
+//! | `qmp.sock` | QMP monitor |
+//! | `cmd.sock` | command channel (virtio-serial port `vnet.cmd`) |
+//! | `console.sock`, `console.log` | serial console: attachable socket, and everything it printed |
+//!
+//! A new runtime object (e.g. after an agent restart) finds running guests through the record,
+//! the pidfile and `/proc/<pid>/cmdline`, and adopts them when their argv is what the desired
+//! configuration renders to.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::accel::{HostGuestSupport, decide_kvm, gather_kvm_facts, probe_host, resolve_accel};
+use super::channel::{Channel, ChannelError};
+use super::image;
+use super::kernel_cmdline::guest_kernel_cmdline;
+use super::process::{is_guest_process, read_pidfile, signal, spawn_daemon_in_netns, wait_gone};
+use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_name};
+use super::qmp::Qmp;
+use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
+use super::{
+    AccelUsed, EnsureAction, ExecOutput, GuestConfig, GuestError, GuestRuntime, GuestStatus,
+    ObservedGuest,
+};
+
+/// Where and how the runtime works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuRuntimeOptions {
+    /// Run directories (one per guest). On tmpfs: a host reboot ends the guests too.
+    pub state_dir: PathBuf,
+    /// Images (`<images_dir>/<name>/image.json`).
+    pub images_dir: PathBuf,
+    /// QEMU binary.
+    pub qemu_binary: String,
+    /// Firmware for q35 guests (qboot boots faster than SeaBIOS); `None`: QEMU's default.
+    pub qboot_rom: Option<PathBuf>,
+    /// TCG translation cache, MiB.
+    pub tb_size_mb: u32,
+    /// How long `stop` waits after QMP `quit` before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for QemuRuntimeOptions {
+    fn default() -> Self {
+        let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
+        QemuRuntimeOptions {
+            state_dir: PathBuf::from("/run/vnet/guests"),
+            images_dir: PathBuf::from("/var/lib/vnet/images"),
+            qemu_binary: "qemu-system-x86_64".into(),
+            qboot_rom: qboot.is_file().then_some(qboot),
+            tb_size_mb: 32,
+            stop_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The runtime's record of one guest (`guest.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestRecord {
+    config: GuestConfig,
+    accel: AccelUsed,
+    /// (tenant ifname, TAP)
+    taps: Vec<(String, String)>,
+    argv: Vec<String>,
+    restarts: u32,
+}
+
+impl GuestRecord {
+    fn pairs(&self) -> Vec<TapPair> {
+        self.taps
+            .iter()
+            .map(|(i, t)| TapPair {
+                ifname: i.clone(),
+                tap: t.clone(),
+                mtu: self
+                    .config
+                    .nics
+                    .iter()
+                    .find(|n| &n.ifname == i)
+                    .map_or(1500, |n| n.mtu),
+            })
+            .collect()
+    }
+}
+
+/// The QEMU-backed guest runtime. Synchronous; see the module docs of [`super`].
+pub struct QemuRuntime {
+    opts: QemuRuntimeOptions,
+    support: HostGuestSupport,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// Collects the exit status of `pid` when it is our child (it is, when this process is a child
+/// subreaper: QEMU's daemonized process is then reparented to us). Otherwise a no-op.
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+fn valid_node_id(id: &str) -> Result<(), GuestError> {
+    if id.is_empty()
+        || id.len() > 12
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(GuestError::InvalidConfig(format!(
+            "node id {id:?} must be 1-12 characters of [a-z0-9]"
+        )));
+    }
+    Ok(())
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> GuestError {
+    let what = what.to_string();
+    let path = path.to_path_buf();
+    move |source| GuestError::Io { what, path, source }
+}
+
+fn tap_err(node_id: &str, netns: &str, e: TapError) -> GuestError {
+    match e {
+        TapError::MissingInterface(ifname) => GuestError::MissingInterface {
+            node_id: node_id.into(),
+            ifname,
+            netns: netns.into(),
+        },
+        TapError::Netns { path, source } => GuestError::Net {
+            node_id: node_id.into(),
+            what: format!("enter sandbox {path}"),
+            source,
+        },
+        TapError::Op { what, source } => GuestError::Net {
+            node_id: node_id.into(),
+            what: format!("in sandbox {netns}: {what}"),
+            source,
+        },
+    }
+}
+
+impl QemuRuntime {
+    /// A runtime with `opts`, probing the host (QEMU version, KVM verdict, TSC rate; no test
+    /// boot). Creates `state_dir`.
+    pub fn new(opts: QemuRuntimeOptions) -> Result<QemuRuntime, GuestError> {
+        let support = probe_host(&opts.qemu_binary);
+        Self::with_support(opts, support)
+    }
+
+    /// A runtime with a given probe result.
+    pub fn with_support(
+        mut opts: QemuRuntimeOptions,
+        support: HostGuestSupport,
+    ) -> Result<QemuRuntime, GuestError> {
+        std::fs::create_dir_all(&opts.state_dir).map_err(io_err(
+            "cannot create guest state directory",
+            &opts.state_dir,
+        ))?;
+        // QEMU daemonizes into "/": every path it gets must be absolute.
+        opts.state_dir = std::fs::canonicalize(&opts.state_dir)
+            .map_err(io_err("cannot resolve", &opts.state_dir))?;
+        if opts.images_dir.is_relative()
+            && let Ok(p) = std::fs::canonicalize(&opts.images_dir)
+        {
+            opts.images_dir = p;
+        }
+        info!(
+            qemu = %support.qemu_string(),
+            kvm_usable = support.kvm.usable,
+            kvm_reason = %support.kvm.reason,
+            tsc_khz = ?support.tsc_khz,
+            "guest runtime ready"
+        );
+        Ok(QemuRuntime {
+            opts,
+            support,
+            locks: Mutex::new(HashMap::new()),
+            exec_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What the probe found (for `AgentHello.capabilities`).
+    pub fn support(&self) -> &HostGuestSupport {
+        &self.support
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &QemuRuntimeOptions {
+        &self.opts
+    }
+
+    /// When the static checks call KVM usable, confirms it with a test boot of `image` under
+    /// `-accel kvm` (at most `timeout`), and updates the verdict either way. Does nothing when
+    /// KVM is already judged unusable.
+    pub fn probe_kvm_with_test_boot(&mut self, image: &str, timeout: Duration) {
+        if !self.support.kvm.usable {
+            return;
+        }
+        let mut facts = gather_kvm_facts();
+        facts.test_boot = Some(self.test_boot(image, AccelUsed::Kvm, timeout));
+        self.support.kvm = decide_kvm(&facts);
+        info!(kvm_usable = self.support.kvm.usable, reason = %self.support.kvm.reason, "KVM test boot");
+    }
+
+    /// Boots `image` without NICs under `accel` until its init prints `VNET-PROBE-OK`, then ends
+    /// it. Returns the time that took.
+    pub fn test_boot(
+        &self,
+        image: &str,
+        accel: AccelUsed,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let img = image::load(&self.opts.images_dir, image).map_err(|e| e.to_string())?;
+        let mut args: Vec<String> = vec![];
+        for a in [
+            &super::qemu_args::AccelArg {
+                accel,
+                tb_size_mb: self.opts.tb_size_mb,
+            } as &dyn super::qemu_args::QemuArg,
+            &Machine::Microvm,
+        ] {
+            args.extend(a.render());
+        }
+        if accel == AccelUsed::Kvm {
+            args.extend(["-cpu".into(), "host".into()]);
+        }
+        let mut append = "console=ttyS0 panic=-1 quiet vnet.probe=1".to_string();
+        if let Some(k) = self.support.tsc_khz {
+            append.push_str(&format!(" tsc_early_khz={k}"));
+        }
+        args.extend(
+            [
+                "-m",
+                "128M",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                "-kernel",
+            ]
+            .map(String::from),
+        );
+        args.push(img.kernel.to_string_lossy().into_owned());
+        args.push("-initrd".into());
+        args.push(img.initrd.to_string_lossy().into_owned());
+        args.push("-append".into());
+        args.push(append);
+        let start = Instant::now();
+        let mut child = Command::new(&self.opts.qemu_binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.opts.qemu_binary))?;
+        let mut out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(13).any(|w| w == b"VNET-PROBE-OK") {
+                    let _ = tx.send(());
+                    break;
+                }
+            }
+        });
+        let r = match rx.recv_timeout(timeout) {
+            Ok(()) => Ok(start.elapsed()),
+            Err(_) => Err(format!("no init output within {timeout:?}")),
+        };
+        let _ = child.kill();
+        let status = child.wait();
+        let _ = reader.join();
+        match (&r, status) {
+            (Err(e), Ok(st)) if !st.success() && st.code().is_some() => {
+                let mut msg = String::new();
+                if let Some(mut e2) = child.stderr.take() {
+                    let _ = e2.read_to_string(&mut msg);
+                }
+                Err(format!("{e}; QEMU exited with {st}: {}", msg.trim()))
+            }
+            _ => r,
+        }
+    }
+
+    fn lock_of(map: &Mutex<HashMap<String, Arc<Mutex<()>>>>, id: &str) -> Arc<Mutex<()>> {
+        map.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn paths(&self, node_id: &str) -> RunPaths {
+        RunPaths::new(&self.opts.state_dir, node_id)
+    }
+
+    fn read_record(&self, paths: &RunPaths) -> Result<Option<GuestRecord>, GuestError> {
+        let p = paths.record();
+        match std::fs::read_to_string(&p) {
+            Ok(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| GuestError::Io {
+                    what: "corrupt guest record".into(),
+                    path: p,
+                    source: std::io::Error::other(e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &p)(e)),
+        }
+    }
+
+    fn write_record(&self, paths: &RunPaths, rec: &GuestRecord) -> Result<(), GuestError> {
+        let p = paths.record();
+        let tmp = paths.dir.join(".guest.json.new");
+        let text = serde_json::to_vec_pretty(rec).map_err(|e| GuestError::Io {
+            what: "cannot encode guest record".into(),
+            path: p.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io_err("cannot write", &p))
+    }
+
+    /// QEMU's pid when this guest's QEMU runs.
+    fn running_pid(&self, node_id: &str, paths: &RunPaths) -> Option<u32> {
+        let pid = read_pidfile(&paths.pidfile())?;
+        is_guest_process(pid, &process_name(node_id), &paths.pidfile()).then_some(pid)
+    }
+
+    /// Ends QEMU: QMP quit, then SIGKILL after the grace period.
+    fn kill_guest(&self, node_id: &str, pid: u32, paths: &RunPaths) -> Result<(), GuestError> {
+        let name = process_name(node_id);
+        let pidfile = paths.pidfile();
+        let quit = Qmp::connect(&paths.qmp(), Duration::from_secs(1)).and_then(|mut q| q.quit());
+        if let Err(e) = &quit {
+            warn!(node_id, error = %e, "QMP quit failed; killing");
+        }
+        if quit.is_ok() && wait_gone(pid, &name, &pidfile, self.opts.stop_grace) {
+            reap(pid);
+            return Ok(());
+        }
+        let _ = signal(pid, Signal::SIGKILL);
+        if wait_gone(pid, &name, &pidfile, Duration::from_secs(5)) {
+            reap(pid);
+            Ok(())
+        } else {
+            Err(GuestError::Qmp {
+                node_id: node_id.into(),
+                reason: format!("QEMU pid {pid} survived SIGKILL"),
+            })
+        }
+    }
+
+    /// Whether QMP reports a state from which the guest will not continue by itself.
+    fn is_wedged(&self, node_id: &str, paths: &RunPaths) -> bool {
+        match Qmp::connect(&paths.qmp(), Duration::from_secs(2)).and_then(|mut q| q.status()) {
+            Ok(s) => {
+                let wedged = matches!(s.as_str(), "shutdown" | "guest-panicked" | "internal-error");
+                if wedged {
+                    warn!(node_id, status = %s, "guest is not running");
+                }
+                wedged
+            }
+            // Busy or slow monitor: the process lives; do not reboot a guest for that.
+            Err(e) => {
+                warn!(node_id, error = %e, "QMP query-status failed; keeping the guest");
+                false
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        cfg: &GuestConfig,
+        paths: &RunPaths,
+        rec: &GuestRecord,
+        pairs: &[TapPair],
+        fresh_dir: bool,
+    ) -> Result<u32, GuestError> {
+        let netns = cfg.netns_path();
+        for f in [
+            paths.pidfile(),
+            paths.qmp(),
+            paths.cmd(),
+            paths.console_sock(),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+        let created = match ensure_taps(&netns, pairs) {
+            Ok(c) => c,
+            Err(e) => {
+                // ensure_taps removed what it had created itself.
+                if fresh_dir {
+                    let _ = std::fs::remove_dir_all(&paths.dir);
+                }
+                return Err(tap_err(&cfg.node_id, &cfg.netns, e));
+            }
+        };
+        let undo = |created: &[String]| {
+            let undo_pairs: Vec<TapPair> = pairs
+                .iter()
+                .filter(|p| created.contains(&p.tap))
+                .cloned()
+                .collect();
+            if let Err(e) = remove_taps(&netns, &undo_pairs) {
+                warn!(node_id = %cfg.node_id, error = %e, "rollback: cannot remove TAPs");
+            }
+            if fresh_dir {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+            }
+        };
+        if let Err(e) = self.write_record(paths, rec) {
+            undo(&created);
+            return Err(e);
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.console_log())
+        {
+            let _ = writeln!(
+                f,
+                "\n=== vnet: starting guest {} (restarts: {}) ===",
+                cfg.node_id, rec.restarts
+            );
+        }
+        let cmd = super::qemu_args::QemuCommand {
+            binary: self.opts.qemu_binary.clone(),
+            args: rec.argv.clone(),
+        };
+        if let Err(reason) = spawn_daemon_in_netns(&cmd, &netns) {
+            undo(&created);
+            return Err(GuestError::Spawn {
+                node_id: cfg.node_id.clone(),
+                reason,
+            });
+        }
+        match self.running_pid(&cfg.node_id, paths) {
+            Some(pid) => Ok(pid),
+            None => {
+                undo(&created);
+                Err(GuestError::Spawn {
+                    node_id: cfg.node_id.clone(),
+                    reason: "QEMU exited right after start-up (see console.log)".into(),
+                })
+            }
+        }
+    }
+
+    fn console_tail(&self, paths: &RunPaths, max: usize) -> Vec<u8> {
+        let Ok(mut f) = std::fs::File::open(paths.console_log()) else {
+            return vec![];
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(max as u64);
+        let mut buf = Vec::new();
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_end(&mut buf);
+        }
+        buf
+    }
+
+    fn channel_err(node_id: &str, e: ChannelError, timeout: Duration) -> GuestError {
+        match e {
+            ChannelError::Timeout(_) => GuestError::ExecTimeout {
+                node_id: node_id.into(),
+                timeout,
+            },
+            other => GuestError::Channel {
+                node_id: node_id.into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl GuestRuntime for QemuRuntime {
+    fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
+        cfg.validate()?;
+        let lock = Self::lock_of(&self.locks, &cfg.node_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let netns = cfg.netns_path();
+        if !netns.exists() {
+            return Err(GuestError::NoSandbox {
+                node_id: cfg.node_id.clone(),
+                netns: cfg.netns.clone(),
+            });
+        }
+        let img = image::load(&self.opts.images_dir, &cfg.image)?;
+        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
+            GuestError::KvmUnusable {
+                node_id: cfg.node_id.clone(),
+                reason,
+            }
+        })?;
+        let machine = Machine::for_nic(cfg.nic);
+        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
+        let names = tap_names(&cfg.nics);
+        let paths = self.paths(&cfg.node_id);
+        let nics: Vec<_> = cfg
+            .nics
+            .iter()
+            .cloned()
+            .zip(names.iter().map(|(_, t)| t.clone()))
+            .collect();
+        let cmd = guest_command(
+            &cfg.node_id,
+            cfg.vcpus,
+            cfg.memory_mb,
+            cfg.nic,
+            &nics,
+            &LaunchInputs {
+                qemu_binary: &self.opts.qemu_binary,
+                accel,
+                tb_size_mb: self.opts.tb_size_mb,
+                kernel: &img.kernel,
+                initrd: &img.initrd,
+                append,
+                qboot: self.opts.qboot_rom.as_deref(),
+                paths: &paths,
+            },
+        );
+        let pairs: Vec<TapPair> = nics
+            .iter()
+            .map(|(n, t)| TapPair {
+                ifname: n.ifname.clone(),
+                tap: t.clone(),
+                mtu: n.mtu,
+            })
+            .collect();
+        let prev = self.read_record(&paths)?;
+        let pid = self.running_pid(&cfg.node_id, &paths);
+
+        let (action, restarts) = match (&prev, pid) {
+            (Some(rec), Some(pid)) if rec.argv == cmd.args => {
+                if self.is_wedged(&cfg.node_id, &paths) {
+                    self.kill_guest(&cfg.node_id, pid, &paths)?;
+                    (EnsureAction::Restarted, rec.restarts + 1)
+                } else {
+                    let created = ensure_taps(&netns, &pairs)
+                        .map_err(|e| tap_err(&cfg.node_id, &cfg.netns, e))?;
+                    if created.is_empty() {
+                        info!(node_id = %cfg.node_id, pid, "guest adopted");
+                        return Ok(GuestStatus {
+                            node_id: cfg.node_id.clone(),
+                            pid,
+                            accel: rec.accel,
+                            action: EnsureAction::Adopted,
+                            restarts: rec.restarts,
+                        });
+                    }
+                    // A TAP had vanished under the running QEMU: its NIC is dead; reboot.
+                    warn!(node_id = %cfg.node_id, taps = ?created, "TAPs were missing; restarting guest");
+                    self.kill_guest(&cfg.node_id, pid, &paths)?;
+                    (EnsureAction::Restarted, rec.restarts + 1)
+                }
+            }
+            (Some(rec), Some(pid)) => {
+                info!(node_id = %cfg.node_id, pid, "guest configuration changed; replacing");
+                self.kill_guest(&cfg.node_id, pid, &paths)?;
+                (EnsureAction::Replaced, rec.restarts)
+            }
+            (Some(rec), None) => {
+                warn!(node_id = %cfg.node_id, "guest had died; restarting");
+                (EnsureAction::Restarted, rec.restarts + 1)
+            }
+            (None, Some(pid)) => {
+                warn!(node_id = %cfg.node_id, pid, "guest without record; replacing");
+                self.kill_guest(&cfg.node_id, pid, &paths)?;
+                (EnsureAction::Started, 0)
+            }
+            (None, None) => (EnsureAction::Started, 0),
+        };
+        // TAPs of the old configuration that the new one does not use.
+        if let Some(rec) = &prev {
+            let stale: Vec<TapPair> = rec
+                .pairs()
+                .into_iter()
+                .filter(|p| !pairs.iter().any(|q| q.tap == p.tap && q.ifname == p.ifname))
+                .collect();
+            if !stale.is_empty() {
+                let old_ns = rec.config.netns_path();
+                if old_ns.exists() {
+                    remove_taps(&old_ns, &stale)
+                        .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
+                }
+            }
+        }
+        let fresh_dir = !paths.dir.exists();
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(io_err("cannot create run directory", &paths.dir))?;
+        let rec = GuestRecord {
+            config: cfg.clone(),
+            accel,
+            taps: names,
+            argv: cmd.args.clone(),
+            restarts,
+        };
+        let pid = self.start(cfg, &paths, &rec, &pairs, fresh_dir && prev.is_none())?;
+        info!(node_id = %cfg.node_id, pid, ?action, accel = %accel, why = %why, restarts, "guest started");
+        Ok(GuestStatus {
+            node_id: cfg.node_id.clone(),
+            pid,
+            accel,
+            action,
+            restarts,
+        })
+    }
+
+    fn stop(&self, node_id: &str) -> Result<(), GuestError> {
+        valid_node_id(node_id)?;
+        let lock = Self::lock_of(&self.locks, node_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let paths = self.paths(node_id);
+        if let Some(pid) = self.running_pid(node_id, &paths) {
+            self.kill_guest(node_id, pid, &paths)?;
+        }
+        if let Some(rec) = self.read_record(&paths)? {
+            let netns = rec.config.netns_path();
+            if netns.exists() {
+                remove_taps(&netns, &rec.pairs())
+                    .map_err(|e| tap_err(node_id, &rec.config.netns, e))?;
+            }
+        }
+        match std::fs::remove_dir_all(&paths.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove run directory", &paths.dir)(e)),
+        }
+        info!(node_id, "guest stopped");
+        Ok(())
+    }
+
+    fn observed(&self) -> Result<Vec<ObservedGuest>, GuestError> {
+        let dir = match std::fs::read_dir(&self.opts.state_dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io_err("cannot list", &self.opts.state_dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if valid_node_id(&id).is_err() || !entry.path().is_dir() {
+                continue;
+            }
+            let paths = self.paths(&id);
+            let rec = self.read_record(&paths).ok().flatten();
+            let pid = self.running_pid(&id, &paths);
+            out.push(ObservedGuest {
+                node_id: id,
+                pid,
+                running: pid.is_some(),
+                netns: rec
+                    .as_ref()
+                    .map(|r| r.config.netns.clone())
+                    .unwrap_or_default(),
+                taps: rec
+                    .as_ref()
+                    .map(|r| r.taps.iter().map(|(_, t)| t.clone()).collect())
+                    .unwrap_or_default(),
+                accel: rec.as_ref().map(|r| r.accel),
+                restarts: rec.as_ref().map_or(0, |r| r.restarts),
+            });
+        }
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
+    }
+
+    fn exec(
+        &self,
+        node_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, GuestError> {
+        valid_node_id(node_id)?;
+        let paths = self.paths(node_id);
+        if self.running_pid(node_id, &paths).is_none() {
+            return Err(GuestError::NotFound(node_id.into()));
+        }
+        let lock = Self::lock_of(&self.exec_locks, node_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ch = Channel::connect(&paths.cmd()).map_err(|e| GuestError::Channel {
+            node_id: node_id.into(),
+            reason: format!("cannot connect to {}: {e}", paths.cmd().display()),
+        })?;
+        ch.hello(timeout.max(Duration::from_secs(5)))
+            .map_err(|e| Self::channel_err(node_id, e, timeout))?;
+        ch.exec(argv, timeout)
+            .map_err(|e| Self::channel_err(node_id, e, timeout))
+    }
+
+    fn wait_ready(&self, node_id: &str, timeout: Duration) -> Result<(), GuestError> {
+        valid_node_id(node_id)?;
+        let paths = self.paths(node_id);
+        let deadline = Instant::now() + timeout;
+        let lock = Self::lock_of(&self.exec_locks, node_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            if self.running_pid(node_id, &paths).is_none() {
+                let tail = String::from_utf8_lossy(&self.console_tail(&paths, 600)).into_owned();
+                return Err(GuestError::Spawn {
+                    node_id: node_id.into(),
+                    reason: format!("QEMU is not running; console tail:\n{tail}"),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match Channel::connect(&paths.cmd()) {
+                Ok(mut ch) => match ch.hello(left.min(Duration::from_secs(3))) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(GuestError::Channel {
+            node_id: node_id.into(),
+            reason: format!("not ready within {timeout:?} ({last})"),
+        })
+    }
+
+    fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError> {
+        valid_node_id(node_id)?;
+        let paths = self.paths(node_id);
+        if !paths.dir.exists() {
+            return Err(GuestError::NotFound(node_id.into()));
+        }
+        Ok(self.console_tail(&paths, max_bytes))
+    }
+}
