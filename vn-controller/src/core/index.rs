@@ -82,6 +82,8 @@ pub struct Change {
     pub events: Vec<Event>,
     /// Hosts whose desired state changed.
     pub hosts_changed: BTreeSet<String>,
+    /// A VN changed state: persist with an fsync of its own (host progress alone need not).
+    pub status_changed: bool,
 }
 
 impl Change {
@@ -108,6 +110,7 @@ impl Change {
         }
         self.events.extend(other.events);
         self.hosts_changed.extend(other.hosts_changed);
+        self.status_changed |= other.status_changed;
     }
 }
 
@@ -540,6 +543,7 @@ impl Index {
         let rec = self.vns.get_mut(vn_id).expect("present");
         rec.status = VnStatus::Failed;
         rec.reason = reason.to_string();
+        change.status_changed = true;
         change.events.push(Event {
             provider: rec.provider().clone(),
             name: rec.name().to_string(),
@@ -599,6 +603,7 @@ impl Index {
         if all_ready && matches!(rec.status, VnStatus::Provisioning | VnStatus::Degraded) {
             rec.status = VnStatus::Ready;
             rec.reason.clear();
+            change.status_changed = true;
             change.events.push(Event {
                 provider: rec.provider().clone(),
                 name: rec.name().to_string(),
@@ -614,6 +619,7 @@ impl Index {
         if rec.status == VnStatus::Ready {
             rec.status = VnStatus::Degraded;
             rec.reason = reason.clone();
+            change.status_changed = true;
             change.events.push(Event {
                 provider: rec.provider().clone(),
                 name: rec.name().to_string(),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::alloc::Cursors;
 use super::index::Change;
@@ -160,31 +160,56 @@ impl Store {
 
     /// Writes one change in one durable transaction.
     pub fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        if change.upserts.is_empty()
-            && change.removed.is_empty()
-            && change.generations.is_empty()
-            && change.cursors.is_none()
-        {
+        self.apply_all(&[change], &[], true)
+    }
+
+    /// Writes several changes (in order) and host records in one transaction; without
+    /// `durable`, the commit becomes durable with the next durable one (redb `Durability::None`).
+    pub fn apply_all(
+        &self,
+        changes: &[&Change],
+        hosts: &[&HostInfo],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let empty = |c: &Change| {
+            c.upserts.is_empty()
+                && c.removed.is_empty()
+                && c.generations.is_empty()
+                && c.cursors.is_none()
+        };
+        if hosts.is_empty() && changes.iter().all(|c| empty(c)) {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        if !durable {
+            tx.set_durability(Durability::None)
+                .map_err(|e| self.err(e))?;
+        }
         {
             let mut vns = tx.open_table(VNS).map_err(|e| self.err(e))?;
-            for (id, rec) in &change.upserts {
-                vns.insert(id.as_str(), encode(rec).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            for id in &change.removed {
-                vns.remove(id.as_str()).map_err(|e| self.err(e))?;
-            }
             let mut gens = tx.open_table(GENERATIONS).map_err(|e| self.err(e))?;
-            for (h, g) in &change.generations {
-                gens.insert(h.as_str(), *g).map_err(|e| self.err(e))?;
-            }
-            if let Some(c) = &change.cursors {
-                let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-                meta.insert(CURSORS_KEY, encode(c).as_slice())
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut host_table = tx.open_table(HOSTS).map_err(|e| self.err(e))?;
+            for h in hosts {
+                host_table
+                    .insert(h.id.as_str(), encode(*h).as_slice())
                     .map_err(|e| self.err(e))?;
+            }
+            for change in changes {
+                for (id, rec) in &change.upserts {
+                    vns.insert(id.as_str(), encode(rec).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+                for id in &change.removed {
+                    vns.remove(id.as_str()).map_err(|e| self.err(e))?;
+                }
+                for (h, g) in &change.generations {
+                    gens.insert(h.as_str(), *g).map_err(|e| self.err(e))?;
+                }
+                if let Some(c) = &change.cursors {
+                    meta.insert(CURSORS_KEY, encode(c).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
             }
         }
         tx.commit().map_err(|e| self.err(e))

@@ -22,6 +22,7 @@ use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
 use crate::core::usage::Mapping;
 
 use super::metrics::Metrics;
+use super::writer::{Publisher, Writer};
 
 /// Embedding algorithms as the controller uses them.
 pub trait Planner: Send + Sync + 'static {
@@ -118,14 +119,13 @@ struct Shared {
     cfg: ControllerConfig,
     planner: Box<dyn Planner>,
     index: Mutex<Index>,
-    store: Store,
-    events: broadcast::Sender<Published>,
     agents: Mutex<HashMap<String, AgentSlot>>,
-    desired: Mutex<HashMap<String, watch::Sender<Arc<pb::DesiredState>>>>,
     epoch: AtomicU64,
     exec_seq: AtomicU64,
-    metrics: Metrics,
+    publisher: Arc<Publisher>,
     shutdown: watch::Sender<bool>,
+    // Last field: dropped last, after every other user of the store.
+    writer: Writer,
 }
 
 /// What an attached agent's session needs.
@@ -172,21 +172,20 @@ impl Controller {
             loaded.records,
         )
         .map_err(OpenError::Restore)?;
-        let (events, _) = broadcast::channel(1024);
         let (shutdown, _) = watch::channel(false);
+        let publisher = Arc::new(Publisher::new());
+        let writer = Writer::spawn(Arc::new(store), publisher.clone());
         Ok(Controller {
             shared: Arc::new(Shared {
                 cfg,
                 planner,
                 index: Mutex::new(index),
-                store,
-                events,
                 agents: Mutex::new(HashMap::new()),
-                desired: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
                 exec_seq: AtomicU64::new(0),
-                metrics: Metrics::new(),
+                publisher,
                 shutdown,
+                writer,
             }),
         })
     }
@@ -218,7 +217,7 @@ impl Controller {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.shared.publisher.metrics
     }
 
     pub fn algorithms(&self) -> Vec<&'static str> {
@@ -231,7 +230,7 @@ impl Controller {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
-        self.shared.events.subscribe()
+        self.shared.publisher.events.subscribe()
     }
 
     /// Resolves when the controller shuts down.
@@ -244,21 +243,8 @@ impl Controller {
         self.shared.shutdown.send_replace(true);
     }
 
-    fn publish(&self, change: Change, desired: Vec<(String, pb::DesiredState)>) {
-        {
-            let mut chans = lock(&self.shared.desired);
-            for (host, d) in desired {
-                publish_desired(&mut chans, &host, d);
-            }
-        }
-        for e in change.events {
-            self.shared.metrics.event(&e);
-            // No receiver is not an error.
-            let _ = self.shared.events.send(Arc::new(e));
-        }
-    }
-
-    /// Runs `f` on the index under the lock, persists its change, then publishes it.
+    /// Runs `f` on the index under the lock, queues its change for the writer (which persists,
+    /// then publishes it), and waits until it is persisted.
     async fn mutate<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Index) -> (R, Change) + Send + 'static,
@@ -267,12 +253,14 @@ impl Controller {
         let out = tokio::task::spawn_blocking(move || {
             let mut ix = lock(&this.shared.index);
             let (r, change) = f(&mut ix);
-            if let Err(e) = this.shared.store.apply(&change) {
-                tracing::error!(error = %e, "cannot persist a state change; memory is ahead of the store");
+            if change.is_empty() {
+                return r;
             }
             let desired = desired_of(&ix, &change);
+            let ack = this.shared.writer.send(change, None, desired);
             drop(ix);
-            this.publish(change, desired);
+            // The writer logs failures; memory stays ahead of the store until the next write.
+            let _ = ack.recv();
             r
         })
         .await;
@@ -340,7 +328,7 @@ impl Controller {
             match out {
                 Ok(rec) => {
                     self.arm_provisioning_timer(rec.vn_id.clone());
-                    self.shared.metrics.created(started.elapsed(), "accepted");
+                    self.metrics().created(started.elapsed(), "accepted");
                     tracing::info!(vn_id = %rec.vn_id, hosts = ?rec.placement.hosts(), "accepted");
                     return Ok(rec);
                 }
@@ -349,11 +337,11 @@ impl Controller {
                     tracing::debug!(%why, attempt, "commit conflict, embedding again");
                 }
                 Err(Attempt::Conflict(why)) => {
-                    self.shared.metrics.created(started.elapsed(), "rejected");
+                    self.metrics().created(started.elapsed(), "rejected");
                     return Err(ControlError::Exhausted(why));
                 }
                 Err(Attempt::Error(e)) => {
-                    self.shared.metrics.created(started.elapsed(), "rejected");
+                    self.metrics().created(started.elapsed(), "rejected");
                     return Err(e);
                 }
             }
@@ -376,7 +364,7 @@ impl Controller {
         let embed = |view: &View| {
             let t = Instant::now();
             let r = shared.planner.plan(view, req, algorithm);
-            shared.metrics.embedded(t.elapsed());
+            shared.publisher.metrics.embedded(t.elapsed());
             r.map_err(|why| {
                 Attempt::Error(ControlError::Exhausted(format!(
                     "cannot embed {}: {why}",
@@ -397,17 +385,24 @@ impl Controller {
             Err(CoreError::Exhausted(why)) => return Err(Attempt::Conflict(why)),
             Err(e) => return Err(Attempt::Error(e.into())),
         };
-        if let Err(e) = shared.store.apply(&change) {
-            guard.forget(&rec.vn_id);
-            return Err(Attempt::Error(ControlError::Internal(format!(
-                "cannot persist VN {}: {e}",
-                req.name
-            ))));
-        }
+        let vn_id = rec.vn_id.clone();
         let desired = desired_of(&guard, &change);
+        let ack = shared.writer.send(change, None, desired);
         drop(guard);
-        self.publish(change, desired);
-        Ok(rec)
+        // Accepted means persisted: wait for the (group) commit.
+        let persisted = ack
+            .recv()
+            .unwrap_or_else(|_| Err("the store writer is gone".to_string()));
+        match persisted {
+            Ok(()) => Ok(rec),
+            Err(e) => {
+                lock(&shared.index).forget(&vn_id);
+                Err(Attempt::Error(ControlError::Internal(format!(
+                    "cannot persist VN {}: {e}",
+                    req.name
+                ))))
+            }
+        }
     }
 
     pub fn get(&self, provider: &ProviderId, name: &str) -> Result<VnRecord, ControlError> {
@@ -446,28 +441,26 @@ impl Controller {
         let h = host.clone();
         let desired = tokio::task::spawn_blocking(move || {
             let mut ix = lock(&this.shared.index);
-            if let Err(e) = this.shared.store.put_host(&info) {
-                tracing::error!(host = %h, error = %e, "cannot persist the host");
-            }
-            let new = ix.attach(info);
+            let new = ix.attach(info.clone());
             let mut change = Change::default();
             // An agent that applied a generation we do not know (a store from before) gets a
             // higher one with the same content, so that it does not ignore it.
             if applied_generation >= ix.generation(&h) && applied_generation > 0 {
                 change = ix.raise_generation(&h, applied_generation + 1);
             }
-            if let Err(e) = this.shared.store.apply(&change) {
-                tracing::error!(host = %h, error = %e, "cannot persist the generation");
-            }
             tracing::info!(host = %h, new, generation = ix.generation(&h), "agent attached");
             let d = ix.desired(&h);
-            let mut chans = lock(&this.shared.desired);
-            publish_desired(&mut chans, &h, d);
-            chans[&h].subscribe()
+            let rx = this.shared.publisher.desired(&h, d);
+            let ack = this.shared.writer.send(change, Some(info), vec![]);
+            drop(ix);
+            if let Ok(Err(e)) = ack.recv() {
+                tracing::error!(host = %h, error = %e, "cannot persist the host");
+            }
+            rx
         })
         .await
         .expect("attach task");
-        self.shared.metrics.set_agents(lock(&self.shared.agents).len());
+        self.metrics().set_agents(lock(&self.shared.agents).len());
         AgentHandle {
             host,
             epoch,
@@ -503,7 +496,7 @@ impl Controller {
                 return; // replaced by a newer session
             }
             agents.remove(host);
-            self.shared.metrics.set_agents(agents.len());
+            self.shared.publisher.metrics.set_agents(agents.len());
         }
         if *self.shared.shutdown.borrow() {
             // The controller is leaving, not the agent: its VNs are not degraded.
@@ -633,28 +626,4 @@ fn desired_of(ix: &Index, change: &Change) -> Vec<(String, pb::DesiredState)> {
         .iter()
         .map(|h| (h.clone(), ix.desired(h)))
         .collect()
-}
-
-/// Replaces `host`'s desired state unless a newer generation was published already.
-fn publish_desired(
-    chans: &mut HashMap<String, watch::Sender<Arc<pb::DesiredState>>>,
-    host: &str,
-    d: pb::DesiredState,
-) {
-    let d = Arc::new(d);
-    match chans.get(host) {
-        Some(tx) => {
-            tx.send_if_modified(|cur| {
-                if d.generation > cur.generation || (d.generation == cur.generation && **cur != *d) {
-                    *cur = d.clone();
-                    true
-                } else {
-                    false
-                }
-            });
-        }
-        None => {
-            chans.insert(host.to_string(), watch::channel(d).0);
-        }
-    }
 }

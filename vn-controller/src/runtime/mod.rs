@@ -3,3 +3,4 @@
 pub mod controller;
 pub mod daemon;
 pub mod metrics;
+pub mod writer;

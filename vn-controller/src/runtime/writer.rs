@@ -1,0 +1,176 @@
+//! The store writer: one thread that persists changes in the order they were made, groups the
+//! changes queued behind a running commit into one transaction (group commit: one fsync for many
+//! creates), and only then publishes their desired states and events.
+//!
+//! Changes are sent while the index lock is held, so the queue order is the order of the
+//! in-memory changes; the lock is released before the fsync, so embeddings and reads go on
+//! meanwhile. Changes that only record one host's progress are committed without an fsync of
+//! their own (redb `Durability::None`): they become durable with the next durable commit, and
+//! losing them in a crash only means agents report them again. VN state changes (accepted,
+//! ready, degraded, failed, deleted) are durable before they are published.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use tokio::sync::{broadcast, watch};
+use vnet_proto::v1 as pb;
+
+use crate::core::index::{Change, Event};
+use crate::core::store::Store;
+use crate::core::substrate::HostInfo;
+
+use super::metrics::Metrics;
+
+/// Largest number of changes in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Where desired states and events go once persisted.
+pub struct Publisher {
+    desired: Mutex<HashMap<String, watch::Sender<Arc<pb::DesiredState>>>>,
+    pub events: broadcast::Sender<Arc<Event>>,
+    pub metrics: Metrics,
+}
+
+impl Publisher {
+    pub fn new() -> Self {
+        Publisher {
+            desired: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Replaces `host`'s desired state unless a newer generation was published already; returns
+    /// a receiver of it.
+    pub fn desired(&self, host: &str, d: pb::DesiredState) -> watch::Receiver<Arc<pb::DesiredState>> {
+        let d = Arc::new(d);
+        let mut chans = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = chans
+            .entry(host.to_string())
+            .or_insert_with(|| watch::channel(d.clone()).0);
+        tx.send_if_modified(|cur| {
+            if d.generation > cur.generation || (d.generation == cur.generation && **cur != *d) {
+                *cur = d.clone();
+                true
+            } else {
+                false
+            }
+        });
+        tx.subscribe()
+    }
+
+    pub fn events(&self, events: Vec<Event>) {
+        for e in events {
+            self.metrics.event(&e);
+            // No watcher is not an error.
+            let _ = self.events.send(Arc::new(e));
+        }
+    }
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One unit of work for the writer.
+pub struct Commit {
+    pub change: Change,
+    pub host: Option<HostInfo>,
+    pub desired: Vec<(String, pb::DesiredState)>,
+    pub ack: Option<mpsc::SyncSender<Result<(), String>>>,
+}
+
+impl Commit {
+    fn durable(&self) -> bool {
+        let c = &self.change;
+        self.host.is_some()
+            || c.status_changed
+            || !c.generations.is_empty()
+            || c.cursors.is_some()
+            || !c.removed.is_empty()
+    }
+}
+
+pub struct Writer {
+    tx: Option<mpsc::Sender<Commit>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn spawn(store: Arc<Store>, publisher: Arc<Publisher>) -> Writer {
+        let (tx, rx) = mpsc::channel::<Commit>();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    let durable = batch.iter().any(Commit::durable);
+                    let changes: Vec<&Change> = batch.iter().map(|c| &c.change).collect();
+                    let hosts: Vec<&HostInfo> = batch.iter().filter_map(|c| c.host.as_ref()).collect();
+                    let res = store
+                        .apply_all(&changes, &hosts, durable)
+                        .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, "cannot persist state changes");
+                    }
+                    for c in batch {
+                        if res.is_ok() {
+                            for (h, d) in c.desired {
+                                publisher.desired(&h, d);
+                            }
+                            publisher.events(c.change.events);
+                        }
+                        if let Some(ack) = c.ack {
+                            let _ = ack.send(res.clone());
+                        }
+                    }
+                }
+            })
+            .expect("spawn the store writer");
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a commit; returns the receiver of its outcome.
+    pub fn send(
+        &self,
+        change: Change,
+        host: Option<HostInfo>,
+        desired: Vec<(String, pb::DesiredState)>,
+    ) -> mpsc::Receiver<Result<(), String>> {
+        let (ack, rx) = mpsc::sync_channel(1);
+        let commit = Commit {
+            change,
+            host,
+            desired,
+            ack: Some(ack),
+        };
+        if let Some(tx) = &self.tx
+            && tx.send(commit).is_err()
+        {
+            tracing::error!("the store writer is gone");
+        }
+        rx
+    }
+}
+
+impl Drop for Writer {
+    /// Finishes the queued commits and releases the store.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
