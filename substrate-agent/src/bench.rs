@@ -140,3 +140,95 @@ pub fn run_scale<K: Kernel>(
         namespaces_after_teardown: count()?,
     })
 }
+
+/// The desired state of the throughput benchmark on one side (`side` 1 or 2): node `p<side>` with
+/// a VXLAN link (eth0, 10.97.0.<side>/24, VNI 9001) and a userspace-VLAN link (eth1,
+/// 10.96.0.<side>/24, VLAN 901) to the other side over the underlay `local` -> `remote`.
+pub fn link_desired(side: u8, local: &str, remote: &str) -> pb::DesiredState {
+    let node = format!("p{side}");
+    let ep_node = |ifname: &str, addr: String| pb::Endpoint {
+        kind: Some(pb::endpoint::Kind::Node(pb::NodeInterface {
+            node_id: node.clone(),
+            ifname: ifname.into(),
+            addresses: vec![addr],
+            mac: String::new(),
+        })),
+    };
+    let ep_hop = |encap: pb::Encapsulation, vni: u32, vlan_id: u32| pb::Endpoint {
+        kind: Some(pb::endpoint::Kind::Tunnel(pb::TunnelHop {
+            encapsulation: encap as i32,
+            vni,
+            vlan_id,
+            udp_port: 0,
+            local_address: local.into(),
+            remote_address: remote.into(),
+            neighbor: String::new(),
+        })),
+    };
+    pb::DesiredState {
+        generation: 1,
+        vns: vec![pb::VnSlice {
+            vn_id: "tput".into(),
+            label: "bench/throughput".into(),
+            context_node_id: String::new(),
+            depth: 0,
+            nodes: vec![pb::VirtualNodeSpec {
+                node_id: node.clone(),
+                name: node.clone(),
+                kind: pb::NodeKind::Netns as i32,
+                routes: vec![],
+                guest: None,
+            }],
+            links: vec![
+                pb::LinkSegment {
+                    link_id: "vx".into(),
+                    mtu: 1450,
+                    bandwidth_mbps: 0,
+                    a: Some(ep_node("eth0", format!("10.97.0.{side}/24"))),
+                    b: Some(ep_hop(pb::Encapsulation::Vxlan, 9001, 0)),
+                },
+                pb::LinkSegment {
+                    link_id: "vl".into(),
+                    mtu: 1500,
+                    bandwidth_mbps: 0,
+                    a: Some(ep_node("eth1", format!("10.96.0.{side}/24"))),
+                    b: Some(ep_hop(pb::Encapsulation::Vlan, 0, 901)),
+                },
+            ],
+        }],
+    }
+}
+
+/// One observe -> plan -> apply pass with a real ledger and datapath (for `bench-link`).
+pub fn apply_once<K: Kernel>(
+    kernel: &K,
+    naming: &Naming,
+    ledger: &StateDir,
+    datapath: &dyn crate::vlan::config::DatapathControl,
+    desired: &pb::DesiredState,
+) -> anyhow::Result<()> {
+    let desired = Desired::from_proto(desired);
+    anyhow::ensure!(desired.invalid.is_empty(), "{:?}", desired.invalid);
+    let obs = observe(kernel, naming, ledger, BTreeSet::new(), 2)?;
+    let p = plan(
+        naming,
+        &desired,
+        &obs.observed,
+        PlanContext {
+            guests_supported: false,
+        },
+    );
+    let env = Env {
+        kernel,
+        ledger,
+        datapath,
+        guests: None,
+        workers: 2,
+        cancel: None,
+    };
+    let r = apply(&env, &p);
+    if !r.failed.is_empty() || !r.errors.is_empty() {
+        anyhow::bail!("apply failed: {:?} {:?}", r.failed, r.errors);
+    }
+    Ok(())
+}

@@ -91,6 +91,27 @@ enum Cmd {
         #[arg(long, default_value = "b")]
         host_id: String,
     },
+    /// Throughput benchmark helper: realize (or with --teardown remove) one side of a VXLAN and a
+    /// VLAN link, through the agent's own code path and its real VLAN datapath.
+    #[command(hide = true)]
+    BenchLink {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        host_id: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        side: u8,
+        #[arg(long)]
+        local: String,
+        #[arg(long)]
+        remote: String,
+        #[arg(long, default_value = "vnb")]
+        name_prefix: String,
+        #[arg(long)]
+        teardown: bool,
+    },
     /// The userspace VLAN datapath process (started by the agent).
     #[command(hide = true)]
     VlanDatapath {
@@ -162,6 +183,32 @@ fn main() -> anyhow::Result<()> {
                 substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
+        }
+        Some(Cmd::BenchLink {
+            netns,
+            host_id,
+            state_dir,
+            side,
+            local,
+            remote,
+            name_prefix,
+            teardown,
+        }) => {
+            substrate_agent::netns::enter_for_good(&netns)
+                .with_context(|| format!("enter network namespace {netns}"))?;
+            let k = LinuxKernel::new().context("kernel")?;
+            let naming = Naming::new(name_prefix, host_id.clone());
+            let ledger = Arc::new(StateDir::open(&state_dir, &host_id)?);
+            let dp = ProcessDatapath::new(std::env::current_exe()?, ledger.clone())?;
+            let desired = if teardown {
+                pb::DesiredState {
+                    generation: 2,
+                    vns: vec![],
+                }
+            } else {
+                substrate_agent::bench::link_desired(side, &local, &remote)
+            };
+            substrate_agent::bench::apply_once(&k, &naming, &ledger, &dp, &desired)
         }
         Some(Cmd::VlanDatapath { config, status }) => {
             init_tracing(LogFormat::Text);

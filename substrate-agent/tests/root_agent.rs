@@ -270,6 +270,39 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         );
     }
 
+    // Killing the agent disturbs no tenant: the VLAN datapath is a process of its own and keeps
+    // forwarding; a restarted agent adopts it and converges without rebuilding anything.
+    let dp_pid = std::fs::read_to_string(tb.hosts[0].state_dir.join("state.json")).unwrap();
+    tb.kill_agent(1);
+    assert!(
+        ping(&na1, "10.2.0.2"),
+        "VLAN link down while the agent is dead"
+    );
+    assert!(
+        ping(&na1, "10.1.0.2"),
+        "VXLAN link down while the agent is dead"
+    );
+    let ns_inodes = sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag));
+    let since = tb.ctl().report_count(&h1id);
+    tb.start_agent(1);
+    tb.ctl().wait_attached(&h1id, 2, T);
+    let again = tb.ctl().wait_report_since(&h1id, 1, since, T);
+    assert!(again.converged, "{again:#?}");
+    assert_eq!(
+        sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag)),
+        ns_inodes,
+        "a restarted agent rebuilt namespaces"
+    );
+    let dp_pid_after = std::fs::read_to_string(tb.hosts[0].state_dir.join("state.json")).unwrap();
+    let pid_of =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["datapath"].clone();
+    assert_eq!(
+        pid_of(&dp_pid),
+        pid_of(&dp_pid_after),
+        "datapath was restarted"
+    );
+    assert!(ping(&na1, "10.2.0.2"));
+
     // Teardown: an empty desired state leaves the hosts exactly as before.
     tb.ctl().set_desired(&h1id, desired(2, vec![]));
     tb.ctl().set_desired(&h2id, desired(2, vec![]));

@@ -211,8 +211,10 @@ fn underlay_loop(ul: Arc<Underlay>) {
     // Room for one tpacket_auxdata control message.
     let mut cbuf = [0u64; 16];
     let fd = ul.fd.as_raw_fd();
+    let mut idle = false;
     while !ul.stop.load(Ordering::Relaxed) {
-        if !poll_in(fd) {
+        // Poll only when the socket ran dry: one syscall per frame under load.
+        if idle && !poll_in(fd) {
             continue;
         }
         let mut iov = libc::iovec {
@@ -227,7 +229,8 @@ fn underlay_loop(ul: Arc<Underlay>) {
         msg.msg_controllen = size_of::<[u64; 16]>();
         // SAFETY: msg points at live buffers of the sizes given.
         let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-        if n <= 0 {
+        idle = n <= 0;
+        if idle {
             continue;
         }
         let n = n as usize;
@@ -268,13 +271,29 @@ fn tap_loop(tap: Arc<Tap>) {
     let mut buf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF + VLAN_HLEN];
     let fd = tap.file.as_raw_fd();
+    // Non-blocking reads; poll only when the TAP ran dry.
+    // SAFETY: fcntl on a descriptor this thread's Tap owns.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut idle = false;
     while !tap.stop.load(Ordering::Relaxed) {
-        if !poll_in(fd) {
+        if idle && !poll_in(fd) {
             continue;
         }
         let n = match (&tap.file).read(&mut buf) {
-            Ok(n) if n >= ETH_HLEN => n,
-            _ => continue,
+            Ok(n) => {
+                idle = false;
+                if n < ETH_HLEN {
+                    continue;
+                }
+                n
+            }
+            Err(_) => {
+                idle = true;
+                continue;
+            }
         };
         let dest = tap.dest.read().expect("dest").clone();
         if let Some(d) = dest {

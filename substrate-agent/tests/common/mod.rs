@@ -252,6 +252,44 @@ impl FakeController {
         )
     }
 
+    /// Number of reports received from `host` so far.
+    pub fn report_count(&self, host: &str) -> usize {
+        self.shared
+            .hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .map_or(0, |h| h.observed.len())
+    }
+
+    /// Like `wait_report`, among the reports after the first `since`.
+    pub fn wait_report_since(
+        &self,
+        host: &str,
+        generation: u64,
+        since: usize,
+        timeout: Duration,
+    ) -> pb::ObservedState {
+        self.wait(
+            &format!("{host} new report of {generation}"),
+            timeout,
+            |h| {
+                let s = h.get(host)?;
+                s.observed
+                    .iter()
+                    .skip(since)
+                    .find(|o| {
+                        o.generation == generation
+                            && (o.converged
+                                || o.vns
+                                    .iter()
+                                    .any(|v| v.state == pb::SliceState::Failed as i32))
+                    })
+                    .cloned()
+            },
+        )
+    }
+
     /// Waits until `generation` converged on `host`.
     pub fn wait_converged(
         &self,
