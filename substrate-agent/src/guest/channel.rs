@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Each argument travels as `a` followed by its bytes in hex (so empty arguments survive word
-//! splitting; the guest decodes with busybox `xxd -r -p`). Ids are echoed; frames of other ids (answers to requests a previous client gave up
-//! on) are skipped. While the guest has not opened its port, QEMU holds the request in the
-//! socket, so every exchange starts with a `HELLO` and waits for its own answer.
+//! splitting; the guest decodes with busybox `xxd -r -p`). Ids are echoed; frames of other ids
+//! (answers to requests a previous client gave up on) are skipped. While the guest has not opened
+//! its port, QEMU holds the request in the socket, so every exchange starts with a `HELLO` and
+//! waits for its own answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -1,6 +1,6 @@
 //! QEMU processes: started inside the sandbox's network namespace (the child calls `setns` before
-//! `exec`), daemonized by QEMU itself (`-daemonize`: own session, survives the agent), found again
-//! through the pidfile, and recognized by their command line before anything is signalled.
+//! `exec`) in a session of their own (they survive the agent), found again through the pidfile,
+//! and recognized by their command line before anything is signalled.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -15,37 +15,44 @@ use nix::unistd::Pid;
 
 use super::qemu_args::QemuCommand;
 
-/// Starts `cmd` (which must daemonize) in the network namespace at `netns`, and waits for the
-/// foreground QEMU to exit, which it does once the guest is set up and the pidfile written.
-/// `Err` carries QEMU's own message.
-pub fn spawn_daemon_in_netns(cmd: &QemuCommand, netns: &Path) -> Result<(), String> {
+/// Starts `cmd` detached: in the network namespace at `netns` (the child calls `setns` before
+/// `exec`), in a session of its own (`setsid`: no signal from the agent's terminal or process
+/// group reaches it, and it outlives the agent), with stdin from `/dev/null` and stdout/stderr
+/// appended to `log`. Returns the child; the caller waits for QEMU to become ready and reaps it
+/// through [`reap`] once it is dead.
+pub fn spawn_detached_in_netns(
+    cmd: &QemuCommand,
+    netns: &Path,
+    log: &Path,
+) -> Result<std::process::Child, String> {
     let ns =
         File::open(netns).map_err(|e| format!("cannot open netns {}: {e}", netns.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     let mut c = Command::new(&cmd.binary);
     c.args(&cmd.args)
+        .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
-    // async-signal-safe; `ns` stays open in the parent until the child has been spawned.
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2) and
+    // setsid(2), both async-signal-safe; `ns` stays open in the parent until the child has been
+    // spawned.
     unsafe {
         c.pre_exec(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
         });
     }
-    let out = c
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", cmd.binary))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(if msg.is_empty() {
-            format!("{} exited with {}", cmd.binary, out.status)
-        } else {
-            msg
-        })
-    }
+    c.spawn()
+        .map_err(|e| format!("cannot run {}: {e}", cmd.binary))
 }
 
 /// The pid in a pidfile, if it holds one.
@@ -84,10 +91,35 @@ pub fn is_guest_process(pid: u32, name: &str, pidfile: &Path) -> bool {
         if let Some(rest) = stat.rsplit_once(')')
             && rest.1.trim_start().starts_with('Z')
         {
+            reap(pid);
             return false;
         }
     }
     argv_is_guest(&cmdline(pid), name, pidfile)
+}
+
+/// Collects the exit status of `pid` when it is our child (a QEMU this process started);
+/// otherwise a no-op. Keeps dead guests from lingering as zombies while the agent runs.
+pub fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+/// After `pid` was seen gone: collects it if it is our child, waiting up to `timeout` for an
+/// exiting process to turn into a zombie. Returns at once for a process that is not our child.
+pub fn reap_exited(pid: u32, timeout: Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Sends `sig` to `pid`.

@@ -289,7 +289,8 @@ impl QemuArg for Qmp {
 }
 
 /// Process-level options: name, no defaults, no display, no reboot (a guest reboot or panic ends
-/// QEMU so that `ensure` restarts it), pidfile, daemonize.
+/// QEMU so that `ensure` restarts it), pidfile. QEMU is not asked to `-daemonize`: its double fork
+/// would leave an unreapable zombie with a child subreaper; [`super::process`] detaches it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     /// `-name`.
@@ -310,7 +311,6 @@ impl QemuArg for Process {
             "-no-reboot".into(),
             "-pidfile".into(),
             self.pidfile.to_string_lossy().into_owned(),
-            "-daemonize".into(),
         ]
     }
 }
@@ -367,6 +367,10 @@ impl RunPaths {
     /// Console log.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+    /// QEMU's own stdout and stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
     }
     /// The runtime's record of the guest.
     pub fn record(&self) -> PathBuf {
@@ -620,7 +624,7 @@ mod tests {
             &inputs(&paths, AccelUsed::Tcg),
         );
         let s = c.args.join(" ");
-        assert!(s.starts_with("-name vnet-n1 -nodefaults -no-user-config -display none -no-reboot -pidfile /run/vnet/guests/n1/qemu.pid -daemonize -machine microvm,"), "{s}");
+        assert!(s.starts_with("-name vnet-n1 -nodefaults -no-user-config -display none -no-reboot -pidfile /run/vnet/guests/n1/qemu.pid -machine microvm,"), "{s}");
         assert!(s.contains("-accel tcg,tb-size=32 -smp 1 -m 128M -kernel /img/vmlinux -initrd /img/initrd.img -append console=ttyS0"), "{s}");
         assert!(s.contains("-netdev tap,id=n0,ifname=t-eth0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=52:56:00:00:00:01"), "{s}");
         assert!(s.contains("-netdev tap,id=n1,ifname=t-eth1,script=no,downscript=no -device virtio-net-device,netdev=n1,mac=52:56:00:00:00:02"), "{s}");

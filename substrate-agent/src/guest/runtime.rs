@@ -8,6 +8,7 @@
 //! | `qmp.sock` | QMP monitor |
 //! | `cmd.sock` | command channel (virtio-serial port `vnet.cmd`) |
 //! | `console.sock`, `console.log` | serial console: attachable socket, and everything it printed |
+//! | `qemu.log` | QEMU's own messages (the reason when it refuses to start) |
 //!
 //! A new runtime object (e.g. after an agent restart) finds running guests through the record,
 //! the pidfile and `/proc/<pid>/cmdline`, and adopts them when their argv is what the desired
@@ -28,7 +29,9 @@ use super::accel::{HostGuestSupport, decide_kvm, gather_kvm_facts, probe_host, r
 use super::channel::{Channel, ChannelError};
 use super::image;
 use super::kernel_cmdline::guest_kernel_cmdline;
-use super::process::{is_guest_process, read_pidfile, signal, spawn_daemon_in_netns, wait_gone};
+use super::process::{
+    is_guest_process, read_pidfile, reap_exited, signal, spawn_detached_in_netns, wait_gone,
+};
 use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_name};
 use super::qmp::Qmp;
 use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
@@ -36,6 +39,14 @@ use super::{
     AccelUsed, EnsureAction, ExecOutput, GuestConfig, GuestError, GuestRuntime, GuestStatus,
     ObservedGuest,
 };
+
+/// How long QEMU may take to set up its devices and answer QMP.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
 
 /// Where and how the runtime works.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +89,9 @@ struct GuestRecord {
     taps: Vec<(String, String)>,
     argv: Vec<String>,
     restarts: u32,
+    /// QEMU's pid once started (also after QEMU removed its pidfile on exit).
+    #[serde(default)]
+    pid: Option<u32>,
 }
 
 impl GuestRecord {
@@ -106,13 +120,11 @@ pub struct QemuRuntime {
     exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
-/// Collects the exit status of `pid` when it is our child (it is, when this process is a child
-/// subreaper: QEMU's daemonized process is then reparented to us). Otherwise a no-op.
-fn reap(pid: u32) {
-    let _ = nix::sys::wait::waitpid(
-        nix::unistd::Pid::from_raw(pid as i32),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
+/// Reaps the recorded QEMU of a guest found dead, when this process started it.
+fn collect_dead(rec: Option<&GuestRecord>) {
+    if let Some(pid) = rec.and_then(|r| r.pid) {
+        reap_exited(pid, Duration::from_millis(500));
+    }
 }
 
 fn valid_node_id(id: &str) -> Result<(), GuestError> {
@@ -361,12 +373,12 @@ impl QemuRuntime {
             warn!(node_id, error = %e, "QMP quit failed; killing");
         }
         if quit.is_ok() && wait_gone(pid, &name, &pidfile, self.opts.stop_grace) {
-            reap(pid);
+            reap_exited(pid, Duration::from_secs(2));
             return Ok(());
         }
         let _ = signal(pid, Signal::SIGKILL);
         if wait_gone(pid, &name, &pidfile, Duration::from_secs(5)) {
-            reap(pid);
+            reap_exited(pid, Duration::from_secs(2));
             Ok(())
         } else {
             Err(GuestError::Qmp {
@@ -453,22 +465,51 @@ impl QemuRuntime {
             binary: self.opts.qemu_binary.clone(),
             args: rec.argv.clone(),
         };
-        if let Err(reason) = spawn_daemon_in_netns(&cmd, &netns) {
-            undo(&created);
-            return Err(GuestError::Spawn {
-                node_id: cfg.node_id.clone(),
-                reason,
-            });
-        }
-        match self.running_pid(&cfg.node_id, paths) {
-            Some(pid) => Ok(pid),
-            None => {
+        let mut child = match spawn_detached_in_netns(&cmd, &netns, &paths.qemu_log()) {
+            Ok(c) => c,
+            Err(reason) => {
                 undo(&created);
-                Err(GuestError::Spawn {
+                return Err(GuestError::Spawn {
                     node_id: cfg.node_id.clone(),
-                    reason: "QEMU exited right after start-up (see console.log)".into(),
-                })
+                    reason,
+                });
             }
+        };
+        let pid = child.id();
+        // QEMU answers QMP once its main loop runs, i.e. after every device (TAPs included) was
+        // set up; an early exit means it refused the configuration.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                undo(&created);
+                let log = std::fs::read_to_string(paths.qemu_log()).unwrap_or_default();
+                return Err(GuestError::Spawn {
+                    node_id: cfg.node_id.clone(),
+                    reason: format!("QEMU exited with {status}: {}", last_lines(&log, 5)),
+                });
+            }
+            let up = read_pidfile(&paths.pidfile()) == Some(pid)
+                && Qmp::connect(&paths.qmp(), Duration::from_millis(500))
+                    .and_then(|mut q| q.status())
+                    .is_ok();
+            if up {
+                let mut rec = rec.clone();
+                rec.pid = Some(pid);
+                if let Err(e) = self.write_record(paths, &rec) {
+                    warn!(node_id = %cfg.node_id, error = %e, "cannot record QEMU's pid");
+                }
+                return Ok(pid);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                undo(&created);
+                return Err(GuestError::Spawn {
+                    node_id: cfg.node_id.clone(),
+                    reason: format!("QEMU did not answer QMP within {START_TIMEOUT:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -555,6 +596,9 @@ impl GuestRuntime for QemuRuntime {
             .collect();
         let prev = self.read_record(&paths)?;
         let pid = self.running_pid(&cfg.node_id, &paths);
+        if pid.is_none() {
+            collect_dead(prev.as_ref());
+        }
 
         let (action, restarts) = match (&prev, pid) {
             (Some(rec), Some(pid)) if rec.argv == cmd.args => {
@@ -620,6 +664,7 @@ impl GuestRuntime for QemuRuntime {
             taps: names,
             argv: cmd.args.clone(),
             restarts,
+            pid: None,
         };
         let pid = self.start(cfg, &paths, &rec, &pairs, fresh_dir && prev.is_none())?;
         info!(node_id = %cfg.node_id, pid, ?action, accel = %accel, why = %why, restarts, "guest started");
@@ -640,7 +685,9 @@ impl GuestRuntime for QemuRuntime {
         if let Some(pid) = self.running_pid(node_id, &paths) {
             self.kill_guest(node_id, pid, &paths)?;
         }
-        if let Some(rec) = self.read_record(&paths)? {
+        let rec = self.read_record(&paths)?;
+        collect_dead(rec.as_ref());
+        if let Some(rec) = rec {
             let netns = rec.config.netns_path();
             if netns.exists() {
                 remove_taps(&netns, &rec.pairs())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Guest benchmark (not a test). Run as root:
+#
+#   deploy/bench/guest-boot.sh [--boots N] [--guests N] [--memory MB]
+#
+# 1. Boot: time from QemuRuntime::ensure() to QEMU running, to the first ping reply from a peer
+#    namespace, and to the command channel answering; virtio (microvm) and e1000 (q35) guests of
+#    the project's image, one at a time, N boots each (default 5).
+# 2. Density: N guests (default 16) started together; time until all answer a ping; host memory
+#    per guest (QEMU RSS and PSS from /proc/<pid>/smaps_rollup, and the drop of MemAvailable) and
+#    how many such guests fit in the host's available memory.
+#
+# Builds the image first (deploy/guest/build-image.sh, a no-op when current). Prints Markdown
+# tables. Timings are noisy when other builds share the machine: re-run and compare.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+boots=5 guests=16 memory=128
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --boots) boots=$2; shift 2 ;;
+    --guests) guests=$2; shift 2 ;;
+    --memory) memory=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[[ $EUID -eq 0 ]] || { echo "guest-boot: needs root (namespaces, TAP devices, QEMU)" >&2; exit 1; }
+
+deploy/guest/build-image.sh ${VNET_GUEST_IMAGES:+--out "$VNET_GUEST_IMAGES/default"}
+VNET_BENCH_BOOTS=$boots VNET_BENCH_GUESTS=$guests VNET_BENCH_MEMORY_MB=$memory \
+  cargo test --release -q -p substrate-agent --test guest_bench -- --ignored --nocapture --test-threads 1 2>&1 \
+  | grep -v -E '^(running [0-9]+ test|test result:|test guest_boot_and_density_bench)' 
