@@ -65,9 +65,18 @@ struct Cli {
     /// Re-run reconcile this often even without a new desired state (seconds).
     #[arg(long, default_value_t = 30)]
     resync_s: u64,
-    /// QEMU binary to probe.
+    /// QEMU binary (probe and guests).
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
+    /// Guests' run directories (default: /run/vnet/guests/<host-id>, on tmpfs).
+    #[arg(long)]
+    guest_run_dir: Option<PathBuf>,
+    /// Guest images (`<dir>/<name>/image.json`).
+    #[arg(long, default_value = "/var/lib/vnet/images")]
+    images_dir: PathBuf,
+    /// Do not run VM nodes on this host.
+    #[arg(long)]
+    no_guests: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,7 +268,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resync: Duration::from_secs(cli.resync_s.max(1)),
         capabilities: probe.to_proto(),
     };
-    let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, None));
+    let guests: Option<Arc<dyn substrate_agent::guest::GuestRuntime>> = if cli.no_guests {
+        None
+    } else if !probe.qemu_present {
+        tracing::warn!(qemu = %cli.qemu, "QEMU not found: VM nodes will fail on this host");
+        None
+    } else {
+        let opts = substrate_agent::guest::runtime::QemuRuntimeOptions {
+            state_dir: cli
+                .guest_run_dir
+                .unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(&host_id)),
+            images_dir: cli.images_dir,
+            qemu_binary: cli.qemu.clone(),
+            ..Default::default()
+        };
+        match substrate_agent::guest::runtime::QemuRuntime::new(opts) {
+            Ok(rt) => Some(Arc::new(rt)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
+                None
+            }
+        }
+    };
+    let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, guests));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

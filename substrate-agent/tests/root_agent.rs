@@ -652,3 +652,99 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
         "look-alike host link deleted"
     );
 }
+
+#[test]
+fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
+    if !root_or_skip("vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown") {
+        return;
+    }
+    let image = std::path::Path::new("/var/lib/vnet/images/default/image.json");
+    if !image.exists() {
+        if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("guest image missing: run deploy/guest/build-image.sh");
+        }
+        println!("SKIP vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown: no guest image");
+        return;
+    }
+    let mut tb = Testbed::new("e", 2);
+    tb.underlay(1, 2);
+    tb.start_agent(1);
+    tb.start_agent(2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    let hello = tb.ctl().wait_attached(&h1, 1, T);
+    assert!(
+        hello.node_kinds.contains(&(pb::NodeKind::Vm as i32)),
+        "{hello:?}"
+    );
+    let mut s1 = slice(
+        "vnm",
+        &["m1"],
+        vec![seg(
+            "ml",
+            1450,
+            0,
+            nif("m1", "eth0", "10.8.0.1/24", "02:00:00:00:08:01"),
+            hop(Vxlan, 8001, "10.255.12.1", "10.255.12.2"),
+        )],
+    );
+    s1.nodes[0].kind = pb::NodeKind::Vm as i32;
+    s1.nodes[0].guest = Some(pb::GuestSpec {
+        vcpus: 1,
+        memory_mb: 128,
+        image: "default".into(),
+        nic: pb::NicModel::Virtio as i32,
+        accel: pb::Acceleration::Auto as i32,
+    });
+    let s2 = slice(
+        "vnm",
+        &["m2"],
+        vec![seg(
+            "ml",
+            1450,
+            0,
+            nif("m2", "eth0", "10.8.0.2/24", ""),
+            hop(Vxlan, 8001, "10.255.12.2", "10.255.12.1"),
+        )],
+    );
+    tb.ctl().set_desired(&h1, desired(1, vec![s1]));
+    tb.ctl().set_desired(&h2, desired(1, vec![s2]));
+    let r = tb.ctl().wait_report(&h1, 1, Duration::from_secs(120));
+    assert!(r.converged, "{r:#?}\n{}", tb.log(1));
+    tb.ctl().wait_converged(&h2, 1, T);
+    // The sandbox interface carries no address: the guest has it.
+    let sandbox = tb.node_ns(1, "m1");
+    let (_, addrs) = in_ns(&sandbox, "ip -o addr show eth0");
+    assert!(!addrs.contains("10.8.0.1"), "{addrs}");
+    // The guest boots under TCG: retry for a while.
+    let m2 = tb.node_ns(2, "m2");
+    let t = std::time::Instant::now();
+    while !ping(&m2, "10.8.0.1") {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "guest unreachable\n{}",
+            tb.log(1)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let r = tb
+        .ctl()
+        .exec(&h1, "m1", &["cat", "/sys/class/net/eth0/address"], T);
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("02:00:00:00:08:01"),
+        "{r:?}"
+    );
+    tb.ctl().set_desired(&h1, desired(2, vec![]));
+    tb.ctl().set_desired(&h2, desired(2, vec![]));
+    tb.ctl().wait_converged(&h1, 2, T);
+    tb.ctl().wait_converged(&h2, 2, T);
+    let agents: Vec<u32> = tb
+        .hosts
+        .iter()
+        .map(|h| h.agent.as_ref().unwrap().id())
+        .collect();
+    let mut procs = tb.processes();
+    procs.retain(|p| !agents.contains(p));
+    assert!(procs.is_empty(), "QEMU or datapath left running: {procs:?}");
+    assert!(!tb.namespaces().contains(&sandbox));
+}

@@ -468,6 +468,8 @@ impl Testbed {
                 &self.prefix,
                 "--resync-s",
                 "5",
+                "--guest-run-dir",
+                h.state_dir.join("guests").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
