@@ -229,7 +229,7 @@ fn guest_virtio_boots_pings_both_ways_and_execs() {
             rt: &rt,
             node_id: id.clone(),
         };
-        let cfg = config(
+        let mut cfg = config(
             &id,
             &net,
             NicModel::Virtio,
@@ -237,6 +237,18 @@ fn guest_virtio_boots_pings_both_ways_and_execs() {
             "10.201.0.2/24",
             "10.201.0.1",
         );
+        cfg.nics[0].addresses.push("fd01::2/64".parse().unwrap());
+        ok(&[
+            "ip",
+            "-n",
+            &net.peer,
+            "addr",
+            "add",
+            "fd01::1/64",
+            "dev",
+            "p0",
+            "nodad",
+        ]);
         let st = rt.ensure(&cfg).expect("ensure");
         assert_eq!(st.action, EnsureAction::Started);
         assert!(net.link_exists("t-eth0"), "TAP created in the sandbox");
@@ -247,6 +259,10 @@ fn guest_virtio_boots_pings_both_ways_and_execs() {
         );
         let p = exec(&rt, &id, &["ping", "-c1", "-W5", "10.201.0.1"]);
         assert_eq!(p.exit_code, 0, "guest -> peer ping: {}", text(&p.stdout));
+        assert!(
+            net.ping_from_peer("fd01::2", Duration::from_secs(30)),
+            "IPv6 peer -> guest ping"
+        );
         let h = exec(&rt, &id, &["hostname"]);
         assert_eq!(text(&h.stdout), format!("guest-{id}"));
         let addr = exec(&rt, &id, &["ip", "-o", "addr", "show", "dev", "eth0"]);
@@ -278,6 +294,28 @@ fn guest_virtio_boots_pings_both_ways_and_execs() {
         assert_eq!((again.action, again.pid), (EnsureAction::Adopted, st.pid));
         let console = String::from_utf8_lossy(&rt.console(&id, 64 * 1024).unwrap()).into_owned();
         assert!(console.contains("VNET-READY"), "console log: {console}");
+        // The console socket gives a shell on the guest's serial console.
+        let sock = rt.console_socket(&id).unwrap();
+        let mut con = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        con.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::io::Write::write_all(&mut con, b"\necho con''sole-attached\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline
+            && !String::from_utf8_lossy(&seen).contains("console-attached")
+        {
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = std::io::Read::read(&mut con, &mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert!(
+            String::from_utf8_lossy(&seen).contains("console-attached"),
+            "console answered: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        drop(con);
         let obs = rt.observed().unwrap();
         assert_eq!(obs.len(), 1);
         assert!(obs[0].running && obs[0].taps == ["t-eth0"]);

@@ -212,6 +212,18 @@ impl QemuRuntime {
         &self.support
     }
 
+    /// The guest's serial console socket: connect to it (e.g. `socat - UNIX-CONNECT:PATH`) for an
+    /// interactive shell on the guest's console; everything is also logged to `console.log`.
+    pub fn console_socket(&self, node_id: &str) -> Result<PathBuf, GuestError> {
+        valid_node_id(node_id)?;
+        let p = self.paths(node_id).console_sock();
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(GuestError::NotFound(node_id.into()))
+        }
+    }
+
     /// The options in force.
     pub fn options(&self) -> &QemuRuntimeOptions {
         &self.opts
