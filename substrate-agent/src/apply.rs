@@ -287,15 +287,29 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
         ..Default::default()
     };
     let cancelled = || env.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-    let phases: BTreeSet<u8> = plan.ops.iter().map(|(_, op)| op.phase()).collect();
+    // Stages: removals first; then building, parents (depth 0) before children, whose tunnels
+    // need the parents' links; guests last, after the VLAN datapath serves their links.
+    let stage = |vn: &Option<VnId>, op: &Op| -> (u8, u32, u8) {
+        let depth = vn
+            .as_ref()
+            .and_then(|v| plan.depth.get(v))
+            .copied()
+            .unwrap_or(0);
+        match op.phase() {
+            p @ 0..=1 => (0, 0, p),
+            p @ 2..=5 => (1, depth, p),
+            p => (2, depth, p),
+        }
+    };
+    let stages: BTreeSet<(u8, u32, u8)> = plan.ops.iter().map(|(vn, op)| stage(vn, op)).collect();
     let mut datapath_done = false;
     let mut failed_at_datapath: Option<BTreeSet<VnId>> = None;
-    for phase in phases {
+    for st in stages {
         if cancelled() {
             report.superseded = true;
             return report;
         }
-        if phase >= 6 && !datapath_done {
+        if st.0 == 2 && !datapath_done {
             configure_datapath(env, plan, &mut report);
             failed_at_datapath = Some(report.failed.keys().cloned().collect());
             datapath_done = true;
@@ -304,7 +318,7 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
             .ops
             .iter()
             .filter(|(vn, op)| {
-                op.phase() == phase && vn.as_ref().is_none_or(|v| !report.failed.contains_key(v))
+                stage(vn, op) == st && vn.as_ref().is_none_or(|v| !report.failed.contains_key(v))
             })
             .collect();
         // Ownership: record the intent before creating.

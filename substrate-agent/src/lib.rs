@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod apply;
 pub mod bench;
+pub mod cleanup;
 pub mod exec;
 pub mod fake;
 pub mod guest;

@@ -86,6 +86,23 @@ enum Cmd {
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: String,
     },
+    /// Remove everything this agent owns on the host (namespaces, links, guests, VLAN datapath).
+    Cleanup {
+        #[arg(long)]
+        host_id: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Named network namespace the agent runs in.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long, default_value = "vn")]
+        name_prefix: String,
+        /// Guests' run directories (default: /run/vnet/guests/<host-id>).
+        #[arg(long)]
+        guest_run_dir: Option<PathBuf>,
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: String,
+    },
     /// Scale benchmark: build and tear down N netns nodes through the agent's own code path.
     #[command(hide = true)]
     Bench {
@@ -170,6 +187,27 @@ fn mem_total_mb() -> u64 {
         .unwrap_or(0)
 }
 
+fn guest_runtime(
+    host_id: &str,
+    run_dir: Option<PathBuf>,
+    images_dir: PathBuf,
+    qemu: &str,
+) -> Option<Arc<dyn substrate_agent::guest::GuestRuntime>> {
+    let opts = substrate_agent::guest::QemuRuntimeOptions {
+        state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
+        images_dir,
+        qemu_binary: qemu.to_string(),
+        ..Default::default()
+    };
+    match substrate_agent::guest::QemuRuntime::new(opts) {
+        Ok(rt) => Some(Arc::new(rt)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
+            None
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -218,6 +256,35 @@ fn main() -> anyhow::Result<()> {
                 substrate_agent::bench::link_desired(side, &local, &remote)
             };
             substrate_agent::bench::apply_once(&k, &naming, &ledger, &dp, &desired)
+        }
+        Some(Cmd::Cleanup {
+            host_id,
+            state_dir,
+            netns,
+            name_prefix,
+            guest_run_dir,
+            qemu,
+        }) => {
+            init_tracing(LogFormat::Text);
+            if let Some(ns) = &netns {
+                substrate_agent::netns::enter_for_good(ns)
+                    .with_context(|| format!("enter network namespace {ns}"))?;
+            }
+            let k = LinuxKernel::new().context("kernel")?;
+            let naming = Naming::new(name_prefix, host_id.clone());
+            let ledger = Arc::new(StateDir::open(&state_dir, &host_id)?);
+            let dp = ProcessDatapath::new(std::env::current_exe()?, ledger.clone())?;
+            let guests = guest_runtime(
+                &host_id,
+                guest_run_dir,
+                "/var/lib/vnet/images".into(),
+                &qemu,
+            );
+            let r =
+                substrate_agent::cleanup::cleanup(&k, &naming, &ledger, &dp, guests.as_deref())?;
+            println!("{}", serde_json::to_string(&r)?);
+            anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
+            Ok(())
         }
         Some(Cmd::VlanDatapath { config, status }) => {
             init_tracing(LogFormat::Text);
@@ -268,27 +335,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resync: Duration::from_secs(cli.resync_s.max(1)),
         capabilities: probe.to_proto(),
     };
-    let guests: Option<Arc<dyn substrate_agent::guest::GuestRuntime>> = if cli.no_guests {
+    let guests = if cli.no_guests {
         None
     } else if !probe.qemu_present {
         tracing::warn!(qemu = %cli.qemu, "QEMU not found: VM nodes will fail on this host");
         None
     } else {
-        let opts = substrate_agent::guest::runtime::QemuRuntimeOptions {
-            state_dir: cli
-                .guest_run_dir
-                .unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(&host_id)),
-            images_dir: cli.images_dir,
-            qemu_binary: cli.qemu.clone(),
-            ..Default::default()
-        };
-        match substrate_agent::guest::runtime::QemuRuntime::new(opts) {
-            Ok(rt) => Some(Arc::new(rt)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
-                None
-            }
-        }
+        guest_runtime(&host_id, cli.guest_run_dir, cli.images_dir, &cli.qemu)
     };
     let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, guests));
     let rt = tokio::runtime::Builder::new_multi_thread()

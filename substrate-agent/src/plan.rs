@@ -191,6 +191,8 @@ pub struct Plan {
     pub slice_namespaces: BTreeMap<VnId, Vec<String>>,
     /// Slices being built or kept.
     pub building: BTreeSet<VnId>,
+    /// Recursion depth of every desired slice (children are built after their parents).
+    pub depth: BTreeMap<VnId, u32>,
 }
 
 impl Plan {
@@ -316,8 +318,35 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             break;
         }
     }
+    // Build order from the context chain itself (not the depth the controller claims); a cycle of
+    // contexts cannot be built.
+    let owner: BTreeMap<&NodeId, &VnId> = desired
+        .slices
+        .values()
+        .flat_map(|s| s.nodes.iter().map(move |n| (&n.id, &s.vn_id)))
+        .collect();
+    for s in desired.slices.values() {
+        let mut d = 0u32;
+        let mut cur = s;
+        while let Some(ctx) = &cur.context {
+            d += 1;
+            match owner.get(ctx).and_then(|v| desired.slices.get(*v)) {
+                Some(parent) if d <= desired.slices.len() as u32 => cur = parent,
+                Some(_) => {
+                    p.failed.insert(
+                        s.vn_id.clone(),
+                        format!("vn {}: its context nodes form a cycle", s.vn_id),
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        p.depth.insert(s.vn_id.clone(), d);
+    }
+    good.retain(|s| !p.failed.contains_key(&s.vn_id));
     // Parents before children.
-    good.sort_by_key(|s| (s.depth, s.vn_id.clone()));
+    good.sort_by_key(|s| (p.depth[&s.vn_id], s.vn_id.clone()));
     p.building = good.iter().map(|s| s.vn_id.clone()).collect();
 
     // 2. Namespaces: desired name -> (vn, tag).

@@ -635,9 +635,17 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
         assert!(q.contains("tbf"), "{ns}: {q}");
     }
     assert!(tb.namespaces().contains(&look_ns));
-    // Remove everything: our namespaces go, the look-alikes stay.
-    tb.ctl().set_desired(&h, desired(2, vec![]));
-    tb.ctl().wait_converged(&h, 2, T);
+    // Remove everything with `substrate-agent cleanup` (the agent stopped): our namespaces go,
+    // the look-alikes stay.
+    tb.stop_agent(1);
+    let (ok, out) = sh_ok(&format!(
+        "{} cleanup --host-id {h} --state-dir {} --netns {host_ns} --name-prefix vt --guest-run-dir {}",
+        env!("CARGO_BIN_EXE_substrate-agent"),
+        tb.hosts[0].state_dir.display(),
+        tb.hosts[0].state_dir.join("guests").display(),
+    ));
+    assert!(ok, "cleanup: {out}");
+    assert!(out.contains(&format!("vt-{h}-k0")), "{out}");
     assert_eq!(count(), 0);
     assert!(
         tb.namespaces().contains(&look_ns),
@@ -747,4 +755,110 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
     procs.retain(|p| !agents.contains(p));
     assert!(procs.is_empty(), "QEMU or datapath left running: {procs:?}");
     assert!(!tb.namespaces().contains(&sandbox));
+}
+
+#[test]
+fn child_vn_rides_inside_its_parents_link() {
+    if !root_or_skip("child_vn_rides_inside_its_parents_link") {
+        return;
+    }
+    let mut tb = Testbed::new("f", 2);
+    tb.underlay(1, 2);
+    tb.start_agent(1);
+    tb.start_agent(2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    // Parent VN: p1 (h1) - p2 (h2) over VXLAN, 10.1.0.0/24.
+    let parent = |me: &str, addr: &str, local: &str, remote: &str| {
+        slice(
+            "vnp",
+            &[me],
+            vec![seg(
+                "pl",
+                1450,
+                0,
+                nif(me, "eth0", addr, ""),
+                hop(Vxlan, 8101, local, remote),
+            )],
+        )
+    };
+    // Child VN inside the parent's nodes: c1 - c2 over VXLAN and over VLAN, tunnels between the
+    // parent's addresses (10.1.0.1 <-> 10.1.0.2) in the parent's namespaces.
+    let child = |me: &str, ctx: &str, n: u8, local: &str, remote: &str| {
+        let mut s = slice(
+            "vnc",
+            &[me],
+            vec![
+                seg(
+                    "cx",
+                    1400,
+                    0,
+                    nif(me, "eth0", &format!("10.20.0.{n}/24"), ""),
+                    hop(Vxlan, 8102, local, remote),
+                ),
+                seg(
+                    "cv",
+                    1450,
+                    0,
+                    nif(me, "eth1", &format!("10.21.0.{n}/24"), ""),
+                    hop(Vlan, 811, local, remote),
+                ),
+            ],
+        );
+        s.context_node_id = ctx.into();
+        s.depth = 1;
+        s
+    };
+    tb.ctl().set_desired(
+        &h1,
+        desired(
+            1,
+            vec![
+                parent("p1", "10.1.0.1/24", "10.255.12.1", "10.255.12.2"),
+                child("c1", "p1", 1, "10.1.0.1", "10.1.0.2"),
+            ],
+        ),
+    );
+    tb.ctl().set_desired(
+        &h2,
+        desired(
+            1,
+            vec![
+                parent("p2", "10.1.0.2/24", "10.255.12.2", "10.255.12.1"),
+                child("c2", "p2", 2, "10.1.0.2", "10.1.0.1"),
+            ],
+        ),
+    );
+    let r = tb.ctl().wait_report(&h1, 1, T);
+    assert!(r.converged, "{r:#?}\n{}", tb.log(1));
+    tb.ctl().wait_converged(&h2, 1, T);
+    let c1 = tb.node_ns(1, "c1");
+    let p1 = tb.node_ns(1, "p1");
+    // The child's VXLAN socket lives in the parent's node namespace, not on the host.
+    let (_, udp) = in_ns(&p1, "ss -uan");
+    assert!(udp.contains(":4789"), "{udp}");
+    let before = rx_packets(&tb.node_ns(2, "p2"), "eth0");
+    assert!(ping(&c1, "10.20.0.2"), "child VXLAN\n{}", tb.log(1));
+    assert!(ping(&c1, "10.21.0.2"), "child VLAN\n{}", tb.log(1));
+    assert!(
+        rx_packets(&tb.node_ns(2, "p2"), "eth0") - before >= 4,
+        "child traffic inside the parent's link"
+    );
+    // Removing the parent takes the child with it (its context is gone) and fails it clearly.
+    tb.ctl().set_desired(
+        &h1,
+        desired(2, vec![child("c1", "p1", 1, "10.1.0.1", "10.1.0.2")]),
+    );
+    let r = tb.ctl().wait_report(&h1, 2, T);
+    let c = r.vns.iter().find(|v| v.vn_id == "vnc").unwrap();
+    assert_eq!(c.state, pb::SliceState::Failed as i32);
+    assert!(
+        c.message
+            .contains("context_node_id p1 is not a node on this host"),
+        "{c:?}"
+    );
+    assert!(
+        !tb.namespaces()
+            .iter()
+            .any(|n| n.starts_with(&format!("vt-{h1}")))
+    );
 }

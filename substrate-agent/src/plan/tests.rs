@@ -633,3 +633,30 @@ fn ops_are_ordered_by_phase() {
     assert_eq!(phases.first(), Some(&1));
     let _: IpAddr = "10.0.0.1".parse().unwrap();
 }
+
+#[test]
+fn build_order_follows_the_context_chain_and_cycles_fail() {
+    let parent = two_node_vn("vp", "p1", "p2");
+    let mut child = slice("vc", &["c1"], vec![]);
+    child.context_node_id = "p1".into();
+    child.depth = 0; // the controller's claim is not trusted
+    let mut grand = slice("vg", &["g1"], vec![]);
+    grand.context_node_id = "c1".into();
+    grand.depth = 7;
+    let h = Host::new();
+    let p = h.plan(&desired(vec![parent, child, grand]));
+    assert_eq!(p.depth[&VnId::parse("vp").unwrap()], 0);
+    assert_eq!(p.depth[&VnId::parse("vc").unwrap()], 1);
+    assert_eq!(p.depth[&VnId::parse("vg").unwrap()], 2);
+
+    let mut a = slice("va", &["a1"], vec![]);
+    a.context_node_id = "b1".into();
+    a.depth = 1;
+    let mut b = slice("vb", &["b1"], vec![]);
+    b.context_node_id = "a1".into();
+    b.depth = 1;
+    let p = h.plan(&desired(vec![a, b]));
+    assert!(p.failed[&VnId::parse("va").unwrap()].contains("cycle"));
+    assert!(p.failed[&VnId::parse("vb").unwrap()].contains("cycle"));
+    assert!(p.ops.is_empty());
+}
