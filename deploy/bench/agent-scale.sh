@@ -57,6 +57,7 @@ trap cleanup EXIT
 scale_json="$("$BIN" bench --vnodes "$VNODES" --workers "$WORKERS" --host-id "$TAG" | tail -n 1)"
 create_s=$(jq -r .create_s <<<"$scale_json")
 teardown_s=$(jq -r .teardown_s <<<"$scale_json")
+resync_s=$(jq -r .resync_s <<<"$scale_json")
 links=$(jq -r .links <<<"$scale_json")
 rate=$(awk -v n="$VNODES" -v t="$create_s" 'BEGIN { printf "%.0f", n / t }')
 per1000=$(awk -v n="$VNODES" -v t="$teardown_s" 'BEGIN { printf "%.2f", t * 1000 / n }')
@@ -68,6 +69,7 @@ printf '%-34s %12s\n' "virtual nodes" "$VNODES"
 printf '%-34s %12s\n' "virtual links (veth)" "$links"
 printf '%-34s %12.3f\n' "create (s)" "$create_s"
 printf '%-34s %12s\n' "created nodes/s (target >= 300)" "$rate"
+printf '%-34s %12.3f\n' "no-op reconcile of all (s)" "$resync_s"
 printf '%-34s %12.3f\n' "teardown (s)" "$teardown_s"
 printf '%-34s %12s\n' "teardown per 1000 (s, target <= 5)" "$per1000"
 
@@ -110,5 +112,5 @@ printf '%-40s %10s\n' "VXLAN (kernel, MTU 1450)" "$vxlan_g"
 printf '%-40s %10s\n' "802.1Q VLAN (userspace datapath, MTU 1500)" "$vlan_g"
 echo
 jq -c -n --argjson s "$scale_json" --arg v "$veth_g" --arg x "$vxlan_g" --arg l "$vlan_g" \
-  '{vnodes: $s.vnodes, create_s: $s.create_s, teardown_s: $s.teardown_s, links: $s.links,
+  '{vnodes: $s.vnodes, create_s: $s.create_s, teardown_s: $s.teardown_s, resync_s: $s.resync_s, links: $s.links,
     workers: $s.workers, veth_gbps: ($v|tonumber), vxlan_gbps: ($x|tonumber), vlan_gbps: ($l|tonumber)}'

@@ -25,6 +25,8 @@ pub struct ScaleResult {
     pub workers: usize,
     pub create_s: f64,
     pub create_ops: usize,
+    /// A second reconcile of the same desired state: observe all, plan, nothing to apply.
+    pub resync_s: f64,
     pub teardown_s: f64,
     pub teardown_ops: usize,
     pub namespaces_after_create: usize,
@@ -127,6 +129,11 @@ pub fn run_scale<K: Kernel>(
     let count = || -> anyhow::Result<usize> { Ok(kernel.list_netns(&naming.ns_prefix())?.len()) };
     let (create, create_ops) = converge(kernel, naming, &ledger, &desired, workers)?;
     let after_create = count()?;
+    let (resync, resync_ops) = converge(kernel, naming, &ledger, &desired, workers)?;
+    anyhow::ensure!(
+        resync_ops == 0,
+        "a converged host planned {resync_ops} operations"
+    );
     let (teardown, teardown_ops) = converge(kernel, naming, &ledger, &Desired::default(), workers)?;
     Ok(ScaleResult {
         vnodes,
@@ -134,6 +141,7 @@ pub fn run_scale<K: Kernel>(
         workers,
         create_s: create.as_secs_f64(),
         create_ops,
+        resync_s: resync.as_secs_f64(),
         teardown_s: teardown.as_secs_f64(),
         teardown_ops,
         namespaces_after_create: after_create,
