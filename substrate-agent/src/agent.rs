@@ -374,6 +374,7 @@ async fn reconcile_loop<K: Kernel + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let resync = agent.cfg.resync;
+    let mut last_generation = None;
     loop {
         tokio::select! {
             r = desired_rx.changed() => if r.is_err() { return },
@@ -385,28 +386,42 @@ async fn reconcile_loop<K: Kernel + 'static>(
         };
         let cancel = Arc::new(AtomicBool::new(false));
         *current_cancel.lock().expect("cancel") = cancel.clone();
-        report_tx.send_replace(Some(pb::ObservedState {
-            generation: d.generation,
-            converged: false,
-            vns: d
-                .vns
-                .iter()
-                .map(|s| pb::VnObserved {
-                    vn_id: s.vn_id.clone(),
-                    state: pb::SliceState::Provisioning as i32,
-                    message: String::new(),
-                })
-                .collect(),
-            errors: vec![],
-        }));
+        // A new generation is PROVISIONING until applied; a resync of the same one reports only
+        // its outcome (no READY -> PROVISIONING -> READY flapping every resync).
+        if last_generation != Some(d.generation) {
+            last_generation = Some(d.generation);
+            report_tx.send_replace(Some(pb::ObservedState {
+                generation: d.generation,
+                converged: false,
+                vns: d
+                    .vns
+                    .iter()
+                    .map(|s| pb::VnObserved {
+                        vn_id: s.vn_id.clone(),
+                        state: pb::SliceState::Provisioning as i32,
+                        message: String::new(),
+                    })
+                    .collect(),
+                errors: vec![],
+            }));
+        }
         let a = agent.clone();
         let c = cancel.clone();
         let res = tokio::task::spawn_blocking(move || a.reconcile(&d, &c)).await;
         match res {
             Ok(rep) if !cancel.load(Ordering::Relaxed) => {
-                report_tx.send_replace(Some(rep));
+                // Resyncs that change nothing are not re-sent.
+                report_tx.send_if_modified(|cur| {
+                    if cur.as_ref() == Some(&rep) {
+                        return false;
+                    }
+                    *cur = Some(rep);
+                    true
+                });
             }
             Ok(_) => {
+                // Superseded: the next pass reports the newer generation.
+                last_generation = None;
                 tracing::info!("apply superseded by a newer desired state");
             }
             Err(e) => tracing::error!(error = %e, "reconcile task failed"),
@@ -449,5 +464,45 @@ pub fn observed_state(
         converged,
         vns,
         errors: report.errors.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::VnId;
+
+    #[test]
+    fn report_lists_every_slice_with_its_state() {
+        let msg = pb::DesiredState {
+            generation: 4,
+            vns: vec![
+                crate::spec::tests::slice("va", &["a1"], vec![]),
+                crate::spec::tests::slice("vb", &["b1"], vec![]),
+                crate::spec::tests::slice("BAD", &["c1"], vec![]),
+            ],
+        };
+        let d = Desired::from_proto(&msg);
+        let mut r = ApplyReport::default();
+        r.failed
+            .insert(VnId::parse("vb").unwrap(), "vn vb: boom".into());
+        let o = observed_state(4, &d, &r);
+        assert_eq!(o.generation, 4);
+        assert!(!o.converged);
+        let st = |id: &str| o.vns.iter().find(|v| v.vn_id == id).unwrap().clone();
+        assert_eq!(st("va").state, pb::SliceState::Ready as i32);
+        assert_eq!(st("vb").state, pb::SliceState::Failed as i32);
+        assert_eq!(st("vb").message, "vn vb: boom");
+        assert_eq!(st("BAD").state, pb::SliceState::Failed as i32);
+        assert!(st("BAD").message.contains("[a-z0-9]"));
+        let ok = observed_state(
+            4,
+            &Desired::from_proto(&pb::DesiredState {
+                generation: 4,
+                vns: vec![crate::spec::tests::slice("va", &["a1"], vec![])],
+            }),
+            &ApplyReport::default(),
+        );
+        assert!(ok.converged);
     }
 }

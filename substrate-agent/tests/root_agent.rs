@@ -136,7 +136,15 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
             .any(|u| u.addresses.contains(&"10.255.12.1/24".to_string()))
     );
 
-    let (a1, a2) = vn_pair("a", 5001, 101, 0xaa);
+    let (mut a1, a2) = vn_pair("a", 5001, 101, 0xaa);
+    a1.nodes[0].routes.push(pb::Route {
+        destination: "default".into(),
+        via: "10.1.0.2".into(),
+    });
+    a1.nodes[0].routes.push(pb::Route {
+        destination: "192.0.2.0/24".into(),
+        via: "10.2.0.2".into(),
+    });
     let (b1, b2) = vn_pair("b", 5002, 102, 0xbb);
     tb.ctl().set_desired(&h1id, desired(1, vec![a1, b1]));
     tb.ctl().set_desired(&h2id, desired(1, vec![a2, b2]));
@@ -147,6 +155,13 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         "{r1:#?}\n{r2:#?}\n{}\n{}",
         tb.log(1),
         tb.log(2)
+    );
+
+    let routes = in_ns(&tb.node_ns(1, "a1"), "ip route show proto static").1;
+    assert!(routes.contains("default via 10.1.0.2 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("192.0.2.0/24 via 10.2.0.2 dev eth1"),
+        "{routes}"
     );
 
     // Capture on h1's underlay while traffic flows.

@@ -152,6 +152,8 @@ fn packet_socket(dev: &str, ifindex: u32) -> io::Result<OwnedFd> {
     }
     setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
     setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    // Sends skip the qdisc layer (the underlay's own qdisc, if any, is not ours to use).
+    let _ = setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
     // SAFETY: packet_mreq is plain old data; all-zero is valid.
     let mut mreq: libc::packet_mreq = unsafe { zeroed() };
     mreq.mr_ifindex = ifindex as i32;
