@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Request;
 use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::core::substrate::LinkSource;
@@ -71,6 +70,7 @@ struct Row {
     elapsed: Duration,
     latencies: Vec<Duration>,
     embed_mean: Duration,
+    server_mean: Duration,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -99,7 +99,7 @@ async fn run(hosts: usize, requests: usize, concurrency: usize) -> Row {
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        vn_controller::grpc::incoming(listener),
         async {
             let _ = stop_rx.await;
         },
@@ -159,7 +159,11 @@ async fn run(hosts: usize, requests: usize, concurrency: usize) -> Row {
                 let res = client.create(r).await;
                 out.push((t.elapsed(), res.is_ok()));
                 if let Err(s) = res {
-                    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "create {i}: {s:?}");
+                    assert_eq!(
+                        s.code(),
+                        tonic::Code::ResourceExhausted,
+                        "create {i}: {s:?}"
+                    );
                     if std::env::var("BENCH_VERBOSE").is_ok() {
                         eprintln!("rejected {i}: {}", s.message());
                     }
@@ -180,11 +184,24 @@ async fn run(hosts: usize, requests: usize, concurrency: usize) -> Row {
     let text = ctl.with_index(|ix| ctl.metrics().render(ix));
     let embed_count = metric(&text, "vnet_controller_embedding_duration_seconds_count");
     let embed_sum = metric(&text, "vnet_controller_embedding_duration_seconds_sum");
-    let embed_mean = if embed_count > 0.0 {
-        Duration::from_secs_f64(embed_sum / embed_count)
-    } else {
-        Duration::ZERO
+    let mean = |sum: f64, count: f64| {
+        if count > 0.0 {
+            Duration::from_secs_f64(sum / count)
+        } else {
+            Duration::ZERO
+        }
     };
+    let embed_mean = mean(embed_sum, embed_count);
+    let server_mean = mean(
+        metric(
+            &text,
+            "vnet_controller_create_duration_seconds_sum{result=\"accepted\"}",
+        ),
+        metric(
+            &text,
+            "vnet_controller_create_duration_seconds_count{result=\"accepted\"}",
+        ),
+    );
     drop(agents);
     ctl.begin_shutdown();
     let _ = stop_tx.send(());
@@ -196,6 +213,7 @@ async fn run(hosts: usize, requests: usize, concurrency: usize) -> Row {
         elapsed,
         latencies,
         embed_mean,
+        server_mean,
     }
 }
 
@@ -221,13 +239,13 @@ fn main() {
         hosts * (hosts - 1) / 2
     );
     println!(
-        "| clients | accepted | rejected | elapsed s | req/s | p50 ms | p90 ms | p99 ms | max ms | mean embed ms |"
+        "| clients | accepted | rejected | elapsed s | req/s | p50 ms | p90 ms | p99 ms | max ms | mean server ms | mean embed ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for c in conc {
         let r = rt.block_on(run(hosts, requests, c));
         println!(
-            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.concurrency,
             r.accepted,
             r.rejected,
@@ -237,6 +255,7 @@ fn main() {
             ms(pct(&r.latencies, 0.90)),
             ms(pct(&r.latencies, 0.99)),
             ms(*r.latencies.last().expect("requests")),
+            ms(r.server_mean),
             ms(r.embed_mean),
         );
     }

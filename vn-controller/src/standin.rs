@@ -127,9 +127,7 @@ fn observed(d: &pb::DesiredState, b: &Behaviour) -> Option<pb::ObservedState> {
         .collect();
     Some(pb::ObservedState {
         generation: d.generation,
-        converged: vns
-            .iter()
-            .all(|v| v.state == pb::SliceState::Ready as i32),
+        converged: vns.iter().all(|v| v.state == pb::SliceState::Ready as i32),
         vns,
         errors: vec![],
     })

@@ -24,29 +24,97 @@ async fn bad_input_is_refused_without_trace() {
 
     type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
     let cases: Vec<(Mutate, Code, &str)> = vec![
-        (Box::new(|s| s.links[1].endpoints[1] = "zz".into()), Code::InvalidArgument, "spec.links[1] (b-zz): unknown endpoint \"zz\""),
-        (Box::new(|s| s.nodes[1].name = "a".into()), Code::InvalidArgument, "spec.nodes[1] (a): duplicate node name a"),
-        (Box::new(|s| s.links.push(link("c", "b", 5))), Code::InvalidArgument, "spec.links[2] (c-b): duplicate link"),
-        (Box::new(|s| s.links[0].bandwidth_mbps = 0), Code::InvalidArgument, "spec.links[0] (a-b): bandwidth_mbps must be > 0, got 0"),
-        (Box::new(|s| s.links[0].addresses = vec!["10.0.0.1/33".into(), "10.0.0.2/24".into()]), Code::InvalidArgument, "spec.links[0] (a-b): address \"10.0.0.1/33\" is not a valid CIDR"),
-        (Box::new(|s| s.nodes[2].kind = 42), Code::InvalidArgument, "spec.nodes[2] (c): unknown kind 42"),
-        (Box::new(|s| s.nodes = (0..257).map(|i| node(&format!("n{i}"), 0)).collect()), Code::InvalidArgument, "257 nodes exceed the limit of 256"),
-        (Box::new(|s| s.nodes[0].host = "h9".into()), Code::InvalidArgument, "spec.nodes[0] (a): pinned to unknown host h9"),
-        (Box::new(|s| s.nodes[0].cpu = 1000), Code::ResourceExhausted, "virtual node `a`"),
-        (Box::new(|s| s.links[0].bandwidth_mbps = 5000), Code::ResourceExhausted, "virtual link"),
-        (Box::new(|s| s.nodes[0].memory_mb = 5000), Code::ResourceExhausted, "memory"),
-        (Box::new(|s| s.nodes[0].location = "mars".into()), Code::ResourceExhausted, "mars"),
-        (Box::new(|s| s.parent = "base".into()), Code::FailedPrecondition, "spec.parent \"base\": nested VNs are not supported yet"),
-        (Box::new(|s| s.provider = "blue".into()), Code::PermissionDenied, "spec.provider \"blue\" does not match the caller red"),
-        (Box::new(|s| s.algorithm = "nope".into()), Code::InvalidArgument, "spec.algorithm: unknown algorithm \"nope\""),
-        (Box::new(|s| s.links[0].interfaces = vec!["lo".into(), "x".into()]), Code::InvalidArgument, "interface name \"lo\" is reserved"),
+        (
+            Box::new(|s| s.links[1].endpoints[1] = "zz".into()),
+            Code::InvalidArgument,
+            "spec.links[1] (b-zz): unknown endpoint \"zz\"",
+        ),
+        (
+            Box::new(|s| s.nodes[1].name = "a".into()),
+            Code::InvalidArgument,
+            "spec.nodes[1] (a): duplicate node name a",
+        ),
+        (
+            Box::new(|s| s.links.push(link("c", "b", 5))),
+            Code::InvalidArgument,
+            "spec.links[2] (c-b): duplicate link",
+        ),
+        (
+            Box::new(|s| s.links[0].bandwidth_mbps = 0),
+            Code::InvalidArgument,
+            "spec.links[0] (a-b): bandwidth_mbps must be > 0, got 0",
+        ),
+        (
+            Box::new(|s| s.links[0].addresses = vec!["10.0.0.1/33".into(), "10.0.0.2/24".into()]),
+            Code::InvalidArgument,
+            "spec.links[0] (a-b): address \"10.0.0.1/33\" is not a valid CIDR",
+        ),
+        (
+            Box::new(|s| s.nodes[2].kind = 42),
+            Code::InvalidArgument,
+            "spec.nodes[2] (c): unknown kind 42",
+        ),
+        (
+            Box::new(|s| s.nodes = (0..257).map(|i| node(&format!("n{i}"), 0)).collect()),
+            Code::InvalidArgument,
+            "257 nodes exceed the limit of 256",
+        ),
+        (
+            Box::new(|s| s.nodes[0].host = "h9".into()),
+            Code::InvalidArgument,
+            "spec.nodes[0] (a): pinned to unknown host h9",
+        ),
+        (
+            Box::new(|s| s.nodes[0].cpu = 1000),
+            Code::ResourceExhausted,
+            "virtual node `a`",
+        ),
+        (
+            Box::new(|s| s.links[0].bandwidth_mbps = 5000),
+            Code::ResourceExhausted,
+            "virtual link",
+        ),
+        (
+            Box::new(|s| s.nodes[0].memory_mb = 5000),
+            Code::ResourceExhausted,
+            "memory",
+        ),
+        (
+            Box::new(|s| s.nodes[0].location = "mars".into()),
+            Code::ResourceExhausted,
+            "mars",
+        ),
+        (
+            Box::new(|s| s.parent = "base".into()),
+            Code::FailedPrecondition,
+            "spec.parent \"base\": nested VNs are not supported yet",
+        ),
+        (
+            Box::new(|s| s.provider = "blue".into()),
+            Code::PermissionDenied,
+            "spec.provider \"blue\" does not match the caller red",
+        ),
+        (
+            Box::new(|s| s.algorithm = "nope".into()),
+            Code::InvalidArgument,
+            "spec.algorithm: unknown algorithm \"nope\"",
+        ),
+        (
+            Box::new(|s| s.links[0].interfaces = vec!["lo".into(), "x".into()]),
+            Code::InvalidArgument,
+            "interface name \"lo\" is reserved",
+        ),
     ];
     for (mutate, code, needle) in cases {
         let mut s = chain("bad", 10, 10);
         mutate(&mut s);
         let e = c.create(req("red", create(s))).await.unwrap_err();
         assert_eq!(e.code(), code, "{needle}: got {e:?}");
-        assert!(e.message().contains(needle), "{:?} lacks {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
     }
     let e = c
         .create(req("red", pb::CreateVnRequest { spec: None }))
@@ -54,7 +122,12 @@ async fn bad_input_is_refused_without_trace() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .get(req("red", pb::GetVnRequest { name: "Bad Name".into() }))
+        .get(req(
+            "red",
+            pb::GetVnRequest {
+                name: "Bad Name".into(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

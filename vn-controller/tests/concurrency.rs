@@ -45,7 +45,11 @@ async fn fifty_concurrent_creates_never_oversubscribe() {
             }
         }
     }
-    assert!(!accepted.is_empty() && rejected > 0, "{} accepted", accepted.len());
+    assert!(
+        !accepted.is_empty() && rejected > 0,
+        "{} accepted",
+        accepted.len()
+    );
 
     // Recompute the load from the placements and check it against the capacities.
     let mut s = h.substrate().await;
@@ -95,7 +99,11 @@ async fn fifty_concurrent_creates_never_oversubscribe() {
     for host in &hosts {
         let used = cpu.get(&host.id).copied().unwrap_or(0);
         let cap = host.capacity.unwrap().cpu;
-        assert!(used <= cap, "host {} oversubscribed: {used} > {cap}", host.id);
+        assert!(
+            used <= cap,
+            "host {} oversubscribed: {used} > {cap}",
+            host.id
+        );
         assert_eq!(host.residual.unwrap().cpu, cap - used, "host {}", host.id);
     }
     for l in &links {

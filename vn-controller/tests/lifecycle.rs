@@ -60,7 +60,11 @@ async fn create_list_get_watch_delete() {
     assert_eq!(vn.links[0].addresses, ["10.0.0.1/24", "10.0.0.2/24"]);
 
     let ready = wait_state(&mut c, "red", "red-net", pb::VnState::Ready).await;
-    assert!(ready.hosts.values().all(|s| s == "ready"), "{:?}", ready.hosts);
+    assert!(
+        ready.hosts.values().all(|s| s == "ready"),
+        "{:?}",
+        ready.hosts
+    );
 
     // The desired state of the host of b holds b and two node-tunnel segments whose tunnels
     // mirror those on the hosts of a and c.
@@ -114,7 +118,12 @@ async fn create_list_get_watch_delete() {
 
     // A new watcher first gets a snapshot.
     let mut w2 = c
-        .watch(req("red", pb::WatchVnsRequest { name: "red-net".into() }))
+        .watch(req(
+            "red",
+            pb::WatchVnsRequest {
+                name: "red-net".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -138,10 +147,7 @@ async fn create_list_get_watch_delete() {
         .into_inner()
         .hosts;
     assert_eq!(
-        hosts
-            .iter()
-            .map(|h| h.residual.unwrap().cpu)
-            .sum::<u64>(),
+        hosts.iter().map(|h| h.residual.unwrap().cpu).sum::<u64>(),
         300 - 180
     );
     let topo = s
@@ -185,7 +191,12 @@ async fn create_list_get_watch_delete() {
         .into_inner();
     assert_eq!(del.deleted, ["red-net"]);
     let e = c
-        .get(req("red", pb::GetVnRequest { name: "red-net".into() }))
+        .get(req(
+            "red",
+            pb::GetVnRequest {
+                name: "red-net".into(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -240,7 +251,10 @@ async fn providers_are_isolated() {
 
     let get = |name: &str| pb::GetVnRequest { name: name.into() };
     assert_eq!(
-        c.get(req("blue", get("only-red"))).await.unwrap_err().code(),
+        c.get(req("blue", get("only-red")))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
     let del = c
@@ -305,10 +319,7 @@ async fn providers_are_isolated() {
     assert_eq!(topo.vns.len(), 1);
 
     // Identity rules.
-    let anon = c
-        .list(pb::ListVnsRequest {})
-        .await
-        .unwrap_err();
+    let anon = c.list(pb::ListVnsRequest {}).await.unwrap_err();
     assert_eq!(anon.code(), Code::Unauthenticated);
     let mut spec = chain("x", 1, 1);
     spec.provider = "red".into();

@@ -65,19 +65,38 @@ fn held_ids(vns: &[pb::VirtualNetwork]) -> (BTreeSet<u32>, BTreeSet<u32>) {
 async fn restart_in_process_restores_everything() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path(), |_| {}).await;
-    let agents = h.agents(3, 100, 4096, Behaviour::FailLabels(vec!["red/broken".into()], "boom".into())).await;
+    let agents = h
+        .agents(
+            3,
+            100,
+            4096,
+            Behaviour::FailLabels(vec!["red/broken".into()], "boom".into()),
+        )
+        .await;
     let mut c = h.vns().await;
-    c.create(req("red", create(chain("x1", 20, 10)))).await.unwrap();
+    c.create(req("red", create(chain("x1", 20, 10))))
+        .await
+        .unwrap();
     c.create(req("red", create(vlan_spec("x2")))).await.unwrap();
-    c.create(req("blue", create(chain("x3", 20, 10)))).await.unwrap();
-    c.create(req("red", create(chain("broken", 5, 5)))).await.unwrap();
+    c.create(req("blue", create(chain("x3", 20, 10))))
+        .await
+        .unwrap();
+    c.create(req("red", create(chain("broken", 5, 5))))
+        .await
+        .unwrap();
     for (p, n) in [("red", "x1"), ("red", "x2"), ("blue", "x3")] {
         wait_state(&mut c, p, n, pb::VnState::Ready).await;
     }
     wait_state(&mut c, "red", "broken", pb::VnState::Failed).await;
-    let desired_before: Vec<pb::DesiredState> = agents.iter().map(|a| a.desired().unwrap()).collect();
+    let desired_before: Vec<pb::DesiredState> =
+        agents.iter().map(|a| a.desired().unwrap()).collect();
     let before = snapshot(&h.ctl);
-    let old_vns = c.list(req("red", pb::ListVnsRequest {})).await.unwrap().into_inner().vns;
+    let old_vns = c
+        .list(req("red", pb::ListVnsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .vns;
     // The controller goes away while the agents stay attached.
     drop(c);
     h.stop().await;
@@ -87,7 +106,10 @@ async fn restart_in_process_restores_everything() {
     let ctl = {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match Controller::open(ControllerConfig::new(dir.path()), Box::new(EmbeddingPlanner::new())) {
+            match Controller::open(
+                ControllerConfig::new(dir.path()),
+                Box::new(EmbeddingPlanner::new()),
+            ) {
                 Ok(c) => break c,
                 Err(e) if std::time::Instant::now() < deadline => {
                     let _ = e;
@@ -112,16 +134,42 @@ async fn restart_in_process_restores_everything() {
     }
     let mut c = h.vns().await;
     wait_state(&mut c, "red", "x1", pb::VnState::Ready).await;
-    let failed = c.get(req("red", pb::GetVnRequest { name: "broken".into() })).await.unwrap().into_inner();
+    let failed = c
+        .get(req(
+            "red",
+            pb::GetVnRequest {
+                name: "broken".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(failed.state, pb::VnState::Failed as i32);
-    assert!(failed.reason.starts_with("host h") && failed.reason.ends_with(": boom"), "{}", failed.reason);
+    assert!(
+        failed.reason.starts_with("host h") && failed.reason.ends_with(": boom"),
+        "{}",
+        failed.reason
+    );
 
     // New VNs get fresh identifiers.
     let (old_vnis, old_vlans) = held_ids(&old_vns);
-    let blue = c.list(req("blue", pb::ListVnsRequest {})).await.unwrap().into_inner().vns;
+    let blue = c
+        .list(req("blue", pb::ListVnsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .vns;
     let (blue_vnis, _) = held_ids(&blue);
-    let n1 = c.create(req("red", create(chain("y1", 10, 10)))).await.unwrap().into_inner();
-    let n2 = c.create(req("red", create(vlan_spec("y2")))).await.unwrap().into_inner();
+    let n1 = c
+        .create(req("red", create(chain("y1", 10, 10))))
+        .await
+        .unwrap()
+        .into_inner();
+    let n2 = c
+        .create(req("red", create(vlan_spec("y2"))))
+        .await
+        .unwrap()
+        .into_inner();
     let (new_vnis, new_vlans) = held_ids(&[n1, n2]);
     assert!(!new_vnis.is_empty() && !new_vlans.is_empty());
     assert!(new_vnis.is_disjoint(&old_vnis) && new_vnis.is_disjoint(&blue_vnis));
@@ -161,8 +209,14 @@ async fn spawn_daemon(dir: &std::path::Path, port: u16, metrics: u16) -> Daemon 
         .expect("spawn vn-controller");
     let d = Daemon(child);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not listen");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     d
@@ -172,15 +226,21 @@ async fn stand_ins(endpoint: &str) -> Vec<StandIn> {
     let mut v = Vec::new();
     for i in 1..=3 {
         let cfg = StandInConfig::new(&format!("h{i}"), &format!("10.78.0.{i}"), 100, 4096);
-        let a = StandIn::connect(endpoint, cfg, Behaviour::Ready).await.unwrap();
-        a.wait_desired(Duration::from_secs(10), |_| true).await.unwrap();
+        let a = StandIn::connect(endpoint, cfg, Behaviour::Ready)
+            .await
+            .unwrap();
+        a.wait_desired(Duration::from_secs(10), |_| true)
+            .await
+            .unwrap();
         v.push(a);
     }
     v
 }
 
 async fn http_get(port: u16, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -196,14 +256,23 @@ async fn sigkill_and_restart_the_real_binary() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let daemon = spawn_daemon(dir.path(), port, mport).await;
     let agents = stand_ins(&endpoint).await;
-    let mut c = VirtualNetworksClient::connect(endpoint.clone()).await.unwrap();
+    let mut c = VirtualNetworksClient::connect(endpoint.clone())
+        .await
+        .unwrap();
     for (p, n) in [("red", "k1"), ("red", "k2"), ("blue", "k3")] {
-        let spec = if n == "k2" { vlan_spec(n) } else { chain(n, 20, 10) };
+        let spec = if n == "k2" {
+            vlan_spec(n)
+        } else {
+            chain(n, 20, 10)
+        };
         c.create(req(p, create(spec))).await.unwrap();
         wait_state(&mut c, p, n, pb::VnState::Ready).await;
     }
     let metrics = http_get(mport, "/metrics").await;
-    assert!(metrics.contains("vnet_controller_vns{state=\"ready\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("vnet_controller_vns{state=\"ready\"} 3"),
+        "{metrics}"
+    );
     assert!(metrics.contains("vnet_controller_agents_connected 3"));
     assert!(metrics.contains("vnet_controller_embedding_duration_seconds_count 3"));
     assert!(metrics.contains("vnet_controller_host_cpu_utilisation_ratio{host=\"h1\"}"));
@@ -212,7 +281,12 @@ async fn sigkill_and_restart_the_real_binary() {
     let list = |c: &mut VirtualNetworksClient<_>, p: &'static str| {
         let mut c = c.clone();
         async move {
-            let mut v = c.list(req(p, pb::ListVnsRequest {})).await.unwrap().into_inner().vns;
+            let mut v = c
+                .list(req(p, pb::ListVnsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .vns;
             v.sort_by(|a, b| a.name.cmp(&b.name));
             v
         }
@@ -220,8 +294,18 @@ async fn sigkill_and_restart_the_real_binary() {
     let red_before = list(&mut c, "red").await;
     let blue_before = list(&mut c, "blue").await;
     let mut s = SubstrateClient::connect(endpoint.clone()).await.unwrap();
-    let hosts_before = s.list_hosts(pb::ListHostsRequest {}).await.unwrap().into_inner().hosts;
-    let links_before = s.list_links(pb::ListLinksRequest {}).await.unwrap().into_inner().links;
+    let hosts_before = s
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    let links_before = s
+        .list_links(pb::ListLinksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .links;
     let desired_before: Vec<_> = agents.iter().map(|a| a.desired().unwrap()).collect();
 
     drop(daemon); // SIGKILL
@@ -229,7 +313,9 @@ async fn sigkill_and_restart_the_real_binary() {
     let port2 = free_port();
     let endpoint2 = format!("http://127.0.0.1:{port2}");
     let _daemon = spawn_daemon(dir.path(), port2, free_port()).await;
-    let mut c = VirtualNetworksClient::connect(endpoint2.clone()).await.unwrap();
+    let mut c = VirtualNetworksClient::connect(endpoint2.clone())
+        .await
+        .unwrap();
     let mut s = SubstrateClient::connect(endpoint2.clone()).await.unwrap();
     // Before any agent is back: same VNs, same capacities.
     let strip = |mut v: Vec<pb::VirtualNetwork>| {
@@ -239,15 +325,28 @@ async fn sigkill_and_restart_the_real_binary() {
         v
     };
     assert_eq!(strip(list(&mut c, "red").await), strip(red_before.clone()));
-    assert_eq!(strip(list(&mut c, "blue").await), strip(blue_before.clone()));
+    assert_eq!(
+        strip(list(&mut c, "blue").await),
+        strip(blue_before.clone())
+    );
     let residual = |hs: &[pb::Host]| {
         hs.iter()
             .map(|h| (h.id.clone(), h.residual, h.capacity, h.desired_generation))
             .collect::<Vec<_>>()
     };
-    let hosts_after = s.list_hosts(pb::ListHostsRequest {}).await.unwrap().into_inner().hosts;
+    let hosts_after = s
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
     assert_eq!(residual(&hosts_after), residual(&hosts_before));
-    let links_after = s.list_links(pb::ListLinksRequest {}).await.unwrap().into_inner().links;
+    let links_after = s
+        .list_links(pb::ListLinksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .links;
     assert_eq!(links_after, links_before);
 
     // Agents re-attach: the same desired state; VNs ready; a new VN collides with nothing.
@@ -260,8 +359,16 @@ async fn sigkill_and_restart_the_real_binary() {
     let (bv, bl) = held_ids(&blue_before);
     vnis.extend(bv);
     vlans.extend(bl);
-    let n1 = c.create(req("red", create(chain("k4", 10, 10)))).await.unwrap().into_inner();
-    let n2 = c.create(req("blue", create(vlan_spec("k5")))).await.unwrap().into_inner();
+    let n1 = c
+        .create(req("red", create(chain("k4", 10, 10))))
+        .await
+        .unwrap()
+        .into_inner();
+    let n2 = c
+        .create(req("blue", create(vlan_spec("k5"))))
+        .await
+        .unwrap()
+        .into_inner();
     let (nv, nl) = held_ids(&[n1, n2]);
     assert!(!nv.is_empty() && !nl.is_empty());
     assert!(nv.is_disjoint(&vnis), "{nv:?} vs {vnis:?}");

@@ -51,7 +51,9 @@ async fn a_failing_host_rolls_everything_back() {
         .await;
     let good3 = h.agent("h3", 3, 100, 4096, Behaviour::Ready).await;
     for a in [&good1, &bad, &good3] {
-        a.wait_desired(Duration::from_secs(5), |_| true).await.unwrap();
+        a.wait_desired(Duration::from_secs(5), |_| true)
+            .await
+            .unwrap();
     }
     let mut c = h.vns().await;
     // A VN that is fine everywhere stays untouched by the other's rollback.
@@ -64,21 +66,32 @@ async fn a_failing_host_rolls_everything_back() {
     wait_state(&mut c, "red", "fine", pb::VnState::Ready).await;
 
     let mut w = c
-        .watch(req("red", pb::WatchVnsRequest { name: "doomed".into() }))
+        .watch(req(
+            "red",
+            pb::WatchVnsRequest {
+                name: "doomed".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     let mut spec = chain("doomed", 60, 100);
     spec.nodes[1].host = "h2".into();
     spec.encapsulation = pb::Encapsulation::Vlan as i32;
-    let vn = c.create(req("red", create(spec))).await.unwrap().into_inner();
+    let vn = c
+        .create(req("red", create(spec)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(vn.state, pb::VnState::Provisioning as i32);
     let failed = wait_state(&mut c, "red", "doomed", pb::VnState::Failed).await;
     assert_eq!(failed.reason, "host h2: veth v1l0: file exists");
     assert_eq!(failed.hosts["h2"], "failed: veth v1l0: file exists");
 
     let mut saw_failed = false;
-    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(2), w.next_message_like()).await {
+    while let Ok(Some(Ok(e))) =
+        tokio::time::timeout(Duration::from_secs(2), w.next_message_like()).await
+    {
         if e.kind == pb::VnEventKind::Failed as i32 {
             assert!(e.message.contains("h2"));
             saw_failed = true;

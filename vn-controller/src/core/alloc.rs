@@ -156,9 +156,9 @@ impl Allocators {
     }
 
     pub fn vlan_pool(&mut self, segment: &str) -> &mut IdPool {
-        self.vlan
-            .entry(segment.to_string())
-            .or_insert_with(|| IdPool::new(&format!("VLAN ID in segment {segment}"), VLAN_MIN, VLAN_MAX))
+        self.vlan.entry(segment.to_string()).or_insert_with(|| {
+            IdPool::new(&format!("VLAN ID in segment {segment}"), VLAN_MIN, VLAN_MAX)
+        })
     }
 
     /// A fresh VN id: `v` and the counter in base 36 (at most 6 characters).
@@ -244,7 +244,10 @@ mod tests {
     fn reserve_detects_collisions_and_range() {
         let mut p = IdPool::new("VNI", 1, 10);
         p.reserve(5).unwrap();
-        assert!(matches!(p.reserve(5), Err(AllocError::Collision { value: 5, .. })));
+        assert!(matches!(
+            p.reserve(5),
+            Err(AllocError::Collision { value: 5, .. })
+        ));
         assert!(p.reserve(0).is_err());
         assert!(p.reserve(11).is_err());
         p.set_cursor(5);

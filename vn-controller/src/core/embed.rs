@@ -179,7 +179,11 @@ impl crate::runtime::controller::Planner for EmbeddingPlanner {
             .enumerate()
             .map(|(i, le)| match le.flows() {
                 [] => Ok(vec![]),
-                [f] => Ok(f.edges.iter().map(|e| edge_ids[e.index()].clone()).collect()),
+                [f] => Ok(f
+                    .edges
+                    .iter()
+                    .map(|e| edge_ids[e.index()].clone())
+                    .collect()),
                 _ => Err(format!("link {i} was split over several paths")),
             })
             .collect::<Result<Vec<_>, String>>()?;

@@ -369,8 +369,10 @@ impl Index {
             placement,
             hosts,
         };
-        self.by_name
-            .insert((rec.provider().clone(), rec.name().to_string()), vn_id.clone());
+        self.by_name.insert(
+            (rec.provider().clone(), rec.name().to_string()),
+            vn_id.clone(),
+        );
         change.events.push(Event {
             provider: rec.provider().clone(),
             name: rec.name().to_string(),
@@ -379,7 +381,11 @@ impl Index {
             host: String::new(),
             message: format!(
                 "embedded on {} by {}",
-                rec.placement.hosts().into_iter().collect::<Vec<_>>().join(","),
+                rec.placement
+                    .hosts()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(","),
                 rec.placement.algorithm
             ),
         });

@@ -329,7 +329,11 @@ impl Registry {
 
     /// The tunnel address of `host` on link `l`.
     pub fn address_on(&self, l: &SubstrateLink, host: &str) -> Option<IpAddr> {
-        let explicit = if l.a == host { l.a_address } else { l.b_address };
+        let explicit = if l.a == host {
+            l.a_address
+        } else {
+            l.b_address
+        };
         explicit.or_else(|| self.hosts.get(host).map(|h| h.underlay_address))
     }
 
@@ -405,8 +409,14 @@ mod tests {
         assert_eq!(r.address_on(&l, "h1"), Some("10.255.12.1".parse().unwrap()));
 
         for (bad, needle) in [
-            ("links: [{a: h1, b: h1, bandwidth: 1}]", "two different hosts"),
-            ("links: [{a: h1, b: h2, bandwidth: 0}]", "bandwidth must be > 0"),
+            (
+                "links: [{a: h1, b: h1, bandwidth: 1}]",
+                "two different hosts",
+            ),
+            (
+                "links: [{a: h1, b: h2, bandwidth: 0}]",
+                "bandwidth must be > 0",
+            ),
             (
                 "links: [{a: h1, b: h2, bandwidth: 1}, {a: h2, b: h1, bandwidth: 1}]",
                 "same hosts",

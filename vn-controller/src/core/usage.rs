@@ -165,7 +165,10 @@ impl Usage {
             let path = walk_path(reg, from, links).map_err(|e| format!("link {i}: {e}"))?;
             let to = &m.node_hosts[l.b];
             if path.last() != Some(to) {
-                return Err(format!("link {i}: path ends at {:?}, not {to}", path.last()));
+                return Err(format!(
+                    "link {i}: path ends at {:?}, not {to}",
+                    path.last()
+                ));
             }
             if let Some(max) = req.max_path_hops
                 && links.len() > max as usize
@@ -213,9 +216,7 @@ impl Usage {
                 upd(&mut self.bandwidth_mbps, id, l.bandwidth_mbps, add);
             }
         }
-        let hosts: BTreeSet<&String> = node_hosts
-            .iter()
-            .collect();
+        let hosts: BTreeSet<&String> = node_hosts.iter().collect();
         for h in hosts {
             let occ = self.occupants.entry(h.clone()).or_default();
             let e = occ.entry(req.provider.clone()).or_default();

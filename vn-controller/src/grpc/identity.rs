@@ -18,9 +18,8 @@ pub fn provider<T>(req: &Request<T>) -> Result<ProviderId, Status> {
     let s = value.to_str().map_err(|_| {
         Status::unauthenticated(format!("{PROVIDER_METADATA_KEY} is not printable ASCII"))
     })?;
-    check_identifier(s).map_err(|why| {
-        Status::unauthenticated(format!("{PROVIDER_METADATA_KEY} {s:?}: {why}"))
-    })?;
+    check_identifier(s)
+        .map_err(|why| Status::unauthenticated(format!("{PROVIDER_METADATA_KEY} {s:?}: {why}")))?;
     Ok(ProviderId(s.to_string()))
 }
 
@@ -31,12 +30,18 @@ mod tests {
     #[test]
     fn reads_the_metadata_once() {
         let mut r = Request::new(());
-        assert_eq!(provider(&r).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            provider(&r).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         r.metadata_mut()
             .insert(PROVIDER_METADATA_KEY, "red".parse().unwrap());
         assert_eq!(provider(&r).unwrap(), ProviderId("red".into()));
         r.metadata_mut()
             .insert(PROVIDER_METADATA_KEY, "Red Team".parse().unwrap());
-        assert_eq!(provider(&r).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            provider(&r).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

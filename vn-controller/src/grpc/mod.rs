@@ -7,9 +7,12 @@ pub mod substrate;
 pub mod validate;
 pub mod vn;
 
+use std::time::Duration;
+
+use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 use vnet_proto::v1::agent_control_server::AgentControlServer;
 use vnet_proto::v1::substrate_server::SubstrateServer;
 use vnet_proto::v1::virtual_networks_server::VirtualNetworksServer;
@@ -52,6 +55,9 @@ pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
         .build_v1()
         .map_err(RouterError)?;
     Ok(Server::builder()
+        // A dead agent's connection is noticed within half a minute.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(VirtualNetworksServer::new(vn::VnService::new(ctl.clone())))
@@ -61,4 +67,12 @@ pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
         .add_service(AgentControlServer::new(agent::AgentService::new(
             ctl.clone(),
         ))))
+}
+
+/// Accepted connections of `listener`, with TCP_NODELAY (without it, Nagle's algorithm and
+/// delayed ACKs add about 40 ms to a unary call) and TCP keepalive.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)))
 }

@@ -55,7 +55,9 @@ pub fn check_identifier(s: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!("character {c:?} is not allowed (use a-z, 0-9, '-', '_', '.')"));
+        return Err(format!(
+            "character {c:?} is not allowed (use a-z, 0-9, '-', '_', '.')"
+        ));
     }
     Ok(())
 }
@@ -93,7 +95,9 @@ fn check_ifname(s: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!("interface name {s:?}: character {c:?} is not allowed"));
+        return Err(format!(
+            "interface name {s:?}: character {c:?} is not allowed"
+        ));
     }
     Ok(())
 }
@@ -604,45 +608,148 @@ mod tests {
 
     #[test]
     fn each_bad_input_names_the_item() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::VnSpec)>, &str)> = vec![
-            (Box::new(|s| s.links[1].endpoints[1] = "z".into()), "spec.links[1] (b-z): unknown endpoint \"z\""),
-            (Box::new(|s| s.nodes[2].name = "a".into()), "spec.nodes[2] (a): duplicate node name a"),
-            (Box::new(|s| s.links[0].bandwidth_mbps = 0), "spec.links[0] (a-b): bandwidth_mbps must be > 0"),
-            (Box::new(|s| s.links[0].bandwidth_mbps = -5), "bandwidth_mbps must be > 0, got -5"),
-            (Box::new(|s| s.links[0].addresses = vec!["10.0.0.300/24".into(), "10.0.0.2/24".into()]), "address \"10.0.0.300/24\" is not a valid CIDR"),
-            (Box::new(|s| s.links[0].addresses = vec!["10.0.0.1".into(), "10.0.0.2/24".into()]), "not in CIDR notation"),
-            (Box::new(|s| s.links[0].addresses = vec!["10.0.0.1/24".into()]), "zero or two addresses"),
-            (Box::new(|s| {
-                s.links[0].addresses = vec!["10.0.0.1/24".into(), "10.0.0.2/24".into()];
-                s.links[1].addresses = vec!["10.0.0.1/24".into(), "10.0.0.3/24".into()];
-            }), "spec.links[1] (b-c): address 10.0.0.1 is used twice (also spec.links[0] (a-b))"),
-            (Box::new(|s| s.nodes[1].kind = 9), "spec.nodes[1] (b): unknown kind 9"),
-            (Box::new(|s| s.nodes[0].cpu = -1), "spec.nodes[0] (a): cpu -1 must be >= 0"),
-            (Box::new(|s| s.nodes = (0..300).map(|i| n(&format!("n{i}"))).collect()), "300 nodes exceed the limit of 256"),
-            (Box::new(|s| s.links.push(l("b", "a", 5))), "spec.links[2] (b-a): duplicate link between b and a"),
-            (Box::new(|s| s.links.push(l("a", "a", 5))), "both endpoints are node a"),
-            (Box::new(|s| s.links[0].interfaces = vec!["this-is-far-too-long".into(), "x".into()]), "1 to 15 characters"),
-            (Box::new(|s| {
-                s.links[0].interfaces = vec!["e".into(), "x".into()];
-                s.links[1].interfaces = vec!["x".into(), "y".into()];
-            }), "interface x of node b is used twice"),
-            (Box::new(|s| s.name = "Red Net".into()), "spec.name \"Red Net\""),
+        type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
+        let cases: Vec<(Mutate, &str)> = vec![
+            (
+                Box::new(|s| s.links[1].endpoints[1] = "z".into()),
+                "spec.links[1] (b-z): unknown endpoint \"z\"",
+            ),
+            (
+                Box::new(|s| s.nodes[2].name = "a".into()),
+                "spec.nodes[2] (a): duplicate node name a",
+            ),
+            (
+                Box::new(|s| s.links[0].bandwidth_mbps = 0),
+                "spec.links[0] (a-b): bandwidth_mbps must be > 0",
+            ),
+            (
+                Box::new(|s| s.links[0].bandwidth_mbps = -5),
+                "bandwidth_mbps must be > 0, got -5",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].addresses = vec!["10.0.0.300/24".into(), "10.0.0.2/24".into()]
+                }),
+                "address \"10.0.0.300/24\" is not a valid CIDR",
+            ),
+            (
+                Box::new(|s| s.links[0].addresses = vec!["10.0.0.1".into(), "10.0.0.2/24".into()]),
+                "not in CIDR notation",
+            ),
+            (
+                Box::new(|s| s.links[0].addresses = vec!["10.0.0.1/24".into()]),
+                "zero or two addresses",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].addresses = vec!["10.0.0.1/24".into(), "10.0.0.2/24".into()];
+                    s.links[1].addresses = vec!["10.0.0.1/24".into(), "10.0.0.3/24".into()];
+                }),
+                "spec.links[1] (b-c): address 10.0.0.1 is used twice (also spec.links[0] (a-b))",
+            ),
+            (
+                Box::new(|s| s.nodes[1].kind = 9),
+                "spec.nodes[1] (b): unknown kind 9",
+            ),
+            (
+                Box::new(|s| s.nodes[0].cpu = -1),
+                "spec.nodes[0] (a): cpu -1 must be >= 0",
+            ),
+            (
+                Box::new(|s| s.nodes = (0..300).map(|i| n(&format!("n{i}"))).collect()),
+                "300 nodes exceed the limit of 256",
+            ),
+            (
+                Box::new(|s| s.links.push(l("b", "a", 5))),
+                "spec.links[2] (b-a): duplicate link between b and a",
+            ),
+            (
+                Box::new(|s| s.links.push(l("a", "a", 5))),
+                "both endpoints are node a",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].interfaces = vec!["this-is-far-too-long".into(), "x".into()]
+                }),
+                "1 to 15 characters",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].interfaces = vec!["e".into(), "x".into()];
+                    s.links[1].interfaces = vec!["x".into(), "y".into()];
+                }),
+                "interface x of node b is used twice",
+            ),
+            (
+                Box::new(|s| s.name = "Red Net".into()),
+                "spec.name \"Red Net\"",
+            ),
             (Box::new(|s| s.nodes.clear()), "at least one node"),
-            (Box::new(|s| s.algorithm = "magic".into()), "unknown algorithm \"magic\" (known: grc)"),
-            (Box::new(|s| s.nodes[0].routes = vec![pb::Route { destination: "10.1.0.5/16".into(), via: "10.0.0.1".into() }]), "has host bits set"),
-            (Box::new(|s| s.nodes[0].routes = vec![pb::Route { destination: "default".into(), via: "gw".into() }]), "route via \"gw\" is not an IP address"),
-            (Box::new(|s| s.links[0].encapsulation = 7), "spec.links[0] (a-b): unknown encapsulation 7"),
-            (Box::new(|s| { s.nodes[0].kind = pb::NodeKind::Vm as i32; s.nodes[0].memory_mb = 16; }), "a vm needs memory_mb >= 64"),
-            (Box::new(|s| s.nodes[0].image = "debian".into()), "apply to vm nodes only"),
-            (Box::new(|s| s.attributes = Some(pb::VnAttributes { max_link_bandwidth_mbps: Some(20), ..Default::default() })), "exceeds spec.attributes.max_link_bandwidth_mbps 20"),
-            (Box::new(|s| s.attributes = Some(pb::VnAttributes { allowed_node_kinds: vec![pb::NodeKind::Vm as i32], ..Default::default() })), "kind netns is not in spec.attributes.allowed_node_kinds"),
+            (
+                Box::new(|s| s.algorithm = "magic".into()),
+                "unknown algorithm \"magic\" (known: grc)",
+            ),
+            (
+                Box::new(|s| {
+                    s.nodes[0].routes = vec![pb::Route {
+                        destination: "10.1.0.5/16".into(),
+                        via: "10.0.0.1".into(),
+                    }]
+                }),
+                "has host bits set",
+            ),
+            (
+                Box::new(|s| {
+                    s.nodes[0].routes = vec![pb::Route {
+                        destination: "default".into(),
+                        via: "gw".into(),
+                    }]
+                }),
+                "route via \"gw\" is not an IP address",
+            ),
+            (
+                Box::new(|s| s.links[0].encapsulation = 7),
+                "spec.links[0] (a-b): unknown encapsulation 7",
+            ),
+            (
+                Box::new(|s| {
+                    s.nodes[0].kind = pb::NodeKind::Vm as i32;
+                    s.nodes[0].memory_mb = 16;
+                }),
+                "a vm needs memory_mb >= 64",
+            ),
+            (
+                Box::new(|s| s.nodes[0].image = "debian".into()),
+                "apply to vm nodes only",
+            ),
+            (
+                Box::new(|s| {
+                    s.attributes = Some(pb::VnAttributes {
+                        max_link_bandwidth_mbps: Some(20),
+                        ..Default::default()
+                    })
+                }),
+                "exceeds spec.attributes.max_link_bandwidth_mbps 20",
+            ),
+            (
+                Box::new(|s| {
+                    s.attributes = Some(pb::VnAttributes {
+                        allowed_node_kinds: vec![pb::NodeKind::Vm as i32],
+                        ..Default::default()
+                    })
+                }),
+                "kind netns is not in spec.attributes.allowed_node_kinds",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut s = spec();
             mutate(&mut s);
             let e = err(s);
             assert!(matches!(e, SpecError::Invalid(_)), "{e:?}");
-            assert!(e.to_string().contains(needle), "{e} does not contain {needle}");
+            assert!(
+                e.to_string().contains(needle),
+                "{e} does not contain {needle}"
+            );
         }
     }
 
@@ -676,6 +783,11 @@ mod tests {
         assert_eq!(info.cpu, 400);
         assert!(info.kinds.contains(&Kind::Netns));
         h.underlay_address = "nope".into();
-        assert!(hello(&h, 5).unwrap_err().message().contains("underlay_address"));
+        assert!(
+            hello(&h, 5)
+                .unwrap_err()
+                .message()
+                .contains("underlay_address")
+        );
     }
 }

@@ -380,7 +380,12 @@ impl Controller {
             guard = lock(&shared.index);
             m
         };
-        let (rec, change) = match guard.accept(req.clone(), spec_pb, &mapping, crate::grpc::convert::now_ms()) {
+        let (rec, change) = match guard.accept(
+            req.clone(),
+            spec_pb,
+            &mapping,
+            crate::grpc::convert::now_ms(),
+        ) {
             Ok(x) => x,
             Err(CoreError::Exhausted(why)) => return Err(Attempt::Conflict(why)),
             Err(e) => return Err(Attempt::Error(e.into())),
@@ -415,7 +420,11 @@ impl Controller {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn delete(&self, provider: &ProviderId, name: &str) -> Result<Vec<String>, ControlError> {
+    pub async fn delete(
+        &self,
+        provider: &ProviderId,
+        name: &str,
+    ) -> Result<Vec<String>, ControlError> {
         let (p, n) = (provider.clone(), name.to_string());
         self.mutate(move |ix| match ix.delete(&p, &n) {
             Ok(c) => (Ok(vec![n]), c),

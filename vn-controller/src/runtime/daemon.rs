@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::core::embed::EmbeddingPlanner;
 use crate::core::substrate::{LinkSource, TopologyFile};
@@ -172,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut stop = ctl.shutdown_signal();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(crate::grpc::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -211,7 +210,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "drain timed out, closing connections");
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "drain timed out, closing connections"
+        );
         servers.abort_all();
     }
     tracing::info!("stopped");

@@ -43,7 +43,11 @@ impl Publisher {
 
     /// Replaces `host`'s desired state unless a newer generation was published already; returns
     /// a receiver of it.
-    pub fn desired(&self, host: &str, d: pb::DesiredState) -> watch::Receiver<Arc<pb::DesiredState>> {
+    pub fn desired(
+        &self,
+        host: &str,
+        d: pb::DesiredState,
+    ) -> watch::Receiver<Arc<pb::DesiredState>> {
         let d = Arc::new(d);
         let mut chans = self.desired.lock().unwrap_or_else(|p| p.into_inner());
         let tx = chans
@@ -115,7 +119,8 @@ impl Writer {
                     }
                     let durable = batch.iter().any(Commit::durable);
                     let changes: Vec<&Change> = batch.iter().map(|c| &c.change).collect();
-                    let hosts: Vec<&HostInfo> = batch.iter().filter_map(|c| c.host.as_ref()).collect();
+                    let hosts: Vec<&HostInfo> =
+                        batch.iter().filter_map(|c| c.host.as_ref()).collect();
                     let res = store
                         .apply_all(&changes, &hosts, durable)
                         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));

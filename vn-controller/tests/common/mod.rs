@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Request;
 use tonic::transport::Channel;
 use vn_controller::core::embed::EmbeddingPlanner;
@@ -29,7 +28,19 @@ impl Harness {
         let mut cfg = ControllerConfig::new(dir);
         cfg.reattach_grace = Duration::from_secs(3600);
         tweak(&mut cfg);
-        let ctl = Controller::open(cfg, Box::new(EmbeddingPlanner::new())).expect("open");
+        // A controller stopped just before may still be releasing the store (its sessions end
+        // asynchronously): retry for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let ctl = loop {
+            match Controller::open(cfg.clone(), Box::new(EmbeddingPlanner::new())) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("open: {e:?}"),
+            }
+        };
         ctl.start();
         let router = vn_controller::grpc::router(&ctl).await.expect("router");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,7 +48,7 @@ impl Harness {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(vn_controller::grpc::incoming(listener), async {
                     let _ = rx.await;
                 })
                 .await
@@ -56,7 +67,9 @@ impl Harness {
     }
 
     pub async fn vns(&self) -> VirtualNetworksClient<Channel> {
-        VirtualNetworksClient::connect(self.endpoint()).await.unwrap()
+        VirtualNetworksClient::connect(self.endpoint())
+            .await
+            .unwrap()
     }
 
     pub async fn substrate(&self) -> SubstrateClient<Channel> {
@@ -71,7 +84,9 @@ impl Harness {
         }
         // every agent attached and got its first desired state
         for a in &out {
-            a.wait_desired(Duration::from_secs(10), |_| true).await.expect("desired");
+            a.wait_desired(Duration::from_secs(10), |_| true)
+                .await
+                .expect("desired");
         }
         out
     }
