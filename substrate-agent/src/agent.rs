@@ -375,12 +375,23 @@ async fn reconcile_loop<K: Kernel + 'static>(
 ) {
     let resync = agent.cfg.resync;
     let mut last_generation = None;
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    let mut next_resync = tokio::time::Instant::now() + resync;
     loop {
         tokio::select! {
             r = desired_rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(resync) => {}
+            _ = tokio::time::sleep_until(next_resync) => {}
+            _ = watchdog.tick() => {
+                let dp = agent.datapath.clone();
+                let healthy = tokio::task::spawn_blocking(move || dp.healthy()).await.unwrap_or(true);
+                if healthy {
+                    continue;
+                }
+                tracing::warn!("the VLAN datapath is not running: reconciling now");
+            }
             _ = shutdown.changed() => return,
         }
+        next_resync = tokio::time::Instant::now() + resync;
         let Some(d) = desired_rx.borrow_and_update().clone() else {
             continue;
         };

@@ -317,6 +317,25 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         "datapath was restarted"
     );
     assert!(ping(&na1, "10.2.0.2"));
+    // If the datapath itself dies, the agent notices and starts it again at once.
+    let dp = pid_of(&dp_pid_after)[0].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dp),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while !ping(&na1, "10.2.0.2") {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "VLAN link not restored\n{}",
+            tb.log(1)
+        );
+    }
+    println!(
+        "VLAN link restored {:?} after the datapath was killed",
+        t.elapsed()
+    );
 
     // Teardown: an empty desired state leaves the hosts exactly as before.
     tb.ctl().set_desired(&h1id, desired(2, vec![]));

@@ -78,6 +78,12 @@ pub trait DatapathControl: Send + Sync {
     /// Makes the datapath serve exactly `cfg` (an empty config stops it). `reattach`: TAP devices
     /// were recreated, so re-open them even where the config did not change.
     fn configure(&self, cfg: &DatapathConfig, reattach: bool) -> Result<(), DatapathError>;
+
+    /// False when the datapath should be serving wires but is not running (it died): the agent
+    /// then reconciles at once instead of waiting for the next resync.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// A recording stand-in for tests.

@@ -75,6 +75,11 @@ impl ProcessDatapath {
         if start_time(pid)? != start {
             return None;
         }
+        // A zombie (dead, not yet reaped) does not forward anything.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        if stat[stat.rfind(')')? + 1..].trim_start().starts_with('Z') {
+            return None;
+        }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline);
         cmdline.contains("vlan-datapath").then_some(pid)
@@ -147,6 +152,11 @@ impl ProcessDatapath {
 }
 
 impl DatapathControl for ProcessDatapath {
+    fn healthy(&self) -> bool {
+        let _g = self.lock.lock().expect("datapath lock");
+        !self.config_path().exists() || self.running_pid().is_some()
+    }
+
     fn configure(&self, cfg: &DatapathConfig, reattach: bool) -> Result<(), DatapathError> {
         cfg.validate().map_err(DatapathError::Config)?;
         let _g = self.lock.lock().expect("datapath lock");
