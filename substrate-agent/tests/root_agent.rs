@@ -896,3 +896,82 @@ fn child_vn_rides_inside_its_parents_link() {
             .any(|n| n.starts_with(&format!("vt-{h1}")))
     );
 }
+
+#[test]
+fn a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing() {
+    if !root_or_skip("a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing") {
+        return;
+    }
+    let mut tb = Testbed::new("g", 1);
+    tb.start_agent(1);
+    let h = tb.hosts[0].id.clone();
+    let good = slice(
+        "vngood",
+        &["g1", "g2"],
+        vec![seg(
+            "gl",
+            1500,
+            0,
+            nif("g1", "eth0", "10.9.0.1/24", ""),
+            nif("g2", "eth0", "10.9.0.2/24", ""),
+        )],
+    );
+    // A VXLAN link whose MTU the underlay (the 1500-byte management link here) cannot carry.
+    let bad = slice(
+        "vnbad",
+        &["x1", "x2"],
+        vec![
+            seg(
+                "xl",
+                1500,
+                0,
+                nif("x1", "eth0", "10.9.0.1/24", ""),
+                nif("x2", "eth0", "10.9.0.2/24", ""),
+            ),
+            seg(
+                "xv",
+                1500,
+                0,
+                nif("x1", "eth1", "10.9.1.1/24", ""),
+                hop(Vxlan, 9101, "10.254.1.2", "10.254.1.1"),
+            ),
+        ],
+    );
+    // And one the controller got wrong.
+    let mut invalid = slice("vninv", &["y1"], vec![]);
+    invalid.nodes[0].routes.push(pb::Route {
+        destination: "10.0.0.0/33".into(),
+        via: "10.9.0.2".into(),
+    });
+    tb.ctl()
+        .set_desired(&h, desired(1, vec![good, bad, invalid]));
+    let r = tb.ctl().wait_report(&h, 1, T);
+    let st = |id: &str| r.vns.iter().find(|v| v.vn_id == id).unwrap().clone();
+    assert_eq!(st("vngood").state, pb::SliceState::Ready as i32, "{r:#?}");
+    assert_eq!(st("vnbad").state, pb::SliceState::Failed as i32);
+    assert!(
+        st("vnbad")
+            .message
+            .contains("link xv: mtu 1500 exceeds what underlay"),
+        "{:?}",
+        st("vnbad")
+    );
+    assert_eq!(st("vninv").state, pb::SliceState::Failed as i32);
+    assert!(
+        st("vninv")
+            .message
+            .contains("route destination \"10.0.0.0/33\""),
+        "{:?}",
+        st("vninv")
+    );
+    assert!(!r.converged);
+    let names = tb.namespaces();
+    assert!(names.contains(&tb.node_ns(1, "g1")));
+    for n in ["x1", "x2", "y1"] {
+        assert!(
+            !names.contains(&tb.node_ns(1, n)),
+            "{n} left behind: {names:?}"
+        );
+    }
+    assert!(in_ns(&tb.node_ns(1, "g1"), "busybox ping -c 1 -W 2 10.9.0.2").0);
+}
