@@ -182,15 +182,19 @@ impl QemuArg for NicDevice {
             // No PXE option ROM: the kernel is booted directly.
             (NicModel::E1000, _) => "e1000",
         };
-        let rom = if self.model == NicModel::E1000 || self.machine == Machine::Q35 {
-            ",romfile="
-        } else {
-            ""
-        };
+        let mut extra = String::new();
+        if self.model == NicModel::E1000 || self.machine == Machine::Q35 {
+            extra.push_str(",romfile=");
+        }
+        if self.model == NicModel::E1000 {
+            // Link up at once instead of after emulated autonegotiation (about 2 s of a TCG
+            // boot, measured).
+            extra.push_str(",autonegotiation=off");
+        }
         vec![
             "-device".into(),
             format!(
-                "{dev},netdev={},mac={}{rom}",
+                "{dev},netdev={},mac={}{extra}",
                 escape(&self.netdev),
                 self.mac
             ),
@@ -558,7 +562,10 @@ mod tests {
                 mac
             }
             .render(),
-            ["-device", "e1000,netdev=n1,mac=52:56:00:00:00:01,romfile="]
+            [
+                "-device",
+                "e1000,netdev=n1,mac=52:56:00:00:00:01,romfile=,autonegotiation=off"
+            ]
         );
         assert_eq!(
             SocketChardev {
@@ -661,7 +668,9 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("-device e1000,netdev=n0,mac=52:56:00:00:00:03,romfile="),
+            s.contains(
+                "-device e1000,netdev=n0,mac=52:56:00:00:00:03,romfile=,autonegotiation=off"
+            ),
             "{s}"
         );
         assert!(s.contains("-device virtio-serial-pci"), "{s}");
