@@ -289,7 +289,11 @@ async fn providers_are_isolated() {
     // Still there after blue's attempt.
     c.get(req("red", get("only-red"))).await.unwrap();
 
-    // Blue's watch never sees red's events.
+    // Blue's watch never sees red's events (let the creations above settle first).
+    for (p, n) in [("red", "net"), ("blue", "net"), ("red", "only-red")] {
+        wait_state(&mut c, p, n, pb::VnState::Ready).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut w = c
         .watch(req("blue", pb::WatchVnsRequest::default()))
         .await

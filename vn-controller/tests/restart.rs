@@ -88,6 +88,13 @@ async fn restart_in_process_restores_everything() {
         wait_state(&mut c, p, n, pb::VnState::Ready).await;
     }
     wait_state(&mut c, "red", "broken", pb::VnState::Failed).await;
+    // Every agent has the latest generation (rollbacks publish after persisting).
+    for (i, a) in agents.iter().enumerate() {
+        let g = h.ctl.with_index(|ix| ix.generation(&format!("h{}", i + 1)));
+        a.wait_desired(Duration::from_secs(5), |d| d.generation == g)
+            .await
+            .expect("latest generation");
+    }
     let desired_before: Vec<pb::DesiredState> =
         agents.iter().map(|a| a.desired().unwrap()).collect();
     let before = snapshot(&h.ctl);
@@ -306,6 +313,12 @@ async fn sigkill_and_restart_the_real_binary() {
         .unwrap()
         .into_inner()
         .links;
+    for (a, host) in agents.iter().zip(&hosts_before) {
+        let g = host.desired_generation;
+        a.wait_desired(Duration::from_secs(5), |d| d.generation == g)
+            .await
+            .expect("latest generation");
+    }
     let desired_before: Vec<_> = agents.iter().map(|a| a.desired().unwrap()).collect();
 
     drop(daemon); // SIGKILL
