@@ -141,6 +141,12 @@ impl Record {
         self.state_dir.join("agents").join(host)
     }
 
+    /// Run directories of a host's QEMU guests: inside the testbed's state dir, so that two
+    /// testbeds with the same host ids never share one, and `down` removes them.
+    pub fn guest_run_dir(&self, host: &str) -> PathBuf {
+        self.agent_state_dir(host).join("guests")
+    }
+
     pub fn agent_daemon(&self, host: &layout::HostLayout) -> DaemonSpec {
         let dir = &self.state_dir;
         let state = self.agent_state_dir(&host.id);
@@ -155,6 +161,8 @@ impl Record {
             host.primary.to_string(),
             "--state-dir".into(),
             state.display().to_string(),
+            "--guest-run-dir".into(),
+            self.guest_run_dir(&host.id).display().to_string(),
         ];
         if let Some(p) = &self.node_prefix {
             args.extend(["--name-prefix".into(), p.clone()]);
@@ -188,6 +196,8 @@ impl Record {
             host.id.clone(),
             "--netns".into(),
             host.netns.clone(),
+            "--guest-run-dir".into(),
+            self.guest_run_dir(&host.id).display().to_string(),
         ];
         if let Some(p) = &self.node_prefix {
             v.extend(["--name-prefix".into(), p.clone()]);
@@ -874,13 +884,14 @@ mod tests {
         assert_eq!(
             a.args.join(" "),
             "--netns h2 --host-id h2 --controller http://10.254.0.1:7000 --underlay-address \
-             10.255.0.2 --state-dir /var/lib/vnet/testbed/agents/h2 --name-prefix t1"
+             10.255.0.2 --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
+             /var/lib/vnet/testbed/agents/h2/guests --name-prefix t1"
         );
         assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");
         assert_eq!(
             r.agent_cleanup_argv(&r.layout.hosts[0]).join(" "),
             "cleanup --state-dir /var/lib/vnet/testbed/agents/h1 --host-id h1 --netns h1 \
-             --name-prefix t1"
+             --guest-run-dir /var/lib/vnet/testbed/agents/h1/guests --name-prefix t1"
         );
     }
 
