@@ -200,10 +200,16 @@ fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
-fn snapshot(markers: &[&str]) -> Snapshot {
+/// The objects of one testbed: namespaces with its prefix (host namespaces and the agents'
+/// node namespaces, `<prefix>-<host>-<node>`), root-namespace links and qdiscs of its bridge
+/// (the agents never touch the root namespace), processes naming its state dir or prefix.
+/// Filtering keeps other tests running at the same time out of the comparison; the whole-machine
+/// comparison around the suite is `deploy/check-leftovers.sh`.
+fn snapshot(bed: &Bed) -> Snapshot {
     let netns = lines_of(&["ip", "netns", "list"])
         .into_iter()
         .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|n| n.starts_with(&bed.tag))
         .collect();
     let links = lines_of(&["ip", "-o", "link", "show"])
         .into_iter()
@@ -212,8 +218,13 @@ fn snapshot(markers: &[&str]) -> Snapshot {
                 .nth(1)
                 .map(|n| n.split('@').next().unwrap().to_owned())
         })
+        .filter(|n| n.starts_with(&bed.bridge))
         .collect();
-    let qdiscs = lines_of(&["tc", "qdisc", "show"]);
+    let qdiscs = lines_of(&["tc", "qdisc", "show"])
+        .into_iter()
+        .filter(|l| l.contains(&format!("dev {}", bed.bridge)))
+        .collect();
+    let markers = [bed.state_dir.to_str().unwrap(), bed.tag.as_str()];
     let mut processes = BTreeSet::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -232,6 +243,119 @@ fn snapshot(markers: &[&str]) -> Snapshot {
         links,
         qdiscs,
         processes,
+    }
+}
+
+/// Root tests build one testbed at a time.
+static ONE_TESTBED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A private testbed: its own namespace prefix, bridge, subnet, ports and state dir.
+struct Bed {
+    _state: tempfile::TempDir,
+    state_dir: PathBuf,
+    tag: String,
+    bridge: String,
+    subnet: String,
+    port: u16,
+    metrics: u16,
+    ctl: String,
+}
+
+impl Bed {
+    /// None (after printing SKIP) when the preconditions are missing and may be.
+    fn new(test: &str, n: u32) -> Option<Bed> {
+        if !require_root(test) {
+            return None;
+        }
+        let bin_dir = Path::new(VNCTL).parent().unwrap();
+        for b in ["vn-controller", "substrate-agent"] {
+            if !bin_dir.join(b).exists() {
+                let msg = format!(
+                    "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
+                    bin_dir.display()
+                );
+                if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+                    panic!("{msg}");
+                }
+                println!("SKIP {test}: {msg}");
+                return None;
+            }
+        }
+        let pid = std::process::id() % 100_000;
+        let state = tempfile::Builder::new()
+            .prefix("vnet-e2e-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        Some(Bed {
+            state_dir: state.path().to_owned(),
+            _state: state,
+            tag: format!("e2e{pid}x{n}-"),
+            bridge: format!("vne{pid}x{n}"),
+            subnet: format!("10.252.{}.0/24", (pid + n) % 250),
+            port,
+            metrics: free_port(),
+            ctl: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    fn testbed(&self, args: &[&str]) -> Output {
+        Command::new(VNCTL)
+            .arg("testbed")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .unwrap()
+    }
+
+    fn up(&self, hosts: u32) -> TestbedGuard {
+        let guard = TestbedGuard {
+            state_dir: self.state_dir.clone(),
+        };
+        let node_prefix = self.tag.trim_end_matches('-');
+        ok(
+            self.testbed(&[
+                "up",
+                "--hosts",
+                &hosts.to_string(),
+                "--netns-prefix",
+                &self.tag,
+                "--mgmt-bridge",
+                &self.bridge,
+                "--mgmt-subnet",
+                &self.subnet,
+                "--node-prefix",
+                node_prefix,
+                "--listen-port",
+                &self.port.to_string(),
+                "--metrics-port",
+                &self.metrics.to_string(),
+                "--timeout",
+                "90s",
+            ]),
+            "testbed up",
+        );
+        guard
+    }
+
+    /// After `down`: only logs in the state dir, and nothing of ours in the kernel.
+    fn assert_gone(&self, before: &Snapshot) {
+        let left: Vec<String> = std::fs::read_dir(&self.state_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["logs"]);
+        // Processes may take a moment to be reaped by init.
+        let mut after = snapshot(self);
+        for _ in 0..20 {
+            if &after == before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            after = snapshot(self);
+        }
+        assert_eq!(before, &after, "left behind");
     }
 }
 
@@ -357,62 +481,14 @@ fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn three_hosts_two_providers() {
-    if !require_root("three_hosts_two_providers") {
+    let _one = ONE_TESTBED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::new("three_hosts_two_providers", 1) else {
         return;
-    }
-    let bin_dir = Path::new(VNCTL).parent().unwrap();
-    for b in ["vn-controller", "substrate-agent"] {
-        if !bin_dir.join(b).exists() {
-            let msg = format!(
-                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
-                bin_dir.display()
-            );
-            if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
-                panic!("{msg}");
-            }
-            println!("SKIP three_hosts_two_providers: {msg}");
-            return;
-        }
-    }
-    let pid = std::process::id();
-    let tag = format!("e2e{}", pid % 100_000);
-    let state = tempfile::Builder::new()
-        .prefix("vnet-e2e-")
-        .tempdir()
-        .unwrap();
-    let state_dir = state.path().to_owned();
-    let netns_prefix = format!("{tag}-");
-    let bridge = format!("vne{}", pid % 100_000);
-    let subnet = format!("10.252.{}.0/24", pid % 250);
-    let port = free_port();
-    let metrics = free_port();
-    let ctl = format!("http://127.0.0.1:{port}");
-    let markers = [state_dir.to_str().unwrap(), netns_prefix.as_str()];
-
-    let before = snapshot(&markers);
-    let guard = TestbedGuard {
-        state_dir: state_dir.clone(),
     };
-    ok(
-        Command::new(VNCTL)
-            .args(["testbed", "up", "--hosts", "3", "--state-dir"])
-            .arg(&state_dir)
-            .args(["--netns-prefix", &netns_prefix, "--mgmt-bridge", &bridge])
-            .args(["--mgmt-subnet", &subnet, "--node-prefix", &tag])
-            .args(["--listen-port", &port.to_string()])
-            .args(["--metrics-port", &metrics.to_string(), "--timeout", "90s"])
-            .output()
-            .unwrap(),
-        "testbed up",
-    );
-    let status = ok(
-        Command::new(VNCTL)
-            .args(["testbed", "status", "--state-dir"])
-            .arg(&state_dir)
-            .output()
-            .unwrap(),
-        "testbed status",
-    );
+    let ctl = bed.ctl.clone();
+    let before = snapshot(&bed);
+    let guard = bed.up(3);
+    let status = ok(bed.testbed(&["status"]), "testbed status");
     assert_eq!(status.matches("connected").count(), 3, "{status}");
     let hosts = ok(
         vnctl(&ctl, None, &["get", "hosts", "-o", "json"]),
@@ -640,36 +716,55 @@ fn three_hosts_two_providers() {
         Value::Array(vec![])
     );
 
-    let down = Command::new(VNCTL)
-        .args(["testbed", "down", "--state-dir"])
-        .arg(&state_dir)
-        .output()
-        .unwrap();
-    ok(down, "testbed down");
-    std::mem::forget(guard);
-    // Only the logs are left in the state dir.
-    let left: Vec<String> = std::fs::read_dir(&state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["logs"]);
-    // Processes may take a moment to be reaped by init.
-    let mut after = snapshot(&markers);
-    for _ in 0..20 {
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        after = snapshot(&markers);
-    }
-    assert_eq!(before, after, "left behind");
+    ok(bed.testbed(&["down"]), "testbed down");
+    drop(guard);
+    bed.assert_gone(&before);
     // Down again is a no-op.
-    ok(
-        Command::new(VNCTL)
-            .args(["testbed", "down", "--state-dir"])
-            .arg(&state_dir)
-            .output()
-            .unwrap(),
-        "second testbed down",
-    );
+    ok(bed.testbed(&["down"]), "second testbed down");
+}
+
+#[test]
+fn down_after_a_crash() {
+    let _one = ONE_TESTBED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::new("down_after_a_crash", 2) else {
+        return;
+    };
+    let before = snapshot(&bed);
+    let guard = bed.up(3);
+    for (provider, file) in [("red", "red.yaml"), ("blue", "blue.yaml")] {
+        ok(
+            vnctl(
+                &bed.ctl,
+                Some(provider),
+                &[
+                    "apply",
+                    "-f",
+                    example(file).to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "180s",
+                ],
+            ),
+            &format!("apply {file}"),
+        );
+    }
+    let built = snapshot(&bed);
+    assert!(built.netns.len() >= 3 + 6, "{built:?}");
+    // The controller and every agent die at once; their pidfiles stay behind.
+    for e in std::fs::read_dir(bed.state_dir.join("run")).unwrap() {
+        let pid = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let st = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = ok(bed.testbed(&["status"]), "testbed status");
+    assert!(status.contains("not running"), "{status}");
+    // Down removes the VNs' namespaces and datapath processes (through `substrate-agent
+    // cleanup`), the daemons' leftovers and the network, from stale pidfiles.
+    ok(bed.testbed(&["down"]), "testbed down after a crash");
+    drop(guard);
+    bed.assert_gone(&before);
 }
