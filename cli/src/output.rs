@@ -465,7 +465,7 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
 fn hop_text(h: &HopView) -> String {
     let id = match h.encapsulation {
         "vxlan" => format!("vni {}", h.vni),
-        "vlan" => format!("vlan {}", h.vlan_id),
+        "vlan" => format!("id {}", h.vlan_id),
         _ => String::new(),
     };
     format!("{}>{} {} {}", h.from, h.to, h.encapsulation, id)
@@ -793,7 +793,7 @@ pub(crate) mod tests {
         assert!(d.contains("State:      READY"), "{d}");
         assert!(d.contains("h1 > h2 > h3"), "{d}");
         assert!(d.contains("h1>h2 vxlan vni 4097"), "{d}");
-        assert!(d.contains("h2>h3 vlan vlan 12"), "{d}");
+        assert!(d.contains("h2>h3 vlan id 12"), "{d}");
         assert!(d.contains("1450"), "{d}");
         let node_b = d
             .lines()

@@ -686,9 +686,12 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
         provider: None,
     };
     let hosts: Result<Vec<pb::Host>, String> = crate::client::block_on(async {
-        let ctl = Controller::connect(&opts)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let ctl = Controller::connect(&opts).await.map_err(|e| match e
+            .downcast_ref::<crate::client::Unreachable>()
+        {
+            Some(u) => u.reason.clone(),
+            None => format!("{e:#}"),
+        })?;
         ctl.substrate()
             .list_hosts(pb::ListHostsRequest {})
             .await
