@@ -212,6 +212,9 @@ pub struct FakeNet {
     pub addresses: Vec<Ipv4Net>,
     /// Fail the op whose argv contains this text.
     pub fail_on: Option<String>,
+    /// This link disappears by itself just before we delete it (as a veth does when its
+    /// peer's namespace goes): the delete fails with "Cannot find device".
+    pub vanish_on_delete: Option<String>,
     pub next_inode: u64,
 }
 
@@ -266,6 +269,10 @@ impl Net for FakeNet {
 
     fn delete_root_link(&mut self, name: &str) -> anyhow::Result<()> {
         self.log.push(format!("ip link delete dev {name}"));
+        if self.vanish_on_delete.as_deref() == Some(name) {
+            self.links.remove(name);
+            anyhow::bail!("Cannot find device \"{name}\"");
+        }
         self.links.remove(name).context("no such link")?;
         Ok(())
     }
