@@ -337,3 +337,66 @@ async fn providers_are_isolated() {
     assert!(e.message().contains("net"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_host_forwards_hop_by_hop() {
+    use vn_controller::core::substrate::TopologyFile;
+    let dir = tempfile::tempdir().unwrap();
+    // A line h1 - h2 - h3 from a topology file; two VLAN segments.
+    let topo: TopologyFile = serde_yaml_ng::from_str(
+        "links:\n  - {a: h1, b: h2, bandwidth: 1000, a_address: 10.255.12.1, b_address: 10.255.12.2, segment: s12}\n  - {a: h2, b: h3, bandwidth: 1000, segment: s23}\n",
+    )
+    .unwrap();
+    let h = Harness::start(dir.path(), |c| {
+        c.links = vn_controller::core::substrate::LinkSource::Topology(topo.links().unwrap());
+    })
+    .await;
+    let _agents = h.agents(3, 100, 4096, Behaviour::Ready).await;
+    let mut c = h.vns().await;
+    let mut spec = chain("line", 10, 100);
+    spec.nodes.truncate(2);
+    spec.links.truncate(1);
+    spec.nodes[0].host = "h1".into();
+    spec.nodes[1].host = "h3".into();
+    spec.encapsulation = pb::Encapsulation::Vlan as i32;
+    let vn = c
+        .create(req("red", create(spec)))
+        .await
+        .unwrap()
+        .into_inner();
+    let l = &vn.links[0];
+    assert_eq!(l.path, ["h1", "h2", "h3"]);
+    assert_eq!(l.hops.len(), 2);
+    // VLAN IDs are unique per segment: both segments start at 1.
+    assert_eq!(l.hops[0].vlan_id, 1);
+    assert_eq!(l.hops[1].vlan_id, 1);
+    assert_eq!(l.mtu, 1500, "VLAN keeps the underlay MTU");
+    wait_state(&mut c, "red", "line", pb::VnState::Ready).await;
+
+    // h2 has no node, one tunnel-tunnel segment joining both hops.
+    let d2 = _agents[1].desired().unwrap();
+    let s2 = &d2.vns[0];
+    assert!(s2.nodes.is_empty());
+    assert_eq!(s2.links.len(), 1);
+    let a = tunnel(s2.links[0].a.as_ref().unwrap()).unwrap();
+    let b = tunnel(s2.links[0].b.as_ref().unwrap()).unwrap();
+    assert_eq!((a.neighbor.as_str(), b.neighbor.as_str()), ("h1", "h3"));
+    // The topology's explicit addresses on h1-h2, the underlay address on h2-h3.
+    assert_eq!(
+        (a.local_address.as_str(), a.remote_address.as_str()),
+        ("10.255.12.2", "10.255.12.1")
+    );
+    assert_eq!(b.remote_address, "10.77.0.4");
+    assert_eq!(a.encapsulation, pb::Encapsulation::Vlan as i32);
+    // The residual bandwidth drops on both links of the path.
+    let links = h
+        .substrate()
+        .await
+        .list_links(pb::ListLinksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .links;
+    assert!(links.iter().all(|l| l.residual_mbps == 900), "{links:?}");
+    h.stop().await;
+}

@@ -757,3 +757,272 @@ impl Index {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Attributes, Kind, LinkReq, NodeReq};
+    use crate::core::substrate::{LinkSource, UnderlayIf};
+
+    fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            underlay_address: format!("10.0.0.{n}").parse().unwrap(),
+            underlay: vec![UnderlayIf {
+                name: "eth0".into(),
+                addresses: vec![format!("10.0.0.{n}/24").parse().unwrap()],
+                mtu,
+                mac: String::new(),
+            }],
+            cpu: 100,
+            memory_mb: 1000,
+            kinds: [Kind::Netns].into(),
+            labels: Default::default(),
+            capabilities_pb: vec![],
+            agent_version: String::new(),
+            boot_id: String::new(),
+            last_seen_unix_ms: 0,
+        }
+    }
+
+    fn index() -> Index {
+        let mut ix = Index::new(
+            IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 100,
+                },
+                &[],
+            ),
+        );
+        ix.attach(host("h1", 1, 1500));
+        ix.attach(host("h2", 2, 9000));
+        ix.attach(host("h3", 3, 1500));
+        ix
+    }
+
+    fn req(name: &str, encap: Encap, dedicated: bool, provider: &str) -> VnReq {
+        let node = |n: &str| NodeReq {
+            name: n.into(),
+            kind: Kind::Netns,
+            cpu: 30,
+            memory_mb: 10,
+            pin: None,
+            location: None,
+            routes: vec![],
+            guest: None,
+        };
+        VnReq {
+            name: name.into(),
+            provider: ProviderId(provider.into()),
+            allow_revisitation: false,
+            nodes: vec![node("a"), node("b")],
+            links: vec![LinkReq {
+                a: 0,
+                b: 1,
+                bandwidth_mbps: 40,
+                addresses: None,
+                interfaces: [None, None],
+                encap,
+            }],
+            algorithm: None,
+            max_path_hops: None,
+            attributes: Attributes {
+                mtu: None,
+                dedicated_hosts: dedicated,
+            },
+            nestable: false,
+            share_with: Default::default(),
+        }
+    }
+
+    /// a on h1, b on h3, via h2.
+    fn via_h2() -> Mapping {
+        Mapping {
+            node_hosts: vec!["h1".into(), "h3".into()],
+            link_paths: vec![vec!["h1-h2".into(), "h2-h3".into()]],
+            algorithm: "test".into(),
+            revenue: 0.0,
+            cost: 0.0,
+        }
+    }
+
+    fn report(vn: &str, state: pb::SliceState, msg: &str) -> pb::VnObserved {
+        pb::VnObserved {
+            vn_id: vn.into(),
+            state: state as i32,
+            message: msg.into(),
+        }
+    }
+
+    #[test]
+    fn accept_allocates_and_builds_slices() {
+        let mut ix = index();
+        let (rec, change) = ix
+            .accept(req("x", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        assert_eq!(rec.vn_id, "v1");
+        assert_eq!(rec.placement.links[0].path, ["h1", "h2", "h3"]);
+        // min(1500, 9000) - 50 on both hops
+        assert_eq!(rec.placement.links[0].mtu, 1450);
+        let vnis: Vec<_> = rec.placement.links[0].hops.iter().map(|h| h.vni).collect();
+        assert_eq!(vnis, [Some(1), Some(2)]);
+        assert_eq!(change.generations.len(), 3);
+        assert_eq!(ix.usage().host_cpu("h1"), 30);
+        assert_eq!(ix.usage().link_bandwidth("h2-h3"), 40);
+        let d2 = ix.desired("h2");
+        assert_eq!(d2.generation, 1);
+        let seg = &d2.vns[0].links[0];
+        assert!(matches!(
+            (&seg.a.as_ref().unwrap().kind, &seg.b.as_ref().unwrap().kind),
+            (
+                Some(pb::endpoint::Kind::Tunnel(_)),
+                Some(pb::endpoint::Kind::Tunnel(_))
+            )
+        ));
+        // Capacity is enforced: a second VN of 2 x 30 cpu still fits, a third does not on h1.
+        ix.accept(req("y", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        ix.accept(req("z", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap_err();
+        let e = ix
+            .accept(req("x", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap_err();
+        assert!(matches!(e, CoreError::AlreadyExists { .. }));
+    }
+
+    #[test]
+    fn reports_of_older_generations_do_not_count_and_failure_rolls_back() {
+        let mut ix = index();
+        ix.accept(req("x", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        let before_alloc = ix.allocators().vni.held().len();
+        assert_eq!(before_alloc, 2);
+        // generation 0 predates the VN: ignored
+        let c = ix.observe("h1", 0, &[report("v1", pb::SliceState::Ready, "")]);
+        assert!(c.events.is_empty());
+        for h in ["h1", "h2"] {
+            ix.observe(h, 1, &[report("v1", pb::SliceState::Ready, "")]);
+        }
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Provisioning);
+        let c = ix.observe("h3", 1, &[report("v1", pb::SliceState::Failed, "no vxlan")]);
+        assert!(c.status_changed);
+        let rec = ix.record("v1").unwrap();
+        assert_eq!(rec.status, VnStatus::Failed);
+        assert_eq!(rec.reason, "host h3: no vxlan");
+        assert!(ix.allocators().vni.held().is_empty());
+        assert_eq!(ix.usage(), &Usage::default());
+        assert!(ix.desired("h2").vns.is_empty());
+        assert_eq!(ix.generation("h2"), 2);
+    }
+
+    #[test]
+    fn ready_degraded_ready_and_restore() {
+        let mut ix = index();
+        let (_, c1) = ix
+            .accept(req("x", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        for h in ["h1", "h2", "h3"] {
+            ix.observe(h, 1, &[report("v1", pb::SliceState::Ready, "")]);
+        }
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
+        ix.detach("h2");
+        assert_eq!(ix.record("v1").unwrap().reason, "host h2 disconnected");
+        ix.attach(host("h2", 2, 9000));
+        ix.observe("h2", 1, &[report("v1", pb::SliceState::Ready, "")]);
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
+
+        // Restore from what a store would hold: identical usage and identifiers.
+        let hosts: Vec<HostInfo> = ix.registry.hosts().cloned().collect();
+        let gens = ["h1", "h2", "h3"]
+            .iter()
+            .map(|h| (h.to_string(), ix.generation(h)))
+            .collect();
+        let restored = Index::restore(
+            IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 100,
+                },
+                &[],
+            ),
+            hosts.clone(),
+            c1.cursors.as_ref().unwrap(),
+            gens,
+            ix.records().cloned().collect(),
+        )
+        .unwrap();
+        assert_eq!(restored.usage(), ix.usage());
+        assert_eq!(restored.allocators(), ix.allocators());
+        assert_eq!(restored.desired("h3"), ix.desired("h3"));
+
+        // A store whose VN no longer fits (a host shrank) refuses to load.
+        let mut small = hosts.clone();
+        small[0].cpu = 10;
+        let e = Index::restore(
+            IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 100,
+                },
+                &[],
+            ),
+            small,
+            &Cursors::default(),
+            BTreeMap::new(),
+            ix.records().cloned().collect(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no longer fits"), "{e}");
+        // Two VNs holding one VNI refuse to load.
+        let mut dup = ix.record("v1").unwrap().clone();
+        dup.vn_id = "v9".into();
+        dup.req.name = "copy".into();
+        let mut recs: Vec<VnRecord> = ix.records().cloned().collect();
+        recs.push(dup);
+        let big: Vec<HostInfo> = hosts
+            .into_iter()
+            .map(|mut h| {
+                h.cpu = 1000;
+                h
+            })
+            .collect();
+        let e = Index::restore(
+            IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 1000,
+                },
+                &[],
+            ),
+            big,
+            &Cursors::default(),
+            BTreeMap::new(),
+            recs,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("held twice"), "{e}");
+    }
+
+    #[test]
+    fn dedicated_hosts_exclude_other_providers() {
+        let mut ix = index();
+        let mut m = via_h2();
+        m.link_paths = vec![vec!["h1-h3".into()]];
+        ix.accept(req("d", Encap::Vxlan, true, "blue"), vec![], &m, 1)
+            .unwrap();
+        let r = req("x", Encap::Vxlan, false, "red");
+        assert_eq!(
+            ix.usage().excluded_hosts(&r),
+            ["h1".to_string(), "h3".to_string()].into()
+        );
+        let e = ix.accept(r, vec![], &m, 1).unwrap_err();
+        assert!(e.to_string().contains("dedicated-host isolation"), "{e}");
+        // blue itself may share its own hosts
+        assert!(
+            ix.usage()
+                .excluded_hosts(&req("e", Encap::Vxlan, false, "blue"))
+                .is_empty()
+        );
+    }
+}
