@@ -24,7 +24,7 @@ pub trait Embedder: Send + Sync {
 pub type BoxedEmbedder = Box<dyn Embedder + Send + Sync>;
 
 /// Name of the algorithm used when none is given (the flagship).
-pub const DEFAULT_ALGORITHM: &str = "grc";
+pub const DEFAULT_ALGORITHM: &str = "lace";
 
 /// One registry entry: name and one-line description.
 #[derive(Clone, Copy, Debug)]
@@ -38,8 +38,28 @@ pub struct AlgorithmInfo {
 /// Every registered algorithm, in display order.
 pub const ALGORITHMS: &[AlgorithmInfo] = &[
     AlgorithmInfo {
+        name: "lace",
+        summary: "LACE: coordinated node+link beam search with load-balanced shortest paths (ours, the flagship)",
+    },
+    AlgorithmInfo {
         name: "grc",
         summary: "GRC node ranking + first feasible of the 10 shortest paths, as in Virne (Gong et al., INFOCOM 2014)",
+    },
+    AlgorithmInfo {
+        name: "rw-maxmatch",
+        summary: "NodeRank random-walk ranking, greedy max-match + k-shortest paths (Cheng et al., CCR 2011)",
+    },
+    AlgorithmInfo {
+        name: "rw-bfs",
+        summary: "NodeRank, BFS-order node+link mapping with backtracking (Cheng et al., CCR 2011)",
+    },
+    AlgorithmInfo {
+        name: "mip",
+        summary: "exact node-link MIP, unsplittable, CBC, LACE warm start, 2 s limit (Melo et al., TNSM 2013)",
+    },
+    AlgorithmInfo {
+        name: "mip-split",
+        summary: "exact node-link MIP with path splitting when the request allows it (Melo et al., TNSM 2013)",
     },
     AlgorithmInfo {
         name: "grc-feasible",
@@ -55,7 +75,12 @@ pub fn algorithm_names() -> Vec<&'static str> {
 /// The algorithm called `name` with its default parameters.
 pub fn by_name(name: &str) -> Option<BoxedEmbedder> {
     Some(match name {
+        "lace" => Box::new(algo::lace::Lace::default()),
         "grc" => Box::new(algo::grc::Grc::default()),
+        "rw-maxmatch" => Box::new(algo::noderank::RwMaxMatch::default()),
+        "rw-bfs" => Box::new(algo::noderank::RwBfs::default()),
+        "mip" => Box::new(algo::mip::Mip::default()),
+        "mip-split" => Box::new(algo::mip::Mip::splittable()),
         "grc-feasible" => Box::new(algo::grc::Grc {
             links: algo::grc::LinkStrategy::Feasible,
             ..algo::grc::Grc::default()

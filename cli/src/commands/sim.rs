@@ -86,7 +86,7 @@ fn list_algos(json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|a| serde_json::json!({"name": a.name, "summary": a.summary, "default": a.name == DEFAULT_ALGORITHM}))
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        emit(&serde_json::Value::Array(v).to_string())?;
     } else {
         for a in ALGORITHMS {
             let mark = if a.name == DEFAULT_ALGORITHM {
@@ -94,7 +94,7 @@ fn list_algos(json: bool) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            println!("{:<10} {}{mark}", a.name, a.summary);
+            emit(&format!("{:<13} {}{mark}", a.name, a.summary))?;
         }
     }
     Ok(())
@@ -125,6 +125,17 @@ fn generate(args: &SimArgs, out: &Path) -> anyhow::Result<()> {
         trace.requests.len()
     );
     Ok(())
+}
+
+/// Prints `text` and a newline on stdout; a closed pipe (`vnctl sim ... | head`) is not an error.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn read(path: &Path) -> anyhow::Result<String> {
@@ -188,28 +199,33 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
         w.flush()
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    print_report(&report, args.json);
+    print_report(&report, args.json)?;
     if report.requests == 0 {
         bail!("the trace has no requests");
     }
     Ok(())
 }
 
-fn print_report(r: &SimReport, json: bool) {
+fn print_report(r: &SimReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r).expect("a report serialises"));
-        return;
+        return emit(&serde_json::to_string(r).expect("a report serialises"));
     }
-    println!("algorithm          {}", r.algo);
-    println!("requests           {}", r.requests);
-    println!("accepted           {}", r.accepted);
-    println!("acceptance ratio   {:.4}", r.acceptance_ratio);
-    println!("revenue            {}", r.revenue);
-    println!("cost               {}", r.cost);
-    println!("R/C                {:.4}", r.lt_r2c);
-    println!("R/C (lifetime)     {:.4}", r.lt_time_r2c);
-    println!("solve ms mean      {:.3}", r.solve_ms_mean);
-    println!("solve ms p95       {:.3}", r.solve_ms_p95);
-    println!("solve ms max       {:.3}", r.solve_ms_max);
-    println!("wall s             {:.2}", r.wall_s);
+    let rows = [
+        ("algorithm", r.algo.clone()),
+        ("requests", r.requests.to_string()),
+        ("accepted", r.accepted.to_string()),
+        ("acceptance ratio", format!("{:.4}", r.acceptance_ratio)),
+        ("revenue", r.revenue.to_string()),
+        ("cost", r.cost.to_string()),
+        ("R/C", format!("{:.4}", r.lt_r2c)),
+        ("R/C (lifetime)", format!("{:.4}", r.lt_time_r2c)),
+        ("solve ms mean", format!("{:.3}", r.solve_ms_mean)),
+        ("solve ms p95", format!("{:.3}", r.solve_ms_p95)),
+        ("solve ms max", format!("{:.3}", r.solve_ms_max)),
+        ("wall s", format!("{:.2}", r.wall_s)),
+    ];
+    for (k, v) in rows {
+        emit(&format!("{k:<18} {v}"))?;
+    }
+    Ok(())
 }

@@ -5,6 +5,9 @@
 //! it builds one embedding, so a failed attempt never touches the caller's state.
 
 pub mod grc;
+pub mod lace;
+pub mod mip;
+pub mod noderank;
 pub mod paths;
 
 use petgraph::graph::{EdgeIndex, NodeIndex};
@@ -192,6 +195,15 @@ pub fn no_path(
         bandwidth: vl.bandwidth,
         resource,
         reason: match resource {
+            _ if from == to => format!(
+                "no host that fits the other end is reachable from `{}` over links with {} bandwidth free{}",
+                substrate.node(from).id,
+                vl.bandwidth,
+                match request.options().max_path_hops {
+                    Some(m) if resource == Resource::Hops => format!(" within {m} hops"),
+                    _ => String::new(),
+                }
+            ),
             Resource::Hops => format!(
                 "no path of at most {} hops with enough bandwidth between `{}` and `{}`",
                 request.options().max_path_hops.unwrap_or(0),

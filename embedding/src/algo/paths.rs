@@ -118,6 +118,97 @@ impl Bfs {
 /// A path as hosts and links.
 pub type Path = (Vec<NodeIndex>, Vec<EdgeIndex>);
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct HeapItem(f64, u32);
+
+impl Eq for HeapItem {}
+
+impl Ord for HeapItem {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // reversed: BinaryHeap is a max-heap
+        other.0.total_cmp(&self.0).then(other.1.cmp(&self.1))
+    }
+}
+
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Reusable buffers for Dijkstra's algorithm with per-link weights.
+#[derive(Clone, Debug, Default)]
+pub struct Dijkstra {
+    parent: Vec<Option<(NodeIndex, EdgeIndex)>>,
+    dist: Vec<f64>,
+    done: Vec<bool>,
+    heap: std::collections::BinaryHeap<HeapItem>,
+}
+
+impl Dijkstra {
+    /// Cheapest path from `src` to `dst` where `weight(e)` is the cost of link `e` (`None`: the
+    /// link is unusable; weights must be non-negative). Returns the path and its cost.
+    /// `O((n + m) log n)`.
+    pub fn cheapest(
+        &mut self,
+        substrate: &Substrate,
+        src: NodeIndex,
+        dst: NodeIndex,
+        mut weight: impl FnMut(EdgeIndex) -> Option<f64>,
+    ) -> Option<(Path, f64)> {
+        if src == dst {
+            return Some(((vec![src], Vec::new()), 0.0));
+        }
+        let n = substrate.node_count();
+        self.parent.clear();
+        self.parent.resize(n, None);
+        self.dist.clear();
+        self.dist.resize(n, f64::INFINITY);
+        self.done.clear();
+        self.done.resize(n, false);
+        self.heap.clear();
+        self.dist[src.index()] = 0.0;
+        self.heap.push(HeapItem(0.0, src.index() as u32));
+        while let Some(HeapItem(d, x)) = self.heap.pop() {
+            let x = x as usize;
+            if self.done[x] {
+                continue;
+            }
+            self.done[x] = true;
+            if x == dst.index() {
+                break;
+            }
+            for &(y, e) in substrate.neighbors(NodeIndex::new(x)) {
+                if self.done[y.index()] {
+                    continue;
+                }
+                let Some(w) = weight(e) else { continue };
+                let nd = d + w;
+                if nd < self.dist[y.index()] {
+                    self.dist[y.index()] = nd;
+                    self.parent[y.index()] = Some((NodeIndex::new(x), e));
+                    self.heap.push(HeapItem(nd, y.index() as u32));
+                }
+            }
+        }
+        let cost = self.dist[dst.index()];
+        if !cost.is_finite() {
+            return None;
+        }
+        let (mut hosts, mut edges) = (vec![dst], Vec::new());
+        let mut at = dst;
+        while at != src {
+            let (p, e) = self.parent[at.index()].expect("reached nodes have parents");
+            hosts.push(p);
+            edges.push(e);
+            at = p;
+        }
+        hosts.reverse();
+        edges.reverse();
+        Some(((hosts, edges), cost))
+    }
+}
+
 /// Fewest-hop path from `src` to `dst` avoiding `blocked_nodes` and `blocked_edges` (plain BFS;
 /// `None` when there is none).
 fn masked_bfs(
@@ -261,6 +352,17 @@ mod tests {
             Err(PathFailure::Bandwidth)
         );
         assert_eq!(bfs.distances(&s, &bw, 5, a), &[0, 3, 2, 1]);
+        let mut dj = Dijkstra::default();
+        let ((hosts, _), cost) = dj
+            .cheapest(&s, a, b, |e| (bw[e.index()] >= 5).then_some(1.0))
+            .unwrap();
+        assert_eq!((hosts.len(), cost), (4, 3.0));
+        let ((hosts, _), _) = dj.cheapest(&s, a, b, |_| Some(1.0)).unwrap();
+        assert_eq!(hosts, vec![a, b]);
+        assert!(
+            dj.cheapest(&s, a, b, |e| (bw[e.index()] >= 10).then_some(1.0))
+                .is_none()
+        );
     }
 
     #[test]
