@@ -40,6 +40,8 @@ pub fn spawn(spec: &DaemonSpec) -> anyhow::Result<Child> {
         .with_context(|| format!("opening {}", spec.log.display()))?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        // Plain text in the log files (tracing colours its output unless told not to).
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -488,11 +488,15 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) => {
-                    return Err(e.context(format!(
-                        "the controller did not come up within {}; log tail:\n{}",
+                    show_tail(&ctl_spec.log, 15);
+                    let why = match e.downcast_ref::<crate::client::Unreachable>() {
+                        Some(u) => u.reason.clone(),
+                        None => format!("{e:#}"),
+                    };
+                    anyhow::bail!(
+                        "the controller did not come up within {} ({why}; its log tail is above)",
                         humantime::format_duration(timeout),
-                        daemon::tail(&ctl_spec.log, 15)
-                    )));
+                    );
                 }
             }
         };
@@ -522,25 +526,14 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let tails: Vec<String> = missing
-                    .iter()
-                    .filter_map(|id| record.layout.host(id))
-                    .map(|h| {
-                        let spec = record.agent_daemon(h);
-                        format!(
-                            "--- {}:\n{}",
-                            spec.log.display(),
-                            daemon::tail(&spec.log, 10)
-                        )
-                    })
-                    .collect();
+                for h in missing.iter().filter_map(|id| record.layout.host(id)) {
+                    show_tail(&record.agent_daemon(h).log, 10);
+                }
+                show_tail(&ctl_spec.log, 10);
                 anyhow::bail!(
-                    "hosts {} did not register with the controller within {}; log tails:\n{}\n\
-                     --- controller:\n{}",
+                    "hosts {} did not register with the controller within {} (log tails above)",
                     missing.join(", "),
                     humantime::format_duration(timeout),
-                    tails.join("\n"),
-                    daemon::tail(&ctl_spec.log, 10)
                 );
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -555,15 +548,20 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
     })
 }
 
-/// Fails when a daemon we started has already exited, with its log tail.
+/// Prints the end of a daemon's log on stderr (errors themselves stay one line).
+fn show_tail(log: &Path, n: usize) {
+    eprintln!("--- last lines of {}:", log.display());
+    eprintln!("{}", daemon::tail(log, n));
+}
+
+/// Fails when a daemon we started has already exited, after showing its log tail.
 fn check_children(children: &mut [(DaemonSpec, Child)]) -> anyhow::Result<()> {
     for (spec, child) in children.iter_mut() {
         if let Some(status) = child.try_wait()? {
+            show_tail(&spec.log, 15);
             anyhow::bail!(
-                "{} exited during start-up ({status}); {} says:\n{}",
+                "{} exited during start-up ({status}; its log tail is above)",
                 spec.name,
-                spec.log.display(),
-                daemon::tail(&spec.log, 15)
             );
         }
     }
