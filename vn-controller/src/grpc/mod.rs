@@ -49,17 +49,21 @@ pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
     health
         .set_serving::<AgentControlServer<agent::AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vnet_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(RouterError)?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vnet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(RouterError)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(RouterError)?;
     Ok(Server::builder()
         // A dead agent's connection is noticed within half a minute.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_svc)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(VirtualNetworksServer::new(vn::VnService::new(ctl.clone())))
         .add_service(SubstrateServer::new(substrate::SubstrateService::new(
             ctl.clone(),

@@ -47,6 +47,8 @@ pub struct ControllerConfig {
     pub reattach_grace: Duration,
     /// Exec timeout when the request gives none.
     pub exec_timeout: Duration,
+    /// Events buffered for watchers; one that falls further behind gets a fresh snapshot.
+    pub event_buffer: usize,
 }
 
 impl ControllerConfig {
@@ -62,6 +64,7 @@ impl ControllerConfig {
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
             exec_timeout: Duration::from_secs(30),
+            event_buffer: 1024,
         }
     }
 }
@@ -173,7 +176,7 @@ impl Controller {
         )
         .map_err(OpenError::Restore)?;
         let (shutdown, _) = watch::channel(false);
-        let publisher = Arc::new(Publisher::new());
+        let publisher = Arc::new(Publisher::new(cfg.event_buffer));
         let writer = Writer::spawn(Arc::new(store), publisher.clone());
         Ok(Controller {
             shared: Arc::new(Shared {

@@ -33,10 +33,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new() -> Self {
+    /// `event_buffer`: events kept for slow watchers before they lag (and get a snapshot).
+    pub fn new(event_buffer: usize) -> Self {
         Publisher {
             desired: Mutex::new(HashMap::new()),
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(event_buffer.max(1)).0,
             metrics: Metrics::new(),
         }
     }
@@ -75,7 +76,7 @@ impl Publisher {
 
 impl Default for Publisher {
     fn default() -> Self {
-        Self::new()
+        Self::new(1024)
     }
 }
 
