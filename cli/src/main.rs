@@ -38,6 +38,15 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`vnctl get vns | head -1`) instead of panicking on EPIPE.
+    // SAFETY: restoring the default disposition of one signal before any thread is started.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     let global = commands::GlobalOpts {
         controller: cli.controller,
