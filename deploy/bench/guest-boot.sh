@@ -30,4 +30,4 @@ done
 deploy/guest/build-image.sh ${VNET_GUEST_IMAGES:+--out "$VNET_GUEST_IMAGES/default"}
 VNET_BENCH_BOOTS=$boots VNET_BENCH_GUESTS=$guests VNET_BENCH_MEMORY_MB=$memory \
   cargo test --release -q -p substrate-agent --test guest_bench -- --ignored --nocapture --test-threads 1 2>&1 \
-  | grep -v -E '^(running [0-9]+ test|test result:|test guest_boot_and_density_bench)' 
+  | grep -v -E '^(running [0-9]+ tests?|test result:.*|test guest_boot_and_density_bench.*|\.+)$'

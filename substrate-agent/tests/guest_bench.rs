@@ -67,7 +67,10 @@ impl Net {
 
     fn config(&self, i: usize, nic: NicModel, memory_mb: u64) -> GuestConfig {
         let id = format!("b{i}x{}", std::process::id() % 100_000);
-        let gw = self.guest_ip.trim_end_matches(".2").to_string() + ".1";
+        let gw = match self.guest_ip.rsplit_once('.') {
+            Some((net, _)) => format!("{net}.1"),
+            None => unreachable!("IPv4 address"),
+        };
         GuestConfig {
             node_id: id.clone(),
             name: id.clone(),
