@@ -157,6 +157,14 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         tb.log(2)
     );
 
+    // The VXLAN device lives in the node's namespace, its UDP socket in the host's.
+    assert!(in_ns(&tb.hosts[0].ns, "ss -uan").1.contains(":4789"));
+    assert!(!in_ns(&tb.node_ns(1, "a1"), "ss -uan").1.contains(":4789"));
+    assert!(
+        in_ns(&tb.node_ns(1, "a1"), "ip -d link show eth0")
+            .1
+            .contains("vxlan id 5001")
+    );
     let routes = in_ns(&tb.node_ns(1, "a1"), "ip route show proto static").1;
     assert!(routes.contains("default via 10.1.0.2 dev eth0"), "{routes}");
     assert!(
