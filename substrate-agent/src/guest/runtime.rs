@@ -40,6 +40,11 @@ use super::{
     ObservedGuest,
 };
 
+/// A console log longer than this is cut to its last [`CONSOLE_LOG_KEEP`] bytes when the guest
+/// (re)starts; QEMU appends while it runs.
+const CONSOLE_LOG_MAX: u64 = 4 << 20;
+const CONSOLE_LOG_KEEP: u64 = 256 << 10;
+
 /// How long QEMU may take to set up its devices and answer QMP.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -462,10 +467,16 @@ impl QemuRuntime {
             undo(&created);
             return Err(e);
         }
+        // Bound the log across restarts: keep the tail of what earlier runs printed.
+        let log = paths.console_log();
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > CONSOLE_LOG_MAX) {
+            let tail = self.console_tail(paths, CONSOLE_LOG_KEEP as usize);
+            let _ = std::fs::write(&log, tail);
+        }
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(paths.console_log())
+            .open(&log)
         {
             let _ = writeln!(
                 f,
