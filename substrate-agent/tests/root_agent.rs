@@ -729,13 +729,22 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
     let mut s1 = slice(
         "vnm",
         &["m1"],
-        vec![seg(
-            "ml",
-            1450,
-            0,
-            nif("m1", "eth0", "10.8.0.1/24", "02:00:00:00:08:01"),
-            hop(Vxlan, 8001, "10.255.12.1", "10.255.12.2"),
-        )],
+        vec![
+            seg(
+                "ml",
+                1450,
+                0,
+                nif("m1", "eth0", "10.8.0.1/24", "02:00:00:00:08:01"),
+                hop(Vxlan, 8001, "10.255.12.1", "10.255.12.2"),
+            ),
+            seg(
+                "mv",
+                1500,
+                0,
+                nif("m1", "eth1", "10.8.1.1/24", "02:00:00:00:08:02"),
+                hop(Vlan, 801, "10.255.12.1", "10.255.12.2"),
+            ),
+        ],
     );
     s1.nodes[0].kind = pb::NodeKind::Vm as i32;
     s1.nodes[0].guest = Some(pb::GuestSpec {
@@ -748,13 +757,22 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
     let s2 = slice(
         "vnm",
         &["m2"],
-        vec![seg(
-            "ml",
-            1450,
-            0,
-            nif("m2", "eth0", "10.8.0.2/24", ""),
-            hop(Vxlan, 8001, "10.255.12.2", "10.255.12.1"),
-        )],
+        vec![
+            seg(
+                "ml",
+                1450,
+                0,
+                nif("m2", "eth0", "10.8.0.2/24", ""),
+                hop(Vxlan, 8001, "10.255.12.2", "10.255.12.1"),
+            ),
+            seg(
+                "mv",
+                1500,
+                0,
+                nif("m2", "eth1", "10.8.1.2/24", ""),
+                hop(Vlan, 801, "10.255.12.2", "10.255.12.1"),
+            ),
+        ],
     );
     tb.ctl().set_desired(&h1, desired(1, vec![s1]));
     tb.ctl().set_desired(&h2, desired(1, vec![s2]));
@@ -776,6 +794,11 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+    assert!(
+        ping(&m2, "10.8.1.1"),
+        "guest over the VLAN link\n{}",
+        tb.log(1)
+    );
     let r = tb
         .ctl()
         .exec(&h1, "m1", &["cat", "/sys/class/net/eth0/address"], T);
