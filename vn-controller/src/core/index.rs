@@ -14,7 +14,7 @@ use super::record::{
     Hop, HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
 };
 use super::substrate::{DEFAULT_UNDERLAY_MTU, HostInfo, Registry};
-use super::usage::{Mapping, Usage};
+use super::usage::{CheckMode, Mapping, Usage};
 
 /// VXLAN overhead on the underlay MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -186,11 +186,15 @@ impl Index {
                     revenue: rec.placement.revenue,
                     cost: rec.placement.cost,
                 };
-                ix.usage
-                    .check(&ix.registry, &rec.req, &mapping, false)
+                let (_, warnings) = ix
+                    .usage
+                    .check(&ix.registry, &rec.req, &mapping, CheckMode::Restore)
                     .map_err(|e| {
                         CoreError::Restore(format!("VN {} no longer fits: {e}", rec.label()))
                     })?;
+                for w in warnings {
+                    tracing::warn!(vn = %rec.label(), "restored VN exceeds the substrate: {w}");
+                }
                 ix.usage
                     .add(&rec.req, &mapping.node_hosts, &mapping.link_paths);
                 ix.reserve_ids(&rec)
@@ -332,9 +336,9 @@ impl Index {
         now_ms: u64,
     ) -> Result<(VnRecord, Change), CoreError> {
         self.check_name_free(&req.provider, &req.name)?;
-        let paths = self
+        let (paths, _) = self
             .usage
-            .check(&self.registry, &req, mapping, true)
+            .check(&self.registry, &req, mapping, CheckMode::Commit)
             .map_err(CoreError::Exhausted)?;
         let saved = self.alloc.clone();
         let (vn_id, placement) = match self.allocate(&req, mapping, &paths) {
@@ -956,10 +960,10 @@ mod tests {
         assert_eq!(restored.allocators(), ix.allocators());
         assert_eq!(restored.desired("h3"), ix.desired("h3"));
 
-        // A store whose VN no longer fits (a host shrank) refuses to load.
+        // A host that re-registered smaller: the VN is restored (it exists there), over capacity.
         let mut small = hosts.clone();
         small[0].cpu = 10;
-        let e = Index::restore(
+        let r = Index::restore(
             IndexConfig::default(),
             Registry::new(
                 LinkSource::FullMesh {
@@ -968,6 +972,22 @@ mod tests {
                 &[],
             ),
             small,
+            &Cursors::default(),
+            BTreeMap::new(),
+            ix.records().cloned().collect(),
+        )
+        .unwrap();
+        assert_eq!(r.usage().host_cpu("h1"), 30);
+        // A VN on a host the store does not know refuses to load.
+        let e = Index::restore(
+            IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 100,
+                },
+                &[],
+            ),
+            hosts[1..].to_vec(),
             &Cursors::default(),
             BTreeMap::new(),
             ix.records().cloned().collect(),

@@ -19,6 +19,15 @@ pub struct Mapping {
     pub cost: f64,
 }
 
+/// How strictly [`Usage::check`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Accepting a new VN: every constraint must hold.
+    Commit,
+    /// Re-committing a stored VN at start-up: only the structure must hold.
+    Restore,
+}
+
 /// Used capacity per host and link, and which providers occupy each host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -91,15 +100,31 @@ impl Usage {
     }
 
     /// Checks a proposed mapping against the residual substrate and every constraint of the
-    /// request; with `require_connected`, every host used must be attached. Returns the host path
-    /// of each link, or the reason it does not fit.
+    /// request. Returns the host path of each link, or the reason it does not fit.
+    ///
+    /// With [`CheckMode::Commit`] everything must hold, including attachment. With
+    /// [`CheckMode::Restore`] (re-committing a stored VN) only the structure must hold (hosts and
+    /// links exist, paths join the ends, pins and revisitation match): what may legitimately have
+    /// changed since (capacities or labels reported by a re-registered agent, attachment,
+    /// isolation) is returned as warnings, because the VN exists on its hosts regardless.
     pub fn check(
         &self,
         reg: &Registry,
         req: &VnReq,
         m: &Mapping,
-        require_connected: bool,
-    ) -> Result<Vec<Vec<String>>, String> {
+        mode: CheckMode,
+    ) -> Result<(Vec<Vec<String>>, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let require_connected = mode == CheckMode::Commit;
+        let mut soft = |msg: String| -> Result<(), String> {
+            match mode {
+                CheckMode::Commit => Err(msg),
+                CheckMode::Restore => {
+                    warnings.push(msg);
+                    Ok(())
+                }
+            }
+        };
         if m.node_hosts.len() != req.nodes.len() || m.link_paths.len() != req.links.len() {
             return Err("the mapping does not cover the request".into());
         }
@@ -121,20 +146,20 @@ impl Usage {
             if let Some(loc) = &n.location
                 && !host.labels.contains(loc)
             {
-                return Err(format!("node {}: host {h} lacks label {loc}", n.name));
+                soft(format!("node {}: host {h} lacks label {loc}", n.name))?;
             }
             if !host.kinds.contains(&n.kind) {
-                return Err(format!(
+                soft(format!(
                     "node {}: host {h} does not run {} nodes",
                     n.name,
                     n.kind.as_str()
-                ));
+                ))?;
             }
             if excluded.contains(h) {
-                return Err(format!(
+                soft(format!(
                     "node {}: host {h} is excluded by dedicated-host isolation",
                     n.name
-                ));
+                ))?;
             }
             *cpu.entry(h).or_default() += n.cpu;
             *mem.entry(h).or_default() += n.memory_mb;
@@ -145,17 +170,17 @@ impl Usage {
         for (h, c) in &cpu {
             let host = reg.host(h).expect("checked above");
             if self.host_cpu(h) + c > host.cpu {
-                return Err(format!(
+                soft(format!(
                     "host {h}: cpu {c} requested, {} free",
                     host.cpu.saturating_sub(self.host_cpu(h))
-                ));
+                ))?;
             }
             let mm = mem[h];
             if self.host_memory(h) + mm > host.memory_mb {
-                return Err(format!(
+                soft(format!(
                     "host {h}: memory {mm} MiB requested, {} MiB free",
                     host.memory_mb.saturating_sub(self.host_memory(h))
-                ));
+                ))?;
             }
         }
         let mut bw: BTreeMap<&str, u64> = BTreeMap::new();
@@ -181,7 +206,7 @@ impl Usage {
                     return Err(format!("link {i}: substrate link {id} is not attached"));
                 }
                 if path[1..path.len() - 1].iter().any(|h| excluded.contains(h)) {
-                    return Err(format!("link {i}: transit host excluded by isolation"));
+                    soft(format!("link {i}: transit host excluded by isolation"))?;
                 }
                 *bw.entry(id).or_default() += l.bandwidth_mbps;
             }
@@ -190,13 +215,14 @@ impl Usage {
         for (id, b) in &bw {
             let sl = reg.link(id).expect("walked");
             if self.link_bandwidth(id) + b > sl.bandwidth_mbps {
-                return Err(format!(
+                soft(format!(
                     "substrate link {id}: {b} Mbit/s requested, {} free",
                     sl.bandwidth_mbps.saturating_sub(self.link_bandwidth(id))
-                ));
+                ))?;
             }
         }
-        Ok(paths)
+        drop(soft);
+        Ok((paths, warnings))
     }
 
     fn apply(&mut self, req: &VnReq, node_hosts: &[String], hop_links: &[Vec<String>], add: bool) {
