@@ -654,3 +654,36 @@ pub fn underlay_interfaces() -> io::Result<Vec<vnet_proto::v1::UnderlayInterface
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_messages() {
+        let r = route_message(&Route {
+            destination: None,
+            via: "10.0.0.1".parse().unwrap(),
+        });
+        assert_eq!(r.header.address_family, AddressFamily::Inet);
+        assert_eq!(r.header.destination_prefix_length, 0);
+        assert_eq!(r.header.protocol, RouteProtocol::Static);
+        assert!(
+            !r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_)))
+        );
+        let r = route_message(&Route {
+            destination: Some("2001:db8::/32".parse().unwrap()),
+            via: "fe80::1".parse().unwrap(),
+        });
+        assert_eq!(r.header.address_family, AddressFamily::Inet6);
+        assert_eq!(r.header.destination_prefix_length, 32);
+        assert!(
+            r.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
+                    "fe80::1".parse().unwrap()
+                )))
+        );
+    }
+}
