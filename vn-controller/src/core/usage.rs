@@ -221,7 +221,6 @@ impl Usage {
                 ))?;
             }
         }
-        drop(soft);
         Ok((paths, warnings))
     }
 
