@@ -125,6 +125,47 @@ pub struct QemuRuntime {
     exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// What `ensure` does about what it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Keep the running guest (its TAPs and redirects are re-checked).
+    Adopt,
+    /// Start QEMU, after stopping the running one when `kill`.
+    Start {
+        kill: bool,
+        action: EnsureAction,
+        restarts: u32,
+    },
+}
+
+/// The lifecycle decision. `prev`: the recorded argv and restart count; `running`: the recorded
+/// QEMU runs; `wedged`: asked only for a running guest of the same argv. Pure but for `wedged`.
+fn decide(
+    prev: Option<(&[String], u32)>,
+    running: bool,
+    wedged: impl FnOnce() -> bool,
+    argv: &[String],
+) -> Lifecycle {
+    let start = |kill, action, restarts| Lifecycle::Start {
+        kill,
+        action,
+        restarts,
+    };
+    match (prev, running) {
+        (Some((old, r)), true) if old == argv => {
+            if wedged() {
+                start(true, EnsureAction::Restarted, r + 1)
+            } else {
+                Lifecycle::Adopt
+            }
+        }
+        (Some((_, r)), true) => start(true, EnsureAction::Replaced, r),
+        (Some((_, r)), false) => start(false, EnsureAction::Restarted, r + 1),
+        (None, true) => start(true, EnsureAction::Started, 0),
+        (None, false) => start(false, EnsureAction::Started, 0),
+    }
+}
+
 /// Reaps the recorded QEMU of a guest found dead, when this process started it.
 fn collect_dead(rec: Option<&GuestRecord>) {
     if let Some(pid) = rec.and_then(|r| r.pid) {
@@ -623,45 +664,52 @@ impl GuestRuntime for QemuRuntime {
             collect_dead(prev.as_ref());
         }
 
-        let (action, restarts) = match (&prev, pid) {
-            (Some(rec), Some(pid)) if rec.argv == cmd.args => {
-                if self.is_wedged(&cfg.node_id, &paths) {
-                    self.kill_guest(&cfg.node_id, pid, &paths)?;
-                    (EnsureAction::Restarted, rec.restarts + 1)
-                } else {
-                    let created = ensure_taps(&netns, &pairs)
-                        .map_err(|e| tap_err(&cfg.node_id, &cfg.netns, e))?;
-                    if created.is_empty() {
-                        info!(node_id = %cfg.node_id, pid, "guest adopted");
-                        return Ok(GuestStatus {
-                            node_id: cfg.node_id.clone(),
-                            pid,
-                            accel: rec.accel,
-                            action: EnsureAction::Adopted,
-                            restarts: rec.restarts,
-                        });
-                    }
-                    // A TAP had vanished under the running QEMU: its NIC is dead; reboot.
-                    warn!(node_id = %cfg.node_id, taps = ?created, "TAPs were missing; restarting guest");
-                    self.kill_guest(&cfg.node_id, pid, &paths)?;
-                    (EnsureAction::Restarted, rec.restarts + 1)
+        let decision = decide(
+            prev.as_ref().map(|r| (r.argv.as_slice(), r.restarts)),
+            pid.is_some(),
+            || self.is_wedged(&cfg.node_id, &paths),
+            &cmd.args,
+        );
+        let (action, restarts) = match (decision, &prev, pid) {
+            (Lifecycle::Adopt, Some(rec), Some(pid)) => {
+                let created = ensure_taps(&netns, &pairs)
+                    .map_err(|e| tap_err(&cfg.node_id, &cfg.netns, e))?;
+                if created.is_empty() {
+                    info!(node_id = %cfg.node_id, pid, "guest adopted");
+                    return Ok(GuestStatus {
+                        node_id: cfg.node_id.clone(),
+                        pid,
+                        accel: rec.accel,
+                        action: EnsureAction::Adopted,
+                        restarts: rec.restarts,
+                    });
                 }
-            }
-            (Some(rec), Some(pid)) => {
-                info!(node_id = %cfg.node_id, pid, "guest configuration changed; replacing");
+                // A TAP had vanished under the running QEMU: its NIC is dead; reboot.
+                warn!(node_id = %cfg.node_id, taps = ?created, "TAPs were missing; restarting guest");
                 self.kill_guest(&cfg.node_id, pid, &paths)?;
-                (EnsureAction::Replaced, rec.restarts)
-            }
-            (Some(rec), None) => {
-                warn!(node_id = %cfg.node_id, "guest had died; restarting");
                 (EnsureAction::Restarted, rec.restarts + 1)
             }
-            (None, Some(pid)) => {
-                warn!(node_id = %cfg.node_id, pid, "guest without record; replacing");
-                self.kill_guest(&cfg.node_id, pid, &paths)?;
-                (EnsureAction::Started, 0)
+            (
+                Lifecycle::Start {
+                    kill,
+                    action,
+                    restarts,
+                },
+                _,
+                pid,
+            ) => {
+                if kill && let Some(pid) = pid {
+                    info!(node_id = %cfg.node_id, pid, ?action, "stopping the running QEMU first");
+                    self.kill_guest(&cfg.node_id, pid, &paths)?;
+                }
+                if action == EnsureAction::Restarted {
+                    warn!(node_id = %cfg.node_id, restarts, "guest had died or was wedged; restarting");
+                }
+                (action, restarts)
             }
-            (None, None) => (EnsureAction::Started, 0),
+            (Lifecycle::Adopt, _, _) => {
+                unreachable!("decide adopts only a recorded, running guest")
+            }
         };
         // TAPs of the old configuration that the new one does not use.
         if let Some(rec) = &prev {
@@ -824,5 +872,69 @@ impl GuestRuntime for QemuRuntime {
             return Err(GuestError::NotFound(node_id.into()));
         }
         Ok(self.console_tail(&paths, max_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn lifecycle_decisions() {
+        let a = argv("-m 128M");
+        let b = argv("-m 256M");
+        let never = || panic!("wedged asked needlessly");
+        assert_eq!(
+            decide(None, false, never, &a),
+            Lifecycle::Start {
+                kill: false,
+                action: EnsureAction::Started,
+                restarts: 0
+            }
+        );
+        // A QEMU runs under our pidfile but without a record: replace it.
+        assert_eq!(
+            decide(None, true, never, &a),
+            Lifecycle::Start {
+                kill: true,
+                action: EnsureAction::Started,
+                restarts: 0
+            }
+        );
+        assert_eq!(decide(Some((&a, 2)), true, || false, &a), Lifecycle::Adopt);
+        assert_eq!(
+            decide(Some((&a, 2)), true, || true, &a),
+            Lifecycle::Start {
+                kill: true,
+                action: EnsureAction::Restarted,
+                restarts: 3
+            }
+        );
+        assert_eq!(
+            decide(Some((&a, 2)), true, never, &b),
+            Lifecycle::Start {
+                kill: true,
+                action: EnsureAction::Replaced,
+                restarts: 2
+            }
+        );
+        assert_eq!(
+            decide(Some((&a, 2)), false, never, &a),
+            Lifecycle::Start {
+                kill: false,
+                action: EnsureAction::Restarted,
+                restarts: 3
+            }
+        );
+    }
+
+    #[test]
+    fn log_tail_keeps_last_nonempty_lines() {
+        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b | c");
+        assert_eq!(last_lines("", 3), "");
     }
 }
