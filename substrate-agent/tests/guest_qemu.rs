@@ -562,3 +562,120 @@ fn guest_test_boot_reaches_init_under_tcg() {
     println!("TCG test boot reached init in {d:?}");
     assert!(d < BOOT);
 }
+
+/// The link interface is a TAP that a userspace program serves (as the agent's 802.1Q datapath
+/// does): frames it writes reach the guest through the redirects, and the guest's answers come
+/// back to its reader.
+#[test]
+fn guest_behind_a_userspace_tap_answers_arp() {
+    if !preconditions("guest_behind_a_userspace_tap_answers_arp", true) {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let id = format!("gt{}", std::process::id());
+    let pid = std::process::id();
+    // A sandbox without veth: the tenant interface is a TAP held by this test.
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = sh(&["ip", "netns", "delete", &self.0]);
+        }
+    }
+    let ns = Ns(format!("vgs-t-{pid}"));
+    ok(&["ip", "netns", "add", &ns.0]);
+    let path = format!("/run/netns/{}", ns.0);
+    let dev = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&f),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .unwrap();
+        tun_rs::DeviceBuilder::new()
+            .name("eth0")
+            .layer(tun_rs::Layer::L2)
+            .build_sync()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    dev.set_nonblocking(true).unwrap();
+    ok(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
+
+    let rt = runtime(state.path());
+    let cfg = GuestConfig {
+        node_id: id.clone(),
+        name: "tapguest".into(),
+        netns: ns.0.clone(),
+        vcpus: 1,
+        memory_mb: 128,
+        image: "default".into(),
+        nic: NicModel::Virtio,
+        accel: Accel::Auto,
+        nics: vec![GuestNic {
+            ifname: "eth0".into(),
+            mac: MacAddr::derived(&id),
+            addresses: vec!["10.205.0.2/24".parse().unwrap()],
+            mtu: 1500,
+        }],
+        routes: vec![],
+    };
+    let guest_mac = cfg.nics[0].mac.0;
+    let me = [0x02, 0, 0, 0, 0, 0x01];
+    {
+        let _guard = GuestGuard {
+            rt: &rt,
+            node_id: id.clone(),
+        };
+        rt.ensure(&cfg).expect("ensure");
+        rt.wait_ready(&id, BOOT).expect("guest ready");
+        // ARP request "who has 10.205.0.2, tell 10.205.0.1", by hand (RFC 826 over Ethernet).
+        let mut frame = Vec::with_capacity(42);
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&me);
+        frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        frame.extend_from_slice(&me);
+        frame.extend_from_slice(&[10, 205, 0, 1]);
+        frame.extend_from_slice(&[0; 6]);
+        frame.extend_from_slice(&[10, 205, 0, 2]);
+        // An ARP reply (op 2) from the guest's MAC to ours.
+        let is_reply = |f: &[u8]| {
+            f.len() >= 42
+                && f[0..6] == me
+                && f[6..12] == guest_mac
+                && f[12..14] == [0x08, 0x06]
+                && f[20..22] == [0, 2]
+                && f[28..32] == [10, 205, 0, 2]
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut answered = false;
+        let mut buf = [0u8; 2048];
+        'outer: while Instant::now() < deadline {
+            dev.send(&frame).expect("write to the TAP");
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                match dev.recv(&mut buf) {
+                    Ok(n) if is_reply(&buf[..n]) => {
+                        answered = true;
+                        break 'outer;
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        assert!(
+            answered,
+            "the guest never answered ARP through the userspace TAP"
+        );
+    }
+    assert!(
+        qemu_pids_under(state.path()).is_empty(),
+        "QEMU left running"
+    );
+    assert!(
+        !state.path().join(&id).exists(),
+        "run directory left behind"
+    );
+    drop(dev);
+}
