@@ -179,4 +179,4 @@ for f in vmlinux vmlinuz; do [[ $f == "$kernel_file" ]] || rm -f "$out/$f"; done
 end=$(date +%s.%N)
 printf 'build-image: built %s in %.1f s: kernel %s, initrd.img %s (%s %s)\n' "$out" \
   "$(awk -v s="$start" -v e="$end" 'BEGIN {print e - s}')" \
-  "$(du -h "$out/$kernel_file" | cut -f1)" "$(du -h "$out/initrd.img" | cut -f1)" "$kernel_pkg" "$kver"
+  "$(du -h --apparent-size "$out/$kernel_file" | cut -f1)" "$(du -h --apparent-size "$out/initrd.img" | cut -f1)" "$kernel_pkg" "$kver"
