@@ -45,6 +45,10 @@ use super::{
 const CONSOLE_LOG_MAX: u64 = 4 << 20;
 const CONSOLE_LOG_KEEP: u64 = 256 << 10;
 
+/// Limit of the KVM test boot in [`QemuRuntime::new`] (a KVM boot reaches init in well under a
+/// second; a broken KVM hangs).
+pub const KVM_TEST_BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long QEMU may take to set up its devices and answer QMP.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -214,11 +218,17 @@ fn tap_err(node_id: &str, netns: &str, e: TapError) -> GuestError {
 }
 
 impl QemuRuntime {
-    /// A runtime with `opts`, probing the host (QEMU version, KVM verdict, TSC rate; no test
-    /// boot). Creates `state_dir`.
+    /// A runtime with `opts`, probing the host (QEMU version, KVM verdict, TSC rate). When the
+    /// static checks call KVM usable and the `default` image exists, a test boot under
+    /// `-accel kvm` (at most [`KVM_TEST_BOOT_TIMEOUT`]) must confirm it, else guests use TCG.
+    /// Creates `state_dir`. Report [`QemuRuntime::support`] in the agent's capabilities.
     pub fn new(opts: QemuRuntimeOptions) -> Result<QemuRuntime, GuestError> {
         let support = probe_host(&opts.qemu_binary);
-        Self::with_support(opts, support)
+        let mut rt = Self::with_support(opts, support)?;
+        if rt.support.kvm.usable && image::load(&rt.opts.images_dir, "default").is_ok() {
+            rt.probe_kvm_with_test_boot("default", KVM_TEST_BOOT_TIMEOUT);
+        }
+        Ok(rt)
     }
 
     /// A runtime with a given probe result.
