@@ -4,6 +4,8 @@
 //!
 //! Packing the seed into a `cidata` volume and booting disk images is a follow-up (no cloud image
 //! can be obtained on the build machines); [`super::image::load`] refuses disk images until then.
+//! QEMU's own `vvfat` driver can serve the seed directory with no extra tool (checked:
+//! `qemu-img info --image-opts driver=vvfat,dir=DIR,label=cidata` accepts the label).
 
 use std::collections::BTreeMap;
 
