@@ -6,6 +6,8 @@
 //! `i - 1` seen from this host, and whose `b` side is the node interface of the `b` end (when
 //! `i == k`) or the tunnel hop `i`. A co-located link (`k == 0`) is a node-node segment.
 
+use std::sync::Arc;
+
 use vnet_proto::v1 as pb;
 
 use super::alloc::mac_string;
@@ -131,4 +133,21 @@ pub fn slice(rec: &VnRecord, host: &str, depth: u32) -> Option<pb::VnSlice> {
         nodes,
         links,
     })
+}
+
+/// A host's desired state as shared slices: cheap to take under the index lock (a slice never
+/// changes once its VN is accepted), turned into the message outside it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredSnapshot {
+    pub generation: u64,
+    pub vns: Vec<Arc<pb::VnSlice>>,
+}
+
+impl DesiredSnapshot {
+    pub fn to_proto(&self) -> pb::DesiredState {
+        pb::DesiredState {
+            generation: self.generation,
+            vns: self.vns.iter().map(|s| (**s).clone()).collect(),
+        }
+    }
 }

@@ -3,12 +3,13 @@
 //! lock (which serialises commits), persists the [`Change`] each operation returns, then
 //! publishes desired states and events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use vnet_proto::v1 as pb;
 
 use super::alloc::{AllocError, Allocators, Cursors, link_id, node_id};
-use super::desired;
+use super::desired::{self, DesiredSnapshot};
 use super::model::{Encap, ProviderId, VnReq};
 use super::record::{
     Hop, HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
@@ -125,6 +126,8 @@ pub struct Index {
     host_vns: BTreeMap<String, BTreeSet<String>>,
     generations: BTreeMap<String, u64>,
     observed: BTreeMap<String, u64>,
+    /// (host, vn_id) -> the VN's slice on that host, built once at accept/restore.
+    slices: HashMap<(String, String), Arc<pb::VnSlice>>,
 }
 
 fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
@@ -151,6 +154,7 @@ impl Index {
             host_vns: BTreeMap::new(),
             generations: BTreeMap::new(),
             observed: BTreeMap::new(),
+            slices: HashMap::new(),
         }
     }
 
@@ -202,6 +206,7 @@ impl Index {
                 for h in rec.placement.hosts() {
                     ix.host_vns.entry(h).or_default().insert(rec.vn_id.clone());
                 }
+                ix.cache_slices(&rec);
             }
             ix.vns.insert(rec.vn_id.clone(), rec);
         }
@@ -310,17 +315,24 @@ impl Index {
         change
     }
 
+    fn cache_slices(&mut self, rec: &VnRecord) {
+        for h in rec.placement.hosts() {
+            if let Some(s) = desired::slice(rec, &h, 0) {
+                self.slices.insert((h, rec.vn_id.clone()), Arc::new(s));
+            }
+        }
+    }
+
     /// The desired state of `host`.
-    pub fn desired(&self, host: &str) -> pb::DesiredState {
+    pub fn desired(&self, host: &str) -> DesiredSnapshot {
         let vns = self
             .host_vns
             .get(host)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.vns.get(id))
-            .filter_map(|rec| desired::slice(rec, host, 0))
+            .filter_map(|id| self.slices.get(&(host.to_string(), id.clone())).cloned())
             .collect();
-        pb::DesiredState {
+        DesiredSnapshot {
             generation: self.generation(host),
             vns,
         }
@@ -395,6 +407,7 @@ impl Index {
         });
         change.upserts.insert(vn_id.clone(), rec.clone());
         change.cursors = Some(self.alloc.cursors());
+        self.cache_slices(&rec);
         self.vns.insert(vn_id, rec.clone());
         Ok((rec, change))
     }
@@ -527,6 +540,7 @@ impl Index {
             .remove(&rec.req, &node_hosts(rec), &hop_links(rec));
         self.release_ids(&rec.placement);
         for h in rec.placement.hosts() {
+            self.slices.remove(&(h.clone(), rec.vn_id.clone()));
             if let Some(s) = self.host_vns.get_mut(&h) {
                 s.remove(&rec.vn_id);
                 if s.is_empty() {
@@ -874,7 +888,7 @@ mod tests {
         assert_eq!(change.generations.len(), 3);
         assert_eq!(ix.usage().host_cpu("h1"), 30);
         assert_eq!(ix.usage().link_bandwidth("h2-h3"), 40);
-        let d2 = ix.desired("h2");
+        let d2 = ix.desired("h2").to_proto();
         assert_eq!(d2.generation, 1);
         let seg = &d2.vns[0].links[0];
         assert!(matches!(

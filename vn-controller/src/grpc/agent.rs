@@ -64,7 +64,8 @@ impl AgentControl for AgentService {
             let mut send_desired = true;
             loop {
                 if send_desired {
-                    let d = (**desired.borrow_and_update()).clone();
+                    let snapshot = desired.borrow_and_update().clone();
+                    let d = snapshot.to_proto();
                     let msg = pb::ControllerMessage {
                         msg: Some(pb::controller_message::Msg::Desired(d)),
                     };

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vnet_proto::v1 as pb;
 
+use crate::core::desired::DesiredSnapshot;
 use crate::core::embed::View;
 use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
@@ -135,7 +136,7 @@ struct Shared {
 pub struct AgentHandle {
     pub host: String,
     pub epoch: u64,
-    pub desired: watch::Receiver<Arc<pb::DesiredState>>,
+    pub desired: watch::Receiver<Arc<DesiredSnapshot>>,
     pub exec: mpsc::Receiver<pb::ExecCommand>,
 }
 
@@ -632,7 +633,7 @@ impl From<ControlError> for Attempt {
     }
 }
 
-fn desired_of(ix: &Index, change: &Change) -> Vec<(String, pb::DesiredState)> {
+fn desired_of(ix: &Index, change: &Change) -> Vec<(String, DesiredSnapshot)> {
     change
         .hosts_changed
         .iter()

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use tokio::sync::{broadcast, watch};
-use vnet_proto::v1 as pb;
 
+use crate::core::desired::DesiredSnapshot;
 use crate::core::index::{Change, Event};
 use crate::core::store::Store;
 use crate::core::substrate::HostInfo;
@@ -27,7 +27,7 @@ const MAX_BATCH: usize = 512;
 
 /// Where desired states and events go once persisted.
 pub struct Publisher {
-    desired: Mutex<HashMap<String, watch::Sender<Arc<pb::DesiredState>>>>,
+    desired: Mutex<HashMap<String, watch::Sender<Arc<DesiredSnapshot>>>>,
     pub events: broadcast::Sender<Arc<Event>>,
     pub metrics: Metrics,
 }
@@ -44,11 +44,7 @@ impl Publisher {
 
     /// Replaces `host`'s desired state unless a newer generation was published already; returns
     /// a receiver of it.
-    pub fn desired(
-        &self,
-        host: &str,
-        d: pb::DesiredState,
-    ) -> watch::Receiver<Arc<pb::DesiredState>> {
+    pub fn desired(&self, host: &str, d: DesiredSnapshot) -> watch::Receiver<Arc<DesiredSnapshot>> {
         let d = Arc::new(d);
         let mut chans = self.desired.lock().unwrap_or_else(|p| p.into_inner());
         let tx = chans
@@ -84,7 +80,7 @@ impl Default for Publisher {
 pub struct Commit {
     pub change: Change,
     pub host: Option<HostInfo>,
-    pub desired: Vec<(String, pb::DesiredState)>,
+    pub desired: Vec<(String, DesiredSnapshot)>,
     pub ack: Option<mpsc::SyncSender<Result<(), String>>>,
 }
 
@@ -153,7 +149,7 @@ impl Writer {
         &self,
         change: Change,
         host: Option<HostInfo>,
-        desired: Vec<(String, pb::DesiredState)>,
+        desired: Vec<(String, DesiredSnapshot)>,
     ) -> mpsc::Receiver<Result<(), String>> {
         let (ack, rx) = mpsc::sync_channel(1);
         let commit = Commit {
