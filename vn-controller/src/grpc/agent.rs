@@ -50,7 +50,11 @@ impl AgentControl for AgentService {
             ));
         };
         let info = validate::hello(&hello, convert::now_ms())?;
-        let handle = self.ctl.attach(info, hello.applied_generation).await;
+        let handle = self
+            .ctl
+            .attach(info, hello.applied_generation)
+            .await
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
         let host = handle.host.clone();
         let epoch = handle.epoch;
         let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);

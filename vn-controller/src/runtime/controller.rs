@@ -248,11 +248,11 @@ impl Controller {
     }
 
     /// Runs `f` on the index under the lock, queues its change for the writer (which persists,
-    /// then publishes it), and waits until it is persisted.
+    /// then publishes it), and waits until it is persisted. `None`: the runtime is shutting down.
     async fn mutate<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Index) -> (R, Change) + Send + 'static,
-    ) -> R {
+    ) -> Option<R> {
         let this = self.clone();
         let out = tokio::task::spawn_blocking(move || {
             let mut ix = lock(&this.shared.index);
@@ -269,8 +269,10 @@ impl Controller {
         })
         .await;
         match out {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Ok(r) => Some(r),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => None,
         }
     }
 
@@ -435,10 +437,16 @@ impl Controller {
             Err(e) => (Err(e.into()), Change::default()),
         })
         .await
+        .unwrap_or_else(|| {
+            Err(ControlError::Unavailable(
+                "the controller is shutting down".into(),
+            ))
+        })
     }
 
     /// Registers an agent's host and opens its session.
-    pub async fn attach(&self, info: HostInfo, applied_generation: u64) -> AgentHandle {
+    /// `None`: the controller is shutting down.
+    pub async fn attach(&self, info: HostInfo, applied_generation: u64) -> Option<AgentHandle> {
         let host = info.id.clone();
         let epoch = self.shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let (exec_tx, exec_rx) = mpsc::channel(64);
@@ -471,15 +479,18 @@ impl Controller {
             }
             rx
         })
-        .await
-        .expect("attach task");
+        .await;
+        let Ok(desired) = desired else {
+            // The runtime is shutting down.
+            return None;
+        };
         self.metrics().set_agents(lock(&self.shared.agents).len());
-        AgentHandle {
+        Some(AgentHandle {
             host,
             epoch,
             desired,
             exec: exec_rx,
-        }
+        })
     }
 
     /// An agent's report.
