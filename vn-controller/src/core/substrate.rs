@@ -56,6 +56,13 @@ pub struct TopologyHost {
     pub id: String,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Read by `vnctl testbed up` to configure that host's agent; the controller uses the
+    /// capacity the agent reports.
+    #[serde(default)]
+    pub cpu: Option<u64>,
+    /// MiB; see `cpu`.
+    #[serde(default)]
+    pub memory: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -427,5 +434,23 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         assert!(serde_yaml_ng::from_str::<TopologyFile>("links: [{a: h1, b: h2, bw: 1}]").is_err());
+    }
+
+    #[test]
+    fn the_deploy_topology_files_load() {
+        for (name, text) in [
+            (
+                "topology.yaml",
+                include_str!("../../../deploy/config/topology.yaml"),
+            ),
+            (
+                "testbed-line.yaml",
+                include_str!("../../../deploy/config/testbed-line.yaml"),
+            ),
+        ] {
+            let t: TopologyFile =
+                serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            t.links().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }
