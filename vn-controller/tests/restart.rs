@@ -388,3 +388,44 @@ async fn sigkill_and_restart_the_real_binary() {
     assert!(nl.is_disjoint(&vlans), "{nl:?} vs {vlans:?}");
     drop(agents);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_sessions_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut daemon = spawn_daemon(dir.path(), port, free_port()).await;
+    // An attached agent and an open watch must not hold the shutdown up.
+    let agents = stand_ins(&endpoint).await;
+    let mut c = VirtualNetworksClient::connect(endpoint.clone())
+        .await
+        .unwrap();
+    let mut w = c
+        .watch(req("red", pb::WatchVnsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = daemon.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    // The watcher was told, not left hanging.
+    let end = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    drop(agents);
+}
