@@ -142,6 +142,19 @@ impl Allocators {
         a
     }
 
+    /// Puts the cursors back to `c` (undoing a failed allocation whose identifiers were
+    /// released); pools created since and still empty disappear.
+    pub fn rewind(&mut self, c: &Cursors) {
+        self.vn_counter = c.vn_counter;
+        self.vni.set_cursor(c.vni);
+        self.mac.set_cursor(c.mac);
+        self.vlan
+            .retain(|seg, pool| c.vlan.contains_key(seg) || !pool.held().is_empty());
+        for (seg, cur) in &c.vlan {
+            self.vlan_pool(seg).set_cursor(*cur);
+        }
+    }
+
     pub fn cursors(&self) -> Cursors {
         Cursors {
             vn_counter: self.vn_counter,

@@ -12,6 +12,7 @@ use embedding::{Residual, Substrate};
 
 use super::index::Index;
 use super::model::{Kind, VnReq};
+use super::substrate::SubstrateLink;
 use super::usage::Mapping;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -24,18 +25,12 @@ pub struct ViewHost {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct ViewLink {
-    pub id: String,
-    pub a: String,
-    pub b: String,
-    pub bandwidth_free: u64,
-    pub latency_ms: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
 pub struct View {
     pub hosts: Vec<ViewHost>,
-    pub links: Vec<ViewLink>,
+    /// Every substrate link (shared with the registry, not copied) ...
+    pub links: Arc<Vec<SubstrateLink>>,
+    /// ... and its free bandwidth, `None` when it may not be used (an end is not attached).
+    pub free: Vec<Option<u64>>,
     /// Hosts this request must not use (dedicated-host isolation).
     pub excluded: BTreeSet<String>,
 }
@@ -56,22 +51,19 @@ impl Index {
                 labels: h.labels.clone(),
             })
             .collect();
-        let links = self
-            .registry
-            .links()
+        let links = self.registry.links_arc();
+        let free = links
             .iter()
-            .filter(|l| self.registry.link_usable(l))
-            .map(|l| ViewLink {
-                id: l.id.clone(),
-                a: l.a.clone(),
-                b: l.b.clone(),
-                bandwidth_free: l.bandwidth_mbps.saturating_sub(u.link_bandwidth(&l.id)),
-                latency_ms: l.latency_ms,
+            .map(|l| {
+                self.registry
+                    .link_usable(l)
+                    .then(|| l.bandwidth_mbps.saturating_sub(u.link_bandwidth(&l.id)))
             })
             .collect();
         View {
             hosts,
             links,
+            free,
             excluded: u.excluded_hosts(req),
         }
     }
@@ -95,11 +87,11 @@ fn kind(k: Kind) -> embedding::NodeKind {
 }
 
 /// Builds the `embedding` model of a view and a request. Returns the substrate, the request
-/// and the view's link id of each substrate edge index.
+/// and, for each substrate edge index, the index of the link in `view.links`.
 pub fn model(
     view: &View,
     req: &VnReq,
-) -> Result<(Substrate, embedding::VnRequest, Vec<String>), String> {
+) -> Result<(Substrate, embedding::VnRequest, Vec<usize>), String> {
     let mut s = Substrate::new();
     for h in view.hosts.iter().filter(|h| !view.excluded.contains(&h.id)) {
         let mut n = embedding::SubstrateNode::new(h.id.clone(), h.cpu_free)
@@ -111,17 +103,18 @@ pub fn model(
         s.add_node(n).map_err(|e| e.to_string())?;
     }
     let mut edge_ids = Vec::with_capacity(view.links.len());
-    for l in &view.links {
+    for (i, (l, free)) in view.links.iter().zip(&view.free).enumerate() {
+        let Some(free) = free else { continue };
         if s.find(&l.a).is_none() || s.find(&l.b).is_none() {
             continue;
         }
-        let mut sl = embedding::SubstrateLink::new(l.bandwidth_free);
+        let mut sl = embedding::SubstrateLink::new(*free);
         if let Some(lat) = l.latency_ms {
             sl = sl.with_latency_ms(lat);
         }
         let e = s.add_link(&l.a, &l.b, sl).map_err(|e| e.to_string())?;
         debug_assert_eq!(e.index(), edge_ids.len());
-        edge_ids.push(l.id.clone());
+        edge_ids.push(i);
     }
     let mut r = embedding::VnRequest::new(req.name.clone()).with_options(
         embedding::RequestOptions::default()
@@ -182,7 +175,7 @@ impl crate::runtime::controller::Planner for EmbeddingPlanner {
                 [f] => Ok(f
                     .edges
                     .iter()
-                    .map(|e| edge_ids[e.index()].clone())
+                    .map(|e| view.links[edge_ids[e.index()]].id.clone())
                     .collect()),
                 _ => Err(format!("link {i} was split over several paths")),
             })

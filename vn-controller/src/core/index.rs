@@ -115,6 +115,14 @@ impl Change {
     }
 }
 
+/// An identifier taken during one allocation (released again if the allocation fails).
+#[derive(Debug)]
+enum Taken {
+    Mac(u64),
+    Vni(u64),
+    Vlan(String, u64),
+}
+
 #[derive(Clone, Debug)]
 pub struct Index {
     cfg: IndexConfig,
@@ -352,11 +360,19 @@ impl Index {
             .usage
             .check(&self.registry, &req, mapping, CheckMode::Commit)
             .map_err(CoreError::Exhausted)?;
-        let saved = self.alloc.clone();
-        let (vn_id, placement) = match self.allocate(&req, mapping, &paths) {
+        let cursors = self.alloc.cursors();
+        let mut taken = Vec::new();
+        let (vn_id, placement) = match self.allocate(&req, mapping, &paths, &mut taken) {
             Ok(p) => p,
             Err(e) => {
-                self.alloc = saved;
+                for t in taken {
+                    match t {
+                        Taken::Mac(v) => self.alloc.mac.release(v),
+                        Taken::Vni(v) => self.alloc.vni.release(v),
+                        Taken::Vlan(seg, v) => self.alloc.vlan_pool(&seg).release(v),
+                    }
+                }
+                self.alloc.rewind(&cursors);
                 return Err(e);
             }
         };
@@ -417,6 +433,7 @@ impl Index {
         req: &VnReq,
         mapping: &Mapping,
         paths: &[Vec<String>],
+        taken: &mut Vec<Taken>,
     ) -> Result<(String, Placement), CoreError> {
         let vn_id = self.alloc.next_vn_id();
         let nodes: Vec<PlacedNode> = mapping
@@ -429,11 +446,11 @@ impl Index {
             })
             .collect();
         // Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
-        let mut taken: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
+        let mut used_names: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
         for l in &req.links {
             for (side, node) in [l.a, l.b].into_iter().enumerate() {
                 if let Some(n) = &l.interfaces[side] {
-                    taken[node].insert(n.clone());
+                    used_names[node].insert(n.clone());
                 }
             }
         }
@@ -447,13 +464,18 @@ impl Index {
                     None => loop {
                         let cand = format!("eth{}", next_eth[node]);
                         next_eth[node] += 1;
-                        if taken[node].insert(cand.clone()) {
+                        if used_names[node].insert(cand.clone()) {
                             break cand;
                         }
                     },
                 };
             }
-            let macs = [self.alloc.mac.allocate()?, self.alloc.mac.allocate()?];
+            let mut mac = || -> Result<u64, CoreError> {
+                let v = self.alloc.mac.allocate()?;
+                taken.push(Taken::Mac(v));
+                Ok(v)
+            };
+            let macs = [mac()?, mac()?];
             let mut hops = Vec::new();
             let mut mtu = u32::MAX;
             for (j, sid) in mapping.link_paths[i].iter().enumerate() {
@@ -474,16 +496,16 @@ impl Index {
                     .mtu_on(&sl, from)
                     .min(self.registry.mtu_on(&sl, to));
                 let (vni, vlan_id, hop_mtu) = match l.encap {
-                    Encap::Vxlan => (
-                        Some(self.alloc.vni.allocate()? as u32),
-                        None,
-                        under.saturating_sub(VXLAN_OVERHEAD),
-                    ),
-                    Encap::Vlan => (
-                        None,
-                        Some(self.alloc.vlan_pool(&sl.segment).allocate()? as u16),
-                        under,
-                    ),
+                    Encap::Vxlan => {
+                        let v = self.alloc.vni.allocate()?;
+                        taken.push(Taken::Vni(v));
+                        (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
+                    }
+                    Encap::Vlan => {
+                        let v = self.alloc.vlan_pool(&sl.segment).allocate()?;
+                        taken.push(Taken::Vlan(sl.segment.clone(), v));
+                        (None, Some(v as u16), under)
+                    }
                 };
                 mtu = mtu.min(hop_mtu);
                 hops.push(Hop {
@@ -1036,6 +1058,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("held twice"), "{e}");
+    }
+
+    #[test]
+    fn identifier_exhaustion_midway_leaves_no_trace() {
+        let mut ix = index();
+        // One VLAN ID left in the mesh segment; the VN needs two (two hops).
+        for v in 1..4094 {
+            ix.alloc.vlan_pool("mesh").reserve(v).unwrap();
+        }
+        let before = ix.alloc.clone();
+        let e = ix
+            .accept(req("x", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no free VLAN ID in segment mesh left");
+        assert_eq!(ix.alloc, before);
+        assert_eq!(ix.usage(), &Usage::default());
+        assert!(ix.records().next().is_none());
+        assert_eq!(ix.generation("h1"), 0);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The substrate registry: hosts (from the agents' hellos) and substrate links (from a topology
 //! file, or a full mesh over the registered hosts' underlay addresses).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -243,7 +244,9 @@ pub struct Registry {
     connected: BTreeSet<String>,
     extra_labels: BTreeMap<String, BTreeSet<String>>,
     source: LinkSource,
-    links: Vec<SubstrateLink>,
+    /// Shared with embedding views, which take it without copying.
+    links: Arc<Vec<SubstrateLink>>,
+    link_index: HashMap<String, usize>,
 }
 
 impl Registry {
@@ -257,14 +260,15 @@ impl Registry {
             connected: BTreeSet::new(),
             extra_labels,
             source,
-            links: Vec::new(),
+            links: Arc::new(Vec::new()),
+            link_index: HashMap::new(),
         };
         r.rebuild_links();
         r
     }
 
     fn rebuild_links(&mut self) {
-        self.links = match &self.source {
+        let links = match &self.source {
             LinkSource::Topology(links) => links.clone(),
             LinkSource::FullMesh { bandwidth_mbps } => {
                 let ids: Vec<&String> = self.hosts.keys().collect();
@@ -286,6 +290,12 @@ impl Registry {
                 links
             }
         };
+        self.link_index = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.id.clone(), i))
+            .collect();
+        self.links = Arc::new(links);
     }
 
     /// Registers or refreshes a host. Returns true when the set of hosts changed.
@@ -325,8 +335,13 @@ impl Registry {
         &self.links
     }
 
+    /// The links, shared.
+    pub fn links_arc(&self) -> Arc<Vec<SubstrateLink>> {
+        self.links.clone()
+    }
+
     pub fn link(&self, id: &str) -> Option<&SubstrateLink> {
-        self.links.iter().find(|l| l.id == id)
+        self.link_index.get(id).map(|i| &self.links[*i])
     }
 
     /// Whether a link can carry new virtual links: both ends registered and attached.
