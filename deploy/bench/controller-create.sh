@@ -2,7 +2,8 @@
 # Controller benchmark: Create -> Accepted throughput and latency (requests per second, p50/p90/p99)
 # of 1000 standard-size VN requests (2..10 nodes) against 100 stand-in hosts.
 # Prints a Markdown table. Knobs (environment): BENCH_REQUESTS (1000), BENCH_HOSTS (100),
-# BENCH_CONCURRENCY (comma-separated client counts, "1,8,32"), CARGO_TARGET_DIR.
+# BENCH_CONCURRENCY (comma-separated client counts, "1,8,32"), BENCH_ALGORITHM (default: the
+# embedding crate's default), CARGO_TARGET_DIR.
 # Timings are noisy when other builds share the machine: re-run and compare.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -3,7 +3,8 @@
 //! An in-process controller (real gRPC over loopback, real redb store in a temporary directory)
 //! with `BENCH_HOSTS` stand-in agents (default 100, full mesh, each reporting READY) receives
 //! `BENCH_REQUESTS` creates (default 1000) of standard-size requests from `c` concurrent clients,
-//! for each `c` in `BENCH_CONCURRENCY` (default `1,8,32`), each on a fresh controller.
+//! for each `c` in `BENCH_CONCURRENCY` (default `1,8,32`), each on a fresh controller, embedded
+//! by `BENCH_ALGORITHM` (default: the `embedding` crate's default).
 //!
 //! Requests follow the usual VNE trace distribution (Yu et al. 2008, Chowdhury et al. 2009):
 //! 2..=10 nodes (uniform), each node pair linked with probability 0.5 (plus a chain so the
@@ -86,9 +87,10 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn run(hosts: usize, requests: usize, concurrency: usize) -> Row {
+async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = ControllerConfig::new(dir.path());
+    cfg.algorithm = Some(algorithm.to_string());
     cfg.links = LinkSource::FullMesh {
         bandwidth_mbps: 10_000,
     };
@@ -230,12 +232,18 @@ fn main() {
         .split(',')
         .map(|c| c.trim().parse().expect("BENCH_CONCURRENCY"))
         .collect();
+    let algorithm = env_or("BENCH_ALGORITHM", embedding::DEFAULT_ALGORITHM);
+    assert!(
+        embedding::by_name(&algorithm).is_some(),
+        "BENCH_ALGORITHM {algorithm}: unknown (known: {})",
+        embedding::algorithm_names().join(", ")
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     println!(
-        "controller Create->Accepted: {requests} requests (2..10 nodes), {hosts} stand-in hosts, full mesh ({} links)",
+        "controller Create->Accepted: {requests} requests (2..10 nodes), {hosts} stand-in hosts, full mesh ({} links), algorithm {algorithm}",
         hosts * (hosts - 1) / 2
     );
     println!(
@@ -243,7 +251,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for c in conc {
-        let r = rt.block_on(run(hosts, requests, c));
+        let r = rt.block_on(run(hosts, requests, c, &algorithm));
         println!(
             "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.concurrency,
