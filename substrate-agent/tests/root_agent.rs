@@ -1006,3 +1006,55 @@ fn a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing() {
     }
     assert!(in_ns(&tb.node_ns(1, "g1"), "busybox ping -c 1 -W 2 10.9.0.2").0);
 }
+
+#[test]
+fn newer_desired_state_supersedes_and_controller_restart_changes_nothing() {
+    if !root_or_skip("newer_desired_state_supersedes_and_controller_restart_changes_nothing") {
+        return;
+    }
+    let mut tb = Testbed::new("h", 1);
+    tb.start_agent(1);
+    let h = tb.hosts[0].id.clone();
+    tb.ctl().wait_attached(&h, 1, T);
+    let many: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let big = slice("vnbig", &refs, vec![]);
+    let small = slice(
+        "vnsmall",
+        &["q1", "q2"],
+        vec![seg(
+            "ql",
+            1500,
+            0,
+            nif("q1", "eth0", "10.11.0.1/24", ""),
+            nif("q2", "eth0", "10.11.0.2/24", ""),
+        )],
+    );
+    // Generation 2 arrives while 1 is being applied: the host ends up exactly at 2.
+    tb.ctl().set_desired(&h, desired(1, vec![big]));
+    std::thread::sleep(Duration::from_millis(50));
+    tb.ctl().set_desired(&h, desired(2, vec![small.clone()]));
+    let r = tb.ctl().wait_report(&h, 2, T);
+    assert!(r.converged, "{r:#?}\n{}", tb.log(1));
+    let ours: Vec<String> = tb
+        .namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("vt-{h}-")))
+        .collect();
+    assert_eq!(ours, vec![tb.node_ns(1, "q1"), tb.node_ns(1, "q2")]);
+
+    // The controller restarts: the agent re-attaches, reports generation 2 again, rebuilds nothing.
+    let inodes = sh(&format!("ls -i /run/netns | grep vt-{h}- | sort"));
+    tb.ctl.take();
+    let ctl = FakeController::start(&tb.ctl_ns, format!("0.0.0.0:{PORT}").parse().unwrap());
+    ctl.set_desired(&h, desired(2, vec![small]));
+    tb.ctl = Some(ctl);
+    let hello = tb.ctl().wait_attached(&h, 1, T);
+    assert_eq!(hello.applied_generation, 2);
+    tb.ctl().wait_converged(&h, 2, T);
+    assert_eq!(
+        sh(&format!("ls -i /run/netns | grep vt-{h}- | sort")),
+        inodes
+    );
+    assert!(in_ns(&tb.node_ns(1, "q1"), "busybox ping -c 1 -W 2 10.11.0.2").0);
+}

@@ -154,17 +154,18 @@ impl FakeController {
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(l).unwrap();
                 ready_tx.send(()).unwrap();
-                tonic::transport::Server::builder()
+                let server = tonic::transport::Server::builder()
                     .add_service(AgentControlServer::new(svc))
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(l),
-                        async {
-                            let _ = stop_rx.await;
-                        },
-                    )
-                    .await
-                    .unwrap();
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
+                // Stop at once, like a crashed controller: open Attach streams are cut (a
+                // graceful shutdown would wait for the agents to hang up).
+                tokio::select! {
+                    r = server => r.unwrap(),
+                    _ = stop_rx => {}
+                }
             });
+            // Dropping the runtime cancels every connection task.
+            drop(rt);
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         FakeController {
@@ -364,7 +365,7 @@ pub struct Testbed {
     pub ctl_ns: String,
     pub hosts: Vec<Host>,
     pub ctl: Option<FakeController>,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub const PORT: u16 = 7000;
