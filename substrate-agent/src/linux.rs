@@ -344,11 +344,23 @@ fn apply_if<T>(b: LinkMessageBuilder<T>, dev: &IfSpec, ns_fd: i32) -> LinkMessag
 
 impl Kernel for LinuxKernel {
     fn list_netns(&self, prefix: &str) -> Result<Vec<NsEntry>, KernelError> {
-        Ok(netns::list(prefix)
+        let list: Vec<NsEntry> = netns::list(prefix)
             .map_err(io_err(netns::NETNS_DIR))?
             .into_iter()
             .map(|(name, inode)| NsEntry { name, inode })
-            .collect())
+            .collect();
+        // A cached handle pins its namespace (and every device in it): drop the handles of
+        // namespaces someone else removed from /run/netns, so the kernel can free them.
+        self.handles.lock().expect("handles").retain(|name, h| {
+            !name.starts_with(prefix)
+                || list.iter().any(|e| {
+                    &e.name == name
+                        && h.file
+                            .metadata()
+                            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == e.inode)
+                })
+        });
+        Ok(list)
     }
 
     fn ns_snapshot(&self, ns: &str) -> Result<NsSnapshot, KernelError> {
