@@ -214,16 +214,4 @@ impl Store {
         }
         tx.commit().map_err(|e| self.err(e))
     }
-
-    /// Records a host's latest hello.
-    pub fn put_host(&self, info: &HostInfo) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut hosts = tx.open_table(HOSTS).map_err(|e| self.err(e))?;
-            hosts
-                .insert(info.id.as_str(), encode(info).as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
-    }
 }

@@ -5,7 +5,7 @@
 //! [`Change`] in one transaction, compute the changed hosts' desired states, unlock, then publish
 //! desired states (to the agents' sessions) and events (to watchers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -612,17 +612,6 @@ impl Controller {
             exit_code: res.exit_code,
             stdout: res.stdout,
             stderr: res.stderr,
-        })
-    }
-
-    /// Number of VNs per state, for tests and metrics.
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        self.with_index(|ix| {
-            let mut m = BTreeMap::new();
-            for r in ix.records() {
-                *m.entry(r.status.as_str()).or_default() += 1;
-            }
-            m
         })
     }
 }
