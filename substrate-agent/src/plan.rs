@@ -304,16 +304,18 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             .flat_map(|s| s.nodes.iter().map(|n| &n.id))
             .collect();
         let before = good.len();
-        good.retain(|s| match &s.context {
-            Some(c) if !built.contains(c) => {
-                p.failed.insert(
-                    s.vn_id.clone(),
-                    format!("vn {}: context node {c} is not being built", s.vn_id),
-                );
-                false
-            }
-            _ => true,
-        });
+        good.retain(
+            |s| match s.contexts().into_iter().find(|c| !built.contains(c)) {
+                Some(c) => {
+                    p.failed.insert(
+                        s.vn_id.clone(),
+                        format!("vn {}: context node {c} is not being built", s.vn_id),
+                    );
+                    false
+                }
+                None => true,
+            },
+        );
         if good.len() == before {
             break;
         }
@@ -325,24 +327,46 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
         .values()
         .flat_map(|s| s.nodes.iter().map(move |n| (&n.id, &s.vn_id)))
         .collect();
-    for s in desired.slices.values() {
-        let mut d = 0u32;
-        let mut cur = s;
-        while let Some(ctx) = &cur.context {
-            d += 1;
-            match owner.get(ctx).and_then(|v| desired.slices.get(*v)) {
-                Some(parent) if d <= desired.slices.len() as u32 => cur = parent,
-                Some(_) => {
-                    p.failed.insert(
-                        s.vn_id.clone(),
-                        format!("vn {}: its context nodes form a cycle", s.vn_id),
-                    );
-                    break;
-                }
-                None => break,
-            }
+    // depth = 1 + the deepest slice owning one of its context nodes; a slice met again while
+    // its own depth is being computed closes a cycle.
+    fn depth_of<'a>(
+        s: &'a Slice,
+        desired: &'a Desired,
+        owner: &BTreeMap<&NodeId, &VnId>,
+        memo: &mut BTreeMap<&'a VnId, Option<u32>>,
+        visiting: &mut BTreeSet<&'a VnId>,
+    ) -> Option<u32> {
+        if let Some(d) = memo.get(&s.vn_id) {
+            return *d;
         }
-        p.depth.insert(s.vn_id.clone(), d);
+        if !visiting.insert(&s.vn_id) {
+            return None;
+        }
+        let mut d = Some(0u32);
+        for ctx in s.contexts() {
+            let Some(parent) = owner.get(ctx).and_then(|v| desired.slices.get(*v)) else {
+                d = d.map(|d| d.max(1));
+                continue;
+            };
+            d = match (d, depth_of(parent, desired, owner, memo, visiting)) {
+                (Some(d), Some(pd)) => Some(d.max(pd + 1)),
+                _ => None,
+            };
+        }
+        visiting.remove(&s.vn_id);
+        memo.insert(&s.vn_id, d);
+        d
+    }
+    let mut memo = BTreeMap::new();
+    for s in desired.slices.values() {
+        let d = depth_of(s, desired, &owner, &mut memo, &mut BTreeSet::new());
+        if d.is_none() {
+            p.failed.insert(
+                s.vn_id.clone(),
+                format!("vn {}: its context nodes form a cycle", s.vn_id),
+            );
+        }
+        p.depth.insert(s.vn_id.clone(), d.unwrap_or(0));
     }
     good.retain(|s| !p.failed.contains_key(&s.vn_id));
     // Parents before children.
@@ -409,8 +433,8 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     let mut deletes: Vec<(VnId, Op)> = Vec::new();
     for s in &good {
         let vn = &s.vn_id;
-        let ctx_ns = s.context.as_ref().map(|c| naming.node_ns(c));
         for seg in &s.links {
+            let ctx_ns = s.context_of(seg).map(|c| naming.node_ns(c));
             let tag = naming.link_tag(vn, seg);
             let ifaces = segment_ifaces(naming, vn, seg);
             wanted_ifaces.extend(ifaces.iter().cloned());

@@ -171,6 +171,10 @@ pub struct Slice {
     pub label: String,
     /// The parent VN's node whose namespace carries this slice's tunnels (recursion).
     pub context: Option<NodeId>,
+    /// Segments whose tunnels ride in another parent node than `context` (a child VN using
+    /// several parent nodes on this host). Kept beside the segments, not in them, so that a
+    /// segment's fingerprint does not depend on it.
+    pub segment_context: BTreeMap<LinkId, NodeId>,
     pub depth: u32,
     pub nodes: Vec<Node>,
     pub links: Vec<Segment>,
@@ -289,6 +293,21 @@ impl Slice {
     pub fn node(&self, id: &NodeId) -> Option<&Node> {
         self.nodes.iter().find(|n| &n.id == id)
     }
+
+    /// The parent node whose namespace carries `seg`'s tunnels (`None`: the agent's own).
+    pub fn context_of(&self, seg: &Segment) -> Option<&NodeId> {
+        self.segment_context
+            .get(&seg.link_id)
+            .or(self.context.as_ref())
+    }
+
+    /// Every parent node this slice's tunnels ride in.
+    pub fn contexts(&self) -> BTreeSet<&NodeId> {
+        self.context
+            .iter()
+            .chain(self.segment_context.values())
+            .collect()
+    }
 }
 
 impl Desired {
@@ -350,7 +369,7 @@ impl Desired {
         }
         // A context node must be a netns node of another slice on this host.
         for s in slices.values() {
-            if let Some(ctx) = &s.context {
+            for ctx in s.contexts() {
                 let parent = owner_of_node.get(ctx).and_then(|v| v.first());
                 match parent {
                     None => {
@@ -415,10 +434,25 @@ impl Slice {
         let mut links = Vec::with_capacity(s.links.len());
         let mut link_ids = BTreeSet::new();
         let mut ifnames: BTreeSet<(NodeId, IfName)> = BTreeSet::new();
+        let mut segment_context = BTreeMap::new();
         for l in &s.links {
             let seg = Segment::from_proto(l)?;
             if !link_ids.insert(seg.link_id.clone()) {
                 return err(format!("link_id {} appears twice", seg.link_id));
+            }
+            if !l.context_node_id.is_empty() {
+                let ctx = NodeId::parse(&l.context_node_id).map_err(|e| {
+                    SpecError(format!("link {}: context_node_id: {}", seg.link_id, e.0))
+                })?;
+                if context.is_none() {
+                    return err(format!(
+                        "link {}: context_node_id {ctx} in a slice without a context_node_id",
+                        seg.link_id
+                    ));
+                }
+                if context.as_ref() != Some(&ctx) {
+                    segment_context.insert(seg.link_id.clone(), ctx);
+                }
             }
             for nif in seg.node_ifs() {
                 if !ids.contains(&nif.node) {
@@ -440,6 +474,7 @@ impl Slice {
             vn_id,
             label: s.label.clone(),
             context,
+            segment_context,
             depth: s.depth,
             nodes,
             links,
@@ -718,6 +753,7 @@ pub(crate) mod tests {
             bandwidth_mbps: 0,
             a: Some(a),
             b: Some(b),
+            context_node_id: String::new(),
         }
     }
 

@@ -86,8 +86,8 @@ async fn bad_input_is_refused_without_trace() {
         ),
         (
             Box::new(|s| s.parent = "base".into()),
-            Code::FailedPrecondition,
-            "spec.parent \"base\": nested VNs are not supported yet",
+            Code::NotFound,
+            "VN red/base (spec.parent) not found",
         ),
         (
             Box::new(|s| s.provider = "blue".into()),

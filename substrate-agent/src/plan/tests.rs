@@ -660,3 +660,77 @@ fn build_order_follows_the_context_chain_and_cycles_fail() {
     assert!(p.failed[&VnId::parse("vb").unwrap()].contains("cycle"));
     assert!(p.ops.is_empty());
 }
+
+#[test]
+fn each_segment_of_a_child_rides_in_its_own_parent_node() {
+    // Parent with two nodes on this host (revisitation); the child's two links leave from p1 and
+    // from p2: each VXLAN socket lives in its own parent node's namespace.
+    let parent = two_node_vn("vp", "p1", "p2");
+    let mut child = slice(
+        "vc",
+        &["c1", "c2"],
+        vec![
+            link(
+                "cl1",
+                nif("c1", "eth0", ""),
+                vxlan(500, "10.0.1.1", "10.255.0.2"),
+            ),
+            link(
+                "cl2",
+                nif("c2", "eth0", ""),
+                vxlan(501, "10.0.2.1", "10.255.1.2"),
+            ),
+        ],
+    );
+    child.context_node_id = "p1".into();
+    child.depth = 1;
+    child.links[0].context_node_id = "p1".into();
+    child.links[1].context_node_id = "p2".into();
+    let d = desired(vec![parent.clone(), child.clone()]);
+    let h = Host::new();
+    let p = h.plan(&d);
+    let ctx: BTreeSet<(String, Option<String>)> = p
+        .ops
+        .iter()
+        .filter_map(|(vn, o)| match o {
+            Op::CreateVxlan { ctx, link, .. } if vn.as_ref().unwrap().as_str() == "vc" => {
+                Some((link.to_string(), ctx.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ctx,
+        BTreeSet::from([
+            ("cl1".to_string(), Some("vn-h1-p1".to_string())),
+            ("cl2".to_string(), Some("vn-h1-p2".to_string())),
+        ])
+    );
+    assert_eq!(p.depth[&VnId::parse("vc").unwrap()], 1);
+    // The segment's context counts for the build order and for failure: without p2, no child.
+    let mut other = two_node_vn("vq", "q1", "q2");
+    other.links.clear();
+    let mut orphan = child.clone();
+    orphan.links[1].context_node_id = "q9".into();
+    let d = Desired::from_proto(&pb::DesiredState {
+        generation: 1,
+        vns: vec![parent, other, orphan],
+    });
+    assert!(
+        d.invalid.iter().any(
+            |(vn, m)| vn == "vc" && m.contains("context_node_id q9 is not a node on this host")
+        ),
+        "{:?}",
+        d.invalid
+    );
+    // A segment context needs a slice context.
+    let mut bad = slice("vx", &["x1"], vec![]);
+    bad.links = vec![link(
+        "xl1",
+        nif("x1", "eth0", ""),
+        vxlan(502, "10.0.3.1", "10.255.0.2"),
+    )];
+    bad.links[0].context_node_id = "p1".into();
+    let e = crate::spec::Slice::from_proto(&bad).unwrap_err();
+    assert!(e.0.contains("without a context_node_id"), "{}", e.0);
+}

@@ -628,6 +628,7 @@ pub fn seg(id: &str, mtu: u32, mbps: u64, a: pb::Endpoint, b: pb::Endpoint) -> p
         bandwidth_mbps: mbps,
         a: Some(a),
         b: Some(b),
+        context_node_id: String::new(),
     }
 }
 

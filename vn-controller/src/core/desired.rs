@@ -37,9 +37,10 @@ pub fn route_pb(r: &RouteSpec) -> pb::Route {
     }
 }
 
-/// The tunnel endpoint of `hop` as seen from `host`.
-fn tunnel(hop: &Hop, host: &str) -> pb::Endpoint {
-    let (local, remote, neighbor) = if hop.from == host {
+/// The tunnel endpoint of `hop` as seen from its `from` end (`at_from`) or its `to` end. (By
+/// position, not by name: a child's path names parent nodes, not hosts.)
+fn tunnel(hop: &Hop, at_from: bool) -> pb::Endpoint {
+    let (local, remote, neighbor) = if at_from {
         (hop.from_address, hop.to_address, &hop.to)
     } else {
         (hop.to_address, hop.from_address, &hop.from)
@@ -67,6 +68,7 @@ fn node_end(req: &VnReq, rec: &VnRecord, link_index: usize, side: usize) -> pb::
             ifname: pl.ifnames[side].clone(),
             addresses: l
                 .addresses
+                .or(pl.carrier)
                 .map(|a| vec![a[side].to_string()])
                 .unwrap_or_default(),
             mac: mac_string(pl.macs[side]),
@@ -75,7 +77,11 @@ fn node_end(req: &VnReq, rec: &VnRecord, link_index: usize, side: usize) -> pb::
 }
 
 /// The slice of `rec` on `host`, or `None` when the VN has nothing there.
-pub fn slice(rec: &VnRecord, host: &str, depth: u32) -> Option<pb::VnSlice> {
+///
+/// For a child VN the path of a link names parent nodes: the segment at position `i` is on the
+/// host of parent node `path[i]` and its tunnels ride in that node's namespace
+/// (`LinkSegment.context_node_id`); the slice's own context is the first such node on the host.
+pub fn slice(rec: &VnRecord, host: &str) -> Option<pb::VnSlice> {
     let req = &rec.req;
     let nodes: Vec<pb::VirtualNodeSpec> = req
         .nodes
@@ -97,39 +103,55 @@ pub fn slice(rec: &VnRecord, host: &str, depth: u32) -> Option<pb::VnSlice> {
         })
         .collect();
     let mut links = Vec::new();
+    let mut contexts: Vec<&str> = Vec::new();
     for (i, (l, pl)) in req.links.iter().zip(&rec.placement.links).enumerate() {
         let k = pl.path.len() - 1;
-        for (pos, h) in pl.path.iter().enumerate() {
+        for (pos, h) in pl.host_path().iter().enumerate() {
             if h != host {
                 continue;
+            }
+            let context = pl.contexts.get(pos).map_or("", String::as_str);
+            if !context.is_empty() {
+                contexts.push(context);
             }
             let a = if pos == 0 {
                 node_end(req, rec, i, 0)
             } else {
-                tunnel(&pl.hops[pos - 1], host)
+                tunnel(&pl.hops[pos - 1], false)
             };
             let b = if pos == k {
                 node_end(req, rec, i, 1)
             } else {
-                tunnel(&pl.hops[pos], host)
+                tunnel(&pl.hops[pos], true)
             };
             links.push(pb::LinkSegment {
-                link_id: pl.link_id.clone(),
+                link_id: pl.segment_id(pos).to_string(),
                 mtu: pl.mtu,
                 bandwidth_mbps: l.bandwidth_mbps,
                 a: Some(a),
                 b: Some(b),
+                context_node_id: context.to_string(),
             });
         }
     }
     if nodes.is_empty() && links.is_empty() {
         return None;
     }
+    // A child's slice: its context is the parent node of its first node here (else of its first
+    // segment here); segments in other parent nodes name their own.
+    let context = rec
+        .placement
+        .nodes
+        .iter()
+        .filter(|p| p.host == host)
+        .find_map(|p| p.context.as_deref())
+        .or(contexts.first().copied())
+        .unwrap_or_default();
     Some(pb::VnSlice {
         vn_id: rec.vn_id.clone(),
         label: rec.label(),
-        context_node_id: String::new(),
-        depth,
+        context_node_id: context.to_string(),
+        depth: rec.depth(),
         nodes,
         links,
     })

@@ -12,8 +12,8 @@ use embedding::{Residual, Substrate};
 
 use super::index::Index;
 use super::model::{Kind, VnReq};
-use super::substrate::SubstrateLink;
-use super::usage::Mapping;
+use super::substrate::{Registry, SubstrateLink};
+use super::usage::{Mapping, Usage};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewHost {
@@ -38,34 +38,38 @@ pub struct View {
 impl Index {
     /// The residual substrate as `req` may use it.
     pub fn view(&self, req: &VnReq) -> View {
-        let u = self.usage();
-        let hosts = self
-            .registry
-            .hosts()
-            .filter(|h| self.registry.is_connected(&h.id))
-            .map(|h| ViewHost {
-                id: h.id.clone(),
-                cpu_free: h.cpu.saturating_sub(u.host_cpu(&h.id)),
-                memory_free: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
-                kinds: h.kinds.clone(),
-                labels: h.labels.clone(),
-            })
-            .collect();
-        let links = self.registry.links_arc();
-        let free = links
-            .iter()
-            .map(|l| {
-                self.registry
-                    .link_usable(l)
-                    .then(|| l.bandwidth_mbps.saturating_sub(u.link_bandwidth(&l.id)))
-            })
-            .collect();
-        View {
-            hosts,
-            links,
-            free,
-            excluded: u.excluded_hosts(req),
-        }
+        view_of(&self.registry, self.usage(), req)
+    }
+}
+
+/// The residual of `registry` (the substrate, or a parent VN's virtual topology) after `u`, as
+/// `req` may use it.
+pub fn view_of(registry: &Registry, u: &Usage, req: &VnReq) -> View {
+    let hosts = registry
+        .hosts()
+        .filter(|h| registry.is_connected(&h.id))
+        .map(|h| ViewHost {
+            id: h.id.clone(),
+            cpu_free: h.cpu.saturating_sub(u.host_cpu(&h.id)),
+            memory_free: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
+            kinds: h.kinds.clone(),
+            labels: h.labels.clone(),
+        })
+        .collect();
+    let links = registry.links_arc();
+    let free = links
+        .iter()
+        .map(|l| {
+            registry
+                .link_usable(l)
+                .then(|| l.bandwidth_mbps.saturating_sub(u.link_bandwidth(&l.id)))
+        })
+        .collect();
+    View {
+        hosts,
+        links,
+        free,
+        excluded: u.excluded_hosts(req),
     }
 }
 

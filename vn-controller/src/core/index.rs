@@ -3,16 +3,19 @@
 //! lock (which serialises commits), persists the [`Change`] each operation returns, then
 //! publishes desired states and events.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use vnet_proto::v1 as pb;
 
-use super::alloc::{AllocError, Allocators, Cursors, link_id, node_id};
+use super::alloc::{AllocError, Allocators, Cursors, base36, link_id, node_id};
+use super::attributes;
 use super::desired::{self, DesiredSnapshot};
-use super::model::{Encap, ProviderId, VnReq};
+use super::model::{Encap, Kind, ProviderId, VnReq};
+use super::nest::{self, ChildFrame, Nests, ParentNode};
 use super::record::{
-    Hop, HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
+    Hop, HostPhase, HostProgress, Nesting, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
 };
 use super::substrate::{DEFAULT_UNDERLAY_MTU, HostInfo, Registry};
 use super::usage::{CheckMode, Mapping, Usage};
@@ -43,6 +46,18 @@ pub enum CoreError {
     Exhausted(String),
     #[error("inconsistent store: {0}")]
     Restore(String),
+    /// A state of things (a parent's, an attribute it imposes) does not allow the request.
+    #[error("{0}")]
+    Precondition(String),
+    /// The caller may not do this (create a child of a VN not shared with it).
+    #[error("{0}")]
+    Permission(String),
+    /// The request names something that does not exist (a child pinned to no parent node).
+    #[error("{0}")]
+    Invalid(String),
+    /// A quota or a fixed capacity makes the request impossible (embedding again cannot help).
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 impl From<AllocError> for CoreError {
@@ -136,6 +151,8 @@ pub struct Index {
     observed: BTreeMap<String, u64>,
     /// (host, vn_id) -> the VN's slice on that host, built once at accept/restore.
     slices: HashMap<(String, String), Arc<pb::VnSlice>>,
+    /// Recursion: what children use of their parents, and the tree.
+    nests: Nests,
 }
 
 fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
@@ -146,8 +163,13 @@ fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Where each node sits in the frame it was embedded in: the host, or for a child the parent node.
 fn node_hosts(rec: &VnRecord) -> Vec<String> {
-    rec.placement.nodes.iter().map(|n| n.host.clone()).collect()
+    rec.placement
+        .nodes
+        .iter()
+        .map(|n| n.parent_node.clone().unwrap_or_else(|| n.host.clone()))
+        .collect()
 }
 
 impl Index {
@@ -163,7 +185,13 @@ impl Index {
             generations: BTreeMap::new(),
             observed: BTreeMap::new(),
             slices: HashMap::new(),
+            nests: Nests::default(),
         }
+    }
+
+    /// Recursion state: children's usage of their parents, and the tree.
+    pub fn nests(&self) -> &Nests {
+        &self.nests
     }
 
     /// Rebuilds the index from the store: every held VN is committed again against the
@@ -182,6 +210,9 @@ impl Index {
         let mut ix = Index::new(cfg, registry);
         ix.alloc = Allocators::from_cursors(cursors);
         ix.generations = generations;
+        // Parents before their children: a child is checked against its parent's topology.
+        let mut records = records;
+        records.sort_by_key(VnRecord::depth);
         for rec in records {
             let key = (rec.provider().clone(), rec.name().to_string());
             if ix.by_name.insert(key, rec.vn_id.clone()).is_some() {
@@ -190,6 +221,25 @@ impl Index {
                     rec.label()
                 )));
             }
+            let parent = match rec.parent_id() {
+                Some(p) => {
+                    let held = ix.vns.get(p).filter(|r| r.status.holds_resources());
+                    match held {
+                        Some(prec) => {
+                            ix.nests.add_child(p, &rec.vn_id);
+                            Some(prec.clone())
+                        }
+                        None if rec.status.holds_resources() => {
+                            return Err(CoreError::Restore(format!(
+                                "VN {} is a child of {p}, which is not held",
+                                rec.label()
+                            )));
+                        }
+                        None => None,
+                    }
+                }
+                None => None,
+            };
             if rec.status.holds_resources() {
                 let mapping = Mapping {
                     node_hosts: node_hosts(&rec),
@@ -198,17 +248,22 @@ impl Index {
                     revenue: rec.placement.revenue,
                     cost: rec.placement.cost,
                 };
-                let (_, warnings) = ix
-                    .usage
-                    .check(&ix.registry, &rec.req, &mapping, CheckMode::Restore)
+                let (reg, usage) = match &parent {
+                    Some(p) => (
+                        Cow::Owned(nest::virtual_substrate(p, &ix.registry).0),
+                        ix.nests.usage_mut(&p.vn_id),
+                    ),
+                    None => (Cow::Borrowed(&ix.registry), &mut ix.usage),
+                };
+                let (_, warnings) = usage
+                    .check(&reg, &rec.req, &mapping, CheckMode::Restore)
                     .map_err(|e| {
                         CoreError::Restore(format!("VN {} no longer fits: {e}", rec.label()))
                     })?;
                 for w in warnings {
-                    tracing::warn!(vn = %rec.label(), "restored VN exceeds the substrate: {w}");
+                    tracing::warn!(vn = %rec.label(), "restored VN exceeds its substrate: {w}");
                 }
-                ix.usage
-                    .add(&rec.req, &mapping.node_hosts, &mapping.link_paths);
+                usage.add(&rec.req, &mapping.node_hosts, &mapping.link_paths);
                 ix.reserve_ids(&rec)
                     .map_err(|e| CoreError::Restore(format!("VN {}: {e}", rec.label())))?;
                 for h in rec.placement.hosts() {
@@ -325,7 +380,7 @@ impl Index {
 
     fn cache_slices(&mut self, rec: &VnRecord) {
         for h in rec.placement.hosts() {
-            if let Some(s) = desired::slice(rec, &h, 0) {
+            if let Some(s) = desired::slice(rec, &h) {
                 self.slices.insert((h, rec.vn_id.clone()), Arc::new(s));
             }
         }
@@ -356,13 +411,44 @@ impl Index {
         now_ms: u64,
     ) -> Result<(VnRecord, Change), CoreError> {
         self.check_name_free(&req.provider, &req.name)?;
-        let (paths, _) = self
-            .usage
-            .check(&self.registry, &req, mapping, CheckMode::Commit)
+        // A child is checked against its parent (again: the parent may have changed since the
+        // embedding) and embedded in the parent's virtual topology.
+        let child: Option<ChildFrame> = match &req.parent {
+            Some(_) => Some(nest::child_frame(self, &req, self.cfg.vxlan_port)?),
+            None => None,
+        };
+        let req = match &child {
+            Some(f) => f.req.clone(),
+            None => VnReq {
+                attributes: attributes::top_level(&req.attributes),
+                ..req
+            },
+        };
+        let (frame, usage) = match &child {
+            Some(f) => (
+                Frame {
+                    reg: &f.registry,
+                    port: f.port,
+                    parent_nodes: Some(&f.nodes),
+                },
+                self.nests.usage(&f.parent_id),
+            ),
+            None => (
+                Frame {
+                    reg: &self.registry,
+                    port: self.cfg.vxlan_port,
+                    parent_nodes: None,
+                },
+                &self.usage,
+            ),
+        };
+        let (paths, _) = usage
+            .check(frame.reg, &req, mapping, CheckMode::Commit)
             .map_err(CoreError::Exhausted)?;
         let cursors = self.alloc.cursors();
         let mut taken = Vec::new();
-        let (vn_id, placement) = match self.allocate(&req, mapping, &paths, &mut taken) {
+        let allocated = allocate(&mut self.alloc, &frame, &req, mapping, &paths, &mut taken);
+        let (vn_id, placement) = match allocated {
             Ok(p) => p,
             Err(e) => {
                 for t in taken {
@@ -389,8 +475,26 @@ impl Index {
             );
             self.host_vns.entry(h).or_default().insert(vn_id.clone());
         }
-        self.usage
-            .add(&req, &mapping.node_hosts, &mapping.link_paths);
+        let nesting = match child {
+            Some(f) => {
+                self.nests.usage_mut(&f.parent_id).add(
+                    &req,
+                    &mapping.node_hosts,
+                    &mapping.link_paths,
+                );
+                self.nests.add_child(&f.parent_id, &vn_id);
+                Some(Nesting {
+                    parent: f.parent_id,
+                    parent_label: f.parent_label,
+                    depth: f.depth,
+                })
+            }
+            None => {
+                self.usage
+                    .add(&req, &mapping.node_hosts, &mapping.link_paths);
+                None
+            }
+        };
         let rec = VnRecord {
             vn_id: vn_id.clone(),
             req,
@@ -400,6 +504,7 @@ impl Index {
             created_unix_ms: now_ms,
             placement,
             hosts,
+            nesting,
         };
         self.by_name.insert(
             (rec.provider().clone(), rec.name().to_string()),
@@ -411,15 +516,28 @@ impl Index {
             kind: EventKind::Accepted,
             status: Some(VnStatus::Provisioning),
             host: String::new(),
-            message: format!(
-                "embedded on {} by {}",
-                rec.placement
-                    .hosts()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(","),
-                rec.placement.algorithm
-            ),
+            message: match &rec.nesting {
+                None => format!(
+                    "embedded on {} by {}",
+                    rec.placement
+                        .hosts()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    rec.placement.algorithm
+                ),
+                Some(n) => format!(
+                    "embedded in {} on {} by {}",
+                    n.parent_label,
+                    node_hosts(&rec)
+                        .into_iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    rec.placement.algorithm
+                ),
+            },
         });
         change.upserts.insert(vn_id.clone(), rec.clone());
         change.cursors = Some(self.alloc.cursors());
@@ -427,130 +545,14 @@ impl Index {
         self.vns.insert(vn_id, rec.clone());
         Ok((rec, change))
     }
-
-    fn allocate(
-        &mut self,
-        req: &VnReq,
-        mapping: &Mapping,
-        paths: &[Vec<String>],
-        taken: &mut Vec<Taken>,
-    ) -> Result<(String, Placement), CoreError> {
-        let vn_id = self.alloc.next_vn_id();
-        let nodes: Vec<PlacedNode> = mapping
-            .node_hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| PlacedNode {
-                host: h.clone(),
-                node_id: node_id(&vn_id, i),
-            })
-            .collect();
-        // Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
-        let mut used_names: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
-        for l in &req.links {
-            for (side, node) in [l.a, l.b].into_iter().enumerate() {
-                if let Some(n) = &l.interfaces[side] {
-                    used_names[node].insert(n.clone());
-                }
-            }
-        }
-        let mut next_eth = vec![0usize; req.nodes.len()];
-        let mut links = Vec::with_capacity(req.links.len());
-        for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
-            let mut ifnames = [String::new(), String::new()];
-            for (side, node) in [l.a, l.b].into_iter().enumerate() {
-                ifnames[side] = match &l.interfaces[side] {
-                    Some(n) => n.clone(),
-                    None => loop {
-                        let cand = format!("eth{}", next_eth[node]);
-                        next_eth[node] += 1;
-                        if used_names[node].insert(cand.clone()) {
-                            break cand;
-                        }
-                    },
-                };
-            }
-            let mut mac = || -> Result<u64, CoreError> {
-                let v = self.alloc.mac.allocate()?;
-                taken.push(Taken::Mac(v));
-                Ok(v)
-            };
-            let macs = [mac()?, mac()?];
-            let mut hops = Vec::new();
-            let mut mtu = u32::MAX;
-            for (j, sid) in mapping.link_paths[i].iter().enumerate() {
-                let sl = self
-                    .registry
-                    .link(sid)
-                    .expect("checked by Usage::check")
-                    .clone();
-                let (from, to) = (&path[j], &path[j + 1]);
-                let addr = |h: &str| {
-                    self.registry.address_on(&sl, h).ok_or_else(|| {
-                        CoreError::Exhausted(format!("host {h} has no address on link {sid}"))
-                    })
-                };
-                let (from_address, to_address) = (addr(from)?, addr(to)?);
-                let under = self
-                    .registry
-                    .mtu_on(&sl, from)
-                    .min(self.registry.mtu_on(&sl, to));
-                let (vni, vlan_id, hop_mtu) = match l.encap {
-                    Encap::Vxlan => {
-                        let v = self.alloc.vni.allocate()?;
-                        taken.push(Taken::Vni(v));
-                        (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
-                    }
-                    Encap::Vlan => {
-                        let v = self.alloc.vlan_pool(&sl.segment).allocate()?;
-                        taken.push(Taken::Vlan(sl.segment.clone(), v));
-                        (None, Some(v as u16), under)
-                    }
-                };
-                mtu = mtu.min(hop_mtu);
-                hops.push(Hop {
-                    link: sid.clone(),
-                    from: from.clone(),
-                    to: to.clone(),
-                    encap: l.encap,
-                    vni,
-                    vlan_id,
-                    segment: sl.segment.clone(),
-                    udp_port: self.cfg.vxlan_port,
-                    from_address,
-                    to_address,
-                });
-            }
-            if hops.is_empty() {
-                mtu = DEFAULT_UNDERLAY_MTU;
-            }
-            if let Some(cap) = req.attributes.mtu {
-                mtu = mtu.min(cap);
-            }
-            links.push(PlacedLink {
-                link_id: link_id(&vn_id, i),
-                path: path.clone(),
-                hops,
-                mtu,
-                ifnames,
-                macs,
-            });
-        }
-        let placement = Placement {
-            nodes,
-            links,
-            algorithm: mapping.algorithm.clone(),
-            revenue: mapping.revenue,
-            cost: mapping.cost,
-        };
-        Ok((vn_id, placement))
-    }
-
     /// Undoes [`Index::accept`] when the change could not be persisted.
     pub fn forget(&mut self, vn_id: &str) {
         if let Some(rec) = self.vns.remove(vn_id) {
             self.by_name
                 .remove(&(rec.provider().clone(), rec.name().to_string()));
+            if let Some(p) = rec.parent_id() {
+                self.nests.remove_child(p, vn_id);
+            }
             if rec.status.holds_resources() {
                 self.release(&rec);
             }
@@ -558,8 +560,17 @@ impl Index {
     }
 
     fn release(&mut self, rec: &VnRecord) {
-        self.usage
-            .remove(&rec.req, &node_hosts(rec), &hop_links(rec));
+        match rec.parent_id() {
+            Some(p) => {
+                self.nests
+                    .usage_mut(p)
+                    .remove(&rec.req, &node_hosts(rec), &hop_links(rec));
+                self.nests.tidy(p);
+            }
+            None => self
+                .usage
+                .remove(&rec.req, &node_hosts(rec), &hop_links(rec)),
+        }
         self.release_ids(&rec.placement);
         for h in rec.placement.hosts() {
             self.slices.remove(&(h.clone(), rec.vn_id.clone()));
@@ -602,8 +613,16 @@ impl Index {
         change
     }
 
-    /// Deletes a VN of `provider`: releases what it holds and forgets the record.
-    pub fn delete(&mut self, provider: &ProviderId, name: &str) -> Result<Change, CoreError> {
+    /// Deletes a VN of `provider`: releases what it holds and forgets the record. A VN with
+    /// children is refused unless `cascade`, which deletes its descendants first (deepest first),
+    /// all in one change. Returns what was deleted, in that order: the caller's own VNs by name,
+    /// other providers' (children in a shared VN) as `provider/name`.
+    pub fn delete(
+        &mut self,
+        provider: &ProviderId,
+        name: &str,
+        cascade: bool,
+    ) -> Result<(Vec<String>, Change), CoreError> {
         let vn_id = self
             .by_name
             .get(&(provider.clone(), name.to_string()))
@@ -611,25 +630,69 @@ impl Index {
             .ok_or_else(|| CoreError::NotFound {
                 name: name.to_string(),
             })?;
-        let rec = self.vns.remove(&vn_id).expect("indexed");
-        self.by_name.remove(&(provider.clone(), name.to_string()));
-        let mut change = Change::default();
-        if rec.status.holds_resources() {
-            self.release(&rec);
-            for h in rec.placement.hosts() {
-                self.bump(&h, &mut change);
+        let shown = |rec: &VnRecord| {
+            if rec.provider() == provider {
+                rec.name().to_string()
+            } else {
+                rec.label()
             }
+        };
+        let order = nest::post_order(self, &vn_id);
+        if order.len() > 1 && !cascade {
+            let children: Vec<String> = self
+                .nests
+                .children(&vn_id)
+                .filter_map(|c| self.vns.get(c))
+                .map(shown)
+                .collect();
+            return Err(CoreError::Precondition(format!(
+                "VN {name} has children ({}): delete them first, or delete with cascade",
+                children.join(", ")
+            )));
         }
-        change.removed.insert(vn_id);
-        change.events.push(Event {
-            provider: provider.clone(),
-            name: name.to_string(),
-            kind: EventKind::Deleted,
-            status: None,
-            host: String::new(),
-            message: String::new(),
-        });
-        Ok(change)
+        let mut change = Change::default();
+        let mut deleted = Vec::with_capacity(order.len());
+        for id in order {
+            let rec = self.vns.remove(&id).expect("indexed");
+            self.by_name
+                .remove(&(rec.provider().clone(), rec.name().to_string()));
+            if let Some(p) = rec.parent_id() {
+                self.nests.remove_child(p, &id);
+            }
+            if rec.status.holds_resources() {
+                self.release(&rec);
+                for h in rec.placement.hosts() {
+                    self.bump(&h, &mut change);
+                }
+            }
+            change.removed.insert(id);
+            change.events.push(Event {
+                provider: rec.provider().clone(),
+                name: rec.name().to_string(),
+                kind: EventKind::Deleted,
+                status: None,
+                host: String::new(),
+                message: String::new(),
+            });
+            deleted.push(shown(&rec));
+        }
+        Ok((deleted, change))
+    }
+
+    /// The children of a VN as `provider` sees them (its own by name, others as
+    /// `provider/name`).
+    pub fn children_of(&self, vn_id: &str, provider: &ProviderId) -> Vec<String> {
+        self.nests
+            .children(vn_id)
+            .filter_map(|c| self.vns.get(c))
+            .map(|r| {
+                if r.provider() == provider {
+                    r.name().to_string()
+                } else {
+                    r.label()
+                }
+            })
+            .collect()
     }
 
     fn progress_event(rec: &VnRecord, host: &str, phase: &HostPhase) -> Event {
@@ -798,6 +861,171 @@ impl Index {
     }
 }
 
+/// Longest link (and segment) id the agents accept.
+const MAX_LINK_ID_LEN: usize = 10;
+
+/// What a VN is embedded in, for the allocation of its placement: the substrate, or (for a
+/// child) its parent's virtual topology.
+struct Frame<'a> {
+    reg: &'a Registry,
+    /// UDP port of VXLAN hops at this depth.
+    port: u16,
+    /// Child: where each parent node is (the mapping names parent nodes, not hosts).
+    parent_nodes: Option<&'a BTreeMap<String, ParentNode>>,
+}
+
+fn allocate(
+    alloc: &mut Allocators,
+    frame: &Frame<'_>,
+    req: &VnReq,
+    mapping: &Mapping,
+    paths: &[Vec<String>],
+    taken: &mut Vec<Taken>,
+) -> Result<(String, Placement), CoreError> {
+    let vn_id = alloc.next_vn_id();
+    let nodes: Vec<PlacedNode> = mapping
+        .node_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PlacedNode {
+            host: frame
+                .parent_nodes
+                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
+            node_id: node_id(&vn_id, i),
+            parent_node: frame.parent_nodes.map(|_| h.clone()),
+            context: frame.parent_nodes.map(|m| m[h].node_id.clone()),
+        })
+        .collect();
+    // Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
+    let mut used_names: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
+    for l in &req.links {
+        for (side, node) in [l.a, l.b].into_iter().enumerate() {
+            if let Some(n) = &l.interfaces[side] {
+                used_names[node].insert(n.clone());
+            }
+        }
+    }
+    let mut next_eth = vec![0usize; req.nodes.len()];
+    let mut extra_segments = 0u64;
+    let mut links = Vec::with_capacity(req.links.len());
+    for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
+        let mut ifnames = [String::new(), String::new()];
+        for (side, node) in [l.a, l.b].into_iter().enumerate() {
+            ifnames[side] = match &l.interfaces[side] {
+                Some(n) => n.clone(),
+                None => loop {
+                    let cand = format!("eth{}", next_eth[node]);
+                    next_eth[node] += 1;
+                    if used_names[node].insert(cand.clone()) {
+                        break cand;
+                    }
+                },
+            };
+        }
+        let mut mac = || -> Result<u64, CoreError> {
+            let v = alloc.mac.allocate()?;
+            taken.push(Taken::Mac(v));
+            Ok(v)
+        };
+        let macs = [mac()?, mac()?];
+        let mut hops = Vec::new();
+        let mut mtu = u32::MAX;
+        for (j, sid) in mapping.link_paths[i].iter().enumerate() {
+            let sl = frame
+                .reg
+                .link(sid)
+                .expect("checked by Usage::check")
+                .clone();
+            let (from, to) = (&path[j], &path[j + 1]);
+            let addr = |h: &str| {
+                frame.reg.address_on(&sl, h).ok_or_else(|| {
+                    CoreError::Exhausted(format!("host {h} has no address on link {sid}"))
+                })
+            };
+            let (from_address, to_address) = (addr(from)?, addr(to)?);
+            let under = frame.reg.mtu_on(&sl, from).min(frame.reg.mtu_on(&sl, to));
+            let (vni, vlan_id, hop_mtu) = match l.encap {
+                Encap::Vxlan => {
+                    let v = alloc.vni.allocate()?;
+                    taken.push(Taken::Vni(v));
+                    (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
+                }
+                Encap::Vlan => {
+                    let v = alloc.vlan_pool(&sl.segment).allocate()?;
+                    taken.push(Taken::Vlan(sl.segment.clone(), v));
+                    (None, Some(v as u16), under)
+                }
+            };
+            mtu = mtu.min(hop_mtu);
+            hops.push(Hop {
+                link: sid.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                encap: l.encap,
+                vni,
+                vlan_id,
+                segment: sl.segment.clone(),
+                udp_port: frame.port,
+                from_address,
+                to_address,
+            });
+        }
+        if hops.is_empty() {
+            mtu = DEFAULT_UNDERLAY_MTU;
+        }
+        if let Some(cap) = req.attributes.mtu {
+            mtu = mtu.min(cap);
+        }
+        let (hosts, contexts) = match frame.parent_nodes {
+            Some(m) => (
+                path.iter().map(|p| m[p].host.clone()).collect(),
+                path.iter().map(|p| m[p].node_id.clone()).collect(),
+            ),
+            None => (vec![], vec![]),
+        };
+        // A child's link may cross two parent nodes on one host: one segment id each.
+        let mut segment_ids = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (pos, h) in hosts.iter().enumerate() {
+            if seen.insert(h) {
+                continue;
+            }
+            segment_ids.resize(pos + 1, String::new());
+            extra_segments += 1;
+            let id = format!("{vn_id}r{}", base36(extra_segments));
+            if id.len() > MAX_LINK_ID_LEN {
+                return Err(CoreError::NoRoom(format!(
+                    "link {i} crosses host {h} more than once and no segment id is left for it"
+                )));
+            }
+            segment_ids[pos] = id;
+        }
+        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
+        let carrier =
+            (req.nestable && l.addresses.is_none() && !vm_end).then(|| nest::carrier_pair(i));
+        links.push(PlacedLink {
+            link_id: link_id(&vn_id, i),
+            path: path.clone(),
+            hops,
+            mtu,
+            ifnames,
+            macs,
+            hosts,
+            contexts,
+            segment_ids,
+            carrier,
+        });
+    }
+    let placement = Placement {
+        nodes,
+        links,
+        algorithm: mapping.algorithm.clone(),
+        revenue: mapping.revenue,
+        cost: mapping.cost,
+    };
+    Ok((vn_id, placement))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -864,15 +1092,18 @@ mod tests {
                 addresses: None,
                 interfaces: [None, None],
                 encap,
+                encap_explicit: false,
             }],
             algorithm: None,
             max_path_hops: None,
             attributes: Attributes {
                 mtu: None,
                 dedicated_hosts: dedicated,
+                ..Attributes::default()
             },
             nestable: false,
             share_with: Default::default(),
+            parent: None,
         }
     }
 

@@ -3,10 +3,12 @@
 //! durable store. Nothing here knows tonic.
 
 pub mod alloc;
+pub mod attributes;
 pub mod desired;
 pub mod embed;
 pub mod index;
 pub mod model;
+pub mod nest;
 pub mod record;
 pub mod store;
 pub mod substrate;

@@ -89,13 +89,66 @@ pub struct LinkReq {
     /// Explicit interface names of the `a` and `b` ends.
     pub interfaces: [Option<String>; 2],
     pub encap: Encap,
+    /// The encapsulation was chosen by the spec (the link, the VN or its attributes), not
+    /// defaulted: a child VN's defaulted links take the encapsulation it inherits instead.
+    #[serde(default)]
+    pub encap_explicit: bool,
 }
 
-/// Architectural attributes that the controller enforces today.
+/// How strongly a VN is kept apart from others; a larger level is stronger (narrower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Isolation {
+    Standard,
+    DedicatedHosts,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Standard => "standard",
+            Isolation::DedicatedHosts => "dedicated_hosts",
+        }
+    }
+}
+
+/// Architectural attributes of a VN. In a request they are what the spec asked for (`None`:
+/// unset); in an accepted VN they are the effective ones, after inheritance from the parent
+/// (see [`crate::core::attributes`]). `None` at the top level means "no limit".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attributes {
     pub mtu: Option<u32>,
+    /// Effective dedicated-host isolation (`isolation == Some(DedicatedHosts)`).
     pub dedicated_hosts: bool,
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    /// Every virtual link uses this encapsulation.
+    #[serde(default)]
+    pub encap: Option<Encap>,
+    #[serde(default)]
+    pub max_link_bandwidth_mbps: Option<u64>,
+    /// Node kinds allowed (`None`: all).
+    #[serde(default)]
+    pub allowed_kinds: Option<BTreeSet<Kind>>,
+    /// Quota of the VN and all its descendants: nodes ...
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
+    /// ... and the sum of their cpu demands.
+    #[serde(default)]
+    pub max_total_cpu: Option<u64>,
+}
+
+/// The VN a child names as its parent (`spec.parent`, owned by `spec.parent_provider` or the
+/// caller).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub provider: ProviderId,
+    pub name: String,
+}
+
+impl std::fmt::Display for ParentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.name)
+    }
 }
 
 /// A validated VN request.
@@ -111,9 +164,12 @@ pub struct VnReq {
     /// Longest substrate path of a virtual link; `None`: no limit.
     pub max_path_hops: Option<u32>,
     pub attributes: Attributes,
-    /// Recursion fields, stored for issue 7.
+    /// Recursion: this VN may carry child VNs, created by its provider or those in `share_with`.
     pub nestable: bool,
     pub share_with: BTreeSet<String>,
+    /// Recursion: the VN this one is embedded in (`None`: on the substrate).
+    #[serde(default)]
+    pub parent: Option<ParentRef>,
 }
 
 impl VnReq {

@@ -88,8 +88,15 @@ pub struct Hop {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedNode {
+    /// The substrate host (for a child VN: the host of its parent node).
     pub host: String,
     pub node_id: String,
+    /// Child VN: the parent's virtual node that contains this node ...
+    #[serde(default)]
+    pub parent_node: Option<String>,
+    /// ... and that node's id (its namespace carries the child's tunnels).
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +109,41 @@ pub struct PlacedLink {
     pub ifnames: [String; 2],
     /// MAC allocator values of the `a` and `b` interfaces.
     pub macs: [u64; 2],
+    /// Child VN: the substrate host of each element of `path` (which names parent nodes).
+    /// Empty for a VN on the substrate, whose path already names hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Child VN: the node id of each parent node of `path`, whose namespace carries the
+    /// link's tunnels there.
+    #[serde(default)]
+    pub contexts: Vec<String>,
+    /// Per element of `path`, the id of the segment realized there, when it is not `link_id`
+    /// (a child's link crossing two parent nodes on one host needs one id per crossing).
+    #[serde(default)]
+    pub segment_ids: Vec<String>,
+    /// Nestable VN: carrier addresses the controller gave the two ends (children's tunnels run
+    /// between them) because the spec gave none.
+    #[serde(default)]
+    pub carrier: Option<[ipnet::IpNet; 2]>,
+}
+
+impl PlacedLink {
+    /// The substrate host of each element of the path.
+    pub fn host_path(&self) -> &[String] {
+        if self.hosts.is_empty() {
+            &self.path
+        } else {
+            &self.hosts
+        }
+    }
+
+    /// The id of the segment at position `pos` of the path.
+    pub fn segment_id(&self, pos: usize) -> &str {
+        self.segment_ids
+            .get(pos)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.link_id)
+    }
 }
 
 /// Where a VN was embedded and which identifiers it holds.
@@ -120,7 +162,11 @@ impl Placement {
         self.nodes
             .iter()
             .map(|n| n.host.clone())
-            .chain(self.links.iter().flat_map(|l| l.path.iter().cloned()))
+            .chain(
+                self.links
+                    .iter()
+                    .flat_map(|l| l.host_path().iter().cloned()),
+            )
             .collect()
     }
 }
@@ -136,6 +182,19 @@ pub struct VnRecord {
     pub created_unix_ms: u64,
     pub placement: Placement,
     pub hosts: BTreeMap<String, HostProgress>,
+    /// Child VN: where it sits in the hierarchy (`None`: on the substrate).
+    #[serde(default)]
+    pub nesting: Option<Nesting>,
+}
+
+/// Where a child VN sits: its parent (by VN id, never reused) and its depth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nesting {
+    pub parent: String,
+    /// The parent's `provider/name`, for display.
+    pub parent_label: String,
+    /// 1 for a child of a VN on the substrate.
+    pub depth: u32,
 }
 
 impl VnRecord {
@@ -149,5 +208,15 @@ impl VnRecord {
 
     pub fn label(&self) -> String {
         format!("{}/{}", self.req.provider, self.req.name)
+    }
+
+    /// 0 on the substrate, parent depth + 1 for a child.
+    pub fn depth(&self) -> u32 {
+        self.nesting.as_ref().map_or(0, |n| n.depth)
+    }
+
+    /// The parent VN's id, for a child.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.nesting.as_ref().map(|n| n.parent.as_str())
     }
 }

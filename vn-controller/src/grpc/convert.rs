@@ -7,7 +7,7 @@ use vnet_proto::v1 as pb;
 
 use crate::core::alloc::mac_string;
 use crate::core::index::{Event, EventKind, Index};
-use crate::core::model::Encap;
+use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
 use crate::core::substrate::{HostInfo, SubstrateLink};
 
@@ -34,10 +34,36 @@ fn encap(e: Encap) -> i32 {
     }
 }
 
+/// Effective attributes (after inheritance) on the wire.
+pub fn attributes(a: &Attributes) -> pb::VnAttributes {
+    let isolation = match a.isolation {
+        Some(Isolation::DedicatedHosts) => pb::IsolationLevel::DedicatedHosts,
+        _ if a.dedicated_hosts => pb::IsolationLevel::DedicatedHosts,
+        Some(Isolation::Standard) => pb::IsolationLevel::Standard,
+        None => pb::IsolationLevel::Unspecified,
+    };
+    pb::VnAttributes {
+        encapsulation: a.encap.map_or(pb::Encapsulation::Unspecified as i32, encap),
+        mtu: a.mtu,
+        max_link_bandwidth_mbps: a.max_link_bandwidth_mbps,
+        allowed_node_kinds: a.allowed_kinds.iter().flatten().map(|k| kind(*k)).collect(),
+        isolation: isolation as i32,
+        max_nodes: a.max_nodes,
+        max_total_cpu: a.max_total_cpu,
+    }
+}
+
+fn kind(k: Kind) -> i32 {
+    match k {
+        Kind::Netns => pb::NodeKind::Netns as i32,
+        Kind::Vm => pb::NodeKind::Vm as i32,
+    }
+}
+
+/// A VN on the wire (without `children`, which need the index: see the service).
 pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
     let spec = pb::VnSpec::decode(rec.spec_pb.as_slice()).ok();
     let req = &rec.req;
-    let attributes = spec.as_ref().and_then(|s| s.attributes.clone());
     let nodes = req
         .nodes
         .iter()
@@ -45,7 +71,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
         .map(|(n, p)| pb::NodePlacement {
             node: n.name.clone(),
             host: p.host.clone(),
-            parent_node: String::new(),
+            parent_node: p.parent_node.clone().unwrap_or_default(),
             node_id: p.node_id.clone(),
         })
         .collect();
@@ -72,6 +98,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             mtu: p.mtu,
             addresses: l
                 .addresses
+                .or(p.carrier)
                 .map(|a| a.iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
             interfaces: p.ifnames.to_vec(),
@@ -86,12 +113,12 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
         reason: rec.reason.clone(),
         nodes,
         links,
-        attributes,
+        attributes: Some(attributes(&req.attributes)),
         algorithm: rec.placement.algorithm.clone(),
         revenue: rec.placement.revenue,
         cost: rec.placement.cost,
         created_unix_ms: rec.created_unix_ms,
-        depth: 0,
+        depth: rec.depth(),
         children: vec![],
         hosts: rec
             .hosts
@@ -124,14 +151,7 @@ pub fn host(ix: &Index, h: &HostInfo) -> pb::Host {
             cpu: h.cpu.saturating_sub(u.host_cpu(&h.id)),
             memory_mb: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
         }),
-        node_kinds: h
-            .kinds
-            .iter()
-            .map(|k| match k {
-                crate::core::model::Kind::Netns => pb::NodeKind::Netns as i32,
-                crate::core::model::Kind::Vm => pb::NodeKind::Vm as i32,
-            })
-            .collect(),
+        node_kinds: h.kinds.iter().map(|k| kind(*k)).collect(),
         labels: h.labels.iter().cloned().collect(),
         capabilities: pb::Capabilities::decode(h.capabilities_pb.as_slice()).ok(),
         connected: ix.registry.is_connected(&h.id),
@@ -198,12 +218,19 @@ pub fn embedded(rec: &VnRecord) -> pb::EmbeddedVn {
     pb::EmbeddedVn {
         name: req.name.clone(),
         provider: req.provider.0.clone(),
-        parent: String::new(),
+        parent: rec
+            .nesting
+            .as_ref()
+            .map(|n| n.parent_label.clone())
+            .unwrap_or_default(),
         placement: req
             .nodes
             .iter()
             .zip(&rec.placement.nodes)
-            .map(|(n, p)| (n.name.clone(), p.host.clone()))
+            .map(|(n, p)| {
+                let at = p.parent_node.as_ref().unwrap_or(&p.host);
+                (n.name.clone(), at.clone())
+            })
             .collect(),
         link_paths: req
             .links

@@ -27,6 +27,7 @@ pub fn status(e: ControlError) -> Status {
         ControlError::NotFound(m) => Status::not_found(m),
         ControlError::Exhausted(m) => Status::resource_exhausted(m),
         ControlError::Precondition(m) => Status::failed_precondition(m),
+        ControlError::PermissionDenied(m) => Status::permission_denied(m),
         ControlError::Unavailable(m) => Status::unavailable(m),
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
         ControlError::Internal(m) => Status::internal(m),

@@ -8,10 +8,12 @@ use ipnet::IpNet;
 use tonic::Status;
 use vnet_proto::v1 as pb;
 
+use crate::core::attributes::encap_name;
 use crate::core::model::{
-    Attributes, Encap, GuestReq, Kind, LinkReq, MAX_LINKS, MAX_NAME_LEN, MAX_NODES, NodeReq,
-    ProviderId, RouteSpec, VnReq,
+    Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NAME_LEN, MAX_NODES,
+    NodeReq, ParentRef, ProviderId, RouteSpec, VnReq,
 };
+use crate::core::nest::carrier_range;
 use crate::core::substrate::{HostInfo, UnderlayIf};
 
 /// Why a request was refused at the edge.
@@ -264,19 +266,55 @@ pub fn vn_spec(
         )));
     }
     spec.provider = caller.0.clone();
-    if !spec.parent.is_empty() {
-        return Err(SpecError::Precondition(format!(
-            "spec.parent {:?}: nested VNs are not supported yet",
-            spec.parent
+    let parent = if spec.parent.is_empty() {
+        if !spec.parent_provider.is_empty() {
+            return Err(invalid("spec.parent_provider is set without spec.parent"));
+        }
+        None
+    } else {
+        check_identifier(&spec.parent)
+            .map_err(|e| invalid(format!("spec.parent {:?}: {e}", spec.parent)))?;
+        let provider = if spec.parent_provider.is_empty() {
+            caller.clone()
+        } else {
+            check_identifier(&spec.parent_provider).map_err(|e| {
+                invalid(format!(
+                    "spec.parent_provider {:?}: {e}",
+                    spec.parent_provider
+                ))
+            })?;
+            ProviderId(spec.parent_provider.clone())
+        };
+        Some(ParentRef {
+            provider,
+            name: spec.parent.clone(),
+        })
+    };
+    let attrs = spec.attributes.clone().unwrap_or_default();
+    // AUTO lets the controller choose: as an attribute it constrains nothing.
+    let attr_encap = match pb::Encapsulation::try_from(attrs.encapsulation) {
+        Ok(pb::Encapsulation::Auto) => None,
+        _ => encap(attrs.encapsulation, "spec.attributes.encapsulation")?,
+    };
+    let chosen = |v: i32| {
+        !matches!(
+            pb::Encapsulation::try_from(v),
+            Ok(pb::Encapsulation::Unspecified | pb::Encapsulation::Auto)
+        )
+    };
+    let spec_encap = encap(spec.encapsulation, "spec.encapsulation")?;
+    if let (Some(a), Some(s)) = (attr_encap, spec_encap)
+        && chosen(spec.encapsulation)
+        && a != s
+    {
+        return Err(invalid(format!(
+            "spec.encapsulation {} contradicts spec.attributes.encapsulation {}",
+            encap_name(s),
+            encap_name(a)
         )));
     }
-    if !spec.parent_provider.is_empty() {
-        return Err(invalid("spec.parent_provider is set without spec.parent"));
-    }
-    let attrs = spec.attributes.clone().unwrap_or_default();
-    let vn_encap = encap(spec.encapsulation, "spec.encapsulation")?
-        .or(encap(attrs.encapsulation, "spec.attributes.encapsulation")?)
-        .unwrap_or(Encap::Vxlan);
+    let vn_encap = attr_encap.or(spec_encap).unwrap_or(Encap::Vxlan);
+    let vn_encap_explicit = attr_encap.is_some() || chosen(spec.encapsulation);
     if let Some(mtu) = attrs.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -289,9 +327,10 @@ pub fn vn_spec(
         .iter()
         .map(|k| kind(*k, "spec.attributes.allowed_node_kinds"))
         .collect::<Result<_, _>>()?;
-    let dedicated = match pb::IsolationLevel::try_from(attrs.isolation) {
-        Ok(pb::IsolationLevel::Unspecified | pb::IsolationLevel::Standard) => false,
-        Ok(pb::IsolationLevel::DedicatedHosts) => true,
+    let isolation = match pb::IsolationLevel::try_from(attrs.isolation) {
+        Ok(pb::IsolationLevel::Unspecified) => None,
+        Ok(pb::IsolationLevel::Standard) => Some(Isolation::Standard),
+        Ok(pb::IsolationLevel::DedicatedHosts) => Some(Isolation::DedicatedHosts),
         Err(_) => {
             return Err(invalid(format!(
                 "spec.attributes.isolation: unknown level {}",
@@ -440,7 +479,28 @@ pub fn vn_spec(
                 )));
             }
         };
+        if spec.nestable
+            && let Some(addrs) = &addrs
+            && let Some(a) = addrs.iter().find(|a| {
+                let r = carrier_range();
+                r.contains(&a.addr()) || a.contains(&r.addr())
+            })
+        {
+            return Err(invalid(format!(
+                "{what}: address {a} overlaps {}, the range the controller assigns to the links of nestable VNs",
+                carrier_range()
+            )));
+        }
         let link_encap = encap(l.encapsulation, &what)?.unwrap_or(vn_encap);
+        if let Some(want) = attr_encap
+            && link_encap != want
+        {
+            return Err(invalid(format!(
+                "{what}: encapsulation {} contradicts spec.attributes.encapsulation {}",
+                encap_name(link_encap),
+                encap_name(want)
+            )));
+        }
         links.push(LinkReq {
             a,
             b,
@@ -448,6 +508,7 @@ pub fn vn_spec(
             addresses: addrs,
             interfaces,
             encap: link_encap,
+            encap_explicit: vn_encap_explicit || chosen(l.encapsulation),
         });
     }
     let algorithm = if spec.algorithm.is_empty() {
@@ -470,6 +531,11 @@ pub fn vn_spec(
                 .map_err(|e| invalid(format!("spec.share_with {p:?}: {e}")))
         })
         .collect::<Result<BTreeSet<_>, _>>()?;
+    if !spec.nestable && !share_with.is_empty() {
+        return Err(invalid(
+            "spec.share_with is set but spec.nestable is false (only a nestable VN can be shared)",
+        ));
+    }
     let req = VnReq {
         name: spec.name.clone(),
         provider: caller.clone(),
@@ -480,10 +546,17 @@ pub fn vn_spec(
         max_path_hops: (spec.max_path_hops > 0).then_some(spec.max_path_hops),
         attributes: Attributes {
             mtu: attrs.mtu,
-            dedicated_hosts: dedicated,
+            dedicated_hosts: isolation == Some(Isolation::DedicatedHosts),
+            isolation,
+            encap: attr_encap,
+            max_link_bandwidth_mbps: attrs.max_link_bandwidth_mbps,
+            allowed_kinds: (!allowed.is_empty()).then_some(allowed),
+            max_nodes: attrs.max_nodes,
+            max_total_cpu: attrs.max_total_cpu,
         },
         nestable: spec.nestable,
         share_with,
+        parent,
     };
     Ok((req, spec))
 }
@@ -760,11 +833,62 @@ mod tests {
         assert!(matches!(err(s), SpecError::Permission(m) if m.contains("\"blue\"")));
         let mut s = spec();
         s.parent = "base".into();
-        assert!(matches!(err(s), SpecError::Precondition(m) if m.contains("not supported yet")));
+        let (r, _) = vn_spec(Some(s.clone()), &caller(), &[]).unwrap();
+        assert_eq!(
+            r.parent,
+            Some(ParentRef {
+                provider: caller(),
+                name: "base".into()
+            })
+        );
+        s.parent_provider = "green".into();
+        let (r, _) = vn_spec(Some(s.clone()), &caller(), &[]).unwrap();
+        assert_eq!(r.parent.unwrap().to_string(), "green/base");
+        s.parent = String::new();
+        assert!(matches!(err(s), SpecError::Invalid(m) if m.contains("without spec.parent")));
         assert_eq!(
             vn_spec(None, &caller(), &[]).unwrap_err(),
             SpecError::Invalid("spec is required".into())
         );
+    }
+
+    #[test]
+    fn recursion_fields_and_attributes() {
+        let mut s = spec();
+        s.share_with = vec!["blue".into()];
+        assert!(matches!(err(s.clone()), SpecError::Invalid(m) if m.contains("nestable is false")));
+        s.nestable = true;
+        s.attributes = Some(pb::VnAttributes {
+            encapsulation: pb::Encapsulation::Vxlan as i32,
+            mtu: Some(1400),
+            max_link_bandwidth_mbps: Some(100),
+            allowed_node_kinds: vec![pb::NodeKind::Netns as i32],
+            isolation: pb::IsolationLevel::DedicatedHosts as i32,
+            max_nodes: Some(10),
+            max_total_cpu: Some(500),
+        });
+        let (r, _) = vn_spec(Some(s.clone()), &caller(), &[]).unwrap();
+        let a = &r.attributes;
+        assert_eq!(a.encap, Some(Encap::Vxlan));
+        assert_eq!(a.isolation, Some(Isolation::DedicatedHosts));
+        assert!(a.dedicated_hosts);
+        assert_eq!(a.allowed_kinds, Some([Kind::Netns].into()));
+        assert_eq!((a.max_nodes, a.max_total_cpu), (Some(10), Some(500)));
+        assert!(r.links.iter().all(|l| l.encap_explicit));
+        // An attribute fixes the encapsulation of every link.
+        let mut bad = s.clone();
+        bad.links[1].encapsulation = pb::Encapsulation::Vlan as i32;
+        assert!(
+            matches!(err(bad), SpecError::Invalid(m) if m == "spec.links[1] (b-c): encapsulation vlan contradicts spec.attributes.encapsulation vxlan")
+        );
+        // Explicit addresses of a nestable VN stay out of the carrier range.
+        let mut bad = s.clone();
+        bad.links[0].addresses = vec!["100.64.0.1/24".into(), "100.64.0.2/24".into()];
+        assert!(matches!(err(bad), SpecError::Invalid(m) if m.contains("overlaps 100.64.0.0/21")));
+        // Without an attribute nothing is explicit: a child may inherit the encapsulation.
+        let (r, _) = vn_spec(Some(spec()), &caller(), &[]).unwrap();
+        assert!(r.links.iter().all(|l| !l.encap_explicit));
+        assert_eq!(r.attributes.isolation, None);
     }
 
     #[test]

@@ -58,7 +58,9 @@ impl VirtualNetworks for VnService {
         let name = req.into_inner().name;
         validate::vn_name(&name, "name")?;
         let rec = self.ctl.get(&caller, &name).map_err(status)?;
-        Ok(Response::new(convert::vn(&rec)))
+        let mut vn = convert::vn(&rec);
+        vn.children = self.ctl.children(&rec, &caller);
+        Ok(Response::new(vn))
     }
 
     #[tracing::instrument(skip_all)]
@@ -67,7 +69,16 @@ impl VirtualNetworks for VnService {
         req: Request<pb::ListVnsRequest>,
     ) -> Result<Response<pb::ListVnsResponse>, Status> {
         let caller = identity::provider(&req)?;
-        let vns = self.ctl.list(&caller).iter().map(convert::vn).collect();
+        let vns = self
+            .ctl
+            .list(&caller)
+            .iter()
+            .map(|rec| {
+                let mut vn = convert::vn(rec);
+                vn.children = self.ctl.children(rec, &caller);
+                vn
+            })
+            .collect();
         Ok(Response::new(pb::ListVnsResponse { vns }))
     }
 
@@ -77,9 +88,13 @@ impl VirtualNetworks for VnService {
         req: Request<pb::DeleteVnRequest>,
     ) -> Result<Response<pb::DeleteVnResponse>, Status> {
         let caller = identity::provider(&req)?;
-        let name = req.into_inner().name;
+        let pb::DeleteVnRequest { name, cascade } = req.into_inner();
         validate::vn_name(&name, "name")?;
-        let deleted = self.ctl.delete(&caller, &name).await.map_err(status)?;
+        let deleted = self
+            .ctl
+            .delete(&caller, &name, cascade)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DeleteVnResponse { deleted }))
     }
 

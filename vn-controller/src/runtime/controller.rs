@@ -84,6 +84,8 @@ pub enum ControlError {
     #[error("{0}")]
     Precondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Timeout(String),
@@ -96,8 +98,11 @@ impl From<CoreError> for ControlError {
         match e {
             CoreError::AlreadyExists { .. } => ControlError::AlreadyExists(e.to_string()),
             CoreError::NotFound { .. } => ControlError::NotFound(e.to_string()),
-            CoreError::Exhausted(m) => ControlError::Exhausted(m),
+            CoreError::Exhausted(m) | CoreError::NoRoom(m) => ControlError::Exhausted(m),
             CoreError::Restore(m) => ControlError::Internal(m),
+            CoreError::Precondition(m) => ControlError::Precondition(m),
+            CoreError::Permission(m) => ControlError::PermissionDenied(m),
+            CoreError::Invalid(m) => ControlError::InvalidArgument(m),
         }
     }
 }
@@ -365,8 +370,17 @@ impl Controller {
         let shared = &self.shared;
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
-        Self::check_pins(&guard, req)?;
-        let view = guard.view(req);
+        let view = match &req.parent {
+            // A child: checked against its parent and embedded in the parent's topology.
+            Some(_) => {
+                let f = crate::core::nest::child_frame(&guard, req, shared.cfg.vxlan_port)?;
+                crate::core::embed::view_of(&f.registry, guard.nests().usage(&f.parent_id), &f.req)
+            }
+            None => {
+                Self::check_pins(&guard, req)?;
+                guard.view(req)
+            }
+        };
         let embed = |view: &View| {
             let t = Instant::now();
             let r = shared.planner.plan(view, req, algorithm);
@@ -416,6 +430,11 @@ impl Controller {
         }
     }
 
+    /// The children of a VN, as `provider` sees them.
+    pub fn children(&self, rec: &VnRecord, provider: &ProviderId) -> Vec<String> {
+        self.with_index(|ix| ix.children_of(&rec.vn_id, provider))
+    }
+
     pub fn get(&self, provider: &ProviderId, name: &str) -> Result<VnRecord, ControlError> {
         self.with_index(|ix| ix.find(provider, name).cloned())
             .ok_or_else(|| ControlError::NotFound(format!("VN {name} not found")))
@@ -425,15 +444,17 @@ impl Controller {
         self.with_index(|ix| ix.list(provider).into_iter().cloned().collect())
     }
 
+    /// Deletes a VN; with `cascade` its descendants first. Returns what was deleted, in order.
     #[tracing::instrument(skip(self))]
     pub async fn delete(
         &self,
         provider: &ProviderId,
         name: &str,
+        cascade: bool,
     ) -> Result<Vec<String>, ControlError> {
         let (p, n) = (provider.clone(), name.to_string());
-        self.mutate(move |ix| match ix.delete(&p, &n) {
-            Ok(c) => (Ok(vec![n]), c),
+        self.mutate(move |ix| match ix.delete(&p, &n, cascade) {
+            Ok((deleted, c)) => (Ok(deleted), c),
             Err(e) => (Err(e.into()), Change::default()),
         })
         .await
