@@ -3,6 +3,18 @@
 //!
 //! The crate is pure: no async, no I/O except serde (trace and decision-log formats).
 //!
+//! - Model: [`Substrate`], [`VnRequest`] (+ [`RequestOptions`]); the result [`Embedding`] and its
+//!   storable form [`Placement`]; [`Rejection`] says why not.
+//! - State: [`Residual`], exact `u64` capacities with all-or-nothing [`Residual::commit`] and
+//!   token-consuming [`Residual::release`].
+//! - Algorithms, behind [`Embedder`] and the registry [`by_name`] / [`ALGORITHMS`]:
+//!   [`algo::lace`] (LACE, the flagship and [`DEFAULT_ALGORITHM`]), [`algo::grc`] (GRC, the
+//!   baseline), [`algo::noderank`] (RW-MaxMatch, RW-BFS), [`algo::mip`] (the exact MIP). Each
+//!   module documents its input, output, complexity and the paper it follows.
+//! - Workloads: [`trace`] (the shared JSON format), [`generator`] (Waxman workloads),
+//!   [`sim`] (the online simulator and its decision log, as the referee `check_embedding.py`
+//!   reads it).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use embedding::{Residual, Substrate, SubstrateLink, SubstrateNode, VirtualNode, VnRequest};

@@ -99,3 +99,100 @@ impl EmbedArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBSTRATE: &str = r#"{"nodes": [{"id": "h1", "cpu": 50}, {"id": "h2", "cpu": 50}],
+                              "links": [{"u": "h1", "v": "h2", "bw": 100}]}"#;
+    const REQUEST: &str = r#"{"id": "web", "nodes": [{"id": "a", "cpu": 10}, {"id": "b", "cpu": 10}],
+                            "links": [{"u": "a", "v": "b", "bw": 20}]}"#;
+
+    fn run(substrate: &str, request: &str, algo: &str) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, r) = (dir.path().join("s.json"), dir.path().join("r.json"));
+        std::fs::write(&s, substrate).unwrap();
+        std::fs::write(&r, request).unwrap();
+        EmbedArgs {
+            substrate: s,
+            request: r,
+            algo: algo.into(),
+            json: true,
+        }
+        .run()
+    }
+
+    fn err(substrate: &str, request: &str) -> String {
+        format!("{:#}", run(substrate, request, "lace").unwrap_err())
+    }
+
+    #[test]
+    fn embeds_with_every_algorithm() {
+        for a in embedding::algorithm_names() {
+            run(SUBSTRATE, REQUEST, a).unwrap_or_else(|e| panic!("{a}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let m = err("{nodes: ", REQUEST);
+        assert!(
+            m.contains("invalid substrate") && m.contains("malformed JSON"),
+            "{m}"
+        );
+        let m = err(SUBSTRATE, &REQUEST.replace(r#""v": "b""#, r#""v": "zz""#));
+        assert!(m.contains("request web") && m.contains("`zz`"), "{m}");
+        let m = err(
+            SUBSTRATE,
+            &REQUEST.replace(r#""cpu": 10}, {"id": "b""#, r#""cpu": -4}, {"id": "b""#),
+        );
+        assert!(
+            m.contains("request web, node a") && m.contains("negative"),
+            "{m}"
+        );
+        let m = err(
+            SUBSTRATE,
+            &REQUEST.replace(r#""bw": 20"#, r#""bw": "fast""#),
+        );
+        assert!(m.contains("link a-b") && m.contains("\"fast\""), "{m}");
+        let m = err(
+            SUBSTRATE,
+            &REQUEST.replace(
+                r#""links": [{"u": "a", "v": "b", "bw": 20}]"#,
+                r#""links": []"#,
+            ),
+        );
+        assert!(m.contains("not connected"), "{m}");
+        let m = err(r#"{"nodes": [], "links": []}"#, REQUEST);
+        assert!(m.contains("substrate: has no nodes"), "{m}");
+        let m = err(&SUBSTRATE.replace(r#""v": "h2""#, r#""v": "h9""#), REQUEST);
+        assert!(m.contains("unknown node `h9`"), "{m}");
+        let m = format!("{:#}", run(SUBSTRATE, REQUEST, "nope").unwrap_err());
+        assert!(
+            m.contains("unknown algorithm `nope`") && m.contains("lace"),
+            "{m}"
+        );
+        let m = err(
+            SUBSTRATE,
+            &REQUEST.replace(r#""cpu": 10}, {"id": "b""#, r#""cpu": 60}, {"id": "b""#),
+        );
+        assert!(
+            m.contains("not embedded") && m.contains("`a`") && m.contains("cpu"),
+            "{m}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let m = format!(
+            "{:#}",
+            EmbedArgs {
+                substrate: dir.path().join("missing.json"),
+                request: dir.path().join("r.json"),
+                algo: "lace".into(),
+                json: false,
+            }
+            .run()
+            .unwrap_err()
+        );
+        assert!(m.contains("missing.json"), "{m}");
+    }
+}

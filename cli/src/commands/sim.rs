@@ -39,6 +39,12 @@ pub struct SimArgs {
     /// Simulate only the first N requests of the trace.
     #[arg(long, value_name = "N", requires = "trace")]
     pub limit: Option<usize>,
+    /// Allow node revisitation in every request (as the referee's `--allow-revisit`).
+    #[arg(long, requires = "trace")]
+    pub allow_revisit: bool,
+    /// Allow path splitting in every request (as the referee's `--allow-split`).
+    #[arg(long, requires = "trace")]
+    pub allow_split: bool,
     /// List the algorithms and exit.
     #[arg(long)]
     pub list_algos: bool,
@@ -155,6 +161,16 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
     if let Some(n) = args.limit {
         trace.requests.truncate(n);
     }
+    if args.allow_revisit || args.allow_split {
+        for tr in &mut trace.requests {
+            let o = tr.request.options().clone();
+            let o = o
+                .clone()
+                .with_revisitation(o.allow_revisitation || args.allow_revisit)
+                .with_path_split(o.allow_path_split || args.allow_split);
+            tr.request.set_options(o);
+        }
+    }
     let mut log = match &args.decisions {
         Some(p) => Some((
             BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
@@ -228,4 +244,76 @@ fn print_report(r: &SimReport, json: bool) -> anyhow::Result<()> {
         emit(&format!("{k:<18} {v}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(trace: PathBuf) -> SimArgs {
+        SimArgs {
+            trace: Some(trace),
+            algo: DEFAULT_ALGORITHM.into(),
+            decisions: None,
+            json: true,
+            limit: None,
+            allow_revisit: false,
+            allow_split: false,
+            list_algos: false,
+            generate: None,
+            nodes: 20,
+            requests: 40,
+            rate: 0.14,
+            lifetime: 500.0,
+            seed: 3,
+            out: None,
+        }
+    }
+
+    #[test]
+    fn generates_simulates_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("t.json");
+        let mut gen_args = args(trace.clone());
+        gen_args.trace = None;
+        gen_args.generate = Some(Generator::Waxman);
+        gen_args.out = Some(trace.clone());
+        gen_args.run().unwrap();
+        let mut sim = args(trace);
+        let log = dir.path().join("d.jsonl");
+        sim.decisions = Some(log.clone());
+        sim.limit = Some(25);
+        sim.run().unwrap();
+        let lines = std::fs::read_to_string(log).unwrap();
+        assert_eq!(lines.lines().count(), 25);
+        for l in lines.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["accepted"].is_boolean() && v["id"].is_u64());
+        }
+    }
+
+    #[test]
+    fn bad_traces_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("t.json");
+        let run = |text: &str| {
+            std::fs::write(&trace, text).unwrap();
+            format!("{:#}", args(trace.clone()).run().unwrap_err())
+        };
+        let m = run("[1, 2");
+        assert!(
+            m.contains("invalid trace") && m.contains("malformed JSON"),
+            "{m}"
+        );
+        let m = run(r#"{"substrate": {"nodes": [{"id": 0, "cpu": 5}]},
+                       "requests": [{"id": 3, "arrival": 0, "lifetime": 1,
+                                     "nodes": [{"id": 0, "cpu": "x"}]}]}"#);
+        assert!(m.contains("request 3, node 0") && m.contains("cpu"), "{m}");
+        let m = run(r#"{"substrate": {"nodes": [{"id": 0, "cpu": 5}]}, "requests": []}"#);
+        assert!(m.contains("no requests"), "{m}");
+        let mut a = args(dir.path().join("absent.json"));
+        a.algo = "grc".into();
+        let m = format!("{:#}", a.run().unwrap_err());
+        assert!(m.contains("absent.json"), "{m}");
+    }
 }
