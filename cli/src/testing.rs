@@ -1,6 +1,8 @@
 //! A stand-in controller for vnctl's in-process tests: the `VirtualNetworks` and `Substrate`
 //! services on 127.0.0.1:0 with scripted behaviour (provisioning that becomes READY or FAILED,
-//! deletion that hosts apply a little later, exec with a chosen exit code). It records the
+//! deletion that hosts apply a little later, exec with a chosen exit code, a console that
+//! prints one line of "boot log" and echoes what is typed, node `ns` being a netns node whose
+//! console is refused). It records the
 //! provider metadata of every call, so tests can check that identity travels.
 
 use std::collections::BTreeMap;
@@ -32,6 +34,8 @@ struct State {
     /// host -> (desired, observed)
     generations: BTreeMap<String, (u64, u64)>,
     providers_seen: Vec<Option<String>>,
+    /// Bytes typed into consoles, in order.
+    console_input: Vec<u8>,
 }
 
 /// The stand-in. Cheap to clone; all clones share state.
@@ -74,6 +78,11 @@ impl FakeController {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         addr
+    }
+
+    /// Everything typed into consoles so far.
+    pub fn console_input(&self) -> Vec<u8> {
+        self.state.lock().unwrap().console_input.clone()
     }
 
     /// Provider metadata of every call so far.
@@ -130,6 +139,7 @@ impl FakeController {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
+type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl VirtualNetworks for FakeController {
@@ -322,6 +332,57 @@ impl VirtualNetworks for FakeController {
             stdout: format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" ")).into_bytes(),
             stderr: b"to stderr\n".to_vec(),
         }))
+    }
+
+    type ConsoleStream = ConsoleStream;
+
+    async fn console(
+        &self,
+        req: Request<tonic::Streaming<pb::ConsoleRequest>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        self.identity(&req)?;
+        let mut inbound = req.into_inner();
+        let Some(pb::ConsoleRequest {
+            msg: Some(pb::console_request::Msg::Open(open)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument("the first message must open"));
+        };
+        if open.node == "ns" {
+            return Err(Status::failed_precondition(format!(
+                "console is for vm nodes: node ns of VN {} is a netns node (use exec)",
+                open.vn
+            )));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let line = format!(
+            "boot log of {}/{} (tail {})\n",
+            open.vn,
+            open.node,
+            open.tail_bytes.unwrap_or(65536)
+        );
+        tx.send(Ok(pb::ConsoleResponse {
+            data: line.into_bytes(),
+        }))
+        .await
+        .expect("fresh channel");
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if !(open.follow || open.interactive) {
+                return;
+            }
+            // Echo what is typed; keep the session open after the caller's half-close.
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(pb::console_request::Msg::Input(data)) = m.msg {
+                    state.lock().unwrap().console_input.extend_from_slice(&data);
+                    if tx.send(Ok(pb::ConsoleResponse { data })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tx.closed().await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

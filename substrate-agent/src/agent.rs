@@ -3,7 +3,7 @@
 //!
 //! The session forwards every `DesiredState` to the reconcile loop through a watch channel (only
 //! the newest matters: a newer one cancels the apply in progress between phases), answers
-//! `ExecCommand`s, and sends each `ObservedState` the loop produces (and the latest one again after
+//! `ExecCommand`s, runs guests' console sessions ([`crate::console`]), and sends each `ObservedState` the loop produces (and the latest one again after
 //! every reconnect). The loop also re-runs every `resync` interval, so drift on the host and slices
 //! that failed are retried without a new desired state.
 
@@ -253,6 +253,26 @@ impl<K: Kernel + 'static> Agent<K> {
         res
     }
 
+    /// The guest runtime when `node_id` is a VM node of this host, else why it has no console.
+    pub fn console_target(&self, node_id: &str) -> Result<Arc<dyn GuestRuntime>, String> {
+        let node = NodeId::parse(node_id).map_err(|e| e.0)?;
+        let kind = self.latest.lock().expect("latest").as_ref().and_then(|d| {
+            d.slices
+                .values()
+                .find_map(|s| s.node(&node).map(|n| n.kind.clone()))
+        });
+        match kind {
+            None => Err(format!("node {node} is not on host {}", self.cfg.host_id)),
+            Some(NodeKind::Netns) => Err(format!(
+                "console is for vm nodes: node {node} is a netns node (use exec)"
+            )),
+            Some(NodeKind::Vm(_)) => self
+                .guests
+                .clone()
+                .ok_or_else(|| "no guest runtime on this agent".into()),
+        }
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (desired_tx, desired_rx) = watch::channel::<Option<pb::DesiredState>>(None);
@@ -326,6 +346,8 @@ impl<K: Kernel + 'static> Agent<K> {
         tracing::info!(controller = %self.cfg.controller, "attached");
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
+        // Console sessions live as long as this stream.
+        let mut consoles = crate::console::ConsoleSessions::new();
         loop {
             tokio::select! {
                 m = inbound.message() => {
@@ -348,6 +370,12 @@ impl<K: Kernel + 'static> Agent<K> {
                                 }).await;
                             });
                         }
+                        Some(pb::controller_message::Msg::ConsoleStart(c)) => {
+                            let target = self.console_target(&c.node_id);
+                            consoles.start(c, target, out_tx.clone());
+                        }
+                        Some(pb::controller_message::Msg::ConsoleInput(i)) => consoles.input(i),
+                        Some(pb::controller_message::Msg::ConsoleStop(s)) => consoles.stop(s.session_id),
                         None => {}
                     }
                 }

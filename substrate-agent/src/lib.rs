@@ -10,6 +10,7 @@ pub mod agent;
 pub mod apply;
 pub mod bench;
 pub mod cleanup;
+pub mod console;
 pub mod exec;
 pub mod fake;
 pub mod guest;

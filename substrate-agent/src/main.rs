@@ -72,7 +72,11 @@ struct Cli {
     #[arg(long)]
     guest_run_dir: Option<PathBuf>,
     /// Guest images (`<dir>/<name>/image.json`).
-    #[arg(long, default_value = "/var/lib/vnet/images")]
+    #[arg(
+        long,
+        env = "VNET_GUEST_IMAGES",
+        default_value = "/var/lib/vnet/images"
+    )]
     images_dir: PathBuf,
     /// Do not run VM nodes on this host.
     #[arg(long)]

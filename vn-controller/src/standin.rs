@@ -1,7 +1,9 @@
 //! A stand-in substrate agent for tests and benchmarks: it speaks `AgentControl` as a real agent
 //! does (dials in, sends a hello, receives desired states, reports observed states and answers
 //! exec commands), but builds nothing. It reports every slice READY, or FAILED on demand, or
-//! stays silent. It is a test double, never a substitute for `substrate-agent`.
+//! stays silent. Console sessions get one line naming the node and the tail asked for, end at
+//! once unless they follow, and echo what is typed. It is a test double, never a substitute for
+//! `substrate-agent`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,6 +93,7 @@ pub enum StandInError {
 pub struct StandIn {
     behaviour: Arc<Mutex<Behaviour>>,
     desired: watch::Receiver<Option<pb::DesiredState>>,
+    consoles: Arc<Mutex<Vec<pb::controller_message::Msg>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -157,6 +160,8 @@ impl StandIn {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let (dtx, drx) = watch::channel(None);
         let b = behaviour.clone();
+        let consoles = Arc::new(Mutex::new(Vec::new()));
+        let seen = consoles.clone();
         let task = tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
                 match msg.msg {
@@ -188,6 +193,39 @@ impl StandIn {
                             break;
                         }
                     }
+                    Some(c @ pb::controller_message::Msg::ConsoleStart(_))
+                    | Some(c @ pb::controller_message::Msg::ConsoleInput(_))
+                    | Some(c @ pb::controller_message::Msg::ConsoleStop(_)) => {
+                        seen.lock().expect("lock").push(c.clone());
+                        let out = |session_id, data: Vec<u8>, end| pb::AgentMessage {
+                            msg: Some(pb::agent_message::Msg::ConsoleOutput(pb::ConsoleOutput {
+                                session_id,
+                                data,
+                                end,
+                                error: String::new(),
+                            })),
+                        };
+                        let msgs = match c {
+                            pb::controller_message::Msg::ConsoleStart(s) => {
+                                let line =
+                                    format!("console of {} (tail {})\n", s.node_id, s.tail_bytes);
+                                let mut v = vec![out(s.session_id, line.into_bytes(), false)];
+                                if !s.follow {
+                                    v.push(out(s.session_id, vec![], true));
+                                }
+                                v
+                            }
+                            pb::controller_message::Msg::ConsoleInput(i) => {
+                                vec![out(i.session_id, i.data, false)]
+                            }
+                            _ => vec![],
+                        };
+                        for m in msgs {
+                            if tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     None => {}
                 }
             }
@@ -195,12 +233,18 @@ impl StandIn {
         Ok(StandIn {
             behaviour,
             desired: drx,
+            consoles,
             task,
         })
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
         *self.behaviour.lock().expect("lock") = b;
+    }
+
+    /// Every console message received (start, input, stop), in order.
+    pub fn console_messages(&self) -> Vec<pb::controller_message::Msg> {
+        self.consoles.lock().expect("lock").clone()
     }
 
     /// The last desired state received.

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod completions;
+pub mod console;
 pub mod delete;
 pub mod describe;
 pub mod embed;
@@ -40,6 +41,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Run a command inside a virtual node: vnctl exec VN NODE -- CMD...
     Exec(exec::ExecArgs),
+    /// The serial console of a guest: its log (boot log), -f to follow, -i to type into it.
+    Console(console::ConsoleArgs),
     /// The substrate and the embedded VNs as Graphviz DOT (or SVG with --svg).
     Topology(topology::TopologyArgs),
     /// A local multi-host testbed: host namespaces, underlay, controller and agents.
@@ -64,6 +67,7 @@ impl Command {
             Command::Delete(args) => args.run(&ctl),
             Command::Watch(args) => args.run(&ctl),
             Command::Exec(args) => args.run(&ctl),
+            Command::Console(args) => args.run(&ctl),
             Command::Topology(args) => args.run(&ctl),
             Command::Testbed(args) => args.run(),
             Command::Completions(args) => args.run(crate::cli_command()),

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    AccelUsed, EnsureAction, ExecOutput, GuestConfig, GuestError, GuestRuntime, GuestStatus,
-    ObservedGuest,
+    AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
+    GuestRuntime, GuestStatus, ObservedGuest,
 };
 
 /// One call made to the fake, in order.
@@ -23,8 +23,10 @@ pub enum GuestCall {
     Exec(String, Vec<String>),
     /// `wait_ready(node_id)`.
     WaitReady(String),
-    /// `console(node_id)`.
+    /// `console_read(node_id, ..)` (also through `console`).
     Console(String),
+    /// `console_write(node_id, data)`.
+    ConsoleWrite(String, Vec<u8>),
 }
 
 #[derive(Default)]
@@ -34,11 +36,14 @@ struct State {
     next_pid: u32,
     fail_ensure: HashMap<String, String>,
     exec_replies: HashMap<String, ExecOutput>,
+    consoles: HashMap<String, Vec<u8>>,
 }
 
 /// Recording fake: `ensure` "starts" a guest (a fake pid), `stop` forgets it, `observed` lists
 /// what runs, `exec` answers with the output set by [`RecordingGuestRuntime::set_exec_reply`]
-/// (default: exit 0, no output).
+/// (default: exit 0, no output), the console log of a guest starts with `fake console of ID\n`
+/// and echoes what is written to it (as a terminal would) after what [`RecordingGuestRuntime::print`]
+/// added.
 #[derive(Default)]
 pub struct RecordingGuestRuntime {
     state: Mutex<State>,
@@ -79,6 +84,13 @@ impl RecordingGuestRuntime {
         }
     }
 
+    /// Appends `data` to the console log of `node_id`, as if the guest printed it.
+    pub fn print(&self, node_id: &str, data: &[u8]) {
+        if let Some(log) = self.lock().consoles.get_mut(node_id) {
+            log.extend_from_slice(data);
+        }
+    }
+
     /// What `exec` on `node_id` answers.
     pub fn set_exec_reply(&self, node_id: &str, out: ExecOutput) {
         self.lock().exec_replies.insert(node_id.to_string(), out);
@@ -110,6 +122,9 @@ impl GuestRuntime for RecordingGuestRuntime {
         };
         s.running
             .insert(cfg.node_id.clone(), (cfg.clone(), pid, restarts));
+        s.consoles
+            .entry(cfg.node_id.clone())
+            .or_insert_with(|| format!("fake console of {}\n", cfg.node_id).into_bytes());
         Ok(GuestStatus {
             node_id: cfg.node_id.clone(),
             pid,
@@ -123,6 +138,7 @@ impl GuestRuntime for RecordingGuestRuntime {
         let mut s = self.lock();
         s.calls.push(GuestCall::Stop(node_id.to_string()));
         s.running.remove(node_id);
+        s.consoles.remove(node_id);
         Ok(())
     }
 
@@ -171,14 +187,45 @@ impl GuestRuntime for RecordingGuestRuntime {
         }
     }
 
-    fn console(&self, node_id: &str, _max_bytes: usize) -> Result<Vec<u8>, GuestError> {
+    fn console_read(
+        &self,
+        node_id: &str,
+        from: Option<ConsoleCursor>,
+        max_bytes: usize,
+    ) -> Result<ConsoleChunk, GuestError> {
         let mut s = self.lock();
         s.calls.push(GuestCall::Console(node_id.to_string()));
-        if s.running.contains_key(node_id) {
-            Ok(format!("fake console of {node_id}\n").into_bytes())
-        } else {
-            Err(GuestError::NotFound(node_id.to_string()))
+        let log = s
+            .consoles
+            .get(node_id)
+            .ok_or_else(|| GuestError::NotFound(node_id.to_string()))?;
+        let len = log.len();
+        let start = match from {
+            None => len.saturating_sub(max_bytes),
+            Some(c) => (c.offset as usize).min(len),
+        };
+        let end = len.min(start + max_bytes);
+        Ok(ConsoleChunk {
+            data: log[start..end].to_vec(),
+            next: ConsoleCursor {
+                log: 1,
+                offset: end as u64,
+            },
+        })
+    }
+
+    fn console_write(&self, node_id: &str, data: &[u8]) -> Result<(), GuestError> {
+        let mut s = self.lock();
+        s.calls
+            .push(GuestCall::ConsoleWrite(node_id.to_string(), data.to_vec()));
+        match s.running.get(node_id) {
+            Some((_, pid, _)) if *pid != 0 => {}
+            _ => return Err(GuestError::NotFound(node_id.to_string())),
         }
+        if let Some(log) = s.consoles.get_mut(node_id) {
+            log.extend_from_slice(data);
+        }
+        Ok(())
     }
 }
 

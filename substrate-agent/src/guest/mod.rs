@@ -508,6 +508,42 @@ pub trait GuestRuntime: Send + Sync {
     /// Waits until the guest's command channel answers (it booted and configured its NICs).
     fn wait_ready(&self, node_id: &str, timeout: Duration) -> Result<(), GuestError>;
 
+    /// Reads the guest's serial console log: from `from` (a cursor returned by an earlier read)
+    /// or, with `None`, its last `max_bytes`; at most `max_bytes`. A cursor into a log that was
+    /// replaced since (the log is cut to its tail when a long-running guest restarts) reads the
+    /// new log from its beginning. [`GuestError::NotFound`] when the guest is gone (stopped).
+    fn console_read(
+        &self,
+        node_id: &str,
+        from: Option<ConsoleCursor>,
+        max_bytes: usize,
+    ) -> Result<ConsoleChunk, GuestError>;
+
+    /// Types `data` into the guest's serial console (a shell runs there in the project's image).
+    /// What the guest answers appears in the console log.
+    fn console_write(&self, node_id: &str, data: &[u8]) -> Result<(), GuestError>;
+
     /// The last `max_bytes` of the guest's serial console log.
-    fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError>;
+    fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError> {
+        self.console_read(node_id, None, max_bytes).map(|c| c.data)
+    }
+}
+
+/// A position in a guest's console log: which log (its inode: a cut log is a new file) and the
+/// byte offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleCursor {
+    /// Identity of the log file.
+    pub log: u64,
+    /// Bytes of that log already read.
+    pub offset: u64,
+}
+
+/// What [`GuestRuntime::console_read`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleChunk {
+    /// Console output, raw.
+    pub data: Vec<u8>,
+    /// Where the next read continues.
+    pub next: ConsoleCursor,
 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,8 @@ use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_n
 use super::qmp::Qmp;
 use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
 use super::{
-    AccelUsed, EnsureAction, ExecOutput, GuestConfig, GuestError, GuestRuntime, GuestStatus,
-    ObservedGuest,
+    AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
+    GuestRuntime, GuestStatus, ObservedGuest,
 };
 
 /// A console log longer than this is cut to its last [`CONSOLE_LOG_KEEP`] bytes when the guest
@@ -520,9 +521,13 @@ impl QemuRuntime {
         }
         // Bound the log across restarts: keep the tail of what earlier runs printed.
         let log = paths.console_log();
+        // A new file (renamed over the old one), so that console readers notice the cut.
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > CONSOLE_LOG_MAX) {
             let tail = self.console_tail(paths, CONSOLE_LOG_KEEP as usize);
-            let _ = std::fs::write(&log, tail);
+            let tmp = paths.dir.join(".console.log.new");
+            if std::fs::write(&tmp, tail).is_ok() {
+                let _ = std::fs::rename(&tmp, &log);
+            }
         }
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -875,14 +880,98 @@ impl GuestRuntime for QemuRuntime {
         })
     }
 
-    fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError> {
+    fn console_read(
+        &self,
+        node_id: &str,
+        from: Option<ConsoleCursor>,
+        max_bytes: usize,
+    ) -> Result<ConsoleChunk, GuestError> {
         valid_node_id(node_id)?;
         let paths = self.paths(node_id);
         if !paths.dir.exists() {
             return Err(GuestError::NotFound(node_id.into()));
         }
-        Ok(self.console_tail(&paths, max_bytes))
+        let log = paths.console_log();
+        match read_log(&log, from, max_bytes) {
+            Ok(c) => Ok(c),
+            // Created before QEMU starts; absent only while the run directory is being removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(GuestError::NotFound(node_id.into()))
+            }
+            Err(e) => Err(io_err("cannot read", &log)(e)),
+        }
     }
+
+    fn console_write(&self, node_id: &str, data: &[u8]) -> Result<(), GuestError> {
+        valid_node_id(node_id)?;
+        let paths = self.paths(node_id);
+        if self.running_pid(node_id, &paths).is_none() {
+            return Err(GuestError::NotFound(node_id.into()));
+        }
+        // One short connection per write: QEMU's socket chardev serves one client at a time and
+        // writes the guest's output to it; a connection kept open would have to be drained, or
+        // the guest's UART would stall. The output is read from the log instead.
+        let sock = paths.console_sock();
+        let fail = |e: std::io::Error| GuestError::Channel {
+            node_id: node_id.into(),
+            reason: format!("console socket {}: {e}", sock.display()),
+        };
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).map_err(fail)?;
+        s.set_write_timeout(Some(CONSOLE_WRITE_TIMEOUT))
+            .map_err(fail)?;
+        s.write_all(data).map_err(fail)?;
+        // QEMU drops the connection as soon as it sees the hang-up, even with bytes unread (the
+        // serial port takes them only as fast as its FIFO drains): close only once QEMU has
+        // read everything.
+        let deadline = Instant::now() + CONSOLE_WRITE_TIMEOUT;
+        loop {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) on a socket we own writes one c_int through the valid
+            // pointer we pass.
+            let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut unread) };
+            if rc != 0 {
+                return Err(fail(std::io::Error::last_os_error()));
+            }
+            if unread == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the guest did not take {unread} typed bytes"),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// How long a console write may wait for QEMU to take the bytes.
+const CONSOLE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the console log at `path` (see [`GuestRuntime::console_read`]).
+fn read_log(path: &Path, from: Option<ConsoleCursor>, max: usize) -> std::io::Result<ConsoleChunk> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let (ino, len) = (meta.ino(), meta.len());
+    let start = match from {
+        None => len.saturating_sub(max as u64),
+        Some(c) if c.log == ino && c.offset <= len => c.offset,
+        // Another log (cut at a restart) or one that shrank: read the new one from its start.
+        Some(_) => 0,
+    };
+    let want = (len - start).min(max as u64);
+    let mut data = Vec::with_capacity(want as usize);
+    f.seek(SeekFrom::Start(start))?;
+    f.take(want).read_to_end(&mut data)?;
+    Ok(ConsoleChunk {
+        next: ConsoleCursor {
+            log: ino,
+            offset: start + data.len() as u64,
+        },
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -939,6 +1028,40 @@ mod tests {
                 action: EnsureAction::Restarted,
                 restarts: 3
             }
+        );
+    }
+
+    #[test]
+    fn console_log_reads_follow_and_notice_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, b"0123456789").unwrap();
+        // The tail, then nothing new.
+        let c = read_log(&log, None, 4).unwrap();
+        assert_eq!(c.data, b"6789");
+        assert_eq!(c.next.offset, 10);
+        assert!(read_log(&log, Some(c.next), 4).unwrap().data.is_empty());
+        // Appended output, in pieces of at most `max`.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"abcdef").unwrap();
+        let a = read_log(&log, Some(c.next), 4).unwrap();
+        assert_eq!(a.data, b"abcd");
+        let b = read_log(&log, Some(a.next), 4).unwrap();
+        assert_eq!(b.data, b"ef");
+        // A tail larger than the log is the whole log.
+        assert_eq!(read_log(&log, None, 100).unwrap().data, b"0123456789abcdef");
+        // Cut at a restart: a new file renamed over the old one; the reader starts it over.
+        let tmp = dir.path().join("new");
+        std::fs::write(&tmp, b"XY").unwrap();
+        std::fs::rename(&tmp, &log).unwrap();
+        let n = read_log(&log, Some(b.next), 100).unwrap();
+        assert_eq!(n.data, b"XY");
+        assert_ne!(n.next.log, b.next.log);
+        // Missing log: NotFound, which the runtime reports as a stopped guest.
+        std::fs::remove_file(&log).unwrap();
+        assert_eq!(
+            read_log(&log, None, 1).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
         );
     }
 

@@ -59,9 +59,11 @@ impl AgentControl for AgentService {
         let epoch = handle.epoch;
         let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
 
-        // Outbound: the desired state now and at every change, and exec commands.
+        // Outbound: the desired state now and at every change, exec commands and console
+        // messages.
         let mut desired = handle.desired;
         let mut exec = handle.exec;
+        let mut console = handle.console;
         let mut shutdown = self.ctl.shutdown_signal();
         let out_tx = tx.clone();
         tokio::spawn(async move {
@@ -94,6 +96,11 @@ impl AgentControl for AgentService {
                             return;
                         }
                     },
+                    // Closes together with `exec` (handled there).
+                    Some(c) = console.recv() => {
+                        let msg = pb::ControllerMessage { msg: Some(c) };
+                        if out_tx.send(Ok(msg)).await.is_err() { return; }
+                    }
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                         let _ = out_tx.send(Err(Status::unavailable("controller is shutting down"))).await;
                         return;
@@ -114,6 +121,9 @@ impl AgentControl for AgentService {
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ExecResult(r)),
                     }) => ctl.exec_result(&host, epoch, r),
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::ConsoleOutput(o)),
+                    }) => ctl.console_output(&host, epoch, o),
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Hello(_)),
                     }) => {

@@ -1,6 +1,7 @@
 //! The gRPC edge: identity, validation into domain types, Status codes, and the services.
 
 pub mod agent;
+pub mod console;
 pub mod convert;
 pub mod identity;
 pub mod substrate;

@@ -176,4 +176,14 @@ impl VirtualNetworks for VnService {
             .map_err(status)?;
         Ok(Response::new(out))
     }
+
+    type ConsoleStream = super::console::ConsoleStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn console(
+        &self,
+        req: Request<tonic::Streaming<pb::ConsoleRequest>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        super::console::serve(&self.ctl, req).await
+    }
 }

@@ -25,6 +25,9 @@ use crate::core::usage::Mapping;
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
 
+mod console;
+pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
+
 /// Embedding algorithms as the controller uses them.
 pub trait Planner: Send + Sync + 'static {
     /// Names of the available algorithms.
@@ -122,6 +125,9 @@ struct AgentSlot {
     epoch: u64,
     exec_tx: mpsc::Sender<pb::ExecCommand>,
     pending: HashMap<u64, oneshot::Sender<pb::ExecResult>>,
+    /// Console sessions: start, input and stop messages to the agent, and the open sessions.
+    console_tx: mpsc::Sender<pb::controller_message::Msg>,
+    consoles: HashMap<u64, console::Route>,
 }
 
 struct Shared {
@@ -143,6 +149,8 @@ pub struct AgentHandle {
     pub epoch: u64,
     pub desired: watch::Receiver<Arc<DesiredSnapshot>>,
     pub exec: mpsc::Receiver<pb::ExecCommand>,
+    /// Console messages for the agent.
+    pub console: mpsc::Receiver<pb::controller_message::Msg>,
 }
 
 #[derive(Clone)]
@@ -471,12 +479,15 @@ impl Controller {
         let host = info.id.clone();
         let epoch = self.shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let (exec_tx, exec_rx) = mpsc::channel(64);
+        let (console_tx, console_rx) = mpsc::channel(64);
         lock(&self.shared.agents).insert(
             host.clone(),
             AgentSlot {
                 epoch,
                 exec_tx,
                 pending: HashMap::new(),
+                console_tx,
+                consoles: HashMap::new(),
             },
         );
         let this = self.clone();
@@ -511,6 +522,7 @@ impl Controller {
             epoch,
             desired,
             exec: exec_rx,
+            console: console_rx,
         })
     }
 

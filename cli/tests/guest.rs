@@ -1,0 +1,795 @@
+//! End-to-end test of QEMU guests as virtual nodes: vnctl, the real controller and the real agents
+//! of a private 3-host testbed (own namespace prefix, bridge, subnet, ports and state dir), as
+//! root, one testbed at a time (see [`testbed_lock`]).
+//!
+//! 1. Every host's probe reports whether KVM is usable and why; the guests run with what the probe
+//!    decided (TCG on a machine without vmx/svm, like the development machine).
+//! 2. VN `gvx` over VXLAN: a virtio guest on h1, namespaces on h2 and h3; pings both ways.
+//! 3. VN `gvl` over VLAN (another provider): an e1000 guest on h2, a namespace on h3; pings both
+//!    ways; each guest's NIC runs the driver of its model.
+//! 4. `vnctl console`: the boot log carries the guest's own boot id; a command typed into the
+//!    console answers; a netns node and another provider's guest are refused with one clear line.
+//! 5. The agents of h1 (SIGKILL) and h2 (SIGTERM) are restarted the way the testbed starts them:
+//!    the same QEMU processes, the same guest boot ids, pings still answered.
+//! 6. Deleting the VNs leaves no QEMU process, sandbox namespace, TAP device or run directory.
+//! 7. `testbed down` leaves nothing of ours.
+//!
+//! Needs root, QEMU, the binaries next to vnctl and the guest image (`deploy/guest/build-image.sh`;
+//! `VNET_GUEST_IMAGES` names another images directory, for the agents too). Without them the test
+//! prints `SKIP`, unless `VNET_REQUIRE_ROOT=1`, where a missing precondition fails it.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn require() -> bool {
+    std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1")
+}
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("VNET_GUEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/vnet/images"))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
+fn preconditions(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("needs root (namespaces, TAP devices, daemons, QEMU)".to_string());
+    }
+    let bin_dir = Path::new(VNCTL).parent().unwrap();
+    for b in ["vn-controller", "substrate-agent"] {
+        if !bin_dir.join(b).exists() {
+            missing.push(format!(
+                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
+                bin_dir.display()
+            ));
+        }
+    }
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !qemu {
+        missing
+            .push("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
+    }
+    let manifest = images_dir().join("default/image.json");
+    if !manifest.is_file() {
+        missing.push(format!(
+            "guest image missing: {} (run deploy/guest/build-image.sh)",
+            manifest.display()
+        ));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if require() {
+        panic!("{test}: VNET_REQUIRE_ROOT=1 but {}", missing.join("; "));
+    }
+    println!("SKIP {test}: {}", missing.join("; "));
+    false
+}
+
+/// Serializes testbeds across test binaries and concurrent `cargo test` runs: an exclusive
+/// `flock` on `/run/lock/vnet-testbed-e2e.lock`, held while the returned value lives.
+fn testbed_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/vnet-testbed-e2e.lock")
+        .expect("open the testbed lock file");
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the testbed lock file")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A private testbed.
+struct Bed {
+    _state: tempfile::TempDir,
+    dir: PathBuf,
+    tag: String,
+    bridge: String,
+    subnet: String,
+    port: u16,
+    metrics: u16,
+    ctl: String,
+}
+
+/// What must be the same before and after.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    qdiscs: BTreeSet<String>,
+    processes: BTreeSet<String>,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let pid = std::process::id() % 100_000;
+        let state = tempfile::Builder::new()
+            .prefix("vnet-guest-e2e-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        Bed {
+            dir: state.path().to_owned(),
+            _state: state,
+            tag: format!("ge{pid}-"),
+            bridge: format!("vng{pid}"),
+            subnet: format!("10.253.{}.0/24", pid % 250),
+            port,
+            metrics: free_port(),
+            ctl: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Namespaces of this testbed (hosts and the agents' node namespaces), its root links
+    /// (bridge ends) and any TAP-named link in the root namespace, its bridge's qdiscs, and every
+    /// process naming its state dir or tag (the daemons, the VLAN datapaths and QEMU, whose
+    /// command line names its run directory inside the state dir).
+    fn snapshot(&self) -> Snapshot {
+        let netns = lines_of(&["ip", "netns", "list"])
+            .into_iter()
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .filter(|n| n.starts_with(&self.tag))
+            .collect();
+        let links = lines_of(&["ip", "-o", "link", "show"])
+            .into_iter()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap().to_owned())
+            })
+            .filter(|n| n.starts_with(&self.bridge) || n.starts_with("t-"))
+            .collect();
+        let qdiscs = lines_of(&["tc", "qdisc", "show"])
+            .into_iter()
+            .filter(|l| l.contains(&format!("dev {}", self.bridge)))
+            .collect();
+        Snapshot {
+            netns,
+            links,
+            qdiscs,
+            processes: self.processes(&[self.dir.to_str().unwrap(), &self.tag]),
+        }
+    }
+
+    /// `pid: cmdline` of every process whose command line contains one of `markers`.
+    fn processes(&self, markers: &[&str]) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = text(&raw).replace('\0', " ");
+                if markers.iter().any(|m| cmd.contains(m)) {
+                    out.insert(format!("{name}: {cmd}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn testbed(&self, args: &[&str]) -> Output {
+        Command::new(VNCTL)
+            .arg("testbed")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn up(&self) -> Down<'_> {
+        let guard = Down(self);
+        ok(
+            self.testbed(&[
+                "up",
+                "--hosts",
+                "3",
+                "--netns-prefix",
+                &self.tag,
+                "--mgmt-bridge",
+                &self.bridge,
+                "--mgmt-subnet",
+                &self.subnet,
+                "--node-prefix",
+                self.tag.trim_end_matches('-'),
+                "--listen-port",
+                &self.port.to_string(),
+                "--metrics-port",
+                &self.metrics.to_string(),
+                "--timeout",
+                "90s",
+            ]),
+            "testbed up",
+        );
+        guard
+    }
+
+    fn vnctl(&self, provider: Option<&str>, args: &[&str]) -> Output {
+        self.vnctl_with_input(provider, args, None)
+    }
+
+    fn vnctl_with_input(
+        &self,
+        provider: Option<&str>,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Output {
+        let mut c = Command::new(VNCTL);
+        c.env_remove("VNET_PROVIDER")
+            .env("VNET_CONTROLLER", &self.ctl);
+        if let Some(p) = provider {
+            c.args(["--provider", p]);
+        }
+        c.args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run vnctl");
+        if let Some(i) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(i).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn hosts(&self) -> Vec<Value> {
+        let out = ok(
+            self.vnctl(None, &["get", "hosts", "-o", "json"]),
+            "get hosts",
+        );
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn describe(&self, provider: &str, vn: &str) -> Value {
+        let out = ok(
+            self.vnctl(Some(provider), &["describe", "vn", vn, "-o", "json"]),
+            "describe",
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn exec(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["exec", vn, node, "--timeout", "20s", "--"];
+        args.extend_from_slice(argv);
+        self.vnctl(Some(provider), &args)
+    }
+
+    /// Pings until one answers (a guest may still be booting), at most `within`.
+    fn ping_until(&self, provider: &str, vn: &str, node: &str, addr: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.exec(
+                provider,
+                vn,
+                node,
+                &["busybox", "ping", "-c", "1", "-W", "1", addr],
+            );
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vn}: {node} cannot reach {addr} within {within:?}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn boot_id(&self, provider: &str, vn: &str, node: &str) -> String {
+        let out = self.exec(
+            provider,
+            vn,
+            node,
+            &["cat", "/proc/sys/kernel/random/boot_id"],
+        );
+        ok(out, "read the guest's boot id").trim().to_owned()
+    }
+
+    fn guests_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("agents").join(host).join("guests")
+    }
+
+    /// QEMU's pid of a guest, from its pidfile, checked against /proc.
+    fn qemu_pid(&self, host: &str, node_id: &str) -> u32 {
+        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
+        let pid: u32 = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        assert!(
+            cmd.contains(&format!("vnet-{node_id}")),
+            "pid {pid} is not the QEMU of {node_id}: {cmd:?}"
+        );
+        pid
+    }
+
+    fn agent_pid(&self, host: &str) -> u32 {
+        std::fs::read_to_string(self.dir.join(format!("run/agent-{host}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Stops the agent of `host` with `signal` and starts it again with the same command line,
+    /// the way `vnctl testbed up` starts it (own session, log appended, pidfile), then waits
+    /// until it is attached and has applied its desired state again.
+    fn restart_agent(&self, host: &str, signal: &str) {
+        let pid = self.agent_pid(host);
+        let argv: Vec<String> = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .split('\0')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert!(argv[0].ends_with("substrate-agent"), "{argv:?}");
+        let st = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            && !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "agent {host} ({pid}) did not exit on {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(format!("logs/agent-{host}.log")))
+            .unwrap();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("restart the agent");
+        std::fs::write(
+            self.dir.join(format!("run/agent-{host}.pid")),
+            format!("{}\n", child.id()),
+        )
+        .unwrap();
+        // Reap it whenever `testbed down` stops it.
+        std::thread::spawn(move || child.wait());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let h = self
+                .hosts()
+                .into_iter()
+                .find(|h| h["id"] == host)
+                .expect("host listed");
+            if h["connected"] == true && h["desiredGeneration"] == h["observedGeneration"] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {host} did not come back: {h}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Takes the testbed down however the test ends (with the logs' tails after a failure).
+struct Down<'a>(&'a Bed);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let out = self.0.testbed(&["down"]);
+        if std::thread::panicking() {
+            eprintln!("testbed down after failure: {out:?}");
+            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
+                let p = self.0.dir.join(format!("logs/{log}.log"));
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                    eprintln!("--- {}:", p.display());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn assert_one_line_error(out: &Output, want: &[&str]) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{w:?} not in {err:?}");
+    }
+}
+
+const GVX: &str = "\
+name: gvx
+encapsulation: vxlan
+nodes:
+  - {name: vm, kind: vm, cpu: 20, memory: 128, host: h1, image: default, nic: virtio, vcpus: 1}
+  - {name: a, kind: netns, cpu: 10, memory: 64, host: h2}
+  - {name: b, kind: netns, cpu: 10, memory: 64, host: h3}
+links:
+  - {endpoints: [vm, a], bandwidth: 20, addresses: [10.61.1.1/24, 10.61.1.2/24]}
+  - {endpoints: [vm, b], bandwidth: 20, addresses: [10.61.2.1/24, 10.61.2.2/24]}
+";
+
+const GVL: &str = "\
+name: gvl
+encapsulation: vlan
+nodes:
+  - {name: old, kind: vm, cpu: 20, memory: 128, host: h2, image: default, nic: e1000, vcpus: 1}
+  - {name: c, kind: netns, cpu: 10, memory: 64, host: h3}
+links:
+  - {endpoints: [old, c], bandwidth: 20, addresses: [10.62.0.1/24, 10.62.0.2/24]}
+";
+
+/// node name -> (host, node id)
+fn placement(vn: &Value) -> std::collections::BTreeMap<String, (String, String)> {
+    vn["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                (
+                    n["host"].as_str().unwrap().to_owned(),
+                    n["nodeId"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn guests_end_to_end() {
+    let test = "guests_end_to_end";
+    if !preconditions(test) {
+        return;
+    }
+    let _lock = testbed_lock();
+    let bed = Bed::new();
+    let before = bed.snapshot();
+    let down = bed.up();
+
+    // 1. The probe, as the operators see it.
+    let hosts = bed.hosts();
+    assert_eq!(hosts.len(), 3);
+    let kvm = hosts[0]["capabilities"]["kvmUsable"] == true;
+    for h in &hosts {
+        let c = &h["capabilities"];
+        assert_eq!(c["qemuPresent"], true, "{h}");
+        assert_eq!(
+            c["kvmUsable"], kvm,
+            "hosts of one machine disagree: {hosts:?}"
+        );
+        let reason = c["kvmReason"].as_str().unwrap_or_default();
+        assert!(!reason.is_empty(), "no KVM reason: {h}");
+        assert!(
+            h["nodeKinds"].as_array().unwrap().iter().any(|k| k == "vm"),
+            "{h}"
+        );
+        if !kvm {
+            println!("{}: KVM unusable: {reason}", h["id"]);
+        }
+    }
+
+    // 2, 3. Two VNs with guests, of two providers.
+    let dir = tempfile::tempdir().unwrap();
+    for (provider, name, spec) in [("lab", "gvx", GVX), ("legacy", "gvl", GVL)] {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, spec).unwrap();
+        ok(
+            bed.vnctl(
+                Some(provider),
+                &[
+                    "apply",
+                    "-f",
+                    f.to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ],
+            ),
+            &format!("apply {name}"),
+        );
+    }
+    let gvx = bed.describe("lab", "gvx");
+    let gvl = bed.describe("legacy", "gvl");
+    for (vn, encap) in [(&gvx, "vxlan"), (&gvl, "vlan")] {
+        assert_eq!(vn["state"], "READY", "{vn}");
+        for l in vn["links"].as_array().unwrap() {
+            for h in l["hops"].as_array().unwrap() {
+                assert_eq!(h["encapsulation"], encap, "{l}");
+            }
+        }
+    }
+    let px = placement(&gvx);
+    let pl = placement(&gvl);
+    let (vm_host, vm_id) = px["vm"].clone();
+    let (old_host, old_id) = pl["old"].clone();
+    assert_eq!((vm_host.as_str(), old_host.as_str()), ("h1", "h2"));
+
+    // Pings both ways (the guests boot while the first ones wait).
+    let boot = Duration::from_secs(90);
+    bed.ping_until("lab", "gvx", "a", "10.61.1.1", boot);
+    bed.ping_until("lab", "gvx", "b", "10.61.2.1", boot);
+    bed.ping_until("lab", "gvx", "vm", "10.61.1.2", boot);
+    bed.ping_until("lab", "gvx", "vm", "10.61.2.2", boot);
+    bed.ping_until("legacy", "gvl", "c", "10.62.0.1", boot);
+    bed.ping_until("legacy", "gvl", "old", "10.62.0.2", boot);
+
+    // Each guest runs the NIC model it asked for, with the acceleration the probe chose.
+    for (provider, vn, node, host, id, model, driver) in [
+        (
+            "lab",
+            "gvx",
+            "vm",
+            &vm_host,
+            &vm_id,
+            "virtio-net-device",
+            "virtio_net",
+        ),
+        (
+            "legacy", "gvl", "old", &old_host, &old_id, "e1000,", "e1000",
+        ),
+    ] {
+        let pid = bed.qemu_pid(host, id);
+        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+        assert!(cmd.contains(model), "{vn}/{node}: {cmd}");
+        let accel = if kvm { "-accel kvm" } else { "-accel tcg" };
+        assert!(cmd.contains(accel), "{vn}/{node}: want {accel}: {cmd}");
+        let out = bed.exec(
+            provider,
+            vn,
+            node,
+            &["readlink", "/sys/class/net/eth0/device/driver"],
+        );
+        let link = ok(out, "NIC driver");
+        assert!(
+            link.trim_end().ends_with(&format!("/{driver}")),
+            "{vn}/{node}: {link}"
+        );
+    }
+
+    // 4. The console.
+    let vm_boot = bed.boot_id("lab", "gvx", "vm");
+    let log = ok(bed.vnctl(Some("lab"), &["console", "gvx", "vm"]), "console");
+    assert!(
+        log.contains(&format!("VNET-READY vm {vm_boot}")),
+        "the console log is not this guest's boot log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("=== vnet: starting guest {vm_id}")),
+        "{log}"
+    );
+    let tail = ok(
+        bed.vnctl(Some("lab"), &["console", "gvx", "vm", "--tail", "10"]),
+        "console --tail",
+    );
+    assert_eq!(tail.len(), 10, "{tail:?}");
+    let typed = bed.vnctl_with_input(
+        Some("lab"),
+        &["console", "gvx", "vm", "-i", "--tail", "0", "--idle", "3s"],
+        Some(b"echo console-$((6*7))\n"),
+    );
+    let shown = ok(typed, "console -i");
+    assert!(
+        shown.contains("console-42"),
+        "typed command did not answer: {shown:?}"
+    );
+    let out = bed.vnctl(Some("lab"), &["console", "gvx", "a"]);
+    assert_one_line_error(&out, &["console is for vm nodes", "node a", "netns"]);
+    let out = bed.vnctl(Some("legacy"), &["console", "gvx", "vm"]);
+    assert_one_line_error(&out, &["not found", "gvx"]);
+    let e1000_log = ok(
+        bed.vnctl(Some("legacy"), &["console", "gvl", "old"]),
+        "console",
+    );
+    let old_boot = bed.boot_id("legacy", "gvl", "old");
+    assert!(
+        e1000_log.contains(&format!("VNET-READY old {old_boot}")),
+        "{e1000_log}"
+    );
+
+    // 5. Agent restarts neither kill nor reboot guests.
+    let vm_pid = bed.qemu_pid(&vm_host, &vm_id);
+    let old_pid = bed.qemu_pid(&old_host, &old_id);
+    bed.restart_agent("h1", "-KILL");
+    bed.restart_agent("h2", "-TERM");
+    assert_eq!(
+        bed.qemu_pid(&vm_host, &vm_id),
+        vm_pid,
+        "the virtio guest's QEMU changed"
+    );
+    assert_eq!(
+        bed.qemu_pid(&old_host, &old_id),
+        old_pid,
+        "the e1000 guest's QEMU changed"
+    );
+    assert_eq!(
+        bed.boot_id("lab", "gvx", "vm"),
+        vm_boot,
+        "the virtio guest rebooted"
+    );
+    assert_eq!(
+        bed.boot_id("legacy", "gvl", "old"),
+        old_boot,
+        "the e1000 guest rebooted"
+    );
+    for (provider, vn) in [("lab", "gvx"), ("legacy", "gvl")] {
+        assert_eq!(bed.describe(provider, vn)["state"], "READY");
+    }
+    let quick = Duration::from_secs(20);
+    bed.ping_until("lab", "gvx", "a", "10.61.1.1", quick);
+    bed.ping_until("lab", "gvx", "vm", "10.61.2.2", quick);
+    bed.ping_until("legacy", "gvl", "c", "10.62.0.1", quick);
+    bed.ping_until("legacy", "gvl", "old", "10.62.0.2", quick);
+
+    // 6. Deleting the VNs stops the guests and removes everything of theirs.
+    let sandboxes: Vec<String> = lines_of(&["ip", "netns", "list"])
+        .into_iter()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|n| n.ends_with(&format!("-{vm_id}")) || n.ends_with(&format!("-{old_id}")))
+        .collect();
+    assert_eq!(
+        sandboxes.len(),
+        2,
+        "sandboxes of both guests: {sandboxes:?}"
+    );
+    for ns in &sandboxes {
+        let taps = lines_of(&["ip", "-n", ns, "-o", "link", "show", "type", "tun"]);
+        assert!(!taps.is_empty(), "no TAP in {ns}");
+    }
+    for (provider, vn) in [("lab", "gvx"), ("legacy", "gvl")] {
+        ok(
+            bed.vnctl(
+                Some(provider),
+                &["delete", "vn", vn, "--wait", "--timeout", "120s"],
+            ),
+            "delete",
+        );
+    }
+    // `delete --wait` returns once the controller saw every host report the new generation;
+    // the agents report a generation when they start applying it (PROVISIONING), so the guests
+    // may still be stopping: give the teardown a bounded time.
+    let guest_markers = [format!("vnet-{vm_id} "), format!("vnet-{old_id} ")];
+    let leftovers = || {
+        let mut left: Vec<String> = bed
+            .processes(&[&guest_markers[0], &guest_markers[1]])
+            .into_iter()
+            .collect();
+        for pid in [vm_pid, old_pid] {
+            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+                left.push(format!("QEMU pid {pid}"));
+            }
+        }
+        for host in ["h1", "h2", "h3"] {
+            let d = bed.guests_dir(host);
+            if let Ok(r) = std::fs::read_dir(&d) {
+                left.extend(r.flatten().map(|e| e.path().display().to_string()));
+            }
+        }
+        let netns_now = lines_of(&["ip", "netns", "list"]);
+        for ns in &sandboxes {
+            if netns_now
+                .iter()
+                .any(|l| l.split_whitespace().next() == Some(ns))
+            {
+                left.push(format!("sandbox {ns} (with its TAPs)"));
+            }
+        }
+        left
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left = leftovers();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        left = leftovers();
+    }
+    assert!(left.is_empty(), "left after deleting the VNs: {left:#?}");
+
+    // 7. Nothing of ours left.
+    ok(bed.testbed(&["down"]), "testbed down");
+    drop(down);
+    let mut after = bed.snapshot();
+    for _ in 0..20 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        after = bed.snapshot();
+    }
+    assert_eq!(before, after, "left behind");
+    let left: Vec<String> = std::fs::read_dir(&bed.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["logs"]);
+}
