@@ -9,11 +9,12 @@ state() {
   ip netns list 2>/dev/null | awk '{print "netns " $1}' | sort
   ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | sort
   for p in substrate-agent vn-controller qemu-system iperf3; do
-    pgrep -f "$p" >/dev/null && echo "process $p"
+    if pgrep -f "$p" >/dev/null; then echo "process $p"; fi
   done
+  return 0
 }
 case "${1:-}" in
-  snapshot) state > "$2" ;;
+  snapshot) state > "$2"; exit 0 ;;
   compare)
     added=$(comm -13 "$2" <(state))
     if [[ -n "$added" ]]; then

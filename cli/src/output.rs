@@ -310,6 +310,119 @@ pub fn vns_table(vns: &[pb::VirtualNetwork], now: SystemTime) -> String {
     )
 }
 
+/// The parent of `vn` as `provider/name` (`None` on the substrate).
+pub fn parent_label(vn: &pb::VirtualNetwork) -> Option<String> {
+    let spec = vn.spec.as_ref().filter(|s| !s.parent.is_empty())?;
+    let owner = if spec.parent_provider.is_empty() {
+        &vn.provider
+    } else {
+        &spec.parent_provider
+    };
+    Some(format!("{owner}/{}", spec.parent))
+}
+
+/// `vnctl get vns --tree`: the caller's VNs as a hierarchy. A VN whose parent belongs to another
+/// provider is a root marked `(in provider/name)`; children of other providers in the caller's
+/// VNs (shared VNs) are leaves shown as `provider/name`, since the caller cannot see into them.
+pub fn vns_tree(vns: &[pb::VirtualNetwork], now: SystemTime) -> String {
+    let by_name: BTreeMap<&str, &pb::VirtualNetwork> =
+        vns.iter().map(|v| (v.name.as_str(), v)).collect();
+    let own_parent = |v: &pb::VirtualNetwork| {
+        parent_label(v).filter(|p| {
+            p.split_once('/')
+                .is_some_and(|(owner, name)| owner == v.provider && by_name.contains_key(name))
+        })
+    };
+    let mut roots: Vec<&pb::VirtualNetwork> =
+        vns.iter().filter(|v| own_parent(v).is_none()).collect();
+    roots.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = Vec::new();
+    // (vn or a foreign child's label, prefix of its line, prefix of its children's lines)
+    fn walk<'a>(
+        by_name: &BTreeMap<&str, &'a pb::VirtualNetwork>,
+        vn: &'a pb::VirtualNetwork,
+        head: String,
+        tail: String,
+        root_note: Option<String>,
+        now: SystemTime,
+        rows: &mut Vec<Vec<String>>,
+    ) {
+        let placement: Vec<&str> = {
+            let mut p: Vec<&str> = vn
+                .nodes
+                .iter()
+                .map(|n| {
+                    if n.parent_node.is_empty() {
+                        n.host.as_str()
+                    } else {
+                        n.parent_node.as_str()
+                    }
+                })
+                .collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        };
+        let name = match root_note {
+            Some(n) => format!("{head}{} (in {n})", vn.name),
+            None => format!("{head}{}", vn.name),
+        };
+        rows.push(vec![
+            name,
+            vn_state(vn.state).into(),
+            vn.depth.to_string(),
+            vn.nodes
+                .len()
+                .max(vn.spec.as_ref().map_or(0, |s| s.nodes.len()))
+                .to_string(),
+            dash(&placement.join(",")),
+            age(vn.created_unix_ms, now),
+        ]);
+        let mut kids = vn.children.clone();
+        kids.sort();
+        for (i, k) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            let (h, t) = if last {
+                ("└─ ", "   ")
+            } else {
+                ("├─ ", "│  ")
+            };
+            match by_name.get(k.as_str()) {
+                Some(child) if !k.contains('/') => walk(
+                    by_name,
+                    child,
+                    format!("{tail}{h}"),
+                    format!("{tail}{t}"),
+                    None,
+                    now,
+                    rows,
+                ),
+                _ => rows.push(vec![
+                    format!("{tail}{h}{k}"),
+                    "-".into(),
+                    (vn.depth + 1).to_string(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+            }
+        }
+    }
+    for r in roots {
+        let note = parent_label(r);
+        walk(
+            &by_name,
+            r,
+            String::new(),
+            String::new(),
+            note,
+            now,
+            &mut rows,
+        );
+    }
+    table(&["NAME", "STATE", "DEPTH", "NODES", "IN", "AGE"], &rows)
+}
+
 /// `vnctl describe vn NAME`.
 pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     let v = VnView::from_proto(vn);
@@ -333,8 +446,8 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     kv("Created", v.created.clone());
     kv("Depth", v.depth.to_string());
     if let Some(spec) = &vn.spec {
-        if !spec.parent.is_empty() {
-            kv("Parent", spec.parent.clone());
+        if let Some(p) = parent_label(vn) {
+            kv("Parent", p);
         }
         kv(
             "Encap",
@@ -785,6 +898,63 @@ pub(crate) mod tests {
             cols,
             ["red-net", "READY", "2", "1", "h1,h3", "grc", "5m", "-"]
         );
+    }
+
+    #[test]
+    fn tree_nests_children_under_their_parents() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + 300_000);
+        let vn = |name: &str, parent: &str, parent_provider: &str, depth: u32, kids: &[&str]| {
+            let mut v = sample_vn();
+            v.name = name.into();
+            v.depth = depth;
+            v.children = kids.iter().map(|k| k.to_string()).collect();
+            let spec = v.spec.as_mut().unwrap();
+            spec.parent = parent.into();
+            spec.parent_provider = parent_provider.into();
+            if !parent.is_empty() {
+                for n in &mut v.nodes {
+                    n.parent_node = format!("{parent}-{}", n.node);
+                }
+            }
+            v
+        };
+        let vns = vec![
+            vn("g", "c", "", 2, &[]),
+            vn("p", "", "", 0, &["c", "blue/bc", "d"]),
+            vn("c", "p", "", 1, &["g"]),
+            vn("d", "p", "red", 1, &[]),
+            vn("x", "base", "green", 1, &[]),
+        ];
+        let t = vns_tree(&vns, now);
+        let state_col = t.lines().next().unwrap().find("STATE").unwrap();
+        let names: Vec<String> = t
+            .lines()
+            .map(|l| {
+                l.chars()
+                    .take(state_col)
+                    .collect::<String>()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "NAME",
+                "p",
+                "├─ blue/bc",
+                "├─ c",
+                "│  └─ g",
+                "└─ d",
+                "x (in green/base)",
+            ],
+            "{t}"
+        );
+        let g = t.lines().find(|l| l.contains("└─ g")).unwrap();
+        let cols: Vec<&str> = g.split_whitespace().collect();
+        assert_eq!(cols[3..], ["READY", "2", "2", "c-a,c-b", "5m"], "{t}");
+        let p = t.lines().nth(1).unwrap();
+        assert!(p.contains("h1,h3"), "{t}");
     }
 
     #[test]

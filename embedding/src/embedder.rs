@@ -55,7 +55,7 @@ pub const ALGORITHMS: &[AlgorithmInfo] = &[
     },
     AlgorithmInfo {
         name: "mip",
-        summary: "exact node-link MIP, unsplittable, CBC, LACE warm start, 2 s limit (Melo et al., TNSM 2013)",
+        summary: "exact node-link MIP, unsplittable, CBC, LACE cutoff, 2 s limit (Melo et al., TNSM 2013)",
     },
     AlgorithmInfo {
         name: "mip-split",

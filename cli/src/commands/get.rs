@@ -30,6 +30,9 @@ pub struct GetArgs {
     pub name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// VNs only: show the hierarchy of parents and children (a table).
+    #[arg(long)]
+    pub tree: bool,
 }
 
 impl GetArgs {
@@ -38,6 +41,13 @@ impl GetArgs {
     }
 
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
+        if self.tree {
+            anyhow::ensure!(self.resource == Resource::Vns, "--tree applies to vns only");
+            anyhow::ensure!(
+                self.output == Format::Table,
+                "--tree prints a table; -o json/yaml show each VN's depth and children"
+            );
+        }
         let ctl = Controller::connect(opts).await?;
         let text = match self.resource {
             Resource::Vns => {
@@ -69,6 +79,7 @@ impl GetArgs {
                             ctl.provider().unwrap_or("-")
                         )
                     }
+                    Format::Table if self.tree => output::vns_tree(&vns, SystemTime::now()),
                     Format::Table => output::vns_table(&vns, SystemTime::now()),
                     f => {
                         let views: Vec<VnView> = vns.iter().map(VnView::from_proto).collect();
