@@ -14,9 +14,9 @@ state() {
   return 0
 }
 case "${1:-}" in
-  snapshot) state > "$2"; exit 0 ;;
+  snapshot) state | sort > "$2"; exit 0 ;;
   compare)
-    added=$(comm -13 "$2" <(state))
+    added=$(comm -13 "$2" <(state | sort))
     if [[ -n "$added" ]]; then
       echo "left behind by the suite:"; echo "$added" | sed 's/^/  /'; exit 1
     fi

@@ -246,8 +246,19 @@ fn snapshot(bed: &Bed) -> Snapshot {
     }
 }
 
-/// Root tests build one testbed at a time.
-static ONE_TESTBED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Root tests build one testbed at a time, across test binaries and concurrent `cargo test`
+/// runs too: an exclusive `flock` on the lock file the other testbed tests hold.
+fn one_testbed() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/vnet-testbed-e2e.lock")
+        .expect("open the testbed lock file");
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the testbed lock file")
+}
 
 /// A private testbed: its own namespace prefix, bridge, subnet, ports and state dir.
 struct Bed {
@@ -481,7 +492,7 @@ fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn three_hosts_two_providers() {
-    let _one = ONE_TESTBED.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_testbed();
     let Some(bed) = Bed::new("three_hosts_two_providers", 1) else {
         return;
     };
@@ -725,7 +736,7 @@ fn three_hosts_two_providers() {
 
 #[test]
 fn down_after_a_crash() {
-    let _one = ONE_TESTBED.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_testbed();
     let Some(bed) = Bed::new("down_after_a_crash", 2) else {
         return;
     };
