@@ -394,8 +394,13 @@ impl Controller {
             let r = shared.planner.plan(view, req, algorithm);
             shared.publisher.metrics.embedded(t.elapsed());
             r.map_err(|why| {
+                // A child's "substrate" is its parent: say so, or "host" and "substrate path"
+                // in the embedding's reason read as the physical ones.
+                let within = req.parent.as_ref().map_or(String::new(), |p| {
+                    format!(" in its parent {p} (whose nodes and links are its hosts and links)")
+                });
                 Attempt::Error(ControlError::Exhausted(format!(
-                    "cannot embed {}: {why}",
+                    "cannot embed {}{within}: {why}",
                     req.name
                 )))
             })

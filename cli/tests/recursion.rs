@@ -1,0 +1,1193 @@
+//! End-to-end test of recursive VNs (issue 7): vnctl, the real controller and the real agents of
+//! a private 3-host testbed (own namespace prefix, bridge, subnet, ports and state dir), as root,
+//! one testbed at a time (see [`testbed_lock`]). One testbed carries four scenarios; each asserts
+//! its own cleanup (namespaces and the links inside every namespace of the testbed, substrate
+//! residuals), and the end asserts that `testbed down` leaves nothing.
+//!
+//! 1. Recursion to depth 2 with the example specs (`deploy/examples/nested-*.yaml`): a nestable
+//!    parent P on a line h1-h2-h3, a child C with its nodes at the ends of P's two-hop path, a
+//!    grandchild G inside C. Pings work at every level; captures on the underlay links of both
+//!    hops show C's packets inside P's (two VXLAN headers: P's VNI outside, C's inside, each hop
+//!    its own) and G's inside C's inside P's (three headers, one UDP port per level), the VNIs
+//!    and ports as `vnctl describe -o json` tells; a full-size G packet fills the underlay MTU
+//!    exactly, unfragmented (50 bytes of MTU per level).
+//! 2. Children that ask for more bandwidth than the parent's links (or than what is left of
+//!    them), for a node kind the parent forbids, or for wider attributes, are refused with one
+//!    clear line naming the rule, and leave nothing: no VN listed, no namespace, no link in any
+//!    namespace of the testbed, substrate residuals and every host's desired generation unchanged.
+//! 3. Revisitation: a VN of 4 nodes on 2 hosts (full mesh: two local links, four crossing ones),
+//!    all pairs ping, and only the crossing links take substrate bandwidth; a child with two nodes
+//!    in one parent node pings too.
+//! 4. Two children of P (two providers, through P's `shareWith`) with identical address plans
+//!    fill P's links exactly (so scenarios 2 and 3 left no reservation in P): each one's pings
+//!    stay inside it (captures in both children's nodes), and with X's node ignoring pings, X's
+//!    ping of the shared address fails although Y's twin node would answer.
+//!
+//! Needs root, the binaries next to vnctl (`cargo build -p vn-controller -p substrate-agent`),
+//! `tcpdump`, `tshark`, `busybox` and `nsenter`. Without them the test prints `SKIP`, unless
+//! `VNET_REQUIRE_ROOT=1`, where a missing precondition fails it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn require() -> bool {
+    std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
+fn preconditions(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("needs root (namespaces, links, daemons, captures)".to_string());
+    }
+    let bin_dir = Path::new(VNCTL).parent().unwrap();
+    for b in ["vn-controller", "substrate-agent"] {
+        if !bin_dir.join(b).exists() {
+            missing.push(format!(
+                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
+                bin_dir.display()
+            ));
+        }
+    }
+    for (program, package) in [
+        ("tcpdump", "tcpdump"),
+        ("tshark", "tshark"),
+        ("busybox", "busybox-static"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+    ] {
+        if !on_path(program) {
+            missing.push(format!(
+                "{program} is not on PATH (apt-get install {package})"
+            ));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if require() {
+        panic!("{test}: VNET_REQUIRE_ROOT=1 but {}", missing.join("; "));
+    }
+    println!("SKIP {test}: {}", missing.join("; "));
+    false
+}
+
+/// Serializes testbeds across test binaries and concurrent `cargo test` runs: an exclusive
+/// `flock` on `/run/lock/vnet-testbed-e2e.lock` (the lock of every testbed test), held while the
+/// returned value lives.
+fn testbed_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/vnet-testbed-e2e.lock")
+        .expect("open the testbed lock file");
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the testbed lock file")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn assert_one_line_error(out: &Output, want: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{w:?} not in {err:?}");
+    }
+}
+
+/// Names of the namespaces of the testbed and, for each, the links inside it: what a VN that
+/// was refused or deleted must leave exactly as it was.
+type Deep = BTreeMap<String, BTreeSet<String>>;
+
+/// What must be the same before `testbed up` and after `testbed down`.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    qdiscs: BTreeSet<String>,
+    processes: BTreeSet<String>,
+}
+
+/// Substrate residuals as the operators see them.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Residuals {
+    /// host -> (cpu, memory MiB)
+    hosts: BTreeMap<String, (u64, u64)>,
+    /// link -> Mbit/s
+    links: BTreeMap<String, u64>,
+}
+
+/// A private testbed.
+struct Bed {
+    _state: tempfile::TempDir,
+    dir: PathBuf,
+    specs: tempfile::TempDir,
+    tag: String,
+    bridge: String,
+    subnet: String,
+    port: u16,
+    metrics: u16,
+    ctl: String,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let pid = std::process::id() % 100_000;
+        let state = tempfile::Builder::new()
+            .prefix("vnet-rec-e2e-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        Bed {
+            dir: state.path().to_owned(),
+            _state: state,
+            specs: tempfile::tempdir().unwrap(),
+            tag: format!("rc{pid}-"),
+            bridge: format!("vnr{pid}"),
+            subnet: format!("10.252.{}.0/24", pid % 250),
+            port,
+            metrics: free_port(),
+            ctl: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn namespaces(&self) -> BTreeSet<String> {
+        lines_of(&["ip", "netns", "list"])
+            .into_iter()
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .filter(|n| n.starts_with(&self.tag))
+            .collect()
+    }
+
+    /// Namespaces of this testbed (hosts, virtual nodes, transits) and its root links (bridge
+    /// ends), its bridge's qdiscs, and every process naming its state dir or tag.
+    fn snapshot(&self) -> Snapshot {
+        let links = lines_of(&["ip", "-o", "link", "show"])
+            .into_iter()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap().to_owned())
+            })
+            .filter(|n| n.starts_with(&self.bridge))
+            .collect();
+        let qdiscs = lines_of(&["tc", "qdisc", "show"])
+            .into_iter()
+            .filter(|l| l.contains(&format!("dev {}", self.bridge)))
+            .collect();
+        Snapshot {
+            netns: self.namespaces(),
+            links,
+            qdiscs,
+            processes: self.processes(),
+        }
+    }
+
+    /// Every namespace of the testbed with the links inside it.
+    fn deep(&self) -> Deep {
+        self.namespaces()
+            .into_iter()
+            .map(|ns| {
+                let out = Command::new("ip")
+                    .args(["-n", &ns, "-o", "link", "show"])
+                    .output()
+                    .unwrap();
+                let links = if out.status.success() {
+                    text(&out.stdout)
+                        .lines()
+                        .filter_map(|l| {
+                            l.split(": ")
+                                .nth(1)
+                                .map(|n| n.split('@').next().unwrap().to_owned())
+                        })
+                        .collect()
+                } else {
+                    BTreeSet::from([format!("unreadable: {}", text(&out.stderr).trim())])
+                };
+                (ns, links)
+            })
+            .collect()
+    }
+
+    /// Waits (bounded: agents tear down after `delete --wait` returns) until the testbed's
+    /// namespaces and their links are `want` again.
+    fn assert_deep_back_to(&self, want: &Deep, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut now = self.deep();
+        while now != *want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            now = self.deep();
+        }
+        assert_eq!(*want, now, "{what}: namespaces or links left behind");
+    }
+
+    /// `pid: cmdline` of every process whose command line names the state dir or the tag.
+    fn processes(&self) -> BTreeSet<String> {
+        let markers = [self.dir.to_str().unwrap(), &self.tag];
+        let mut out = BTreeSet::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = text(&raw).replace('\0', " ");
+                if markers.iter().any(|m| cmd.contains(m)) {
+                    out.insert(format!("{name}: {cmd}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn testbed(&self, args: &[&str]) -> Output {
+        Command::new(VNCTL)
+            .arg("testbed")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn up(&self) -> Down<'_> {
+        let guard = Down(self);
+        ok(
+            self.testbed(&[
+                "up",
+                "--hosts",
+                "3",
+                "--netns-prefix",
+                &self.tag,
+                "--mgmt-bridge",
+                &self.bridge,
+                "--mgmt-subnet",
+                &self.subnet,
+                "--node-prefix",
+                self.tag.trim_end_matches('-'),
+                "--listen-port",
+                &self.port.to_string(),
+                "--metrics-port",
+                &self.metrics.to_string(),
+                "--timeout",
+                "90s",
+            ]),
+            "testbed up",
+        );
+        guard
+    }
+
+    fn vnctl(&self, provider: Option<&str>, args: &[&str]) -> Output {
+        let mut c = Command::new(VNCTL);
+        c.env_remove("VNET_PROVIDER")
+            .env("VNET_CONTROLLER", &self.ctl);
+        if let Some(p) = provider {
+            c.args(["--provider", p]);
+        }
+        c.args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vnctl")
+    }
+
+    /// Writes an inline spec into the test's spec directory.
+    fn spec(&self, name: &str, yaml: &str) -> PathBuf {
+        let f = self.specs.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        f
+    }
+
+    fn apply(&self, provider: &str, file: &Path) {
+        ok(
+            self.vnctl(
+                Some(provider),
+                &[
+                    "apply",
+                    "-f",
+                    file.to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                ],
+            ),
+            &format!("apply {}", file.display()),
+        );
+    }
+
+    fn apply_refused(&self, provider: &str, file: &Path) -> Output {
+        self.vnctl(Some(provider), &["apply", "-f", file.to_str().unwrap()])
+    }
+
+    fn delete(&self, provider: &str, vn: &str, cascade: bool) -> String {
+        let mut args = vec!["delete", "vn", vn, "--wait", "--timeout", "60s"];
+        if cascade {
+            args.push("--cascade");
+        }
+        ok(self.vnctl(Some(provider), &args), &format!("delete {vn}"))
+    }
+
+    fn describe(&self, provider: &str, vn: &str) -> Value {
+        let out = ok(
+            self.vnctl(Some(provider), &["describe", "vn", vn, "-o", "json"]),
+            "describe",
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn json(&self, provider: Option<&str>, args: &[&str]) -> Value {
+        let out = ok(self.vnctl(provider, args), &args.join(" "));
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn vn_names(&self, provider: &str) -> BTreeSet<String> {
+        self.json(Some(provider), &["get", "vns", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn residuals(&self) -> Residuals {
+        let hosts = self
+            .json(None, &["get", "hosts", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["id"].as_str().unwrap().to_owned(),
+                    (
+                        h["residual"]["cpu"].as_u64().unwrap_or(0),
+                        h["residual"]["memoryMb"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+            .collect();
+        let links = self
+            .json(None, &["get", "links", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().to_owned(),
+                    l["residualMbps"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        Residuals { hosts, links }
+    }
+
+    /// Every host's desired generation: it moves whenever anything is sent to the agents.
+    fn generations(&self) -> BTreeMap<String, u64> {
+        self.json(None, &["get", "hosts", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["id"].as_str().unwrap().to_owned(),
+                    h["desiredGeneration"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    fn exec(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["exec", vn, node, "--timeout", "20s", "--"];
+        args.extend_from_slice(argv);
+        self.vnctl(Some(provider), &args)
+    }
+
+    fn exec_ok(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> String {
+        ok(
+            self.exec(provider, vn, node, argv),
+            &format!("{vn}/{node}: {}", argv.join(" ")),
+        )
+    }
+
+    /// Pings until one answers (neighbours may still be resolving), at most 15 s.
+    fn ping(&self, provider: &str, vn: &str, node: &str, addr: &str) {
+        self.ping_sized(provider, vn, node, addr, 56);
+    }
+
+    fn ping_sized(&self, provider: &str, vn: &str, node: &str, addr: &str, size: u32) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let size = size.to_string();
+        loop {
+            let out = self.exec(
+                provider,
+                vn,
+                node,
+                &["busybox", "ping", "-c", "1", "-W", "1", "-s", &size, addr],
+            );
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vn}: {node} cannot reach {addr}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The namespace of a virtual node (agent naming: `<node prefix>-<host>-<node id>`).
+    fn node_netns(&self, host: &str, node_id: &str) -> String {
+        let name = format!("{}{host}-{node_id}", self.tag);
+        assert!(
+            self.namespaces().contains(&name),
+            "no namespace {name}: {:?}",
+            self.namespaces()
+        );
+        name
+    }
+}
+
+/// Takes the testbed down however the test ends (with the logs' tails after a failure).
+struct Down<'a>(&'a Bed);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let out = self.0.testbed(&["down"]);
+        if std::thread::panicking() {
+            eprintln!("testbed down after failure: {out:?}");
+            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
+                let p = self.0.dir.join(format!("logs/{log}.log"));
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                    eprintln!("--- {}:", p.display());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A tcpdump writing one interface's packets to a file, started inside a namespace with
+/// `nsenter` (not `ip netns exec`, see the machine notes). Killed on drop.
+struct Capture {
+    child: Option<Child>,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Returns once tcpdump listens. `--immediate-mode`: without it packets wait in the kernel
+    /// ring until a block times out, and a tcpdump stopped right after the traffic writes none.
+    fn start(netns: &str, iface: &str, filter: &str, file: PathBuf) -> Capture {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode"])
+            .args(["-Z", "root", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpdump");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut cap = Capture {
+            child: Some(child),
+            file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut said = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("listening on") => return cap,
+                Ok(l) => said.push(l),
+                Err(_) => {
+                    cap.kill();
+                    panic!("tcpdump on {netns}/{iface} did not start: {said:?}");
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops tcpdump (SIGINT: it writes what it has) and returns the file.
+    fn stop(mut self) -> PathBuf {
+        let mut c = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let st = c.wait().unwrap();
+        assert!(st.success(), "tcpdump: {st}");
+        self.file.clone()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The packets of a capture matching `display_filter`, one row per packet and one column per
+/// field; a field that occurs in several layers is a list (outermost first). `vxlan_ports` are
+/// decoded as VXLAN besides the standard 4789.
+fn decode(
+    file: &Path,
+    vxlan_ports: &[u64],
+    display_filter: &str,
+    fields: &[&str],
+) -> Vec<Vec<Vec<String>>> {
+    let mut c = Command::new("tshark");
+    c.arg("-r").arg(file).args(["-n", "-Y", display_filter]);
+    for p in vxlan_ports {
+        c.args(["-d", &format!("udp.port=={p},vxlan")]);
+    }
+    c.args(["-T", "fields", "-E", "separator=|", "-E", "aggregator=,"]);
+    for f in fields {
+        c.args(["-e", f]);
+    }
+    let out = ok(c.output().unwrap(), "tshark");
+    out.lines()
+        .map(|l| {
+            l.split('|')
+                .map(|col| {
+                    col.split(',')
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The link of a described VN between `a` and `b`.
+fn link<'a>(vn: &'a Value, a: &str, b: &str) -> &'a Value {
+    vn["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| strs(&l["endpoints"]) == [a, b])
+        .unwrap_or_else(|| panic!("no link {a}-{b} in {vn}"))
+}
+
+/// node name -> placement (host, parentNode, nodeId, ...).
+fn nodes(vn: &Value) -> BTreeMap<String, Value> {
+    vn["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
+        .collect()
+}
+
+/// An interface address without its prefix length.
+fn addr(cidr: &str) -> String {
+    cidr.split('/').next().unwrap().to_owned()
+}
+
+fn vnis(l: &Value) -> Vec<String> {
+    l["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| num(&h["vni"]).to_string())
+        .collect()
+}
+
+fn port(l: &Value) -> u64 {
+    let ports: BTreeSet<u64> = l["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| num(&h["udpPort"]))
+        .collect();
+    assert_eq!(ports.len(), 1, "one UDP port per level: {l}");
+    ports.into_iter().next().unwrap()
+}
+
+const FIELDS: [&str; 7] = [
+    "udp.dstport",
+    "vxlan.vni",
+    "ip.len",
+    "ip.flags.mf",
+    "ip.frag_offset",
+    "ip.src",
+    "icmp.type",
+];
+
+#[test]
+fn recursion_end_to_end() {
+    let test = "recursion_end_to_end";
+    if !preconditions(test) {
+        return;
+    }
+    let started = Instant::now();
+    let _lock = testbed_lock();
+    let bed = Bed::new();
+    let before = bed.snapshot();
+    let down = bed.up();
+    let examples = Path::new(EXAMPLES);
+    let bare = bed.deep();
+    let bare_residuals = bed.residuals();
+
+    // ---- 1. Parent, child, grandchild (the example specs), pings, captures.
+    for f in ["nested-parent", "nested-child", "nested-grandchild"] {
+        bed.apply("lab", &examples.join(format!("{f}.yaml")));
+    }
+    let p = bed.describe("lab", "nested-parent");
+    let c = bed.describe("lab", "nested-child");
+    let g = bed.describe("lab", "nested-grandchild");
+    for (vn, depth) in [(&p, 0), (&c, 1), (&g, 2)] {
+        assert_eq!(vn["state"], "READY", "{vn}");
+        assert_eq!(num(&vn["depth"]), depth, "{vn}");
+    }
+    assert_eq!(strs(&p["children"]), ["nested-child"]);
+    assert_eq!(strs(&c["children"]), ["nested-grandchild"]);
+    let pn = nodes(&p);
+    for (n, h) in [("p1", "h1"), ("p2", "h2"), ("p3", "h3")] {
+        assert_eq!(pn[n]["host"], h, "{p}");
+    }
+    // C's nodes sit in the parent's end nodes; its link follows P's two hops.
+    let cn = nodes(&c);
+    for (n, parent, host) in [("c1", "p1", "h1"), ("c2", "p3", "h3")] {
+        assert_eq!(cn[n]["parentNode"], parent, "{c}");
+        assert_eq!(cn[n]["host"], host, "{c}");
+    }
+    let cl = link(&c, "c1", "c2");
+    assert_eq!(strs(&cl["path"]), ["p1", "p2", "p3"], "{cl}");
+    let gl = link(&g, "g1", "g2");
+    assert_eq!(strs(&gl["path"]), ["c1", "c2"], "{gl}");
+    let p12 = link(&p, "p1", "p2");
+    let p23 = link(&p, "p2", "p3");
+    // One UDP port and 50 bytes of MTU per level.
+    let (pport, cport, gport) = (port(p12), port(cl), port(gl));
+    assert_eq!((cport, gport), (pport + 1, pport + 2));
+    let (pmtu, cmtu, gmtu) = (num(&p12["mtu"]), num(&cl["mtu"]), num(&gl["mtu"]));
+    assert_eq!((cmtu, gmtu), (pmtu - 50, pmtu - 100));
+    let tree = ok(bed.vnctl(Some("lab"), &["get", "vns", "--tree"]), "tree");
+    let rows: Vec<&str> = tree.lines().skip(1).collect();
+    assert!(
+        rows.len() == 3
+            && rows[0].starts_with("nested-parent ")
+            && rows[1].starts_with("└─ nested-child ")
+            && rows[2].starts_with("   └─ nested-grandchild "),
+        "{tree}"
+    );
+    let c_addrs = strs(&cl["addresses"]);
+    let g_addrs = strs(&gl["addresses"]);
+    let p_addrs = strs(&p12["addresses"]);
+    bed.ping("lab", "nested-parent", "p1", &addr(&p_addrs[1]));
+    bed.ping("lab", "nested-child", "c1", &addr(&c_addrs[1]));
+    bed.ping("lab", "nested-child", "c2", &addr(&c_addrs[0]));
+    bed.ping("lab", "nested-grandchild", "g1", &addr(&g_addrs[1]));
+    bed.ping("lab", "nested-grandchild", "g2", &addr(&g_addrs[0]));
+    let mtu_line = bed.exec_ok(
+        "lab",
+        "nested-grandchild",
+        "g1",
+        &["ip", "-o", "link", "show", "eth0"],
+    );
+    assert!(mtu_line.contains(&format!(" mtu {gmtu} ")), "{mtu_line}");
+
+    // The underlay of both of P's hops, in the hosts' namespaces: C's packets ride P's links
+    // with a VNI per hop, G's ride C's.
+    let underlay_mtu = |host: &str, iface: &str| -> u64 {
+        let hosts = bed.json(None, &["get", "hosts", "-o", "json"]);
+        let h = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == host)
+            .unwrap()
+            .clone();
+        let i = h["underlay"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == iface)
+            .unwrap_or_else(|| panic!("{host} has no {iface}: {h}"))
+            .clone();
+        num(&i["mtu"])
+    };
+    let hop_iface = |l: &Value| -> (String, String) {
+        let path = strs(&l["path"]);
+        assert_eq!(
+            path.len(),
+            2,
+            "P's links are single substrate hops here: {l}"
+        );
+        (path[0].clone(), format!("to-{}", path[1]))
+    };
+    let (h_a, if_a) = hop_iface(p12);
+    let (h_b, if_b) = hop_iface(p23);
+    let dir = tempfile::tempdir().unwrap();
+    let cap_a = Capture::start(
+        &format!("{}{h_a}", bed.tag),
+        &if_a,
+        "udp",
+        dir.path().join("hop1.pcap"),
+    );
+    let cap_b = Capture::start(
+        &format!("{}{h_b}", bed.tag),
+        &if_b,
+        "udp",
+        dir.path().join("hop2.pcap"),
+    );
+    bed.ping("lab", "nested-child", "c1", &addr(&c_addrs[1]));
+    // The largest G packet: exactly G's MTU, which with three VXLAN headers fills the underlay.
+    bed.ping_sized(
+        "lab",
+        "nested-grandchild",
+        "g1",
+        &addr(&g_addrs[1]),
+        (gmtu - 28) as u32,
+    );
+    let (hop1, hop2) = (cap_a.stop(), cap_b.stop());
+    let ports = [cport, gport];
+    // Echo requests whose innermost source is `src` (a display filter on ip.src would match
+    // any layer: C's address is also a layer of G's packets).
+    let requests = |file: &Path, src: &str| -> Vec<Vec<Vec<String>>> {
+        decode(file, &ports, "icmp.type == 8", &FIELDS)
+            .into_iter()
+            .filter(|p| p[5].last().map(String::as_str) == Some(src))
+            .collect()
+    };
+    let c_src = addr(&c_addrs[0]);
+    let g_src = addr(&g_addrs[0]);
+    let p12_vni = vnis(p12);
+    let p23_vni = vnis(p23);
+    let c_vni = vnis(cl);
+    let g_vni = vnis(gl);
+    for (file, hop, p_vni) in [(&hop1, 0, &p12_vni), (&hop2, 1, &p23_vni)] {
+        let seen = requests(file, &c_src);
+        assert!(
+            !seen.is_empty(),
+            "no echo request of C on P's hop {hop}: {}",
+            file.display()
+        );
+        for pkt in &seen {
+            assert_eq!(
+                pkt[0],
+                [pport.to_string(), cport.to_string()],
+                "C inside P: UDP ports outside-in on hop {hop}"
+            );
+            assert_eq!(
+                pkt[1],
+                [p_vni[0].clone(), c_vni[hop].clone()],
+                "C inside P: P's VNI outside, C's VNI of hop {hop} inside"
+            );
+        }
+    }
+    let seen = requests(&hop1, &g_src);
+    assert!(!seen.is_empty(), "no echo request of G on P's first hop");
+    let full = underlay_mtu(&h_a, &if_a);
+    for pkt in &seen {
+        assert_eq!(
+            pkt[0],
+            [pport, cport, gport].map(|x| x.to_string()),
+            "G inside C inside P: UDP ports"
+        );
+        assert_eq!(
+            pkt[1],
+            [p12_vni[0].clone(), c_vni[0].clone(), g_vni[0].clone()],
+            "G inside C inside P: VNIs outside-in"
+        );
+        assert_eq!(
+            pkt[2],
+            [full, full - 50, full - 100, full - 150].map(|x| x.to_string()),
+            "a full-size G packet fills the underlay MTU ({full}) exactly"
+        );
+        assert!(
+            pkt[3].len() == 4
+                && pkt[4].len() == 4
+                && pkt[3]
+                    .iter()
+                    .chain(&pkt[4])
+                    .all(|v| v == "0" || v == "False"),
+            "fragmented (or not four IP layers): {pkt:?}"
+        );
+    }
+    println!(
+        "1. ok: C inside P (VNIs {p12_vni:?}+{c_vni:?}), G inside C (VNI {g_vni:?}), ports {pport}/{cport}/{gport}, MTU {pmtu}/{cmtu}/{gmtu}"
+    );
+
+    // ---- 2. Refused children leave nothing.
+    let with_pcg = bed.deep();
+    let residuals = bed.residuals();
+    let generations = bed.generations();
+    let names = bed.vn_names("lab");
+    let refused: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "too-wide",
+            "name: too-wide\nparent: nested-parent\nnodes:\n  - {name: w1, cpu: 5, memory: 32, host: p1}\n  - {name: w2, cpu: 5, memory: 32, host: p3}\nlinks:\n  - {endpoints: [w1, w2], bandwidth: 150}\n".into(),
+            vec![
+                "spec.links[0] (w1-w2)",
+                "bandwidth 150 Mbit/s exceeds every link of parent lab/nested-parent",
+                "the largest carries 100 Mbit/s",
+            ],
+        ),
+        (
+            // C holds 50 of each 100 Mbit/s link of P.
+            "no-room",
+            "name: no-room\nparent: nested-parent\nnodes:\n  - {name: w1, cpu: 5, memory: 32, host: p1}\n  - {name: w2, cpu: 5, memory: 32, host: p3}\nlinks:\n  - {endpoints: [w1, w2], bandwidth: 60}\n".into(),
+            vec!["cannot embed no-room", "parent lab/nested-parent", "w1-w2", "60 bandwidth"],
+        ),
+        (
+            "deep-wide",
+            "name: deep-wide\nparent: nested-child\nnodes:\n  - {name: w1, cpu: 1, memory: 8, host: c1}\n  - {name: w2, cpu: 1, memory: 8, host: c2}\nlinks:\n  - {endpoints: [w1, w2], bandwidth: 60}\n".into(),
+            vec![
+                "bandwidth 60 Mbit/s exceeds every link of parent lab/nested-child",
+                "the largest carries 50 Mbit/s",
+            ],
+        ),
+        (
+            "guest-kid",
+            "name: guest-kid\nparent: nested-parent\nnodes:\n  - {name: k1, cpu: 5, memory: 32, host: p1}\n  - {name: k2, kind: vm, cpu: 5, memory: 128, host: p3, image: default}\nlinks:\n  - {endpoints: [k1, k2], bandwidth: 10}\n".into(),
+            vec![
+                "spec.nodes[1] (k2)",
+                "kind vm is not allowed by attributes.allowed_node_kinds [netns]",
+                "inherited from lab/nested-parent",
+            ],
+        ),
+        (
+            "widening",
+            "name: widening\nparent: nested-parent\nattributes: {allowedNodeKinds: [netns, vm]}\nnodes:\n  - {name: k1, cpu: 5, memory: 32, host: p1}\n".into(),
+            vec![
+                "attributes.allowed_node_kinds",
+                "[netns, vm] widens the parent's [netns]",
+                "lab/nested-parent",
+            ],
+        ),
+    ];
+    for (name, yaml, words) in &refused {
+        let out = bed.apply_refused("lab", &bed.spec(name, yaml));
+        assert_one_line_error(&out, words);
+        assert_eq!(bed.vn_names("lab"), names, "{name}: VN list changed");
+        assert_eq!(bed.deep(), with_pcg, "{name}: namespaces or links changed");
+        assert_eq!(
+            bed.residuals(),
+            residuals,
+            "{name}: substrate residuals changed"
+        );
+        assert_eq!(
+            bed.generations(),
+            generations,
+            "{name}: something was sent to agents"
+        );
+        println!("2. refused {name}: {}", text(&out.stderr).trim());
+    }
+    println!(
+        "2. unchanged after each: {} VNs, {} namespaces holding {} links, residuals, generations",
+        names.len(),
+        with_pcg.len(),
+        with_pcg.values().map(BTreeSet::len).sum::<usize>()
+    );
+
+    // ---- 3. Revisitation: 4 nodes on 2 hosts, and 2 child nodes in one parent node.
+    let mut quad = String::from(
+        "name: quad\nallowRevisitation: true\nnodes:\n  - {name: q1, cpu: 10, memory: 32, host: h1}\n  - {name: q2, cpu: 10, memory: 32, host: h1}\n  - {name: q3, cpu: 10, memory: 32, host: h2}\n  - {name: q4, cpu: 10, memory: 32, host: h2}\nlinks:\n",
+    );
+    let pairs = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)];
+    for (k, (a, b)) in pairs.iter().enumerate() {
+        quad.push_str(&format!(
+            "  - {{endpoints: [q{a}, q{b}], bandwidth: 10, addresses: [10.90.{k}.{a}/24, 10.90.{k}.{b}/24]}}\n"
+        ));
+    }
+    bed.apply("lab", &bed.spec("quad", &quad));
+    let q = bed.describe("lab", "quad");
+    assert_eq!(q["state"], "READY");
+    let mut want = residuals.clone();
+    for n in q["nodes"].as_array().unwrap() {
+        let h = want.hosts.get_mut(n["host"].as_str().unwrap()).unwrap();
+        h.0 -= num(&n["cpu"]);
+        h.1 -= num(&n["memoryMb"]);
+    }
+    for l in q["links"].as_array().unwrap() {
+        let path = strs(&l["path"]);
+        let ends = strs(&l["endpoints"]);
+        let local = ends.iter().all(|e| ["q1", "q2"].contains(&e.as_str()))
+            || ends.iter().all(|e| ["q3", "q4"].contains(&e.as_str()));
+        assert_eq!(
+            path.len() == 1,
+            local,
+            "only co-located links stay on one host: {l}"
+        );
+        for w in path.windows(2) {
+            let id = [format!("{}-{}", w[0], w[1]), format!("{}-{}", w[1], w[0])]
+                .into_iter()
+                .find(|id| want.links.contains_key(id))
+                .unwrap();
+            *want.links.get_mut(&id).unwrap() -= num(&l["bandwidthMbps"]);
+        }
+    }
+    assert_eq!(
+        bed.residuals(),
+        want,
+        "revisitation: nodes take host capacity, only crossing links take bandwidth"
+    );
+    for (k, (a, b)) in pairs.iter().enumerate() {
+        bed.ping("lab", "quad", &format!("q{a}"), &format!("10.90.{k}.{b}"));
+        bed.ping("lab", "quad", &format!("q{b}"), &format!("10.90.{k}.{a}"));
+    }
+    let rv = "name: nested-revisit\nparent: nested-parent\nallowRevisitation: true\nnodes:\n  - {name: r1, cpu: 5, memory: 32, host: p2}\n  - {name: r2, cpu: 5, memory: 32, host: p2}\n  - {name: r3, cpu: 5, memory: 32, host: p1}\nlinks:\n  - {endpoints: [r1, r2], bandwidth: 10, addresses: [10.85.0.1/24, 10.85.0.2/24]}\n  - {endpoints: [r2, r3], bandwidth: 10, addresses: [10.85.1.2/24, 10.85.1.3/24]}\n";
+    bed.apply("lab", &bed.spec("nested-revisit", rv));
+    let r = bed.describe("lab", "nested-revisit");
+    let rn = nodes(&r);
+    assert_eq!(
+        (&rn["r1"]["parentNode"], &rn["r2"]["parentNode"]),
+        (&"p2".into(), &"p2".into())
+    );
+    assert_eq!(
+        strs(&link(&r, "r1", "r2")["path"]),
+        ["p2"],
+        "a local link inside p2"
+    );
+    assert_eq!(strs(&link(&r, "r2", "r3")["path"]), ["p2", "p1"]);
+    bed.ping("lab", "nested-revisit", "r1", "10.85.0.2");
+    bed.ping("lab", "nested-revisit", "r2", "10.85.0.1");
+    bed.ping("lab", "nested-revisit", "r2", "10.85.1.3");
+    bed.ping("lab", "nested-revisit", "r3", "10.85.1.2");
+    bed.delete("lab", "quad", false);
+    bed.delete("lab", "nested-revisit", false);
+    bed.assert_deep_back_to(&with_pcg, "3. revisitation deleted");
+    assert_eq!(bed.residuals(), residuals, "3. residuals after delete");
+    println!("3. ok: 4 nodes on 2 hosts, all 12 directed pairs ping; 2 child nodes in p2 ping");
+
+    // ---- 4. Two children with one address plan, of two providers.
+    let twin = |name: &str, extra: &str| {
+        format!(
+            "name: {name}\nparent: nested-parent\n{extra}nodes:\n  - {{name: n1, cpu: 5, memory: 32, host: p1}}\n  - {{name: n2, cpu: 5, memory: 32, host: p3}}\nlinks:\n  - {{endpoints: [n1, n2], bandwidth: 25, addresses: [10.80.0.1/24, 10.80.0.2/24]}}\n"
+        )
+    };
+    bed.apply("lab", &bed.spec("iso-x", &twin("iso-x", "")));
+    bed.apply(
+        "blue",
+        &bed.spec("iso-y", &twin("iso-y", "parentProvider: lab\n")),
+    );
+    // C (50) + X (25) + Y (25) fill both links of P: a reservation left by scenario 2 or 3 would
+    // have refused Y. Not one more Mbit/s fits.
+    let full = bed.spec(
+        "one-more",
+        "name: one-more\nparent: nested-parent\nnodes:\n  - {name: o1, cpu: 1, memory: 8, host: p1}\n  - {name: o2, cpu: 1, memory: 8, host: p2}\nlinks:\n  - {endpoints: [o1, o2], bandwidth: 1}\n",
+    );
+    assert_one_line_error(
+        &bed.apply_refused("lab", &full),
+        &["cannot embed one-more", "o1-o2"],
+    );
+    let x = bed.describe("lab", "iso-x");
+    let y = bed.describe("blue", "iso-y");
+    let mut kids = strs(&bed.describe("lab", "nested-parent")["children"]);
+    kids.sort();
+    assert_eq!(kids, ["blue/iso-y", "iso-x", "nested-child"]);
+    let (xl, yl) = (link(&x, "n1", "n2"), link(&y, "n1", "n2"));
+    for h in 0..2 {
+        assert_ne!(vnis(xl)[h], vnis(yl)[h], "hop {h}: X and Y share a VNI");
+    }
+    let macs = |l: &Value| -> BTreeSet<String> { strs(&l["macs"]).into_iter().collect() };
+    let (x_macs, y_macs) = (macs(xl), macs(yl));
+    bed.ping("lab", "iso-x", "n1", "10.80.0.2");
+    bed.ping("blue", "iso-y", "n1", "10.80.0.2");
+    let ns_of = |vn: &Value, n: &str| {
+        let nd = &nodes(vn)[n];
+        bed.node_netns(nd["host"].as_str().unwrap(), nd["nodeId"].as_str().unwrap())
+    };
+    let (x2, y2) = (ns_of(&x, "n2"), ns_of(&y, "n2"));
+    // Both pings after flushed neighbours (so ARP crosses too), captured in both n2 nodes.
+    bed.exec_ok("lab", "iso-x", "n1", &["ip", "neigh", "flush", "all"]);
+    bed.exec_ok("blue", "iso-y", "n1", &["ip", "neigh", "flush", "all"]);
+    let cx = Capture::start(&x2, "eth0", "arp or icmp", dir.path().join("x2.pcap"));
+    let cy = Capture::start(&y2, "eth0", "arp or icmp", dir.path().join("y2.pcap"));
+    bed.ping("lab", "iso-x", "n1", "10.80.0.2");
+    bed.ping("blue", "iso-y", "n1", "10.80.0.2");
+    let (fx, fy) = (cx.stop(), cy.stop());
+    let frames = |f: &Path| decode(f, &[], "arp || icmp", &["eth.src", "eth.dst", "icmp.type"]);
+    for (f, own, other, who) in [(&fx, &x_macs, &y_macs, "X"), (&fy, &y_macs, &x_macs, "Y")] {
+        let seen = frames(f);
+        println!(
+            "4. {who}'s n2 captured {} ARP/ICMP frames, all of {who}",
+            seen.len()
+        );
+        assert!(
+            seen.iter().any(|p| p[2] == ["8"] && own.contains(&p[0][0])),
+            "{who}'s node saw no echo request of its own VN: {seen:?}"
+        );
+        for p in &seen {
+            for mac in p[0].iter().chain(&p[1]) {
+                assert!(
+                    own.contains(mac) || mac == "ff:ff:ff:ff:ff:ff",
+                    "{who}'s node saw a frame of another VN ({mac}): {p:?}"
+                );
+                assert!(!other.contains(mac), "{who} saw the twin VN: {p:?}");
+            }
+        }
+    }
+    // X's n2 ignores pings: X's ping of 10.80.0.2 must fail although Y's n2, holding the same
+    // address on the same parent nodes, answers pings.
+    bed.exec_ok(
+        "lab",
+        "iso-x",
+        "n2",
+        &["busybox", "sysctl", "-w", "net.ipv4.icmp_echo_ignore_all=1"],
+    );
+    bed.exec_ok("lab", "iso-x", "n1", &["ip", "neigh", "flush", "all"]);
+    let out = bed.exec(
+        "lab",
+        "iso-x",
+        "n1",
+        &["busybox", "ping", "-c", "3", "-W", "1", "10.80.0.2"],
+    );
+    assert!(
+        !out.status.success(),
+        "an answer came from outside X: {}",
+        text(&out.stdout)
+    );
+    let neigh = bed.exec_ok("lab", "iso-x", "n1", &["ip", "neigh", "show", "10.80.0.2"]);
+    let y_n2_mac = &strs(&yl["macs"])[1];
+    assert!(
+        !neigh.contains(y_n2_mac.as_str()),
+        "X resolved 10.80.0.2 to Y's node: {neigh}"
+    );
+    bed.ping("blue", "iso-y", "n1", "10.80.0.2");
+    bed.exec_ok(
+        "lab",
+        "iso-x",
+        "n2",
+        &["busybox", "sysctl", "-w", "net.ipv4.icmp_echo_ignore_all=0"],
+    );
+    bed.ping("lab", "iso-x", "n1", "10.80.0.2");
+    bed.delete("lab", "iso-x", false);
+    bed.delete("blue", "iso-y", false);
+    bed.assert_deep_back_to(&with_pcg, "4. twins deleted");
+    assert_eq!(bed.residuals(), residuals, "4. residuals after delete");
+    println!("4. ok: twins isolated (captures in both, ping across fails)");
+
+    // ---- 1 (end). A parent with children goes only with --cascade, deepest first.
+    let out = bed.vnctl(Some("lab"), &["delete", "vn", "nested-parent"]);
+    assert_one_line_error(
+        &out,
+        &["nested-parent has children", "nested-child", "cascade"],
+    );
+    assert_eq!(bed.vn_names("lab"), names);
+    let out = bed.delete("lab", "nested-parent", true);
+    let order: Vec<&str> = out.lines().filter(|l| l.ends_with(" deleted")).collect();
+    assert_eq!(
+        order,
+        [
+            "vn/nested-grandchild deleted",
+            "vn/nested-child deleted",
+            "vn/nested-parent deleted"
+        ]
+    );
+    assert!(bed.vn_names("lab").is_empty());
+    bed.assert_deep_back_to(&bare, "1. cascade");
+    assert_eq!(
+        bed.residuals(),
+        bare_residuals,
+        "1. residuals after cascade"
+    );
+
+    // Nothing of ours left.
+    ok(bed.testbed(&["down"]), "testbed down");
+    drop(down);
+    let mut after = bed.snapshot();
+    for _ in 0..20 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        after = bed.snapshot();
+    }
+    assert_eq!(before, after, "left behind");
+    let left: Vec<String> = std::fs::read_dir(&bed.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["logs"]);
+    println!("{test}: done in {:.1} s", started.elapsed().as_secs_f64());
+}
