@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Guest benchmark (not a test). Run as root:
 #
-#   deploy/bench/guest-boot.sh [--boots N] [--guests N] [--memory MB]
+#   deploy/bench/guest-boot.sh [--requests N] [--boots N] [--guests N] [--memory MB]
 #
+# 0. Request: through the whole system (deploy/bench/guest-request.sh: a private testbed, vnctl,
+#    the controller and the agents), the time from `vnctl apply` to the VN READY and to the first
+#    ping reply from a netns node to the guest, and from `vnctl delete` to everything gone; a
+#    virtio guest over VXLAN and an e1000 guest over VLAN, N runs each (default 5; 0 skips it).
 # 1. Boot: time from QemuRuntime::ensure() to QEMU running, to the first ping reply from a peer
 #    namespace, and to the command channel answering; virtio (microvm) and e1000 (q35) guests of
 #    the project's image, one at a time, N boots each (default 5).
@@ -15,19 +19,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-boots=5 guests=16 memory=128
+requests=5 boots=5 guests=16 memory=128
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --requests) requests=$2; shift 2 ;;
     --boots) boots=$2; shift 2 ;;
     --guests) guests=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 [[ $EUID -eq 0 ]] || { echo "guest-boot: needs root (namespaces, TAP devices, QEMU)" >&2; exit 1; }
 
 deploy/guest/build-image.sh ${VNET_GUEST_IMAGES:+--out "$VNET_GUEST_IMAGES/default"}
+if [[ $requests != 0 ]]; then
+  deploy/bench/guest-request.sh --runs "$requests" --memory "$memory"
+  echo
+fi
 VNET_BENCH_BOOTS=$boots VNET_BENCH_GUESTS=$guests VNET_BENCH_MEMORY_MB=$memory \
   cargo test --release -q -p substrate-agent --test guest_bench -- --ignored --nocapture --test-threads 1 2>&1 \
   | grep -v -E '^(running [0-9]+ tests?|test result:.*|test guest_boot_and_density_bench.*|\.+)$'
