@@ -469,7 +469,12 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             parts.push(format!("encapsulation={e:?}").to_lowercase());
         }
         if let Some(i) = a.isolation {
-            parts.push(format!("isolation={i:?}"));
+            // As written in a spec (`dedicatedHosts`), not as the Rust variant.
+            let name = serde_json::to_value(i)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{i:?}"));
+            parts.push(format!("isolation={name}"));
         }
         if let Some(n) = a.max_nodes {
             parts.push(format!("maxNodes={n}"));
@@ -971,6 +976,30 @@ pub(crate) mod tests {
             .unwrap();
         let cols: Vec<&str> = node_b.split_whitespace().collect();
         assert_eq!(cols, ["b", "h3", "n2", "netns", "20", "128Mi"]);
+    }
+
+    #[test]
+    fn describe_writes_attributes_as_a_spec_would() {
+        let vn = pb::VirtualNetwork {
+            attributes: Some(pb::VnAttributes {
+                isolation: pb::IsolationLevel::DedicatedHosts as i32,
+                encapsulation: pb::Encapsulation::Vxlan as i32,
+                allowed_node_kinds: vec![pb::NodeKind::Netns as i32],
+                mtu: Some(1400),
+                ..Default::default()
+            }),
+            ..sample_vn()
+        };
+        let d = describe_vn(&vn);
+        let line = d.lines().find(|l| l.starts_with("Attributes:")).unwrap();
+        for w in [
+            "mtu=1400",
+            "encapsulation=vxlan",
+            "isolation=dedicatedHosts",
+            "allowedNodeKinds=netns",
+        ] {
+            assert!(line.contains(w), "{w} not in {line}");
+        }
     }
 
     #[test]

@@ -634,9 +634,13 @@ fn decode(
         .collect()
 }
 
+/// A list of strings (absent: empty, as the JSON view leaves out empty lists).
 fn strs(v: &Value) -> Vec<String> {
+    if v.is_null() {
+        return Vec::new();
+    }
     v.as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
         .iter()
         .map(|x| x.as_str().unwrap().to_owned())
         .collect()
@@ -691,6 +695,50 @@ fn port(l: &Value) -> u64 {
     ports.into_iter().next().unwrap()
 }
 
+/// Level k (1..3) of the nesting test: the VN, its link's ends, the nodes of level k-1 they
+/// sit in, and the path of its link over level k-1.
+struct Level {
+    vn: &'static str,
+    ends: [&'static str; 2],
+    inside: [&'static str; 2],
+    path: &'static [&'static str],
+}
+
+/// A depth-3 VN inside the example grandchild.
+const DEEP: &str = "\
+name: nested-deep
+parent: nested-grandchild
+nodes:
+  - {name: d1, cpu: 1, memory: 8, host: g1}
+  - {name: d2, cpu: 1, memory: 8, host: g2}
+links:
+  - {endpoints: [d1, d2], bandwidth: 5, addresses: [10.73.0.1/24, 10.73.0.2/24]}
+";
+
+/// A nestable child whose links get carrier addresses, and its child.
+const CARRIER: &str = "\
+name: carrier
+parent: nested-parent
+nestable: true
+nodes:
+  - {name: k1, cpu: 5, memory: 64, host: p1}
+  - {name: k2, cpu: 5, memory: 64, host: p2}
+  - {name: k3, cpu: 5, memory: 64, host: p3}
+links:
+  - {endpoints: [k1, k2], bandwidth: 10}
+  - {endpoints: [k2, k3], bandwidth: 10}
+";
+
+const CARRIER_KID: &str = "\
+name: carrier-kid
+parent: carrier
+nodes:
+  - {name: z1, cpu: 1, memory: 8, host: k1}
+  - {name: z2, cpu: 1, memory: 8, host: k3}
+links:
+  - {endpoints: [z1, z2], bandwidth: 5, addresses: [10.74.0.1/24, 10.74.0.2/24]}
+";
+
 const FIELDS: [&str; 7] = [
     "udp.dstport",
     "vxlan.vni",
@@ -716,67 +764,95 @@ fn recursion_end_to_end() {
     let bare = bed.deep();
     let bare_residuals = bed.residuals();
 
-    // ---- 1. Parent, child, grandchild (the example specs), pings, captures.
+    // ---- 1. Parent, child and grandchild (the example specs) and a great-grandchild
+    // (depth 3): placement, paths, one UDP port and 50 bytes of MTU per level, pings, and the
+    // packets of every level on the underlay of both of P's hops.
     for f in ["nested-parent", "nested-child", "nested-grandchild"] {
         bed.apply("lab", &examples.join(format!("{f}.yaml")));
     }
+    // What the next scenarios start from and must come back to.
+    let with_pcg = bed.deep();
+    bed.apply("lab", &bed.spec("nested-deep", DEEP));
     let p = bed.describe("lab", "nested-parent");
-    let c = bed.describe("lab", "nested-child");
-    let g = bed.describe("lab", "nested-grandchild");
-    for (vn, depth) in [(&p, 0), (&c, 1), (&g, 2)] {
+    assert_eq!(p["state"], "READY", "{p}");
+    assert_eq!(num(&p["depth"]), 0);
+    let mut above = nodes(&p);
+    for (n, h) in [("p1", "h1"), ("p2", "h2"), ("p3", "h3")] {
+        assert_eq!(above[n]["host"], h, "{p}");
+    }
+    let p12 = link(&p, "p1", "p2").clone();
+    let p23 = link(&p, "p2", "p3").clone();
+    let (pport, pmtu) = (port(&p12), num(&p12["mtu"]));
+    let kids = [
+        Level {
+            vn: "nested-child",
+            ends: ["c1", "c2"],
+            inside: ["p1", "p3"],
+            path: &["p1", "p2", "p3"],
+        },
+        Level {
+            vn: "nested-grandchild",
+            ends: ["g1", "g2"],
+            inside: ["c1", "c2"],
+            path: &["c1", "c2"],
+        },
+        Level {
+            vn: "nested-deep",
+            ends: ["d1", "d2"],
+            inside: ["g1", "g2"],
+            path: &["g1", "g2"],
+        },
+    ];
+    // Per level: (VN, a end, b end, the link as described).
+    let mut levels: Vec<(&str, &str, &str, Value)> = Vec::new();
+    let mut parent = p.clone();
+    for (k, kid) in kids.iter().enumerate() {
+        let (name, [a, b], inside, path) = (&kid.vn, &kid.ends, kid.inside, kid.path);
+        let depth = k as u64 + 1;
+        let vn = bed.describe("lab", name);
         assert_eq!(vn["state"], "READY", "{vn}");
         assert_eq!(num(&vn["depth"]), depth, "{vn}");
+        assert_eq!(strs(&parent["children"]), [*name], "{parent}");
+        let here = nodes(&vn);
+        for (n, pn) in [(a, inside[0]), (b, inside[1])] {
+            assert_eq!(here[*n]["parentNode"], *pn, "{vn}");
+            assert_eq!(here[*n]["host"], above[pn]["host"], "{vn}");
+        }
+        let l = link(&vn, a, b).clone();
+        assert_eq!(strs(&l["path"]), *path, "{l}");
+        assert_eq!(port(&l), pport + depth, "{l}");
+        let mtu = num(&l["mtu"]);
+        assert_eq!(mtu, pmtu - 50 * depth, "{l}");
+        let addrs = strs(&l["addresses"]);
+        bed.ping("lab", name, a, &addr(&addrs[1]));
+        bed.ping("lab", name, b, &addr(&addrs[0]));
+        let ifname = strs(&l["interfaces"])[0].clone();
+        let shown = bed.exec_ok("lab", name, a, &["ip", "-o", "link", "show", &ifname]);
+        assert!(shown.contains(&format!(" mtu {mtu} ")), "{shown}");
+        levels.push((name, a, b, l));
+        above = here;
+        parent = vn;
     }
-    assert_eq!(strs(&p["children"]), ["nested-child"]);
-    assert_eq!(strs(&c["children"]), ["nested-grandchild"]);
-    let pn = nodes(&p);
-    for (n, h) in [("p1", "h1"), ("p2", "h2"), ("p3", "h3")] {
-        assert_eq!(pn[n]["host"], h, "{p}");
-    }
-    // C's nodes sit in the parent's end nodes; its link follows P's two hops.
-    let cn = nodes(&c);
-    for (n, parent, host) in [("c1", "p1", "h1"), ("c2", "p3", "h3")] {
-        assert_eq!(cn[n]["parentNode"], parent, "{c}");
-        assert_eq!(cn[n]["host"], host, "{c}");
-    }
-    let cl = link(&c, "c1", "c2");
-    assert_eq!(strs(&cl["path"]), ["p1", "p2", "p3"], "{cl}");
-    let gl = link(&g, "g1", "g2");
-    assert_eq!(strs(&gl["path"]), ["c1", "c2"], "{gl}");
-    let p12 = link(&p, "p1", "p2");
-    let p23 = link(&p, "p2", "p3");
-    // One UDP port and 50 bytes of MTU per level.
-    let (pport, cport, gport) = (port(p12), port(cl), port(gl));
-    assert_eq!((cport, gport), (pport + 1, pport + 2));
-    let (pmtu, cmtu, gmtu) = (num(&p12["mtu"]), num(&cl["mtu"]), num(&gl["mtu"]));
-    assert_eq!((cmtu, gmtu), (pmtu - 50, pmtu - 100));
+    assert!(strs(&parent["children"]).is_empty());
+    bed.ping(
+        "lab",
+        "nested-parent",
+        "p1",
+        &addr(&strs(&p12["addresses"])[1]),
+    );
     let tree = ok(bed.vnctl(Some("lab"), &["get", "vns", "--tree"]), "tree");
     let rows: Vec<&str> = tree.lines().skip(1).collect();
     assert!(
-        rows.len() == 3
+        rows.len() == 4
             && rows[0].starts_with("nested-parent ")
             && rows[1].starts_with("└─ nested-child ")
-            && rows[2].starts_with("   └─ nested-grandchild "),
+            && rows[2].starts_with("   └─ nested-grandchild ")
+            && rows[3].starts_with("      └─ nested-deep "),
         "{tree}"
     );
-    let c_addrs = strs(&cl["addresses"]);
-    let g_addrs = strs(&gl["addresses"]);
-    let p_addrs = strs(&p12["addresses"]);
-    bed.ping("lab", "nested-parent", "p1", &addr(&p_addrs[1]));
-    bed.ping("lab", "nested-child", "c1", &addr(&c_addrs[1]));
-    bed.ping("lab", "nested-child", "c2", &addr(&c_addrs[0]));
-    bed.ping("lab", "nested-grandchild", "g1", &addr(&g_addrs[1]));
-    bed.ping("lab", "nested-grandchild", "g2", &addr(&g_addrs[0]));
-    let mtu_line = bed.exec_ok(
-        "lab",
-        "nested-grandchild",
-        "g1",
-        &["ip", "-o", "link", "show", "eth0"],
-    );
-    assert!(mtu_line.contains(&format!(" mtu {gmtu} ")), "{mtu_line}");
 
-    // The underlay of both of P's hops, in the hosts' namespaces: C's packets ride P's links
-    // with a VNI per hop, G's ride C's.
+    // Captures on the underlay of both of P's hops, in the hosts' namespaces, while every level
+    // pings its other end with a full-size packet (exactly its MTU).
     let underlay_mtu = |host: &str, iface: &str| -> u64 {
         let hosts = bed.json(None, &["get", "hosts", "-o", "json"]);
         let h = hosts
@@ -795,110 +871,99 @@ fn recursion_end_to_end() {
             .clone();
         num(&i["mtu"])
     };
-    let hop_iface = |l: &Value| -> (String, String) {
-        let path = strs(&l["path"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut caps = Vec::new();
+    for (hop, pl) in [&p12, &p23].into_iter().enumerate() {
+        let path = strs(&pl["path"]);
         assert_eq!(
             path.len(),
             2,
-            "P's links are single substrate hops here: {l}"
+            "P's links are single substrate hops here: {pl}"
         );
-        (path[0].clone(), format!("to-{}", path[1]))
-    };
-    let (h_a, if_a) = hop_iface(p12);
-    let (h_b, if_b) = hop_iface(p23);
-    let dir = tempfile::tempdir().unwrap();
-    let cap_a = Capture::start(
-        &format!("{}{h_a}", bed.tag),
-        &if_a,
-        "udp",
-        dir.path().join("hop1.pcap"),
-    );
-    let cap_b = Capture::start(
-        &format!("{}{h_b}", bed.tag),
-        &if_b,
-        "udp",
-        dir.path().join("hop2.pcap"),
-    );
-    bed.ping("lab", "nested-child", "c1", &addr(&c_addrs[1]));
-    // The largest G packet: exactly G's MTU, which with three VXLAN headers fills the underlay.
-    bed.ping_sized(
-        "lab",
-        "nested-grandchild",
-        "g1",
-        &addr(&g_addrs[1]),
-        (gmtu - 28) as u32,
-    );
-    let (hop1, hop2) = (cap_a.stop(), cap_b.stop());
-    let ports = [cport, gport];
-    // Echo requests whose innermost source is `src` (a display filter on ip.src would match
-    // any layer: C's address is also a layer of G's packets).
-    let requests = |file: &Path, src: &str| -> Vec<Vec<Vec<String>>> {
-        decode(file, &ports, "icmp.type == 8", &FIELDS)
-            .into_iter()
-            .filter(|p| p[5].last().map(String::as_str) == Some(src))
-            .collect()
-    };
-    let c_src = addr(&c_addrs[0]);
-    let g_src = addr(&g_addrs[0]);
-    let p12_vni = vnis(p12);
-    let p23_vni = vnis(p23);
-    let c_vni = vnis(cl);
-    let g_vni = vnis(gl);
-    for (file, hop, p_vni) in [(&hop1, 0, &p12_vni), (&hop2, 1, &p23_vni)] {
-        let seen = requests(file, &c_src);
-        assert!(
-            !seen.is_empty(),
-            "no echo request of C on P's hop {hop}: {}",
-            file.display()
+        let iface = format!("to-{}", path[1]);
+        let full = underlay_mtu(&path[0], &iface);
+        let cap = Capture::start(
+            &format!("{}{}", bed.tag, path[0]),
+            &iface,
+            "udp",
+            dir.path().join(format!("hop{hop}.pcap")),
         );
-        for pkt in &seen {
-            assert_eq!(
-                pkt[0],
-                [pport.to_string(), cport.to_string()],
-                "C inside P: UDP ports outside-in on hop {hop}"
+        caps.push((hop, pl, full, cap));
+    }
+    for (name, a, _, l) in &levels {
+        let size = num(&l["mtu"]) - 28;
+        bed.ping_sized(
+            "lab",
+            name,
+            a,
+            &addr(&strs(&l["addresses"])[1]),
+            size as u32,
+        );
+    }
+    let ports: Vec<u64> = (1..=levels.len() as u64).map(|k| pport + k).collect();
+    for (hop, pl, full, cap) in caps {
+        let file = cap.stop();
+        let requests = decode(&file, &ports, "icmp.type == 8", &FIELDS);
+        // On P's hop `hop`: P's VNI of that hop, then C's VNI of its hop `hop` (C's link spans
+        // both), then G's and D's only hop.
+        let mut vni_chain = vec![vnis(pl)[0].clone(), vnis(&levels[0].3)[hop].clone()];
+        vni_chain.extend(levels[1..].iter().map(|lv| vnis(&lv.3)[0].clone()));
+        for (k, (name, _, _, l)) in levels.iter().enumerate() {
+            let depth = k + 1;
+            let src = addr(&strs(&l["addresses"])[0]);
+            // The innermost source names the level (a display filter on ip.src would match any
+            // layer: C's addresses are also a layer of G's packets).
+            let seen: Vec<&Vec<Vec<String>>> = requests
+                .iter()
+                .filter(|p| p[5].last() == Some(&src))
+                .collect();
+            assert!(
+                !seen.is_empty(),
+                "no echo request of {name} on P's hop {hop}"
             );
-            assert_eq!(
-                pkt[1],
-                [p_vni[0].clone(), c_vni[hop].clone()],
-                "C inside P: P's VNI outside, C's VNI of hop {hop} inside"
-            );
+            for pkt in seen {
+                let want_ports: Vec<String> = (0..=depth as u64)
+                    .map(|i| (pport + i).to_string())
+                    .collect();
+                assert_eq!(
+                    pkt[0], want_ports,
+                    "{name} on hop {hop}: UDP ports outside-in"
+                );
+                assert_eq!(
+                    pkt[1],
+                    vni_chain[..=depth],
+                    "{name} on hop {hop}: VNIs outside-in (P's first)"
+                );
+                let lens: Vec<String> = (0..=depth as u64 + 1)
+                    .map(|i| (full - 50 * i).to_string())
+                    .collect();
+                assert_eq!(
+                    pkt[2], lens,
+                    "{name} on hop {hop}: a full-size packet fills the underlay MTU ({full}) exactly"
+                );
+                assert!(
+                    pkt[3].len() == depth + 2
+                        && pkt[4].len() == depth + 2
+                        && pkt[3]
+                            .iter()
+                            .chain(&pkt[4])
+                            .all(|v| v == "0" || v == "False"),
+                    "{name} on hop {hop}: fragmented, or not {} IP layers: {pkt:?}",
+                    depth + 2
+                );
+            }
         }
-    }
-    let seen = requests(&hop1, &g_src);
-    assert!(!seen.is_empty(), "no echo request of G on P's first hop");
-    let full = underlay_mtu(&h_a, &if_a);
-    for pkt in &seen {
-        assert_eq!(
-            pkt[0],
-            [pport, cport, gport].map(|x| x.to_string()),
-            "G inside C inside P: UDP ports"
-        );
-        assert_eq!(
-            pkt[1],
-            [p12_vni[0].clone(), c_vni[0].clone(), g_vni[0].clone()],
-            "G inside C inside P: VNIs outside-in"
-        );
-        assert_eq!(
-            pkt[2],
-            [full, full - 50, full - 100, full - 150].map(|x| x.to_string()),
-            "a full-size G packet fills the underlay MTU ({full}) exactly"
-        );
-        assert!(
-            pkt[3].len() == 4
-                && pkt[4].len() == 4
-                && pkt[3]
-                    .iter()
-                    .chain(&pkt[4])
-                    .all(|v| v == "0" || v == "False"),
-            "fragmented (or not four IP layers): {pkt:?}"
+        println!(
+            "1. hop {hop} ({}): VNIs outside-in {vni_chain:?}, ports {pport}..{}, full-size packets of {full} bytes, unfragmented",
+            strs(&pl["path"]).join("-"),
+            pport + levels.len() as u64
         );
     }
-    println!(
-        "1. ok: C inside P (VNIs {p12_vni:?}+{c_vni:?}), G inside C (VNI {g_vni:?}), ports {pport}/{cport}/{gport}, MTU {pmtu}/{cmtu}/{gmtu}"
-    );
+    // The deep VN goes again; P, C and G stay for the next scenarios.
+    bed.delete("lab", "nested-deep", false);
+    bed.assert_deep_back_to(&with_pcg, "1. nested-deep deleted");
 
     // ---- 2. Refused children leave nothing.
-    let with_pcg = bed.deep();
     let residuals = bed.residuals();
     let generations = bed.generations();
     let names = bed.vn_names("lab");
@@ -1038,6 +1103,53 @@ fn recursion_end_to_end() {
     bed.assert_deep_back_to(&with_pcg, "3. revisitation deleted");
     assert_eq!(bed.residuals(), residuals, "3. residuals after delete");
     println!("3. ok: 4 nodes on 2 hosts, all 12 directed pairs ping; 2 child nodes in p2 ping");
+
+    // ---- Carrier addresses: a nestable child whose links have no addresses gets a /31 per
+    // link from 100.64.0.0/21 (in its own nodes only), and its own child's tunnels ride them.
+    bed.apply("lab", &bed.spec("carrier", CARRIER));
+    bed.apply("lab", &bed.spec("carrier-kid", CARRIER_KID));
+    let k = bed.describe("lab", "carrier");
+    for (a, b) in [("k1", "k2"), ("k2", "k3")] {
+        let l = link(&k, a, b);
+        let pair = strs(&l["addresses"]);
+        assert!(
+            pair.len() == 2
+                && pair
+                    .iter()
+                    .all(|x| x.starts_with("100.64.") && x.ends_with("/31")),
+            "carrier addresses of {a}-{b}: {l}"
+        );
+        let ifname = &strs(&l["interfaces"])[0];
+        let shown = bed.exec_ok(
+            "lab",
+            "carrier",
+            a,
+            &["ip", "-o", "addr", "show", "dev", ifname],
+        );
+        assert!(
+            shown.contains(&format!("inet {} ", pair[0])),
+            "{a}: {shown}"
+        );
+        bed.ping("lab", "carrier", a, &addr(&pair[1]));
+    }
+    let z = bed.describe("lab", "carrier-kid");
+    assert_eq!(strs(&link(&z, "z1", "z2")["path"]), ["k1", "k2", "k3"]);
+    bed.ping("lab", "carrier-kid", "z1", "10.74.0.2");
+    let out = bed.delete("lab", "carrier", true);
+    assert!(
+        out.contains("vn/carrier-kid deleted\nvn/carrier deleted\n"),
+        "{out}"
+    );
+    bed.assert_deep_back_to(&with_pcg, "carrier VNs deleted");
+    assert_eq!(
+        bed.residuals(),
+        residuals,
+        "residuals after the carrier VNs"
+    );
+    println!(
+        "carrier addresses ok: {:?}",
+        strs(&link(&k, "k1", "k2")["addresses"])
+    );
 
     // ---- 4. Two children with one address plan, of two providers.
     let twin = |name: &str, extra: &str| {
