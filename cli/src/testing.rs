@@ -216,6 +216,12 @@ impl VirtualNetworks for FakeController {
     ) -> Result<Response<pb::VirtualNetwork>, Status> {
         let provider = self.identity(&req)?;
         let name = req.into_inner().name;
+        // As the controller: a name is one provider's, never "provider/name".
+        if name.contains('/') {
+            return Err(Status::invalid_argument(format!(
+                "name {name:?}: character '/' is not allowed"
+            )));
+        }
         self.vn(&provider, &name)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("vn {name} not found")))

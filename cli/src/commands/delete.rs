@@ -102,4 +102,24 @@ mod tests {
         let e = del.execute(&opts).await.unwrap_err().to_string();
         assert_eq!(e, "delete vn web: not found: vn web not found");
     }
+
+    #[tokio::test]
+    async fn wait_accepts_other_providers_children_of_a_cascade() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let opts = ControllerOpts {
+            controller: addr,
+            provider: Some("red".into()),
+        };
+        let ctl = Controller::connect(&opts).await.unwrap();
+        // A cascade over a shared VN names a child of provider blue "blue/kid": red can
+        // neither get nor watch it, and it is gone once Delete returned.
+        crate::wait::until_deleted(
+            &ctl,
+            &["blue/kid".to_string(), "gone".to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
 }
