@@ -62,6 +62,16 @@ impl Net {
         run(&["ip", "-n", &n.peer, "addr", "add", &peer_cidr, "dev", "p0"]);
         run(&["ip", "-n", &n.peer, "link", "set", "p0", "up"]);
         run(&["ip", "-n", &n.sandbox, "link", "set", "eth0", "up"]);
+        // ARP probes every 100 ms instead of every second: otherwise the first reply waits for
+        // the next probe after the guest is up (measured: replies bunched at 3.2 s, the fourth
+        // probe), and the table would show the ARP timer rather than the boot.
+        run(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", n.peer),
+            "sysctl",
+            "-qw",
+            "net.ipv4.neigh.p0.retrans_time_ms=100",
+        ]);
         n
     }
 
