@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# What nesting costs on the data path (not a test: nothing is asserted on numbers). As root:
+#
+#   deploy/bench/recursion.sh [--runs N] [--seconds S] [--bin-dir DIR]
+#
+# Brings up a private testbed (vnctl testbed up with its own namespace prefix, bridge, subnet,
+# ports and state dir; one testbed at a time through the flock on /run/lock/vnet-testbed-e2e.lock,
+# like the end-to-end tests) on a line h1 - h2 - h3 of 40 Gbit/s links, so that every h1-h3 path
+# crosses h2, and measures one TCP stream (iperf3, S seconds, default 3, N runs, default 3) and
+# the ping round trip (busybox ping, 50 x 20 ms) between the two ends of:
+#   flat      a VN on the substrate, h1 > h2 > h3 (a transit at h2)
+#   P         the nestable parent of deploy/examples/nested-parent.yaml, one hop p1 > p2
+#   C 1 hop   a child with its ends in p1 and p2 (VXLAN in VXLAN, no transit)
+#   C         deploy/examples/nested-child.yaml: p1 > p2 > p3 (its transit inside p2)
+#   G         deploy/examples/nested-grandchild.yaml inside C
+#   D         a depth-3 VN inside G
+# with the examples' link bandwidths raised (P 30000, C 25000, G 20000, D 15000 Mbit/s; flat
+# 30000), so the shaping (TBF at the link's bandwidth) is above what the machine forwards. Prints a Markdown
+# table (median, min-max). Takes the testbed down and checks that nothing of it is left (trap).
+# Needs iperf3, busybox-static, jq, iproute2, util-linux (flock, nsenter). Builds vnctl,
+# vn-controller and substrate-agent (release, honours CARGO_TARGET_DIR) unless --bin-dir names a
+# directory holding all three. Noisy when other builds share the machine: the load is printed.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/../.."
+
+runs=3 seconds=3 bin_dir=""
+while [[ $# -gt 0 ]]; do
+  [[ $1 == -h || $1 == --help || $# -ge 2 ]] || { echo "recursion: $1 wants a value" >&2; exit 2; }
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --bin-dir) bin_dir=$2; shift 2 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
+    *) echo "recursion: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+die() { echo "recursion: $*" >&2; exit 1; }
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
+[[ $seconds =~ ^[1-9][0-9]*$ ]] || die "--seconds wants a positive integer, got '$seconds'"
+[[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
+for c in jq flock ip ss busybox iperf3 nsenter; do
+  command -v "$c" >/dev/null || die "$c is not installed (see deploy/setup.sh)"
+done
+if [[ -z $bin_dir ]]; then
+  cargo build --release -q -p vnctl -p vn-controller -p substrate-agent
+  bin_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release"
+fi
+for b in vnctl vn-controller substrate-agent; do
+  [[ -x $bin_dir/$b ]] || die "$bin_dir/$b is missing (cargo build --release -p $b)"
+done
+VNCTL=$bin_dir/vnctl
+
+id=$(($$ % 100000))
+tag="rb$id-"
+bridge="vnrb$id"
+subnet="10.251.$((id % 250)).0/24"
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 20000))
+    [[ -z $(ss -Hltn "sport = :$p") && $p != "${port:-}" ]] && { echo "$p"; return; }
+  done
+}
+port=$(free_port)
+metrics=$(free_port)
+# vnctl without the lock's fd 9: the daemons it starts must not inherit (and hold) it.
+vn() { VNET_CONTROLLER=http://127.0.0.1:$port "$VNCTL" --provider lab "$@" 9>&-; }
+
+snapshot() {
+  ip netns list | awk '{print "netns " $1}' | grep -F "netns $tag" || true
+  ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | grep -E "^link $bridge" || true
+  local p cmd
+  for p in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    [[ -n ${dir:-} && $cmd == *"$dir"* || $cmd == *"$tag"* ]] || continue
+    [[ ${p#/proc/} == "$$" || $cmd == *recursion.sh* ]] && continue
+    echo "process ${p#/proc/}: $cmd"
+  done
+  return 0
+}
+
+dir="" before=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n $dir && -d $dir ]]; then
+    if [[ -e $dir/bed/testbed.json ]]; then
+      "$VNCTL" testbed down --state-dir "$dir/bed" >/dev/null 2>"$dir/down.err" 9>&- \
+        || { echo "recursion: testbed down failed:" >&2; cat "$dir/down.err" >&2; rc=1; }
+    fi
+    local after i
+    for ((i = 0; i < 20; i++)); do
+      after=$(snapshot)
+      [[ $after == "$before" ]] && break
+      sleep 0.25
+    done
+    if [[ $after != "$before" ]]; then
+      echo "recursion: LEFT BEHIND by the testbed:" >&2
+      diff <(echo "$before") <(echo "$after") | grep '^>' >&2 || true
+      rc=1
+    fi
+    rm -rf "$dir"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+exec 9>/run/lock/vnet-testbed-e2e.lock
+flock 9
+before=$(snapshot)
+dir=$(mktemp -d /tmp/vnet-rec-bench-XXXXXX)
+cat >"$dir/line.yaml" <<'EOF'
+hosts:
+  - {id: h1, cpu: 400, memory: 4096}
+  - {id: h2, cpu: 400, memory: 4096}
+  - {id: h3, cpu: 400, memory: 4096}
+links:
+  - {a: h1, b: h2, bandwidth: 40000}
+  - {a: h2, b: h3, bandwidth: 40000}
+EOF
+"$VNCTL" testbed up --topology "$dir/line.yaml" --state-dir "$dir/bed" --netns-prefix "$tag" \
+  --mgmt-bridge "$bridge" --mgmt-subnet "$subnet" --node-prefix "${tag%-}" \
+  --listen-port "$port" --metrics-port "$metrics" >/dev/null 9>&-
+
+ex=deploy/examples
+sed 's/bandwidth: 100,/bandwidth: 30000,/' $ex/nested-parent.yaml >"$dir/p.yaml"
+sed 's/bandwidth: 50,/bandwidth: 25000,/' $ex/nested-child.yaml >"$dir/c.yaml"
+sed -e 's/host: p3/host: p2/' -e 's/name: nested-child/name: hop1/' "$dir/c.yaml" >"$dir/c1.yaml"
+sed 's/bandwidth: 20,/bandwidth: 20000,/' $ex/nested-grandchild.yaml >"$dir/g.yaml"
+cat >"$dir/d.yaml" <<'EOF'
+name: nested-deep
+parent: nested-grandchild
+nodes:
+  - {name: d1, cpu: 1, memory: 8, host: g1}
+  - {name: d2, cpu: 1, memory: 8, host: g2}
+links:
+  - {endpoints: [d1, d2], bandwidth: 15000, addresses: [10.73.0.1/24, 10.73.0.2/24]}
+EOF
+cat >"$dir/flat.yaml" <<'EOF'
+name: flat
+nodes:
+  - {name: f1, cpu: 1, memory: 8, host: h1}
+  - {name: f2, cpu: 1, memory: 8, host: h3}
+links:
+  - {endpoints: [f1, f2], bandwidth: 30000, addresses: [10.79.0.1/24, 10.79.0.2/24]}
+EOF
+apply() { vn apply -f "$1" --wait --timeout 60s >/dev/null 2>&1 || die "apply $1 failed"; }
+# The namespace of node $2 of VN $1.
+netns() {
+  vn describe vn "$1" -o json \
+    | jq -r --arg n "$2" --arg t "$tag" '.nodes[] | select(.node == $n) | "\($t)\(.host)-\(.nodeId)"'
+}
+median() { sort -g | awk '{v[NR] = $1} END {m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f (%.2f-%.2f)", m, v[1], v[NR]}'; }
+rows=()
+# measure LABEL VN A B ADDRESS PATH
+measure() {
+  local a z g rtt
+  a=$(netns "$2" "$3") z=$(netns "$2" "$4")
+  g=$(for ((r = 0; r < runs; r++)); do
+    nsenter --net=/run/netns/"$z" iperf3 -s -1 -p 5299 >/dev/null 2>&1 9>&- &
+    sleep 0.3
+    nsenter --net=/run/netns/"$a" iperf3 -c "$5" -p 5299 -t "$seconds" -J 9>&- \
+      | jq '.end.sum_received.bits_per_second / 1e9'
+    wait
+  done | median)
+  rtt=$(nsenter --net=/run/netns/"$a" busybox ping -q -c 50 -i 0.02 -W 1 "$5" 9>&- \
+    | awk -F/ '/round-trip/ {print $4}')
+  rows+=("| $1 | $6 | $g | $rtt |")
+  echo "  $1: $g Gbit/s, rtt $rtt ms" >&2
+}
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+apply "$dir/flat.yaml"
+measure flat flat f1 f2 10.79.0.2 "h1 > h2 > h3"
+vn delete vn flat --wait >/dev/null 2>&1
+apply "$dir/p.yaml"
+measure "P (depth 0)" nested-parent p1 p2 10.70.1.2 "p1 > p2 (h1 > h2)"
+apply "$dir/c1.yaml"
+measure "C, 1 hop (depth 1)" hop1 c1 c2 10.71.0.2 "p1 > p2"
+vn delete vn hop1 --wait >/dev/null 2>&1
+for f in c g d; do apply "$dir/$f.yaml"; done
+measure "C (depth 1)" nested-child c1 c2 10.71.0.2 "p1 > p2 > p3"
+measure "G (depth 2)" nested-grandchild g1 g2 10.72.0.2 "c1 > c2"
+measure "D (depth 3)" nested-deep d1 d2 10.73.0.2 "g1 > g2"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "| VN | path | one TCP stream, Gbit/s, median (min-max) of $runs x ${seconds}s | ping rtt avg, ms |"
+echo "|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
