@@ -38,5 +38,4 @@ if [[ $requests != 0 ]]; then
   echo
 fi
 VNET_BENCH_BOOTS=$boots VNET_BENCH_GUESTS=$guests VNET_BENCH_MEMORY_MB=$memory \
-  cargo test --release -q -p substrate-agent --test guest_bench -- --ignored --nocapture --test-threads 1 2>&1 \
-  | grep -v -E '^(running [0-9]+ tests?|test result:.*|test guest_boot_and_density_bench.*|\.+)$'
+  cargo run --release -q -p substrate-agent --example guest_bench

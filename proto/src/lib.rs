@@ -20,3 +20,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Request metadata key that carries the caller's provider identity.
 pub const PROVIDER_METADATA_KEY: &str = "x-vnet-provider";
+
+/// Smallest memory (MiB) of a `vm` node: the project's guest image does not boot in 64 MiB
+/// (measured). The controller refuses less at its edge; the agent checks it again.
+pub const VM_MIN_MEMORY_MB: u64 = 96;

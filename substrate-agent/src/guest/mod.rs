@@ -51,8 +51,8 @@ pub use accel::{HostGuestSupport, KvmVerdict, probe_host};
 pub use fake::{GuestCall, RecordingGuestRuntime};
 pub use runtime::{QemuRuntime, QemuRuntimeOptions};
 
-/// Smallest guest memory that boots the project's image (64 MiB does not, measured).
-pub const MIN_MEMORY_MB: u64 = 96;
+/// Smallest guest memory that boots the project's image (the contract's constant).
+pub const MIN_MEMORY_MB: u64 = vnet_proto::VM_MIN_MEMORY_MB;
 /// Most vCPUs one guest may have.
 pub const MAX_VCPUS: u32 = 64;
 

@@ -201,9 +201,10 @@ fn node(n: &pb::NodeSpec, what: &str) -> Result<NodeReq, SpecError> {
             None
         }
         Kind::Vm => {
-            if n.memory_mb < 64 {
+            if u64::try_from(n.memory_mb).unwrap_or(0) < vnet_proto::VM_MIN_MEMORY_MB {
                 return Err(invalid(format!(
-                    "{what}: a vm needs memory_mb >= 64, got {}",
+                    "{what}: a vm needs memory_mb >= {}, got {}",
+                    vnet_proto::VM_MIN_MEMORY_MB,
                     n.memory_mb
                 )));
             }
@@ -789,7 +790,7 @@ mod tests {
                     s.nodes[0].kind = pb::NodeKind::Vm as i32;
                     s.nodes[0].memory_mb = 16;
                 }),
-                "a vm needs memory_mb >= 64",
+                "a vm needs memory_mb >= 96, got 16",
             ),
             (
                 Box::new(|s| s.nodes[0].image = "debian".into()),
