@@ -8,15 +8,23 @@ set -uo pipefail
 state() {
   ip netns list 2>/dev/null | awk '{print "netns " $1}' | sort
   ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | sort
+  # live processes only (a zombie is gone once its parent reaps it), not this script itself
+  local procs
+  procs=$(ps -eo pid=,stat=,args= | awk -v self=$$ '$1 != self && $2 !~ /^Z/ {$1 = $2 = ""; print}')
   for p in substrate-agent vn-controller qemu-system iperf3; do
-    if pgrep -f "$p" >/dev/null; then echo "process $p"; fi
+    if grep -q -F -- "$p" <<<"$procs"; then echo "process $p"; fi
   done
   return 0
 }
 case "${1:-}" in
   snapshot) state | sort > "$2"; exit 0 ;;
   compare)
-    added=$(comm -13 "$2" <(state | sort))
+    # daemons stopped by the last test may still be exiting: give them a few seconds
+    for _ in $(seq 20); do
+      added=$(comm -13 "$2" <(state | sort))
+      [[ -z "$added" ]] && break
+      sleep 0.5
+    done
     if [[ -n "$added" ]]; then
       echo "left behind by the suite:"; echo "$added" | sed 's/^/  /'; exit 1
     fi
