@@ -92,7 +92,11 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
                     encapsulation: encap(h.encap),
                     vni: h.vni.unwrap_or(0),
                     vlan_id: h.vlan_id.map_or(0, u32::from),
-                    udp_port: u32::from(h.udp_port),
+                    // the UDP port is VXLAN's; a VLAN hop has none to show
+                    udp_port: match h.encap {
+                        Encap::Vxlan => u32::from(h.udp_port),
+                        Encap::Vlan => 0,
+                    },
                 })
                 .collect(),
             mtu: p.mtu,
