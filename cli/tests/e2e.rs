@@ -11,6 +11,8 @@
 //!
 //! Root tests print `SKIP <test>: <reason>` without root, unless `VNET_REQUIRE_ROOT=1`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
+use common::{
+    Bed, VNCTL, assert_one_line_error, free_port, may_run, ok, testbed_lock, testbed_missing, text,
+    vnctl,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -29,20 +34,6 @@ fn repo() -> PathBuf {
 
 fn example(name: &str) -> PathBuf {
     repo().join("deploy/examples").join(name)
-}
-
-fn vnctl(controller: &str, provider: Option<&str>, args: &[&str]) -> Output {
-    let mut c = Command::new(VNCTL);
-    c.env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", controller);
-    if let Some(p) = provider {
-        c.args(["--provider", p]);
-    }
-    c.args(args).output().expect("run vnctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A TCP listener that counts the connections it accepts (it never speaks gRPC).
@@ -61,24 +52,6 @@ fn counting_listener() -> (String, Arc<AtomicUsize>) {
     (addr, n)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn assert_one_line_error(out: &Output, want: &[&str]) {
-    assert!(!out.status.success(), "must fail: {out:?}");
-    let err = text(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    for w in want {
-        assert!(err.contains(w), "{w:?} not in {err:?}");
-    }
-}
-
 #[test]
 fn stopped_controller_is_one_line_exit_2() {
     let port = free_port(); // bound and released: nothing listens there now
@@ -93,7 +66,7 @@ fn stopped_controller_is_one_line_exit_2() {
     ] {
         let out = vnctl(&addr, Some("red"), &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        assert_one_line_error(&out, &[&addr, "cannot reach the controller"]);
+        assert_one_line_error(&out, 2, &[&addr, "cannot reach the controller"]);
         assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
     }
 }
@@ -109,8 +82,7 @@ fn malformed_spec_names_file_line_and_field_and_sends_nothing() {
     )
     .unwrap();
     let out = vnctl(&addr, Some("red"), &["apply", "-f", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_one_line_error(&out, &[&format!("{}:4:", bad.display()), "nodes[1].cpu"]);
+    assert_one_line_error(&out, 1, &[&format!("{}:4:", bad.display()), "nodes[1].cpu"]);
     let unknown_key = dir.path().join("key.yaml");
     std::fs::write(&unknown_key, "name: x\nnodes: [{name: a}]\nlinkz: []\n").unwrap();
     let out = vnctl(
@@ -118,7 +90,11 @@ fn malformed_spec_names_file_line_and_field_and_sends_nothing() {
         Some("red"),
         &["apply", "-f", unknown_key.to_str().unwrap()],
     );
-    assert_one_line_error(&out, &[&format!("{}:3:", unknown_key.display()), "linkz"]);
+    assert_one_line_error(
+        &out,
+        1,
+        &[&format!("{}:3:", unknown_key.display()), "linkz"],
+    );
     assert_eq!(
         conns.load(Ordering::SeqCst),
         0,
@@ -137,8 +113,11 @@ fn unknown_node_is_named_and_sends_nothing() {
     )
     .unwrap();
     let out = vnctl(&addr, Some("red"), &["apply", "-f", spec.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_one_line_error(&out, &["links[1].endpoints[1]", "unknown node \"ghost\""]);
+    assert_one_line_error(
+        &out,
+        1,
+        &["links[1].endpoints[1]", "unknown node \"ghost\""],
+    );
     assert_eq!(
         conns.load(Ordering::SeqCst),
         0,
@@ -159,253 +138,19 @@ fn completions_are_generated() {
 
 // ----- the root test -----
 
-fn require_root(test: &str) -> bool {
-    let root = nix_is_root();
-    if !root {
-        if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("{test}: needs root and VNET_REQUIRE_ROOT=1");
-        }
-        println!("SKIP {test}: needs root (namespaces, veths, daemons)");
+/// A private testbed of test `test` (`n` tells the tests of this file apart); None (after
+/// printing SKIP) when the preconditions are missing and may be.
+fn bed(test: &str, n: u32) -> Option<Bed> {
+    if !may_run(test, &testbed_missing("namespaces, veths, daemons")) {
+        return None;
     }
-    root
-}
-
-fn nix_is_root() -> bool {
-    // The effective uid from /proc (no libc dependency in tests).
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// What must be the same before and after.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    netns: BTreeSet<String>,
-    links: BTreeSet<String>,
-    qdiscs: BTreeSet<String>,
-    processes: BTreeSet<String>,
-}
-
-fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    text(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-/// The objects of one testbed: namespaces with its prefix (host namespaces and the agents'
-/// node namespaces, `<prefix>-<host>-<node>`), root-namespace links and qdiscs of its bridge
-/// (the agents never touch the root namespace), processes naming its state dir or prefix.
-/// Filtering keeps other tests running at the same time out of the comparison; the whole-machine
-/// comparison around the suite is `deploy/check-leftovers.sh`.
-fn snapshot(bed: &Bed) -> Snapshot {
-    let netns = lines_of(&["ip", "netns", "list"])
-        .into_iter()
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
-        .filter(|n| n.starts_with(&bed.tag))
-        .collect();
-    let links = lines_of(&["ip", "-o", "link", "show"])
-        .into_iter()
-        .filter_map(|l| {
-            l.split(": ")
-                .nth(1)
-                .map(|n| n.split('@').next().unwrap().to_owned())
-        })
-        .filter(|n| n.starts_with(&bed.bridge))
-        .collect();
-    let qdiscs = lines_of(&["tc", "qdisc", "show"])
-        .into_iter()
-        .filter(|l| l.contains(&format!("dev {}", bed.bridge)))
-        .collect();
-    let markers = [bed.state_dir.to_str().unwrap(), bed.tag.as_str()];
-    let mut processes = BTreeSet::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = text(&raw).replace('\0', " ");
-            if markers.iter().any(|m| cmd.contains(m)) {
-                processes.insert(format!("{name}: {cmd}"));
-            }
-        }
-    }
-    Snapshot {
-        netns,
-        links,
-        qdiscs,
-        processes,
-    }
-}
-
-/// Root tests build one testbed at a time, across test binaries and concurrent `cargo test`
-/// runs too: an exclusive `flock` on the lock file the other testbed tests hold.
-fn one_testbed() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/lock/vnet-testbed-e2e.lock")
-        .expect("open the testbed lock file");
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the testbed lock file")
-}
-
-/// A private testbed: its own namespace prefix, bridge, subnet, ports and state dir.
-struct Bed {
-    _state: tempfile::TempDir,
-    state_dir: PathBuf,
-    tag: String,
-    bridge: String,
-    subnet: String,
-    port: u16,
-    metrics: u16,
-    ctl: String,
-}
-
-impl Bed {
-    /// None (after printing SKIP) when the preconditions are missing and may be.
-    fn new(test: &str, n: u32) -> Option<Bed> {
-        if !require_root(test) {
-            return None;
-        }
-        let bin_dir = Path::new(VNCTL).parent().unwrap();
-        for b in ["vn-controller", "substrate-agent"] {
-            if !bin_dir.join(b).exists() {
-                let msg = format!(
-                    "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
-                    bin_dir.display()
-                );
-                if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
-                    panic!("{msg}");
-                }
-                println!("SKIP {test}: {msg}");
-                return None;
-            }
-        }
-        let pid = std::process::id() % 100_000;
-        let state = tempfile::Builder::new()
-            .prefix("vnet-e2e-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
-        Some(Bed {
-            state_dir: state.path().to_owned(),
-            _state: state,
-            tag: format!("e2e{pid}x{n}-"),
-            bridge: format!("vne{pid}x{n}"),
-            subnet: format!("10.252.{}.0/24", (pid + n) % 250),
-            port,
-            metrics: free_port(),
-            ctl: format!("http://127.0.0.1:{port}"),
-        })
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        Command::new(VNCTL)
-            .arg("testbed")
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
-            .unwrap()
-    }
-
-    fn up(&self, hosts: u32) -> TestbedGuard {
-        let guard = TestbedGuard {
-            state_dir: self.state_dir.clone(),
-        };
-        let node_prefix = self.tag.trim_end_matches('-');
-        ok(
-            self.testbed(&[
-                "up",
-                "--hosts",
-                &hosts.to_string(),
-                "--netns-prefix",
-                &self.tag,
-                "--mgmt-bridge",
-                &self.bridge,
-                "--mgmt-subnet",
-                &self.subnet,
-                "--node-prefix",
-                node_prefix,
-                "--listen-port",
-                &self.port.to_string(),
-                "--metrics-port",
-                &self.metrics.to_string(),
-                "--timeout",
-                "90s",
-            ]),
-            "testbed up",
-        );
-        guard
-    }
-
-    /// After `down`: only logs in the state dir, and nothing of ours in the kernel.
-    fn assert_gone(&self, before: &Snapshot) {
-        let left: Vec<String> = std::fs::read_dir(&self.state_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(left, ["logs"]);
-        // Processes may take a moment to be reaped by init.
-        let mut after = snapshot(self);
-        for _ in 0..20 {
-            if &after == before {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-            after = snapshot(self);
-        }
-        assert_eq!(before, &after, "left behind");
-    }
-}
-
-/// Takes the testbed down however the test ends.
-struct TestbedGuard {
-    state_dir: PathBuf,
-}
-
-impl Drop for TestbedGuard {
-    fn drop(&mut self) {
-        let out = Command::new(VNCTL)
-            .args(["testbed", "down", "--state-dir"])
-            .arg(&self.state_dir)
-            .output();
-        if std::thread::panicking() {
-            eprintln!("testbed down after failure: {out:?}");
-            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
-                let p = self.state_dir.join(format!("logs/{log}.log"));
-                if let Ok(t) = std::fs::read_to_string(&p) {
-                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
-                    eprintln!("--- {}:", p.display());
-                    for l in tail.into_iter().rev() {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    let pid = std::process::id() % 100_000;
+    Some(Bed::new(
+        "vnet-e2e-",
+        format!("e2e{pid}x{n}-"),
+        format!("vne{pid}x{n}"),
+        format!("10.252.{}.0/24", (pid + n) % 250),
+    ))
 }
 
 struct Vn {
@@ -414,49 +159,32 @@ struct Vn {
     json: Value,
 }
 
-fn describe(ctl: &str, provider: &'static str, name: &str) -> Vn {
-    let out = ok(
-        vnctl(ctl, Some(provider), &["describe", "vn", name, "-o", "json"]),
-        "describe",
-    );
+fn describe(bed: &Bed, provider: &'static str, name: &str) -> Vn {
     Vn {
         provider,
         name: name.into(),
-        json: serde_json::from_str(&out).unwrap(),
+        json: bed.describe(provider, name),
     }
 }
 
 /// One echo request, waiting at most 2 s for the answer.
-fn ping_once(ctl: &str, vn: &Vn, node: &str, addr: &str) -> Output {
-    vnctl(
-        ctl,
-        Some(vn.provider),
-        &[
-            "exec",
-            &vn.name,
-            node,
-            "--timeout",
-            "20s",
-            "--",
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            addr,
-        ],
+fn ping_once(bed: &Bed, vn: &Vn, node: &str, addr: &str) -> Output {
+    bed.exec(
+        vn.provider,
+        &vn.name,
+        node,
+        &["busybox", "ping", "-c", "1", "-W", "2", addr],
     )
 }
 
 /// Reachable: up to three single pings (the first may wait for ARP on a fresh link).
-fn ping(ctl: &str, vn: &Vn, node: &str, addr: &str) -> Output {
-    let mut out = ping_once(ctl, vn, node, addr);
+fn ping(bed: &Bed, vn: &Vn, node: &str, addr: &str) -> Output {
+    let mut out = ping_once(bed, vn, node, addr);
     for _ in 0..2 {
         if out.status.success() {
             break;
         }
-        out = ping_once(ctl, vn, node, addr);
+        out = ping_once(bed, vn, node, addr);
     }
     out
 }
@@ -492,54 +220,39 @@ fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn three_hosts_two_providers() {
-    let _one = one_testbed();
-    let Some(bed) = Bed::new("three_hosts_two_providers", 1) else {
+    let _one = testbed_lock();
+    let Some(bed) = bed("three_hosts_two_providers", 1) else {
         return;
     };
     let ctl = bed.ctl.clone();
-    let before = snapshot(&bed);
-    let guard = bed.up(3);
+    let before = bed.snapshot();
+    let guard = bed.up();
     let status = ok(bed.testbed(&["status"]), "testbed status");
     assert_eq!(status.matches("connected").count(), 3, "{status}");
-    let hosts = ok(
-        vnctl(&ctl, None, &["get", "hosts", "-o", "json"]),
-        "get hosts",
-    );
-    let hosts: Value = serde_json::from_str(&hosts).unwrap();
-    let ids: BTreeSet<&str> = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["id"].as_str().unwrap())
-        .collect();
+    let hosts = bed.hosts();
+    let ids: BTreeSet<&str> = hosts.iter().map(|h| h["id"].as_str().unwrap()).collect();
     assert_eq!(ids, BTreeSet::from(["h1", "h2", "h3"]));
 
     // Bad input against the live controller: one line, non-zero, nothing created.
-    let dir = tempfile::tempdir().unwrap();
-    let ghost = dir.path().join("ghost.yaml");
-    std::fs::write(
-        &ghost,
+    let ghost = bed.spec(
+        "ghost",
         "name: ghost\nnodes: [{name: a}]\nlinks: [{endpoints: [a, nobody], bandwidth: 1}]\n",
-    )
-    .unwrap();
+    );
     let out = vnctl(&ctl, Some("red"), &["apply", "-f", ghost.to_str().unwrap()]);
-    assert_one_line_error(&out, &["unknown node \"nobody\""]);
-    let pinned = dir.path().join("pinned.yaml");
-    std::fs::write(
-        &pinned,
+    assert_one_line_error(&out, 1, &["unknown node \"nobody\""]);
+    let pinned = bed.spec(
+        "pinned",
         "name: pinned\nnodes: [{name: a, cpu: 10, memory: 64, host: h9}]\n",
-    )
-    .unwrap();
+    );
     let out = vnctl(
         &ctl,
         Some("red"),
         &["apply", "-f", pinned.to_str().unwrap()],
     );
-    assert_one_line_error(&out, &["h9"]);
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "name: bad\nnodes: [{name: a, memory: lots}]\n").unwrap();
+    assert_one_line_error(&out, 1, &["h9"]);
+    let bad = bed.spec("bad", "name: bad\nnodes: [{name: a, memory: lots}]\n");
     let out = vnctl(&ctl, Some("red"), &["apply", "-f", bad.to_str().unwrap()]);
-    assert_one_line_error(&out, &["bad.yaml:2:", "memory"]);
+    assert_one_line_error(&out, 1, &["bad.yaml:2:", "memory"]);
     let listed = ok(
         vnctl(&ctl, Some("red"), &["get", "vns", "-o", "json"]),
         "get vns",
@@ -578,8 +291,8 @@ fn three_hosts_two_providers() {
     );
     assert!(again.contains("unchanged"), "{again}");
 
-    let red = describe(&ctl, "red", "red-net");
-    let blue = describe(&ctl, "blue", "blue-net");
+    let red = describe(&bed, "red", "red-net");
+    let blue = describe(&bed, "blue", "blue-net");
     for (vn, encap) in [(&red, "vxlan"), (&blue, "vlan")] {
         assert_eq!(vn.json["state"], "READY", "{}", vn.json);
         let placed: BTreeSet<(String, String)> = vn.json["nodes"]
@@ -616,7 +329,7 @@ fn three_hosts_two_providers() {
     // Inside each VN, every pair reaches every other.
     for vn in [&red, &blue] {
         for (x, y, addr, _) in pairs(vn) {
-            let out = ping(&ctl, vn, &x, strip_len(&addr));
+            let out = ping(&bed, vn, &x, strip_len(&addr));
             assert!(
                 out.status.success(),
                 "{}: {x} cannot reach {y} at {addr}: {}{}",
@@ -651,14 +364,14 @@ fn three_hosts_two_providers() {
                 ),
                 "add probe address",
             );
-            let mine = ping(&ctl, owner, &x, &probe);
+            let mine = ping(&bed, owner, &x, &probe);
             assert!(
                 mine.status.success(),
                 "{}: {x} cannot reach its own {y} at probe {probe}: {}",
                 owner.name,
                 text(&mine.stdout)
             );
-            let theirs = ping_once(&ctl, other, &x, &probe);
+            let theirs = ping_once(&bed, other, &x, &probe);
             assert!(!text(&theirs.stderr).contains("error: "), "{theirs:?}");
             assert_eq!(
                 theirs.status.code(),
@@ -736,12 +449,12 @@ fn three_hosts_two_providers() {
 
 #[test]
 fn down_after_a_crash() {
-    let _one = one_testbed();
-    let Some(bed) = Bed::new("down_after_a_crash", 2) else {
+    let _one = testbed_lock();
+    let Some(bed) = bed("down_after_a_crash", 2) else {
         return;
     };
-    let before = snapshot(&bed);
-    let guard = bed.up(3);
+    let before = bed.snapshot();
+    let guard = bed.up();
     for (provider, file) in [("red", "red.yaml"), ("blue", "blue.yaml")] {
         ok(
             vnctl(
@@ -759,10 +472,10 @@ fn down_after_a_crash() {
             &format!("apply {file}"),
         );
     }
-    let built = snapshot(&bed);
+    let built = bed.snapshot();
     assert!(built.netns.len() >= 3 + 6, "{built:?}");
     // The controller and every agent die at once; their pidfiles stay behind.
-    for e in std::fs::read_dir(bed.state_dir.join("run")).unwrap() {
+    for e in std::fs::read_dir(bed.dir.join("run")).unwrap() {
         let pid = std::fs::read_to_string(e.unwrap().path()).unwrap();
         let st = Command::new("kill")
             .args(["-9", pid.trim()])

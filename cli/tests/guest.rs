@@ -18,25 +18,19 @@
 //! `VNET_GUEST_IMAGES` names another images directory, for the agents too). Without them the test
 //! prints `SKIP`, unless `VNET_REQUIRE_ROOT=1`, where a missing precondition fails it.
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::net::TcpListener;
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn require() -> bool {
-    std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1")
-}
+use common::{
+    Bed, assert_one_line_error, lines_of, may_run, netns_names, ok, processes, testbed_lock,
+    testbed_missing, text, vnctl_with_input,
+};
 
 fn images_dir() -> PathBuf {
     std::env::var_os("VNET_GUEST_IMAGES")
@@ -44,32 +38,9 @@ fn images_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/vnet/images"))
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
 fn preconditions(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("needs root (namespaces, TAP devices, daemons, QEMU)".to_string());
-    }
-    let bin_dir = Path::new(VNCTL).parent().unwrap();
-    for b in ["vn-controller", "substrate-agent"] {
-        if !bin_dir.join(b).exists() {
-            missing.push(format!(
-                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
-                bin_dir.display()
-            ));
-        }
-    }
+    let mut missing = testbed_missing("namespaces, TAP devices, daemons, QEMU");
     let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -85,255 +56,24 @@ fn preconditions(test: &str) -> bool {
             manifest.display()
         ));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if require() {
-        panic!("{test}: VNET_REQUIRE_ROOT=1 but {}", missing.join("; "));
-    }
-    println!("SKIP {test}: {}", missing.join("; "));
-    false
+    may_run(test, &missing)
 }
 
-/// Serializes testbeds across test binaries and concurrent `cargo test` runs: an exclusive
-/// `flock` on `/run/lock/vnet-testbed-e2e.lock`, held while the returned value lives.
-fn testbed_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/lock/vnet-testbed-e2e.lock")
-        .expect("open the testbed lock file");
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the testbed lock file")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    text(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-/// A private testbed.
-struct Bed {
-    _state: tempfile::TempDir,
-    dir: PathBuf,
-    tag: String,
-    bridge: String,
-    subnet: String,
-    port: u16,
-    metrics: u16,
-    ctl: String,
-}
-
-/// What must be the same before and after.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    netns: BTreeSet<String>,
-    links: BTreeSet<String>,
-    qdiscs: BTreeSet<String>,
-    processes: BTreeSet<String>,
+/// This test's private testbed; its snapshot also covers TAP-named links in the root namespace
+/// (a guest's TAP belongs in its sandbox namespace).
+fn guest_bed() -> Bed {
+    let pid = std::process::id() % 100_000;
+    let mut bed = Bed::new(
+        "vnet-guest-e2e-",
+        format!("ge{pid}-"),
+        format!("vng{pid}"),
+        format!("10.253.{}.0/24", pid % 250),
+    );
+    bed.root_links.push("t-".into());
+    bed
 }
 
 impl Bed {
-    fn new() -> Bed {
-        let pid = std::process::id() % 100_000;
-        let state = tempfile::Builder::new()
-            .prefix("vnet-guest-e2e-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
-        Bed {
-            dir: state.path().to_owned(),
-            _state: state,
-            tag: format!("ge{pid}-"),
-            bridge: format!("vng{pid}"),
-            subnet: format!("10.253.{}.0/24", pid % 250),
-            port,
-            metrics: free_port(),
-            ctl: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Namespaces of this testbed (hosts and the agents' node namespaces), its root links
-    /// (bridge ends) and any TAP-named link in the root namespace, its bridge's qdiscs, and every
-    /// process naming its state dir or tag (the daemons, the VLAN datapaths and QEMU, whose
-    /// command line names its run directory inside the state dir).
-    fn snapshot(&self) -> Snapshot {
-        let netns = lines_of(&["ip", "netns", "list"])
-            .into_iter()
-            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
-            .filter(|n| n.starts_with(&self.tag))
-            .collect();
-        let links = lines_of(&["ip", "-o", "link", "show"])
-            .into_iter()
-            .filter_map(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .map(|n| n.split('@').next().unwrap().to_owned())
-            })
-            .filter(|n| n.starts_with(&self.bridge) || n.starts_with("t-"))
-            .collect();
-        let qdiscs = lines_of(&["tc", "qdisc", "show"])
-            .into_iter()
-            .filter(|l| l.contains(&format!("dev {}", self.bridge)))
-            .collect();
-        Snapshot {
-            netns,
-            links,
-            qdiscs,
-            processes: self.processes(&[self.dir.to_str().unwrap(), &self.tag]),
-        }
-    }
-
-    /// `pid: cmdline` of every process whose command line contains one of `markers`.
-    fn processes(&self, markers: &[&str]) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.parse::<u32>().is_err() {
-                continue;
-            }
-            if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-                let cmd = text(&raw).replace('\0', " ");
-                if markers.iter().any(|m| cmd.contains(m)) {
-                    out.insert(format!("{name}: {cmd}"));
-                }
-            }
-        }
-        out
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        Command::new(VNCTL)
-            .arg("testbed")
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .output()
-            .unwrap()
-    }
-
-    fn up(&self) -> Down<'_> {
-        let guard = Down(self);
-        ok(
-            self.testbed(&[
-                "up",
-                "--hosts",
-                "3",
-                "--netns-prefix",
-                &self.tag,
-                "--mgmt-bridge",
-                &self.bridge,
-                "--mgmt-subnet",
-                &self.subnet,
-                "--node-prefix",
-                self.tag.trim_end_matches('-'),
-                "--listen-port",
-                &self.port.to_string(),
-                "--metrics-port",
-                &self.metrics.to_string(),
-                "--timeout",
-                "90s",
-            ]),
-            "testbed up",
-        );
-        guard
-    }
-
-    fn vnctl(&self, provider: Option<&str>, args: &[&str]) -> Output {
-        self.vnctl_with_input(provider, args, None)
-    }
-
-    fn vnctl_with_input(
-        &self,
-        provider: Option<&str>,
-        args: &[&str],
-        input: Option<&[u8]>,
-    ) -> Output {
-        let mut c = Command::new(VNCTL);
-        c.env_remove("VNET_PROVIDER")
-            .env("VNET_CONTROLLER", &self.ctl);
-        if let Some(p) = provider {
-            c.args(["--provider", p]);
-        }
-        c.args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("run vnctl");
-        if let Some(i) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(i).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn hosts(&self) -> Vec<Value> {
-        let out = ok(
-            self.vnctl(None, &["get", "hosts", "-o", "json"]),
-            "get hosts",
-        );
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    fn describe(&self, provider: &str, vn: &str) -> Value {
-        let out = ok(
-            self.vnctl(Some(provider), &["describe", "vn", vn, "-o", "json"]),
-            "describe",
-        );
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn exec(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> Output {
-        let mut args = vec!["exec", vn, node, "--timeout", "20s", "--"];
-        args.extend_from_slice(argv);
-        self.vnctl(Some(provider), &args)
-    }
-
-    /// Pings until one answers (a guest may still be booting), at most `within`.
-    fn ping_until(&self, provider: &str, vn: &str, node: &str, addr: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let out = self.exec(
-                provider,
-                vn,
-                node,
-                &["busybox", "ping", "-c", "1", "-W", "1", addr],
-            );
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{vn}: {node} cannot reach {addr} within {within:?}: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
     fn boot_id(&self, provider: &str, vn: &str, node: &str) -> String {
         let out = self.exec(
             provider,
@@ -444,49 +184,6 @@ impl Bed {
     }
 }
 
-/// Takes the testbed down however the test ends (with the logs' tails after a failure).
-struct Down<'a>(&'a Bed);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let out = self.0.testbed(&["down"]);
-        if std::thread::panicking() {
-            eprintln!("testbed down after failure: {out:?}");
-            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
-                let p = self.0.dir.join(format!("logs/{log}.log"));
-                if let Ok(t) = std::fs::read_to_string(&p) {
-                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
-                    eprintln!("--- {}:", p.display());
-                    for l in tail.into_iter().rev() {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn assert_one_line_error(out: &Output, want: &[&str]) {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = text(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    for w in want {
-        assert!(err.contains(w), "{w:?} not in {err:?}");
-    }
-}
-
 const GVX: &str = "\
 name: gvx
 encapsulation: vxlan
@@ -534,7 +231,7 @@ fn guests_end_to_end() {
         return;
     }
     let _lock = testbed_lock();
-    let bed = Bed::new();
+    let bed = guest_bed();
     let before = bed.snapshot();
     let down = bed.up();
 
@@ -561,10 +258,8 @@ fn guests_end_to_end() {
     }
 
     // 2, 3. Two VNs with guests, of two providers.
-    let dir = tempfile::tempdir().unwrap();
     for (provider, name, spec) in [("lab", "gvx", GVX), ("legacy", "gvl", GVL)] {
-        let f = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&f, spec).unwrap();
+        let f = bed.spec(name, spec);
         ok(
             bed.vnctl(
                 Some(provider),
@@ -654,7 +349,8 @@ fn guests_end_to_end() {
         "console --tail",
     );
     assert_eq!(tail.len(), 10, "{tail:?}");
-    let typed = bed.vnctl_with_input(
+    let typed = vnctl_with_input(
+        &bed.ctl,
         Some("lab"),
         &["console", "gvx", "vm", "-i", "--tail", "0", "--idle", "3s"],
         Some(b"echo console-$((6*7))\n"),
@@ -665,9 +361,9 @@ fn guests_end_to_end() {
         "typed command did not answer: {shown:?}"
     );
     let out = bed.vnctl(Some("lab"), &["console", "gvx", "a"]);
-    assert_one_line_error(&out, &["console is for vm nodes", "node a", "netns"]);
+    assert_one_line_error(&out, 1, &["console is for vm nodes", "node a", "netns"]);
     let out = bed.vnctl(Some("legacy"), &["console", "gvx", "vm"]);
-    assert_one_line_error(&out, &["not found", "gvx"]);
+    assert_one_line_error(&out, 1, &["not found", "gvx"]);
     let e1000_log = ok(
         bed.vnctl(Some("legacy"), &["console", "gvl", "old"]),
         "console",
@@ -713,9 +409,9 @@ fn guests_end_to_end() {
     bed.ping_until("legacy", "gvl", "old", "10.62.0.2", quick);
 
     // 6. Deleting the VNs stops the guests and removes everything of theirs.
-    let sandboxes: Vec<String> = lines_of(&["ip", "netns", "list"])
+    let sandboxes: Vec<String> = bed
+        .namespaces()
         .into_iter()
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
         .filter(|n| n.ends_with(&format!("-{vm_id}")) || n.ends_with(&format!("-{old_id}")))
         .collect();
     assert_eq!(
@@ -741,8 +437,7 @@ fn guests_end_to_end() {
     // may still be stopping: give the teardown a bounded time.
     let guest_markers = [format!("vnet-{vm_id} "), format!("vnet-{old_id} ")];
     let leftovers = || {
-        let mut left: Vec<String> = bed
-            .processes(&[&guest_markers[0], &guest_markers[1]])
+        let mut left: Vec<String> = processes(&[&guest_markers[0], &guest_markers[1]])
             .into_iter()
             .collect();
         for pid in [vm_pid, old_pid] {
@@ -756,12 +451,9 @@ fn guests_end_to_end() {
                 left.extend(r.flatten().map(|e| e.path().display().to_string()));
             }
         }
-        let netns_now = lines_of(&["ip", "netns", "list"]);
+        let netns_now = netns_names();
         for ns in &sandboxes {
-            if netns_now
-                .iter()
-                .any(|l| l.split_whitespace().next() == Some(ns))
-            {
+            if netns_now.contains(ns) {
                 left.push(format!("sandbox {ns} (with its TAPs)"));
             }
         }
@@ -778,18 +470,5 @@ fn guests_end_to_end() {
     // 7. Nothing of ours left.
     ok(bed.testbed(&["down"]), "testbed down");
     drop(down);
-    let mut after = bed.snapshot();
-    for _ in 0..20 {
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        after = bed.snapshot();
-    }
-    assert_eq!(before, after, "left behind");
-    let left: Vec<String> = std::fs::read_dir(&bed.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["logs"]);
+    bed.assert_gone(&before);
 }

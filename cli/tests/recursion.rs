@@ -27,9 +27,10 @@
 //! `tcpdump`, `tshark`, `busybox` and `nsenter`. Without them the test prints `SKIP`, unless
 //! `VNET_REQUIRE_ROOT=1`, where a missing precondition fails it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -37,27 +38,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const VNCTL: &str = env!("CARGO_BIN_EXE_vnctl");
+use common::{Bed, assert_one_line_error, may_run, ok, testbed_lock, testbed_missing, text};
+
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn require() -> bool {
-    std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -66,19 +49,7 @@ fn on_path(program: &str) -> bool {
 
 /// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
 fn preconditions(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("needs root (namespaces, links, daemons, captures)".to_string());
-    }
-    let bin_dir = Path::new(VNCTL).parent().unwrap();
-    for b in ["vn-controller", "substrate-agent"] {
-        if !bin_dir.join(b).exists() {
-            missing.push(format!(
-                "{b} is not built next to vnctl ({}): cargo build -p vn-controller -p substrate-agent",
-                bin_dir.display()
-            ));
-        }
-    }
+    let mut missing = testbed_missing("namespaces, links, daemons, captures");
     for (program, package) in [
         ("tcpdump", "tcpdump"),
         ("tshark", "tshark"),
@@ -92,81 +63,12 @@ fn preconditions(test: &str) -> bool {
             ));
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if require() {
-        panic!("{test}: VNET_REQUIRE_ROOT=1 but {}", missing.join("; "));
-    }
-    println!("SKIP {test}: {}", missing.join("; "));
-    false
-}
-
-/// Serializes testbeds across test binaries and concurrent `cargo test` runs: an exclusive
-/// `flock` on `/run/lock/vnet-testbed-e2e.lock` (the lock of every testbed test), held while the
-/// returned value lives.
-fn testbed_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/lock/vnet-testbed-e2e.lock")
-        .expect("open the testbed lock file");
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the testbed lock file")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn lines_of(cmd: &[&str]) -> BTreeSet<String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    text(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn assert_one_line_error(out: &Output, want: &[&str]) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    for w in want {
-        assert!(err.contains(w), "{w:?} not in {err:?}");
-    }
+    may_run(test, &missing)
 }
 
 /// Names of the namespaces of the testbed and, for each, the links inside it: what a VN that
 /// was refused or deleted must leave exactly as it was.
 type Deep = BTreeMap<String, BTreeSet<String>>;
-
-/// What must be the same before `testbed up` and after `testbed down`.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    netns: BTreeSet<String>,
-    links: BTreeSet<String>,
-    qdiscs: BTreeSet<String>,
-    processes: BTreeSet<String>,
-}
 
 /// Substrate residuals as the operators see them.
 #[derive(Debug, PartialEq, Eq, Clone)]
@@ -177,72 +79,18 @@ struct Residuals {
     links: BTreeMap<String, u64>,
 }
 
-/// A private testbed.
-struct Bed {
-    _state: tempfile::TempDir,
-    dir: PathBuf,
-    specs: tempfile::TempDir,
-    tag: String,
-    bridge: String,
-    subnet: String,
-    port: u16,
-    metrics: u16,
-    ctl: String,
+/// This test's private testbed.
+fn recursion_bed() -> Bed {
+    let pid = std::process::id() % 100_000;
+    Bed::new(
+        "vnet-rec-e2e-",
+        format!("rc{pid}-"),
+        format!("vnr{pid}"),
+        format!("10.252.{}.0/24", pid % 250),
+    )
 }
 
 impl Bed {
-    fn new() -> Bed {
-        let pid = std::process::id() % 100_000;
-        let state = tempfile::Builder::new()
-            .prefix("vnet-rec-e2e-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
-        Bed {
-            dir: state.path().to_owned(),
-            _state: state,
-            specs: tempfile::tempdir().unwrap(),
-            tag: format!("rc{pid}-"),
-            bridge: format!("vnr{pid}"),
-            subnet: format!("10.252.{}.0/24", pid % 250),
-            port,
-            metrics: free_port(),
-            ctl: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn namespaces(&self) -> BTreeSet<String> {
-        lines_of(&["ip", "netns", "list"])
-            .into_iter()
-            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
-            .filter(|n| n.starts_with(&self.tag))
-            .collect()
-    }
-
-    /// Namespaces of this testbed (hosts, virtual nodes, transits) and its root links (bridge
-    /// ends), its bridge's qdiscs, and every process naming its state dir or tag.
-    fn snapshot(&self) -> Snapshot {
-        let links = lines_of(&["ip", "-o", "link", "show"])
-            .into_iter()
-            .filter_map(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .map(|n| n.split('@').next().unwrap().to_owned())
-            })
-            .filter(|n| n.starts_with(&self.bridge))
-            .collect();
-        let qdiscs = lines_of(&["tc", "qdisc", "show"])
-            .into_iter()
-            .filter(|l| l.contains(&format!("dev {}", self.bridge)))
-            .collect();
-        Snapshot {
-            netns: self.namespaces(),
-            links,
-            qdiscs,
-            processes: self.processes(),
-        }
-    }
-
     /// Every namespace of the testbed with the links inside it.
     fn deep(&self) -> Deep {
         self.namespaces()
@@ -281,82 +129,6 @@ impl Bed {
         assert_eq!(*want, now, "{what}: namespaces or links left behind");
     }
 
-    /// `pid: cmdline` of every process whose command line names the state dir or the tag.
-    fn processes(&self) -> BTreeSet<String> {
-        let markers = [self.dir.to_str().unwrap(), &self.tag];
-        let mut out = BTreeSet::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.parse::<u32>().is_err() {
-                continue;
-            }
-            if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-                let cmd = text(&raw).replace('\0', " ");
-                if markers.iter().any(|m| cmd.contains(m)) {
-                    out.insert(format!("{name}: {cmd}"));
-                }
-            }
-        }
-        out
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        Command::new(VNCTL)
-            .arg("testbed")
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .output()
-            .unwrap()
-    }
-
-    fn up(&self) -> Down<'_> {
-        let guard = Down(self);
-        ok(
-            self.testbed(&[
-                "up",
-                "--hosts",
-                "3",
-                "--netns-prefix",
-                &self.tag,
-                "--mgmt-bridge",
-                &self.bridge,
-                "--mgmt-subnet",
-                &self.subnet,
-                "--node-prefix",
-                self.tag.trim_end_matches('-'),
-                "--listen-port",
-                &self.port.to_string(),
-                "--metrics-port",
-                &self.metrics.to_string(),
-                "--timeout",
-                "90s",
-            ]),
-            "testbed up",
-        );
-        guard
-    }
-
-    fn vnctl(&self, provider: Option<&str>, args: &[&str]) -> Output {
-        let mut c = Command::new(VNCTL);
-        c.env_remove("VNET_PROVIDER")
-            .env("VNET_CONTROLLER", &self.ctl);
-        if let Some(p) = provider {
-            c.args(["--provider", p]);
-        }
-        c.args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run vnctl")
-    }
-
-    /// Writes an inline spec into the test's spec directory.
-    fn spec(&self, name: &str, yaml: &str) -> PathBuf {
-        let f = self.specs.path().join(format!("{name}.yaml"));
-        std::fs::write(&f, yaml).unwrap();
-        f
-    }
-
     fn apply(&self, provider: &str, file: &Path) {
         ok(
             self.vnctl(
@@ -386,14 +158,6 @@ impl Bed {
         ok(self.vnctl(Some(provider), &args), &format!("delete {vn}"))
     }
 
-    fn describe(&self, provider: &str, vn: &str) -> Value {
-        let out = ok(
-            self.vnctl(Some(provider), &["describe", "vn", vn, "-o", "json"]),
-            "describe",
-        );
-        serde_json::from_str(&out).unwrap()
-    }
-
     fn json(&self, provider: Option<&str>, args: &[&str]) -> Value {
         let out = ok(self.vnctl(provider, args), &args.join(" "));
         serde_json::from_str(&out).unwrap()
@@ -410,9 +174,7 @@ impl Bed {
 
     fn residuals(&self) -> Residuals {
         let hosts = self
-            .json(None, &["get", "hosts", "-o", "json"])
-            .as_array()
-            .unwrap()
+            .hosts()
             .iter()
             .map(|h| {
                 (
@@ -441,9 +203,7 @@ impl Bed {
 
     /// Every host's desired generation: it moves whenever anything is sent to the agents.
     fn generations(&self) -> BTreeMap<String, u64> {
-        self.json(None, &["get", "hosts", "-o", "json"])
-            .as_array()
-            .unwrap()
+        self.hosts()
             .iter()
             .map(|h| {
                 (
@@ -452,12 +212,6 @@ impl Bed {
                 )
             })
             .collect()
-    }
-
-    fn exec(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> Output {
-        let mut args = vec!["exec", vn, node, "--timeout", "20s", "--"];
-        args.extend_from_slice(argv);
-        self.vnctl(Some(provider), &args)
     }
 
     fn exec_ok(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> String {
@@ -469,30 +223,11 @@ impl Bed {
 
     /// Pings until one answers (neighbours may still be resolving), at most 15 s.
     fn ping(&self, provider: &str, vn: &str, node: &str, addr: &str) {
-        self.ping_sized(provider, vn, node, addr, 56);
+        self.ping_until(provider, vn, node, addr, Duration::from_secs(15));
     }
 
     fn ping_sized(&self, provider: &str, vn: &str, node: &str, addr: &str, size: u32) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let size = size.to_string();
-        loop {
-            let out = self.exec(
-                provider,
-                vn,
-                node,
-                &["busybox", "ping", "-c", "1", "-W", "1", "-s", &size, addr],
-            );
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{vn}: {node} cannot reach {addr}: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.ping_sized_until(provider, vn, node, addr, size, Duration::from_secs(15));
     }
 
     /// The namespace of a virtual node (agent naming: `<node prefix>-<host>-<node id>`).
@@ -504,28 +239,6 @@ impl Bed {
             self.namespaces()
         );
         name
-    }
-}
-
-/// Takes the testbed down however the test ends (with the logs' tails after a failure).
-struct Down<'a>(&'a Bed);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let out = self.0.testbed(&["down"]);
-        if std::thread::panicking() {
-            eprintln!("testbed down after failure: {out:?}");
-            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
-                let p = self.0.dir.join(format!("logs/{log}.log"));
-                if let Ok(t) = std::fs::read_to_string(&p) {
-                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
-                    eprintln!("--- {}:", p.display());
-                    for l in tail.into_iter().rev() {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -757,7 +470,7 @@ fn recursion_end_to_end() {
     }
     let started = Instant::now();
     let _lock = testbed_lock();
-    let bed = Bed::new();
+    let bed = recursion_bed();
     let before = bed.snapshot();
     let down = bed.up();
     let examples = Path::new(EXAMPLES);
@@ -854,14 +567,7 @@ fn recursion_end_to_end() {
     // Captures on the underlay of both of P's hops, in the hosts' namespaces, while every level
     // pings its other end with a full-size packet (exactly its MTU).
     let underlay_mtu = |host: &str, iface: &str| -> u64 {
-        let hosts = bed.json(None, &["get", "hosts", "-o", "json"]);
-        let h = hosts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["id"] == host)
-            .unwrap()
-            .clone();
+        let h = bed.hosts().into_iter().find(|h| h["id"] == host).unwrap();
         let i = h["underlay"]
             .as_array()
             .unwrap()
@@ -1012,7 +718,7 @@ fn recursion_end_to_end() {
     ];
     for (name, yaml, words) in &refused {
         let out = bed.apply_refused("lab", &bed.spec(name, yaml));
-        assert_one_line_error(&out, words);
+        assert_one_line_error(&out, 1, words);
         assert_eq!(bed.vn_names("lab"), names, "{name}: VN list changed");
         assert_eq!(bed.deep(), with_pcg, "{name}: namespaces or links changed");
         assert_eq!(
@@ -1172,6 +878,7 @@ fn recursion_end_to_end() {
     );
     assert_one_line_error(
         &bed.apply_refused("lab", &full),
+        1,
         &["cannot embed one-more", "o1-o2"],
     );
     let x = bed.describe("lab", "iso-x");
@@ -1263,6 +970,7 @@ fn recursion_end_to_end() {
     let out = bed.vnctl(Some("lab"), &["delete", "vn", "nested-parent"]);
     assert_one_line_error(
         &out,
+        1,
         &["nested-parent has children", "nested-child", "cascade"],
     );
     assert_eq!(bed.vn_names("lab"), names);
@@ -1291,19 +999,6 @@ fn recursion_end_to_end() {
     // Nothing of ours left.
     ok(bed.testbed(&["down"]), "testbed down");
     drop(down);
-    let mut after = bed.snapshot();
-    for _ in 0..20 {
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        after = bed.snapshot();
-    }
-    assert_eq!(before, after, "left behind");
-    let left: Vec<String> = std::fs::read_dir(&bed.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["logs"]);
+    bed.assert_gone(&before);
     println!("{test}: done in {:.1} s", started.elapsed().as_secs_f64());
 }
