@@ -20,7 +20,8 @@
 # Each wait is bounded by --limit seconds (default 120); running out of it fails the benchmark.
 # Prints each run, then a Markdown table (min / median / max per phase). Each run also checks
 # that it measured what it claims (placement, encapsulation, the QEMU NIC model).
-# Takes the testbed down and checks that nothing of it is left on any exit (trap).
+# Takes the testbed down and checks that nothing of it is left on any exit (the trap of
+# deploy/bench/lib/testbed.sh, shared with recursion.sh).
 # Needs: the guest image (deploy/guest/build-image.sh), qemu-system-x86, busybox-static, jq,
 # iproute2, util-linux (flock). Builds vnctl, vn-controller and substrate-agent (release, honours
 # CARGO_TARGET_DIR) unless --bin-dir names a directory holding all three.
@@ -28,6 +29,8 @@
 set -euo pipefail
 export LC_ALL=C # a dot in $EPOCHREALTIME and in printf
 cd "$(dirname "$0")/../.."
+me=guest-request
+. deploy/bench/lib/testbed.sh
 
 runs=5 hosts=2 memory=128 bin_dir="" limit=120 arp_ms=100
 while [[ $# -gt 0 ]]; do
@@ -43,145 +46,47 @@ while [[ $# -gt 0 ]]; do
     *) echo "guest-request: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-die() { echo "guest-request: $*" >&2; exit 1; }
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
 [[ $hosts == 2 || $hosts == 3 ]] || die "--hosts wants 2 or 3, got '$hosts'"
 [[ $limit =~ ^[1-9][0-9]*$ ]] || die "--limit wants seconds as a positive integer, got '$limit'"
 [[ $memory =~ ^[1-9][0-9]*$ ]] || die "--memory wants MiB as a positive integer, got '$memory'"
 [[ $arp_ms =~ ^[0-9]+$ ]] || die "--arp-ms wants milliseconds (0: the kernel's default), got '$arp_ms'"
 [[ $EUID -eq 0 ]] || die "needs root (namespaces, TAP devices, daemons, QEMU)"
-for c in jq flock ip ss busybox qemu-system-x86_64; do
-  command -v "$c" >/dev/null || die "$c is not installed (see deploy/setup.sh)"
-done
+need jq flock ip ss busybox qemu-system-x86_64
 images=${VNET_GUEST_IMAGES:-/var/lib/vnet/images}
 [[ -f $images/default/image.json ]] \
   || die "guest image missing: $images/default/image.json (run deploy/guest/build-image.sh)"
+binaries "$bin_dir"
 
-if [[ -z $bin_dir ]]; then
-  cargo build --release -q -p vnctl -p vn-controller -p substrate-agent
-  bin_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release"
-fi
-for b in vnctl vn-controller substrate-agent; do
-  [[ -x $bin_dir/$b ]] || die "$bin_dir/$b is missing (cargo build --release -p $b)"
-done
-VNCTL=$bin_dir/vnctl
-
-# --- the private testbed's names --------------------------------------------------------------
-id=$(($$ % 100000))
-tag="gb$id-"                     # host namespaces gb<id>-h1.., node namespaces gb<id>-h1-<node>
-bridge="vngb$id"                 # at most 11 characters
-subnet="10.252.$((id % 250)).0/24"
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    [[ -z $(ss -Hltn "sport = :$p") && $p != "${port:-}" ]] && { echo "$p"; return; }
-  done
-}
-port=$(free_port)
-metrics=$(free_port)
-ctl="http://127.0.0.1:$port"
+# The private testbed: host namespaces gb<id>-h1.., node namespaces gb<id>-h1-<node>; TAP-named
+# root links count as its leftovers too.
+testbed_names gb 252
+root_links="$bridge|t-"
 host_ns=()
 for ((h = 1; h <= hosts; h++)); do host_ns+=("${tag}h$h"); done
 
 # vnctl without the lock's fd 9: the daemons and QEMUs it starts must not inherit (and hold) it.
 vn() { VNET_CONTROLLER=$ctl "$VNCTL" --provider bench "$@" 9>&-; }
 
-# What this testbed may leave behind (compared before/after): its namespaces, its root links
-# (bridge ends) and TAP-named root links, and every process naming its state dir or tag.
-snapshot() {
-  ip netns list | awk '{print "netns " $1}' | grep -F "netns $tag" || true
-  ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' \
-    | grep -E "^link ($bridge|t-)" || true
-  local p cmd
-  for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
-    [[ -n ${dir:-} && $cmd == *"$dir"* || $cmd == *"$tag"* ]] || continue
-    [[ ${p#/proc/} == "$$" || $cmd == *guest-request.sh* ]] && continue
-    echo "process ${p#/proc/}: $cmd"
-  done
-  return 0
-}
-
-dir="" spec_dir="" before="" child=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
-    kill "$child" 2>/dev/null || true
-    wait "$child" 2>/dev/null || true
-  fi
-  if [[ -n $dir && -d $dir ]]; then
-    if ((rc != 0 && rc < 128)); then # a failure, not an interruption
-      for log in "$dir"/logs/*.log; do
-        [[ -f $log ]] || continue
-        echo "--- tail of $log:" >&2
-        tail -n 30 "$log" >&2
-      done
-    fi
-    if [[ -e $dir/testbed.json ]]; then
-      "$VNCTL" testbed down --state-dir "$dir" >/dev/null 2>"$dir/down.err" 9>&- \
-        || { echo "guest-request: testbed down failed:" >&2; cat "$dir/down.err" >&2; rc=1; }
-    fi
-    local after i
-    for ((i = 0; i < 20; i++)); do
-      after=$(snapshot)
-      [[ $after == "$before" ]] && break
-      sleep 0.25
-    done
-    if [[ $after != "$before" ]]; then
-      echo "guest-request: LEFT BEHIND by the testbed:" >&2
-      diff <(echo "$before") <(echo "$after") | grep '^>' >&2 || true
-      rc=1
-    fi
-    rm -rf "$dir"
-  fi
-  [[ -n $spec_dir ]] && rm -rf "$spec_dir"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Runs a command in the background and waits for it, so INT/TERM interrupt the wait at once
-# (the trap then kills it). Its stdout and stderr go to $1.
-bg() {
-  local out=$1; shift
-  "$@" >"$out" 2>&1 &
-  child=$!
-  local rc=0
-  wait "$child" || rc=$?
-  child=""
-  return "$rc"
-}
-
-exec 9>>/run/lock/vnet-testbed-e2e.lock
-if ! flock -n 9; then
-  echo "waiting for another testbed to finish (flock /run/lock/vnet-testbed-e2e.lock)" >&2
-  flock 9
-fi
+testbed_lock
 for ns in "${host_ns[@]}"; do
   [[ -z $(ip netns list | awk -v n="$ns" '$1 == n') ]] || die "namespace $ns exists already"
 done
-dir=$(mktemp -d /tmp/vnet-guest-request-XXXXXX)
-spec_dir=$(mktemp -d /tmp/vnet-guest-request-specs-XXXXXX)
-before=$(snapshot)
+testbed_begin
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-up_out=$spec_dir/up.out
-if ! bg "$up_out" "$VNCTL" testbed up --hosts "$hosts" --state-dir "$dir" \
-  --netns-prefix "$tag" --mgmt-bridge "$bridge" --mgmt-subnet "$subnet" \
-  --node-prefix "${tag%-}" --listen-port "$port" --metrics-port "$metrics" --timeout 90s 9>&-; then
+up_out=$work/up.out
+if ! bg "$up_out" testbed_up --hosts "$hosts" --timeout 90s; then
   die "vnctl testbed up failed: $(cat "$up_out")"
 fi
-vn get hosts -o json >"$spec_dir/hosts.json"
+vn get hosts -o json >"$work/hosts.json"
 kvm=$(jq -r '.[0].capabilities | if .kvmUsable then "KVM usable" else "KVM unusable: \(.kvmReason)" end' \
-  "$spec_dir/hosts.json")
-qemu=$(jq -r '.[0].capabilities.qemu // ""' "$spec_dir/hosts.json")
+  "$work/hosts.json")
+qemu=$(jq -r '.[0].capabilities.qemu // ""' "$work/hosts.json")
 
 # spec NAME NIC ENCAP: a VM node on h1 and a netns node on h2, one link between them.
 spec() {
-  cat >"$spec_dir/$1.yaml" <<EOF
+  cat >"$work/$1.yaml" <<EOF
 name: $1
 encapsulation: $3
 nodes:
@@ -218,15 +123,15 @@ remains() {
     [[ " ${host_ns[*]} " == *" $ns "* ]] && continue
     echo "namespace $ns"
   done < <(ip netns list)
-  pgrep -af -- "$dir/agents/h[0-9]+/guests/" | sed 's/^/process /' || true
-  find "$dir"/agents/*/guests -mindepth 1 -maxdepth 1 2>/dev/null | sed 's/^/run dir /' || true
+  pgrep -af -- "$state/agents/h[0-9]+/guests/" | sed 's/^/process /' || true
+  find "$state"/agents/*/guests -mindepth 1 -maxdepth 1 2>/dev/null | sed 's/^/run dir /' || true
 }
 
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 declare -A samples # "<kind>:<phase>" -> space-separated seconds
 kinds=("virtio:vxlan:virtio-net-device" "e1000:vlan:e1000,")
-echo "guest-request: $hosts-host testbed $tag (state $dir), $kvm${qemu:+, $qemu}"
+echo "guest-request: $hosts-host testbed $tag (state $state), $kvm${qemu:+, $qemu}"
 echo "load average at start: $load_start"
 for k in "${kinds[@]}"; do
   IFS=: read -r nic encap model <<<"$k"
@@ -235,30 +140,30 @@ for k in "${kinds[@]}"; do
     spec "$name" "$nic" "$encap"
     # (a) request -> READY
     t0=$EPOCHREALTIME
-    bg "$spec_dir/apply.out" vn apply -f "$spec_dir/$name.yaml" --wait --timeout "${limit}s" \
-      || die "$name: apply --wait failed: $(cat "$spec_dir/apply.out")"
+    bg "$work/apply.out" vn apply -f "$work/$name.yaml" --wait --timeout "${limit}s" \
+      || die "$name: apply --wait failed: $(cat "$work/apply.out")"
     t1=$EPOCHREALTIME
     # (b) request -> first ping reply (netns node -> guest)
-    bg "$spec_dir/ping.out" vn exec "$name" a --timeout "${limit}s" -- sh -c "$ping_script" \
-      || die "$name: the netns node got no ping reply from the guest within ${limit}s: $(cat "$spec_dir/ping.out")"
-    t2=$(grep -E "^[0-9]+\.[0-9]+\$" "$spec_dir/ping.out" | tail -n1) \
-      || die "$name: no reply time from the netns node: $(cat "$spec_dir/ping.out")"
+    bg "$work/ping.out" vn exec "$name" a --timeout "${limit}s" -- sh -c "$ping_script" \
+      || die "$name: the netns node got no ping reply from the guest within ${limit}s: $(cat "$work/ping.out")"
+    t2=$(grep -E "^[0-9]+\.[0-9]+\$" "$work/ping.out" | tail -n1) \
+      || die "$name: no reply time from the netns node: $(cat "$work/ping.out")"
     # What was measured is what is claimed: placement, encapsulation, NIC model.
-    vn describe vn "$name" -o json >"$spec_dir/describe.json"
+    vn describe vn "$name" -o json >"$work/describe.json"
     jq -e --arg e "$encap" '.state == "READY"
         and ([.nodes[] | "\(.node)@\(.host)"] | sort) == ["a@h2", "vm@h1"]
         and ([.links[].hops[].encapsulation] | length > 0 and all(. == $e))' \
-      "$spec_dir/describe.json" >/dev/null \
-      || die "$name: not READY with vm@h1, a@h2 over $encap: $(cat "$spec_dir/describe.json")"
-    node_id=$(jq -r '.nodes[] | select(.node == "vm") | .nodeId' "$spec_dir/describe.json")
-    pid=$(cat "$dir/agents/h1/guests/$node_id/qemu.pid")
+      "$work/describe.json" >/dev/null \
+      || die "$name: not READY with vm@h1, a@h2 over $encap: $(cat "$work/describe.json")"
+    node_id=$(jq -r '.nodes[] | select(.node == "vm") | .nodeId' "$work/describe.json")
+    pid=$(cat "$state/agents/h1/guests/$node_id/qemu.pid")
     qcmd=$(tr '\0' ' ' <"/proc/$pid/cmdline")
     [[ $qcmd == *"vnet-$node_id "* && $qcmd == *"$model"* ]] \
       || die "$name: QEMU pid $pid is not a $nic guest of $node_id: $qcmd"
     # (c) delete -> delete --wait returns -> all gone
     t3=$EPOCHREALTIME
-    bg "$spec_dir/delete.out" vn delete vn "$name" --wait --timeout "${limit}s" \
-      || die "$name: delete --wait failed: $(cat "$spec_dir/delete.out")"
+    bg "$work/delete.out" vn delete vn "$name" --wait --timeout "${limit}s" \
+      || die "$name: delete --wait failed: $(cat "$work/delete.out")"
     t4=$EPOCHREALTIME
     deadline=$((${t4%.*} + limit))
     while [[ -n $(remains) ]]; do

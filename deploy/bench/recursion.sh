@@ -16,13 +16,16 @@
 #   D         a depth-3 VN inside G
 # with the examples' link bandwidths raised (P 30000, C 25000, G 20000, D 15000 Mbit/s; flat
 # 30000), so the shaping (TBF at the link's bandwidth) is above what the machine forwards. Prints a Markdown
-# table (median, min-max). Takes the testbed down and checks that nothing of it is left (trap).
+# table (median, min-max). Takes the testbed down and checks that nothing of it is left (the trap
+# of deploy/bench/lib/testbed.sh, shared with guest-request.sh).
 # Needs iperf3, busybox-static, jq, iproute2, util-linux (flock, nsenter). Builds vnctl,
 # vn-controller and substrate-agent (release, honours CARGO_TARGET_DIR) unless --bin-dir names a
 # directory holding all three. Noisy when other builds share the machine: the load is printed.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
+me=recursion
+. deploy/bench/lib/testbed.sh
 
 runs=3 seconds=3 bin_dir=""
 while [[ $# -gt 0 ]]; do
@@ -35,83 +38,19 @@ while [[ $# -gt 0 ]]; do
     *) echo "recursion: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-die() { echo "recursion: $*" >&2; exit 1; }
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "--seconds wants a positive integer, got '$seconds'"
 [[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
-for c in jq flock ip ss busybox iperf3 nsenter; do
-  command -v "$c" >/dev/null || die "$c is not installed (see deploy/setup.sh)"
-done
-if [[ -z $bin_dir ]]; then
-  cargo build --release -q -p vnctl -p vn-controller -p substrate-agent
-  bin_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release"
-fi
-for b in vnctl vn-controller substrate-agent; do
-  [[ -x $bin_dir/$b ]] || die "$bin_dir/$b is missing (cargo build --release -p $b)"
-done
-VNCTL=$bin_dir/vnctl
+need jq flock ip ss busybox iperf3 nsenter
+binaries "$bin_dir"
 
-id=$(($$ % 100000))
-tag="rb$id-"
-bridge="vnrb$id"
-subnet="10.251.$((id % 250)).0/24"
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    [[ -z $(ss -Hltn "sport = :$p") && $p != "${port:-}" ]] && { echo "$p"; return; }
-  done
-}
-port=$(free_port)
-metrics=$(free_port)
+testbed_names rb 251
 # vnctl without the lock's fd 9: the daemons it starts must not inherit (and hold) it.
-vn() { VNET_CONTROLLER=http://127.0.0.1:$port "$VNCTL" --provider lab "$@" 9>&-; }
+vn() { VNET_CONTROLLER=$ctl "$VNCTL" --provider lab "$@" 9>&-; }
 
-snapshot() {
-  ip netns list | awk '{print "netns " $1}' | grep -F "netns $tag" || true
-  ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | grep -E "^link $bridge" || true
-  local p cmd
-  for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
-    [[ -n ${dir:-} && $cmd == *"$dir"* || $cmd == *"$tag"* ]] || continue
-    [[ ${p#/proc/} == "$$" || $cmd == *recursion.sh* ]] && continue
-    echo "process ${p#/proc/}: $cmd"
-  done
-  return 0
-}
-
-dir="" before=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [[ -n $dir && -d $dir ]]; then
-    if [[ -e $dir/bed/testbed.json ]]; then
-      "$VNCTL" testbed down --state-dir "$dir/bed" >/dev/null 2>"$dir/down.err" 9>&- \
-        || { echo "recursion: testbed down failed:" >&2; cat "$dir/down.err" >&2; rc=1; }
-    fi
-    local after i
-    for ((i = 0; i < 20; i++)); do
-      after=$(snapshot)
-      [[ $after == "$before" ]] && break
-      sleep 0.25
-    done
-    if [[ $after != "$before" ]]; then
-      echo "recursion: LEFT BEHIND by the testbed:" >&2
-      diff <(echo "$before") <(echo "$after") | grep '^>' >&2 || true
-      rc=1
-    fi
-    rm -rf "$dir"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-exec 9>/run/lock/vnet-testbed-e2e.lock
-flock 9
-before=$(snapshot)
-dir=$(mktemp -d /tmp/vnet-rec-bench-XXXXXX)
-cat >"$dir/line.yaml" <<'EOF'
+testbed_lock
+testbed_begin
+cat >"$work/line.yaml" <<'EOF'
 hosts:
   - {id: h1, cpu: 400, memory: 4096}
   - {id: h2, cpu: 400, memory: 4096}
@@ -120,16 +59,14 @@ links:
   - {a: h1, b: h2, bandwidth: 40000}
   - {a: h2, b: h3, bandwidth: 40000}
 EOF
-"$VNCTL" testbed up --topology "$dir/line.yaml" --state-dir "$dir/bed" --netns-prefix "$tag" \
-  --mgmt-bridge "$bridge" --mgmt-subnet "$subnet" --node-prefix "${tag%-}" \
-  --listen-port "$port" --metrics-port "$metrics" >/dev/null 9>&-
+testbed_up --topology "$work/line.yaml" >/dev/null
 
 ex=deploy/examples
-sed 's/bandwidth: 100,/bandwidth: 30000,/' $ex/nested-parent.yaml >"$dir/p.yaml"
-sed 's/bandwidth: 50,/bandwidth: 25000,/' $ex/nested-child.yaml >"$dir/c.yaml"
-sed -e 's/host: p3/host: p2/' -e 's/name: nested-child/name: hop1/' "$dir/c.yaml" >"$dir/c1.yaml"
-sed 's/bandwidth: 20,/bandwidth: 20000,/' $ex/nested-grandchild.yaml >"$dir/g.yaml"
-cat >"$dir/d.yaml" <<'EOF'
+sed 's/bandwidth: 100,/bandwidth: 30000,/' $ex/nested-parent.yaml >"$work/p.yaml"
+sed 's/bandwidth: 50,/bandwidth: 25000,/' $ex/nested-child.yaml >"$work/c.yaml"
+sed -e 's/host: p3/host: p2/' -e 's/name: nested-child/name: hop1/' "$work/c.yaml" >"$work/c1.yaml"
+sed 's/bandwidth: 20,/bandwidth: 20000,/' $ex/nested-grandchild.yaml >"$work/g.yaml"
+cat >"$work/d.yaml" <<'EOF'
 name: nested-deep
 parent: nested-grandchild
 nodes:
@@ -138,7 +75,7 @@ nodes:
 links:
   - {endpoints: [d1, d2], bandwidth: 15000, addresses: [10.73.0.1/24, 10.73.0.2/24]}
 EOF
-cat >"$dir/flat.yaml" <<'EOF'
+cat >"$work/flat.yaml" <<'EOF'
 name: flat
 nodes:
   - {name: f1, cpu: 1, memory: 8, host: h1}
@@ -171,15 +108,15 @@ measure() {
   echo "  $1: $g Gbit/s, rtt $rtt ms" >&2
 }
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-apply "$dir/flat.yaml"
+apply "$work/flat.yaml"
 measure flat flat f1 f2 10.79.0.2 "h1 > h2 > h3"
 vn delete vn flat --wait >/dev/null 2>&1
-apply "$dir/p.yaml"
+apply "$work/p.yaml"
 measure "P (depth 0)" nested-parent p1 p2 10.70.1.2 "p1 > p2 (h1 > h2)"
-apply "$dir/c1.yaml"
+apply "$work/c1.yaml"
 measure "C, 1 hop (depth 1)" hop1 c1 c2 10.71.0.2 "p1 > p2"
 vn delete vn hop1 --wait >/dev/null 2>&1
-for f in c g d; do apply "$dir/$f.yaml"; done
+for f in c g d; do apply "$work/$f.yaml"; done
 measure "C (depth 1)" nested-child c1 c2 10.71.0.2 "p1 > p2 > p3"
 measure "G (depth 2)" nested-grandchild g1 g2 10.72.0.2 "c1 > c2"
 measure "D (depth 3)" nested-deep d1 d2 10.73.0.2 "g1 > g2"
