@@ -417,17 +417,6 @@ struct Level {
     path: &'static [&'static str],
 }
 
-/// A depth-3 VN inside the example grandchild.
-const DEEP: &str = "\
-name: nested-deep
-parent: nested-grandchild
-nodes:
-  - {name: d1, cpu: 1, memory: 8, host: g1}
-  - {name: d2, cpu: 1, memory: 8, host: g2}
-links:
-  - {endpoints: [d1, d2], bandwidth: 5, addresses: [10.73.0.1/24, 10.73.0.2/24]}
-";
-
 /// A nestable child whose links get carrier addresses, and its child.
 const CARRIER: &str = "\
 name: carrier
@@ -485,7 +474,7 @@ fn recursion_end_to_end() {
     }
     // What the next scenarios start from and must come back to.
     let with_pcg = bed.deep();
-    bed.apply("lab", &bed.spec("nested-deep", DEEP));
+    bed.apply("lab", &examples.join("nested-deep.yaml"));
     let p = bed.describe("lab", "nested-parent");
     assert_eq!(p["state"], "READY", "{p}");
     assert_eq!(num(&p["depth"]), 0);

@@ -66,15 +66,7 @@ sed 's/bandwidth: 100,/bandwidth: 30000,/' $ex/nested-parent.yaml >"$work/p.yaml
 sed 's/bandwidth: 50,/bandwidth: 25000,/' $ex/nested-child.yaml >"$work/c.yaml"
 sed -e 's/host: p3/host: p2/' -e 's/name: nested-child/name: hop1/' "$work/c.yaml" >"$work/c1.yaml"
 sed 's/bandwidth: 20,/bandwidth: 20000,/' $ex/nested-grandchild.yaml >"$work/g.yaml"
-cat >"$work/d.yaml" <<'EOF'
-name: nested-deep
-parent: nested-grandchild
-nodes:
-  - {name: d1, cpu: 1, memory: 8, host: g1}
-  - {name: d2, cpu: 1, memory: 8, host: g2}
-links:
-  - {endpoints: [d1, d2], bandwidth: 15000, addresses: [10.73.0.1/24, 10.73.0.2/24]}
-EOF
+sed 's/bandwidth: 5,/bandwidth: 15000,/' $ex/nested-deep.yaml >"$work/d.yaml"
 cat >"$work/flat.yaml" <<'EOF'
 name: flat
 nodes:
