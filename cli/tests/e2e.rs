@@ -264,21 +264,7 @@ fn three_hosts_two_providers() {
 
     // Two providers, one address plan.
     for (provider, file) in [("red", "red.yaml"), ("blue", "blue.yaml")] {
-        ok(
-            vnctl(
-                &ctl,
-                Some(provider),
-                &[
-                    "apply",
-                    "-f",
-                    example(file).to_str().unwrap(),
-                    "--wait",
-                    "--timeout",
-                    "180s",
-                ],
-            ),
-            &format!("apply {file}"),
-        );
+        bed.apply_wait(provider, &example(file), "180s");
     }
     // Applying again is a no-op that says so.
     let again = ok(
@@ -456,21 +442,7 @@ fn down_after_a_crash() {
     let before = bed.snapshot();
     let guard = bed.up();
     for (provider, file) in [("red", "red.yaml"), ("blue", "blue.yaml")] {
-        ok(
-            vnctl(
-                &bed.ctl,
-                Some(provider),
-                &[
-                    "apply",
-                    "-f",
-                    example(file).to_str().unwrap(),
-                    "--wait",
-                    "--timeout",
-                    "180s",
-                ],
-            ),
-            &format!("apply {file}"),
-        );
+        bed.apply_wait(provider, &example(file), "180s");
     }
     let built = bed.snapshot();
     assert!(built.netns.len() >= 3 + 6, "{built:?}");

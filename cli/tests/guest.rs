@@ -259,21 +259,7 @@ fn guests_end_to_end() {
 
     // 2, 3. Two VNs with guests, of two providers.
     for (provider, name, spec) in [("lab", "gvx", GVX), ("legacy", "gvl", GVL)] {
-        let f = bed.spec(name, spec);
-        ok(
-            bed.vnctl(
-                Some(provider),
-                &[
-                    "apply",
-                    "-f",
-                    f.to_str().unwrap(),
-                    "--wait",
-                    "--timeout",
-                    "120s",
-                ],
-            ),
-            &format!("apply {name}"),
-        );
+        bed.apply_wait(provider, &bed.spec(name, spec), "120s");
     }
     let gvx = bed.describe("lab", "gvx");
     let gvl = bed.describe("legacy", "gvl");

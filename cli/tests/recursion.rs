@@ -130,20 +130,7 @@ impl Bed {
     }
 
     fn apply(&self, provider: &str, file: &Path) {
-        ok(
-            self.vnctl(
-                Some(provider),
-                &[
-                    "apply",
-                    "-f",
-                    file.to_str().unwrap(),
-                    "--wait",
-                    "--timeout",
-                    "60s",
-                ],
-            ),
-            &format!("apply {}", file.display()),
-        );
+        self.apply_wait(provider, file, "60s");
     }
 
     fn apply_refused(&self, provider: &str, file: &Path) -> Output {

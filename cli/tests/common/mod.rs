@@ -338,6 +338,24 @@ impl Bed {
         vnctl(&self.ctl, provider, args)
     }
 
+    /// `vnctl apply -f FILE --wait --timeout TIMEOUT` as `provider`; panics unless it succeeds.
+    pub fn apply_wait(&self, provider: &str, file: &Path, timeout: &str) {
+        ok(
+            self.vnctl(
+                Some(provider),
+                &[
+                    "apply",
+                    "-f",
+                    file.to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    timeout,
+                ],
+            ),
+            &format!("apply {}", file.display()),
+        );
+    }
+
     /// Writes an inline spec into the test's spec directory.
     pub fn spec(&self, name: &str, yaml: &str) -> PathBuf {
         let f = self.specs.path().join(format!("{name}.yaml"));
