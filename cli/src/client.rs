@@ -40,6 +40,15 @@ pub struct Unreachable {
     pub reason: String,
 }
 
+/// Why a connection failed in a few words: the [`Unreachable`] reason alone (the caller says
+/// which controller), or the whole error otherwise.
+pub fn unreachable_reason(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<Unreachable>() {
+        Some(u) => u.reason.clone(),
+        None => format!("{e:#}"),
+    }
+}
+
 /// Adds the provider identity to every request.
 #[derive(Clone)]
 pub struct ProviderHeader(Option<MetadataValue<Ascii>>);

@@ -268,15 +268,6 @@ pub fn build_network(net: &mut dyn Net, record: &mut Record, ops: &[NetOp]) -> a
 pub fn remove_network(net: &mut dyn Net, record: &mut Record) -> Vec<String> {
     let alias = record.alias();
     let mut problems = Vec::new();
-    // The root end of a management veth vanishes on its own, a moment after its peer's
-    // namespace: a failed delete of a link that is gone by now is no problem.
-    let delete_link = |net: &mut dyn Net, name: &str, problems: &mut Vec<String>| {
-        if let Err(err) = net.delete_root_link(name)
-            && !matches!(net.root_link(name), Ok(LinkState::Absent))
-        {
-            problems.push(format!("{err:#}"));
-        }
-    };
     // Namespaces first: their veths (and the root ends of management veths) go with them.
     let mut owned = record.owned.clone();
     owned.sort_by_key(|e| match e.object {
@@ -302,7 +293,14 @@ pub fn remove_network(net: &mut dyn Net, record: &mut Record) -> Vec<String> {
                 // Ours by its tag, or created but not yet tagged when we crashed (the record says
                 // we made it).
                 Ok(LinkState::Present { alias: a }) if a == alias || a.is_empty() => {
-                    delete_link(net, name, &mut problems)
+                    // The root end of a management veth vanishes on its own, a moment after its
+                    // peer's namespace: a failed delete of a link that is gone by now is no
+                    // problem.
+                    if let Err(err) = net.delete_root_link(name)
+                        && !matches!(net.root_link(name), Ok(LinkState::Absent))
+                    {
+                        problems.push(format!("{err:#}"));
+                    }
                 }
                 Ok(LinkState::Present { alias: a }) => problems.push(format!(
                     "link {name} carries alias {a:?}, not this testbed's; left alone"
@@ -489,10 +487,7 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
                 }
                 Err(e) => {
                     show_tail(&ctl_spec.log, 15);
-                    let why = match e.downcast_ref::<crate::client::Unreachable>() {
-                        Some(u) => u.reason.clone(),
-                        None => format!("{e:#}"),
-                    };
+                    let why = crate::client::unreachable_reason(&e);
                     anyhow::bail!(
                         "the controller did not come up within {} ({why}; its log tail is above)",
                         humantime::format_duration(timeout),
@@ -687,12 +682,9 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
         provider: None,
     };
     let hosts: Result<Vec<pb::Host>, String> = crate::client::block_on(async {
-        let ctl = Controller::connect(&opts).await.map_err(|e| match e
-            .downcast_ref::<crate::client::Unreachable>()
-        {
-            Some(u) => u.reason.clone(),
-            None => format!("{e:#}"),
-        })?;
+        let ctl = Controller::connect(&opts)
+            .await
+            .map_err(|e| crate::client::unreachable_reason(&e))?;
         ctl.substrate()
             .list_hosts(pb::ListHostsRequest {})
             .await
