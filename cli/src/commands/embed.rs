@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use embedding::{DEFAULT_ALGORITHM, Residual};
 
-use super::sim::{emit, read};
+use super::sim::read;
 
 /// Arguments of `vnctl embed`.
 #[derive(Debug, clap::Args)]
@@ -59,28 +59,28 @@ impl EmbedArgs {
                         "r2c": e.revenue() as f64 / e.cost().max(1) as f64,
                         "solve_ms": ms, "placement": e.placement(s, &request),
                     });
-                    emit(&out.to_string())?;
+                    println!("{out}");
                 } else {
-                    emit(&format!(
+                    println!(
                         "request {} embedded by {} in {ms:.2} ms: revenue {}, cost {}",
                         request.id(),
                         algo.name(),
                         e.revenue(),
                         e.cost()
-                    ))?;
+                    );
                     for (vn, h) in request.nodes().iter().zip(e.nodes()) {
-                        emit(&format!("  node {:<12} -> {}", vn.id, s.node(*h).id))?;
+                        println!("  node {:<12} -> {}", vn.id, s.node(*h).id);
                     }
                     for (l, le) in e.links().iter().enumerate() {
                         for f in le.flows() {
                             let path: Vec<&str> =
                                 f.hosts.iter().map(|h| s.node(*h).id.as_str()).collect();
-                            emit(&format!(
+                            println!(
                                 "  link {:<12} -> {} ({} bandwidth)",
                                 request.link_name(l),
                                 path.join(" - "),
                                 f.bandwidth
-                            ))?;
+                            );
                         }
                     }
                 }
@@ -92,7 +92,7 @@ impl EmbedArgs {
                         "algo": algo.name(), "request": request.id(), "accepted": false,
                         "reason": why.to_string(), "resource": why.resource(), "solve_ms": ms,
                     });
-                    emit(&out.to_string())?;
+                    println!("{out}");
                 }
                 bail!("request {} not embedded: {why}", request.id())
             }

@@ -92,7 +92,7 @@ fn list_algos(json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|a| serde_json::json!({"name": a.name, "summary": a.summary, "default": a.name == DEFAULT_ALGORITHM}))
             .collect();
-        emit(&serde_json::Value::Array(v).to_string())?;
+        println!("{}", serde_json::Value::Array(v));
     } else {
         for a in ALGORITHMS {
             let mark = if a.name == DEFAULT_ALGORITHM {
@@ -100,7 +100,7 @@ fn list_algos(json: bool) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            emit(&format!("{:<13} {}{mark}", a.name, a.summary))?;
+            println!("{:<13} {}{mark}", a.name, a.summary);
         }
     }
     Ok(())
@@ -133,17 +133,6 @@ fn generate(args: &SimArgs, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `text` and a newline on stdout; a closed pipe (`vnctl sim ... | head`) is not an error.
-pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing to stdout"))
-        }
-        _ => Ok(()),
-    }
-}
-
 pub(crate) fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -163,7 +152,7 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
     }
     if args.allow_revisit || args.allow_split {
         for tr in &mut trace.requests {
-            let o = tr.request.options().clone();
+            let o = tr.request.options();
             let o = o
                 .clone()
                 .with_revisitation(o.allow_revisitation || args.allow_revisit)
@@ -215,16 +204,17 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
         w.flush()
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    print_report(&report, args.json)?;
+    print_report(&report, args.json);
     if report.requests == 0 {
         bail!("the trace has no requests");
     }
     Ok(())
 }
 
-fn print_report(r: &SimReport, json: bool) -> anyhow::Result<()> {
+fn print_report(r: &SimReport, json: bool) {
     if json {
-        return emit(&serde_json::to_string(r).expect("a report serialises"));
+        println!("{}", serde_json::to_string(r).expect("a report serialises"));
+        return;
     }
     let rows = [
         ("algorithm", r.algo.clone()),
@@ -241,9 +231,8 @@ fn print_report(r: &SimReport, json: bool) -> anyhow::Result<()> {
         ("wall s", format!("{:.2}", r.wall_s)),
     ];
     for (k, v) in rows {
-        emit(&format!("{k:<18} {v}"))?;
+        println!("{k:<18} {v}");
     }
-    Ok(())
 }
 
 #[cfg(test)]
