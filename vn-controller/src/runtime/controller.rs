@@ -569,16 +569,14 @@ impl Controller {
         self.mutate(move |ix| ((), ix.detach(&h))).await;
     }
 
-    /// Runs a command in a virtual node through its host's agent.
-    #[tracing::instrument(skip(self, argv))]
-    pub async fn exec(
+    /// The caller's VN `vn`, which must hold its resources, and the index of its node `node`:
+    /// what exec and console reach into.
+    fn running_node(
         &self,
         provider: &ProviderId,
         vn: &str,
         node: &str,
-        argv: Vec<String>,
-        timeout_ms: u32,
-    ) -> Result<pb::ExecResponse, ControlError> {
+    ) -> Result<(VnRecord, usize), ControlError> {
         let rec = self.get(provider, vn)?;
         if !rec.status.holds_resources() {
             return Err(ControlError::Precondition(format!(
@@ -592,6 +590,34 @@ impl Controller {
             .iter()
             .position(|n| n.name == node)
             .ok_or_else(|| ControlError::NotFound(format!("VN {vn} has no node {node}")))?;
+        Ok((rec, i))
+    }
+
+    /// Runs `f` on the slot of the agent of `host`, where node `node` is placed.
+    fn with_slot<R>(
+        &self,
+        host: &str,
+        node: &str,
+        f: impl FnOnce(&mut AgentSlot) -> R,
+    ) -> Result<R, ControlError> {
+        let mut agents = lock(&self.shared.agents);
+        let slot = agents.get_mut(host).ok_or_else(|| {
+            ControlError::Unavailable(format!("host {host} of node {node} is not attached"))
+        })?;
+        Ok(f(slot))
+    }
+
+    /// Runs a command in a virtual node through its host's agent.
+    #[tracing::instrument(skip(self, argv))]
+    pub async fn exec(
+        &self,
+        provider: &ProviderId,
+        vn: &str,
+        node: &str,
+        argv: Vec<String>,
+        timeout_ms: u32,
+    ) -> Result<pb::ExecResponse, ControlError> {
+        let (rec, i) = self.running_node(provider, vn, node)?;
         let placed = &rec.placement.nodes[i];
         let timeout = if timeout_ms == 0 {
             self.shared.cfg.exec_timeout
@@ -600,17 +626,10 @@ impl Controller {
         };
         let request_id = self.shared.exec_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        let exec_tx = {
-            let mut agents = lock(&self.shared.agents);
-            let slot = agents.get_mut(&placed.host).ok_or_else(|| {
-                ControlError::Unavailable(format!(
-                    "host {} of node {node} is not attached",
-                    placed.host
-                ))
-            })?;
+        let exec_tx = self.with_slot(&placed.host, node, |slot| {
             slot.pending.insert(request_id, tx);
             slot.exec_tx.clone()
-        };
+        })?;
         exec_tx
             .send(pb::ExecCommand {
                 request_id,

@@ -134,19 +134,7 @@ impl Controller {
         node: &str,
         opts: ConsoleOpts,
     ) -> Result<ConsoleSession, ControlError> {
-        let rec = self.get(provider, vn)?;
-        if !rec.status.holds_resources() {
-            return Err(ControlError::Precondition(format!(
-                "VN {vn} is failed: {}",
-                rec.reason
-            )));
-        }
-        let i = rec
-            .req
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .ok_or_else(|| ControlError::NotFound(format!("VN {vn} has no node {node}")))?;
+        let (rec, i) = self.running_node(provider, vn, node)?;
         let kind = rec.req.nodes[i].kind;
         if kind != Kind::Vm {
             return Err(ControlError::Precondition(format!(
@@ -159,14 +147,7 @@ impl Controller {
         let id = SESSION_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, output) = mpsc::channel(OUTPUT_QUEUE);
         let reason = Arc::new(Mutex::new(None));
-        let (console_tx, epoch) = {
-            let mut agents = lock(&self.shared.agents);
-            let slot = agents.get_mut(&placed.host).ok_or_else(|| {
-                ControlError::Unavailable(format!(
-                    "host {} of node {node} is not attached",
-                    placed.host
-                ))
-            })?;
+        let (console_tx, epoch) = self.with_slot(&placed.host, node, |slot| {
             slot.consoles.insert(
                 id,
                 Route {
@@ -176,7 +157,7 @@ impl Controller {
                 },
             );
             (slot.console_tx.clone(), slot.epoch)
-        };
+        })?;
         // From here on, dropping the session unregisters it (and stops it on the agent).
         let session = ConsoleSession {
             output,
