@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 use tonic::transport::Channel;
-use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::runtime::controller::{Controller, ControllerConfig};
 use vn_controller::standin::{Behaviour, StandIn};
 use vnet_proto::v1 as pb;
@@ -277,21 +276,7 @@ async fn children_fit_the_parent_residuals_survive_a_restart() {
     drop(c);
     h.stop().await;
     drop(agents);
-    let ctl = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match Controller::open(
-                ControllerConfig::new(dir.path()),
-                Box::new(EmbeddingPlanner::new()),
-            ) {
-                Ok(c) => break c,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("reopen: {e:?}"),
-            }
-        }
-    };
+    let ctl = open(ControllerConfig::new(dir.path())).await;
     assert_eq!(trace(&ctl).0, with_d.0);
     assert_eq!(trace(&ctl).1, with_d.1, "per-parent usage differs");
     drop(ctl);

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::runtime::controller::{Controller, ControllerConfig};
 use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
 use vnet_proto::v1 as pb;
@@ -110,22 +109,7 @@ async fn restart_in_process_restores_everything() {
     drop(agents);
 
     // Reopen the same store (the old instance's last references go away asynchronously).
-    let ctl = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match Controller::open(
-                ControllerConfig::new(dir.path()),
-                Box::new(EmbeddingPlanner::new()),
-            ) {
-                Ok(c) => break c,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("reopen: {e:?}"),
-            }
-        }
-    };
+    let ctl = open(ControllerConfig::new(dir.path())).await;
     let after = snapshot(&ctl);
     assert_eq!(before.0, after.0, "usage differs");
     assert_eq!(before.1, after.1, "allocators differ");

@@ -28,19 +28,7 @@ impl Harness {
         let mut cfg = ControllerConfig::new(dir);
         cfg.reattach_grace = Duration::from_secs(3600);
         tweak(&mut cfg);
-        // A controller stopped just before may still be releasing the store (its sessions end
-        // asynchronously): retry for a while.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let ctl = loop {
-            match Controller::open(cfg.clone(), Box::new(EmbeddingPlanner::new())) {
-                Ok(c) => break c,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("open: {e:?}"),
-            }
-        };
+        let ctl = open(cfg).await;
         ctl.start();
         let router = vn_controller::grpc::router(&ctl).await.expect("router");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -104,6 +92,21 @@ impl Harness {
         }
         if let Some(s) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+    }
+}
+
+/// Opens the controller of `cfg` (not started). A controller stopped just before may still be
+/// releasing the store (its sessions end asynchronously): retries for a while.
+pub async fn open(cfg: ControllerConfig) -> Controller {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Controller::open(cfg.clone(), Box::new(EmbeddingPlanner::new())) {
+            Ok(c) => return c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open: {e:?}"),
         }
     }
 }
