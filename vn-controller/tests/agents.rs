@@ -95,16 +95,7 @@ async fn disconnect_degrades_and_reattach_restores() {
         .unwrap();
     drop(a2); // the replaced session ending must not degrade anything
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let vn = c
-        .get(req(
-            "red",
-            pb::GetVnRequest {
-                name: "pair".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let vn = get_vn(&mut c, "red", "pair").await;
     assert_eq!(vn.state, pb::VnState::Ready as i32, "{}", vn.reason);
     drop(a1);
     drop(a2b);
@@ -131,16 +122,7 @@ async fn hosts_missing_after_restart_degrade_after_grace() {
     .await;
     let mut c = h.vns().await;
     // Still ready at first: agents get the grace period to come back.
-    let vn = c
-        .get(req(
-            "red",
-            pb::GetVnRequest {
-                name: "pair".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let vn = get_vn(&mut c, "red", "pair").await;
     assert_eq!(vn.state, pb::VnState::Ready as i32);
     let _a1 = h.agent("h1", 1, 100, 4096, Behaviour::Ready).await;
     let vn = wait_state(&mut c, "red", "pair", pb::VnState::Degraded).await;

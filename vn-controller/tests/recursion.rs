@@ -59,13 +59,6 @@ fn child_spec(name: &str, parent: &str, a: &str, b: &str, bw: i64) -> pb::VnSpec
     }
 }
 
-async fn get(c: &mut Client, provider: &str, name: &str) -> pb::VirtualNetwork {
-    c.get(req(provider, pb::GetVnRequest { name: name.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn create_ready(c: &mut Client, provider: &str, spec: pb::VnSpec) -> pb::VirtualNetwork {
     let name = spec.name.clone();
     c.create(req(provider, create(spec)))
@@ -169,7 +162,7 @@ async fn child_and_grandchild_ride_inside_their_parents() {
     assert_eq!(l.path, ["p1", "p2", "p3"]);
     assert_eq!(l.mtu, 1400, "parent link MTU 1450 - 50");
     assert!(l.hops.iter().all(|h| h.udp_port == 4790 && h.vni > 0));
-    assert_eq!(get(&mut c, "red", "p").await.children, ["c"]);
+    assert_eq!(get_vn(&mut c, "red", "p").await.children, ["c"]);
 
     // What the hosts get: h2 forwards C's link inside p2, between P's carrier addresses.
     let s2 = slice_of(&agents[1], "red/c").await;
@@ -406,9 +399,9 @@ async fn inheritance_permissions_quotas_and_cascade() {
         "quota of red/p: attributes.max_nodes 8 would be exceeded (7 nodes in it and its descendants, 2 more asked)"
     );
     // Red sees blue's child in P, blue sees only its own VN.
-    let pv = get(&mut c, "red", "p").await;
+    let pv = get_vn(&mut c, "red", "p").await;
     assert_eq!(pv.children, ["blue/bc", "rc"]);
-    assert!(get(&mut c, "blue", "bc").await.children.is_empty());
+    assert!(get_vn(&mut c, "blue", "bc").await.children.is_empty());
     let mut g = child_spec("g", "rc", "c1", "c2", 5);
     g.nodes.truncate(1);
     g.links.clear();

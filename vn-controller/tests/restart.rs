@@ -125,16 +125,7 @@ async fn restart_in_process_restores_everything() {
     }
     let mut c = h.vns().await;
     wait_state(&mut c, "red", "x1", pb::VnState::Ready).await;
-    let failed = c
-        .get(req(
-            "red",
-            pb::GetVnRequest {
-                name: "broken".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let failed = get_vn(&mut c, "red", "broken").await;
     assert_eq!(failed.state, pb::VnState::Failed as i32);
     assert!(
         failed.reason.starts_with("host h") && failed.reason.ends_with(": boom"),

@@ -150,6 +150,18 @@ pub fn create(spec: pb::VnSpec) -> pb::CreateVnRequest {
     pb::CreateVnRequest { spec: Some(spec) }
 }
 
+/// `provider`'s VN `name`, which must exist.
+pub async fn get_vn(
+    c: &mut VirtualNetworksClient<Channel>,
+    provider: &str,
+    name: &str,
+) -> pb::VirtualNetwork {
+    c.get(req(provider, pb::GetVnRequest { name: name.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Waits until `provider`'s VN `name` reaches `state`.
 pub async fn wait_state(
     c: &mut VirtualNetworksClient<Channel>,
@@ -159,11 +171,7 @@ pub async fn wait_state(
 ) -> pb::VirtualNetwork {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let vn = c
-            .get(req(provider, pb::GetVnRequest { name: name.into() }))
-            .await
-            .unwrap()
-            .into_inner();
+        let vn = get_vn(c, provider, name).await;
         if vn.state == state as i32 {
             return vn;
         }
