@@ -630,21 +630,9 @@ impl Index {
             .ok_or_else(|| CoreError::NotFound {
                 name: name.to_string(),
             })?;
-        let shown = |rec: &VnRecord| {
-            if rec.provider() == provider {
-                rec.name().to_string()
-            } else {
-                rec.label()
-            }
-        };
         let order = nest::post_order(self, &vn_id);
         if order.len() > 1 && !cascade {
-            let children: Vec<String> = self
-                .nests
-                .children(&vn_id)
-                .filter_map(|c| self.vns.get(c))
-                .map(shown)
-                .collect();
+            let children = self.children_of(&vn_id, provider);
             return Err(CoreError::Precondition(format!(
                 "VN {name} has children ({}): delete them first, or delete with cascade",
                 children.join(", ")
@@ -674,7 +662,7 @@ impl Index {
                 host: String::new(),
                 message: String::new(),
             });
-            deleted.push(shown(&rec));
+            deleted.push(rec.label_for(provider));
         }
         Ok((deleted, change))
     }
@@ -685,13 +673,7 @@ impl Index {
         self.nests
             .children(vn_id)
             .filter_map(|c| self.vns.get(c))
-            .map(|r| {
-                if r.provider() == provider {
-                    r.name().to_string()
-                } else {
-                    r.label()
-                }
-            })
+            .map(|r| r.label_for(provider))
             .collect()
     }
 

@@ -210,6 +210,15 @@ impl VnRecord {
         format!("{}/{}", self.req.provider, self.req.name)
     }
 
+    /// How `viewer` names this VN: by its name when it is `viewer`'s own, else as its label.
+    pub fn label_for(&self, viewer: &ProviderId) -> String {
+        if self.provider() == viewer {
+            self.name().to_string()
+        } else {
+            self.label()
+        }
+    }
+
     /// 0 on the substrate, parent depth + 1 for a child.
     pub fn depth(&self) -> u32 {
         self.nesting.as_ref().map_or(0, |n| n.depth)
