@@ -526,6 +526,18 @@ pub(crate) mod tests {
         r
     }
 
+    /// Chain request x - y - z, every node CPU 4, links bandwidth 5: on [`line`] the optimum puts
+    /// the chain on adjacent hosts (cost 12 + 10).
+    pub(crate) fn chain() -> VnRequest {
+        let mut r = VnRequest::new("r");
+        for id in ["x", "y", "z"] {
+            r.add_node(VirtualNode::new(id, 4)).unwrap();
+        }
+        r.add_link("x", "y", 5).unwrap();
+        r.add_link("y", "z", 5).unwrap();
+        r
+    }
+
     fn n(i: usize) -> NodeIndex {
         NodeIndex::new(i)
     }

@@ -352,7 +352,7 @@ impl Embedder for Lace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::tests::line;
+    use crate::mapping::tests::{chain, line};
     use crate::request::{RequestOptions, VirtualNode};
     use std::sync::Arc;
 
@@ -375,12 +375,7 @@ mod tests {
     #[test]
     fn places_adjacent_nodes_on_adjacent_hosts() {
         let res = Residual::new(Arc::new(line()));
-        let mut r = VnRequest::new("r");
-        for id in ["x", "y", "z"] {
-            r.add_node(VirtualNode::new(id, 4)).unwrap();
-        }
-        r.add_link("x", "y", 5).unwrap();
-        r.add_link("y", "z", 5).unwrap();
+        let r = chain();
         let e = Lace::default().embed(&res, &r).unwrap();
         assert_eq!(e.cost(), 12 + 10, "both links one hop");
     }

@@ -540,7 +540,7 @@ impl Embedder for Mip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::tests::line;
+    use crate::mapping::tests::{chain, line};
     use crate::request::{RequestOptions, VirtualNode};
     use crate::substrate::{Substrate, SubstrateLink, SubstrateNode};
     use std::sync::Arc;
@@ -548,12 +548,7 @@ mod tests {
     #[test]
     fn finds_the_optimum_on_a_line() {
         let res = Residual::new(Arc::new(line()));
-        let mut r = VnRequest::new("r");
-        for id in ["x", "y", "z"] {
-            r.add_node(VirtualNode::new(id, 4)).unwrap();
-        }
-        r.add_link("x", "y", 5).unwrap();
-        r.add_link("y", "z", 5).unwrap();
+        let r = chain();
         for warm_start in [false, true] {
             let m = Mip {
                 warm_start,

@@ -370,7 +370,7 @@ impl Embedder for RwBfs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::tests::line;
+    use crate::mapping::tests::{chain, line};
     use crate::request::VirtualNode;
     use std::sync::Arc;
 
@@ -386,12 +386,7 @@ mod tests {
     #[test]
     fn both_variants_embed_a_path_request() {
         let res = Residual::new(Arc::new(line()));
-        let mut r = VnRequest::new("r");
-        for id in ["x", "y", "z"] {
-            r.add_node(VirtualNode::new(id, 4)).unwrap();
-        }
-        r.add_link("x", "y", 5).unwrap();
-        r.add_link("y", "z", 5).unwrap();
+        let r = chain();
         for algo in [
             Box::new(RwMaxMatch::default()) as Box<dyn Embedder>,
             Box::new(RwBfs::default()),
