@@ -210,10 +210,7 @@ pub(crate) fn two_stage(
                 work.route(&p.1, vl.bandwidth);
                 paths.push(p);
             }
-            Err(PathFailure::Bandwidth) => {
-                return Err(no_path(s, request, l, a, b, Resource::Bandwidth));
-            }
-            Err(PathFailure::Hops) => return Err(no_path(s, request, l, a, b, Resource::Hops)),
+            Err(f) => return Err(no_path(s, request, l, a, b, f.into())),
         }
     }
     assemble(s, request, hosts, paths)

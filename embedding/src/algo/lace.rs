@@ -35,7 +35,7 @@
 
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, Dijkstra, Path, PathFailure};
+use crate::algo::paths::{Bfs, Dijkstra, Path};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -267,11 +267,7 @@ impl Lace {
                                         (p, c)
                                     }
                                     Err(f) => {
-                                        let r = match f {
-                                            PathFailure::Bandwidth => Resource::Bandwidth,
-                                            PathFailure::Hops => Resource::Hops,
-                                        };
-                                        failure = Failure::Link(l, from, h, r);
+                                        failure = Failure::Link(l, from, h, f.into());
                                         continue 'cand;
                                     }
                                 }

@@ -22,7 +22,7 @@
 use petgraph::graph::NodeIndex;
 
 use crate::algo::grc::{LinkStrategy, by_rank, two_stage};
-use crate::algo::paths::{Bfs, Path, PathFailure};
+use crate::algo::paths::{Bfs, Path};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -279,11 +279,7 @@ impl Search<'_> {
                         routed.push((l, p));
                     }
                     Err(f) => {
-                        let r = match f {
-                            PathFailure::Bandwidth => Resource::Bandwidth,
-                            PathFailure::Hops => Resource::Hops,
-                        };
-                        last_link_failure = Some((l, a, b, r));
+                        last_link_failure = Some((l, a, b, f.into()));
                         ok = false;
                         break;
                     }

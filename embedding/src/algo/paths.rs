@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use petgraph::graph::{EdgeIndex, NodeIndex};
 
+use crate::rejection::Resource;
 use crate::substrate::Substrate;
 
 /// Reusable buffers for breadth-first search.
@@ -25,6 +26,16 @@ pub enum PathFailure {
     Bandwidth,
     /// Connected, but only by paths longer than the hop limit.
     Hops,
+}
+
+impl From<PathFailure> for Resource {
+    /// The resource a rejection names when no path was found.
+    fn from(f: PathFailure) -> Self {
+        match f {
+            PathFailure::Bandwidth => Resource::Bandwidth,
+            PathFailure::Hops => Resource::Hops,
+        }
+    }
 }
 
 impl Bfs {
