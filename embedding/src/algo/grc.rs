@@ -22,7 +22,7 @@
 use petgraph::graph::NodeIndex;
 
 use crate::algo::paths::{Bfs, Path, PathFailure, k_shortest_paths};
-use crate::algo::{Work, assemble, candidate_hosts, no_path};
+use crate::algo::{Work, allowed_matrix, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
 use crate::rejection::{Rejection, Resource};
@@ -152,13 +152,7 @@ pub(crate) fn two_stage(
     strategy: LinkStrategy,
 ) -> Result<Embedding, Rejection> {
     let s = residual.substrate();
-    let cands = candidate_hosts(residual, request)?;
-    let mut allowed = vec![vec![false; s.node_count()]; request.nodes().len()];
-    for (i, c) in cands.iter().enumerate() {
-        for h in c {
-            allowed[i][h.index()] = true;
-        }
-    }
+    let allowed = allowed_matrix(s.node_count(), &candidate_hosts(residual, request)?);
     let mut work = Work::new(residual);
     let mut hosts = vec![NodeIndex::new(0); request.nodes().len()];
     for &i in v_order {

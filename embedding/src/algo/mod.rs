@@ -112,6 +112,18 @@ pub fn candidate_hosts(
         .collect()
 }
 
+/// The candidate lists of [`candidate_hosts`] as a matrix: `allowed[v][h]` is true when host `h`
+/// is a candidate for virtual node `v` (`host_count` hosts).
+pub(crate) fn allowed_matrix(host_count: usize, cands: &[Vec<NodeIndex>]) -> Vec<Vec<bool>> {
+    let mut allowed = vec![vec![false; host_count]; cands.len()];
+    for (row, c) in allowed.iter_mut().zip(cands) {
+        for h in c {
+            row[h.index()] = true;
+        }
+    }
+    allowed
+}
+
 /// A private copy of residual capacities consumed while one embedding is built.
 #[derive(Clone, Debug)]
 pub struct Work {

@@ -23,7 +23,7 @@ use petgraph::graph::NodeIndex;
 
 use crate::algo::grc::{LinkStrategy, by_rank, two_stage};
 use crate::algo::paths::{Bfs, Path};
-use crate::algo::{Work, assemble, candidate_hosts, no_path};
+use crate::algo::{Work, allowed_matrix, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
 use crate::rejection::{Rejection, Resource};
@@ -314,13 +314,7 @@ impl Embedder for RwBfs {
 
     fn embed(&self, residual: &Residual, request: &VnRequest) -> Result<Embedding, Rejection> {
         let s = residual.substrate();
-        let cands = candidate_hosts(residual, request)?;
-        let mut allowed = vec![vec![false; s.node_count()]; request.nodes().len()];
-        for (i, c) in cands.iter().enumerate() {
-            for h in c {
-                allowed[i][h.index()] = true;
-            }
-        }
+        let allowed = allowed_matrix(s.node_count(), &candidate_hosts(residual, request)?);
         let mut search = Search {
             residual,
             request,
