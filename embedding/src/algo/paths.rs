@@ -82,20 +82,7 @@ impl Bfs {
         if max_hops.is_some_and(|m| d > m) {
             return Err(PathFailure::Hops);
         }
-        let mut hosts = vec![dst];
-        let mut edges = Vec::with_capacity(d as usize);
-        let mut at = dst;
-        while let Some((p, e)) = self.parent[at.index()] {
-            hosts.push(p);
-            edges.push(e);
-            at = p;
-            if at == src {
-                break;
-            }
-        }
-        hosts.reverse();
-        edges.reverse();
-        Ok((hosts, edges))
+        Ok(trace_back(&self.parent, src, dst))
     }
 
     /// Hop distance from `src` to every host over links with `bandwidth[e] >= need`
@@ -128,6 +115,22 @@ impl Bfs {
 
 /// A path as hosts and links.
 pub type Path = (Vec<NodeIndex>, Vec<EdgeIndex>);
+
+/// The path from `src` to `dst` along the `parent` links (host, link towards the root) of a
+/// search tree rooted at `src` that reached `dst`.
+fn trace_back(parent: &[Option<(NodeIndex, EdgeIndex)>], src: NodeIndex, dst: NodeIndex) -> Path {
+    let (mut hosts, mut edges) = (vec![dst], Vec::new());
+    let mut at = dst;
+    while at != src {
+        let (p, e) = parent[at.index()].expect("reached nodes have parents");
+        hosts.push(p);
+        edges.push(e);
+        at = p;
+    }
+    hosts.reverse();
+    edges.reverse();
+    (hosts, edges)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct HeapItem(f64, u32);
@@ -206,17 +209,7 @@ impl Dijkstra {
         if !cost.is_finite() {
             return None;
         }
-        let (mut hosts, mut edges) = (vec![dst], Vec::new());
-        let mut at = dst;
-        while at != src {
-            let (p, e) = self.parent[at.index()].expect("reached nodes have parents");
-            hosts.push(p);
-            edges.push(e);
-            at = p;
-        }
-        hosts.reverse();
-        edges.reverse();
-        Some(((hosts, edges), cost))
+        Some((trace_back(&self.parent, src, dst), cost))
     }
 }
 
@@ -251,17 +244,7 @@ fn masked_bfs(
     if !seen[dst.index()] {
         return None;
     }
-    let (mut hosts, mut edges) = (vec![dst], Vec::new());
-    let mut at = dst;
-    while at != src {
-        let (p, e) = parent[at.index()].expect("reached nodes have parents");
-        hosts.push(p);
-        edges.push(e);
-        at = p;
-    }
-    hosts.reverse();
-    edges.reverse();
-    Some((hosts, edges))
+    Some(trace_back(&parent, src, dst))
 }
 
 /// The `k` fewest-hop simple paths from `src` to `dst` on the whole substrate, in order of hop
