@@ -224,10 +224,7 @@ impl Mip {
         let mut objective = Expression::with_capacity(request.links().len() * 2 * s.link_count());
         for vl in request.links() {
             let b = vl.bandwidth;
-            let unit = !(self.splittable
-                && opts.allow_path_split
-                && b > 0
-                && opts.max_path_hops.is_none());
+            let unit = !(split_ok && b > 0);
             let mut arcs = Vec::new();
             for e in s.link_indices() {
                 if unit && residual.bandwidth(e) < b {
