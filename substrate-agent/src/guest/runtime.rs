@@ -592,17 +592,11 @@ impl QemuRuntime {
         }
     }
 
+    /// The last `max` bytes of the console log (empty when it cannot be read).
     fn console_tail(&self, paths: &RunPaths, max: usize) -> Vec<u8> {
-        let Ok(mut f) = std::fs::File::open(paths.console_log()) else {
-            return vec![];
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let from = len.saturating_sub(max as u64);
-        let mut buf = Vec::new();
-        if f.seek(SeekFrom::Start(from)).is_ok() {
-            let _ = f.read_to_end(&mut buf);
-        }
-        buf
+        read_log(&paths.console_log(), None, max)
+            .map(|c| c.data)
+            .unwrap_or_default()
     }
 
     fn channel_err(node_id: &str, e: ChannelError, timeout: Duration) -> GuestError {
