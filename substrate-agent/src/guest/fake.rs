@@ -39,6 +39,16 @@ struct State {
     consoles: HashMap<String, Vec<u8>>,
 }
 
+impl State {
+    /// `Ok` when `node_id` runs (known and not crashed), else [`GuestError::NotFound`].
+    fn live(&self, node_id: &str) -> Result<(), GuestError> {
+        match self.running.get(node_id) {
+            Some((_, pid, _)) if *pid != 0 => Ok(()),
+            _ => Err(GuestError::NotFound(node_id.to_string())),
+        }
+    }
+}
+
 /// Recording fake: `ensure` "starts" a guest (a fake pid), `stop` forgets it, `observed` lists
 /// what runs, `exec` answers with the output set by [`RecordingGuestRuntime::set_exec_reply`]
 /// (default: exit 0, no output), the console log of a guest starts with `fake console of ID\n`
@@ -171,20 +181,14 @@ impl GuestRuntime for RecordingGuestRuntime {
         let mut s = self.lock();
         s.calls
             .push(GuestCall::Exec(node_id.to_string(), argv.to_vec()));
-        match s.running.get(node_id) {
-            Some((_, pid, _)) if *pid != 0 => {}
-            _ => return Err(GuestError::NotFound(node_id.to_string())),
-        }
+        s.live(node_id)?;
         Ok(s.exec_replies.get(node_id).cloned().unwrap_or_default())
     }
 
     fn wait_ready(&self, node_id: &str, _timeout: Duration) -> Result<(), GuestError> {
         let mut s = self.lock();
         s.calls.push(GuestCall::WaitReady(node_id.to_string()));
-        match s.running.get(node_id) {
-            Some((_, pid, _)) if *pid != 0 => Ok(()),
-            _ => Err(GuestError::NotFound(node_id.to_string())),
-        }
+        s.live(node_id)
     }
 
     fn console_read(
@@ -218,10 +222,7 @@ impl GuestRuntime for RecordingGuestRuntime {
         let mut s = self.lock();
         s.calls
             .push(GuestCall::ConsoleWrite(node_id.to_string(), data.to_vec()));
-        match s.running.get(node_id) {
-            Some((_, pid, _)) if *pid != 0 => {}
-            _ => return Err(GuestError::NotFound(node_id.to_string())),
-        }
+        s.live(node_id)?;
         if let Some(log) = s.consoles.get_mut(node_id) {
             log.extend_from_slice(data);
         }
