@@ -134,6 +134,15 @@ pub struct FakeController {
     next_exec: Mutex<u64>,
 }
 
+/// Whether `o` is a final report (converged, or with a failed slice) of `generation`.
+fn is_final(o: &pb::ObservedState, generation: u64) -> bool {
+    o.generation == generation
+        && (o.converged
+            || o.vns
+                .iter()
+                .any(|v| v.state == pb::SliceState::Failed as i32))
+}
+
 impl FakeController {
     /// Serves on `addr` inside the named namespace `netns`.
     pub fn start(netns: &str, addr: SocketAddr) -> Self {
@@ -241,13 +250,7 @@ impl FakeController {
                 s.observed
                     .iter()
                     .rev()
-                    .find(|o| {
-                        o.generation == generation
-                            && (o.converged
-                                || o.vns
-                                    .iter()
-                                    .any(|v| v.state == pb::SliceState::Failed as i32))
-                    })
+                    .find(|o| is_final(o, generation))
                     .cloned()
             },
         )
@@ -279,13 +282,7 @@ impl FakeController {
                 s.observed
                     .iter()
                     .skip(since)
-                    .find(|o| {
-                        o.generation == generation
-                            && (o.converged
-                                || o.vns
-                                    .iter()
-                                    .any(|v| v.state == pb::SliceState::Failed as i32))
-                    })
+                    .find(|o| is_final(o, generation))
                     .cloned()
             },
         )
