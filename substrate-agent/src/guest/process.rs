@@ -19,7 +19,7 @@ use super::qemu_args::QemuCommand;
 /// `exec`), in a session of its own (`setsid`: no signal from the agent's terminal or process
 /// group reaches it, and it outlives the agent), with stdin from `/dev/null` and stdout/stderr
 /// appended to `log`. Returns the child; the caller waits for QEMU to become ready and reaps it
-/// through [`reap`] once it is dead.
+/// through [`reap_exited`] once it is dead.
 pub fn spawn_detached_in_netns(
     cmd: &QemuCommand,
     netns: &Path,
@@ -91,20 +91,12 @@ pub fn is_guest_process(pid: u32, name: &str, pidfile: &Path) -> bool {
         if let Some(rest) = stat.rsplit_once(')')
             && rest.1.trim_start().starts_with('Z')
         {
-            reap(pid);
+            // A zombie: collect it at once if it is our child (a QEMU this process started).
+            reap_exited(pid, Duration::ZERO);
             return false;
         }
     }
     argv_is_guest(&cmdline(pid), name, pidfile)
-}
-
-/// Collects the exit status of `pid` when it is our child (a QEMU this process started);
-/// otherwise a no-op. Keeps dead guests from lingering as zombies while the agent runs.
-pub fn reap(pid: u32) {
-    let _ = nix::sys::wait::waitpid(
-        Pid::from_raw(pid as i32),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
 }
 
 /// After `pid` was seen gone: collects it if it is our child, waiting up to `timeout` for an
