@@ -241,7 +241,7 @@ impl QemuRuntime {
             "cannot create guest state directory",
             &opts.state_dir,
         ))?;
-        // QEMU daemonizes into "/": every path it gets must be absolute.
+        // QEMU is started with "/" as its working directory: every path it gets must be absolute.
         opts.state_dir = std::fs::canonicalize(&opts.state_dir)
             .map_err(io_err("cannot resolve", &opts.state_dir))?;
         if opts.images_dir.is_relative()
