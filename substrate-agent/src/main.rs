@@ -192,20 +192,29 @@ fn mem_total_mb() -> u64 {
         .unwrap_or(0)
 }
 
+/// The guest runtime on this host, built on the static probe `support`; `confirm_kvm` lets a test
+/// boot confirm a KVM verdict (the daemon does; cleanup only stops guests and needs none).
 fn guest_runtime(
     host_id: &str,
     run_dir: Option<PathBuf>,
     images_dir: PathBuf,
     qemu: &str,
-) -> Option<Arc<dyn substrate_agent::guest::GuestRuntime>> {
+    support: substrate_agent::guest::HostGuestSupport,
+    confirm_kvm: bool,
+) -> Option<substrate_agent::guest::QemuRuntime> {
     let opts = substrate_agent::guest::QemuRuntimeOptions {
         state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
         images_dir,
         qemu_binary: qemu.to_string(),
         ..Default::default()
     };
-    match substrate_agent::guest::QemuRuntime::new(opts) {
-        Ok(rt) => Some(Arc::new(rt)),
+    match substrate_agent::guest::QemuRuntime::with_support(opts, support) {
+        Ok(mut rt) => {
+            if confirm_kvm {
+                rt.confirm_kvm();
+            }
+            Some(rt)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
             None
@@ -279,14 +288,19 @@ fn main() -> anyhow::Result<()> {
             let naming = Naming::new(name_prefix, host_id.clone());
             let ledger = Arc::new(StateDir::open(&state_dir, &host_id)?);
             let dp = ProcessDatapath::new(std::env::current_exe()?, ledger.clone())?;
+            // Stopping guests needs their run directories only: no image, no KVM verdict.
             let guests = guest_runtime(
                 &host_id,
                 guest_run_dir,
-                "/var/lib/vnet/images".into(),
+                PathBuf::new(),
                 &qemu,
+                substrate_agent::guest::probe_host(&qemu),
+                false,
             );
-            let r =
-                substrate_agent::cleanup::cleanup(&k, &naming, &ledger, &dp, guests.as_deref())?;
+            let guests = guests
+                .as_ref()
+                .map(|g| g as &dyn substrate_agent::guest::GuestRuntime);
+            let r = substrate_agent::cleanup::cleanup(&k, &naming, &ledger, &dp, guests)?;
             println!("{}", serde_json::to_string(&r)?);
             anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
             Ok(())
@@ -309,7 +323,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     raise_nofile();
     let host_id = cli.host_id.expect("required");
     let state_dir = cli.state_dir.expect("required");
-    let probe = substrate_agent::probe::probe(&cli.qemu);
+    // The guest runtime first: a KVM test boot may overturn the static verdict, and the
+    // capabilities must report what guests will actually use.
+    let static_guests = substrate_agent::guest::probe_host(&cli.qemu);
+    let guests = if cli.no_guests {
+        None
+    } else if static_guests.qemu.is_none() {
+        tracing::warn!(qemu = %cli.qemu, "QEMU not found: VM nodes will fail on this host");
+        None
+    } else {
+        guest_runtime(
+            &host_id,
+            cli.guest_run_dir,
+            cli.images_dir,
+            &cli.qemu,
+            static_guests.clone(),
+            true,
+        )
+    };
+    let guest_support = guests
+        .as_ref()
+        .map(|g| g.support().clone())
+        .unwrap_or(static_guests);
+    let probe = substrate_agent::probe::probe_with_guests(&guest_support);
     tracing::info!(probe = %serde_json::to_string(&probe)?, "capability probe");
     if probe.kernel_vlan {
         tracing::info!("kernel 802.1Q is available; VLAN links still use the userspace datapath");
@@ -340,14 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resync: Duration::from_secs(cli.resync_s.max(1)),
         capabilities: probe.to_proto(),
     };
-    let guests = if cli.no_guests {
-        None
-    } else if !probe.qemu_present {
-        tracing::warn!(qemu = %cli.qemu, "QEMU not found: VM nodes will fail on this host");
-        None
-    } else {
-        guest_runtime(&host_id, cli.guest_run_dir, cli.images_dir, &cli.qemu)
-    };
+    let guests = guests.map(|g| Arc::new(g) as Arc<dyn substrate_agent::guest::GuestRuntime>);
     let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, guests));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

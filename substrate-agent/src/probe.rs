@@ -164,11 +164,17 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
     found
 }
 
-/// Runs the probe.
+/// Runs the probe, with QEMU and KVM from the guest module's static probe.
 pub fn probe(qemu_binary: &str) -> Probe {
+    probe_with_guests(&crate::guest::probe_host(qemu_binary))
+}
+
+/// Runs the kernel part of the probe and reports `g` for QEMU and KVM. The agent passes its guest
+/// runtime's verdict, which a KVM test boot may have overturned, so that what it reports is what
+/// its guests will use.
+pub fn probe_with_guests(g: &crate::guest::HostGuestSupport) -> Probe {
     let mut errors = Vec::new();
     let [netns, veth, tap, vxlan, kernel_vlan, tc] = try_kernel(&mut errors);
-    let g = crate::guest::probe_host(qemu_binary);
     Probe {
         netns,
         veth,

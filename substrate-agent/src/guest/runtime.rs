@@ -226,10 +226,16 @@ impl QemuRuntime {
     pub fn new(opts: QemuRuntimeOptions) -> Result<QemuRuntime, GuestError> {
         let support = probe_host(&opts.qemu_binary);
         let mut rt = Self::with_support(opts, support)?;
-        if rt.support.kvm.usable && image::load(&rt.opts.images_dir, "default").is_ok() {
-            rt.probe_kvm_with_test_boot("default", KVM_TEST_BOOT_TIMEOUT);
-        }
+        rt.confirm_kvm();
         Ok(rt)
+    }
+
+    /// When the static checks call KVM usable and the `default` image exists, a test boot under
+    /// `-accel kvm` (at most [`KVM_TEST_BOOT_TIMEOUT`]) confirms or overturns the verdict.
+    pub fn confirm_kvm(&mut self) {
+        if self.support.kvm.usable && image::load(&self.opts.images_dir, "default").is_ok() {
+            self.probe_kvm_with_test_boot("default", KVM_TEST_BOOT_TIMEOUT);
+        }
     }
 
     /// A runtime with a given probe result.
