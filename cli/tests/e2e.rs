@@ -227,6 +227,7 @@ fn three_hosts_two_providers() {
     let ctl = bed.ctl.clone();
     let before = bed.snapshot();
     let guard = bed.up();
+    let hosts_only = bed.namespaces();
     let status = ok(bed.testbed(&["status"]), "testbed status");
     assert_eq!(status.matches("connected").count(), 3, "{status}");
     let hosts = bed.hosts();
@@ -417,6 +418,13 @@ fn three_hosts_two_providers() {
             "delete",
         );
     }
+    // `delete --wait` returns once every host applied the deletion: the VNs' namespaces are
+    // already gone, with nothing to wait out.
+    assert_eq!(
+        bed.namespaces(),
+        hosts_only,
+        "namespaces left when delete --wait returned"
+    );
     let listed = ok(
         vnctl(&ctl, Some("blue"), &["get", "vns", "-o", "json"]),
         "get vns",

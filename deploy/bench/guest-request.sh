@@ -17,6 +17,8 @@
 #       kernel's 1 s ARP retries do not round the result up; 0 keeps the kernel's default);
 #   (c) delete -> `vnctl delete --wait` returned, and delete -> all gone (no QEMU of the testbed,
 #       no guest run directory, no namespace of the VN left: node, sandbox, transit).
+# VNET_BENCH_KINDS replaces the two cases, e.g. "virtio:vlan:virtio-net-device e1000:vxlan:e1000,"
+# (NIC:ENCAPSULATION:what QEMU's command line must name).
 # Each wait is bounded by --limit seconds (default 120); running out of it fails the benchmark.
 # Prints each run, then a Markdown table (min / median / max per phase). Each run also checks
 # that it measured what it claims (placement, encapsulation, the QEMU NIC model).
@@ -130,7 +132,7 @@ remains() {
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 declare -A samples # "<kind>:<phase>" -> space-separated seconds
-kinds=("virtio:vxlan:virtio-net-device" "e1000:vlan:e1000,")
+kinds=(${VNET_BENCH_KINDS:-"virtio:vxlan:virtio-net-device" "e1000:vlan:e1000,"})
 echo "guest-request: $hosts-host testbed $tag (state $state), $kvm${qemu:+, $qemu}"
 echo "load average at start: $load_start"
 for k in "${kinds[@]}"; do

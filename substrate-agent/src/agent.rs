@@ -116,6 +116,7 @@ impl<K: Kernel + 'static> Agent<K> {
                 return pb::ObservedState {
                     generation: msg.generation,
                     converged: false,
+                    applied: false,
                     vns: desired
                         .slices
                         .keys()
@@ -432,6 +433,7 @@ async fn reconcile_loop<K: Kernel + 'static>(
             report_tx.send_replace(Some(pb::ObservedState {
                 generation: d.generation,
                 converged: false,
+                applied: false,
                 vns: d
                     .vns
                     .iter()
@@ -503,6 +505,7 @@ pub fn observed_state(
         converged,
         vns,
         errors: report.errors.clone(),
+        applied: true,
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::guest::{self, GuestRuntime};
 use crate::kernel::{Kernel, KernelError, VxlanSpec};
@@ -180,14 +181,48 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
         Op::AddRoute { ns, route } => k.add_route(ns, route).map_err(ctx),
         Op::EnsureGuest(g) => match env.guests {
-            Some(rt) => rt
-                .ensure(&guest_config(g))
-                .map(|_| ())
-                .map_err(|e| format!("{}: {e}", describe(op))),
+            Some(rt) => ensure_booted(env, rt, g).map_err(|e| format!("{}: {e}", describe(op))),
             None => Err(format!("{}: no guest runtime on this agent", describe(op))),
         },
     }
 }
+
+/// Runs the guest and waits until it booted: a slice with guests is ready when its guests answer
+/// on their command channel (they configure their NICs before they serve it), not when QEMU
+/// merely runs. A guest that does not boot within [`GUEST_BOOT_TIMEOUT`] fails its slice, with
+/// the console's tail when QEMU died. An adopted guest answers at once. Waits in short steps so
+/// that a newer desired state (`env.cancel`) is not held up by a slow boot.
+fn ensure_booted<K: Kernel + ?Sized>(
+    env: &Env<'_, K>,
+    rt: &dyn GuestRuntime,
+    g: &GuestRequest,
+) -> Result<(), guest::GuestError> {
+    rt.ensure(&guest_config(g))?;
+    let deadline = Instant::now() + GUEST_BOOT_TIMEOUT;
+    loop {
+        let step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
+        let (node_id, reason) = match rt.wait_ready(g.node.as_str(), step) {
+            Ok(()) => return Ok(()),
+            Err(guest::GuestError::Channel { node_id, reason }) => (node_id, reason),
+            Err(e) => return Err(e),
+        };
+        let reason = if env.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            format!("still booting when a newer desired state arrived ({reason})")
+        } else if Instant::now() >= deadline {
+            format!("did not boot within {GUEST_BOOT_TIMEOUT:?} ({reason})")
+        } else {
+            continue;
+        };
+        return Err(guest::GuestError::Channel { node_id, reason });
+    }
+}
+
+/// How long a guest may take from start to answering on its command channel. The project's
+/// image boots in about 3 s under TCG on an idle core; several guests booting at once on two
+/// cores take several times that.
+pub const GUEST_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Resolves the VLAN ends of the plan's wires into a datapath configuration. A VLAN hop needs its
 /// neighbour directly connected (no gateway). Wires of `skip` slices are left out; failures are

@@ -133,6 +133,7 @@ fn observed(d: &pb::DesiredState, b: &Behaviour) -> Option<pb::ObservedState> {
         converged: vns.iter().all(|v| v.state == pb::SliceState::Ready as i32),
         vns,
         errors: vec![],
+        applied: true,
     })
 }
 

@@ -37,6 +37,10 @@ struct State {
     fail_ensure: HashMap<String, String>,
     exec_replies: HashMap<String, ExecOutput>,
     consoles: HashMap<String, Vec<u8>>,
+    /// Per node: `wait_ready` calls still to answer "not booted yet".
+    booting: HashMap<String, u32>,
+    /// Nodes whose guest dies at the next `wait_ready`.
+    dies_booting: HashMap<String, String>,
 }
 
 impl State {
@@ -92,6 +96,20 @@ impl RecordingGuestRuntime {
         if let Some(entry) = self.lock().running.get_mut(node_id) {
             entry.1 = 0;
         }
+    }
+
+    /// Makes the next `attempts` calls of `wait_ready` for `node_id` answer that the command
+    /// channel is not up yet (a guest still booting).
+    pub fn boot_slowly(&self, node_id: &str, attempts: u32) {
+        self.lock().booting.insert(node_id.to_string(), attempts);
+    }
+
+    /// Makes the guest of `node_id` die at the next `wait_ready` (a kernel panic while booting),
+    /// with `console` as the tail of its console log.
+    pub fn die_while_booting(&self, node_id: &str, console: &str) {
+        self.lock()
+            .dies_booting
+            .insert(node_id.to_string(), console.to_string());
     }
 
     /// Appends `data` to the console log of `node_id`, as if the guest printed it.
@@ -188,7 +206,26 @@ impl GuestRuntime for RecordingGuestRuntime {
     fn wait_ready(&self, node_id: &str, _timeout: Duration) -> Result<(), GuestError> {
         let mut s = self.lock();
         s.calls.push(GuestCall::WaitReady(node_id.to_string()));
-        s.live(node_id)
+        s.live(node_id)?;
+        if let Some(tail) = s.dies_booting.remove(node_id) {
+            if let Some(entry) = s.running.get_mut(node_id) {
+                entry.1 = 0;
+            }
+            return Err(GuestError::Spawn {
+                node_id: node_id.to_string(),
+                reason: format!("QEMU is not running; console tail:\n{tail}"),
+            });
+        }
+        match s.booting.get_mut(node_id) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(GuestError::Channel {
+                    node_id: node_id.to_string(),
+                    reason: "connection refused".into(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn console_read(

@@ -8,7 +8,7 @@ use vnet_proto::v1 as pb;
 use super::*;
 use crate::apply::{Env, apply};
 use crate::fake::FakeKernel;
-use crate::guest::RecordingGuestRuntime;
+use crate::guest::{GuestCall, RecordingGuestRuntime};
 use crate::kernel::{Kernel, RouteInfo};
 use crate::observe::observe;
 use crate::spec::tests::{link, nif, slice, vlan, vxlan};
@@ -559,6 +559,65 @@ fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
     // Removing the VN stops the guest before deleting its sandbox.
     let p = h.plan(&Desired::default());
     assert_eq!(kinds(&p)[0], "StopGuest");
+}
+
+/// A one-VM VN on the fake guest runtime.
+fn vm_vn() -> Desired {
+    let mut s = two_node_vn("vm", "m1", "m2");
+    s.nodes[0].kind = pb::NodeKind::Vm as i32;
+    s.nodes[0].guest = Some(pb::GuestSpec {
+        vcpus: 1,
+        memory_mb: 128,
+        image: String::new(),
+        nic: 0,
+        accel: 0,
+    });
+    desired(vec![s])
+}
+
+#[test]
+fn a_vm_slice_is_ready_only_once_its_guest_answers() {
+    let mut h = Host::new();
+    let rt = RecordingGuestRuntime::new();
+    rt.boot_slowly("m1", 3);
+    h.guests = Some(rt);
+    let r = h.converge(&vm_vn());
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    let calls = h.guests.as_ref().unwrap().calls();
+    let waits = calls
+        .iter()
+        .filter(|c| matches!(c, GuestCall::WaitReady(n) if n == "m1"))
+        .count();
+    // Three "still booting" answers, then the one that counts.
+    assert_eq!(waits, 4, "{calls:?}");
+    let first_wait = calls
+        .iter()
+        .position(|c| matches!(c, GuestCall::WaitReady(_)))
+        .unwrap();
+    assert!(matches!(calls[first_wait - 1], GuestCall::Ensure(_)));
+}
+
+#[test]
+fn a_guest_that_dies_while_booting_fails_its_slice_and_leaves_nothing() {
+    let mut h = Host::new();
+    let rt = RecordingGuestRuntime::new();
+    rt.die_while_booting(
+        "m1",
+        "Kernel panic - not syncing: VFS: Unable to mount root fs",
+    );
+    h.guests = Some(rt);
+    let r = h.converge(&vm_vn());
+    let err = &r.failed[&VnId::parse("vm").unwrap()];
+    assert!(err.contains("start guest m1"), "{err}");
+    assert!(err.contains("Kernel panic"), "{err}");
+    let rt = h.guests.as_ref().unwrap();
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+    assert!(
+        rt.calls()
+            .iter()
+            .any(|c| matches!(c, GuestCall::Stop(n) if n == "m1"))
+    );
+    assert!(h.observed().namespaces.is_empty(), "{:?}", h.observed());
 }
 
 #[test]

@@ -321,7 +321,8 @@ impl Index {
         self.generations.get(host).copied().unwrap_or(0)
     }
 
-    /// The last generation `host`'s agent reported about (0: none since the controller started).
+    /// The newest generation `host`'s agent reported applied (0: none since the controller
+    /// started).
     pub fn observed_generation(&self, host: &str) -> u64 {
         self.observed.get(host).copied().unwrap_or(0)
     }
@@ -723,10 +724,20 @@ impl Index {
     }
 
     /// Applies an agent's report about `generation` of `host`'s desired state.
-    pub fn observe(&mut self, host: &str, generation: u64, reports: &[pb::VnObserved]) -> Change {
+    pub fn observe(
+        &mut self,
+        host: &str,
+        generation: u64,
+        applied: bool,
+        reports: &[pb::VnObserved],
+    ) -> Change {
         let mut change = Change::default();
-        let seen = self.observed.entry(host.to_string()).or_insert(0);
-        *seen = (*seen).max(generation);
+        // The observed generation is the newest one applied: the notice that an agent started
+        // on a generation does not say that what it removes is gone.
+        if applied {
+            let seen = self.observed.entry(host.to_string()).or_insert(0);
+            *seen = (*seen).max(generation);
+        }
         let mut failures = Vec::new();
         let on_host = self.host_vns.get(host).cloned().unwrap_or_default();
         for r in reports {
@@ -1152,13 +1163,18 @@ mod tests {
         let before_alloc = ix.allocators().vni.held().len();
         assert_eq!(before_alloc, 2);
         // generation 0 predates the VN: ignored
-        let c = ix.observe("h1", 0, &[report("v1", pb::SliceState::Ready, "")]);
+        let c = ix.observe("h1", 0, true, &[report("v1", pb::SliceState::Ready, "")]);
         assert!(c.events.is_empty());
         for h in ["h1", "h2"] {
-            ix.observe(h, 1, &[report("v1", pb::SliceState::Ready, "")]);
+            ix.observe(h, 1, true, &[report("v1", pb::SliceState::Ready, "")]);
         }
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Provisioning);
-        let c = ix.observe("h3", 1, &[report("v1", pb::SliceState::Failed, "no vxlan")]);
+        let c = ix.observe(
+            "h3",
+            1,
+            true,
+            &[report("v1", pb::SliceState::Failed, "no vxlan")],
+        );
         assert!(c.status_changed);
         let rec = ix.record("v1").unwrap();
         assert_eq!(rec.status, VnStatus::Failed);
@@ -1170,19 +1186,36 @@ mod tests {
     }
 
     #[test]
+    fn only_an_applied_report_advances_the_observed_generation() {
+        let mut ix = index();
+        ix.accept(req("x", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        ix.delete(&ProviderId("red".into()), "x", false).unwrap();
+        let g = ix.generation("h2");
+        // The agent starts on the generation that removes the VN: its teardown is not done.
+        ix.observe("h2", g, false, &[]);
+        assert_eq!(ix.observed_generation("h2"), 0);
+        ix.observe("h2", g, true, &[]);
+        assert_eq!(ix.observed_generation("h2"), g);
+        // An older applied report does not move it back.
+        ix.observe("h2", g - 1, true, &[]);
+        assert_eq!(ix.observed_generation("h2"), g);
+    }
+
+    #[test]
     fn ready_degraded_ready_and_restore() {
         let mut ix = index();
         let (_, c1) = ix
             .accept(req("x", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
             .unwrap();
         for h in ["h1", "h2", "h3"] {
-            ix.observe(h, 1, &[report("v1", pb::SliceState::Ready, "")]);
+            ix.observe(h, 1, true, &[report("v1", pb::SliceState::Ready, "")]);
         }
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
         ix.detach("h2");
         assert_eq!(ix.record("v1").unwrap().reason, "host h2 disconnected");
         ix.attach(host("h2", 2, 9000));
-        ix.observe("h2", 1, &[report("v1", pb::SliceState::Ready, "")]);
+        ix.observe("h2", 1, true, &[report("v1", pb::SliceState::Ready, "")]);
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
 
         // Restore from what a store would hold: identical usage and identifiers.

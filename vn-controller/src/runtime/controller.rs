@@ -537,7 +537,7 @@ impl Controller {
             tracing::warn!(%host, error = %e, "agent reports a fault");
         }
         let h = host.to_string();
-        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, &obs.vns)))
+        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &obs.vns)))
             .await;
     }
 
