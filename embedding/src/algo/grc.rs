@@ -25,7 +25,7 @@ use crate::algo::paths::{Bfs, Path, PathFailure, k_shortest_paths};
 use crate::algo::{Work, allowed_matrix, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
-use crate::rejection::{Rejection, Resource};
+use crate::rejection::Rejection;
 use crate::request::VnRequest;
 use crate::residual::Residual;
 
@@ -160,11 +160,12 @@ pub(crate) fn two_stage(
             .iter()
             .map(|&k| NodeIndex::new(k))
             .find(|&h| allowed[i][h.index()] && work.fits(request, i, h))
-            .ok_or_else(|| Rejection::Node {
-                node: request.nodes()[i].id.clone(),
-                resource: Resource::DistinctHosts,
-                reason: "every eligible host is already used by this request or lacks capacity"
-                    .into(),
+            .ok_or_else(|| {
+                work.no_host_for(
+                    request,
+                    i,
+                    s.node_indices().filter(|h| allowed[i][h.index()]),
+                )
             })?;
         work.place(request, i, h);
         hosts[i] = h;
@@ -229,6 +230,7 @@ impl Embedder for Grc {
 mod tests {
     use super::*;
     use crate::mapping::tests::line;
+    use crate::rejection::Resource;
     use crate::request::VirtualNode;
     use std::sync::Arc;
 

@@ -132,7 +132,8 @@ pub(crate) fn node_order(request: &VnRequest) -> Vec<usize> {
 
 /// Why the last level of the beam produced nothing.
 enum Failure {
-    NoHost(usize),
+    /// No host left for a node, with why (in the best state of the level before).
+    NoHost(Rejection),
     Link(usize, NodeIndex, NodeIndex, Resource),
 }
 
@@ -160,7 +161,8 @@ impl Lace {
         for (level, &v) in order.iter().enumerate() {
             let vn = &request.nodes()[v];
             let mut next: Vec<State> = Vec::new();
-            let mut failure = Failure::NoHost(v);
+            // Which link failed, if one did; else no host was left (said at the end).
+            let mut failure: Option<Failure> = None;
             for st in &beam {
                 let mut nbrs: Vec<(usize, usize, u64)> = request
                     .neighbors(v)
@@ -220,7 +222,7 @@ impl Lace {
                 };
                 if fit_any
                     && scored.is_empty()
-                    && matches!(failure, Failure::NoHost(_))
+                    && failure.is_none()
                     && let Some(&(u, l, _)) = nbrs.first()
                 {
                     // hosts fit the node, but none is reachable over its heaviest link
@@ -230,7 +232,7 @@ impl Lace {
                     } else {
                         Resource::Bandwidth
                     };
-                    failure = Failure::Link(l, from, from, r);
+                    failure = Some(Failure::Link(l, from, from, r));
                 }
                 'cand: for &(_, h) in scored.iter().take(take) {
                     let mut child = st.clone();
@@ -267,7 +269,7 @@ impl Lace {
                                         (p, c)
                                     }
                                     Err(f) => {
-                                        failure = Failure::Link(l, from, h, f.into());
+                                        failure = Some(Failure::Link(l, from, h, f.into()));
                                         continue 'cand;
                                     }
                                 }
@@ -286,7 +288,13 @@ impl Lace {
                 }
             }
             if next.is_empty() {
-                return Err(failure);
+                return Err(failure.unwrap_or_else(|| {
+                    Failure::NoHost(
+                        beam[0]
+                            .work
+                            .no_host_for(request, v, cands[v].iter().copied()),
+                    )
+                }));
             }
             next.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.bw_hops.cmp(&b.bw_hops)));
             if level > 0 {
@@ -329,17 +337,7 @@ impl Embedder for Lace {
                     .collect::<Result<Vec<_>, _>>()?;
                 assemble(s, request, hosts, paths)
             }
-            Err(Failure::NoHost(v)) => Err(Rejection::Node {
-                node: request.nodes()[v].id.clone(),
-                resource: if request.options().allow_revisitation {
-                    Resource::Cpu
-                } else {
-                    Resource::DistinctHosts
-                },
-                reason:
-                    "every eligible host with enough free capacity is already used by this request"
-                        .into(),
-            }),
+            Err(Failure::NoHost(no_host)) => Err(no_host),
             Err(Failure::Link(l, a, b, r)) => Err(no_path(s, request, l, a, b, r)),
         }
     }

@@ -444,6 +444,21 @@ fn extract(
             )));
             continue;
         }
+        if vl.bandwidth == 0 {
+            // free of cost in the objective, so possibly a detour: take a fewest-hop path
+            let p = Bfs::default()
+                .shortest(
+                    s,
+                    residual.bandwidths(),
+                    0,
+                    src,
+                    dst,
+                    request.options().max_path_hops,
+                )
+                .ok()?;
+            out.push(LinkEmbedding::unsplit(Flow::new(p.0, p.1, 0)));
+            continue;
+        }
         // remaining flow per arc
         let mut rem: Vec<(NodeIndex, NodeIndex, EdgeIndex, u64)> = lv
             .arcs
@@ -464,21 +479,6 @@ fn extract(
             need -= amount;
             let bw = if lv.unit { vl.bandwidth } else { amount };
             flows.push(Flow::from_hosts(s, path_hosts, bw).ok()?);
-        }
-        if vl.bandwidth == 0 {
-            // free of cost in the objective, so possibly a detour: take a fewest-hop path
-            let p = Bfs::default()
-                .shortest(
-                    s,
-                    residual.bandwidths(),
-                    0,
-                    src,
-                    dst,
-                    request.options().max_path_hops,
-                )
-                .ok()?;
-            out.push(LinkEmbedding::unsplit(Flow::new(p.0, p.1, 0)));
-            continue;
         }
         // merge identical paths (possible after loop shortcuts)
         let mut merged: Vec<Flow> = Vec::new();

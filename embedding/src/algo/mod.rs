@@ -158,6 +158,56 @@ impl Work {
             && (self.hosted[k] == 0 || request.options().allow_revisitation)
     }
 
+    /// Why virtual node `i` fits on none of its `eligible` hosts now, counting per host the first
+    /// thing that excludes it: CPU, then memory left after this request's nodes placed so far,
+    /// then (revisitation off) another node of this request already there. The resource named
+    /// is [`Resource::DistinctHosts`] when any host is excluded only by that, else whichever of
+    /// CPU and memory excludes more hosts.
+    pub fn no_host_for(
+        &self,
+        request: &VnRequest,
+        i: usize,
+        eligible: impl IntoIterator<Item = NodeIndex>,
+    ) -> Rejection {
+        let vn = &request.nodes()[i];
+        let (mut total, mut cpu, mut memory, mut taken) = (0usize, 0usize, 0usize, 0usize);
+        for h in eligible {
+            let k = h.index();
+            total += 1;
+            if self.cpu[k] < vn.cpu {
+                cpu += 1;
+            } else if self.memory[k] < vn.memory_mb {
+                memory += 1;
+            } else if self.hosted[k] > 0 && !request.options().allow_revisitation {
+                taken += 1;
+            }
+        }
+        let resource = if taken > 0 {
+            Resource::DistinctHosts
+        } else if memory > cpu {
+            Resource::Memory
+        } else {
+            Resource::Cpu
+        };
+        let mut parts = vec![
+            format!("{cpu} lack {} CPU", vn.cpu),
+            format!("{memory} lack {} MiB of memory", vn.memory_mb),
+        ];
+        if !request.options().allow_revisitation {
+            parts.push(format!(
+                "{taken} already hold another node of this request (revisitation is off)"
+            ));
+        }
+        Rejection::Node {
+            node: vn.id.clone(),
+            resource,
+            reason: format!(
+                "of {total} eligible hosts, once this request's other nodes are placed: {}",
+                parts.join(", ")
+            ),
+        }
+    }
+
     /// Places virtual node `i` on `h` (caller checked [`Work::fits`]).
     pub fn place(&mut self, request: &VnRequest, i: usize, h: NodeIndex) {
         let vn = &request.nodes()[i];
@@ -229,5 +279,83 @@ pub fn no_path(
                 substrate.node(to).id
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::algo::grc::Grc;
+    use crate::algo::lace::Lace;
+    use crate::algo::noderank::{RwBfs, RwMaxMatch};
+    use crate::embedder::Embedder;
+    use crate::mapping::tests::line;
+    use crate::rejection::{Rejection, Resource};
+    use crate::request::{RequestOptions, VirtualNode, VnRequest};
+    use crate::residual::Residual;
+
+    /// `x` pinned to host a, `y` allowed only on a: `y` finds no host once `x` is placed.
+    fn crowded(cpu: u64, revisit: bool) -> VnRequest {
+        let mut r =
+            VnRequest::new("r").with_options(RequestOptions::default().with_revisitation(revisit));
+        r.add_node(VirtualNode::new("x", cpu).pinned_to("a"))
+            .unwrap();
+        r.add_node(VirtualNode::new("y", cpu).with_candidates(["a"]))
+            .unwrap();
+        r
+    }
+
+    fn heuristics() -> Vec<Box<dyn Embedder>> {
+        vec![
+            Box::new(Grc::default()),
+            Box::new(RwMaxMatch::default()),
+            Box::new(RwBfs::default()),
+            Box::new(Lace::default()),
+        ]
+    }
+
+    #[test]
+    fn a_node_left_without_capacity_is_blamed_on_cpu_not_on_distinct_hosts() {
+        let res = Residual::new(Arc::new(line()));
+        for algo in heuristics() {
+            let err = algo.embed(&res, &crowded(6, true)).unwrap_err();
+            match &err {
+                Rejection::Node {
+                    node,
+                    resource: Resource::Cpu,
+                    reason,
+                } if node == "y" => {
+                    assert!(reason.contains("1 lack 6 CPU"), "{}: {err}", algo.name());
+                    assert!(!reason.contains("revisitation"), "{}: {err}", algo.name());
+                }
+                _ => panic!("{}: {err}", algo.name()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_left_without_a_free_host_is_blamed_on_distinct_hosts() {
+        let res = Residual::new(Arc::new(line()));
+        for algo in heuristics() {
+            let err = algo.embed(&res, &crowded(1, false)).unwrap_err();
+            match &err {
+                Rejection::Node {
+                    node,
+                    resource: Resource::DistinctHosts,
+                    reason,
+                } if node == "y" => assert!(
+                    reason.contains("1 already hold another node of this request"),
+                    "{}: {err}",
+                    algo.name()
+                ),
+                _ => panic!("{}: {err}", algo.name()),
+            }
+        }
+        // With revisitation both fit on a.
+        for algo in heuristics() {
+            let e = algo.embed(&res, &crowded(1, true)).unwrap();
+            assert_eq!(e.host(0), e.host(1), "{}", algo.name());
+        }
     }
 }

@@ -231,8 +231,9 @@ struct Search<'a> {
     bfs: Bfs,
     hosts: Vec<Option<NodeIndex>>,
     paths: Vec<Option<Path>>,
-    /// First failure seen at the deepest level reached: (level, node, link failure).
-    failure: Option<(usize, usize, Option<LinkFailure>)>,
+    /// First failure seen at the deepest level reached: (level, the link that found no path, or
+    /// why no host was left for the level's node).
+    failure: Option<(usize, Result<LinkFailure, Rejection>)>,
 }
 
 impl Search<'_> {
@@ -301,7 +302,11 @@ impl Search<'_> {
             }
         }
         if self.failure.as_ref().is_none_or(|f| level > f.0) {
-            self.failure = Some((level, v, last_link_failure));
+            let why = last_link_failure.ok_or_else(|| {
+                let allowed = &self.allowed[v];
+                work.no_host_for(request, v, s.node_indices().filter(|h| allowed[h.index()]))
+            });
+            self.failure = Some((level, why));
         }
         false
     }
@@ -341,14 +346,8 @@ impl Embedder for RwBfs {
             return assemble(s, request, hosts, paths);
         }
         Err(match search.failure {
-            Some((_, _, Some((l, a, b, r)))) => no_path(s, request, l, a, b, r),
-            Some((_, v, None)) => Rejection::Node {
-                node: request.nodes()[v].id.clone(),
-                resource: Resource::DistinctHosts,
-                reason:
-                    "every eligible host with enough free capacity is already used by this request"
-                        .into(),
-            },
+            Some((_, Ok((l, a, b, r)))) => no_path(s, request, l, a, b, r),
+            Some((_, Err(no_host))) => no_host,
             None => Rejection::Infeasible {
                 resource: Resource::Cpu,
                 reason: "no mapping found".into(),
