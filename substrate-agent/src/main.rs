@@ -222,6 +222,38 @@ fn guest_runtime(
     }
 }
 
+/// What every mode that changes the host builds first: the network namespace entered (before any
+/// thread exists, so that every thread and the datapath child inherit it), the kernel layer,
+/// the ownership ledger and the VLAN datapath control.
+struct HostContext {
+    kernel: LinuxKernel,
+    ledger: Arc<StateDir>,
+    datapath: ProcessDatapath,
+}
+
+impl HostContext {
+    fn open(
+        netns: Option<&str>,
+        state_dir: &std::path::Path,
+        host_id: &str,
+    ) -> anyhow::Result<Self> {
+        if let Some(ns) = netns {
+            substrate_agent::netns::enter_for_good(ns)
+                .with_context(|| format!("enter network namespace {ns}"))?;
+        }
+        let kernel = LinuxKernel::new().context("prepare /run/netns")?;
+        let ledger =
+            Arc::new(StateDir::open(state_dir, host_id).context("open the state directory")?);
+        let exe = std::env::current_exe().context("locate own binary")?;
+        let datapath = ProcessDatapath::new(exe, ledger.clone())?;
+        Ok(HostContext {
+            kernel,
+            ledger,
+            datapath,
+        })
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -255,12 +287,8 @@ fn main() -> anyhow::Result<()> {
             name_prefix,
             teardown,
         }) => {
-            substrate_agent::netns::enter_for_good(&netns)
-                .with_context(|| format!("enter network namespace {netns}"))?;
-            let k = LinuxKernel::new().context("kernel")?;
+            let host = HostContext::open(Some(&netns), &state_dir, &host_id)?;
             let naming = Naming::new(name_prefix, host_id.clone());
-            let ledger = Arc::new(StateDir::open(&state_dir, &host_id)?);
-            let dp = ProcessDatapath::new(std::env::current_exe()?, ledger.clone())?;
             let desired = if teardown {
                 pb::DesiredState {
                     generation: 2,
@@ -269,7 +297,13 @@ fn main() -> anyhow::Result<()> {
             } else {
                 substrate_agent::bench::link_desired(side, &local, &remote)
             };
-            substrate_agent::bench::apply_once(&k, &naming, &ledger, &dp, &desired)
+            substrate_agent::bench::apply_once(
+                &host.kernel,
+                &naming,
+                &host.ledger,
+                &host.datapath,
+                &desired,
+            )
         }
         Some(Cmd::Cleanup {
             host_id,
@@ -280,14 +314,8 @@ fn main() -> anyhow::Result<()> {
             qemu,
         }) => {
             init_tracing(LogFormat::Text);
-            if let Some(ns) = &netns {
-                substrate_agent::netns::enter_for_good(ns)
-                    .with_context(|| format!("enter network namespace {ns}"))?;
-            }
-            let k = LinuxKernel::new().context("kernel")?;
+            let host = HostContext::open(netns.as_deref(), &state_dir, &host_id)?;
             let naming = Naming::new(name_prefix, host_id.clone());
-            let ledger = Arc::new(StateDir::open(&state_dir, &host_id)?);
-            let dp = ProcessDatapath::new(std::env::current_exe()?, ledger.clone())?;
             // Stopping guests needs their run directories only: no image, no KVM verdict.
             let guests = guest_runtime(
                 &host_id,
@@ -300,7 +328,13 @@ fn main() -> anyhow::Result<()> {
             let guests = guests
                 .as_ref()
                 .map(|g| g as &dyn substrate_agent::guest::GuestRuntime);
-            let r = substrate_agent::cleanup::cleanup(&k, &naming, &ledger, &dp, guests)?;
+            let r = substrate_agent::cleanup::cleanup(
+                &host.kernel,
+                &naming,
+                &host.ledger,
+                &host.datapath,
+                guests,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
             anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
             Ok(())
@@ -315,14 +349,10 @@ fn main() -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
-    // Before any thread exists: every thread (and the datapath child) inherits the namespace.
-    if let Some(ns) = &cli.netns {
-        substrate_agent::netns::enter_for_good(ns)
-            .with_context(|| format!("enter network namespace {ns}"))?;
-    }
-    raise_nofile();
     let host_id = cli.host_id.expect("required");
     let state_dir = cli.state_dir.expect("required");
+    let host = HostContext::open(cli.netns.as_deref(), &state_dir, &host_id)?;
+    raise_nofile();
     // The guest runtime first: a KVM test boot may overturn the static verdict, and the
     // capabilities must report what guests will actually use.
     let static_guests = substrate_agent::guest::probe_host(&cli.qemu);
@@ -352,11 +382,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
     }
-    let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
-    let ledger =
-        Arc::new(StateDir::open(&state_dir, &host_id).context("open the state directory")?);
-    let exe = std::env::current_exe().context("locate own binary")?;
-    let datapath = Arc::new(ProcessDatapath::new(exe, ledger.clone())?);
+    let kernel = Arc::new(host.kernel);
+    let ledger = host.ledger;
+    let datapath = Arc::new(host.datapath);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
