@@ -11,8 +11,11 @@
 //!    console answers; a netns node and another provider's guest are refused with one clear line.
 //! 5. The agents of h1 (SIGKILL) and h2 (SIGTERM) are restarted the way the testbed starts them:
 //!    the same QEMU processes, the same guest boot ids, pings still answered.
-//! 6. Deleting the VNs leaves no QEMU process, sandbox namespace, TAP device or run directory.
-//! 7. `testbed down` leaves nothing of ours.
+//! 6. Deleting the VNs leaves no QEMU process, sandbox namespace, TAP device or run directory, by
+//!    the time `delete --wait` returns.
+//! 7. A guest as a node of a child VN (in a parent node on h1, its peer in a parent node on h3):
+//!    READY means reachable, pings both ways; the cascade delete leaves nothing of it.
+//! 8. `testbed down` leaves nothing of ours.
 //!
 //! Needs root, QEMU, the binaries next to vnctl and the guest image (`deploy/guest/build-image.sh`;
 //! `VNET_GUEST_IMAGES` names another images directory, for the agents too). Without them the test
@@ -204,6 +207,31 @@ nodes:
   - {name: c, kind: netns, cpu: 10, memory: 64, host: h3}
 links:
   - {endpoints: [old, c], bandwidth: 20, addresses: [10.62.0.1/24, 10.62.0.2/24]}
+";
+
+/// A nestable parent whose nodes may carry guests of children.
+const GNEST: &str = "\
+name: gnest
+encapsulation: vxlan
+nestable: true
+attributes:
+  allowedNodeKinds: [netns, vm]
+nodes:
+  - {name: p1, kind: netns, cpu: 60, memory: 512, host: h1}
+  - {name: p3, kind: netns, cpu: 60, memory: 512, host: h3}
+links:
+  - {endpoints: [p1, p3], bandwidth: 100, addresses: [10.65.0.1/24, 10.65.0.3/24]}
+";
+
+/// Its child: a virtio guest in p1, a namespace in p3.
+const GKID: &str = "\
+name: gkid
+parent: gnest
+nodes:
+  - {name: g, kind: vm, cpu: 20, memory: 128, host: p1, image: default, vcpus: 1}
+  - {name: k, kind: netns, cpu: 10, memory: 64, host: p3}
+links:
+  - {endpoints: [g, k], bandwidth: 20, addresses: [10.66.0.1/24, 10.66.0.2/24]}
 ";
 
 /// node name -> (host, node id)
@@ -452,7 +480,50 @@ fn guests_end_to_end() {
         "left when delete --wait returned: {left:#?}"
     );
 
-    // 7. Nothing of ours left.
+    // 7. A guest as a node of a child VN (recursion and heterogeneity together): its sandbox and
+    // TAP hang off the parent node's namespace, its link is tunnelled through the parent's.
+    let bare = bed.namespaces();
+    bed.apply_wait("lab", &bed.spec("gnest", GNEST), "60s");
+    bed.apply_wait("lab", &bed.spec("gkid", GKID), "120s");
+    let kid = bed.describe("lab", "gkid");
+    assert_eq!(kid["state"], "READY", "{kid}");
+    let (kid_host, kid_id) = placement(&kid)["g"].clone();
+    assert_eq!(kid_host, "h1", "{kid}");
+    let settled = Duration::from_secs(10);
+    bed.ping_until("lab", "gkid", "k", "10.66.0.1", settled);
+    bed.ping_until("lab", "gkid", "g", "10.66.0.2", settled);
+    let marker = format!("vnet-{kid_id} ");
+    assert_eq!(
+        processes(&[&marker]).len(),
+        1,
+        "one QEMU for the child's guest"
+    );
+    ok(
+        bed.vnctl(
+            Some("lab"),
+            &[
+                "delete",
+                "vn",
+                "gnest",
+                "--cascade",
+                "--wait",
+                "--timeout",
+                "120s",
+            ],
+        ),
+        "delete the parent and its child",
+    );
+    assert!(processes(&[&marker]).is_empty(), "the child's QEMU is left");
+    assert_eq!(bed.namespaces(), bare, "namespaces left by the nested VNs");
+    let run_dirs: Vec<_> = std::fs::read_dir(bed.guests_dir("h1"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        run_dirs.is_empty(),
+        "guest run directories left: {run_dirs:?}"
+    );
+
+    // 8. Nothing of ours left.
     ok(bed.testbed(&["down"]), "testbed down");
     drop(down);
     bed.assert_gone(&before);
