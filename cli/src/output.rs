@@ -159,6 +159,11 @@ pub struct NodeView {
     pub kind: &'static str,
     pub cpu: i64,
     pub memory_mb: i64,
+    /// Nestable VNs: what child VNs use of this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children_cpu: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +177,9 @@ pub struct LinkView {
     pub addresses: Vec<String>,
     pub interfaces: Vec<String>,
     pub macs: Vec<String>,
+    /// Nestable VNs: the bandwidth child VNs reserve on this link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children_bandwidth_mbps: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +208,7 @@ impl VnView {
             .flat_map(|s| s.nodes.iter())
             .map(|n| (n.name.as_str(), n))
             .collect();
+        let nestable = vn.spec.as_ref().is_some_and(|s| s.nestable);
         VnView {
             name: vn.name.clone(),
             provider: vn.provider.clone(),
@@ -236,6 +245,8 @@ impl VnView {
                             .unwrap_or("-"),
                         cpu: spec.map(|s| s.cpu).unwrap_or(0),
                         memory_mb: spec.map(|s| s.memory_mb).unwrap_or(0),
+                        children_cpu: nestable.then_some(p.children_cpu),
+                        children_memory_mb: nestable.then_some(p.children_memory_mb),
                     }
                 })
                 .collect(),
@@ -262,6 +273,7 @@ impl VnView {
                     addresses: l.addresses.clone(),
                     interfaces: l.interfaces.clone(),
                     macs: l.macs.clone(),
+                    children_bandwidth_mbps: nestable.then_some(l.children_bandwidth_mbps),
                 })
                 .collect(),
             spec: vn.spec.as_ref().map(VnFile::from_proto),
@@ -577,6 +589,35 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             &rows,
         )));
     }
+    if v.nodes.iter().any(|n| n.children_cpu.is_some()) {
+        // What the children's embeddings may still use is the rest.
+        out.push_str("Used by children (of the capacity):\n");
+        let rows: Vec<Vec<String>> = v
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some(vec![
+                    n.node.clone(),
+                    format!("{}/{}", n.children_cpu?, n.cpu),
+                    format!("{}Mi/{}Mi", n.children_memory_mb?, n.memory_mb),
+                ])
+            })
+            .collect();
+        out.push_str(&indent(&table(&["NODE", "CPU", "MEMORY"], &rows)));
+        let rows: Vec<Vec<String>> = v
+            .links
+            .iter()
+            .filter_map(|l| {
+                Some(vec![
+                    l.endpoints.join("-"),
+                    format!("{}/{}Mbit/s", l.children_bandwidth_mbps?, l.bandwidth_mbps),
+                ])
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push_str(&indent(&table(&["LINK", "BANDWIDTH"], &rows)));
+        }
+    }
     out
 }
 
@@ -832,12 +873,16 @@ pub(crate) mod tests {
                     host: "h1".into(),
                     parent_node: String::new(),
                     node_id: "n1".into(),
+                    children_cpu: 0,
+                    children_memory_mb: 0,
                 },
                 pb::NodePlacement {
                     node: "b".into(),
                     host: "h3".into(),
                     parent_node: String::new(),
                     node_id: "n2".into(),
+                    children_cpu: 0,
+                    children_memory_mb: 0,
                 },
             ],
             links: vec![pb::LinkPlacement {
@@ -866,6 +911,7 @@ pub(crate) mod tests {
                 addresses: vec!["10.0.0.1/24".into(), "10.0.0.2/24".into()],
                 interfaces: vec!["eth0".into(), "eth0".into()],
                 macs: vec!["02:00:00:00:00:01".into(), "02:00:00:00:00:02".into()],
+                children_bandwidth_mbps: 0,
             }],
             algorithm: "grc".into(),
             revenue: 130.0,
@@ -976,6 +1022,41 @@ pub(crate) mod tests {
             .unwrap();
         let cols: Vec<&str> = node_b.split_whitespace().collect();
         assert_eq!(cols, ["b", "h3", "n2", "netns", "20", "128Mi"]);
+    }
+
+    #[test]
+    fn a_nestable_vn_shows_what_its_children_use() {
+        let plain = describe_vn(&sample_vn());
+        assert!(!plain.contains("Used by children"), "{plain}");
+        let json = serde_json::to_value(VnView::from_proto(&sample_vn())).unwrap();
+        assert!(json["nodes"][0].get("childrenCpu").is_none(), "{json}");
+
+        let mut vn = sample_vn();
+        vn.spec.as_mut().unwrap().nestable = true;
+        vn.nodes[0].children_cpu = 4;
+        vn.nodes[0].children_memory_mb = 32;
+        vn.links[0].children_bandwidth_mbps = 30;
+        let d = describe_vn(&vn);
+        let after: Vec<Vec<&str>> = d
+            .split("Used by children (of the capacity):\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{d}"))
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            after,
+            [
+                vec!["NODE", "CPU", "MEMORY"],
+                vec!["a", "4/10", "32Mi/64Mi"],
+                vec!["b", "0/20", "0Mi/128Mi"],
+                vec!["LINK", "BANDWIDTH"],
+                vec!["a-b", "30/50Mbit/s"],
+            ]
+        );
+        let json = serde_json::to_value(VnView::from_proto(&vn)).unwrap();
+        assert_eq!(json["nodes"][0]["childrenCpu"], 4, "{json}");
+        assert_eq!(json["links"][0]["childrenBandwidthMbps"], 30, "{json}");
     }
 
     #[test]

@@ -67,6 +67,34 @@ async fn create_ready(c: &mut Client, provider: &str, spec: pb::VnSpec) -> pb::V
     wait_state(c, provider, &name, pb::VnState::Ready).await
 }
 
+/// What the children of `parent` use, as Get shows it: per node (name, cpu, memory), per link
+/// (endpoints, bandwidth).
+async fn children_use(
+    c: &mut Client,
+    parent: &str,
+) -> (Vec<(String, u64, u64)>, Vec<(String, u64)>) {
+    let vn = c
+        .get(req(
+            "red",
+            pb::GetVnRequest {
+                name: parent.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        vn.nodes
+            .iter()
+            .map(|n| (n.node.clone(), n.children_cpu, n.children_memory_mb))
+            .collect(),
+        vn.links
+            .iter()
+            .map(|l| (l.endpoints.join("-"), l.children_bandwidth_mbps))
+            .collect(),
+    )
+}
+
 async fn create_err(c: &mut Client, provider: &str, spec: pb::VnSpec) -> tonic::Status {
     c.create(req(provider, create(spec)))
         .await
@@ -263,6 +291,17 @@ async fn children_fit_the_parent_residuals_survive_a_restart() {
     // 40 still fits.
     create_ready(&mut c, "red", child_spec("d", "p", "p1", "p2", 40)).await;
     let with_d = trace(&h.ctl);
+    // The parent shows what its children use of each node and link.
+    let shown = children_use(&mut c, "p").await;
+    let want = (
+        vec![
+            ("p1".to_string(), 20, 128),
+            ("p2".to_string(), 10, 64),
+            ("p3".to_string(), 10, 64),
+        ],
+        vec![("p1-p2".to_string(), 100), ("p2-p3".to_string(), 60)],
+    );
+    assert_eq!(shown, want);
 
     // Restart on the same store: per-parent residuals are identical.
     let desired: Vec<_> = agents.iter().map(|a| a.desired().unwrap()).collect();
@@ -279,9 +318,26 @@ async fn children_fit_the_parent_residuals_survive_a_restart() {
         assert_eq!(a.desired().as_ref(), Some(d), "same desired state");
     }
     let mut c = h.vns().await;
+    assert_eq!(children_use(&mut c, "p").await, want, "after the restart");
     // p1-p2 is full now (60 + 40): nothing more crosses it.
     let e = create_err(&mut c, "red", child_spec("e", "p", "p1", "p2", 1)).await;
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Deleting a child gives its share back.
+    c.delete(req(
+        "red",
+        pb::DeleteVnRequest {
+            name: "d".into(),
+            cascade: false,
+        },
+    ))
+    .await
+    .unwrap();
+    let (nodes, links) = children_use(&mut c, "p").await;
+    assert_eq!(nodes[1], ("p2".to_string(), 0, 0));
+    assert_eq!(
+        links,
+        vec![("p1-p2".to_string(), 60), ("p2-p3".to_string(), 60)]
+    );
     drop(agents);
     h.stop().await;
 }

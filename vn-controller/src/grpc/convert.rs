@@ -73,6 +73,9 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             host: p.host.clone(),
             parent_node: p.parent_node.clone().unwrap_or_default(),
             node_id: p.node_id.clone(),
+            // filled by the service for nestable VNs (needs the index)
+            children_cpu: 0,
+            children_memory_mb: 0,
         })
         .collect();
     let links = req
@@ -107,6 +110,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
                 .unwrap_or_default(),
             interfaces: p.ifnames.to_vec(),
             macs: p.macs.iter().map(|m| mac_string(*m)).collect(),
+            children_bandwidth_mbps: 0,
         })
         .collect();
     pb::VirtualNetwork {

@@ -60,6 +60,7 @@ impl VirtualNetworks for VnService {
         let rec = self.ctl.get(&caller, &name).map_err(status)?;
         let mut vn = convert::vn(&rec);
         vn.children = self.ctl.children(&rec, &caller);
+        self.ctl.fill_children_use(&rec, &mut vn);
         Ok(Response::new(vn))
     }
 
@@ -76,6 +77,7 @@ impl VirtualNetworks for VnService {
             .map(|rec| {
                 let mut vn = convert::vn(rec);
                 vn.children = self.ctl.children(rec, &caller);
+                self.ctl.fill_children_use(rec, &mut vn);
                 vn
             })
             .collect();
