@@ -3,9 +3,10 @@
 //!
 //! The session forwards every `DesiredState` to the reconcile loop through a watch channel (only
 //! the newest matters: a newer one cancels the apply in progress between phases), answers
-//! `ExecCommand`s, runs guests' console sessions ([`crate::console`]), and sends each `ObservedState` the loop produces (and the latest one again after
-//! every reconnect). The loop also re-runs every `resync` interval, so drift on the host and slices
-//! that failed are retried without a new desired state.
+//! `ExecCommand`s, runs guests' console sessions ([`crate::console`]), and sends each
+//! `ObservedState` the loop produces (and the latest one again after every reconnect). The loop
+//! also re-runs every `resync` interval, so drift on the host and slices that failed are retried
+//! without a new desired state.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -113,21 +114,11 @@ impl<K: Kernel + 'static> Agent<K> {
         let report = match self.reconcile_desired(&desired, cancel) {
             Ok(r) => r,
             Err(e) => {
-                return pb::ObservedState {
-                    generation: msg.generation,
-                    converged: false,
-                    applied: false,
-                    vns: desired
-                        .slices
-                        .keys()
-                        .map(|vn| pb::VnObserved {
-                            vn_id: vn.to_string(),
-                            state: pb::SliceState::Provisioning as i32,
-                            message: String::new(),
-                        })
-                        .collect(),
-                    errors: vec![format!("{e:#}")],
-                };
+                return not_applied(
+                    msg.generation,
+                    desired.slices.keys().map(ToString::to_string),
+                    vec![format!("{e:#}")],
+                );
             }
         };
         observed_state(msg.generation, &desired, &report)
@@ -430,21 +421,11 @@ async fn reconcile_loop<K: Kernel + 'static>(
         // its outcome (no READY -> PROVISIONING -> READY flapping every resync).
         if last_generation != Some(d.generation) {
             last_generation = Some(d.generation);
-            report_tx.send_replace(Some(pb::ObservedState {
-                generation: d.generation,
-                converged: false,
-                applied: false,
-                vns: d
-                    .vns
-                    .iter()
-                    .map(|s| pb::VnObserved {
-                        vn_id: s.vn_id.clone(),
-                        state: pb::SliceState::Provisioning as i32,
-                        message: String::new(),
-                    })
-                    .collect(),
-                errors: vec![],
-            }));
+            report_tx.send_replace(Some(not_applied(
+                d.generation,
+                d.vns.iter().map(|s| s.vn_id.clone()),
+                vec![],
+            )));
         }
         let a = agent.clone();
         let c = cancel.clone();
@@ -467,6 +448,29 @@ async fn reconcile_loop<K: Kernel + 'static>(
             }
             Err(e) => tracing::error!(error = %e, "reconcile task failed"),
         }
+    }
+}
+
+/// A report about `generation` that is not the outcome of applying it (the notice that the
+/// agent started on it, or why it could not): every slice PROVISIONING.
+fn not_applied(
+    generation: u64,
+    vn_ids: impl IntoIterator<Item = String>,
+    errors: Vec<String>,
+) -> pb::ObservedState {
+    pb::ObservedState {
+        generation,
+        converged: false,
+        applied: false,
+        vns: vn_ids
+            .into_iter()
+            .map(|vn_id| pb::VnObserved {
+                vn_id,
+                state: pb::SliceState::Provisioning as i32,
+                message: String::new(),
+            })
+            .collect(),
+        errors,
     }
 }
 

@@ -241,29 +241,8 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{
-        Accel, GuestCall, GuestConfig, GuestNic, MacAddr, NicModel, RecordingGuestRuntime,
-    };
-
-    fn guest(id: &str) -> GuestConfig {
-        GuestConfig {
-            node_id: id.into(),
-            name: id.into(),
-            netns: format!("vn-h1-{id}"),
-            vcpus: 1,
-            memory_mb: 128,
-            image: "default".into(),
-            nic: NicModel::Virtio,
-            accel: Accel::Auto,
-            nics: vec![GuestNic {
-                ifname: "eth0".into(),
-                mac: MacAddr::derived(id),
-                addresses: vec![],
-                mtu: 1500,
-            }],
-            routes: vec![],
-        }
-    }
+    use crate::guest::fake::test_config;
+    use crate::guest::{GuestCall, RecordingGuestRuntime};
 
     fn start(id: u64, node: &str, tail: u32, follow: bool, interactive: bool) -> pb::ConsoleStart {
         pb::ConsoleStart {
@@ -303,7 +282,7 @@ mod tests {
     #[tokio::test]
     async fn tail_only_ends_after_the_tail() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
         s.start(
@@ -327,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn large_tails_come_in_chunks() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         g.print("a1", &vec![b'x'; 3 * CHUNK]);
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
@@ -347,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn follow_sends_new_output_and_ends_when_the_guest_stops() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
         s.start(start(3, "a1", 0, true, false), Ok(g.clone()), tx);
@@ -369,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn interactive_input_is_typed_in_order() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
         s.start(start(4, "a1", 0, false, true), Ok(g.clone()), tx);
@@ -400,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn input_for_a_session_that_is_not_interactive_is_dropped() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
         s.start(start(5, "a1", 0, true, false), Ok(g.clone()), tx);
@@ -438,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_sessions_ends_them() {
         let g = Arc::new(RecordingGuestRuntime::new());
-        g.ensure(&guest("a1")).unwrap();
+        g.ensure(&test_config("a1", 128)).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let mut s = ConsoleSessions::new();
         s.start(start(9, "a1", 0, true, false), Ok(g.clone()), tx);

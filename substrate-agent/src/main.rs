@@ -192,15 +192,14 @@ fn mem_total_mb() -> u64 {
         .unwrap_or(0)
 }
 
-/// The guest runtime on this host, built on the static probe `support`; `confirm_kvm` lets a test
-/// boot confirm a KVM verdict (the daemon does; cleanup only stops guests and needs none).
+/// The guest runtime on this host, built on the static probe `support` (the daemon then lets a
+/// test boot confirm a KVM verdict; cleanup only stops guests and needs none).
 fn guest_runtime(
     host_id: &str,
     run_dir: Option<PathBuf>,
     images_dir: PathBuf,
     qemu: &str,
     support: substrate_agent::guest::HostGuestSupport,
-    confirm_kvm: bool,
 ) -> Option<substrate_agent::guest::QemuRuntime> {
     let opts = substrate_agent::guest::QemuRuntimeOptions {
         state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
@@ -209,12 +208,7 @@ fn guest_runtime(
         ..Default::default()
     };
     match substrate_agent::guest::QemuRuntime::with_support(opts, support) {
-        Ok(mut rt) => {
-            if confirm_kvm {
-                rt.confirm_kvm();
-            }
-            Some(rt)
-        }
+        Ok(rt) => Some(rt),
         Err(e) => {
             tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
             None
@@ -323,7 +317,6 @@ fn main() -> anyhow::Result<()> {
                 PathBuf::new(),
                 &qemu,
                 substrate_agent::guest::probe_host(&qemu),
-                false,
             );
             let guests = guests
                 .as_ref()
@@ -368,8 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.images_dir,
             &cli.qemu,
             static_guests.clone(),
-            true,
         )
+        .map(|mut rt| {
+            rt.confirm_kvm();
+            rt
+        })
     };
     let guest_support = guests
         .as_ref()

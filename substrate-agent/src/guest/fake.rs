@@ -267,49 +267,52 @@ impl GuestRuntime for RecordingGuestRuntime {
     }
 }
 
+/// A guest configuration for the crate's tests of the fake and of what drives it: guest `id` in
+/// sandbox `vn-h1-<id>`, one virtio NIC `eth0` (10.0.0.1/24, MAC derived from `id`).
+#[cfg(test)]
+pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
+    use crate::guest::{Accel, GuestNic, MacAddr, NicModel};
+    GuestConfig {
+        node_id: id.into(),
+        name: "web".into(),
+        netns: format!("vn-h1-{id}"),
+        vcpus: 1,
+        memory_mb,
+        image: "default".into(),
+        nic: NicModel::Virtio,
+        accel: Accel::Auto,
+        nics: vec![GuestNic {
+            ifname: "eth0".into(),
+            mac: MacAddr::derived(id),
+            addresses: vec!["10.0.0.1/24".parse().unwrap()],
+            mtu: 1450,
+        }],
+        routes: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{Accel, GuestNic, MacAddr, NicModel};
-
-    fn cfg(id: &str, mem: u64) -> GuestConfig {
-        GuestConfig {
-            node_id: id.into(),
-            name: "web".into(),
-            netns: format!("vn-h1-{id}"),
-            vcpus: 1,
-            memory_mb: mem,
-            image: "default".into(),
-            nic: NicModel::Virtio,
-            accel: Accel::Auto,
-            nics: vec![GuestNic {
-                ifname: "eth0".into(),
-                mac: MacAddr::derived(id),
-                addresses: vec!["10.0.0.1/24".parse().unwrap()],
-                mtu: 1450,
-            }],
-            routes: vec![],
-        }
-    }
 
     #[test]
     fn lifecycle_is_recorded_and_classified() {
         let f = RecordingGuestRuntime::new();
         assert_eq!(
-            f.ensure(&cfg("a1", 128)).unwrap().action,
+            f.ensure(&test_config("a1", 128)).unwrap().action,
             EnsureAction::Started
         );
         assert_eq!(
-            f.ensure(&cfg("a1", 128)).unwrap().action,
+            f.ensure(&test_config("a1", 128)).unwrap().action,
             EnsureAction::Adopted
         );
         assert_eq!(
-            f.ensure(&cfg("a1", 256)).unwrap().action,
+            f.ensure(&test_config("a1", 256)).unwrap().action,
             EnsureAction::Replaced
         );
         f.crash("a1");
         assert!(!f.observed().unwrap()[0].running);
-        let st = f.ensure(&cfg("a1", 256)).unwrap();
+        let st = f.ensure(&test_config("a1", 256)).unwrap();
         assert_eq!((st.action, st.restarts), (EnsureAction::Restarted, 1));
         f.stop("a1").unwrap();
         assert!(f.running().is_empty());
@@ -325,12 +328,12 @@ mod tests {
         let f = RecordingGuestRuntime::new();
         f.fail_next_ensure("b2", "boom");
         assert!(matches!(
-            f.ensure(&cfg("b2", 128)),
+            f.ensure(&test_config("b2", 128)),
             Err(GuestError::Spawn { .. })
         ));
         assert!(f.running().is_empty());
-        let err = f.ensure(&cfg("b2", 64)).unwrap_err().to_string();
+        let err = f.ensure(&test_config("b2", 64)).unwrap_err().to_string();
         assert!(err.contains("memory_mb 64"), "{err}");
-        assert!(f.ensure(&cfg("b2", 128)).is_ok());
+        assert!(f.ensure(&test_config("b2", 128)).is_ok());
     }
 }

@@ -510,8 +510,8 @@ fn transit_segments() {
     assert!(h.plan(&d).is_noop());
 }
 
-#[test]
-fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
+/// A one-VM VN on the fake guest runtime.
+fn vm_vn() -> Desired {
     let mut s = two_node_vn("vm", "m1", "m2");
     s.nodes[0].kind = pb::NodeKind::Vm as i32;
     s.nodes[0].guest = Some(pb::GuestSpec {
@@ -521,7 +521,12 @@ fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
         nic: 0,
         accel: 0,
     });
-    let d = desired(vec![s]);
+    desired(vec![s])
+}
+
+#[test]
+fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
+    let d = vm_vn();
     let h = Host::new();
     let r = h.converge(&d);
     assert!(
@@ -559,20 +564,6 @@ fn vm_nodes_fail_without_a_guest_runtime_and_build_with_one() {
     // Removing the VN stops the guest before deleting its sandbox.
     let p = h.plan(&Desired::default());
     assert_eq!(kinds(&p)[0], "StopGuest");
-}
-
-/// A one-VM VN on the fake guest runtime.
-fn vm_vn() -> Desired {
-    let mut s = two_node_vn("vm", "m1", "m2");
-    s.nodes[0].kind = pb::NodeKind::Vm as i32;
-    s.nodes[0].guest = Some(pb::GuestSpec {
-        vcpus: 1,
-        memory_mb: 128,
-        image: String::new(),
-        nic: 0,
-        accel: 0,
-    });
-    desired(vec![s])
 }
 
 #[test]

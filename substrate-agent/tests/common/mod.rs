@@ -134,13 +134,9 @@ pub struct FakeController {
     next_exec: Mutex<u64>,
 }
 
-/// Whether `o` is a final report (converged, or with a failed slice) of `generation`.
+/// Whether `o` is the outcome of applying `generation` (not the notice that the agent started).
 fn is_final(o: &pb::ObservedState, generation: u64) -> bool {
-    o.generation == generation
-        && (o.converged
-            || o.vns
-                .iter()
-                .any(|v| v.state == pb::SliceState::Failed as i32))
+    o.generation == generation && o.applied
 }
 
 impl FakeController {
@@ -240,7 +236,8 @@ impl FakeController {
         })
     }
 
-    /// Waits for a final report (converged, or with a failed slice) of `generation`.
+    /// Waits for the outcome of applying `generation` (READY or FAILED slices, never the
+    /// PROVISIONING notice).
     pub fn wait_report(&self, host: &str, generation: u64, timeout: Duration) -> pb::ObservedState {
         self.wait(
             &format!("{host} report of generation {generation}"),
