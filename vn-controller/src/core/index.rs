@@ -517,27 +517,21 @@ impl Index {
             kind: EventKind::Accepted,
             status: Some(VnStatus::Provisioning),
             host: String::new(),
-            message: match &rec.nesting {
-                None => format!(
-                    "embedded on {} by {}",
-                    rec.placement
-                        .hosts()
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                        .join(","),
+            message: {
+                // A child is placed on its parent's nodes, named as such.
+                let (inside, on): (String, BTreeSet<String>) = match &rec.nesting {
+                    None => (String::new(), rec.placement.hosts()),
+                    Some(n) => (
+                        format!(" in {}", n.parent_label),
+                        node_hosts(&rec).into_iter().collect(),
+                    ),
+                };
+                let on: Vec<String> = on.into_iter().collect();
+                format!(
+                    "embedded{inside} on {} by {}",
+                    on.join(","),
                     rec.placement.algorithm
-                ),
-                Some(n) => format!(
-                    "embedded in {} on {} by {}",
-                    n.parent_label,
-                    node_hosts(&rec)
-                        .into_iter()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    rec.placement.algorithm
-                ),
+                )
             },
         });
         change.upserts.insert(vn_id.clone(), rec.clone());
@@ -548,16 +542,21 @@ impl Index {
     }
     /// Undoes [`Index::accept`] when the change could not be persisted.
     pub fn forget(&mut self, vn_id: &str) {
-        if let Some(rec) = self.vns.remove(vn_id) {
-            self.by_name
-                .remove(&(rec.provider().clone(), rec.name().to_string()));
-            if let Some(p) = rec.parent_id() {
-                self.nests.remove_child(p, vn_id);
-            }
-            if rec.status.holds_resources() {
-                self.release(&rec);
-            }
+        self.remove_record(vn_id);
+    }
+
+    /// Removes a record from every index (name, parent's children) and releases what it holds.
+    fn remove_record(&mut self, vn_id: &str) -> Option<VnRecord> {
+        let rec = self.vns.remove(vn_id)?;
+        self.by_name
+            .remove(&(rec.provider().clone(), rec.name().to_string()));
+        if let Some(p) = rec.parent_id() {
+            self.nests.remove_child(p, vn_id);
         }
+        if rec.status.holds_resources() {
+            self.release(&rec);
+        }
+        Some(rec)
     }
 
     fn release(&mut self, rec: &VnRecord) {
@@ -642,14 +641,8 @@ impl Index {
         let mut change = Change::default();
         let mut deleted = Vec::with_capacity(order.len());
         for id in order {
-            let rec = self.vns.remove(&id).expect("indexed");
-            self.by_name
-                .remove(&(rec.provider().clone(), rec.name().to_string()));
-            if let Some(p) = rec.parent_id() {
-                self.nests.remove_child(p, &id);
-            }
+            let rec = self.remove_record(&id).expect("indexed");
             if rec.status.holds_resources() {
-                self.release(&rec);
                 for h in rec.placement.hosts() {
                     self.bump(&h, &mut change);
                 }

@@ -10,6 +10,7 @@ use crate::core::index::{Event, EventKind, Index};
 use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
 use crate::core::substrate::{HostInfo, SubstrateLink};
+use crate::core::usage::Usage;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -60,7 +61,20 @@ fn kind(k: Kind) -> i32 {
     }
 }
 
-/// A VN on the wire (without `children`, which need the index: see the service).
+/// Fills in what the children of the nestable VN `rec` use of each of its nodes and links (the
+/// residual its children's embeddings see is the spec's capacity minus this).
+pub fn children_use(vn: &mut pb::VirtualNetwork, rec: &VnRecord, used: &Usage) {
+    for (n, node) in vn.nodes.iter_mut().zip(&rec.req.nodes) {
+        n.children_cpu = used.host_cpu(&node.name);
+        n.children_memory_mb = used.host_memory(&node.name);
+    }
+    for (l, pl) in vn.links.iter_mut().zip(&rec.placement.links) {
+        l.children_bandwidth_mbps = used.link_bandwidth(&pl.link_id);
+    }
+}
+
+/// A VN on the wire (without `children` and their use of it, which need the index: see the
+/// service).
 pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
     let spec = pb::VnSpec::decode(rec.spec_pb.as_slice()).ok();
     let req = &rec.req;

@@ -10,6 +10,7 @@ use vnet_proto::v1 as pb;
 use vnet_proto::v1::virtual_networks_server::VirtualNetworks;
 
 use crate::core::model::ProviderId;
+use crate::core::record::VnRecord;
 use crate::runtime::controller::Controller;
 
 use super::{convert, identity, status, validate};
@@ -22,6 +23,19 @@ pub struct VnService {
 impl VnService {
     pub fn new(ctl: Controller) -> Self {
         VnService { ctl }
+    }
+
+    /// A VN as `caller` sees it: its record, its children, and for a nestable VN what they use
+    /// of each of its nodes and links.
+    fn present(&self, rec: &VnRecord, caller: &ProviderId) -> pb::VirtualNetwork {
+        let mut vn = convert::vn(rec);
+        self.ctl.with_index(|ix| {
+            vn.children = ix.children_of(&rec.vn_id, caller);
+            if rec.req.nestable {
+                convert::children_use(&mut vn, rec, ix.nests().usage(&rec.vn_id));
+            }
+        });
+        vn
     }
 }
 
@@ -58,10 +72,7 @@ impl VirtualNetworks for VnService {
         let name = req.into_inner().name;
         validate::vn_name(&name, "name")?;
         let rec = self.ctl.get(&caller, &name).map_err(status)?;
-        let mut vn = convert::vn(&rec);
-        vn.children = self.ctl.children(&rec, &caller);
-        self.ctl.fill_children_use(&rec, &mut vn);
-        Ok(Response::new(vn))
+        Ok(Response::new(self.present(&rec, &caller)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -74,12 +85,7 @@ impl VirtualNetworks for VnService {
             .ctl
             .list(&caller)
             .iter()
-            .map(|rec| {
-                let mut vn = convert::vn(rec);
-                vn.children = self.ctl.children(rec, &caller);
-                self.ctl.fill_children_use(rec, &mut vn);
-                vn
-            })
+            .map(|rec| self.present(rec, &caller))
             .collect();
         Ok(Response::new(pb::ListVnsResponse { vns }))
     }

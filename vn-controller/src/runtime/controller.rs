@@ -443,29 +443,6 @@ impl Controller {
         }
     }
 
-    /// For a nestable VN: what its children use of each of its nodes and links (the residual
-    /// its children's embeddings see is the spec's capacity minus this).
-    pub fn fill_children_use(&self, rec: &VnRecord, vn: &mut pb::VirtualNetwork) {
-        if !rec.req.nestable {
-            return;
-        }
-        self.with_index(|ix| {
-            let used = ix.nests().usage(&rec.vn_id);
-            for (n, node) in vn.nodes.iter_mut().zip(&rec.req.nodes) {
-                n.children_cpu = used.host_cpu(&node.name);
-                n.children_memory_mb = used.host_memory(&node.name);
-            }
-            for (l, pl) in vn.links.iter_mut().zip(&rec.placement.links) {
-                l.children_bandwidth_mbps = used.link_bandwidth(&pl.link_id);
-            }
-        });
-    }
-
-    /// The children of a VN, as `provider` sees them.
-    pub fn children(&self, rec: &VnRecord, provider: &ProviderId) -> Vec<String> {
-        self.with_index(|ix| ix.children_of(&rec.vn_id, provider))
-    }
-
     pub fn get(&self, provider: &ProviderId, name: &str) -> Result<VnRecord, ControlError> {
         self.with_index(|ix| ix.find(provider, name).cloned())
             .ok_or_else(|| ControlError::NotFound(format!("VN {name} not found")))

@@ -110,15 +110,21 @@ impl ConsoleSession {
 impl Drop for ConsoleSession {
     fn drop(&mut self) {
         let mut agents = lock(&self.ctl.shared.agents);
-        if let Some(slot) = agents.get_mut(&self.host).filter(|s| s.epoch == self.epoch)
-            && slot.consoles.remove(&self.id).is_some()
-        {
-            // Still running on the agent: end it there. A full queue means the agent's stream
-            // is stuck; the session ends with the stream then.
-            let _ = slot
+        if let Some(slot) = agents.get_mut(&self.host).filter(|s| s.epoch == self.epoch) {
+            slot.end_console(self.id);
+        }
+    }
+}
+
+impl super::AgentSlot {
+    /// Forgets the route of session `id` and, when it was still open, ends it on the agent. A
+    /// full queue means the agent's stream is stuck; the session ends with the stream then.
+    fn end_console(&mut self, id: u64) {
+        if self.consoles.remove(&id).is_some() {
+            let _ = self
                 .console_tx
                 .try_send(pb::controller_message::Msg::ConsoleStop(pb::ConsoleStop {
-                    session_id: self.id,
+                    session_id: id,
                 }));
         }
     }
@@ -226,12 +232,7 @@ impl Controller {
                 "{}: the caller did not keep up with the console output",
                 route.what
             )));
-            slot.consoles.remove(&out.session_id);
-            let _ = slot
-                .console_tx
-                .try_send(pb::controller_message::Msg::ConsoleStop(pb::ConsoleStop {
-                    session_id: out.session_id,
-                }));
+            slot.end_console(out.session_id);
         } else if out.end {
             slot.consoles.remove(&out.session_id);
         }
