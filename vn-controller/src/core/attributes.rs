@@ -73,11 +73,7 @@ fn at_most<T: Ord + Copy + ToString>(
 /// The effective attributes of a VN on the substrate: what it asked for, isolation defaulting to
 /// standard.
 pub fn top_level(requested: &Attributes) -> Attributes {
-    let isolation = requested.isolation.unwrap_or(if requested.dedicated_hosts {
-        Isolation::DedicatedHosts
-    } else {
-        Isolation::Standard
-    });
+    let isolation = requested.isolation_level();
     Attributes {
         isolation: Some(isolation),
         dedicated_hosts: isolation == Isolation::DedicatedHosts,
@@ -106,11 +102,7 @@ pub fn inherit(parent: &Attributes, child: &Attributes) -> Result<Attributes, Wi
         }
         (p, c) => c.clone().or_else(|| p.clone()),
     };
-    let parent_isolation = parent.isolation.unwrap_or(if parent.dedicated_hosts {
-        Isolation::DedicatedHosts
-    } else {
-        Isolation::Standard
-    });
+    let parent_isolation = parent.isolation_level();
     let isolation = match child.isolation {
         Some(c) if c < parent_isolation => {
             return Err(widen("isolation", c.as_str(), parent_isolation.as_str()));

@@ -137,6 +137,18 @@ pub struct Attributes {
     pub max_total_cpu: Option<u64>,
 }
 
+impl Attributes {
+    /// The isolation level in force: the explicit one, else what `dedicated_hosts` says (a
+    /// request or stored record may carry only that flag).
+    pub fn isolation_level(&self) -> Isolation {
+        self.isolation.unwrap_or(if self.dedicated_hosts {
+            Isolation::DedicatedHosts
+        } else {
+            Isolation::Standard
+        })
+    }
+}
+
 /// The VN a child names as its parent (`spec.parent`, owned by `spec.parent_provider` or the
 /// caller).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

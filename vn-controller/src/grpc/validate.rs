@@ -393,6 +393,7 @@ pub fn vn_spec(
     let mut pairs: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     let mut addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut ifnames: BTreeMap<(usize, String), String> = BTreeMap::new();
+    let carrier = carrier_range();
     for (i, l) in spec.links.iter().enumerate() {
         let what = format!("spec.links[{i}] ({})", l.endpoints.join("-"));
         if l.endpoints.len() != 2 {
@@ -482,14 +483,12 @@ pub fn vn_spec(
         };
         if spec.nestable
             && let Some(addrs) = &addrs
-            && let Some(a) = addrs.iter().find(|a| {
-                let r = carrier_range();
-                r.contains(&a.addr()) || a.contains(&r.addr())
-            })
+            && let Some(a) = addrs
+                .iter()
+                .find(|a| carrier.contains(&a.addr()) || a.contains(&carrier.addr()))
         {
             return Err(invalid(format!(
-                "{what}: address {a} overlaps {}, the range the controller assigns to the links of nestable VNs",
-                carrier_range()
+                "{what}: address {a} overlaps {carrier}, the range the controller assigns to the links of nestable VNs"
             )));
         }
         let link_encap = encap(l.encapsulation, &what)?.unwrap_or(vn_encap);
