@@ -2,8 +2,8 @@
 //! services on 127.0.0.1:0 with scripted behaviour (provisioning that becomes READY or FAILED,
 //! deletion that hosts apply a little later, exec with a chosen exit code, a console that
 //! prints one line of "boot log" and echoes what is typed, node `ns` being a netns node whose
-//! console is refused). It records the
-//! provider metadata of every call, so tests can check that identity travels.
+//! console is refused). It records the provider metadata of every call, so tests can check that
+//! identity travels.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

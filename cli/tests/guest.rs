@@ -91,6 +91,15 @@ impl Bed {
         self.dir.join("agents").join(host).join("guests")
     }
 
+    /// Whatever is in the guests' run directories of the three hosts.
+    fn guest_run_dirs(&self) -> Vec<String> {
+        ["h1", "h2", "h3"]
+            .into_iter()
+            .filter_map(|h| std::fs::read_dir(self.guests_dir(h)).ok())
+            .flat_map(|r| r.flatten().map(|e| e.path().display().to_string()))
+            .collect()
+    }
+
     /// QEMU's pid of a guest, from its pidfile, checked against /proc.
     fn qemu_pid(&self, host: &str, node_id: &str) -> u32 {
         let p = self.guests_dir(host).join(node_id).join("qemu.pid");
@@ -451,30 +460,21 @@ fn guests_end_to_end() {
     // `delete --wait` returns once every host reported the new generation applied: the guests
     // are stopped and their sandboxes gone by then, with no grace period.
     let guest_markers = [format!("vnet-{vm_id} "), format!("vnet-{old_id} ")];
-    let leftovers = || {
-        let mut left: Vec<String> = processes(&[&guest_markers[0], &guest_markers[1]])
-            .into_iter()
-            .collect();
-        for pid in [vm_pid, old_pid] {
-            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
-                left.push(format!("QEMU pid {pid}"));
-            }
+    let mut left: Vec<String> = processes(&[&guest_markers[0], &guest_markers[1]])
+        .into_iter()
+        .collect();
+    for pid in [vm_pid, old_pid] {
+        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+            left.push(format!("QEMU pid {pid}"));
         }
-        for host in ["h1", "h2", "h3"] {
-            let d = bed.guests_dir(host);
-            if let Ok(r) = std::fs::read_dir(&d) {
-                left.extend(r.flatten().map(|e| e.path().display().to_string()));
-            }
+    }
+    left.extend(bed.guest_run_dirs());
+    let netns_now = netns_names();
+    for ns in &sandboxes {
+        if netns_now.contains(ns) {
+            left.push(format!("sandbox {ns} (with its TAPs)"));
         }
-        let netns_now = netns_names();
-        for ns in &sandboxes {
-            if netns_now.contains(ns) {
-                left.push(format!("sandbox {ns} (with its TAPs)"));
-            }
-        }
-        left
-    };
-    let left = leftovers();
+    }
     assert!(
         left.is_empty(),
         "left when delete --wait returned: {left:#?}"
@@ -515,9 +515,7 @@ fn guests_end_to_end() {
     );
     assert!(processes(&[&marker]).is_empty(), "the child's QEMU is left");
     assert_eq!(bed.namespaces(), bare, "namespaces left by the nested VNs");
-    let run_dirs: Vec<_> = std::fs::read_dir(bed.guests_dir("h1"))
-        .map(|r| r.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let run_dirs = bed.guest_run_dirs();
     assert!(
         run_dirs.is_empty(),
         "guest run directories left: {run_dirs:?}"

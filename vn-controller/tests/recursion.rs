@@ -73,16 +73,7 @@ async fn children_use(
     c: &mut Client,
     parent: &str,
 ) -> (Vec<(String, u64, u64)>, Vec<(String, u64)>) {
-    let vn = c
-        .get(req(
-            "red",
-            pb::GetVnRequest {
-                name: parent.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let vn = get_vn(c, "red", parent).await;
     (
         vn.nodes
             .iter()

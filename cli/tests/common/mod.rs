@@ -391,8 +391,8 @@ impl Bed {
         self.vnctl(Some(provider), &args)
     }
 
-    /// Pings from `node` until one answers (a guest may still be booting, neighbours may still
-    /// be resolving), at most `within`.
+    /// Pings from `node` until one answers (neighbours may still be resolving; READY means every
+    /// guest has booted), at most `within`.
     pub fn ping_until(&self, provider: &str, vn: &str, node: &str, addr: &str, within: Duration) {
         self.ping_sized_until(provider, vn, node, addr, 56, within);
     }
