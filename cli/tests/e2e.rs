@@ -24,8 +24,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::{
-    Bed, VNCTL, assert_one_line_error, free_port, may_run, ok, testbed_lock, testbed_missing, text,
-    vnctl,
+    Bed, VNCTL, addr, assert_one_line_error, free_port, may_run, ok, testbed_lock, testbed_missing,
+    text, vnctl,
 };
 
 fn repo() -> PathBuf {
@@ -189,10 +189,6 @@ fn ping(bed: &Bed, vn: &Vn, node: &str, addr: &str) -> Output {
     out
 }
 
-fn strip_len(cidr: &str) -> &str {
-    cidr.split('/').next().unwrap()
-}
-
 /// (node x, node y, y's address, y's interface) for both directions of every link.
 fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
     let mut v = Vec::new();
@@ -315,11 +311,11 @@ fn three_hosts_two_providers() {
 
     // Inside each VN, every pair reaches every other.
     for vn in [&red, &blue] {
-        for (x, y, addr, _) in pairs(vn) {
-            let out = ping(&bed, vn, &x, strip_len(&addr));
+        for (x, y, cidr, _) in pairs(vn) {
+            let out = ping(&bed, vn, &x, addr(&cidr));
             assert!(
                 out.status.success(),
-                "{}: {x} cannot reach {y} at {addr}: {}{}",
+                "{}: {x} cannot reach {y} at {cidr}: {}{}",
                 vn.name,
                 text(&out.stdout),
                 text(&out.stderr)
@@ -329,8 +325,8 @@ fn three_hosts_two_providers() {
     // Across VNs, nothing: give each node of one VN an extra address that exists only there;
     // the same node of the same VN reaches it, the other VN's twin does not.
     for (k, (owner, other)) in [(&blue, &red), (&red, &blue)].into_iter().enumerate() {
-        for (i, (x, y, addr, ifname)) in pairs(owner).into_iter().enumerate() {
-            let net: Vec<&str> = strip_len(&addr).split('.').collect();
+        for (i, (x, y, cidr, ifname)) in pairs(owner).into_iter().enumerate() {
+            let net: Vec<&str> = addr(&cidr).split('.').collect();
             let probe = format!("{}.{}.{}.{}", net[0], net[1], net[2], 200 + k * 20 + i);
             ok(
                 vnctl(

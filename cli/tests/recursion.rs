@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Bed, assert_one_line_error, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, addr, assert_one_line_error, may_run, ok, testbed_lock, testbed_missing, text};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
 
@@ -368,11 +368,6 @@ fn nodes(vn: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// An interface address without its prefix length.
-fn addr(cidr: &str) -> String {
-    cidr.split('/').next().unwrap().to_owned()
-}
-
 fn vnis(l: &Value) -> Vec<String> {
     l["hops"]
         .as_array()
@@ -511,8 +506,8 @@ fn recursion_end_to_end() {
         let mtu = num(&l["mtu"]);
         assert_eq!(mtu, pmtu - 50 * depth, "{l}");
         let addrs = strs(&l["addresses"]);
-        bed.ping("lab", name, a, &addr(&addrs[1]));
-        bed.ping("lab", name, b, &addr(&addrs[0]));
+        bed.ping("lab", name, a, addr(&addrs[1]));
+        bed.ping("lab", name, b, addr(&addrs[0]));
         let ifname = strs(&l["interfaces"])[0].clone();
         let shown = bed.exec_ok("lab", name, a, &["ip", "-o", "link", "show", &ifname]);
         assert!(shown.contains(&format!(" mtu {mtu} ")), "{shown}");
@@ -525,7 +520,7 @@ fn recursion_end_to_end() {
         "lab",
         "nested-parent",
         "p1",
-        &addr(&strs(&p12["addresses"])[1]),
+        addr(&strs(&p12["addresses"])[1]),
     );
     let tree = ok(bed.vnctl(Some("lab"), &["get", "vns", "--tree"]), "tree");
     let rows: Vec<&str> = tree.lines().skip(1).collect();
@@ -572,13 +567,7 @@ fn recursion_end_to_end() {
     }
     for (name, a, _, l) in &levels {
         let size = num(&l["mtu"]) - 28;
-        bed.ping_sized(
-            "lab",
-            name,
-            a,
-            &addr(&strs(&l["addresses"])[1]),
-            size as u32,
-        );
+        bed.ping_sized("lab", name, a, addr(&strs(&l["addresses"])[1]), size as u32);
     }
     let ports: Vec<u64> = (1..=levels.len() as u64).map(|k| pport + k).collect();
     for (hop, pl, full, cap) in caps {
@@ -590,7 +579,7 @@ fn recursion_end_to_end() {
         vni_chain.extend(levels[1..].iter().map(|lv| vnis(&lv.3)[0].clone()));
         for (k, (name, _, _, l)) in levels.iter().enumerate() {
             let depth = k + 1;
-            let src = addr(&strs(&l["addresses"])[0]);
+            let src = addr(&strs(&l["addresses"])[0]).to_owned();
             // The innermost source names the level (a display filter on ip.src would match any
             // layer: C's addresses are also a layer of G's packets).
             let seen: Vec<&Vec<Vec<String>>> = requests
@@ -810,7 +799,7 @@ fn recursion_end_to_end() {
             shown.contains(&format!("inet {} ", pair[0])),
             "{a}: {shown}"
         );
-        bed.ping("lab", "carrier", a, &addr(&pair[1]));
+        bed.ping("lab", "carrier", a, addr(&pair[1]));
     }
     let z = bed.describe("lab", "carrier-kid");
     assert_eq!(strs(&link(&z, "z1", "z2")["path"]), ["k1", "k2", "k3"]);

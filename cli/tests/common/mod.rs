@@ -130,6 +130,11 @@ pub fn processes(markers: &[&str]) -> BTreeSet<String> {
     out
 }
 
+/// An interface address (`10.0.0.1/24`) without its prefix length.
+pub fn addr(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
 /// Its stdout, after asserting that the command succeeded.
 pub fn ok(out: Output, what: &str) -> String {
     assert!(
