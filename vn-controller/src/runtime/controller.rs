@@ -14,28 +14,18 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vnet_proto::v1 as pb;
 
 use crate::core::desired::DesiredSnapshot;
-use crate::core::embed::View;
+use crate::core::embed::{Planner, View};
 use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
-use crate::core::store::{Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
-use crate::core::usage::Mapping;
 
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
 
 mod console;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
-
-/// Embedding algorithms as the controller uses them.
-pub trait Planner: Send + Sync + 'static {
-    /// Names of the available algorithms.
-    fn algorithms(&self) -> Vec<&'static str>;
-    fn default_algorithm(&self) -> &str;
-    /// Embeds `req` on `view`, or says why it cannot.
-    fn plan(&self, view: &View, req: &VnReq, algorithm: &str) -> Result<Mapping, String>;
-}
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::core::desired::DesiredSnapshot;
 use crate::core::index::{Change, Event};
-use crate::core::store::Store;
+use crate::store::Store;
 use crate::core::substrate::HostInfo;
 
 use super::metrics::Metrics;

@@ -3,7 +3,7 @@
 //! [`View`] is a snapshot of the residual substrate as one request may use it: only attached
 //! hosts, only links between attached hosts, capacities reduced by what held VNs use, and the
 //! hosts excluded by dedicated-host isolation. It is taken under the commit lock and embedded
-//! outside it; the result is checked again at commit ([`crate::core::usage::Usage::check`]).
+//! outside it; the result is checked again at commit ([`crate::usage::Usage::check`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -71,6 +71,16 @@ pub fn view_of(registry: &Registry, u: &Usage, req: &VnReq) -> View {
         free,
         excluded: u.excluded_hosts(req),
     }
+}
+
+/// Embedding algorithms as the controller uses them: the seam between the controller and the
+/// `embedding` crate ([`EmbeddingPlanner`]), so tests and benchmarks may plan otherwise.
+pub trait Planner: Send + Sync + 'static {
+    /// Names of the available algorithms.
+    fn algorithms(&self) -> Vec<&'static str>;
+    fn default_algorithm(&self) -> &str;
+    /// Embeds `req` on `view`, or says why it cannot.
+    fn plan(&self, view: &View, req: &VnReq, algorithm: &str) -> Result<Mapping, String>;
 }
 
 /// The controller's planner: the `embedding` crate's algorithms on a [`View`].
@@ -145,7 +155,7 @@ pub fn model(
     Ok((s, r, edge_ids))
 }
 
-impl crate::runtime::controller::Planner for EmbeddingPlanner {
+impl Planner for EmbeddingPlanner {
     fn algorithms(&self) -> Vec<&'static str> {
         embedding::algorithm_names()
     }

@@ -113,7 +113,7 @@ impl Isolation {
 
 /// Architectural attributes of a VN. In a request they are what the spec asked for (`None`:
 /// unset); in an accepted VN they are the effective ones, after inheritance from the parent
-/// (see [`crate::core::attributes`]). `None` at the top level means "no limit".
+/// (see [`crate::attributes`]). `None` at the top level means "no limit".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attributes {
     pub mtu: Option<u32>,

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::alloc::Cursors;
-use super::index::Change;
-use super::record::VnRecord;
-use super::substrate::HostInfo;
+use crate::core::alloc::Cursors;
+use crate::core::index::Change;
+use crate::core::record::VnRecord;
+use crate::core::substrate::HostInfo;
 
 const VNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("vns");
 const HOSTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("hosts");

@@ -401,7 +401,7 @@ mod tests {
     fn carrier_addresses_are_distinct_31s_inside_the_range() {
         let r = carrier_range();
         let mut seen = BTreeSet::new();
-        for i in 0..super::super::model::MAX_LINKS {
+        for i in 0..crate::model::MAX_LINKS {
             let [a, b] = carrier_pair(i);
             assert_eq!(a.prefix_len(), 31);
             assert_eq!(a.trunc(), b.trunc(), "one /31 per link");

@@ -1015,8 +1015,8 @@ fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{Attributes, Kind, LinkReq, NodeReq};
-    use crate::core::substrate::{LinkSource, UnderlayIf};
+    use crate::model::{Attributes, Kind, LinkReq, NodeReq};
+    use crate::substrate::{LinkSource, UnderlayIf};
 
     fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
         HostInfo {

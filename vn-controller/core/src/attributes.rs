@@ -12,7 +12,7 @@
 //! | `isolation` | stronger (`standard` < `dedicated_hosts`) |
 //! | `max_nodes`, `max_total_cpu` (quota of the VN and its descendants) | smaller |
 //!
-//! The owner attribute (who may create children) is checked in [`crate::core::nest`]: a child's
+//! The owner attribute (who may create children) is checked in [`crate::nest`]: a child's
 //! `share_with` must stay within its parent's owner and `share_with`.
 //!
 //! [`inherit`] computes the effective attributes or names the first attribute that widens;
@@ -295,7 +295,7 @@ mod tests {
     }
 
     fn req() -> VnReq {
-        use crate::core::model::{LinkReq, NodeReq, ProviderId};
+        use crate::model::{LinkReq, NodeReq, ProviderId};
         let node = |n: &str, kind| NodeReq {
             name: n.into(),
             kind,
