@@ -6,74 +6,110 @@
 //! `i - 1` seen from this host, and whose `b` side is the node interface of the `b` end (when
 //! `i == k`) or the tunnel hop `i`. A co-located link (`k == 0`) is a node-node segment.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use vnet_proto::v1 as pb;
+use ipnet::IpNet;
 
-use super::alloc::mac_string;
-use super::model::{Encap, Kind, RouteSpec, VnReq};
-use super::record::{Hop, PlacedLink, VnRecord};
+use crate::model::{Encap, GuestReq, Kind, RouteSpec, VnReq};
+use crate::record::{Hop, PlacedLink, VnRecord};
 
-fn encap_pb(e: Encap) -> i32 {
-    match e {
-        Encap::Vxlan => pb::Encapsulation::Vxlan as i32,
-        Encap::Vlan => pb::Encapsulation::Vlan as i32,
-    }
+/// The part of one VN that one host realizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slice {
+    pub vn_id: String,
+    /// `provider/name`, for the agent's logs and errors.
+    pub label: String,
+    /// A child's slice: the parent node whose namespace holds it (empty at the top level).
+    pub context_node_id: String,
+    pub depth: u32,
+    pub nodes: Vec<SliceNode>,
+    pub links: Vec<Segment>,
 }
 
-fn kind_pb(k: Kind) -> i32 {
-    match k {
-        Kind::Netns => pb::NodeKind::Netns as i32,
-        Kind::Vm => pb::NodeKind::Vm as i32,
-    }
+/// A virtual node of the slice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceNode {
+    pub node_id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub routes: Vec<RouteSpec>,
+    pub memory_mb: u64,
+    /// A vm node's guest.
+    pub guest: Option<GuestReq>,
 }
 
-pub fn route_pb(r: &RouteSpec) -> pb::Route {
-    pb::Route {
-        destination: r
-            .destination
-            .map_or_else(|| "default".to_string(), |d| d.to_string()),
-        via: r.via.to_string(),
-    }
+/// The part of a virtual link on one host: between two node interfaces, a node interface and
+/// a tunnel hop, or two tunnel hops (a transit host).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub link_id: String,
+    pub mtu: u32,
+    pub bandwidth_mbps: u64,
+    pub a: Endpoint,
+    pub b: Endpoint,
+    /// A child's segment: the parent node whose namespace carries its tunnels.
+    pub context_node_id: String,
+}
+
+/// One end of a segment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Endpoint {
+    Node(NodeInterface),
+    Tunnel(TunnelEnd),
+}
+
+/// A virtual node's interface on a link.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeInterface {
+    pub node_id: String,
+    pub ifname: String,
+    pub address: Option<IpNet>,
+    pub mac: u64,
+}
+
+/// A tunnel hop as seen from one of its ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TunnelEnd {
+    pub encap: Encap,
+    pub vni: Option<u32>,
+    pub vlan_id: Option<u16>,
+    pub udp_port: u16,
+    pub local_address: IpAddr,
+    pub remote_address: IpAddr,
+    /// The host (or parent node) at the other end.
+    pub neighbor: String,
 }
 
 /// The tunnel endpoint of `hop` as seen from its `from` end (`at_from`) or its `to` end. (By
 /// position, not by name: a child's path names parent nodes, not hosts.)
-fn tunnel(hop: &Hop, at_from: bool) -> pb::Endpoint {
+fn tunnel(hop: &Hop, at_from: bool) -> Endpoint {
     let (local, remote, neighbor) = if at_from {
         (hop.from_address, hop.to_address, &hop.to)
     } else {
         (hop.to_address, hop.from_address, &hop.from)
     };
-    pb::Endpoint {
-        kind: Some(pb::endpoint::Kind::Tunnel(pb::TunnelHop {
-            encapsulation: encap_pb(hop.encap),
-            vni: hop.vni.unwrap_or(0),
-            vlan_id: hop.vlan_id.map_or(0, u32::from),
-            udp_port: u32::from(hop.udp_port),
-            local_address: local.to_string(),
-            remote_address: remote.to_string(),
-            neighbor: neighbor.clone(),
-        })),
-    }
+    Endpoint::Tunnel(TunnelEnd {
+        encap: hop.encap,
+        vni: hop.vni,
+        vlan_id: hop.vlan_id,
+        udp_port: hop.udp_port,
+        local_address: local,
+        remote_address: remote,
+        neighbor: neighbor.clone(),
+    })
 }
 
-fn node_end(req: &VnReq, rec: &VnRecord, link_index: usize, side: usize) -> pb::Endpoint {
+fn node_end(req: &VnReq, rec: &VnRecord, link_index: usize, side: usize) -> Endpoint {
     let l = &req.links[link_index];
     let pl: &PlacedLink = &rec.placement.links[link_index];
     let node = if side == 0 { l.a } else { l.b };
-    pb::Endpoint {
-        kind: Some(pb::endpoint::Kind::Node(pb::NodeInterface {
-            node_id: rec.placement.nodes[node].node_id.clone(),
-            ifname: pl.ifnames[side].clone(),
-            addresses: l
-                .addresses
-                .or(pl.carrier)
-                .map(|a| vec![a[side].to_string()])
-                .unwrap_or_default(),
-            mac: mac_string(pl.macs[side]),
-        })),
-    }
+    Endpoint::Node(NodeInterface {
+        node_id: rec.placement.nodes[node].node_id.clone(),
+        ifname: pl.ifnames[side].clone(),
+        address: l.addresses.or(pl.carrier).map(|a| a[side]),
+        mac: pl.macs[side],
+    })
 }
 
 /// The slice of `rec` on `host`, or `None` when the VN has nothing there.
@@ -81,25 +117,20 @@ fn node_end(req: &VnReq, rec: &VnRecord, link_index: usize, side: usize) -> pb::
 /// For a child VN the path of a link names parent nodes: the segment at position `i` is on the
 /// host of parent node `path[i]` and its tunnels ride in that node's namespace
 /// (`LinkSegment.context_node_id`); the slice's own context is the first such node on the host.
-pub fn slice(rec: &VnRecord, host: &str) -> Option<pb::VnSlice> {
+pub fn slice(rec: &VnRecord, host: &str) -> Option<Slice> {
     let req = &rec.req;
-    let nodes: Vec<pb::VirtualNodeSpec> = req
+    let nodes: Vec<SliceNode> = req
         .nodes
         .iter()
         .zip(&rec.placement.nodes)
         .filter(|(_, p)| p.host == host)
-        .map(|(n, p)| pb::VirtualNodeSpec {
+        .map(|(n, p)| SliceNode {
             node_id: p.node_id.clone(),
             name: n.name.clone(),
-            kind: kind_pb(n.kind),
-            routes: n.routes.iter().map(route_pb).collect(),
-            guest: n.guest.as_ref().map(|g| pb::GuestSpec {
-                vcpus: g.vcpus,
-                memory_mb: n.memory_mb,
-                image: g.image.clone(),
-                nic: g.nic,
-                accel: g.accel,
-            }),
+            kind: n.kind,
+            routes: n.routes.clone(),
+            memory_mb: n.memory_mb,
+            guest: n.guest.clone(),
         })
         .collect();
     let mut links = Vec::new();
@@ -124,12 +155,12 @@ pub fn slice(rec: &VnRecord, host: &str) -> Option<pb::VnSlice> {
             } else {
                 tunnel(&pl.hops[pos], true)
             };
-            links.push(pb::LinkSegment {
+            links.push(Segment {
                 link_id: pl.segment_id(pos).to_string(),
                 mtu: pl.mtu,
                 bandwidth_mbps: l.bandwidth_mbps,
-                a: Some(a),
-                b: Some(b),
+                a,
+                b,
                 context_node_id: context.to_string(),
             });
         }
@@ -147,7 +178,7 @@ pub fn slice(rec: &VnRecord, host: &str) -> Option<pb::VnSlice> {
         .find_map(|p| p.context.as_deref())
         .or(contexts.first().copied())
         .unwrap_or_default();
-    Some(pb::VnSlice {
+    Some(Slice {
         vn_id: rec.vn_id.clone(),
         label: rec.label(),
         context_node_id: context.to_string(),
@@ -162,14 +193,5 @@ pub fn slice(rec: &VnRecord, host: &str) -> Option<pb::VnSlice> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredSnapshot {
     pub generation: u64,
-    pub vns: Vec<Arc<pb::VnSlice>>,
-}
-
-impl DesiredSnapshot {
-    pub fn to_proto(&self) -> pb::DesiredState {
-        pb::DesiredState {
-            generation: self.generation,
-            vns: self.vns.iter().map(|s| (**s).clone()).collect(),
-        }
-    }
+    pub vns: Vec<Arc<Slice>>,
 }

@@ -7,15 +7,14 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use vnet_proto::v1 as pb;
-
 use super::alloc::{AllocError, Allocators, Cursors, base36, link_id, node_id};
 use super::attributes;
-use super::desired::{self, DesiredSnapshot};
+use super::desired::{self, DesiredSnapshot, Slice};
 use super::model::{Encap, Kind, ProviderId, VnReq};
 use super::nest::{self, ChildFrame, Nests, ParentNode};
 use super::record::{
-    Hop, HostPhase, HostProgress, Nesting, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
+    Hop, HostPhase, HostProgress, Nesting, PlacedLink, PlacedNode, Placement, SliceReport,
+    VnRecord, VnStatus,
 };
 use super::substrate::{DEFAULT_UNDERLAY_MTU, HostInfo, Registry};
 use super::usage::{CheckMode, Mapping, Usage};
@@ -150,7 +149,7 @@ pub struct Index {
     generations: BTreeMap<String, u64>,
     observed: BTreeMap<String, u64>,
     /// (host, vn_id) -> the VN's slice on that host, built once at accept/restore.
-    slices: HashMap<(String, String), Arc<pb::VnSlice>>,
+    slices: HashMap<(String, String), Arc<Slice>>,
     /// Recursion: what children use of their parents, and the tree.
     nests: Nests,
 }
@@ -722,7 +721,7 @@ impl Index {
         host: &str,
         generation: u64,
         applied: bool,
-        reports: &[pb::VnObserved],
+        reports: &[SliceReport],
     ) -> Change {
         let mut change = Change::default();
         // The observed generation is the newest one applied: the notice that an agent started
@@ -744,15 +743,7 @@ impl Index {
             if generation < progress.since_generation {
                 continue;
             }
-            let phase = match pb::SliceState::try_from(r.state) {
-                Ok(pb::SliceState::Ready) => HostPhase::Ready,
-                Ok(pb::SliceState::Failed) => HostPhase::Failed(if r.message.is_empty() {
-                    "failed without a message".into()
-                } else {
-                    r.message.clone()
-                }),
-                _ => HostPhase::Pending,
-            };
+            let phase = r.phase.clone();
             if progress.phase == phase {
                 continue;
             }
@@ -1015,6 +1006,7 @@ fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::Endpoint;
     use crate::model::{Attributes, Kind, LinkReq, NodeReq};
     use crate::substrate::{LinkSource, UnderlayIf};
 
@@ -1104,11 +1096,10 @@ mod tests {
         }
     }
 
-    fn report(vn: &str, state: pb::SliceState, msg: &str) -> pb::VnObserved {
-        pb::VnObserved {
+    fn report(vn: &str, phase: HostPhase) -> SliceReport {
+        SliceReport {
             vn_id: vn.into(),
-            state: state as i32,
-            message: msg.into(),
+            phase,
         }
     }
 
@@ -1127,15 +1118,12 @@ mod tests {
         assert_eq!(change.generations.len(), 3);
         assert_eq!(ix.usage().host_cpu("h1"), 30);
         assert_eq!(ix.usage().link_bandwidth("h2-h3"), 40);
-        let d2 = ix.desired("h2").to_proto();
+        let d2 = ix.desired("h2");
         assert_eq!(d2.generation, 1);
         let seg = &d2.vns[0].links[0];
         assert!(matches!(
-            (&seg.a.as_ref().unwrap().kind, &seg.b.as_ref().unwrap().kind),
-            (
-                Some(pb::endpoint::Kind::Tunnel(_)),
-                Some(pb::endpoint::Kind::Tunnel(_))
-            )
+            (&seg.a, &seg.b),
+            (Endpoint::Tunnel(_), Endpoint::Tunnel(_))
         ));
         // Capacity is enforced: a second VN of 2 x 30 cpu still fits, a third does not on h1.
         ix.accept(req("y", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
@@ -1156,17 +1144,17 @@ mod tests {
         let before_alloc = ix.allocators().vni.held().len();
         assert_eq!(before_alloc, 2);
         // generation 0 predates the VN: ignored
-        let c = ix.observe("h1", 0, true, &[report("v1", pb::SliceState::Ready, "")]);
+        let c = ix.observe("h1", 0, true, &[report("v1", HostPhase::Ready)]);
         assert!(c.events.is_empty());
         for h in ["h1", "h2"] {
-            ix.observe(h, 1, true, &[report("v1", pb::SliceState::Ready, "")]);
+            ix.observe(h, 1, true, &[report("v1", HostPhase::Ready)]);
         }
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Provisioning);
         let c = ix.observe(
             "h3",
             1,
             true,
-            &[report("v1", pb::SliceState::Failed, "no vxlan")],
+            &[report("v1", HostPhase::Failed("no vxlan".into()))],
         );
         assert!(c.status_changed);
         let rec = ix.record("v1").unwrap();
@@ -1202,13 +1190,13 @@ mod tests {
             .accept(req("x", Encap::Vlan, false, "red"), vec![], &via_h2(), 1)
             .unwrap();
         for h in ["h1", "h2", "h3"] {
-            ix.observe(h, 1, true, &[report("v1", pb::SliceState::Ready, "")]);
+            ix.observe(h, 1, true, &[report("v1", HostPhase::Ready)]);
         }
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
         ix.detach("h2");
         assert_eq!(ix.record("v1").unwrap().reason, "host h2 disconnected");
         ix.attach(host("h2", 2, 9000));
-        ix.observe("h2", 1, true, &[report("v1", pb::SliceState::Ready, "")]);
+        ix.observe("h2", 1, true, &[report("v1", HostPhase::Ready)]);
         assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
 
         // Restore from what a store would hold: identical usage and identifiers.

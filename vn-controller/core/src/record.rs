@@ -61,6 +61,13 @@ impl HostPhase {
     }
 }
 
+/// What an agent reports about its slice of one VN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceReport {
+    pub vn_id: String,
+    pub phase: HostPhase,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostProgress {
     /// First generation of the host's desired state that contains this VN: only reports about

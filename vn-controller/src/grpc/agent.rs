@@ -71,7 +71,7 @@ impl AgentControl for AgentService {
             loop {
                 if send_desired {
                     let snapshot = desired.borrow_and_update().clone();
-                    let d = snapshot.to_proto();
+                    let d = super::slice::desired_state(&snapshot);
                     let msg = pb::ControllerMessage {
                         msg: Some(pb::controller_message::Msg::Desired(d)),
                     };

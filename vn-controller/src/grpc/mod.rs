@@ -4,6 +4,7 @@ pub mod agent;
 pub mod console;
 pub mod convert;
 pub mod identity;
+pub mod slice;
 pub mod substrate;
 pub mod validate;
 pub mod vn;

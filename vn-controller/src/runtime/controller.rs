@@ -18,8 +18,8 @@ use crate::core::embed::{Planner, View};
 use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
-use crate::store::{Store, StoreError};
 use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
+use crate::store::{Store, StoreError};
 
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
@@ -522,7 +522,8 @@ impl Controller {
             tracing::warn!(%host, error = %e, "agent reports a fault");
         }
         let h = host.to_string();
-        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &obs.vns)))
+        let reports: Vec<_> = obs.vns.iter().map(crate::grpc::slice::report).collect();
+        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &reports)))
             .await;
     }
 

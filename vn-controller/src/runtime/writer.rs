@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::core::desired::DesiredSnapshot;
 use crate::core::index::{Change, Event};
-use crate::store::Store;
 use crate::core::substrate::HostInfo;
+use crate::store::Store;
 
 use super::metrics::Metrics;
 
