@@ -11,5 +11,6 @@ pub mod index;
 pub mod model;
 pub mod nest;
 pub mod record;
+pub mod store;
 pub mod substrate;
 pub mod usage;

@@ -19,7 +19,7 @@ use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
 use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
-use crate::store::{Store, StoreError};
+use crate::store::{RedbStore, Store, StoreError};
 
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
@@ -165,7 +165,7 @@ impl Controller {
     /// Opens the store and restores every VN. Needs no runtime; call [`Controller::start`]
     /// from inside one.
     pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
-        let store = Store::open(&cfg.state_dir)?;
+        let store = RedbStore::open(&cfg.state_dir)?;
         let loaded = store.load()?;
         let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
         let index = Index::restore(

@@ -101,7 +101,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(store: Arc<Store>, publisher: Arc<Publisher>) -> Writer {
+    pub fn spawn(store: Arc<dyn Store>, publisher: Arc<Publisher>) -> Writer {
         let (tx, rx) = mpsc::channel::<Commit>();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())

@@ -5,14 +5,12 @@
 //! `meta` (allocator cursors, schema version). Every [`Change`] is written in one transaction
 //! with immediate durability, so a crash leaves either all of an operation or none of it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::core::alloc::Cursors;
 use crate::core::index::Change;
-use crate::core::record::VnRecord;
+use crate::core::store::{Loaded, Store, StoreError, decode, encode, writes_nothing};
 use crate::core::substrate::HostInfo;
 
 const VNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("vns");
@@ -24,62 +22,21 @@ const SCHEMA_KEY: &str = "schema";
 const SCHEMA: &[u8] = b"1";
 const CURSORS_KEY: &str = "cursors";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create state directory {path}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("store {path}")]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
-    #[error("store record {key} is corrupt")]
-    Decode {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("store schema {found:?} is not the supported {SCHEMA:?}")]
-    Schema { found: String },
-}
-
-/// Everything the store holds.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub records: Vec<VnRecord>,
-    pub hosts: Vec<HostInfo>,
-    pub generations: BTreeMap<String, u64>,
-    pub cursors: Cursors,
-}
-
-pub struct Store {
+/// The store in one redb file.
+pub struct RedbStore {
     db: Database,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialise")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &str, b: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(b).map_err(|source| StoreError::Decode {
-        key: key.to_string(),
-        source,
-    })
-}
-
-impl Store {
+impl RedbStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
@@ -87,11 +44,8 @@ impl Store {
             source,
         })?;
         let path = dir.join("controller.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Db {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        let store = Store { db, path };
+        let db = Database::create(&path).map_err(|e| backend(&path, e))?;
+        let store = RedbStore { db, path };
         store.init()?;
         Ok(store)
     }
@@ -100,11 +54,8 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Db {
-            path: self.path.clone(),
-            source: e.into(),
-        }
+    fn err(&self, e: impl Into<::redb::Error>) -> StoreError {
+        backend(&self.path, e)
     }
 
     fn init(&self) -> Result<(), StoreError> {
@@ -126,14 +77,24 @@ impl Store {
                 Some(v) => {
                     return Err(StoreError::Schema {
                         found: String::from_utf8_lossy(&v).into_owned(),
+                        supported: String::from_utf8_lossy(SCHEMA).into_owned(),
                     });
                 }
             }
         }
         tx.commit().map_err(|e| self.err(e))
     }
+}
 
-    pub fn load(&self) -> Result<Loaded, StoreError> {
+fn backend(path: &Path, e: impl Into<::redb::Error>) -> StoreError {
+    StoreError::Backend {
+        location: path.display().to_string(),
+        source: Box::new(e.into()),
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let mut out = Loaded::default();
         let vns = tx.open_table(VNS).map_err(|e| self.err(e))?;
@@ -158,26 +119,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes one change in one durable transaction.
-    pub fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        self.apply_all(&[change], &[], true)
-    }
-
-    /// Writes several changes (in order) and host records in one transaction; without
-    /// `durable`, the commit becomes durable with the next durable one (redb `Durability::None`).
-    pub fn apply_all(
+    /// Without `durable`, the commit becomes durable with the next durable one (redb
+    /// `Durability::None`).
+    fn apply_all(
         &self,
         changes: &[&Change],
         hosts: &[&HostInfo],
         durable: bool,
     ) -> Result<(), StoreError> {
-        let empty = |c: &Change| {
-            c.upserts.is_empty()
-                && c.removed.is_empty()
-                && c.generations.is_empty()
-                && c.cursors.is_none()
-        };
-        if hosts.is_empty() && changes.iter().all(|c| empty(c)) {
+        if hosts.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
             return Ok(());
         }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
