@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::model::{Attributes, Encap, Isolation, Kind, VnReq};
+use crate::model::{Attributes, Encap, Isolation, Kind, VnReq};
 
 /// A child's attribute that is wider than its parent's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

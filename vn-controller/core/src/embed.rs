@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use embedding::{Residual, Substrate};
 
-use super::index::Index;
-use super::model::{Kind, VnReq};
-use super::substrate::{Registry, SubstrateLink};
-use super::usage::{Mapping, Usage};
+use crate::frame::Frame;
+use crate::index::Index;
+use crate::model::{Kind, VnReq};
+use crate::substrate::{Registry, SubstrateLink};
+use crate::usage::{Mapping, Usage};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewHost {
@@ -36,9 +37,12 @@ pub struct View {
 }
 
 impl Index {
-    /// The residual substrate as `req` may use it.
-    pub fn view(&self, req: &VnReq) -> View {
-        view_of(&self.registry, self.usage(), req)
+    /// The residual of `frame` (the substrate, or a child's parent) as its request may use it.
+    pub fn view(&self, frame: &Frame) -> View {
+        match &frame.parent {
+            Some(p) => view_of(&p.registry, self.nests().usage(&p.id), &frame.req),
+            None => view_of(&self.registry, self.usage(), &frame.req),
+        }
     }
 }
 

@@ -7,20 +7,17 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::alloc::{AllocError, Allocators, Cursors, base36, link_id, node_id};
-use super::attributes;
-use super::desired::{self, DesiredSnapshot, Slice};
-use super::model::{Encap, Kind, ProviderId, VnReq};
-use super::nest::{self, ChildFrame, Nests, ParentNode};
-use super::record::{
-    Hop, HostPhase, HostProgress, Nesting, PlacedLink, PlacedNode, Placement, SliceReport,
-    VnRecord, VnStatus,
-};
-use super::substrate::{DEFAULT_UNDERLAY_MTU, HostInfo, Registry};
-use super::usage::{CheckMode, Mapping, Usage};
+use crate::alloc::{AllocError, Allocators, Cursors};
+use crate::desired::{self, DesiredSnapshot, Slice};
+use crate::frame::{self, Ancestor, Frame};
+use crate::model::{ProviderId, VnReq};
+use crate::nest::{self, Nests};
+use crate::placement::{self, Target};
+use crate::record::{HostPhase, HostProgress, Nesting, Placement, SliceReport, VnRecord, VnStatus};
+use crate::substrate::{HostInfo, Registry};
+use crate::usage::{CheckMode, Mapping, Usage};
 
-/// VXLAN overhead on the underlay MTU.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use crate::error::CoreError;
 
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
@@ -31,37 +28,6 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig { vxlan_port: 4789 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CoreError {
-    #[error("VN {name} already exists (provider {provider})")]
-    AlreadyExists { provider: String, name: String },
-    #[error("VN {name} not found")]
-    NotFound { name: String },
-    /// The substrate cannot host the request (capacity or identifiers).
-    #[error("{0}")]
-    Exhausted(String),
-    #[error("inconsistent store: {0}")]
-    Restore(String),
-    /// A state of things (a parent's, an attribute it imposes) does not allow the request.
-    #[error("{0}")]
-    Precondition(String),
-    /// The caller may not do this (create a child of a VN not shared with it).
-    #[error("{0}")]
-    Permission(String),
-    /// The request names something that does not exist (a child pinned to no parent node).
-    #[error("{0}")]
-    Invalid(String),
-    /// A quota or a fixed capacity makes the request impossible (embedding again cannot help).
-    #[error("{0}")]
-    NoRoom(String),
-}
-
-impl From<AllocError> for CoreError {
-    fn from(e: AllocError) -> Self {
-        CoreError::Exhausted(e.to_string())
     }
 }
 
@@ -129,14 +95,6 @@ impl Change {
     }
 }
 
-/// An identifier taken during one allocation (released again if the allocation fails).
-#[derive(Debug)]
-enum Taken {
-    Mac(u64),
-    Vni(u64),
-    Vlan(String, u64),
-}
-
 #[derive(Clone, Debug)]
 pub struct Index {
     cfg: IndexConfig,
@@ -169,6 +127,31 @@ fn node_hosts(rec: &VnRecord) -> Vec<String> {
         .iter()
         .map(|n| n.parent_node.clone().unwrap_or_else(|| n.host.clone()))
         .collect()
+}
+
+/// The event of an accepted VN: where it was embedded (a child: on its parent's nodes, named as
+/// such) and by which algorithm.
+fn accepted_event(rec: &VnRecord) -> Event {
+    let (inside, on): (String, BTreeSet<String>) = match &rec.nesting {
+        None => (String::new(), rec.placement.hosts()),
+        Some(n) => (
+            format!(" in {}", n.parent_label),
+            node_hosts(rec).into_iter().collect(),
+        ),
+    };
+    let on: Vec<String> = on.into_iter().collect();
+    Event {
+        provider: rec.provider().clone(),
+        name: rec.name().to_string(),
+        kind: EventKind::Accepted,
+        status: Some(VnStatus::Provisioning),
+        host: String::new(),
+        message: format!(
+            "embedded{inside} on {} by {}",
+            on.join(","),
+            rec.placement.algorithm
+        ),
+    }
 }
 
 impl Index {
@@ -401,8 +384,47 @@ impl Index {
         }
     }
 
-    /// Commits an embedded request: re-checks it against the residual substrate, allocates
-    /// identifiers and records the VN in state provisioning. Nothing changes on error.
+    /// The frame of `req`: the substrate, or (a child) its parent's virtual topology after the
+    /// checks against the parent ([`frame`]). The attempt embeds in it; [`Index::accept`]
+    /// computes it again, because the parent may have changed in between.
+    pub fn frame(&self, req: &VnReq) -> Result<Frame, CoreError> {
+        let Some(pref) = &req.parent else {
+            return frame::top_level(req, &self.registry, self.cfg.vxlan_port);
+        };
+        let parent = self
+            .find(&pref.provider, &pref.name)
+            .ok_or_else(|| CoreError::NotFound {
+                name: format!("{pref} (spec.parent)"),
+            })?;
+        let mut ancestors = Vec::new();
+        let mut anc = Some(parent);
+        while let Some(rec) = anc {
+            let (nodes, cpu) = self.subtree_totals(&rec.vn_id);
+            ancestors.push(Ancestor { rec, nodes, cpu });
+            anc = rec.parent_id().and_then(|p| self.record(p));
+        }
+        frame::child(req, &ancestors, &self.registry, self.cfg.vxlan_port)
+    }
+
+    /// Nodes and total cpu of `vn_id` and all its descendants that hold resources.
+    pub fn subtree_totals(&self, vn_id: &str) -> (u64, u64) {
+        let mut nodes = 0;
+        let mut cpu = 0;
+        let mut stack = vec![vn_id.to_string()];
+        while let Some(id) = stack.pop() {
+            if let Some(r) = self.record(&id)
+                && r.status.holds_resources()
+            {
+                nodes += r.req.nodes.len() as u64;
+                cpu += r.req.total_cpu();
+            }
+            stack.extend(self.nests.children(&id).cloned());
+        }
+        (nodes, cpu)
+    }
+
+    /// Commits an embedded request: re-checks it against its frame, allocates identifiers and
+    /// records the VN in state provisioning. Nothing changes on error.
     pub fn accept(
         &mut self,
         req: VnReq,
@@ -411,52 +433,37 @@ impl Index {
         now_ms: u64,
     ) -> Result<(VnRecord, Change), CoreError> {
         self.check_name_free(&req.provider, &req.name)?;
-        // A child is checked against its parent (again: the parent may have changed since the
-        // embedding) and embedded in the parent's virtual topology.
-        let child: Option<ChildFrame> = match &req.parent {
-            Some(_) => Some(nest::child_frame(self, &req, self.cfg.vxlan_port)?),
-            None => None,
-        };
-        let req = match &child {
-            Some(f) => f.req.clone(),
-            None => VnReq {
-                attributes: attributes::top_level(&req.attributes),
-                ..req
-            },
-        };
-        let (frame, usage) = match &child {
-            Some(f) => (
-                Frame {
-                    reg: &f.registry,
-                    port: f.port,
-                    parent_nodes: Some(&f.nodes),
+        let Frame { req, port, parent } = self.frame(&req)?;
+        let (target, usage) = match &parent {
+            Some(p) => (
+                Target {
+                    reg: &p.registry,
+                    port,
+                    parent_nodes: Some(&p.nodes),
                 },
-                self.nests.usage(&f.parent_id),
+                self.nests.usage(&p.id),
             ),
             None => (
-                Frame {
+                Target {
                     reg: &self.registry,
-                    port: self.cfg.vxlan_port,
+                    port,
                     parent_nodes: None,
                 },
                 &self.usage,
             ),
         };
         let (paths, _) = usage
-            .check(frame.reg, &req, mapping, CheckMode::Commit)
+            .check(target.reg, &req, mapping, CheckMode::Commit)
             .map_err(CoreError::Exhausted)?;
         let cursors = self.alloc.cursors();
         let mut taken = Vec::new();
-        let allocated = allocate(&mut self.alloc, &frame, &req, mapping, &paths, &mut taken);
+        let allocated =
+            placement::allocate(&mut self.alloc, &target, &req, mapping, &paths, &mut taken);
         let (vn_id, placement) = match allocated {
             Ok(p) => p,
             Err(e) => {
                 for t in taken {
-                    match t {
-                        Taken::Mac(v) => self.alloc.mac.release(v),
-                        Taken::Vni(v) => self.alloc.vni.release(v),
-                        Taken::Vlan(seg, v) => self.alloc.vlan_pool(&seg).release(v),
-                    }
+                    t.release(&mut self.alloc);
                 }
                 self.alloc.rewind(&cursors);
                 return Err(e);
@@ -475,18 +482,16 @@ impl Index {
             );
             self.host_vns.entry(h).or_default().insert(vn_id.clone());
         }
-        let nesting = match child {
-            Some(f) => {
-                self.nests.usage_mut(&f.parent_id).add(
-                    &req,
-                    &mapping.node_hosts,
-                    &mapping.link_paths,
-                );
-                self.nests.add_child(&f.parent_id, &vn_id);
+        let nesting = match parent {
+            Some(p) => {
+                self.nests
+                    .usage_mut(&p.id)
+                    .add(&req, &mapping.node_hosts, &mapping.link_paths);
+                self.nests.add_child(&p.id, &vn_id);
                 Some(Nesting {
-                    parent: f.parent_id,
-                    parent_label: f.parent_label,
-                    depth: f.depth,
+                    parent: p.id,
+                    parent_label: p.label,
+                    depth: p.depth,
                 })
             }
             None => {
@@ -510,35 +515,14 @@ impl Index {
             (rec.provider().clone(), rec.name().to_string()),
             vn_id.clone(),
         );
-        change.events.push(Event {
-            provider: rec.provider().clone(),
-            name: rec.name().to_string(),
-            kind: EventKind::Accepted,
-            status: Some(VnStatus::Provisioning),
-            host: String::new(),
-            message: {
-                // A child is placed on its parent's nodes, named as such.
-                let (inside, on): (String, BTreeSet<String>) = match &rec.nesting {
-                    None => (String::new(), rec.placement.hosts()),
-                    Some(n) => (
-                        format!(" in {}", n.parent_label),
-                        node_hosts(&rec).into_iter().collect(),
-                    ),
-                };
-                let on: Vec<String> = on.into_iter().collect();
-                format!(
-                    "embedded{inside} on {} by {}",
-                    on.join(","),
-                    rec.placement.algorithm
-                )
-            },
-        });
+        change.events.push(accepted_event(&rec));
         change.upserts.insert(vn_id.clone(), rec.clone());
         change.cursors = Some(self.alloc.cursors());
         self.cache_slices(&rec);
         self.vns.insert(vn_id, rec.clone());
         Ok((rec, change))
     }
+
     /// Undoes [`Index::accept`] when the change could not be persisted.
     pub fn forget(&mut self, vn_id: &str) {
         self.remove_record(vn_id);
@@ -629,7 +613,7 @@ impl Index {
             .ok_or_else(|| CoreError::NotFound {
                 name: name.to_string(),
             })?;
-        let order = nest::post_order(self, &vn_id);
+        let order = self.nests.post_order(&vn_id);
         if order.len() > 1 && !cascade {
             let children = self.children_of(&vn_id, provider);
             return Err(CoreError::Precondition(format!(
@@ -838,176 +822,11 @@ impl Index {
     }
 }
 
-/// Longest link (and segment) id the agents accept.
-const MAX_LINK_ID_LEN: usize = 10;
-
-/// What a VN is embedded in, for the allocation of its placement: the substrate, or (for a
-/// child) its parent's virtual topology.
-struct Frame<'a> {
-    reg: &'a Registry,
-    /// UDP port of VXLAN hops at this depth.
-    port: u16,
-    /// Child: where each parent node is (the mapping names parent nodes, not hosts).
-    parent_nodes: Option<&'a BTreeMap<String, ParentNode>>,
-}
-
-fn allocate(
-    alloc: &mut Allocators,
-    frame: &Frame<'_>,
-    req: &VnReq,
-    mapping: &Mapping,
-    paths: &[Vec<String>],
-    taken: &mut Vec<Taken>,
-) -> Result<(String, Placement), CoreError> {
-    let vn_id = alloc.next_vn_id();
-    let nodes: Vec<PlacedNode> = mapping
-        .node_hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| PlacedNode {
-            host: frame
-                .parent_nodes
-                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
-            node_id: node_id(&vn_id, i),
-            parent_node: frame.parent_nodes.map(|_| h.clone()),
-            context: frame.parent_nodes.map(|m| m[h].node_id.clone()),
-        })
-        .collect();
-    // Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
-    let mut used_names: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
-    for l in &req.links {
-        for (side, node) in [l.a, l.b].into_iter().enumerate() {
-            if let Some(n) = &l.interfaces[side] {
-                used_names[node].insert(n.clone());
-            }
-        }
-    }
-    let mut next_eth = vec![0usize; req.nodes.len()];
-    let mut extra_segments = 0u64;
-    let mut links = Vec::with_capacity(req.links.len());
-    for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
-        let mut ifnames = [String::new(), String::new()];
-        for (side, node) in [l.a, l.b].into_iter().enumerate() {
-            ifnames[side] = match &l.interfaces[side] {
-                Some(n) => n.clone(),
-                None => loop {
-                    let cand = format!("eth{}", next_eth[node]);
-                    next_eth[node] += 1;
-                    if used_names[node].insert(cand.clone()) {
-                        break cand;
-                    }
-                },
-            };
-        }
-        let mut mac = || -> Result<u64, CoreError> {
-            let v = alloc.mac.allocate()?;
-            taken.push(Taken::Mac(v));
-            Ok(v)
-        };
-        let macs = [mac()?, mac()?];
-        let mut hops = Vec::new();
-        let mut mtu = u32::MAX;
-        for (j, sid) in mapping.link_paths[i].iter().enumerate() {
-            let sl = frame
-                .reg
-                .link(sid)
-                .expect("checked by Usage::check")
-                .clone();
-            let (from, to) = (&path[j], &path[j + 1]);
-            let addr = |h: &str| {
-                frame.reg.address_on(&sl, h).ok_or_else(|| {
-                    CoreError::Exhausted(format!("host {h} has no address on link {sid}"))
-                })
-            };
-            let (from_address, to_address) = (addr(from)?, addr(to)?);
-            let under = frame.reg.mtu_on(&sl, from).min(frame.reg.mtu_on(&sl, to));
-            let (vni, vlan_id, hop_mtu) = match l.encap {
-                Encap::Vxlan => {
-                    let v = alloc.vni.allocate()?;
-                    taken.push(Taken::Vni(v));
-                    (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
-                }
-                Encap::Vlan => {
-                    let v = alloc.vlan_pool(&sl.segment).allocate()?;
-                    taken.push(Taken::Vlan(sl.segment.clone(), v));
-                    (None, Some(v as u16), under)
-                }
-            };
-            mtu = mtu.min(hop_mtu);
-            hops.push(Hop {
-                link: sid.clone(),
-                from: from.clone(),
-                to: to.clone(),
-                encap: l.encap,
-                vni,
-                vlan_id,
-                segment: sl.segment.clone(),
-                udp_port: frame.port,
-                from_address,
-                to_address,
-            });
-        }
-        if hops.is_empty() {
-            mtu = DEFAULT_UNDERLAY_MTU;
-        }
-        if let Some(cap) = req.attributes.mtu {
-            mtu = mtu.min(cap);
-        }
-        let (hosts, contexts) = match frame.parent_nodes {
-            Some(m) => (
-                path.iter().map(|p| m[p].host.clone()).collect(),
-                path.iter().map(|p| m[p].node_id.clone()).collect(),
-            ),
-            None => (vec![], vec![]),
-        };
-        // A child's link may cross two parent nodes on one host: one segment id each.
-        let mut segment_ids = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (pos, h) in hosts.iter().enumerate() {
-            if seen.insert(h) {
-                continue;
-            }
-            segment_ids.resize(pos + 1, String::new());
-            extra_segments += 1;
-            let id = format!("{vn_id}r{}", base36(extra_segments));
-            if id.len() > MAX_LINK_ID_LEN {
-                return Err(CoreError::NoRoom(format!(
-                    "link {i} crosses host {h} more than once and no segment id is left for it"
-                )));
-            }
-            segment_ids[pos] = id;
-        }
-        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
-        let carrier =
-            (req.nestable && l.addresses.is_none() && !vm_end).then(|| nest::carrier_pair(i));
-        links.push(PlacedLink {
-            link_id: link_id(&vn_id, i),
-            path: path.clone(),
-            hops,
-            mtu,
-            ifnames,
-            macs,
-            hosts,
-            contexts,
-            segment_ids,
-            carrier,
-        });
-    }
-    let placement = Placement {
-        nodes,
-        links,
-        algorithm: mapping.algorithm.clone(),
-        revenue: mapping.revenue,
-        cost: mapping.cost,
-    };
-    Ok((vn_id, placement))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::desired::Endpoint;
-    use crate::model::{Attributes, Kind, LinkReq, NodeReq};
+    use crate::model::{Attributes, Encap, Kind, LinkReq, NodeReq};
     use crate::substrate::{LinkSource, UnderlayIf};
 
     fn host(id: &str, n: u8, mtu: u32) -> HostInfo {

@@ -1,4 +1,4 @@
-//! Recursion: a nestable VN as the substrate of child VNs (issue 7).
+//! Recursion: a nestable VN as the substrate of child VNs.
 //!
 //! A child is embedded in its parent's *virtual* topology, seen through the same types as the
 //! substrate, so that the embedding, [`Usage::check`] and the allocation of hops work
@@ -9,12 +9,7 @@
 //! interfaces; MTU: the link's MTU; VLAN segment: the link itself). What the parent's children
 //! use of it is a [`Usage`] per parent, kept in [`Nests`] next to the tree of children.
 //!
-//! [`child_frame`] resolves a child request against its parent, in this order: the parent exists
-//! (NOT_FOUND), the caller owns it or is in its `share_with` (PERMISSION_DENIED), it is nestable
-//! and ready, the depth and the VXLAN port of the level fit, `share_with` and the attributes only
-//! narrow the parent's, the request conforms to the effective attributes (FAILED_PRECONDITION),
-//! the quotas of every ancestor hold and no link asks for more than the parent's largest link
-//! (RESOURCE_EXHAUSTED), and pins name netns nodes of the parent on attached hosts.
+//! How a child is checked against its parent and framed in its topology is in [`crate::frame`].
 //!
 //! Carrier addresses: a link of a nestable VN without addresses gets two from
 //! [`carrier_range`] (link `i`: the `/31` at offset `2i`), so that children's tunnels have
@@ -26,17 +21,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::alloc::mac_string;
-use super::attributes::{self, Kinds};
-use super::index::{CoreError, Index};
-use super::model::{Kind, VnReq};
-use super::record::{VnRecord, VnStatus};
-use super::substrate::{HostInfo, LinkSource, Registry, SubstrateLink, UnderlayIf};
-use super::usage::Usage;
-
-/// Deepest nesting (a VN on the substrate has depth 0). Each level costs 50 bytes of MTU and
-/// one UDP port above the base VXLAN port.
-pub const MAX_DEPTH: u32 = 8;
+use crate::alloc::mac_string;
+use crate::model::Kind;
+use crate::record::VnRecord;
+use crate::substrate::{HostInfo, LinkSource, Registry, SubstrateLink, UnderlayIf};
+use crate::usage::Usage;
 
 /// Where the carrier addresses of nestable VNs' links come from: 1024 `/31`s, one per link
 /// (a VN has at most 999 links). Part of 100.64.0.0/10 (shared address space, RFC 6598).
@@ -107,6 +96,19 @@ impl Nests {
                 self.children.remove(parent);
             }
         }
+    }
+
+    /// `vn_id` and its descendants, deepest first (the order of a cascading delete).
+    pub fn post_order(&self, vn_id: &str) -> Vec<String> {
+        fn walk(n: &Nests, id: &str, out: &mut Vec<String>) {
+            for c in n.children(id) {
+                walk(n, c, out);
+            }
+            out.push(id.to_string());
+        }
+        let mut out = Vec::new();
+        walk(self, vn_id, &mut out);
+        out
     }
 
     /// Parents whose children use something of them (for tests).
@@ -191,206 +193,6 @@ pub fn virtual_substrate(
         );
     }
     (reg, nodes)
-}
-
-/// What a child request is embedded in.
-#[derive(Clone, Debug)]
-pub struct ChildFrame {
-    pub parent_id: String,
-    pub parent_label: String,
-    pub depth: u32,
-    /// UDP port of the level's VXLAN hops (base + depth).
-    pub port: u16,
-    pub registry: Registry,
-    pub nodes: BTreeMap<String, ParentNode>,
-    /// The request with its effective attributes (and inherited encapsulations).
-    pub req: VnReq,
-}
-
-/// Nodes and total cpu of `vn_id` and all its descendants that hold resources.
-pub fn subtree_totals(ix: &Index, vn_id: &str) -> (u64, u64) {
-    let mut nodes = 0;
-    let mut cpu = 0;
-    let mut stack = vec![vn_id.to_string()];
-    while let Some(id) = stack.pop() {
-        if let Some(r) = ix.record(&id)
-            && r.status.holds_resources()
-        {
-            nodes += r.req.nodes.len() as u64;
-            cpu += r.req.total_cpu();
-        }
-        stack.extend(ix.nests().children(&id).cloned());
-    }
-    (nodes, cpu)
-}
-
-/// `vn_id` and its descendants, deepest first (the order of a cascading delete).
-pub fn post_order(ix: &Index, vn_id: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    fn walk(ix: &Index, id: &str, out: &mut Vec<String>) {
-        for c in ix.nests().children(id) {
-            walk(ix, c, out);
-        }
-        out.push(id.to_string());
-    }
-    walk(ix, vn_id, &mut out);
-    out
-}
-
-fn list(set: &BTreeSet<String>) -> String {
-    format!("[{}]", set.iter().cloned().collect::<Vec<_>>().join(", "))
-}
-
-/// Resolves a child request against its parent (see the module docs for the order of checks).
-pub fn child_frame(ix: &Index, req: &VnReq, base_port: u16) -> Result<ChildFrame, CoreError> {
-    let pref = req.parent.as_ref().expect("a child request");
-    let parent = ix
-        .find(&pref.provider, &pref.name)
-        .ok_or_else(|| CoreError::NotFound {
-            name: format!("{pref} (spec.parent)"),
-        })?;
-    let label = parent.label();
-    if req.provider != *parent.provider() && !parent.req.share_with.contains(&req.provider.0) {
-        return Err(CoreError::Permission(format!(
-            "provider {} may not create children of {label}: it is neither its owner nor in its share_with",
-            req.provider
-        )));
-    }
-    if !parent.req.nestable {
-        return Err(CoreError::Precondition(format!(
-            "parent {label} is not nestable (create it with nestable: true to carry child VNs)"
-        )));
-    }
-    if parent.status != VnStatus::Ready {
-        let why = if parent.reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", parent.reason)
-        };
-        return Err(CoreError::Precondition(format!(
-            "parent {label} is {}{why}; children can be created once it is ready",
-            parent.status.as_str()
-        )));
-    }
-    let depth = parent.depth() + 1;
-    if depth > MAX_DEPTH {
-        return Err(CoreError::Precondition(format!(
-            "a child of {label} would be at depth {depth}, deeper than the limit of {MAX_DEPTH}"
-        )));
-    }
-    let port = u16::try_from(u32::from(base_port) + depth).map_err(|_| {
-        CoreError::Precondition(format!(
-            "no VXLAN port for depth {depth} above the base port {base_port}"
-        ))
-    })?;
-    let mut allowed: BTreeSet<String> = parent.req.share_with.clone();
-    allowed.insert(parent.provider().0.clone());
-    let extra: BTreeSet<String> = req.share_with.difference(&allowed).cloned().collect();
-    if !extra.is_empty() {
-        return Err(CoreError::Precondition(format!(
-            "spec.share_with: {} widens the parent's {} (owner and share_with of {label}; a child VN may only narrow its parent's attributes)",
-            list(&extra),
-            list(&allowed)
-        )));
-    }
-    let eff = attributes::inherit(&parent.req.attributes, &req.attributes).map_err(|e| {
-        CoreError::Precondition(format!(
-            "spec.{e} (of {label}; a child VN may only narrow its parent's attributes)"
-        ))
-    })?;
-    let mut child = req.clone();
-    attributes::conform(&mut child, &eff, &label).map_err(CoreError::Precondition)?;
-    // Quotas of every ancestor (nodes and cpu of it and all its descendants).
-    let mut anc = Some(parent);
-    while let Some(a) = anc {
-        let (nodes, cpu) = subtree_totals(ix, &a.vn_id);
-        let at = &a.req.attributes;
-        if let Some(max) = at.max_nodes
-            && nodes + child.nodes.len() as u64 > u64::from(max)
-        {
-            return Err(CoreError::NoRoom(format!(
-                "quota of {}: attributes.max_nodes {max} would be exceeded ({nodes} nodes in it and its descendants, {} more asked)",
-                a.label(),
-                child.nodes.len()
-            )));
-        }
-        if let Some(max) = at.max_total_cpu
-            && cpu + child.total_cpu() > max
-        {
-            return Err(CoreError::NoRoom(format!(
-                "quota of {}: attributes.max_total_cpu {max} would be exceeded (cpu {cpu} in it and its descendants, {} more asked)",
-                a.label(),
-                child.total_cpu()
-            )));
-        }
-        anc = a.parent_id().and_then(|p| ix.record(p));
-    }
-    let (registry, nodes) = virtual_substrate(parent, &ix.registry);
-    for (i, n) in child.nodes.iter().enumerate() {
-        let Some(pin) = &n.pin else { continue };
-        let what = format!("spec.nodes[{i}] ({})", n.name);
-        let Some(pn) = nodes.get(pin) else {
-            return Err(CoreError::Invalid(format!(
-                "{what}: pinned to {pin}, which is not a node of parent {label}"
-            )));
-        };
-        if pn.kind != Kind::Netns {
-            return Err(CoreError::Precondition(format!(
-                "{what}: pinned to {pin}, a {} node of parent {label}: only netns nodes can carry child nodes",
-                pn.kind.as_str()
-            )));
-        }
-        let kinds = &registry.host(pin).expect("listed").kinds;
-        if !kinds.contains(&n.kind) {
-            return Err(CoreError::Precondition(format!(
-                "{what}: parent node {pin} (on host {}) cannot carry {} nodes (it can carry {})",
-                pn.host,
-                n.kind.as_str(),
-                Kinds(kinds)
-            )));
-        }
-        if !registry.is_connected(pin) {
-            return Err(CoreError::Precondition(format!(
-                "{what}: pinned to {pin}, whose host {} is not attached",
-                pn.host
-            )));
-        }
-    }
-    if !child.allow_revisitation {
-        // Every link needs at least one hop of the parent: none may exceed its largest link.
-        let largest = registry
-            .links()
-            .iter()
-            .filter(|l| registry.link_usable(l))
-            .map(|l| l.bandwidth_mbps)
-            .max();
-        for (i, l) in child.links.iter().enumerate() {
-            if largest.is_none_or(|m| l.bandwidth_mbps > m) {
-                let what = format!(
-                    "spec.links[{i}] ({}-{})",
-                    child.nodes[l.a].name, child.nodes[l.b].name
-                );
-                return Err(CoreError::NoRoom(match largest {
-                    Some(m) => format!(
-                        "{what}: bandwidth {} Mbit/s exceeds every link of parent {label} (the largest carries {m} Mbit/s)",
-                        l.bandwidth_mbps
-                    ),
-                    None => format!(
-                        "{what}: parent {label} has no link that can carry child links (links need addresses and netns nodes at both ends)"
-                    ),
-                }));
-            }
-        }
-    }
-    Ok(ChildFrame {
-        parent_id: parent.vn_id.clone(),
-        parent_label: label,
-        depth,
-        port,
-        registry,
-        nodes,
-        req: child,
-    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Encap, ProviderId, VnReq};
+use crate::model::{Encap, ProviderId, VnReq};
 
 /// Lifecycle of a VN (the proto `VnState` without the transient ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

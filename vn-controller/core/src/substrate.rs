@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::model::Kind;
+use crate::model::Kind;
 
 /// Name of the single segment of the default full mesh.
 pub const MESH_SEGMENT: &str = "mesh";

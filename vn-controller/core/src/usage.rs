@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{ProviderId, VnReq};
-use super::substrate::Registry;
+use crate::model::{ProviderId, VnReq};
+use crate::substrate::Registry;
 
 /// What an embedding algorithm proposes for a request.
 #[derive(Clone, Debug, PartialEq)]

@@ -293,24 +293,6 @@ impl Controller {
         });
     }
 
-    fn check_pins(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
-        for (i, n) in req.nodes.iter().enumerate() {
-            let Some(pin) = &n.pin else { continue };
-            let what = format!("spec.nodes[{i}] ({})", n.name);
-            if ix.registry.host(pin).is_none() {
-                return Err(ControlError::InvalidArgument(format!(
-                    "{what}: pinned to unknown host {pin}"
-                )));
-            }
-            if !ix.registry.is_connected(pin) {
-                return Err(ControlError::Precondition(format!(
-                    "{what}: pinned host {pin} is not attached"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Embeds and commits a validated request; returns the VN in state provisioning.
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
@@ -368,17 +350,8 @@ impl Controller {
         let shared = &self.shared;
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
-        let view = match &req.parent {
-            // A child: checked against its parent and embedded in the parent's topology.
-            Some(_) => {
-                let f = crate::core::nest::child_frame(&guard, req, shared.cfg.vxlan_port)?;
-                crate::core::embed::view_of(&f.registry, guard.nests().usage(&f.parent_id), &f.req)
-            }
-            None => {
-                Self::check_pins(&guard, req)?;
-                guard.view(req)
-            }
-        };
+        // The substrate, or a child's parent after the checks against it.
+        let view = guard.view(&guard.frame(req)?);
         let embed = |view: &View| {
             let t = Instant::now();
             let r = shared.planner.plan(view, req, algorithm);
