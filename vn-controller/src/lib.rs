@@ -13,5 +13,6 @@ pub use vn_core as core;
 
 pub mod grpc;
 pub mod runtime;
+#[cfg(any(test, feature = "testing"))]
 pub mod standin;
 pub mod store;
