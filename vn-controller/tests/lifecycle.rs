@@ -340,7 +340,7 @@ async fn providers_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_host_forwards_hop_by_hop() {
-    use vn_controller::core::substrate::TopologyFile;
+    use vn_controller::core::topology::TopologyFile;
     let dir = tempfile::tempdir().unwrap();
     // A line h1 - h2 - h3 from a topology file; two VLAN segments.
     let topo: TopologyFile = serde_yaml_ng::from_str(

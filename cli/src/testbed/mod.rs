@@ -364,7 +364,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             topology::full_mesh(opts.hosts, opts.bandwidth)
         }
     };
-    let substrate = input.resolve().context("invalid topology")?;
+    let substrate = topology::resolve(&input).context("invalid topology")?;
     let layout = Layout::new(&substrate, &opts.naming)?;
     let state_dir = std::path::absolute(&opts.state_dir)
         .with_context(|| format!("state dir {}", opts.state_dir.display()))?;
@@ -782,7 +782,7 @@ mod tests {
     use super::*;
 
     fn record(dir: &Path) -> Record {
-        let s = topology::full_mesh(3, 100).resolve().unwrap();
+        let s = topology::resolve(&topology::full_mesh(3, 100)).unwrap();
         Record {
             state_dir: dir.to_owned(),
             layout: Layout::new(&s, &Naming::default()).unwrap(),

@@ -16,4 +16,5 @@ pub mod placement;
 pub mod record;
 pub mod store;
 pub mod substrate;
+pub mod topology;
 pub mod usage;

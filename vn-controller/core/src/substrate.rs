@@ -3,163 +3,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Kind;
+use crate::topology::TopologyHost;
+
+pub use crate::topology::SubstrateLink;
 
 /// Name of the single segment of the default full mesh.
 pub const MESH_SEGMENT: &str = "mesh";
 /// MTU assumed for an underlay interface the agent did not describe.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TopologyError {
-    #[error("cannot read topology file {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("topology file {path} is not valid")]
-    Parse {
-        path: String,
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
-    #[error("topology link {index} ({a}-{b}): {reason}")]
-    Link {
-        index: usize,
-        a: String,
-        b: String,
-        reason: String,
-    },
-    #[error("topology host {0}: listed twice")]
-    DuplicateHost(String),
-}
-
-/// The topology file (YAML).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologyFile {
-    #[serde(default)]
-    pub hosts: Vec<TopologyHost>,
-    #[serde(default)]
-    pub links: Vec<TopologyLink>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologyHost {
-    pub id: String,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Read by `vnctl testbed up` to configure that host's agent; the controller uses the
-    /// capacity the agent reports.
-    #[serde(default)]
-    pub cpu: Option<u64>,
-    /// MiB; see `cpu`.
-    #[serde(default)]
-    pub memory: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologyLink {
-    /// Optional id (default `a-b`).
-    #[serde(default)]
-    pub id: Option<String>,
-    pub a: String,
-    pub b: String,
-    /// Mbit/s.
-    pub bandwidth: u64,
-    #[serde(default)]
-    pub latency_ms: Option<f64>,
-    #[serde(default)]
-    pub a_address: Option<IpAddr>,
-    #[serde(default)]
-    pub b_address: Option<IpAddr>,
-    /// L2 segment (one VLAN ID space); default: the link's own id.
-    #[serde(default)]
-    pub segment: Option<String>,
-}
-
-impl TopologyFile {
-    pub fn load(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let topo: TopologyFile =
-            serde_yaml_ng::from_str(&text).map_err(|source| TopologyError::Parse {
-                path: path.display().to_string(),
-                source,
-            })?;
-        topo.links()?;
-        Ok(topo)
-    }
-
-    /// The links, checked: distinct ends, bandwidth > 0, unique ids, one link per host pair.
-    pub fn links(&self) -> Result<Vec<SubstrateLink>, TopologyError> {
-        let mut hosts = BTreeSet::new();
-        for h in &self.hosts {
-            if !hosts.insert(h.id.clone()) {
-                return Err(TopologyError::DuplicateHost(h.id.clone()));
-            }
-        }
-        let mut out = Vec::new();
-        let mut ids = BTreeSet::new();
-        let mut pairs = BTreeSet::new();
-        for (index, l) in self.links.iter().enumerate() {
-            let err = |reason: String| TopologyError::Link {
-                index,
-                a: l.a.clone(),
-                b: l.b.clone(),
-                reason,
-            };
-            if l.a.is_empty() || l.b.is_empty() {
-                return Err(err("both ends must name a host".into()));
-            }
-            if l.a == l.b {
-                return Err(err("a link must join two different hosts".into()));
-            }
-            if l.bandwidth == 0 {
-                return Err(err("bandwidth must be > 0".into()));
-            }
-            if let Some(lat) = l.latency_ms
-                && !(lat.is_finite() && lat >= 0.0)
-            {
-                return Err(err(format!("latency_ms {lat} must be >= 0")));
-            }
-            let id = l.id.clone().unwrap_or_else(|| format!("{}-{}", l.a, l.b));
-            if !ids.insert(id.clone()) {
-                return Err(err(format!("link id {id} is used twice")));
-            }
-            let pair = if l.a < l.b {
-                (l.a.clone(), l.b.clone())
-            } else {
-                (l.b.clone(), l.a.clone())
-            };
-            if !pairs.insert(pair) {
-                return Err(err("a second link between the same hosts".into()));
-            }
-            out.push(SubstrateLink {
-                segment: l.segment.clone().unwrap_or_else(|| id.clone()),
-                id,
-                a: l.a.clone(),
-                b: l.b.clone(),
-                bandwidth_mbps: l.bandwidth,
-                latency_ms: l.latency_ms,
-                a_address: l.a_address,
-                b_address: l.b_address,
-            });
-        }
-        Ok(out)
-    }
-}
 
 /// An underlay interface of a host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,26 +62,6 @@ impl HostInfo {
             .map(|i| i.mtu)
             .filter(|m| *m > 0)
             .unwrap_or(DEFAULT_UNDERLAY_MTU)
-    }
-}
-
-/// A substrate link between two hosts.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SubstrateLink {
-    pub id: String,
-    pub a: String,
-    pub b: String,
-    pub bandwidth_mbps: u64,
-    pub latency_ms: Option<f64>,
-    /// Tunnel endpoints on `a` and `b` (default: the hosts' underlay addresses).
-    pub a_address: Option<IpAddr>,
-    pub b_address: Option<IpAddr>,
-    pub segment: String,
-}
-
-impl SubstrateLink {
-    pub fn other(&self, host: &str) -> &str {
-        if self.a == host { &self.b } else { &self.a }
     }
 }
 
@@ -419,6 +256,7 @@ mod tests {
 
     #[test]
     fn topology_file_parses_and_rejects_bad_links() {
+        use crate::topology::TopologyFile;
         let yaml = "hosts: [{id: h1, labels: [eu]}]\nlinks:\n  - {a: h1, b: h2, bandwidth: 1000, latency_ms: 1, a_address: 10.255.12.1, b_address: 10.255.12.2, segment: h1-h2}\n  - {a: h2, b: h3, bandwidth: 10}\n";
         let t: TopologyFile = serde_yaml_ng::from_str(yaml).unwrap();
         let links = t.links().unwrap();
@@ -453,6 +291,7 @@ mod tests {
 
     #[test]
     fn the_deploy_topology_files_load() {
+        use crate::topology::TopologyFile;
         for (name, text) in [
             (
                 "topology.yaml",

@@ -18,7 +18,8 @@ use crate::core::embed::{Planner, View};
 use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
-use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
+use crate::core::substrate::{HostInfo, LinkSource, Registry};
+use crate::core::topology::TopologyHost;
 use crate::store::{RedbStore, Store, StoreError};
 
 use super::metrics::Metrics;

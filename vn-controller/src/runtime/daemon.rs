@@ -11,7 +11,8 @@ use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 
 use crate::core::embed::EmbeddingPlanner;
-use crate::core::substrate::{LinkSource, TopologyFile};
+use crate::core::substrate::LinkSource;
+use crate::core::topology::TopologyFile;
 
 use super::controller::{Controller, ControllerConfig};
 
