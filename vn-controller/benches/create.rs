@@ -87,25 +87,8 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str) -> Row {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = ControllerConfig::new(dir.path());
-    cfg.algorithm = Some(algorithm.to_string());
-    cfg.links = LinkSource::FullMesh {
-        bandwidth_mbps: 10_000,
-    };
-    let ctl = Controller::open(cfg, Box::new(EmbeddingPlanner::new())).expect("open");
-    ctl.start();
-    let router = vn_controller::grpc::router(&ctl).await.expect("router");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        vn_controller::grpc::incoming(listener),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+/// `hosts` stand-in agents, attached (each has its first desired state).
+async fn attach(endpoint: &str, hosts: usize) -> Vec<StandIn> {
     let mut agents = Vec::new();
     for i in 1..=hosts {
         let cfg = StandInConfig::new(
@@ -115,7 +98,7 @@ async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str)
             1_000_000,
         );
         agents.push(
-            StandIn::connect(&endpoint, cfg, Behaviour::Ready)
+            StandIn::connect(endpoint, cfg, Behaviour::Ready)
                 .await
                 .expect("stand-in"),
         );
@@ -125,19 +108,17 @@ async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str)
             .await
             .expect("attached");
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let specs: Arc<Vec<pb::VnSpec>> = Arc::new(
-        (0..requests)
-            .map(|i| request(&mut rng, format!("b{i}")))
-            .collect(),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    agents
+}
+
+/// Creates every spec over `concurrency` clients, each taking the next spec not yet created;
+/// returns the latencies (sorted) and how many were accepted.
+async fn create_all(
+    channel: tonic::transport::Channel,
+    specs: Arc<Vec<pb::VnSpec>>,
+    concurrency: usize,
+) -> (Vec<Duration>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let mut client = VirtualNetworksClient::new(channel.clone());
@@ -181,8 +162,44 @@ async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str)
             accepted += usize::from(ok);
         }
     }
-    let elapsed = start.elapsed();
     latencies.sort();
+    (latencies, accepted)
+}
+
+async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ControllerConfig::new(dir.path());
+    cfg.algorithm = Some(algorithm.to_string());
+    cfg.links = LinkSource::FullMesh {
+        bandwidth_mbps: 10_000,
+    };
+    let ctl = Controller::open(cfg, Box::new(EmbeddingPlanner::new())).expect("open");
+    ctl.start();
+    let router = vn_controller::grpc::router(&ctl).await.expect("router");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        vn_controller::grpc::incoming(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let agents = attach(&endpoint, hosts).await;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let specs: Arc<Vec<pb::VnSpec>> = Arc::new(
+        (0..requests)
+            .map(|i| request(&mut rng, format!("b{i}")))
+            .collect(),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let (latencies, accepted) = create_all(channel, specs, concurrency).await;
+    let elapsed = start.elapsed();
     let text = ctl.with_index(|ix| ctl.metrics().render(ix));
     let embed_count = metric(&text, "vnet_controller_embedding_duration_seconds_count");
     let embed_sum = metric(&text, "vnet_controller_embedding_duration_seconds_sum");
