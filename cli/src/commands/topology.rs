@@ -219,13 +219,7 @@ fn write_vn(
             if host_ids.contains(target.as_str()) {
                 continue;
             }
-            o.push_str(&format!(
-                "  {} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
-                q(&vnode_id(vn, node)),
-                label(&[node.clone(), format!("{}/{}", vn.provider, vn.name)]),
-                q(color),
-                q(color)
-            ));
+            write_vnode(o, "  ", vn, node, color);
             if let Some(p) = parent {
                 o.push_str(&format!(
                     "  {} -- {} [style=dotted, color={}];\n",
@@ -251,6 +245,17 @@ fn write_vn(
             label(&[path.split(',').collect::<Vec<_>>().join(" > ")])
         ));
     }
+}
+
+/// A virtual node: an ellipse in its VN's colour, labelled with its name and its VN's.
+fn write_vnode(o: &mut String, indent: &str, vn: &pb::EmbeddedVn, node: &str, color: &str) {
+    o.push_str(&format!(
+        "{indent}{} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
+        q(&vnode_id(vn, node)),
+        label(&[node.to_owned(), format!("{}/{}", vn.provider, vn.name)]),
+        q(color),
+        q(color)
+    ));
 }
 
 /// Splits a link key "a-b" into two node names of the VN (names may contain '-').
@@ -280,14 +285,7 @@ fn write_host(
         label(lines)
     ));
     for (i, vn, node) in vnodes.into_iter().flatten() {
-        let color = PALETTE[i % PALETTE.len()];
-        o.push_str(&format!(
-            "    {} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
-            q(&vnode_id(vn, node)),
-            label(&[node.to_string(), format!("{}/{}", vn.provider, vn.name)]),
-            q(color),
-            q(color)
-        ));
+        write_vnode(o, "    ", vn, node, PALETTE[i % PALETTE.len()]);
     }
     o.push_str("  }\n");
 }
