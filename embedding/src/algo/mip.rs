@@ -35,7 +35,7 @@
 //! demands of `v`'s must-hop links (in total; for unit flows also the largest on one link).
 //! Measured on 400 requests of 2..5 nodes from the ten shared traces on a fresh substrate: all
 //! proven optimal, worst 1.6 s; the same MIP with CBC given an initial solution instead of the
-//! cutoff needed up to 20 s and missed an optimum (details in ARCHITECTURE.md).
+//! cutoff needed up to 20 s and missed an optimum (current numbers: `deploy/bench/embedding.sh`).
 //!
 //! Paths are recovered from the flows (split flows are decomposed into paths; flow cycles are
 //! dropped, loops shortcut).
