@@ -18,7 +18,8 @@
 # Environment: VNE_TRACES (default /work/shared/vne/traces), VNE_TRACES16
 # (default /work/shared/vne/traces-r016), MIP_REQUESTS (prefix of each trace for the online MIP
 # rows, default 100; 0 skips them), MIP_PER_SIZE (requests per size in part 4, default 10),
-# CARGO_TARGET_DIR. Needs cargo, python3 and Debian's coinor-libcbc-dev.
+# GEN_REQUESTS (requests per generated workload in part 3, default 1000), CARGO_TARGET_DIR.
+# Needs cargo, python3 and Debian's coinor-libcbc-dev.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,11 +27,12 @@ TRACES=${VNE_TRACES:-/work/shared/vne/traces}
 TRACES16=${VNE_TRACES16:-/work/shared/vne/traces-r016}
 MIP_REQUESTS=${MIP_REQUESTS:-100}
 MIP_PER_SIZE=${MIP_PER_SIZE:-10}
+GEN_REQUESTS=${GEN_REQUESTS:-1000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REFEREE=$ROOT/embedding/tests/data/check_embedding.py
 . "$ROOT/deploy/bench/lib/results.sh"
 results_begin "$@"
-results_env VNE_TRACES VNE_TRACES16 MIP_REQUESTS MIP_PER_SIZE
+results_env VNE_TRACES VNE_TRACES16 MIP_REQUESTS MIP_PER_SIZE GEN_REQUESTS
 
 if ! ls "$TRACES"/*.json >/dev/null 2>&1; then
     echo "error: no traces in $TRACES (set VNE_TRACES to the directory of the shared *.json traces)" >&2
@@ -48,7 +50,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
-export VNCTL REFEREE WORK TRACES TRACES16 MIP_REQUESTS
+export VNCTL REFEREE WORK TRACES TRACES16 MIP_REQUESTS GEN_REQUESTS
 python3 - <<'PY'
 import glob, json, os, statistics, subprocess, sys
 
@@ -175,8 +177,8 @@ gres = {}
 for label, nodes, rate, seed in gen:
     path = os.path.join(WORK, f"gen_{nodes}_{rate}_{seed}.json")
     subprocess.run([VNCTL, "sim", "--generate", "waxman", "--nodes", str(nodes), "--requests",
-                    "1000", "--rate", str(rate), "--lifetime", "500", "--seed", str(seed),
-                    "--out", path], check=True, capture_output=True)
+                    os.environ["GEN_REQUESTS"], "--rate", str(rate), "--lifetime", "500",
+                    "--seed", str(seed), "--out", path], check=True, capture_output=True)
     pair = {}
     for a in ["lace", "grc"]:
         r = run(path, a)
@@ -199,11 +201,12 @@ first=$(ls "$TRACES"/*.json | head -1)
 echo "machine: load average $(cut -d' ' -f1-3 /proc/loadavg) at the end (timings are noisy when others compile)"
 
 {
-  echo "Means over the shared traces in \`$TRACES\` (and \`$TRACES16\` when present); the mip rows"
+  echo "Means over the traces in \`$TRACES\` (and in \`$TRACES16\` when there are any)."
   if ((MIP_REQUESTS > 0)); then
-    echo "run on the first $MIP_REQUESTS requests of each trace (mip-split* with splitting allowed)."
+    echo "The mip rows run on the first $MIP_REQUESTS requests of each trace (mip-split* with"
+    echo "splitting allowed)."
   else
-    echo "were skipped (MIP_REQUESTS=0)."
+    echo "The mip rows were skipped (MIP_REQUESTS=0)."
   fi
   echo "The referee column counts the runs with 0 violations and the same acceptance and R/C as"
   echo "\`vnctl sim\` printed. Per-trace rows: run the script."
