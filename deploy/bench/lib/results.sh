@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every benchmark script under deploy/bench/: writes the script's own section of
 # deploy/bench/RESULTS.md, between the lines `<!-- BEGIN NAME -->` and `<!-- END NAME -->`, headed
 # by the date, the command, the commit and the machine (cores, CPU, memory, kernel, load average
