@@ -186,11 +186,15 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/vnet/images"));
     let state = tempfile::tempdir().unwrap();
-    let rt = QemuRuntime::new(QemuRuntimeOptions {
-        state_dir: state.path().to_path_buf(),
-        images_dir: images,
-        ..QemuRuntimeOptions::default()
-    })
+    let kernel = std::sync::Arc::new(substrate_agent::linux::LinuxKernel::new().unwrap());
+    let rt = QemuRuntime::new(
+        QemuRuntimeOptions {
+            state_dir: state.path().to_path_buf(),
+            images_dir: images,
+            ..QemuRuntimeOptions::default()
+        },
+        kernel,
+    )
     .unwrap();
     let boots = env_num("VNET_BENCH_BOOTS", 5) as usize;
     let guests = env_num("VNET_BENCH_GUESTS", 16) as usize;

@@ -176,7 +176,7 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
             })
             .map_err(ctx)
         }
-        Op::CreateTap { dev, tag } => k.create_tap(dev, tag).map_err(ctx),
+        Op::CreateTap { dev, tag } => k.create_tap(dev, Some(tag)).map_err(ctx),
         Op::Shape { ns, ifname, mbps } => k.shape(ns, ifname, *mbps).map_err(ctx),
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
         Op::AddRoute { ns, route } => k.add_route(ns, route).map_err(ctx),

@@ -113,14 +113,18 @@ pub trait Kernel: Send + Sync {
     fn create_veth(&self, a: &IfSpec, b: &IfSpec, tag: &str) -> Result<(), KernelError>;
     /// A VXLAN device created from the context namespace into `spec.dev.ns`, configured and up.
     fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), KernelError>;
-    /// A persistent TAP device, configured and up.
-    fn create_tap(&self, dev: &IfSpec, tag: &str) -> Result<(), KernelError>;
+    /// A persistent TAP device, configured and up; tagged with `tag` when given (a guest's TAPs
+    /// are the guest runtime's, not the planner's, and carry none).
+    fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError>;
     /// Deletes a link in a named namespace (`None`: the agent's own namespace).
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError>;
     /// Egress rate limit (TBF) on an interface.
     fn shape(&self, ns: &str, ifname: &str, mbps: u64) -> Result<(), KernelError>;
-    /// Everything arriving on `a` leaves on `b` and vice versa (tc ingress + mirred).
+    /// Everything arriving on `a` leaves on `b` and vice versa (tc ingress + mirred). Idempotent:
+    /// a redirect of ours that already does this is kept, any other of ours is replaced.
     fn join(&self, ns: &str, a: &str, b: &str) -> Result<(), KernelError>;
+    /// Removes the redirect a [`Kernel::join`] put on `ifname`'s ingress (none there is fine).
+    fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError>;
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     fn delete_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     /// Route lookup of `dst` in a namespace (`None`: the agent's own).

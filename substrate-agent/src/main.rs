@@ -200,6 +200,7 @@ fn guest_runtime(
     images_dir: PathBuf,
     qemu: &str,
     support: substrate_agent::guest::HostGuestSupport,
+    kernel: Arc<LinuxKernel>,
 ) -> Option<substrate_agent::guest::QemuRuntime> {
     let opts = substrate_agent::guest::QemuRuntimeOptions {
         state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
@@ -207,7 +208,7 @@ fn guest_runtime(
         qemu_binary: qemu.to_string(),
         ..Default::default()
     };
-    match substrate_agent::guest::QemuRuntime::with_support(opts, support) {
+    match substrate_agent::guest::QemuRuntime::with_support(opts, support, kernel) {
         Ok(rt) => Some(rt),
         Err(e) => {
             tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
@@ -220,7 +221,7 @@ fn guest_runtime(
 /// thread exists, so that every thread and the datapath child inherit it), the kernel layer,
 /// the ownership ledger and the VLAN datapath control.
 struct HostContext {
-    kernel: LinuxKernel,
+    kernel: Arc<LinuxKernel>,
     ledger: Arc<StateDir>,
     datapath: ProcessDatapath,
 }
@@ -235,7 +236,7 @@ impl HostContext {
             substrate_agent::netns::enter_for_good(ns)
                 .with_context(|| format!("enter network namespace {ns}"))?;
         }
-        let kernel = LinuxKernel::new().context("prepare /run/netns")?;
+        let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
         let ledger =
             Arc::new(StateDir::open(state_dir, host_id).context("open the state directory")?);
         let exe = std::env::current_exe().context("locate own binary")?;
@@ -292,7 +293,7 @@ fn main() -> anyhow::Result<()> {
                 substrate_agent::bench::link_desired(side, &local, &remote)
             };
             substrate_agent::bench::apply_once(
-                &host.kernel,
+                &*host.kernel,
                 &naming,
                 &host.ledger,
                 &host.datapath,
@@ -317,12 +318,13 @@ fn main() -> anyhow::Result<()> {
                 PathBuf::new(),
                 &qemu,
                 substrate_agent::guest::probe_host(&qemu),
+                host.kernel.clone(),
             );
             let guests = guests
                 .as_ref()
                 .map(|g| g as &dyn substrate_agent::guest::GuestRuntime);
             let r = substrate_agent::cleanup::cleanup(
-                &host.kernel,
+                &*host.kernel,
                 &naming,
                 &host.ledger,
                 &host.datapath,
@@ -361,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.images_dir,
             &cli.qemu,
             static_guests.clone(),
+            host.kernel.clone(),
         )
         .map(|mut rt| {
             rt.confirm_kvm();
@@ -378,7 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
     }
-    let kernel = Arc::new(host.kernel);
+    let kernel = host.kernel;
     let ledger = host.ledger;
     let datapath = Arc::new(host.datapath);
     let cores = std::thread::available_parallelism()

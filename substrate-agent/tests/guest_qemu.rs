@@ -148,11 +148,15 @@ impl Drop for GuestGuard<'_> {
 }
 
 fn runtime(state: &std::path::Path) -> QemuRuntime {
-    QemuRuntime::new(QemuRuntimeOptions {
-        state_dir: state.to_path_buf(),
-        images_dir: images_dir(),
-        ..QemuRuntimeOptions::default()
-    })
+    let kernel = std::sync::Arc::new(substrate_agent::linux::LinuxKernel::new().expect("kernel"));
+    QemuRuntime::new(
+        QemuRuntimeOptions {
+            state_dir: state.to_path_buf(),
+            images_dir: images_dir(),
+            ..QemuRuntimeOptions::default()
+        },
+        kernel,
+    )
     .expect("runtime")
 }
 
@@ -591,15 +595,13 @@ fn guest_behind_a_userspace_tap_answers_arp() {
             nix::sched::CloneFlags::CLONE_NEWNET,
         )
         .unwrap();
-        tun_rs::DeviceBuilder::new()
-            .name("eth0")
-            .layer(tun_rs::Layer::L2)
-            .build_sync()
-            .unwrap()
+        substrate_agent::tap::attach("eth0").unwrap()
     })
     .join()
     .unwrap();
-    dev.set_nonblocking(true).unwrap();
+    let fl = nix::fcntl::fcntl(&dev, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&dev, nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
     ok(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
 
     let rt = runtime(state.path());
@@ -651,10 +653,10 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         let mut answered = false;
         let mut buf = [0u8; 2048];
         'outer: while Instant::now() < deadline {
-            dev.send(&frame).expect("write to the TAP");
+            std::io::Write::write(&mut &dev, &frame).expect("write to the TAP");
             let until = Instant::now() + Duration::from_millis(500);
             while Instant::now() < until {
-                match dev.recv(&mut buf) {
+                match std::io::Read::read(&mut &dev, &mut buf) {
                     Ok(n) if is_reply(&buf[..n]) => {
                         answered = true;
                         break 'outer;

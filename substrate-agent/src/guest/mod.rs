@@ -19,7 +19,7 @@
 //! - [`kernel_cmdline`]: the guest's network configuration on its kernel command line;
 //! - [`channel`]: the command channel protocol (virtio-serial) used by `exec`;
 //! - [`qmp`]: a minimal QMP client (query-status, quit);
-//! - [`tap`]: TAP devices and tc redirects inside the sandbox (the kernel layer);
+//! - [`tap`]: the guest's TAP devices and their tc redirects, made through the host's `Kernel`;
 //! - [`process`]: spawning QEMU in the sandbox, pidfiles, liveness and identity checks;
 //! - [`image`]: guest images on disk (kernel + initrd, or a disk with a NoCloud seed);
 //! - [`seed`]: the NoCloud seed for cloud images;
@@ -311,11 +311,7 @@ impl GuestConfig {
 
 /// Path of a netns given as a name under `/run/netns` or as an absolute path.
 pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.starts_with('/') {
-        PathBuf::from(netns)
-    } else {
-        PathBuf::from("/run/netns").join(netns)
-    }
+    crate::netns::path_of(netns)
 }
 
 /// What [`GuestRuntime::ensure`] did and found.
@@ -422,16 +418,16 @@ pub enum GuestError {
         /// The sandbox.
         netns: String,
     },
-    /// A netlink or TAP operation failed.
-    #[error("guest {node_id}: {what}")]
+    /// Making or removing the guest's TAPs and their redirects failed.
+    #[error("guest {node_id}: in sandbox {netns}: {source}")]
     Net {
         /// The node.
         node_id: String,
-        /// What was attempted, naming the device.
-        what: String,
-        /// The cause.
+        /// The sandbox.
+        netns: String,
+        /// The cause, naming the device.
         #[source]
-        source: std::io::Error,
+        source: tap::TapError,
     },
     /// QEMU could not be started or exited during start-up.
     #[error("guest {node_id}: QEMU failed to start: {reason}")]

@@ -35,6 +35,7 @@ use super::process::{
 };
 use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_name};
 use super::qmp::Qmp;
+use crate::kernel::Kernel;
 use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
 use super::{
     AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
@@ -126,6 +127,8 @@ impl GuestRecord {
 pub struct QemuRuntime {
     opts: QemuRuntimeOptions,
     support: HostGuestSupport,
+    /// The host's kernel layer: TAPs and tc redirects in the sandboxes.
+    kernel: Arc<dyn Kernel>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -205,14 +208,9 @@ fn tap_err(node_id: &str, netns: &str, e: TapError) -> GuestError {
             ifname,
             netns: netns.into(),
         },
-        TapError::Netns { path, source } => GuestError::Net {
+        source => GuestError::Net {
             node_id: node_id.into(),
-            what: format!("enter sandbox {path}"),
-            source,
-        },
-        TapError::Op { what, source } => GuestError::Net {
-            node_id: node_id.into(),
-            what: format!("in sandbox {netns}: {what}"),
+            netns: netns.into(),
             source,
         },
     }
@@ -223,9 +221,12 @@ impl QemuRuntime {
     /// static checks call KVM usable and the `default` image exists, a test boot under
     /// `-accel kvm` (at most [`KVM_TEST_BOOT_TIMEOUT`]) must confirm it, else guests use TCG.
     /// Creates `state_dir`. Report [`QemuRuntime::support`] in the agent's capabilities.
-    pub fn new(opts: QemuRuntimeOptions) -> Result<QemuRuntime, GuestError> {
+    pub fn new(
+        opts: QemuRuntimeOptions,
+        kernel: Arc<dyn Kernel>,
+    ) -> Result<QemuRuntime, GuestError> {
         let support = probe_host(&opts.qemu_binary);
-        let mut rt = Self::with_support(opts, support)?;
+        let mut rt = Self::with_support(opts, support, kernel)?;
         rt.confirm_kvm();
         Ok(rt)
     }
@@ -238,10 +239,11 @@ impl QemuRuntime {
         }
     }
 
-    /// A runtime with a given probe result.
+    /// A runtime with a given probe result; `kernel` makes the TAPs and redirects in sandboxes.
     pub fn with_support(
         mut opts: QemuRuntimeOptions,
         support: HostGuestSupport,
+        kernel: Arc<dyn Kernel>,
     ) -> Result<QemuRuntime, GuestError> {
         std::fs::create_dir_all(&opts.state_dir).map_err(io_err(
             "cannot create guest state directory",
@@ -265,6 +267,7 @@ impl QemuRuntime {
         Ok(QemuRuntime {
             opts,
             support,
+            kernel,
             locks: Mutex::new(HashMap::new()),
             exec_locks: Mutex::new(HashMap::new()),
         })
@@ -489,7 +492,7 @@ impl QemuRuntime {
         pairs: &[TapPair],
         fresh_dir: bool,
     ) -> Result<u32, GuestError> {
-        let netns = cfg.netns_path();
+        let netns = &cfg.netns;
         for f in [
             paths.pidfile(),
             paths.qmp(),
@@ -498,7 +501,7 @@ impl QemuRuntime {
         ] {
             let _ = std::fs::remove_file(f);
         }
-        let created = match ensure_taps(&netns, pairs) {
+        let created = match ensure_taps(&*self.kernel, netns, pairs) {
             Ok(c) => c,
             Err(e) => {
                 // ensure_taps removed what it had created itself.
@@ -514,7 +517,7 @@ impl QemuRuntime {
                 .filter(|p| created.contains(&p.tap))
                 .cloned()
                 .collect();
-            if let Err(e) = remove_taps(&netns, &undo_pairs) {
+            if let Err(e) = remove_taps(&*self.kernel, netns, &undo_pairs) {
                 warn!(node_id = %cfg.node_id, error = %e, "rollback: cannot remove TAPs");
             }
             if fresh_dir {
@@ -550,7 +553,7 @@ impl QemuRuntime {
             binary: self.opts.qemu_binary.clone(),
             args: rec.argv.clone(),
         };
-        let mut child = match spawn_detached_in_netns(&cmd, &netns, &paths.qemu_log()) {
+        let mut child = match spawn_detached_in_netns(&cmd, netns, &paths.qemu_log()) {
             Ok(c) => c,
             Err(reason) => {
                 undo(&created);
@@ -687,7 +690,7 @@ impl GuestRuntime for QemuRuntime {
         );
         let (action, restarts) = match (decision, &prev, pid) {
             (Lifecycle::Adopt, Some(rec), Some(pid)) => {
-                let created = ensure_taps(&netns, &pairs)
+                let created = ensure_taps(&*self.kernel, &cfg.netns, &pairs)
                     .map_err(|e| tap_err(&cfg.node_id, &cfg.netns, e))?;
                 if created.is_empty() {
                     info!(node_id = %cfg.node_id, pid, "guest adopted");
@@ -736,7 +739,7 @@ impl GuestRuntime for QemuRuntime {
             if !stale.is_empty() {
                 let old_ns = rec.config.netns_path();
                 if old_ns.exists() {
-                    remove_taps(&old_ns, &stale)
+                    remove_taps(&*self.kernel, &rec.config.netns, &stale)
                         .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
                 }
             }
@@ -776,7 +779,7 @@ impl GuestRuntime for QemuRuntime {
         if let Some(rec) = rec {
             let netns = rec.config.netns_path();
             if netns.exists() {
-                remove_taps(&netns, &rec.pairs())
+                remove_taps(&*self.kernel, &rec.config.netns, &rec.pairs())
                     .map_err(|e| tap_err(node_id, &rec.config.netns, e))?;
             }
         }
