@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use substrate_agent::mac::Mac;
 use substrate_agent::guest::{
-    Accel, GuestConfig, GuestNic, GuestRoute, GuestRuntime, MacAddr, NicModel, QemuRuntime,
+    Accel, GuestConfig, GuestNic, GuestRoute, GuestRuntime, NicModel, QemuRuntime,
     QemuRuntimeOptions,
 };
 
@@ -92,7 +93,7 @@ impl Net {
             accel: Accel::Auto,
             nics: vec![GuestNic {
                 ifname: "eth0".into(),
-                mac: MacAddr::derived(&id),
+                mac: Mac::derived(&id),
                 addresses: vec![format!("{}/24", self.guest_ip).parse().unwrap()],
                 mtu: 1500,
             }],

@@ -103,8 +103,8 @@ pub fn guest_config(g: &GuestRequest) -> guest::GuestConfig {
             .iter()
             .map(|n| guest::GuestNic {
                 ifname: n.ifname.clone(),
-                mac: n.mac.map(|m| guest::MacAddr(m.0)).unwrap_or_else(|| {
-                    guest::MacAddr::derived(&format!("{}/{}", g.node, n.ifname))
+                mac: n.mac.unwrap_or_else(|| {
+                    crate::mac::Mac::derived(&format!("{}/{}", g.node, n.ifname))
                 }),
                 addresses: n.addresses.clone(),
                 mtu: n.mtu,

@@ -16,6 +16,7 @@ pub mod fake;
 pub mod guest;
 pub mod kernel;
 pub mod linux;
+pub mod mac;
 pub mod naming;
 pub mod netns;
 pub mod observe;

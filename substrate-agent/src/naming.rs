@@ -138,14 +138,20 @@ impl Naming {
     }
 }
 
-/// FNV-1a, 64 bit: stable across builds and platforms (unlike `DefaultHasher`).
-fn fnv1a(data: &str) -> String {
+/// FNV-1a, 64 bit: the agent's one name hash, stable across builds and platforms (unlike
+/// `DefaultHasher`). Fingerprints and derived MAC addresses both come from it.
+pub fn fnv1a64(data: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
+}
+
+/// [`fnv1a64`] as 16 hex digits.
+fn fnv1a(data: &str) -> String {
+    format!("{:016x}", fnv1a64(data))
 }
 
 /// Fingerprint of what a node namespace is built from (its kind; routes are reconciled apart).

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use vnet_proto::v1 as pb;
 
+pub use crate::mac::Mac;
+
 /// The well-known VXLAN UDP port (IANA), used when a hop leaves `udp_port` at 0.
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;
 
@@ -111,46 +113,6 @@ impl IfName {
 impl fmt::Display for IfName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// A unicast Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// Parses `aa:bb:cc:dd:ee:ff`; rejects multicast and all-zero addresses.
-    pub fn parse(s: &str) -> Result<Self, SpecError> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let bad = || SpecError(format!("mac {s:?} is not of the form aa:bb:cc:dd:ee:ff"));
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if b[0] & 1 == 1 {
-            return err(format!("mac {s} is a multicast address"));
-        }
-        if b == [0; 6] {
-            return err(format!("mac {s} is all zeroes"));
-        }
-        Ok(Self(b))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
     }
 }
 
@@ -620,7 +582,7 @@ impl NodeIf {
         let mac = if n.mac.is_empty() {
             None
         } else {
-            Some(Mac::parse(&n.mac)?)
+            Some(Mac::parse(&n.mac).map_err(|e| SpecError(e.to_string()))?)
         };
         Ok(NodeIf {
             node,

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use substrate_agent::mac::Mac;
 use substrate_agent::guest::{
-    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime, MacAddr,
+    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime,
     NicModel, QemuRuntime, QemuRuntimeOptions,
 };
 
@@ -179,7 +180,7 @@ fn config(
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: ifname.into(),
-            mac: MacAddr::derived(node_id),
+            mac: Mac::derived(node_id),
             addresses: vec![cidr.parse().unwrap()],
             mtu: 1500,
         }],
@@ -479,7 +480,7 @@ fn guest_bad_inputs_fail_clearly_and_leave_nothing() {
     );
     cfg.nics.push(GuestNic {
         ifname: "eth1".into(),
-        mac: MacAddr::derived("other"),
+        mac: Mac::derived("other"),
         addresses: vec![],
         mtu: 1500,
     });
@@ -616,7 +617,7 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: "eth0".into(),
-            mac: MacAddr::derived(&id),
+            mac: Mac::derived(&id),
             addresses: vec!["10.205.0.2/24".parse().unwrap()],
             mtu: 1500,
         }],

@@ -154,12 +154,12 @@ fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::MacAddr;
+    use crate::mac::Mac;
 
     fn nic(n: &str) -> GuestNic {
         GuestNic {
             ifname: n.into(),
-            mac: MacAddr::derived(n),
+            mac: Mac::derived(n),
             addresses: vec![],
             mtu: 1500,
         }
