@@ -79,48 +79,6 @@ fn describe(op: &Op) -> String {
     }
 }
 
-/// Converts the planner's guest request into the guest runtime's configuration.
-pub fn guest_config(g: &GuestRequest) -> guest::GuestConfig {
-    use vnet_proto::v1 as pb;
-    guest::GuestConfig {
-        node_id: g.node.to_string(),
-        name: g.name.clone(),
-        netns: g.netns.clone(),
-        vcpus: g.spec.vcpus,
-        memory_mb: g.spec.memory_mb,
-        image: g.spec.image.clone(),
-        nic: match g.spec.nic {
-            pb::NicModel::E1000 => guest::NicModel::E1000,
-            _ => guest::NicModel::Virtio,
-        },
-        accel: match g.spec.accel {
-            pb::Acceleration::Kvm => guest::Accel::Kvm,
-            pb::Acceleration::Tcg => guest::Accel::Tcg,
-            _ => guest::Accel::Auto,
-        },
-        nics: g
-            .nics
-            .iter()
-            .map(|n| guest::GuestNic {
-                ifname: n.ifname.clone(),
-                mac: n.mac.unwrap_or_else(|| {
-                    crate::mac::Mac::derived(&format!("{}/{}", g.node, n.ifname))
-                }),
-                addresses: n.addresses.clone(),
-                mtu: n.mtu,
-            })
-            .collect(),
-        routes: g
-            .routes
-            .iter()
-            .map(|r| guest::GuestRoute {
-                destination: r.destination,
-                via: r.via,
-            })
-            .collect(),
-    }
-}
-
 fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
     let k = env.kernel;
     let ctx = |e: KernelError| format!("{}: {e}", describe(op));
@@ -197,7 +155,7 @@ fn ensure_booted<K: Kernel + ?Sized>(
     rt: &dyn GuestRuntime,
     g: &GuestRequest,
 ) -> Result<(), guest::GuestError> {
-    rt.ensure(&guest_config(g))?;
+    rt.ensure(&g.config())?;
     let deadline = Instant::now() + GUEST_BOOT_TIMEOUT;
     loop {
         let step = deadline

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::guest::{GuestConfig, GuestNic, GuestRoute};
 use crate::naming::{Naming, NsRole, slice_needs_transit_ns};
 use crate::observed::{LinkObs, Observed, RouteObs};
 use crate::spec::{
@@ -61,6 +62,43 @@ pub struct GuestRequest {
     pub spec: GuestSpec,
     pub nics: Vec<GuestNicSpec>,
     pub routes: Vec<Route>,
+}
+
+impl GuestRequest {
+    /// The guest runtime's configuration for this request: a NIC whose link carries no MAC gets
+    /// one derived from the node and the interface name.
+    pub fn config(&self) -> GuestConfig {
+        GuestConfig {
+            node_id: self.node.to_string(),
+            name: self.name.clone(),
+            netns: self.netns.clone(),
+            vcpus: self.spec.vcpus,
+            memory_mb: self.spec.memory_mb,
+            image: self.spec.image.clone(),
+            nic: self.spec.nic,
+            accel: self.spec.accel,
+            nics: self
+                .nics
+                .iter()
+                .map(|n| GuestNic {
+                    ifname: n.ifname.clone(),
+                    mac: n
+                        .mac
+                        .unwrap_or_else(|| Mac::derived(&format!("{}/{}", self.node, n.ifname))),
+                    addresses: n.addresses.clone(),
+                    mtu: n.mtu,
+                })
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| GuestRoute {
+                    destination: r.destination,
+                    via: r.via,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One operation on the host.

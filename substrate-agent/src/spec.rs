@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use vnet_proto::v1 as pb;
 
 pub use crate::mac::Mac;
+use crate::guest::{Accel, NicModel};
 
 /// The well-known VXLAN UDP port (IANA), used when a hop leaves `udp_port` at 0.
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;
@@ -164,8 +165,8 @@ pub struct GuestSpec {
     pub vcpus: u32,
     pub memory_mb: u64,
     pub image: String,
-    pub nic: pb::NicModel,
-    pub accel: pb::Acceleration,
+    pub nic: NicModel,
+    pub accel: Accel,
 }
 
 /// A static route inside a node; `destination == None` is the default route.
@@ -471,9 +472,19 @@ impl Node {
                     } else {
                         g.image.clone()
                     },
-                    nic: pb::NicModel::try_from(g.nic).unwrap_or(pb::NicModel::Unspecified),
-                    accel: pb::Acceleration::try_from(g.accel)
-                        .unwrap_or(pb::Acceleration::Unspecified),
+                    nic: match pb::NicModel::try_from(g.nic) {
+                        Ok(pb::NicModel::E1000) => NicModel::E1000,
+                        Ok(pb::NicModel::Virtio | pb::NicModel::Unspecified) => NicModel::Virtio,
+                        Err(_) => return err(format!("node {id}: guest.nic {} is unknown", g.nic)),
+                    },
+                    accel: match pb::Acceleration::try_from(g.accel) {
+                        Ok(pb::Acceleration::Kvm) => Accel::Kvm,
+                        Ok(pb::Acceleration::Tcg) => Accel::Tcg,
+                        Ok(pb::Acceleration::Auto | pb::Acceleration::Unspecified) => Accel::Auto,
+                        Err(_) => {
+                            return err(format!("node {id}: guest.accel {} is unknown", g.accel));
+                        }
+                    },
                 })
             }
             _ => return err(format!("node {id}: kind {} is not NETNS or VM", n.kind)),
