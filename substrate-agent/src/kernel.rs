@@ -2,7 +2,7 @@
 //!
 //! One trait, [`Kernel`], with the few coarse operations the executor needs; the Linux
 //! implementation is [`crate::linux::LinuxKernel`] (netlink, ioctl, mounts), the recording fake
-//! is [`crate::fake::FakeKernel`] (an in-memory host, for planner and executor tests without root).
+//! is `crate::fake::FakeKernel` (an in-memory host, for planner and executor tests without root).
 //! Every method is synchronous and may be called from several threads at once.
 
 use std::net::IpAddr;

@@ -3,8 +3,9 @@
 //! Data flow: the controller's `DesiredState` is validated into [`spec::Desired`] at the edge
 //! ([`session`]); [`observe::observe`] reads the host through the [`kernel::Kernel`] trait into an
 //! [`observed::Observed`]; the pure [`plan::plan`] computes operations; [`apply::apply`] runs them
-//! on the kernel (the Linux implementation is [`linux`], the recording fake [`fake`]). VLAN links
-//! use the userspace datapath in [`vlan`]; VM nodes are handed to a [`guest::GuestRuntime`].
+//! on the kernel (the Linux implementation is [`linux`]; the recording fake `fake` exists under
+//! `cfg(test)` and the `testing` feature). VLAN links use the userspace datapath in [`vlan`]; VM
+//! nodes are handed to a [`guest::GuestRuntime`].
 
 pub mod agent;
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod console;
 pub mod exec;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod guest;
 pub mod kernel;

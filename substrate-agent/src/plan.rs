@@ -313,8 +313,25 @@ fn link_ok(l: &LinkObs, tag: &str, mtu: u32, addrs: &[IpNet], shaped: bool) -> b
 /// Computes the operations that take `observed` to `desired`.
 pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanContext) -> Plan {
     let mut p = Plan::default();
+    let good = buildable(naming, desired, observed, ctx, &mut p);
+    let (want_ns, kept_ns) = plan_namespaces(naming, &good, observed, &mut p);
+    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, &mut p);
+    plan_nodes(naming, &good, observed, &kept_ns, &touched_nodes, &mut p);
+    p.ops.sort_by_key(|(_, op)| op.phase());
+    p
+}
 
-    // 1. Which slices can be built at all.
+/// Namespaces wanted by the slices being built: name -> (vn, tag).
+type WantedNs = BTreeMap<String, (VnId, String)>;
+
+/// 1. Which slices can be built at all, parents before children; the others go to `p.failed`.
+fn buildable<'a>(
+    naming: &Naming,
+    desired: &'a Desired,
+    observed: &Observed,
+    ctx: PlanContext,
+    p: &mut Plan,
+) -> Vec<&'a Slice> {
     let mut good: Vec<&Slice> = Vec::new();
     for s in desired.slices.values() {
         let names = crate::naming::slice_namespaces(naming, s);
@@ -365,36 +382,6 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
         .values()
         .flat_map(|s| s.nodes.iter().map(move |n| (&n.id, &s.vn_id)))
         .collect();
-    // depth = 1 + the deepest slice owning one of its context nodes; a slice met again while
-    // its own depth is being computed closes a cycle.
-    fn depth_of<'a>(
-        s: &'a Slice,
-        desired: &'a Desired,
-        owner: &BTreeMap<&NodeId, &VnId>,
-        memo: &mut BTreeMap<&'a VnId, Option<u32>>,
-        visiting: &mut BTreeSet<&'a VnId>,
-    ) -> Option<u32> {
-        if let Some(d) = memo.get(&s.vn_id) {
-            return *d;
-        }
-        if !visiting.insert(&s.vn_id) {
-            return None;
-        }
-        let mut d = Some(0u32);
-        for ctx in s.contexts() {
-            let Some(parent) = owner.get(ctx).and_then(|v| desired.slices.get(*v)) else {
-                d = d.map(|d| d.max(1));
-                continue;
-            };
-            d = match (d, depth_of(parent, desired, owner, memo, visiting)) {
-                (Some(d), Some(pd)) => Some(d.max(pd + 1)),
-                _ => None,
-            };
-        }
-        visiting.remove(&s.vn_id);
-        memo.insert(&s.vn_id, d);
-        d
-    }
     let mut memo = BTreeMap::new();
     for s in desired.slices.values() {
         let d = depth_of(s, desired, &owner, &mut memo, &mut BTreeSet::new());
@@ -411,9 +398,50 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     good.sort_by_key(|s| (p.depth[&s.vn_id], s.vn_id.clone()));
     p.building = good.iter().map(|s| s.vn_id.clone()).collect();
 
-    // 2. Namespaces: desired name -> (vn, tag).
+    good
+}
+
+// depth = 1 + the deepest slice owning one of its context nodes; a slice met again while
+// its own depth is being computed closes a cycle.
+fn depth_of<'a>(
+    s: &'a Slice,
+    desired: &'a Desired,
+    owner: &BTreeMap<&NodeId, &VnId>,
+    memo: &mut BTreeMap<&'a VnId, Option<u32>>,
+    visiting: &mut BTreeSet<&'a VnId>,
+) -> Option<u32> {
+    if let Some(d) = memo.get(&s.vn_id) {
+        return *d;
+    }
+    if !visiting.insert(&s.vn_id) {
+        return None;
+    }
+    let mut d = Some(0u32);
+    for ctx in s.contexts() {
+        let Some(parent) = owner.get(ctx).and_then(|v| desired.slices.get(*v)) else {
+            d = d.map(|d| d.max(1));
+            continue;
+        };
+        d = match (d, depth_of(parent, desired, owner, memo, visiting)) {
+            (Some(d), Some(pd)) => Some(d.max(pd + 1)),
+            _ => None,
+        };
+    }
+    visiting.remove(&s.vn_id);
+    memo.insert(&s.vn_id, d);
+    d
+}
+
+/// 2. Namespaces: which are wanted, which survive as they are (returned), which are deleted
+/// (their guest stopped first) and created.
+fn plan_namespaces(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    p: &mut Plan,
+) -> (WantedNs, BTreeSet<String>) {
     let mut want_ns: BTreeMap<String, (VnId, String)> = BTreeMap::new();
-    for s in &good {
+    for s in good {
         for n in &s.nodes {
             want_ns.insert(
                 naming.node_ns(&n.id),
@@ -464,12 +492,23 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             );
         }
     }
+    (want_ns, kept_ns)
+}
 
-    // 3. Segments.
+/// 3. Segments: an unhealthy one is deleted and built again; links of ours that no segment wants
+/// are deleted. Returns the nodes whose interfaces are rebuilt.
+fn plan_segments(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    want_ns: &WantedNs,
+    kept_ns: &BTreeSet<String>,
+    p: &mut Plan,
+) -> BTreeSet<NodeId> {
     let mut wanted_ifaces: BTreeSet<(String, String)> = BTreeSet::new();
     let mut touched_nodes: BTreeSet<NodeId> = BTreeSet::new();
     let mut deletes: Vec<(VnId, Op)> = Vec::new();
-    for s in &good {
+    for s in good {
         let vn = &s.vn_id;
         for seg in &s.links {
             let ctx_ns = s.context_of(seg).map(|c| naming.node_ns(c));
@@ -520,11 +559,11 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             for n in seg.node_ifs() {
                 touched_nodes.insert(n.node.clone());
             }
-            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), &mut p);
+            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), p);
         }
     }
     // Links of ours in our namespaces that no segment wants.
-    for ns in &kept_ns {
+    for ns in kept_ns {
         for (name, l) in &observed.namespaces[ns].links {
             // Only what carries our tag: a tenant's own devices and a guest runtime's TAPs stay.
             let ours = l
@@ -546,9 +585,19 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     for (vn, op) in deletes {
         p.push(Some(&vn), op);
     }
+    touched_nodes
+}
 
-    // 4. Routes of netns nodes; guests of VM nodes.
-    for s in &good {
+/// 4. Routes of netns nodes; guests of VM nodes; guests that run without being wanted.
+fn plan_nodes(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    kept_ns: &BTreeSet<String>,
+    touched_nodes: &BTreeSet<NodeId>,
+    p: &mut Plan,
+) {
+    for s in good {
         for n in &s.nodes {
             let ns = naming.node_ns(&n.id);
             match &n.kind {
@@ -644,9 +693,6 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             p.push(None, Op::StopGuest { node });
         }
     }
-
-    p.ops.sort_by_key(|(_, op)| op.phase());
-    p
 }
 
 fn build_segment(

@@ -24,10 +24,12 @@
 //! - [`image`]: guest images on disk (kernel + initrd, or a disk with a NoCloud seed);
 //! - [`seed`]: the NoCloud seed for cloud images;
 //! - [`runtime`]: [`QemuRuntime`], the real implementation;
-//! - [`fake`]: [`RecordingGuestRuntime`], a recording fake for planner tests.
+//! - `fake`: `RecordingGuestRuntime`, a recording fake for planner tests (under `cfg(test)` and
+//!   the `testing` feature).
 
 pub mod accel;
 pub mod channel;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod image;
 pub mod kernel_cmdline;
@@ -47,6 +49,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use accel::{HostGuestSupport, KvmVerdict, probe_host};
+#[cfg(any(test, feature = "testing"))]
 pub use fake::{GuestCall, RecordingGuestRuntime};
 pub use runtime::{QemuRuntime, QemuRuntimeOptions};
 
