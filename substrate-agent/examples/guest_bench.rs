@@ -253,6 +253,12 @@ fn main() {
         );
     }
 
+    density(&rt, guests, memory_mb, limit);
+}
+
+/// Density: `guests` virtio guests of `memory_mb` MiB at once; time to start and to answer, and
+/// memory per guest.
+fn density(rt: &QemuRuntime, guests: usize, memory_mb: u64, limit: Duration) {
     println!("\n## Density: {guests} virtio guests of {memory_mb} MiB at once\n");
     let avail_before = mem_available_kb();
     let nets: Vec<Net> = (0..guests).map(|i| Net::new(100 + i)).collect();
@@ -261,7 +267,7 @@ fn main() {
         .enumerate()
         .map(|(i, n)| n.config(100 + i, NicModel::Virtio, memory_mb))
         .collect();
-    let _stop = Stop(&rt, cfgs.iter().map(|c| c.node_id.clone()).collect());
+    let _stop = Stop(rt, cfgs.iter().map(|c| c.node_id.clone()).collect());
     let t0 = Instant::now();
     let mut pids = vec![];
     for c in &cfgs {

@@ -314,72 +314,7 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
                 stage(vn, op) == st && vn.as_ref().is_none_or(|v| !report.failed.contains_key(v))
             })
             .collect();
-        // Ownership: record the intent before creating.
-        let creating: Vec<String> = ops
-            .iter()
-            .filter_map(|(_, op)| match op {
-                Op::CreateNetns { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        if !creating.is_empty()
-            && let Err(e) = env.ledger.intend(&creating)
-        {
-            report.errors.push(e.to_string());
-            for (vn, _) in &ops {
-                if let Some(vn) = vn {
-                    report.failed.entry(vn.clone()).or_insert(e.to_string());
-                }
-            }
-            continue;
-        }
-        let results = parallel_map(&ops, env.workers, |(_, op)| {
-            if let Op::CreateNetns { name, tag } = op {
-                return env
-                    .kernel
-                    .create_netns(name, tag)
-                    .map(Some)
-                    .map_err(|e| format!("{}: {e}", describe(op)));
-            }
-            run_op(env, op).map(|()| None)
-        });
-        report.ops_run += ops.len();
-        let mut confirmed = Vec::new();
-        let mut deleted = Vec::new();
-        let mut failed_creates = Vec::new();
-        for ((vn, op), r) in ops.iter().zip(results) {
-            match r {
-                Ok(inode) => match op {
-                    Op::CreateNetns { name, .. } => {
-                        confirmed.push((name.clone(), inode.unwrap_or_default()))
-                    }
-                    Op::DeleteNetns { name } => deleted.push(name.clone()),
-                    _ => {}
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "operation failed");
-                    if let Op::CreateNetns { name, .. } = op {
-                        failed_creates.push(name.clone());
-                    }
-                    match vn {
-                        Some(vn) => {
-                            report.failed.entry(vn.clone()).or_insert(e);
-                        }
-                        None => report.errors.push(e),
-                    }
-                }
-            }
-        }
-        for r in [
-            env.ledger.confirm(&confirmed),
-            env.ledger.forget(&deleted),
-            // A namespace that could not be created is not ours (it may be a stranger's).
-            env.ledger.forget(&failed_creates),
-        ] {
-            if let Err(e) = r {
-                report.errors.push(e.to_string());
-            }
-        }
+        run_stage(env, &ops, &mut report);
     }
     if cancelled() {
         report.superseded = true;
@@ -388,6 +323,94 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
     if !datapath_done {
         configure_datapath(env, plan, &mut report);
     }
+    finish(env, plan, &mut report, failed_at_datapath);
+    report
+}
+
+/// Runs one stage's operations in parallel: the ledger records the intent to create namespaces
+/// first; failures mark their slice; the ledger then confirms what was created and forgets what
+/// was deleted.
+fn run_stage<K: Kernel + ?Sized>(
+    env: &Env<'_, K>,
+    ops: &[&(Option<VnId>, Op)],
+    report: &mut ApplyReport,
+) {
+    // Ownership: record the intent before creating.
+    let creating: Vec<String> = ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            Op::CreateNetns { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if !creating.is_empty()
+        && let Err(e) = env.ledger.intend(&creating)
+    {
+        report.errors.push(e.to_string());
+        for (vn, _) in ops {
+            if let Some(vn) = vn {
+                report.failed.entry(vn.clone()).or_insert(e.to_string());
+            }
+        }
+        return;
+    }
+    let results = parallel_map(ops, env.workers, |(_, op)| {
+        if let Op::CreateNetns { name, tag } = op {
+            return env
+                .kernel
+                .create_netns(name, tag)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", describe(op)));
+        }
+        run_op(env, op).map(|()| None)
+    });
+    report.ops_run += ops.len();
+    let mut confirmed = Vec::new();
+    let mut deleted = Vec::new();
+    let mut failed_creates = Vec::new();
+    for ((vn, op), r) in ops.iter().zip(results) {
+        match r {
+            Ok(inode) => match op {
+                Op::CreateNetns { name, .. } => {
+                    confirmed.push((name.clone(), inode.unwrap_or_default()))
+                }
+                Op::DeleteNetns { name } => deleted.push(name.clone()),
+                _ => {}
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "operation failed");
+                if let Op::CreateNetns { name, .. } = op {
+                    failed_creates.push(name.clone());
+                }
+                match vn {
+                    Some(vn) => {
+                        report.failed.entry(vn.clone()).or_insert(e);
+                    }
+                    None => report.errors.push(e),
+                }
+            }
+        }
+    }
+    for r in [
+        env.ledger.confirm(&confirmed),
+        env.ledger.forget(&deleted),
+        // A namespace that could not be created is not ours (it may be a stranger's).
+        env.ledger.forget(&failed_creates),
+    ] {
+        if let Err(e) = r {
+            report.errors.push(e.to_string());
+        }
+    }
+}
+
+/// After the last stage: all-or-nothing per host, and the datapath without the wires of slices
+/// that failed after it was configured (`failed_at_datapath`: the failed slices at that moment).
+fn finish<K: Kernel + ?Sized>(
+    env: &Env<'_, K>,
+    plan: &Plan,
+    report: &mut ApplyReport,
+    failed_at_datapath: Option<BTreeSet<VnId>>,
+) {
     // All-or-nothing per host: tear down what failed slices left.
     let to_tear: Vec<VnId> = report.failed.keys().cloned().collect();
     let mut teardown_errors = Vec::new();
@@ -409,7 +432,6 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
             }
         }
     }
-    report
 }
 
 fn configure_datapath<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan, report: &mut ApplyReport) {

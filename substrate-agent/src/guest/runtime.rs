@@ -133,6 +133,17 @@ pub struct QemuRuntime {
     exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// What `ensure` starts for a configuration (see [`QemuRuntime::launch`]).
+struct Launch {
+    accel: AccelUsed,
+    /// Why this acceleration (logged).
+    why: String,
+    /// (tenant ifname, TAP) per NIC.
+    names: Vec<(String, String)>,
+    cmd: super::qemu_args::QemuCommand,
+    pairs: Vec<TapPair>,
+}
+
 /// What `ensure` does about what it found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
@@ -601,6 +612,83 @@ impl QemuRuntime {
         }
     }
 
+    /// What `ensure` would start for `cfg`: acceleration (and why), TAP names, QEMU's command
+    /// line and the TAP of each NIC.
+    fn launch(&self, cfg: &GuestConfig, paths: &RunPaths) -> Result<Launch, GuestError> {
+        let img = image::load(&self.opts.images_dir, &cfg.image)?;
+        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
+            GuestError::KvmUnusable {
+                node_id: cfg.node_id.clone(),
+                reason,
+            }
+        })?;
+        let machine = Machine::for_nic(cfg.nic);
+        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
+        let names = tap_names(&cfg.nics);
+        let nics: Vec<_> = cfg
+            .nics
+            .iter()
+            .cloned()
+            .zip(names.iter().map(|(_, t)| t.clone()))
+            .collect();
+        let cmd = guest_command(
+            &cfg.node_id,
+            cfg.vcpus,
+            cfg.memory_mb,
+            cfg.nic,
+            &nics,
+            &LaunchInputs {
+                qemu_binary: &self.opts.qemu_binary,
+                accel,
+                tb_size_mb: self.opts.tb_size_mb,
+                kernel: &img.kernel,
+                initrd: &img.initrd,
+                append,
+                qboot: self.opts.qboot_rom.as_deref(),
+                paths,
+            },
+        );
+        let pairs: Vec<TapPair> = nics
+            .iter()
+            .map(|(n, t)| TapPair {
+                ifname: n.ifname.clone(),
+                tap: t.clone(),
+                mtu: n.mtu,
+            })
+            .collect();
+        Ok(Launch {
+            accel,
+            why,
+            names,
+            cmd,
+            pairs,
+        })
+    }
+
+    /// Removes the TAPs of the old configuration (`prev`) that the new one does not use.
+    fn remove_stale_taps(
+        &self,
+        cfg: &GuestConfig,
+        prev: Option<&GuestRecord>,
+        pairs: &[TapPair],
+    ) -> Result<(), GuestError> {
+        if let Some(rec) = prev {
+            let stale: Vec<TapPair> = rec
+                .pairs()
+                .into_iter()
+                .filter(|p| !pairs.iter().any(|q| q.tap == p.tap && q.ifname == p.ifname))
+                .collect();
+            if !stale.is_empty() {
+                let old_ns = rec.config.netns_path();
+                if old_ns.exists() {
+                    remove_taps(&*self.kernel, &rec.config.netns, &stale)
+                        .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The last `max` bytes of the console log (empty when it cannot be read).
     fn console_tail(&self, paths: &RunPaths, max: usize) -> Vec<u8> {
         read_log(&paths.console_log(), None, max)
@@ -634,48 +722,14 @@ impl GuestRuntime for QemuRuntime {
                 netns: cfg.netns.clone(),
             });
         }
-        let img = image::load(&self.opts.images_dir, &cfg.image)?;
-        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
-            GuestError::KvmUnusable {
-                node_id: cfg.node_id.clone(),
-                reason,
-            }
-        })?;
-        let machine = Machine::for_nic(cfg.nic);
-        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
-        let names = tap_names(&cfg.nics);
         let paths = self.paths(&cfg.node_id);
-        let nics: Vec<_> = cfg
-            .nics
-            .iter()
-            .cloned()
-            .zip(names.iter().map(|(_, t)| t.clone()))
-            .collect();
-        let cmd = guest_command(
-            &cfg.node_id,
-            cfg.vcpus,
-            cfg.memory_mb,
-            cfg.nic,
-            &nics,
-            &LaunchInputs {
-                qemu_binary: &self.opts.qemu_binary,
-                accel,
-                tb_size_mb: self.opts.tb_size_mb,
-                kernel: &img.kernel,
-                initrd: &img.initrd,
-                append,
-                qboot: self.opts.qboot_rom.as_deref(),
-                paths: &paths,
-            },
-        );
-        let pairs: Vec<TapPair> = nics
-            .iter()
-            .map(|(n, t)| TapPair {
-                ifname: n.ifname.clone(),
-                tap: t.clone(),
-                mtu: n.mtu,
-            })
-            .collect();
+        let Launch {
+            accel,
+            why,
+            names,
+            cmd,
+            pairs,
+        } = self.launch(cfg, &paths)?;
         let prev = self.read_record(&paths)?;
         let pid = self.running_pid(&cfg.node_id, &paths);
         if pid.is_none() {
@@ -729,21 +783,7 @@ impl GuestRuntime for QemuRuntime {
                 unreachable!("decide adopts only a recorded, running guest")
             }
         };
-        // TAPs of the old configuration that the new one does not use.
-        if let Some(rec) = &prev {
-            let stale: Vec<TapPair> = rec
-                .pairs()
-                .into_iter()
-                .filter(|p| !pairs.iter().any(|q| q.tap == p.tap && q.ifname == p.ifname))
-                .collect();
-            if !stale.is_empty() {
-                let old_ns = rec.config.netns_path();
-                if old_ns.exists() {
-                    remove_taps(&*self.kernel, &rec.config.netns, &stale)
-                        .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
-                }
-            }
-        }
+        self.remove_stale_taps(cfg, prev.as_ref(), &pairs)?;
         let fresh_dir = !paths.dir.exists();
         std::fs::create_dir_all(&paths.dir)
             .map_err(io_err("cannot create run directory", &paths.dir))?;
