@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use substrate_agent::mac::Mac;
 use substrate_agent::guest::{
     Accel, GuestConfig, GuestNic, GuestRoute, GuestRuntime, NicModel, QemuRuntime,
     QemuRuntimeOptions,
 };
+use substrate_agent::mac::Mac;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -187,7 +187,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/vnet/images"));
     let state = tempfile::tempdir().unwrap();
-    let kernel = std::sync::Arc::new(substrate_agent::linux::LinuxKernel::new().unwrap());
+    let kernel = std::sync::Arc::new(substrate_agent::host::linux::LinuxKernel::new().unwrap());
     let rt = QemuRuntime::new(
         QemuRuntimeOptions {
             state_dir: state.path().to_path_buf(),

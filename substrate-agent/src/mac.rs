@@ -42,9 +42,9 @@ impl Mac {
     }
 
     /// A stable, locally administered unicast address derived from `seed` (the agent's one name
-    /// hash, [`crate::naming::fnv1a64`]), for guest NICs whose link carries no MAC.
+    /// hash, [`crate::reconcile::naming::fnv1a64`]), for guest NICs whose link carries no MAC.
     pub fn derived(seed: &str) -> Mac {
-        let b = crate::naming::fnv1a64(seed).to_be_bytes();
+        let b = crate::reconcile::naming::fnv1a64(seed).to_be_bytes();
         Mac([0x52, 0x56, b[2], b[3], b[4], b[5]])
     }
 }

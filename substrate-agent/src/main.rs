@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use substrate_agent::agent::{Agent, AgentConfig};
-use substrate_agent::linux::LinuxKernel;
-use substrate_agent::naming::Naming;
-use substrate_agent::state::StateDir;
+use substrate_agent::daemon::agent::{Agent, AgentConfig};
+use substrate_agent::host::linux::LinuxKernel;
+use substrate_agent::reconcile::naming::Naming;
+use substrate_agent::reconcile::state::StateDir;
 use substrate_agent::vlan::process::ProcessDatapath;
 use vnet_proto::v1 as pb;
 
@@ -233,7 +233,7 @@ impl HostContext {
         host_id: &str,
     ) -> anyhow::Result<Self> {
         if let Some(ns) = netns {
-            substrate_agent::netns::enter_for_good(ns)
+            substrate_agent::host::netns::enter_for_good(ns)
                 .with_context(|| format!("enter network namespace {ns}"))?;
         }
         let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
@@ -253,7 +253,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Probe { qemu }) => {
-            let p = substrate_agent::probe::probe(&qemu);
+            let p = substrate_agent::daemon::probe::probe(&qemu);
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(())
         }
@@ -267,8 +267,13 @@ fn main() -> anyhow::Result<()> {
             raise_nofile();
             let k = LinuxKernel::new().context("kernel")?;
             let naming = Naming::new(name_prefix, host_id);
-            let r =
-                substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
+            let r = substrate_agent::daemon::bench::run_scale(
+                &k,
+                &naming,
+                vnodes,
+                bandwidth_mbps,
+                workers,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
@@ -290,9 +295,9 @@ fn main() -> anyhow::Result<()> {
                     vns: vec![],
                 }
             } else {
-                substrate_agent::bench::link_desired(side, &local, &remote)
+                substrate_agent::daemon::bench::link_desired(side, &local, &remote)
             };
-            substrate_agent::bench::apply_once(
+            substrate_agent::daemon::bench::apply_once(
                 &*host.kernel,
                 &naming,
                 &host.ledger,
@@ -323,7 +328,7 @@ fn main() -> anyhow::Result<()> {
             let guests = guests
                 .as_ref()
                 .map(|g| g as &dyn substrate_agent::guest::GuestRuntime);
-            let r = substrate_agent::cleanup::cleanup(
+            let r = substrate_agent::daemon::cleanup::cleanup(
                 &*host.kernel,
                 &naming,
                 &host.ledger,
@@ -374,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_ref()
         .map(|g| g.support().clone())
         .unwrap_or(static_guests);
-    let probe = substrate_agent::probe::probe_with_guests(&guest_support);
+    let probe = substrate_agent::daemon::probe::probe_with_guests(&guest_support);
     tracing::info!(probe = %serde_json::to_string(&probe)?, "capability probe");
     if probe.kernel_vlan {
         tracing::info!("kernel 802.1Q is available; VLAN links still use the userspace datapath");
@@ -391,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         host_id: host_id.clone(),
         controller: cli.controller.expect("required"),
         underlay_address: cli.underlay_address.expect("required"),
-        underlay: substrate_agent::linux::underlay_interfaces().context("list interfaces")?,
+        underlay: substrate_agent::host::linux::underlay_interfaces().context("list interfaces")?,
         state_dir,
         capacity: pb::Resources {
             cpu: cli.cpu.unwrap_or(100 * cores),

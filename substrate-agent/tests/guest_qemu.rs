@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use substrate_agent::mac::Mac;
 use substrate_agent::guest::{
-    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime,
-    NicModel, QemuRuntime, QemuRuntimeOptions,
+    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime, NicModel,
+    QemuRuntime, QemuRuntimeOptions,
 };
+use substrate_agent::mac::Mac;
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -149,7 +149,8 @@ impl Drop for GuestGuard<'_> {
 }
 
 fn runtime(state: &std::path::Path) -> QemuRuntime {
-    let kernel = std::sync::Arc::new(substrate_agent::linux::LinuxKernel::new().expect("kernel"));
+    let kernel =
+        std::sync::Arc::new(substrate_agent::host::linux::LinuxKernel::new().expect("kernel"));
     QemuRuntime::new(
         QemuRuntimeOptions {
             state_dir: state.to_path_buf(),
@@ -596,7 +597,7 @@ fn guest_behind_a_userspace_tap_answers_arp() {
             nix::sched::CloneFlags::CLONE_NEWNET,
         )
         .unwrap();
-        substrate_agent::tap::attach("eth0").unwrap()
+        substrate_agent::host::tap::attach("eth0").unwrap()
     })
     .join()
     .unwrap();

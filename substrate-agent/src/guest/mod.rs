@@ -241,7 +241,7 @@ impl GuestConfig {
 
 /// Path of a netns given as a name under `/run/netns` or as an absolute path.
 pub fn netns_path(netns: &str) -> PathBuf {
-    crate::netns::path_of(netns)
+    crate::host::netns::path_of(netns)
 }
 
 /// What [`GuestRuntime::ensure`] did and found.

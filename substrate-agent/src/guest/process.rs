@@ -1,5 +1,5 @@
 //! QEMU processes: started inside the sandbox's network namespace (through the host's
-//! [`crate::netns::spawn_in`]) in a session of their own (they survive the agent), found again through the pidfile,
+//! [`crate::host::netns::spawn_in`]) in a session of their own (they survive the agent), found again through the pidfile,
 //! and recognized by their command line before anything is signalled.
 
 use std::os::unix::process::CommandExt;
@@ -43,7 +43,7 @@ pub fn spawn_detached_in_netns(
             Ok(())
         });
     }
-    crate::netns::spawn_in(netns, &mut c)
+    crate::host::netns::spawn_in(netns, &mut c)
         .map_err(|e| format!("cannot run {} in netns {netns}: {e}", cmd.binary))
 }
 

@@ -35,12 +35,12 @@ use super::process::{
 };
 use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_name};
 use super::qmp::Qmp;
-use crate::kernel::Kernel;
 use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
 use super::{
     AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
     GuestRuntime, GuestStatus, ObservedGuest,
 };
+use crate::host::kernel::Kernel;
 
 /// A console log longer than this is cut to its last [`CONSOLE_LOG_KEEP`] bytes when the guest
 /// (re)starts; QEMU appends while it runs.

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::guest::{self, GuestRuntime};
-use crate::kernel::{Kernel, KernelError, VxlanSpec};
-use crate::observe::parallel_map;
-use crate::plan::{GuestRequest, Op, Plan, WireEndSpec};
-use crate::spec::VnId;
-use crate::state::Ledger;
+use crate::host::kernel::{Kernel, KernelError, VxlanSpec};
+use crate::reconcile::observe::parallel_map;
+use crate::reconcile::plan::{GuestRequest, Op, Plan, WireEndSpec};
+use crate::reconcile::spec::VnId;
+use crate::reconcile::state::Ledger;
 use crate::vlan::config::{DatapathConfig, DatapathControl, Wire, WireEnd};
 
 /// IPv4 VXLAN overhead: outer Ethernet is not counted, outer IPv4 20 + UDP 8 + VXLAN 8 + inner

@@ -3,7 +3,7 @@
 //! In: the validated desired state of the host, what the agent observed of its own objects, and
 //! what this agent supports. Out: the operations that turn the observed host into the desired one,
 //! the VLAN wires the userspace datapath must serve, and the slices that cannot be built (with the
-//! first error). The planner reads nothing and writes nothing; [`crate::apply`] executes.
+//! first error). The planner reads nothing and writes nothing; [`crate::reconcile::apply`] executes.
 //!
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
 //! desired one, else deleted and created anew; a segment is kept when every one of its interfaces
@@ -19,9 +19,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::guest::{GuestConfig, GuestNic, GuestRoute};
-use crate::naming::{Naming, NsRole, slice_needs_transit_ns};
-use crate::observed::{LinkObs, Observed, RouteObs};
-use crate::spec::{
+use crate::reconcile::naming::{Naming, NsRole, slice_needs_transit_ns};
+use crate::reconcile::observed::{LinkObs, Observed, RouteObs};
+use crate::reconcile::spec::{
     Desired, Encap, GuestSpec, Hop, LinkId, Mac, NodeId, NodeIf, NodeKind, Route, Segment,
     SegmentShape, Slice, VnId,
 };
@@ -334,7 +334,7 @@ fn buildable<'a>(
 ) -> Vec<&'a Slice> {
     let mut good: Vec<&Slice> = Vec::new();
     for s in desired.slices.values() {
-        let names = crate::naming::slice_namespaces(naming, s);
+        let names = crate::reconcile::naming::slice_namespaces(naming, s);
         p.slice_namespaces.insert(s.vn_id.clone(), names.clone());
         if let Err(e) = check_slice(s, ctx) {
             p.failed.insert(s.vn_id.clone(), e);

@@ -1,15 +1,15 @@
 //! The seam between the agent's logic and the host kernel.
 //!
 //! One trait, [`Kernel`], with the few coarse operations the executor needs; the Linux
-//! implementation is [`crate::linux::LinuxKernel`] (netlink, ioctl, mounts), the recording fake
-//! is `crate::fake::FakeKernel` (an in-memory host, for planner and executor tests without root).
+//! implementation is [`crate::host::linux::LinuxKernel`] (netlink, ioctl, mounts), the recording fake
+//! is `crate::host::fake::FakeKernel` (an in-memory host, for planner and executor tests without root).
 //! Every method is synchronous and may be called from several threads at once.
 
 use std::net::IpAddr;
 
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::spec::Route;
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::plan::IfSpec;
+use crate::reconcile::spec::Route;
 
 /// A kernel operation failed; the message names the object.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::spec::Route;
+use crate::host::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::plan::IfSpec;
+use crate::reconcile::spec::Route;
 
 #[derive(Debug, Clone, Default)]
 struct FakeLink {

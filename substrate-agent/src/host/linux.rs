@@ -32,13 +32,13 @@ use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
-use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
-use crate::netns;
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::rtnl::{CREATE, REPLACE, Rtnl};
-use crate::spec::Route;
-use crate::tc;
+use crate::host::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::netns;
+use crate::host::rtnl::{CREATE, REPLACE, Rtnl};
+use crate::host::tc;
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::plan::IfSpec;
+use crate::reconcile::spec::Route;
 
 struct NsHandle {
     file: File,
@@ -508,7 +508,7 @@ impl Kernel for LinuxKernel {
     fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError> {
         let h = self.handle(&dev.ns)?;
         netns::within(&h.file, &self.home, || {
-            crate::tap::create_persistent(&dev.ifname)
+            crate::host::tap::create_persistent(&dev.ifname)
         })
         .and_then(|r| r)
         .map_err(io_err(format!("tap {} in {}", dev.ifname, dev.ns)))?;

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use vnet_proto::v1 as pb;
 
-pub use crate::mac::Mac;
 use crate::guest::{Accel, NicModel};
+pub use crate::mac::Mac;
 
 /// The well-known VXLAN UDP port (IANA), used when a hop leaves `udp_port` at 0.
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;

@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use crate::spec::{LinkId, Node, NodeId, Segment, Slice, VnId};
+use crate::reconcile::spec::{LinkId, Node, NodeId, Segment, Slice, VnId};
 
 /// The identity an agent stamps on what it creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,7 @@ pub fn slice_namespaces(naming: &Naming, slice: &Slice) -> Vec<String> {
 /// A transit namespace is needed when some transit segment has a VXLAN hop (VLAN-VLAN transits
 /// are rewritten by the userspace datapath and need no device).
 pub fn slice_needs_transit_ns(slice: &Slice) -> bool {
-    use crate::spec::{Encap, SegmentShape};
+    use crate::reconcile::spec::{Encap, SegmentShape};
     slice.links.iter().any(|l| match l.shape() {
         SegmentShape::Transit(a, b) => {
             !matches!((a.encap, b.encap), (Encap::Vlan { .. }, Encap::Vlan { .. }))
@@ -191,7 +191,7 @@ pub fn slice_needs_transit_ns(slice: &Slice) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::NodeKind;
+    use crate::reconcile::spec::NodeKind;
 
     #[test]
     fn names_and_tags_round_trip() {
