@@ -1,6 +1,6 @@
 //! QEMU processes: started inside the sandbox's network namespace (through the host's
-//! [`crate::host::netns::spawn_in`]) in a session of their own (they survive the agent), found again through the pidfile,
-//! and recognized by their command line before anything is signalled.
+//! [`crate::host::netns::spawn_in`]) in a session of their own (they survive the agent), found
+//! again through the pidfile, and recognized by their command line before anything is signalled.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -12,10 +12,11 @@ use nix::unistd::Pid;
 
 use super::qemu_args::QemuCommand;
 
-/// Starts `cmd` detached: in the sandbox namespace `netns` (a name or an absolute path), in a session of its own (`setsid`: no signal from the agent's terminal or process
-/// group reaches it, and it outlives the agent), with stdin from `/dev/null` and stdout/stderr
-/// appended to `log`. Returns the child; the caller waits for QEMU to become ready and reaps it
-/// through [`reap_exited`] once it is dead.
+/// Starts `cmd` detached: in the sandbox namespace `netns` (a name or an absolute path), in a
+/// session of its own (`setsid`: no signal from the agent's terminal or process group reaches it,
+/// and it outlives the agent), with stdin from `/dev/null` and stdout/stderr appended to `log`.
+/// Returns the child; the caller waits for QEMU to become ready and reaps it through
+/// [`reap_exited`] once it is dead.
 pub fn spawn_detached_in_netns(
     cmd: &QemuCommand,
     netns: &str,

@@ -324,7 +324,8 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
 /// Namespaces wanted by the slices being built: name -> (vn, tag).
 type WantedNs = BTreeMap<String, (VnId, String)>;
 
-/// 1. Which slices can be built at all, parents before children; the others go to `p.failed`.
+/// Step 1: which slices can be built at all, parents before children; the others go to
+/// `p.failed`.
 fn buildable<'a>(
     naming: &Naming,
     desired: &'a Desired,
@@ -432,7 +433,7 @@ fn depth_of<'a>(
     d
 }
 
-/// 2. Namespaces: which are wanted, which survive as they are (returned), which are deleted
+/// Step 2, namespaces: which are wanted, which survive as they are (returned), which are deleted
 /// (their guest stopped first) and created.
 fn plan_namespaces(
     naming: &Naming,
@@ -495,8 +496,8 @@ fn plan_namespaces(
     (want_ns, kept_ns)
 }
 
-/// 3. Segments: an unhealthy one is deleted and built again; links of ours that no segment wants
-/// are deleted. Returns the nodes whose interfaces are rebuilt.
+/// Step 3, segments: an unhealthy one is deleted and built again; links of ours that no segment
+/// wants are deleted. Returns the nodes whose interfaces are rebuilt.
 fn plan_segments(
     naming: &Naming,
     good: &[&Slice],
@@ -588,7 +589,7 @@ fn plan_segments(
     touched_nodes
 }
 
-/// 4. Routes of netns nodes; guests of VM nodes; guests that run without being wanted.
+/// Step 4: routes of netns nodes; guests of VM nodes; guests that run without being wanted.
 fn plan_nodes(
     naming: &Naming,
     good: &[&Slice],
