@@ -6,9 +6,8 @@
 
 mod common;
 
-use substrate_agent::host::kernel::Kernel;
+use substrate_agent::host::kernel::{IfSpec, Kernel};
 use substrate_agent::host::linux::LinuxKernel;
-use substrate_agent::reconcile::plan::IfSpec;
 
 use common::{root_or_skip, sh, sh_ok};
 

@@ -6,9 +6,9 @@
 //! untagged links alone.
 
 use super::GuestNic;
+use crate::host::kernel::IfSpec;
 use crate::host::kernel::{Kernel, KernelError};
 use crate::reconcile::observed::LinkObs;
-use crate::reconcile::plan::IfSpec;
 
 /// Which TAP serves which link interface of the sandbox (names only; the device is the host's).
 #[derive(Clone, Debug, PartialEq, Eq)]

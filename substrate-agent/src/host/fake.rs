@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::host::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
 use crate::reconcile::observed::{LinkObs, RouteObs};
-use crate::reconcile::plan::IfSpec;
 use crate::reconcile::spec::Route;
 
 #[derive(Debug, Clone, Default)]

@@ -7,8 +7,10 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+use crate::mac::Mac;
 use crate::reconcile::observed::{LinkObs, RouteObs};
-use crate::reconcile::plan::IfSpec;
 use crate::reconcile::spec::Route;
 
 /// A kernel operation failed; the message names the object.
@@ -50,6 +52,17 @@ impl KernelError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, KernelError::NotFound { .. })
     }
+}
+
+/// An interface to create and configure (a veth end, a VXLAN device, a TAP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfSpec {
+    /// The named namespace the interface lives in.
+    pub ns: String,
+    pub ifname: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub addresses: Vec<IpNet>,
 }
 
 /// A named namespace under `/run/netns`.

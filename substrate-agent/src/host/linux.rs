@@ -32,12 +32,11 @@ use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
-use crate::host::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
 use crate::host::netns;
 use crate::host::rtnl::{CREATE, REPLACE, Rtnl};
 use crate::host::tc;
 use crate::reconcile::observed::{LinkObs, RouteObs};
-use crate::reconcile::plan::IfSpec;
 use crate::reconcile::spec::Route;
 
 struct NsHandle {

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::guest::{GuestConfig, GuestNic, GuestRoute};
+use crate::host::kernel::IfSpec;
 use crate::reconcile::naming::{Naming, NsRole, slice_needs_transit_ns};
 use crate::reconcile::observed::{LinkObs, Observed, RouteObs};
 use crate::reconcile::spec::{
@@ -31,17 +32,6 @@ use crate::reconcile::spec::{
 pub struct PlanContext {
     /// A guest runtime is wired in: VM nodes can be built.
     pub guests_supported: bool,
-}
-
-/// An interface to create and configure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IfSpec {
-    /// The named namespace the interface lives in.
-    pub ns: String,
-    pub ifname: String,
-    pub mtu: u32,
-    pub mac: Option<Mac>,
-    pub addresses: Vec<IpNet>,
 }
 
 /// One NIC handed to a guest.
