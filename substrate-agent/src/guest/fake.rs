@@ -271,7 +271,8 @@ impl GuestRuntime for RecordingGuestRuntime {
 /// sandbox `vn-h1-<id>`, one virtio NIC `eth0` (10.0.0.1/24, MAC derived from `id`).
 #[cfg(test)]
 pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
-    use crate::guest::{Accel, GuestNic, MacAddr, NicModel};
+    use crate::guest::{Accel, GuestNic, NicModel};
+    use crate::mac::Mac;
     GuestConfig {
         node_id: id.into(),
         name: "web".into(),
@@ -283,7 +284,7 @@ pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: "eth0".into(),
-            mac: MacAddr::derived(id),
+            mac: Mac::derived(id),
             addresses: vec!["10.0.0.1/24".parse().unwrap()],
             mtu: 1450,
         }],

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::config::{DatapathConfig, DatapathControl, DatapathError};
 use super::datapath::{ConfigFile, StatusFile};
-use crate::state::StateDir;
+use crate::reconcile::state::StateDir;
 
 /// How long to wait for the datapath to load a config.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::guest::{self, GuestRuntime};
-use crate::kernel::{Kernel, KernelError, VxlanSpec};
-use crate::observe::parallel_map;
-use crate::plan::{GuestRequest, Op, Plan, WireEndSpec};
-use crate::spec::VnId;
-use crate::state::Ledger;
+use crate::host::kernel::{Kernel, KernelError, VxlanSpec};
+use crate::reconcile::observe::parallel_map;
+use crate::reconcile::plan::{GuestRequest, Op, Plan, WireEndSpec};
+use crate::reconcile::spec::VnId;
+use crate::reconcile::state::Ledger;
 use crate::vlan::config::{DatapathConfig, DatapathControl, Wire, WireEnd};
 
 /// IPv4 VXLAN overhead: outer Ethernet is not counted, outer IPv4 20 + UDP 8 + VXLAN 8 + inner
@@ -79,48 +79,6 @@ fn describe(op: &Op) -> String {
     }
 }
 
-/// Converts the planner's guest request into the guest runtime's configuration.
-pub fn guest_config(g: &GuestRequest) -> guest::GuestConfig {
-    use vnet_proto::v1 as pb;
-    guest::GuestConfig {
-        node_id: g.node.to_string(),
-        name: g.name.clone(),
-        netns: g.netns.clone(),
-        vcpus: g.spec.vcpus,
-        memory_mb: g.spec.memory_mb,
-        image: g.spec.image.clone(),
-        nic: match g.spec.nic {
-            pb::NicModel::E1000 => guest::NicModel::E1000,
-            _ => guest::NicModel::Virtio,
-        },
-        accel: match g.spec.accel {
-            pb::Acceleration::Kvm => guest::Accel::Kvm,
-            pb::Acceleration::Tcg => guest::Accel::Tcg,
-            _ => guest::Accel::Auto,
-        },
-        nics: g
-            .nics
-            .iter()
-            .map(|n| guest::GuestNic {
-                ifname: n.ifname.clone(),
-                mac: n.mac.map(|m| guest::MacAddr(m.0)).unwrap_or_else(|| {
-                    guest::MacAddr::derived(&format!("{}/{}", g.node, n.ifname))
-                }),
-                addresses: n.addresses.clone(),
-                mtu: n.mtu,
-            })
-            .collect(),
-        routes: g
-            .routes
-            .iter()
-            .map(|r| guest::GuestRoute {
-                destination: r.destination,
-                via: r.via,
-            })
-            .collect(),
-    }
-}
-
 fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
     let k = env.kernel;
     let ctx = |e: KernelError| format!("{}: {e}", describe(op));
@@ -176,7 +134,7 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
             })
             .map_err(ctx)
         }
-        Op::CreateTap { dev, tag } => k.create_tap(dev, tag).map_err(ctx),
+        Op::CreateTap { dev, tag } => k.create_tap(dev, Some(tag)).map_err(ctx),
         Op::Shape { ns, ifname, mbps } => k.shape(ns, ifname, *mbps).map_err(ctx),
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
         Op::AddRoute { ns, route } => k.add_route(ns, route).map_err(ctx),
@@ -197,7 +155,7 @@ fn ensure_booted<K: Kernel + ?Sized>(
     rt: &dyn GuestRuntime,
     g: &GuestRequest,
 ) -> Result<(), guest::GuestError> {
-    rt.ensure(&guest_config(g))?;
+    rt.ensure(&g.config())?;
     let deadline = Instant::now() + GUEST_BOOT_TIMEOUT;
     loop {
         let step = deadline
@@ -356,72 +314,7 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
                 stage(vn, op) == st && vn.as_ref().is_none_or(|v| !report.failed.contains_key(v))
             })
             .collect();
-        // Ownership: record the intent before creating.
-        let creating: Vec<String> = ops
-            .iter()
-            .filter_map(|(_, op)| match op {
-                Op::CreateNetns { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        if !creating.is_empty()
-            && let Err(e) = env.ledger.intend(&creating)
-        {
-            report.errors.push(e.to_string());
-            for (vn, _) in &ops {
-                if let Some(vn) = vn {
-                    report.failed.entry(vn.clone()).or_insert(e.to_string());
-                }
-            }
-            continue;
-        }
-        let results = parallel_map(&ops, env.workers, |(_, op)| {
-            if let Op::CreateNetns { name, tag } = op {
-                return env
-                    .kernel
-                    .create_netns(name, tag)
-                    .map(Some)
-                    .map_err(|e| format!("{}: {e}", describe(op)));
-            }
-            run_op(env, op).map(|()| None)
-        });
-        report.ops_run += ops.len();
-        let mut confirmed = Vec::new();
-        let mut deleted = Vec::new();
-        let mut failed_creates = Vec::new();
-        for ((vn, op), r) in ops.iter().zip(results) {
-            match r {
-                Ok(inode) => match op {
-                    Op::CreateNetns { name, .. } => {
-                        confirmed.push((name.clone(), inode.unwrap_or_default()))
-                    }
-                    Op::DeleteNetns { name } => deleted.push(name.clone()),
-                    _ => {}
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "operation failed");
-                    if let Op::CreateNetns { name, .. } = op {
-                        failed_creates.push(name.clone());
-                    }
-                    match vn {
-                        Some(vn) => {
-                            report.failed.entry(vn.clone()).or_insert(e);
-                        }
-                        None => report.errors.push(e),
-                    }
-                }
-            }
-        }
-        for r in [
-            env.ledger.confirm(&confirmed),
-            env.ledger.forget(&deleted),
-            // A namespace that could not be created is not ours (it may be a stranger's).
-            env.ledger.forget(&failed_creates),
-        ] {
-            if let Err(e) = r {
-                report.errors.push(e.to_string());
-            }
-        }
+        run_stage(env, &ops, &mut report);
     }
     if cancelled() {
         report.superseded = true;
@@ -430,6 +323,94 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
     if !datapath_done {
         configure_datapath(env, plan, &mut report);
     }
+    finish(env, plan, &mut report, failed_at_datapath);
+    report
+}
+
+/// Runs one stage's operations in parallel: the ledger records the intent to create namespaces
+/// first; failures mark their slice; the ledger then confirms what was created and forgets what
+/// was deleted.
+fn run_stage<K: Kernel + ?Sized>(
+    env: &Env<'_, K>,
+    ops: &[&(Option<VnId>, Op)],
+    report: &mut ApplyReport,
+) {
+    // Ownership: record the intent before creating.
+    let creating: Vec<String> = ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            Op::CreateNetns { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if !creating.is_empty()
+        && let Err(e) = env.ledger.intend(&creating)
+    {
+        report.errors.push(e.to_string());
+        for (vn, _) in ops {
+            if let Some(vn) = vn {
+                report.failed.entry(vn.clone()).or_insert(e.to_string());
+            }
+        }
+        return;
+    }
+    let results = parallel_map(ops, env.workers, |(_, op)| {
+        if let Op::CreateNetns { name, tag } = op {
+            return env
+                .kernel
+                .create_netns(name, tag)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", describe(op)));
+        }
+        run_op(env, op).map(|()| None)
+    });
+    report.ops_run += ops.len();
+    let mut confirmed = Vec::new();
+    let mut deleted = Vec::new();
+    let mut failed_creates = Vec::new();
+    for ((vn, op), r) in ops.iter().zip(results) {
+        match r {
+            Ok(inode) => match op {
+                Op::CreateNetns { name, .. } => {
+                    confirmed.push((name.clone(), inode.unwrap_or_default()))
+                }
+                Op::DeleteNetns { name } => deleted.push(name.clone()),
+                _ => {}
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "operation failed");
+                if let Op::CreateNetns { name, .. } = op {
+                    failed_creates.push(name.clone());
+                }
+                match vn {
+                    Some(vn) => {
+                        report.failed.entry(vn.clone()).or_insert(e);
+                    }
+                    None => report.errors.push(e),
+                }
+            }
+        }
+    }
+    for r in [
+        env.ledger.confirm(&confirmed),
+        env.ledger.forget(&deleted),
+        // A namespace that could not be created is not ours (it may be a stranger's).
+        env.ledger.forget(&failed_creates),
+    ] {
+        if let Err(e) = r {
+            report.errors.push(e.to_string());
+        }
+    }
+}
+
+/// After the last stage: all-or-nothing per host, and the datapath without the wires of slices
+/// that failed after it was configured (`failed_at_datapath`: the failed slices at that moment).
+fn finish<K: Kernel + ?Sized>(
+    env: &Env<'_, K>,
+    plan: &Plan,
+    report: &mut ApplyReport,
+    failed_at_datapath: Option<BTreeSet<VnId>>,
+) {
     // All-or-nothing per host: tear down what failed slices left.
     let to_tear: Vec<VnId> = report.failed.keys().cloned().collect();
     let mut teardown_errors = Vec::new();
@@ -451,7 +432,6 @@ pub fn apply<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan) -> ApplyReport {
             }
         }
     }
-    report
 }
 
 fn configure_datapath<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan, report: &mut ApplyReport) {

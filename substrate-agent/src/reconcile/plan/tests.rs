@@ -6,13 +6,13 @@ use std::net::IpAddr;
 use vnet_proto::v1 as pb;
 
 use super::*;
-use crate::apply::{Env, apply};
-use crate::fake::FakeKernel;
 use crate::guest::{GuestCall, RecordingGuestRuntime};
-use crate::kernel::{Kernel, RouteInfo};
-use crate::observe::observe;
-use crate::spec::tests::{link, nif, slice, vlan, vxlan};
-use crate::state::{Ledger, StateDir};
+use crate::host::fake::FakeKernel;
+use crate::host::kernel::{Kernel, RouteInfo};
+use crate::reconcile::apply::{Env, apply};
+use crate::reconcile::observe::observe;
+use crate::reconcile::spec::tests::{link, nif, slice, vlan, vxlan};
+use crate::reconcile::state::{Ledger, StateDir};
 use crate::vlan::config::FakeDatapath;
 
 const NETNS_ONLY: PlanContext = PlanContext {
@@ -85,7 +85,7 @@ impl Host {
         plan(&naming(), d, &self.observed(), self.ctx())
     }
 
-    fn converge(&self, d: &Desired) -> crate::apply::ApplyReport {
+    fn converge(&self, d: &Desired) -> crate::reconcile::apply::ApplyReport {
         let p = self.plan(d);
         let env = Env {
             kernel: &self.k,
@@ -663,7 +663,7 @@ fn stale_links_of_ours_go_tenant_links_stay() {
     let mut o2 = o.clone();
     o2.namespaces.get_mut("vn-h1-a1").unwrap().links.insert(
         "tenant0".into(),
-        crate::observed::LinkObs {
+        crate::reconcile::observed::LinkObs {
             name: "tenant0".into(),
             ..Default::default()
         },
@@ -781,6 +781,6 @@ fn each_segment_of_a_child_rides_in_its_own_parent_node() {
         vxlan(502, "10.0.3.1", "10.255.0.2"),
     )];
     bad.links[0].context_node_id = "p1".into();
-    let e = crate::spec::Slice::from_proto(&bad).unwrap_err();
+    let e = crate::reconcile::spec::Slice::from_proto(&bad).unwrap_err();
     assert!(e.0.contains("without a context_node_id"), "{}", e.0);
 }

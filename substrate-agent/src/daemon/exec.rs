@@ -28,7 +28,7 @@ pub async fn exec_in_netns(netns: &str, argv: &[String], timeout: Duration) -> E
     let Some((prog, args)) = argv.split_first() else {
         return fail("argv is empty".into());
     };
-    let ns = match crate::netns::open(netns) {
+    let ns = match crate::host::netns::open(netns) {
         Ok(f) => f,
         Err(e) => return fail(format!("namespace {netns}: {e}")),
     };

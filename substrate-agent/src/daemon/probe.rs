@@ -13,7 +13,7 @@ use rtnetlink::{LinkUnspec, LinkVeth, LinkVlan, LinkVxlan};
 use serde::Serialize;
 use vnet_proto::v1 as pb;
 
-use crate::rtnl::{CREATE, Rtnl};
+use crate::host::rtnl::{CREATE, Rtnl};
 
 /// What the probe found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -87,7 +87,7 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
                     CREATE,
                 ),
             );
-            f[2] = match crate::tap::create_persistent("ptap0") {
+            f[2] = match crate::host::tap::create_persistent("ptap0") {
                 Ok(()) => true,
                 Err(e) => {
                     errs.borrow_mut().push(format!("tap: {e}"));
@@ -117,14 +117,16 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
                     f[5] = attempt(
                         "tc tbf",
                         r.request(
-                            RouteNetlinkMessage::NewQueueDiscipline(crate::tc::tbf_qdisc(idx, 10)),
+                            RouteNetlinkMessage::NewQueueDiscipline(crate::host::tc::tbf_qdisc(
+                                idx, 10,
+                            )),
                             CREATE,
                         ),
                     );
                 }
             }
             // Persistent TAPs die with the namespace: nothing else holds it.
-            let _ = crate::tap::attach("ptap0").map(|fd| {
+            let _ = crate::host::tap::attach("ptap0").map(|fd| {
                 // SAFETY: TUNSETPERSIST with 0 makes the TAP vanish when `fd` closes.
                 unsafe {
                     libc::ioctl(

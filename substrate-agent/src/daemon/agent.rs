@@ -3,7 +3,7 @@
 //!
 //! The session forwards every `DesiredState` to the reconcile loop through a watch channel (only
 //! the newest matters: a newer one cancels the apply in progress between phases), answers
-//! `ExecCommand`s, runs guests' console sessions ([`crate::console`]), and sends each
+//! `ExecCommand`s, runs guests' console sessions ([`crate::daemon::console`]), and sends each
 //! `ObservedState` the loop produces (and the latest one again after every reconnect). The loop
 //! also re-runs every `resync` interval, so drift on the host and slices that failed are retried
 //! without a new desired state.
@@ -21,14 +21,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::agent_control_client::AgentControlClient;
 
-use crate::apply::{ApplyReport, Env, apply};
 use crate::guest::GuestRuntime;
-use crate::kernel::Kernel;
-use crate::naming::Naming;
-use crate::observe::observe;
-use crate::plan::{PlanContext, plan};
-use crate::spec::{Desired, NodeId, NodeKind};
-use crate::state::{Ledger, StateDir};
+use crate::host::kernel::Kernel;
+use crate::reconcile::apply::{ApplyReport, Env, apply};
+use crate::reconcile::naming::Naming;
+use crate::reconcile::observe::observe;
+use crate::reconcile::plan::{PlanContext, plan};
+use crate::reconcile::spec::{Desired, NodeId, NodeKind};
+use crate::reconcile::state::{Ledger, StateDir};
 use crate::vlan::config::DatapathControl;
 
 /// Configuration of a running agent.
@@ -216,9 +216,12 @@ impl<K: Kernel + 'static> Agent<K> {
         match kind {
             None => res.error = format!("node {node} is not on host {}", self.cfg.host_id),
             Some(NodeKind::Netns) => {
-                let out =
-                    crate::exec::exec_in_netns(&self.naming.node_ns(&node), &cmd.argv, timeout)
-                        .await;
+                let out = crate::daemon::exec::exec_in_netns(
+                    &self.naming.node_ns(&node),
+                    &cmd.argv,
+                    timeout,
+                )
+                .await;
                 res.exit_code = out.exit_code;
                 res.stdout = out.stdout;
                 res.stderr = out.stderr;
@@ -339,7 +342,7 @@ impl<K: Kernel + 'static> Agent<K> {
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
         // Console sessions live as long as this stream.
-        let mut consoles = crate::console::ConsoleSessions::new();
+        let mut consoles = crate::daemon::console::ConsoleSessions::new();
         loop {
             tokio::select! {
                 m = inbound.message() => {
@@ -516,16 +519,16 @@ pub fn observed_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::VnId;
+    use crate::reconcile::spec::VnId;
 
     #[test]
     fn report_lists_every_slice_with_its_state() {
         let msg = pb::DesiredState {
             generation: 4,
             vns: vec![
-                crate::spec::tests::slice("va", &["a1"], vec![]),
-                crate::spec::tests::slice("vb", &["b1"], vec![]),
-                crate::spec::tests::slice("BAD", &["c1"], vec![]),
+                crate::reconcile::spec::tests::slice("va", &["a1"], vec![]),
+                crate::reconcile::spec::tests::slice("vb", &["b1"], vec![]),
+                crate::reconcile::spec::tests::slice("BAD", &["c1"], vec![]),
             ],
         };
         let d = Desired::from_proto(&msg);
@@ -545,7 +548,7 @@ mod tests {
             4,
             &Desired::from_proto(&pb::DesiredState {
                 generation: 4,
-                vns: vec![crate::spec::tests::slice("va", &["a1"], vec![])],
+                vns: vec![crate::reconcile::spec::tests::slice("va", &["a1"], vec![])],
             }),
             &ApplyReport::default(),
         );

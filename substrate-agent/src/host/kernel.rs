@@ -1,15 +1,17 @@
 //! The seam between the agent's logic and the host kernel.
 //!
 //! One trait, [`Kernel`], with the few coarse operations the executor needs; the Linux
-//! implementation is [`crate::linux::LinuxKernel`] (netlink, ioctl, mounts), the recording fake
-//! is [`crate::fake::FakeKernel`] (an in-memory host, for planner and executor tests without root).
+//! implementation is [`crate::host::linux::LinuxKernel`] (netlink, ioctl, mounts), the recording fake
+//! is `crate::host::fake::FakeKernel` (an in-memory host, for planner and executor tests without root).
 //! Every method is synchronous and may be called from several threads at once.
 
 use std::net::IpAddr;
 
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::spec::Route;
+use ipnet::IpNet;
+
+use crate::mac::Mac;
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::spec::Route;
 
 /// A kernel operation failed; the message names the object.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,17 @@ impl KernelError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, KernelError::NotFound { .. })
     }
+}
+
+/// An interface to create and configure (a veth end, a VXLAN device, a TAP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfSpec {
+    /// The named namespace the interface lives in.
+    pub ns: String,
+    pub ifname: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub addresses: Vec<IpNet>,
 }
 
 /// A named namespace under `/run/netns`.
@@ -113,14 +126,18 @@ pub trait Kernel: Send + Sync {
     fn create_veth(&self, a: &IfSpec, b: &IfSpec, tag: &str) -> Result<(), KernelError>;
     /// A VXLAN device created from the context namespace into `spec.dev.ns`, configured and up.
     fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), KernelError>;
-    /// A persistent TAP device, configured and up.
-    fn create_tap(&self, dev: &IfSpec, tag: &str) -> Result<(), KernelError>;
+    /// A persistent TAP device, configured and up; tagged with `tag` when given (a guest's TAPs
+    /// are the guest runtime's, not the planner's, and carry none).
+    fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError>;
     /// Deletes a link in a named namespace (`None`: the agent's own namespace).
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError>;
     /// Egress rate limit (TBF) on an interface.
     fn shape(&self, ns: &str, ifname: &str, mbps: u64) -> Result<(), KernelError>;
-    /// Everything arriving on `a` leaves on `b` and vice versa (tc ingress + mirred).
+    /// Everything arriving on `a` leaves on `b` and vice versa (tc ingress + mirred). Idempotent:
+    /// a redirect of ours that already does this is kept, any other of ours is replaced.
     fn join(&self, ns: &str, a: &str, b: &str) -> Result<(), KernelError>;
+    /// Removes the redirect a [`Kernel::join`] put on `ifname`'s ingress (none there is fine).
+    fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError>;
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     fn delete_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     /// Route lookup of `dst` in a namespace (`None`: the agent's own).

@@ -12,9 +12,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -22,9 +24,14 @@ use nix::sched::{CloneFlags, setns, unshare};
 /// Where named namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";
 
-/// Path of a named namespace.
+/// Path of a namespace given by name (under `/run/netns`) or as an absolute path to a namespace
+/// file (e.g. `/proc/PID/ns/net`).
 pub fn path_of(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
+    if name.starts_with('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new(NETNS_DIR).join(name)
+    }
 }
 
 fn nix_io(e: nix::Error) -> io::Error {
@@ -158,6 +165,26 @@ pub fn list(prefix: &str) -> io::Result<Vec<(String, u64)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Spawns `cmd` inside the namespace `name` (a name or an absolute path, as [`path_of`]): the
+/// child enters it between fork and exec, after whatever `pre_exec` hooks `cmd` already has; the
+/// calling thread stays where it is.
+pub fn spawn_in(name: &str, cmd: &mut Command) -> io::Result<Child> {
+    let ns = File::open(path_of(name))?;
+    let fd = ns.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
+    // async-signal-safe; `fd` is the namespace file, which the parent holds open until `spawn`
+    // returned, so it is valid in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
+            setns(ns, CloneFlags::CLONE_NEWNET).map_err(nix_io)
+        });
+    }
+    let child = cmd.spawn();
+    drop(ns);
+    child
 }
 
 /// Enters a named namespace for the rest of this thread's (or, before any thread is spawned, the

@@ -19,6 +19,10 @@ const TC_LINKLAYER_ETHERNET: u8 = 1;
 /// `htons(ETH_P_ALL)`.
 const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 
+/// Priority of our redirect filters on an ingress qdisc: ours alone, so that a join can find,
+/// keep or replace exactly its own filter and leave anyone else's alone.
+pub const REDIRECT_PREF: u16 = 49;
+
 /// Token bucket parameters for a rate in Mbit/s: bytes per second, burst and queue limit in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TbfParams {
@@ -94,18 +98,25 @@ pub fn ingress_qdisc(ifindex: u32) -> TcMessage {
     m
 }
 
-/// `tc filter add dev FROM parent ffff: pref 1 protocol all u32 match u8 0 0 action mirred egress
-/// redirect dev TO`.
-pub fn redirect_filter(from: u32, to: u32) -> TcMessage {
-    let mut m = TcMessage::with_index(from as i32);
+/// The filters at [`REDIRECT_PREF`] on the ingress qdisc of `ifindex`: a dump request
+/// (`tc filter show dev IFINDEX ingress pref 49`) and, as it is, a delete request.
+pub fn our_filters(ifindex: u32) -> TcMessage {
+    let mut m = TcMessage::with_index(ifindex as i32);
     m.header.parent = TcHandle {
         major: 0xffff,
         minor: 0,
     };
     m.header.info = u32::from(TcHandle {
-        major: 1,
+        major: REDIRECT_PREF,
         minor: ETH_P_ALL_BE,
     });
+    m
+}
+
+/// `tc filter add dev FROM parent ffff: pref 49 protocol all u32 match u8 0 0 action mirred
+/// egress redirect dev TO`.
+pub fn redirect_filter(from: u32, to: u32) -> TcMessage {
+    let mut m = our_filters(from);
     let mut sel = TcU32Selector::default();
     sel.flags = TcU32SelectorFlags::Terminal;
     sel.nkeys = 1;
@@ -131,6 +142,41 @@ pub fn redirect_filter(from: u32, to: u32) -> TcMessage {
     m
 }
 
+/// What a dumped filter message is, to a join: `None` when it is not one of our redirects
+/// (another priority, or the filter's root node that a dump shows without options),
+/// `Some(Some(ifindex))` for our redirect to `ifindex`, `Some(None)` for anything else of ours.
+pub fn our_redirect(f: &TcMessage) -> Option<Option<u32>> {
+    if (f.header.info >> 16) as u16 != REDIRECT_PREF {
+        return None;
+    }
+    if let Some(t) = redirect_target(f) {
+        return Some(Some(t));
+    }
+    f.attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Options(o) if !o.is_empty()))
+        .then_some(None)
+}
+
+/// The ifindex a u32 + mirred filter redirects to.
+fn redirect_target(f: &TcMessage) -> Option<u32> {
+    f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+            TcOption::U32(TcFilterU32Option::Action(actions)) => actions.iter().find_map(|act| {
+                act.attributes.iter().find_map(|aa| match aa {
+                    TcActionAttribute::Options(aos) => aos.iter().find_map(|ao| match ao {
+                        TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) => Some(p.ifindex),
+                        _ => None,
+                    }),
+                    _ => None,
+                })
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +197,18 @@ mod tests {
             panic!()
         };
         assert_eq!(o.len(), 3, "RATE64 attribute above 34 Gbit/s");
+    }
+
+    #[test]
+    fn a_redirect_is_recognized_by_priority_and_target() {
+        let f = redirect_filter(3, 7);
+        assert_eq!(our_redirect(&f), Some(Some(7)));
+        assert_eq!(our_redirect(&our_filters(3)), None, "root node: no options");
+        let mut other = redirect_filter(3, 7);
+        other.header.info = u32::from(TcHandle {
+            major: 1,
+            minor: ETH_P_ALL_BE,
+        });
+        assert_eq!(our_redirect(&other), None, "another priority");
     }
 }

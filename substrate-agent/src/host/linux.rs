@@ -32,13 +32,12 @@ use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
-use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
-use crate::netns;
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::rtnl::{CREATE, REPLACE, Rtnl};
-use crate::spec::Route;
-use crate::tc;
+use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::netns;
+use crate::host::rtnl::{CREATE, REPLACE, Rtnl};
+use crate::host::tc;
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::spec::Route;
 
 struct NsHandle {
     file: File,
@@ -334,6 +333,48 @@ impl LinuxKernel {
     }
 }
 
+/// `from`'s ingress redirects everything to `to`: our filter is kept when it does exactly that and
+/// replaced otherwise (so a join is idempotent). An ingress or clsact qdisc already there is kept.
+fn redirect(r: &mut Rtnl, from: u32, to: u32) -> io::Result<()> {
+    match r.request(
+        RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(from)),
+        CREATE,
+    ) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+        _ => {}
+    }
+    let ours: Vec<Option<u32>> = r
+        .dump(RouteNetlinkMessage::GetTrafficFilter(tc::our_filters(from)))?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewTrafficFilter(f) => tc::our_redirect(f),
+            _ => None,
+        })
+        .collect();
+    if ours == [Some(to)] {
+        return Ok(());
+    }
+    if !ours.is_empty() {
+        unredirect(r, from)?;
+    }
+    r.request(
+        RouteNetlinkMessage::NewTrafficFilter(tc::redirect_filter(from, to)),
+        CREATE,
+    )
+    .map(|_| ())
+}
+
+/// Deletes our filters from `ifindex`'s ingress; none there (or no ingress qdisc) is fine.
+fn unredirect(r: &mut Rtnl, ifindex: u32) -> io::Result<()> {
+    match r.request(
+        RouteNetlinkMessage::DelTrafficFilter(tc::our_filters(ifindex)),
+        0,
+    ) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 fn apply_if<T>(b: LinkMessageBuilder<T>, dev: &IfSpec, ns_fd: i32) -> LinkMessageBuilder<T> {
     let b = b.mtu(dev.mtu).setns_by_fd(ns_fd);
     match dev.mac {
@@ -463,10 +504,10 @@ impl Kernel for LinuxKernel {
         self.finish_if(&spec.dev, &spec.tag)
     }
 
-    fn create_tap(&self, dev: &IfSpec, tag: &str) -> Result<(), KernelError> {
+    fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError> {
         let h = self.handle(&dev.ns)?;
         netns::within(&h.file, &self.home, || {
-            crate::tap::create_persistent(&dev.ifname)
+            crate::host::tap::create_persistent(&dev.ifname)
         })
         .and_then(|r| r)
         .map_err(io_err(format!("tap {} in {}", dev.ifname, dev.ns)))?;
@@ -475,7 +516,10 @@ impl Kernel for LinuxKernel {
             format!("configure tap {} in {}", dev.ifname, dev.ns),
             |r| {
                 let idx = index_of(r, &dev.ifname)?;
-                let mut b = LinkUnspec::new_with_index(idx).mtu(dev.mtu).up().alias(tag);
+                let mut b = LinkUnspec::new_with_index(idx).mtu(dev.mtu).up();
+                if let Some(tag) = tag {
+                    b = b.alias(tag);
+                }
                 if let Some(m) = dev.mac {
                     b = b.address(m.0.to_vec());
                 }
@@ -517,19 +561,17 @@ impl Kernel for LinuxKernel {
             |r| {
                 let ia = index_of(r, a)?;
                 let ib = index_of(r, b)?;
-                for (from, to) in [(ia, ib), (ib, ia)] {
-                    r.request(
-                        RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(from)),
-                        REPLACE,
-                    )?;
-                    r.request(
-                        RouteNetlinkMessage::NewTrafficFilter(tc::redirect_filter(from, to)),
-                        REPLACE,
-                    )?;
-                }
-                Ok(())
+                redirect(r, ia, ib)?;
+                redirect(r, ib, ia)
             },
         )
+    }
+
+    fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError> {
+        self.in_ns(ns, format!("remove tc redirect of {ifname} in {ns}"), |r| {
+            let idx = index_of(r, ifname)?;
+            unredirect(r, idx)
+        })
     }
 
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError> {

@@ -12,6 +12,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use vnet_proto::v1 as pb;
 
+use crate::guest::{Accel, NicModel};
+pub use crate::mac::Mac;
+
 /// The well-known VXLAN UDP port (IANA), used when a hop leaves `udp_port` at 0.
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;
 
@@ -114,46 +117,6 @@ impl fmt::Display for IfName {
     }
 }
 
-/// A unicast Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// Parses `aa:bb:cc:dd:ee:ff`; rejects multicast and all-zero addresses.
-    pub fn parse(s: &str) -> Result<Self, SpecError> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let bad = || SpecError(format!("mac {s:?} is not of the form aa:bb:cc:dd:ee:ff"));
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if b[0] & 1 == 1 {
-            return err(format!("mac {s} is a multicast address"));
-        }
-        if b == [0; 6] {
-            return err(format!("mac {s} is all zeroes"));
-        }
-        Ok(Self(b))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
 /// The whole desired state of this host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Desired {
@@ -202,8 +165,8 @@ pub struct GuestSpec {
     pub vcpus: u32,
     pub memory_mb: u64,
     pub image: String,
-    pub nic: pb::NicModel,
-    pub accel: pb::Acceleration,
+    pub nic: NicModel,
+    pub accel: Accel,
 }
 
 /// A static route inside a node; `destination == None` is the default route.
@@ -509,9 +472,19 @@ impl Node {
                     } else {
                         g.image.clone()
                     },
-                    nic: pb::NicModel::try_from(g.nic).unwrap_or(pb::NicModel::Unspecified),
-                    accel: pb::Acceleration::try_from(g.accel)
-                        .unwrap_or(pb::Acceleration::Unspecified),
+                    nic: match pb::NicModel::try_from(g.nic) {
+                        Ok(pb::NicModel::E1000) => NicModel::E1000,
+                        Ok(pb::NicModel::Virtio | pb::NicModel::Unspecified) => NicModel::Virtio,
+                        Err(_) => return err(format!("node {id}: guest.nic {} is unknown", g.nic)),
+                    },
+                    accel: match pb::Acceleration::try_from(g.accel) {
+                        Ok(pb::Acceleration::Kvm) => Accel::Kvm,
+                        Ok(pb::Acceleration::Tcg) => Accel::Tcg,
+                        Ok(pb::Acceleration::Auto | pb::Acceleration::Unspecified) => Accel::Auto,
+                        Err(_) => {
+                            return err(format!("node {id}: guest.accel {} is unknown", g.accel));
+                        }
+                    },
                 })
             }
             _ => return err(format!("node {id}: kind {} is not NETNS or VM", n.kind)),
@@ -620,7 +593,7 @@ impl NodeIf {
         let mac = if n.mac.is_empty() {
             None
         } else {
-            Some(Mac::parse(&n.mac)?)
+            Some(Mac::parse(&n.mac).map_err(|e| SpecError(e.to_string()))?)
         };
         Ok(NodeIf {
             node,

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use crate::apply::{Env, apply};
 use crate::guest::GuestRuntime;
-use crate::kernel::Kernel;
-use crate::naming::Naming;
-use crate::observe::observe;
-use crate::plan::{Op, PlanContext, plan};
-use crate::spec::Desired;
-use crate::state::{Ledger, StateDir};
+use crate::host::kernel::Kernel;
+use crate::reconcile::apply::{Env, apply};
+use crate::reconcile::naming::Naming;
+use crate::reconcile::observe::observe;
+use crate::reconcile::plan::{Op, PlanContext, plan};
+use crate::reconcile::spec::Desired;
+use crate::reconcile::state::{Ledger, StateDir};
 use crate::vlan::config::DatapathControl;
 
 /// What cleanup removed.

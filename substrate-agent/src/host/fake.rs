@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
-use crate::observed::{LinkObs, RouteObs};
-use crate::plan::IfSpec;
-use crate::spec::Route;
+use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::reconcile::observed::{LinkObs, RouteObs};
+use crate::reconcile::spec::Route;
 
 #[derive(Debug, Clone, Default)]
 struct FakeLink {
@@ -317,11 +316,12 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn create_tap(&self, dev: &IfSpec, tag: &str) -> Result<(), KernelError> {
+    fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError> {
         let mut h = self.host.lock().unwrap();
         self.record(&mut h, format!("create_tap {}/{}", dev.ns, dev.ifname))?;
         check_free(&h, dev)?;
-        let l = new_link(&mut h, dev, "tun", tag);
+        let mut l = new_link(&mut h, dev, "tun", "");
+        l.obs.alias = tag.map(str::to_string);
         ns_mut(&mut h, &dev.ns)?.links.insert(dev.ifname.clone(), l);
         Ok(())
     }
@@ -372,6 +372,18 @@ impl Kernel for FakeKernel {
                 .ingress_qdisc = true;
         }
         Ok(())
+    }
+
+    fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError> {
+        let mut h = self.host.lock().unwrap();
+        self.record(&mut h, format!("unjoin {ns} {ifname}"))?;
+        // The kernel keeps the ingress qdisc; only our filter goes, which a snapshot does not show.
+        match ns_mut(&mut h, ns)?.links.contains_key(ifname) {
+            true => Ok(()),
+            false => Err(KernelError::NotFound {
+                what: format!("link {ifname} in {ns}"),
+            }),
+        }
     }
 
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError> {

@@ -3,7 +3,7 @@
 //! In: the validated desired state of the host, what the agent observed of its own objects, and
 //! what this agent supports. Out: the operations that turn the observed host into the desired one,
 //! the VLAN wires the userspace datapath must serve, and the slices that cannot be built (with the
-//! first error). The planner reads nothing and writes nothing; [`crate::apply`] executes.
+//! first error). The planner reads nothing and writes nothing; [`crate::reconcile::apply`] executes.
 //!
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
 //! desired one, else deleted and created anew; a segment is kept when every one of its interfaces
@@ -18,9 +18,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::naming::{Naming, NsRole, slice_needs_transit_ns};
-use crate::observed::{LinkObs, Observed, RouteObs};
-use crate::spec::{
+use crate::guest::{GuestConfig, GuestNic, GuestRoute};
+use crate::host::kernel::IfSpec;
+use crate::reconcile::naming::{Naming, NsRole, slice_needs_transit_ns};
+use crate::reconcile::observed::{LinkObs, Observed, RouteObs};
+use crate::reconcile::spec::{
     Desired, Encap, GuestSpec, Hop, LinkId, Mac, NodeId, NodeIf, NodeKind, Route, Segment,
     SegmentShape, Slice, VnId,
 };
@@ -30,17 +32,6 @@ use crate::spec::{
 pub struct PlanContext {
     /// A guest runtime is wired in: VM nodes can be built.
     pub guests_supported: bool,
-}
-
-/// An interface to create and configure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IfSpec {
-    /// The named namespace the interface lives in.
-    pub ns: String,
-    pub ifname: String,
-    pub mtu: u32,
-    pub mac: Option<Mac>,
-    pub addresses: Vec<IpNet>,
 }
 
 /// One NIC handed to a guest.
@@ -61,6 +52,43 @@ pub struct GuestRequest {
     pub spec: GuestSpec,
     pub nics: Vec<GuestNicSpec>,
     pub routes: Vec<Route>,
+}
+
+impl GuestRequest {
+    /// The guest runtime's configuration for this request: a NIC whose link carries no MAC gets
+    /// one derived from the node and the interface name.
+    pub fn config(&self) -> GuestConfig {
+        GuestConfig {
+            node_id: self.node.to_string(),
+            name: self.name.clone(),
+            netns: self.netns.clone(),
+            vcpus: self.spec.vcpus,
+            memory_mb: self.spec.memory_mb,
+            image: self.spec.image.clone(),
+            nic: self.spec.nic,
+            accel: self.spec.accel,
+            nics: self
+                .nics
+                .iter()
+                .map(|n| GuestNic {
+                    ifname: n.ifname.clone(),
+                    mac: n
+                        .mac
+                        .unwrap_or_else(|| Mac::derived(&format!("{}/{}", self.node, n.ifname))),
+                    addresses: n.addresses.clone(),
+                    mtu: n.mtu,
+                })
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| GuestRoute {
+                    destination: r.destination,
+                    via: r.via,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One operation on the host.
@@ -275,11 +303,29 @@ fn link_ok(l: &LinkObs, tag: &str, mtu: u32, addrs: &[IpNet], shaped: bool) -> b
 /// Computes the operations that take `observed` to `desired`.
 pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanContext) -> Plan {
     let mut p = Plan::default();
+    let good = buildable(naming, desired, observed, ctx, &mut p);
+    let (want_ns, kept_ns) = plan_namespaces(naming, &good, observed, &mut p);
+    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, &mut p);
+    plan_nodes(naming, &good, observed, &kept_ns, &touched_nodes, &mut p);
+    p.ops.sort_by_key(|(_, op)| op.phase());
+    p
+}
 
-    // 1. Which slices can be built at all.
+/// Namespaces wanted by the slices being built: name -> (vn, tag).
+type WantedNs = BTreeMap<String, (VnId, String)>;
+
+/// Step 1: which slices can be built at all, parents before children; the others go to
+/// `p.failed`.
+fn buildable<'a>(
+    naming: &Naming,
+    desired: &'a Desired,
+    observed: &Observed,
+    ctx: PlanContext,
+    p: &mut Plan,
+) -> Vec<&'a Slice> {
     let mut good: Vec<&Slice> = Vec::new();
     for s in desired.slices.values() {
-        let names = crate::naming::slice_namespaces(naming, s);
+        let names = crate::reconcile::naming::slice_namespaces(naming, s);
         p.slice_namespaces.insert(s.vn_id.clone(), names.clone());
         if let Err(e) = check_slice(s, ctx) {
             p.failed.insert(s.vn_id.clone(), e);
@@ -327,36 +373,6 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
         .values()
         .flat_map(|s| s.nodes.iter().map(move |n| (&n.id, &s.vn_id)))
         .collect();
-    // depth = 1 + the deepest slice owning one of its context nodes; a slice met again while
-    // its own depth is being computed closes a cycle.
-    fn depth_of<'a>(
-        s: &'a Slice,
-        desired: &'a Desired,
-        owner: &BTreeMap<&NodeId, &VnId>,
-        memo: &mut BTreeMap<&'a VnId, Option<u32>>,
-        visiting: &mut BTreeSet<&'a VnId>,
-    ) -> Option<u32> {
-        if let Some(d) = memo.get(&s.vn_id) {
-            return *d;
-        }
-        if !visiting.insert(&s.vn_id) {
-            return None;
-        }
-        let mut d = Some(0u32);
-        for ctx in s.contexts() {
-            let Some(parent) = owner.get(ctx).and_then(|v| desired.slices.get(*v)) else {
-                d = d.map(|d| d.max(1));
-                continue;
-            };
-            d = match (d, depth_of(parent, desired, owner, memo, visiting)) {
-                (Some(d), Some(pd)) => Some(d.max(pd + 1)),
-                _ => None,
-            };
-        }
-        visiting.remove(&s.vn_id);
-        memo.insert(&s.vn_id, d);
-        d
-    }
     let mut memo = BTreeMap::new();
     for s in desired.slices.values() {
         let d = depth_of(s, desired, &owner, &mut memo, &mut BTreeSet::new());
@@ -373,9 +389,50 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     good.sort_by_key(|s| (p.depth[&s.vn_id], s.vn_id.clone()));
     p.building = good.iter().map(|s| s.vn_id.clone()).collect();
 
-    // 2. Namespaces: desired name -> (vn, tag).
+    good
+}
+
+// depth = 1 + the deepest slice owning one of its context nodes; a slice met again while
+// its own depth is being computed closes a cycle.
+fn depth_of<'a>(
+    s: &'a Slice,
+    desired: &'a Desired,
+    owner: &BTreeMap<&NodeId, &VnId>,
+    memo: &mut BTreeMap<&'a VnId, Option<u32>>,
+    visiting: &mut BTreeSet<&'a VnId>,
+) -> Option<u32> {
+    if let Some(d) = memo.get(&s.vn_id) {
+        return *d;
+    }
+    if !visiting.insert(&s.vn_id) {
+        return None;
+    }
+    let mut d = Some(0u32);
+    for ctx in s.contexts() {
+        let Some(parent) = owner.get(ctx).and_then(|v| desired.slices.get(*v)) else {
+            d = d.map(|d| d.max(1));
+            continue;
+        };
+        d = match (d, depth_of(parent, desired, owner, memo, visiting)) {
+            (Some(d), Some(pd)) => Some(d.max(pd + 1)),
+            _ => None,
+        };
+    }
+    visiting.remove(&s.vn_id);
+    memo.insert(&s.vn_id, d);
+    d
+}
+
+/// Step 2, namespaces: which are wanted, which survive as they are (returned), which are deleted
+/// (their guest stopped first) and created.
+fn plan_namespaces(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    p: &mut Plan,
+) -> (WantedNs, BTreeSet<String>) {
     let mut want_ns: BTreeMap<String, (VnId, String)> = BTreeMap::new();
-    for s in &good {
+    for s in good {
         for n in &s.nodes {
             want_ns.insert(
                 naming.node_ns(&n.id),
@@ -426,12 +483,23 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             );
         }
     }
+    (want_ns, kept_ns)
+}
 
-    // 3. Segments.
+/// Step 3, segments: an unhealthy one is deleted and built again; links of ours that no segment
+/// wants are deleted. Returns the nodes whose interfaces are rebuilt.
+fn plan_segments(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    want_ns: &WantedNs,
+    kept_ns: &BTreeSet<String>,
+    p: &mut Plan,
+) -> BTreeSet<NodeId> {
     let mut wanted_ifaces: BTreeSet<(String, String)> = BTreeSet::new();
     let mut touched_nodes: BTreeSet<NodeId> = BTreeSet::new();
     let mut deletes: Vec<(VnId, Op)> = Vec::new();
-    for s in &good {
+    for s in good {
         let vn = &s.vn_id;
         for seg in &s.links {
             let ctx_ns = s.context_of(seg).map(|c| naming.node_ns(c));
@@ -482,11 +550,11 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             for n in seg.node_ifs() {
                 touched_nodes.insert(n.node.clone());
             }
-            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), &mut p);
+            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), p);
         }
     }
     // Links of ours in our namespaces that no segment wants.
-    for ns in &kept_ns {
+    for ns in kept_ns {
         for (name, l) in &observed.namespaces[ns].links {
             // Only what carries our tag: a tenant's own devices and a guest runtime's TAPs stay.
             let ours = l
@@ -508,9 +576,19 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     for (vn, op) in deletes {
         p.push(Some(&vn), op);
     }
+    touched_nodes
+}
 
-    // 4. Routes of netns nodes; guests of VM nodes.
-    for s in &good {
+/// Step 4: routes of netns nodes; guests of VM nodes; guests that run without being wanted.
+fn plan_nodes(
+    naming: &Naming,
+    good: &[&Slice],
+    observed: &Observed,
+    kept_ns: &BTreeSet<String>,
+    touched_nodes: &BTreeSet<NodeId>,
+    p: &mut Plan,
+) {
+    for s in good {
         for n in &s.nodes {
             let ns = naming.node_ns(&n.id);
             match &n.kind {
@@ -606,9 +684,6 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
             p.push(None, Op::StopGuest { node });
         }
     }
-
-    p.ops.sort_by_key(|(_, op)| op.phase());
-    p
 }
 
 fn build_segment(

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use vnet_proto::v1 as pb;
 
-use crate::apply::{Env, apply};
-use crate::kernel::Kernel;
-use crate::naming::Naming;
-use crate::observe::observe;
-use crate::plan::{PlanContext, plan};
-use crate::spec::Desired;
-use crate::state::StateDir;
+use crate::host::kernel::Kernel;
+use crate::reconcile::apply::{Env, apply};
+use crate::reconcile::naming::Naming;
+use crate::reconcile::observe::observe;
+use crate::reconcile::plan::{PlanContext, plan};
+use crate::reconcile::spec::Desired;
+use crate::reconcile::state::StateDir;
 use crate::vlan::config::FakeDatapath;
 
 /// Timings of one run.

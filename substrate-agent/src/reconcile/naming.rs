@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use crate::spec::{LinkId, Node, NodeId, Segment, Slice, VnId};
+use crate::reconcile::spec::{LinkId, Node, NodeId, Segment, Slice, VnId};
 
 /// The identity an agent stamps on what it creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,14 +138,20 @@ impl Naming {
     }
 }
 
-/// FNV-1a, 64 bit: stable across builds and platforms (unlike `DefaultHasher`).
-fn fnv1a(data: &str) -> String {
+/// FNV-1a, 64 bit: the agent's one name hash, stable across builds and platforms (unlike
+/// `DefaultHasher`). Fingerprints and derived MAC addresses both come from it.
+pub fn fnv1a64(data: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
+}
+
+/// [`fnv1a64`] as 16 hex digits.
+fn fnv1a(data: &str) -> String {
+    format!("{:016x}", fnv1a64(data))
 }
 
 /// Fingerprint of what a node namespace is built from (its kind; routes are reconciled apart).
@@ -173,7 +179,7 @@ pub fn slice_namespaces(naming: &Naming, slice: &Slice) -> Vec<String> {
 /// A transit namespace is needed when some transit segment has a VXLAN hop (VLAN-VLAN transits
 /// are rewritten by the userspace datapath and need no device).
 pub fn slice_needs_transit_ns(slice: &Slice) -> bool {
-    use crate::spec::{Encap, SegmentShape};
+    use crate::reconcile::spec::{Encap, SegmentShape};
     slice.links.iter().any(|l| match l.shape() {
         SegmentShape::Transit(a, b) => {
             !matches!((a.encap, b.encap), (Encap::Vlan { .. }, Encap::Vlan { .. }))
@@ -185,7 +191,7 @@ pub fn slice_needs_transit_ns(slice: &Slice) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::NodeKind;
+    use crate::reconcile::spec::NodeKind;
 
     #[test]
     fn names_and_tags_round_trip() {

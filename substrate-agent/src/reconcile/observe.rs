@@ -2,10 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot};
-use crate::naming::Naming;
-use crate::observed::{NsObs, Observed};
-use crate::state::Ledger;
+use crate::host::kernel::{Kernel, KernelError, NsEntry, NsSnapshot};
+use crate::reconcile::naming::Naming;
+use crate::reconcile::observed::{NsObs, Observed};
+use crate::reconcile::state::Ledger;
 
 /// What observation found, plus ledger entries whose namespace no longer exists (a rebooted host,
 /// or a deletion that finished after a crash).
@@ -49,9 +49,9 @@ pub fn observe<K: Kernel + ?Sized>(
                 out.observed.namespaces.insert(
                     entry.name.clone(),
                     NsObs {
-                        tag: crate::naming::NsTag {
+                        tag: crate::reconcile::naming::NsTag {
                             vn: String::new(),
-                            role: crate::naming::NsRole::Transit,
+                            role: crate::reconcile::naming::NsRole::Transit,
                             fingerprint: "broken".into(),
                         },
                         links: Default::default(),

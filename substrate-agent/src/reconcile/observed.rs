@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::naming::NsTag;
+use crate::reconcile::naming::NsTag;
 
 /// The observed host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
