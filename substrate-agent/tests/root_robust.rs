@@ -1,0 +1,169 @@
+//! Root tests of the agent's robustness: crashes around the start of the VLAN datapath, stray
+//! files under `/run/netns`, and tenants that rewrite what is inside their node. Without root
+//! they print `SKIP` (and fail under `VNET_REQUIRE_ROOT=1`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use vnet_proto::v1 as pb;
+use vnet_proto::v1::Encapsulation::{Vlan, Vxlan};
+
+const T: Duration = Duration::from_secs(60);
+
+/// VN `vn<p>`: node `<p>1` on h1 and `<p>2` on h2 joined by a VLAN link (10.<net>.0.0/24 on
+/// eth0), and when `vxlan` also by a VXLAN link (10.<net+1>.0.0/24 on eth1).
+fn vn(p: &str, vlan: u32, net: u8, vxlan: bool) -> (pb::VnSlice, pb::VnSlice) {
+    let side = |i: u8, local: &str, remote: &str| {
+        let node = format!("{p}{i}");
+        let mut links = vec![seg(
+            &format!("{p}v"),
+            1500,
+            0,
+            nif(&node, "eth0", &format!("10.{net}.0.{i}/24"), ""),
+            hop(Vlan, vlan, local, remote),
+        )];
+        if vxlan {
+            links.push(seg(
+                &format!("{p}x"),
+                1450,
+                0,
+                nif(&node, "eth1", &format!("10.{}.0.{i}/24", net + 1), ""),
+                hop(Vxlan, vlan + 1000, local, remote),
+            ));
+        }
+        slice(&format!("vn{p}"), &[&node], links)
+    };
+    (
+        side(1, "10.255.12.1", "10.255.12.2"),
+        side(2, "10.255.12.2", "10.255.12.1"),
+    )
+}
+
+fn ping(ns: &str, dst: &str) -> bool {
+    in_ns(ns, &format!("busybox ping -c 1 -W 2 {dst}")).0
+}
+
+fn all_ready(o: &pb::ObservedState) -> bool {
+    o.converged
+        && !o.vns.is_empty()
+        && o.vns
+            .iter()
+            .all(|v| v.state == pb::SliceState::Ready as i32)
+}
+
+/// Names under `/run/netns` that start with `prefix`.
+fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Kills the agent of h1 with SIGKILL at 20 moments around the start of its VLAN datapath (5
+/// points of the start, each hit at 4 offsets: while paused there and after it moved on), and
+/// restarts it each time: every VN is READY again, traffic crosses the VLAN links, exactly one
+/// datapath runs; after delete no process and no namespace is left.
+#[test]
+fn agent_killed_around_datapath_start_never_orphans_it() {
+    if !root_or_skip("agent_killed_around_datapath_start_never_orphans_it") {
+        return;
+    }
+    let mut tb = Testbed::new("r", 2);
+    tb.underlay(1, 2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    let (a1, a2) = vn("ka", 100, 20, true);
+    let (b1, b2) = vn("kb", 200, 30, false);
+    let d1 = pb::DesiredState {
+        generation: 1,
+        vns: vec![a1, b1],
+    };
+    let d2 = pb::DesiredState {
+        generation: 1,
+        vns: vec![a2, b2],
+    };
+    tb.ctl().set_desired(&h1, d1);
+    tb.ctl().set_desired(&h2, d2);
+    tb.start_agent(2);
+    let marker = tb.dir.path().join("paused");
+    let mut round = 0;
+    for point in ["intent", "exec", "spawned", "recorded", "loaded"] {
+        for offset_ms in [0u64, 10, 35, 80] {
+            round += 1;
+            // No datapath of h1 runs, so the next agent must start one.
+            tb.kill_agent(1);
+            for pid in tb.datapaths(1) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let t = Instant::now();
+            while !tb.datapaths(1).is_empty() {
+                assert!(t.elapsed() < T, "round {round}: datapath does not die");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_file(&marker);
+            let hook = format!("{point}:30:{}", marker.display());
+            tb.start_agent_env(1, &[("VNET_TEST_DATAPATH_PAUSE", &hook)]);
+            let t = Instant::now();
+            while !marker.exists() {
+                assert!(
+                    t.elapsed() < T,
+                    "round {round}: never reached {point}\n{}",
+                    tb.log(1)
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(offset_ms));
+            tb.kill_agent(1);
+            let since = tb.ctl().report_count(&h1);
+            tb.start_agent(1);
+            let r = tb.ctl().wait_report_since(&h1, 1, since, T);
+            assert!(
+                all_ready(&r),
+                "round {round} ({point}+{offset_ms}ms): {r:#?}\n{}",
+                tb.log(1)
+            );
+            let dps = tb.datapaths(1);
+            assert_eq!(
+                dps.len(),
+                1,
+                "round {round} ({point}+{offset_ms}ms): datapaths {dps:?}\n{}",
+                tb.log(1)
+            );
+            for (node, dst) in [("ka1", "10.20.0.2"), ("kb1", "10.30.0.2")] {
+                assert!(
+                    ping(&tb.node_ns(1, node), dst),
+                    "round {round} ({point}+{offset_ms}ms): {node} -> {dst}\n{}",
+                    tb.log(1)
+                );
+            }
+        }
+    }
+    assert_eq!(round, 20);
+    // Delete: nothing of the VNs is left, no process, no namespace.
+    for h in [&h1, &h2] {
+        tb.ctl().set_desired(
+            h,
+            pb::DesiredState {
+                generation: 2,
+                vns: vec![],
+            },
+        );
+    }
+    tb.ctl().wait_converged(&h1, 2, T);
+    tb.ctl().wait_converged(&h2, 2, T);
+    for i in [1, 2] {
+        let prefix = format!("{}-{}-", tb.prefix, tb.hosts[i - 1].id);
+        assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new(), "host {i}");
+        assert_eq!(tb.datapaths(i), Vec::<u32>::new(), "host {i}");
+    }
+}
