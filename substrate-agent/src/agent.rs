@@ -111,7 +111,7 @@ impl<K: Kernel + 'static> Agent<K> {
     pub fn reconcile(&self, msg: &pb::DesiredState, cancel: &AtomicBool) -> pb::ObservedState {
         let desired = Desired::from_proto(msg);
         *self.latest.lock().expect("latest") = Some(desired.clone());
-        let report = match self.reconcile_desired(&desired, cancel) {
+        let (report, warnings) = match self.reconcile_desired(&desired, cancel) {
             Ok(r) => r,
             Err(e) => {
                 return not_applied(
@@ -121,14 +121,17 @@ impl<K: Kernel + 'static> Agent<K> {
                 );
             }
         };
-        observed_state(msg.generation, &desired, &report)
+        let mut o = observed_state(msg.generation, &desired, &report);
+        o.warnings = warnings;
+        o
     }
 
+    /// Observes, plans and applies; returns the outcome and what observation skipped.
     fn reconcile_desired(
         &self,
         desired: &Desired,
         cancel: &AtomicBool,
-    ) -> anyhow::Result<ApplyReport> {
+    ) -> anyhow::Result<(ApplyReport, Vec<String>)> {
         let guests: BTreeSet<String> = match &self.guests {
             Some(g) => g
                 .observed()
@@ -186,7 +189,7 @@ impl<K: Kernel + 'static> Agent<K> {
         for e in &report.errors {
             tracing::warn!(error = %e, "host error");
         }
-        Ok(report)
+        Ok((report, obs.warnings))
     }
 
     /// Runs a command in a node of this host.
@@ -471,6 +474,7 @@ fn not_applied(
             })
             .collect(),
         errors,
+        warnings: vec![],
     }
 }
 
@@ -510,6 +514,7 @@ pub fn observed_state(
         vns,
         errors: report.errors.clone(),
         applied: true,
+        warnings: vec![],
     }
 }
 

@@ -66,9 +66,23 @@ pub fn current() -> io::Result<File> {
     File::open("/proc/thread-self/ns/net")
 }
 
-/// Opens a named namespace.
+/// Opens a named namespace. Anything else under that name (a stray file, a directory, a
+/// symbolic link, a FIFO that would block) is refused with `InvalidData`, without following or
+/// blocking.
 pub fn open(name: &str) -> io::Result<File> {
-    File::open(path_of(name))
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path_of(name))?;
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(nix_io)?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a network namespace",
+        ));
+    }
+    Ok(f)
 }
 
 /// Moves the calling thread into `ns` for the duration of `f`, then back into `home`.
@@ -150,10 +164,13 @@ pub fn list(prefix: &str) -> io::Result<Vec<(String, u64)>> {
         if !name.starts_with(prefix) {
             continue;
         }
-        match std::fs::metadata(e.path()) {
+        // Not followed: a symbolic link is listed as itself (and refused when opened). An entry
+        // that cannot be read is listed with inode 0 (matching no record of ours), so that one
+        // stray entry never hides the others; reading it fails and is reported then.
+        match std::fs::symlink_metadata(e.path()) {
             Ok(m) => out.push((name, m.ino())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(_) => out.push((name, 0)),
         }
     }
     out.sort();

@@ -167,3 +167,150 @@ fn agent_killed_around_datapath_start_never_orphans_it() {
         assert_eq!(tb.datapaths(i), Vec::<u32>::new(), "host {i}");
     }
 }
+
+/// A stray file and a directory named with h1's prefix under `/run/netns` are reported in every
+/// report of h1 and left alone; the VNs on h1 still converge and carry traffic.
+#[test]
+fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
+    if !root_or_skip("stray_entries_under_the_agent_prefix_are_reported_and_skipped") {
+        return;
+    }
+    let mut tb = Testbed::new("s", 2);
+    tb.underlay(1, 2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    let junk_file = format!("/run/netns/{}-{h1}-junk", tb.prefix);
+    let junk_dir = format!("/run/netns/{}-{h1}-junkdir", tb.prefix);
+    std::fs::create_dir_all("/run/netns").unwrap();
+    std::fs::write(&junk_file, b"").unwrap();
+    std::fs::create_dir(&junk_dir).unwrap();
+    struct Rm(String, String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir(&self.1);
+        }
+    }
+    let _rm = Rm(junk_file.clone(), junk_dir.clone());
+    let (a1, a2) = vn("sa", 300, 40, true);
+    tb.ctl().set_desired(
+        &h1,
+        pb::DesiredState {
+            generation: 1,
+            vns: vec![a1],
+        },
+    );
+    tb.ctl().set_desired(
+        &h2,
+        pb::DesiredState {
+            generation: 1,
+            vns: vec![a2],
+        },
+    );
+    tb.start_agent(1);
+    tb.start_agent(2);
+    let r = tb.ctl().wait_report(&h1, 1, T);
+    assert!(all_ready(&r), "{r:#?}\n{}", tb.log(1));
+    tb.ctl().wait_converged(&h2, 1, T);
+    for j in [&junk_file, &junk_dir] {
+        let name = j.trim_start_matches("/run/netns/");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with(&format!("{name} ")) && w.contains("skipped")),
+            "{name} not reported: {:?}",
+            r.warnings
+        );
+    }
+    assert!(tb.log(1).contains("unreadable namespace skipped"));
+    assert!(ping(&tb.node_ns(1, "sa1"), "10.40.0.2"));
+    assert!(ping(&tb.node_ns(1, "sa1"), "10.41.0.2"));
+    // Delete: ours go, the strays stay (not ours).
+    for h in [&h1, &h2] {
+        tb.ctl().set_desired(
+            h,
+            pb::DesiredState {
+                generation: 2,
+                vns: vec![],
+            },
+        );
+    }
+    tb.ctl().wait_converged(&h1, 2, T);
+    tb.ctl().wait_converged(&h2, 2, T);
+    let prefix = format!("{}-{h1}-", tb.prefix);
+    let left = netns_with_prefix(&prefix);
+    assert_eq!(
+        left,
+        vec![
+            format!("{prefix}junk"),
+            format!("{prefix}junkdir")
+        ]
+    );
+}
+
+/// Inside its nodes a tenant rewrites the loopback alias (clears it, copies the other node's
+/// tag), renames and re-addresses its interface and clears that interface's alias; deleting the
+/// VN still removes both namespaces, and nothing of the VN is left.
+#[test]
+fn a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn() {
+    if !root_or_skip("a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn") {
+        return;
+    }
+    let mut tb = Testbed::new("t", 2);
+    tb.underlay(1, 2);
+    let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
+    // Two nodes on h1 (so that one can carry the other's tag), one on h2.
+    let (mut a1, a2) = vn("ta", 400, 50, true);
+    a1.nodes.push(netns_node("ta3"));
+    a1.links.push(seg(
+        "tal",
+        1500,
+        0,
+        nif("ta1", "eth2", "10.52.0.1/24", ""),
+        nif("ta3", "eth0", "10.52.0.3/24", ""),
+    ));
+    let set = |tb: &Testbed, generation: u64, h1s: Vec<pb::VnSlice>, h2s: Vec<pb::VnSlice>| {
+        for (h, vns) in [(&h1, h1s), (&h2, h2s)] {
+            tb.ctl()
+                .set_desired(h, pb::DesiredState { generation, vns });
+        }
+    };
+    set(&tb, 1, vec![a1], vec![a2]);
+    tb.start_agent(1);
+    tb.start_agent(2);
+    let r = tb.ctl().wait_report(&h1, 1, T);
+    assert!(all_ready(&r), "{r:#?}\n{}", tb.log(1));
+    tb.ctl().wait_converged(&h2, 1, T);
+    let (n1, n3) = (tb.node_ns(1, "ta1"), tb.node_ns(1, "ta3"));
+    let tag1 = sh(&format!("ip -n {n1} -o link show lo"));
+    let tag1 = tag1
+        .split("alias ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no tag on {n1}'s loopback: {tag1}"));
+    // What a tenant can do inside its own nodes.
+    for cmd in [
+        "ip link set dev lo alias mine".to_string(),
+        "ip link set dev eth0 alias mine".to_string(),
+        "ip link set dev eth1 down".to_string(),
+        "ip link set dev eth1 name tenant1".to_string(),
+        "ip addr flush dev eth2".to_string(),
+        "ip addr add 10.99.0.1/24 dev eth2".to_string(),
+    ] {
+        assert!(in_ns(&n1, &cmd).0, "{cmd}");
+    }
+    assert!(in_ns(&n3, &format!("ip link set dev lo alias {tag1}")).0);
+    assert!(in_ns(&n3, "ip link set dev eth0 alias x").0);
+    // Delete at once (before any resync could repair the nodes).
+    set(&tb, 2, vec![], vec![]);
+    let r = tb.ctl().wait_report(&h1, 2, T);
+    assert!(r.converged, "{r:#?}\n{}", tb.log(1));
+    tb.ctl().wait_converged(&h2, 2, T);
+    for i in [1, 2] {
+        let prefix = format!("{}-{}-", tb.prefix, tb.hosts[i - 1].id);
+        assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new(), "host {i}");
+        assert_eq!(tb.datapaths(i), Vec::<u32>::new(), "host {i}");
+        // Nothing of the VN in the host's own namespace either.
+        let links = sh(&format!("ip -n {} -o link show", tb.hosts[i - 1].ns));
+        assert!(!links.contains("vnet:"), "host {i}: {links}");
+    }
+}

@@ -531,6 +531,9 @@ impl Controller {
         for e in &obs.errors {
             tracing::warn!(%host, error = %e, "agent reports a fault");
         }
+        for w in &obs.warnings {
+            tracing::warn!(%host, warning = %w, "agent reports a warning");
+        }
         let h = host.to_string();
         self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &obs.vns)))
             .await;
