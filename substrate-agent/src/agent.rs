@@ -281,29 +281,30 @@ impl<K: Kernel + 'static> Agent<K> {
             current_cancel.clone(),
             shutdown.clone(),
         ));
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = crate::backoff::Backoff::agent();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let mut attached_at = None;
             let session = self.session(
                 &desired_tx,
                 report_rx.clone(),
                 &current_cancel,
                 shutdown.clone(),
+                &mut attached_at,
             );
             tokio::select! {
-                r = session => match r {
-                    Ok(()) => backoff = Duration::from_millis(200),
-                    Err(e) => tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended"),
+                r = session => if let Err(e) = r {
+                    tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended");
                 },
                 _ = shutdown.changed() => break,
             }
+            let delay = backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         current_cancel
             .lock()
@@ -319,6 +320,7 @@ impl<K: Kernel + 'static> Agent<K> {
         mut report_rx: watch::Receiver<Option<pb::ObservedState>>,
         current_cancel: &Arc<Mutex<Arc<AtomicBool>>>,
         mut shutdown: watch::Receiver<bool>,
+        attached_at: &mut Option<tokio::time::Instant>,
     ) -> anyhow::Result<()> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
             .context("controller address")?
@@ -339,6 +341,7 @@ impl<K: Kernel + 'static> Agent<K> {
             .context("attach")?
             .into_inner();
         tracing::info!(controller = %self.cfg.controller, "attached");
+        *attached_at = Some(tokio::time::Instant::now());
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
         // Console sessions live as long as this stream.

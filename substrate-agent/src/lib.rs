@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod backoff;
 pub mod bench;
 pub mod cleanup;
 pub mod console;
