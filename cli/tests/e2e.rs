@@ -499,7 +499,10 @@ fn down_after_a_partial_failure() {
     assert!(st.success());
     // Down finishes: the VN's namespaces and datapaths of both hosts go, also h3's without its
     // host namespace; then down again is a no-op.
-    ok(bed.testbed(&["down"]), "testbed down after a partial failure");
+    ok(
+        bed.testbed(&["down"]),
+        "testbed down after a partial failure",
+    );
     ok(bed.testbed(&["down"]), "second testbed down");
     drop(guard);
     bed.assert_gone(&before);

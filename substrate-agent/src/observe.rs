@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 
 use crate::kernel::{Kernel, KernelError, NsEntry, NsSnapshot};
 use crate::naming::{Naming, NsRole, NsTag};
-use crate::spec::VnId;
 use crate::observed::{NsObs, Observed};
+use crate::spec::VnId;
 use crate::state::Ledger;
 
 /// What observation found, plus ledger entries whose namespace no longer exists (a rebooted host,

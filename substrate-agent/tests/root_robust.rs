@@ -240,10 +240,7 @@ fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
     let left = netns_with_prefix(&prefix);
     assert_eq!(
         left,
-        vec![
-            format!("{prefix}junk"),
-            format!("{prefix}junkdir")
-        ]
+        vec![format!("{prefix}junk"), format!("{prefix}junkdir")]
     );
 }
 

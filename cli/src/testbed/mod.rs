@@ -217,9 +217,9 @@ impl Record {
         let Some(now) = net.netns_inode(name) else {
             return false;
         };
-        self.owned.iter().any(|e| {
-            e.object == Owned::Netns(name.to_string()) && e.inode.is_none_or(|i| i == now)
-        })
+        self.owned
+            .iter()
+            .any(|e| e.object == Owned::Netns(name.to_string()) && e.inode.is_none_or(|i| i == now))
     }
 }
 

@@ -819,9 +819,15 @@ fn stray_entries_under_the_prefix_are_skipped_and_reported() {
     assert!(o.warnings[0].contains("vn-h1-a1"), "{:?}", o.warnings);
     assert!(o.warnings[1].contains("vn-h1-junk"), "{:?}", o.warnings);
     // Never deleted, never built over; other VNs still converge.
-    let d = desired(vec![two_node_vn("va", "a1", "a2"), two_node_vn("vb", "b1", "b2")]);
+    let d = desired(vec![
+        two_node_vn("va", "a1", "a2"),
+        two_node_vn("vb", "b1", "b2"),
+    ]);
     let r = h.converge(&d);
-    assert_eq!(r.failed.keys().map(|v| v.as_str()).collect::<Vec<_>>(), ["va"]);
+    assert_eq!(
+        r.failed.keys().map(|v| v.as_str()).collect::<Vec<_>>(),
+        ["va"]
+    );
     assert!(r.failed[&VnId::parse("va").unwrap()].contains("vn-h1-a1"));
     assert!(h.k.namespaces().contains(&"vn-h1-junk".to_string()));
     assert!(h.k.namespaces().contains(&"vn-h1-b1".to_string()));
