@@ -149,6 +149,19 @@ fn agent_killed_around_datapath_start_never_orphans_it() {
         }
     }
     assert_eq!(round, 20);
+    // The window was hit: kills between fork and recording the pid left orphans, which the next
+    // agent found and killed.
+    let orphans = tb
+        .log(1)
+        .matches("killing an orphaned vlan datapath process")
+        .count();
+    assert!(
+        orphans >= 2,
+        "{orphans} orphans met
+{}",
+        tb.log(1)
+    );
+    println!("{orphans} orphaned datapaths found and killed over 20 kills");
     // Delete: nothing of the VNs is left, no process, no namespace.
     for h in [&h1, &h2] {
         tb.ctl().set_desired(

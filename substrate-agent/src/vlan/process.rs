@@ -135,6 +135,9 @@ fn holders_of(file: &std::fs::File) -> io::Result<Vec<u32>> {
 }
 
 /// Takes the exclusive lock without waiting; `false` when another open file holds it.
+///
+/// Plain flock(2), not `nix::fcntl::Flock`: that one unlocks when dropped, which would release
+/// the lock the child shares; closing our descriptor keeps it for the child.
 fn try_lock(file: &std::fs::File) -> io::Result<bool> {
     // SAFETY: flock(2) on a valid open fd; no memory is passed.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
