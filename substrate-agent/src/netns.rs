@@ -7,8 +7,9 @@
 //!    namespace from inside (loopback up, ownership tag on loopback), bind-mounts
 //!    `/proc/thread-self/ns/net` onto the file, and returns to its original namespace.
 //!
-//! Deletion is `umount2(MNT_DETACH)` plus `unlink`, as `ip netns delete` does. The kernel frees
-//! the namespace (and every device in it) asynchronously once nothing references it.
+//! Deletion is `umount2(MNT_DETACH)` plus `unlink`, as `ip netns delete` does, after killing the
+//! processes still inside (a tenant's leftover command would pin it). The kernel frees the
+//! namespace (and every device in it) asynchronously once nothing references it.
 
 use std::fs::File;
 use std::io;
@@ -139,9 +140,41 @@ pub fn create<R>(
     Ok((ino, r))
 }
 
-/// Unmounts and removes a named namespace. `NotFound` when there is no such name.
+/// Kills every process (but this one) whose network namespace is `ns`: a command a tenant left
+/// running in its node would otherwise keep the namespace, and every device in it, alive after
+/// the name is gone. Returns the pids signalled.
+fn kill_members(ns: &File) -> io::Result<Vec<u32>> {
+    let me = ns.metadata()?;
+    let own = std::process::id();
+    let mut killed = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Processes come and go: what cannot be read is not in the namespace any more.
+        let inside = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
+        if inside && pid != own {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed.push(pid);
+        }
+    }
+    Ok(killed)
+}
+
+/// Unmounts and removes a named namespace, killing the processes left inside it first. `NotFound`
+/// when there is no such name.
 pub fn delete(name: &str) -> io::Result<()> {
     let path = path_of(name);
+    if let Ok(ns) = open(name) {
+        let killed = kill_members(&ns)?;
+        if !killed.is_empty() {
+            tracing::warn!(ns = name, pids = ?killed, "killed processes left in a deleted namespace");
+        }
+    }
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) => {}
         Err(nix::Error::ENOENT) => return Err(io::Error::from(io::ErrorKind::NotFound)),

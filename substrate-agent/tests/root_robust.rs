@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -258,8 +259,9 @@ fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
 }
 
 /// Inside its nodes a tenant rewrites the loopback alias (clears it, copies the other node's
-/// tag), renames and re-addresses its interface and clears that interface's alias; deleting the
-/// VN still removes both namespaces, and nothing of the VN is left.
+/// tag), renames and re-addresses its interfaces, rewrites an interface's alias and leaves a
+/// command running; deleting the VN still removes both namespaces, kills the command, and
+/// nothing of the VN is left.
 #[test]
 fn a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn() {
     if !root_or_skip("a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn") {
@@ -310,11 +312,43 @@ fn a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn() {
     }
     assert!(in_ns(&n3, &format!("ip link set dev lo alias {tag1}")).0);
     assert!(in_ns(&n3, "ip link set dev eth0 alias x").0);
+    // And leaves a command running inside, in a session of its own.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let ns_ino = std::fs::metadata(format!("/run/netns/{n1}")).unwrap().ino();
+    let mut sleeper = Reap(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &n1, "setsid", "sleep", "300"])
+            .spawn()
+            .unwrap(),
+    );
     // Delete at once (before any resync could repair the nodes).
     set(&tb, 2, vec![], vec![]);
     let r = tb.ctl().wait_report(&h1, 2, T);
     assert!(r.converged, "{r:#?}\n{}", tb.log(1));
     tb.ctl().wait_converged(&h2, 2, T);
+    // The leftover command was killed: nothing holds the namespace any more.
+    let t = Instant::now();
+    while sleeper.0.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < T, "the tenant's command outlived the VN");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pinned: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| m.ino() == ns_ino))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(pinned.is_empty(), "processes still in {n1}: {pinned:?}");
+    assert!(
+        tb.log(1)
+            .contains("killed processes left in a deleted namespace")
+    );
     for i in [1, 2] {
         let prefix = format!("{}-{}-", tb.prefix, tb.hosts[i - 1].id);
         assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new(), "host {i}");
