@@ -134,6 +134,7 @@ fn observed(d: &pb::DesiredState, b: &Behaviour) -> Option<pb::ObservedState> {
         vns,
         errors: vec![],
         applied: true,
+        warnings: vec![],
     })
 }
 

@@ -111,7 +111,7 @@ impl<K: Kernel + 'static> Agent<K> {
     pub fn reconcile(&self, msg: &pb::DesiredState, cancel: &AtomicBool) -> pb::ObservedState {
         let desired = Desired::from_proto(msg);
         *self.latest.lock().expect("latest") = Some(desired.clone());
-        let report = match self.reconcile_desired(&desired, cancel) {
+        let (report, warnings) = match self.reconcile_desired(&desired, cancel) {
             Ok(r) => r,
             Err(e) => {
                 return not_applied(
@@ -121,14 +121,17 @@ impl<K: Kernel + 'static> Agent<K> {
                 );
             }
         };
-        observed_state(msg.generation, &desired, &report)
+        let mut o = observed_state(msg.generation, &desired, &report);
+        o.warnings = warnings;
+        o
     }
 
+    /// Observes, plans and applies; returns the outcome and what observation skipped.
     fn reconcile_desired(
         &self,
         desired: &Desired,
         cancel: &AtomicBool,
-    ) -> anyhow::Result<ApplyReport> {
+    ) -> anyhow::Result<(ApplyReport, Vec<String>)> {
         let guests: BTreeSet<String> = match &self.guests {
             Some(g) => g
                 .observed()
@@ -186,7 +189,7 @@ impl<K: Kernel + 'static> Agent<K> {
         for e in &report.errors {
             tracing::warn!(error = %e, "host error");
         }
-        Ok(report)
+        Ok((report, obs.warnings))
     }
 
     /// Runs a command in a node of this host.
@@ -281,29 +284,30 @@ impl<K: Kernel + 'static> Agent<K> {
             current_cancel.clone(),
             shutdown.clone(),
         ));
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = crate::daemon::backoff::Backoff::agent();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let mut attached_at = None;
             let session = self.session(
                 &desired_tx,
                 report_rx.clone(),
                 &current_cancel,
                 shutdown.clone(),
+                &mut attached_at,
             );
             tokio::select! {
-                r = session => match r {
-                    Ok(()) => backoff = Duration::from_millis(200),
-                    Err(e) => tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended"),
+                r = session => if let Err(e) = r {
+                    tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended");
                 },
                 _ = shutdown.changed() => break,
             }
+            let delay = backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         current_cancel
             .lock()
@@ -319,6 +323,7 @@ impl<K: Kernel + 'static> Agent<K> {
         mut report_rx: watch::Receiver<Option<pb::ObservedState>>,
         current_cancel: &Arc<Mutex<Arc<AtomicBool>>>,
         mut shutdown: watch::Receiver<bool>,
+        attached_at: &mut Option<tokio::time::Instant>,
     ) -> anyhow::Result<()> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
             .context("controller address")?
@@ -339,6 +344,7 @@ impl<K: Kernel + 'static> Agent<K> {
             .context("attach")?
             .into_inner();
         tracing::info!(controller = %self.cfg.controller, "attached");
+        *attached_at = Some(tokio::time::Instant::now());
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
         // Console sessions live as long as this stream.
@@ -474,6 +480,7 @@ fn not_applied(
             })
             .collect(),
         errors,
+        warnings: vec![],
     }
 }
 
@@ -513,6 +520,7 @@ pub fn observed_state(
         vns,
         errors: report.errors.clone(),
         applied: true,
+        warnings: vec![],
     }
 }
 

@@ -20,6 +20,8 @@ pub struct CleanupReport {
     pub namespaces: Vec<String>,
     pub guests: Vec<String>,
     pub errors: Vec<String>,
+    /// What could not be read and was left alone (see [`crate::observe`]).
+    pub warnings: Vec<String>,
 }
 
 /// Applies an empty desired state.
@@ -49,7 +51,10 @@ pub fn cleanup<K: Kernel>(
             guests_supported: guests.is_some(),
         },
     );
-    let mut report = CleanupReport::default();
+    let mut report = CleanupReport {
+        warnings: obs.warnings.clone(),
+        ..Default::default()
+    };
     for (_, op) in &p.ops {
         match op {
             Op::DeleteNetns { name } => report.namespaces.push(name.clone()),

@@ -4,6 +4,7 @@
 //! [`bench`](mod@bench) (the binary's other modes).
 
 pub mod agent;
+pub mod backoff;
 pub mod bench;
 pub mod cleanup;
 pub mod console;

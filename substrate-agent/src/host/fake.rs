@@ -19,6 +19,8 @@ struct FakeLink {
 #[derive(Debug, Clone, Default)]
 struct FakeNs {
     inode: u64,
+    /// Reading it fails (a stray file or directory under /run/netns).
+    unreadable: bool,
     lo_alias: Option<String>,
     links: BTreeMap<String, FakeLink>,
     routes: Vec<RouteObs>,
@@ -81,6 +83,21 @@ impl FakeKernel {
                 ..Default::default()
             },
         );
+    }
+
+    /// Adds an entry under the namespace directory that is no namespace (reading it fails).
+    pub fn add_unreadable_netns(&self, name: &str) {
+        self.add_foreign_netns(name);
+        if let Some(n) = self.host.lock().unwrap().namespaces.get_mut(name) {
+            n.unreadable = true;
+        }
+    }
+
+    /// Rewrites a namespace's loopback alias, as its tenant can.
+    pub fn set_lo_alias(&self, ns: &str, alias: Option<&str>) {
+        if let Some(n) = self.host.lock().unwrap().namespaces.get_mut(ns) {
+            n.lo_alias = alias.map(str::to_string);
+        }
     }
 
     /// Adds a tagged leftover link in the agent's own namespace.
@@ -222,6 +239,12 @@ impl Kernel for FakeKernel {
         let n = h.namespaces.get(ns).ok_or_else(|| KernelError::NotFound {
             what: format!("namespace {ns}"),
         })?;
+        if n.unreadable {
+            return Err(KernelError::other(
+                format!("namespace {ns}"),
+                "not a network namespace",
+            ));
+        }
         Ok(NsSnapshot {
             lo_alias: n.lo_alias.clone(),
             links: n.links.values().map(|l| l.obs.clone()).collect(),

@@ -7,8 +7,9 @@
 //!    namespace from inside (loopback up, ownership tag on loopback), bind-mounts
 //!    `/proc/thread-self/ns/net` onto the file, and returns to its original namespace.
 //!
-//! Deletion is `umount2(MNT_DETACH)` plus `unlink`, as `ip netns delete` does. The kernel frees
-//! the namespace (and every device in it) asynchronously once nothing references it.
+//! Deletion is `umount2(MNT_DETACH)` plus `unlink`, as `ip netns delete` does, after killing the
+//! processes still inside (a tenant's leftover command would pin it). The kernel frees the
+//! namespace (and every device in it) asynchronously once nothing references it.
 
 use std::fs::File;
 use std::io;
@@ -73,9 +74,23 @@ pub fn current() -> io::Result<File> {
     File::open("/proc/thread-self/ns/net")
 }
 
-/// Opens a named namespace.
+/// Opens a named namespace. Anything else under that name (a stray file, a directory, a
+/// symbolic link, a FIFO that would block) is refused with `InvalidData`, without following or
+/// blocking.
 pub fn open(name: &str) -> io::Result<File> {
-    File::open(path_of(name))
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path_of(name))?;
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(nix_io)?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a network namespace",
+        ));
+    }
+    Ok(f)
 }
 
 /// Moves the calling thread into `ns` for the duration of `f`, then back into `home`.
@@ -132,9 +147,41 @@ pub fn create<R>(
     Ok((ino, r))
 }
 
-/// Unmounts and removes a named namespace. `NotFound` when there is no such name.
+/// Kills every process (but this one) whose network namespace is `ns`: a command a tenant left
+/// running in its node would otherwise keep the namespace, and every device in it, alive after
+/// the name is gone. Returns the pids signalled.
+fn kill_members(ns: &File) -> io::Result<Vec<u32>> {
+    let me = ns.metadata()?;
+    let own = std::process::id();
+    let mut killed = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Processes come and go: what cannot be read is not in the namespace any more.
+        let inside = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
+        if inside && pid != own {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed.push(pid);
+        }
+    }
+    Ok(killed)
+}
+
+/// Unmounts and removes a named namespace, killing the processes left inside it first. `NotFound`
+/// when there is no such name.
 pub fn delete(name: &str) -> io::Result<()> {
     let path = path_of(name);
+    if let Ok(ns) = open(name) {
+        let killed = kill_members(&ns)?;
+        if !killed.is_empty() {
+            tracing::warn!(ns = name, pids = ?killed, "killed processes left in a deleted namespace");
+        }
+    }
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) => {}
         Err(nix::Error::ENOENT) => return Err(io::Error::from(io::ErrorKind::NotFound)),
@@ -157,10 +204,13 @@ pub fn list(prefix: &str) -> io::Result<Vec<(String, u64)>> {
         if !name.starts_with(prefix) {
             continue;
         }
-        match std::fs::metadata(e.path()) {
+        // Not followed: a symbolic link is listed as itself (and refused when opened). An entry
+        // that cannot be read is listed with inode 0 (matching no record of ours), so that one
+        // stray entry never hides the others; reading it fails and is reported then.
+        match std::fs::symlink_metadata(e.path()) {
             Ok(m) => out.push((name, m.ino())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(_) => out.push((name, 0)),
         }
     }
     out.sort();

@@ -7,8 +7,9 @@
 //!   creates it: `vnet:<host>:<vn>:<link>:<fingerprint>`;
 //! - every namespace the agent creates carries the tag on its loopback device, set inside the new
 //!   namespace before it is bind-mounted under `/run/netns`:
-//!   `vnet:<host>:<vn>:<node>|transit:<fingerprint>`. A namespace without our tag is never ours,
-//!   whatever its name.
+//!   `vnet:<host>:<vn>:<node>|transit:<fingerprint>`. The tag says what a namespace was built
+//!   from, not whose it is: ownership is the ledger's ([`crate::state`]), because a tenant can
+//!   rewrite its node's loopback alias.
 //!
 //! The fingerprint is a stable hash of the object's desired spec, so a changed spec shows up as a
 //! tag mismatch when the kernel is observed: no separate bookkeeping can drift from the kernel.

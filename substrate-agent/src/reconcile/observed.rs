@@ -1,8 +1,8 @@
 //! What the agent found on its host: the input of the planner beside the desired state.
 //!
-//! Only objects this agent owns are listed as such. A namespace whose name looks like ours but
-//! whose loopback carries no tag of ours is listed in `foreign`: the planner never deletes it, and
-//! refuses to build over it.
+//! Only objects this agent owns are listed as such. A name under our prefix that the ledger does
+//! not own (a look-alike, another agent's, a stray file) is listed in `foreign`: the planner never
+//! deletes it, and refuses to build over it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

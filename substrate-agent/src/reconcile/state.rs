@@ -1,9 +1,11 @@
 //! The agent's state directory: the ledger of what it owns and the last generation it applied.
 //!
 //! Ownership of a namespace is recorded as an intent (name, no inode) before the namespace is
-//! created, and confirmed with its inode afterwards. A namespace is ours only if the ledger names
-//! it (with the same inode, or as an open intent after a crash) AND its loopback carries our tag:
-//! a look-alike made by someone else with the same name fails both tests.
+//! created, and confirmed with its inode afterwards. A namespace is ours when the ledger names it
+//! with the inode it has now; under an open intent (a crash between creating and confirming) it
+//! is ours only if its loopback also carries our tag, set before it was published. A look-alike
+//! made by someone else with the same name has another inode. No tenant can write here, so
+//! nothing a tenant does inside its node (aliases, names, addresses) changes what is ours.
 //!
 //! The file is `state.json`, replaced atomically (write, fsync, rename).
 

@@ -436,6 +436,11 @@ impl Testbed {
 
     /// Starts (or restarts) the agent of host `i` (1-based).
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_env(i, &[]);
+    }
+
+    /// Starts the agent of host `i` with extra environment variables.
+    pub fn start_agent_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let exe = env!("CARGO_BIN_EXE_substrate-agent");
         let h = &mut self.hosts[i - 1];
         let log = std::fs::OpenOptions::new()
@@ -467,6 +472,7 @@ impl Testbed {
                 h.state_dir.join("guests").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -547,6 +553,20 @@ impl Testbed {
             }
         }
         v
+    }
+
+    /// Live VLAN datapath processes of host `i`'s agent.
+    pub fn datapaths(&self, i: usize) -> Vec<u32> {
+        let dir = self.hosts[i - 1].state_dir.to_string_lossy().into_owned();
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("vlan-datapath") && c.contains(&dir)
+                })
+            })
+            .collect()
     }
 
     /// Links (with qdiscs) of host `i`'s own namespace, as text.

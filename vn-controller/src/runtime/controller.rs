@@ -495,6 +495,9 @@ impl Controller {
         for e in &obs.errors {
             tracing::warn!(%host, error = %e, "agent reports a fault");
         }
+        for w in &obs.warnings {
+            tracing::warn!(%host, warning = %w, "agent reports a warning");
+        }
         let h = host.to_string();
         let reports: Vec<_> = obs.vns.iter().map(crate::grpc::slice::report).collect();
         self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &reports)))

@@ -784,3 +784,51 @@ fn each_segment_of_a_child_rides_in_its_own_parent_node() {
     let e = crate::reconcile::spec::Slice::from_proto(&bad).unwrap_err();
     assert!(e.0.contains("without a context_node_id"), "{}", e.0);
 }
+
+#[test]
+fn a_tenant_rewriting_its_loopback_alias_cannot_keep_its_namespace() {
+    let h = Host::new();
+    let d = desired(vec![two_node_vn("va", "a1", "a2")]);
+    h.converge(&d);
+    // Inside its nodes the tenant clears one tag and copies the other node's tag onto the second.
+    let other = h.k.ns_snapshot("vn-h1-a1").unwrap().lo_alias.unwrap();
+    h.k.set_lo_alias("vn-h1-a1", Some("mine"));
+    h.k.set_lo_alias("vn-h1-a2", Some(&other));
+    let o = h.observed();
+    assert!(o.foreign.is_empty(), "{o:#?}");
+    assert_eq!(o.namespaces.len(), 2, "still ours: the ledger says so");
+    // While the VN exists, the nodes are rebuilt with their own tags.
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert!(h.plan(&d).ops.is_empty());
+    // Tampered again, then deleted: nothing is left.
+    h.k.set_lo_alias("vn-h1-a1", None);
+    h.k.set_lo_alias("vn-h1-a2", Some(&other));
+    h.converge(&desired(vec![]));
+    assert!(h.k.namespaces().is_empty(), "{:?}", h.k.namespaces());
+    assert!(h.ledger.namespaces().is_empty());
+}
+
+#[test]
+fn stray_entries_under_the_prefix_are_skipped_and_reported() {
+    let h = Host::new();
+    h.k.add_unreadable_netns("vn-h1-junk");
+    h.k.add_unreadable_netns("vn-h1-a1");
+    let o = observe(&h.k, &naming(), &h.ledger, BTreeSet::new(), 1).unwrap();
+    assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+    assert!(o.warnings[0].contains("vn-h1-a1"), "{:?}", o.warnings);
+    assert!(o.warnings[1].contains("vn-h1-junk"), "{:?}", o.warnings);
+    // Never deleted, never built over; other VNs still converge.
+    let d = desired(vec![
+        two_node_vn("va", "a1", "a2"),
+        two_node_vn("vb", "b1", "b2"),
+    ]);
+    let r = h.converge(&d);
+    assert_eq!(
+        r.failed.keys().map(|v| v.as_str()).collect::<Vec<_>>(),
+        ["va"]
+    );
+    assert!(r.failed[&VnId::parse("va").unwrap()].contains("vn-h1-a1"));
+    assert!(h.k.namespaces().contains(&"vn-h1-junk".to_string()));
+    assert!(h.k.namespaces().contains(&"vn-h1-b1".to_string()));
+}
