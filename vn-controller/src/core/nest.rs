@@ -207,17 +207,18 @@ pub struct ChildFrame {
     pub req: VnReq,
 }
 
-/// Nodes and total cpu of `vn_id` and all its descendants that hold resources.
+/// Nodes and total cpu of `vn_id` and all its descendants that hold resources (saturating: a
+/// total beyond `u64` exceeds every quota instead of wrapping below it).
 pub fn subtree_totals(ix: &Index, vn_id: &str) -> (u64, u64) {
-    let mut nodes = 0;
-    let mut cpu = 0;
+    let mut nodes: u64 = 0;
+    let mut cpu: u64 = 0;
     let mut stack = vec![vn_id.to_string()];
     while let Some(id) = stack.pop() {
         if let Some(r) = ix.record(&id)
             && r.status.holds_resources()
         {
-            nodes += r.req.nodes.len() as u64;
-            cpu += r.req.total_cpu();
+            nodes = nodes.saturating_add(r.req.nodes.len() as u64);
+            cpu = cpu.saturating_add(r.req.total_cpu());
         }
         stack.extend(ix.nests().children(&id).cloned());
     }
@@ -306,7 +307,7 @@ pub fn child_frame(ix: &Index, req: &VnReq, base_port: u16) -> Result<ChildFrame
         let (nodes, cpu) = subtree_totals(ix, &a.vn_id);
         let at = &a.req.attributes;
         if let Some(max) = at.max_nodes
-            && nodes + child.nodes.len() as u64 > u64::from(max)
+            && nodes.saturating_add(child.nodes.len() as u64) > u64::from(max)
         {
             return Err(CoreError::NoRoom(format!(
                 "quota of {}: attributes.max_nodes {max} would be exceeded ({nodes} nodes in it and its descendants, {} more asked)",
@@ -315,7 +316,7 @@ pub fn child_frame(ix: &Index, req: &VnReq, base_port: u16) -> Result<ChildFrame
             )));
         }
         if let Some(max) = at.max_total_cpu
-            && cpu + child.total_cpu() > max
+            && cpu.saturating_add(child.total_cpu()) > max
         {
             return Err(CoreError::NoRoom(format!(
                 "quota of {}: attributes.max_total_cpu {max} would be exceeded (cpu {cpu} in it and its descendants, {} more asked)",
