@@ -1036,6 +1036,7 @@ mod tests {
             agent_version: String::new(),
             boot_id: String::new(),
             last_seen_unix_ms: 0,
+            images: Vec::new(),
         }
     }
 

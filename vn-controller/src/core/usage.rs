@@ -155,6 +155,14 @@ impl Usage {
                     n.kind.as_str()
                 ))?;
             }
+            if let Some(g) = &n.guest
+                && !host.has_image(&g.image)
+            {
+                soft(format!(
+                    "node {}: host {h} does not hold image {}",
+                    n.name, g.image
+                ))?;
+            }
             if excluded.contains(h) {
                 soft(format!(
                     "node {}: host {h} is excluded by dedicated-host isolation",

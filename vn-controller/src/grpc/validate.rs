@@ -21,7 +21,7 @@ use crate::core::model::{
     ParentRef, ProviderId, VnReq,
 };
 use crate::core::nest::carrier_range;
-use crate::core::substrate::{HostInfo, UnderlayIf};
+use crate::core::substrate::{GuestImage, HostInfo, UnderlayIf};
 
 use addr::NodeSubnets;
 pub use text::{check_identifier, quote};
@@ -706,7 +706,58 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
         agent_version: h.agent_version.clone(),
         boot_id: h.boot_id.clone(),
         last_seen_unix_ms: now_ms,
+        images: images(&h.images).map_err(|m| bad(format!("images: {m}")))?,
     })
+}
+
+/// Most images one host may report.
+pub const MAX_HOST_IMAGES: usize = 256;
+
+/// The images an agent reports: names as node names, format and architecture short words, the
+/// digest short printable text; no name twice.
+fn images(list: &[pb::GuestImage]) -> Result<Vec<GuestImage>, String> {
+    if list.len() > MAX_HOST_IMAGES {
+        return Err(format!(
+            "{} images exceed the limit of {MAX_HOST_IMAGES}",
+            list.len()
+        ));
+    }
+    let word = |s: &str| {
+        (1..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+    };
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for i in list {
+        check_node_name(&i.name).map_err(|e| format!("image {}: {e}", quote(&i.name)))?;
+        if !names.insert(i.name.as_str()) {
+            return Err(format!("image {} is listed twice", i.name));
+        }
+        if !word(&i.format) || !word(&i.arch) {
+            return Err(format!(
+                "image {}: format {} and arch {} must be short words ([a-z0-9_-], 1 to 32)",
+                i.name,
+                quote(&i.format),
+                quote(&i.arch)
+            ));
+        }
+        if i.digest.len() > 128 || !i.digest.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "image {}: digest {} is not up to 128 printable characters",
+                i.name,
+                quote(&i.digest)
+            ));
+        }
+        out.push(GuestImage {
+            name: i.name.clone(),
+            format: i.format.clone(),
+            arch: i.arch.clone(),
+            size_bytes: i.size_bytes,
+            digest: i.digest.clone(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -987,8 +1038,26 @@ mod tests {
             }),
             ..Default::default()
         };
+        h.images = vec![pb::GuestImage {
+            name: "default".into(),
+            format: "kernel".into(),
+            arch: "x86_64".into(),
+            size_bytes: 9,
+            digest: "sha256:00".into(),
+        }];
         let info = hello(&h, 5).unwrap();
         assert_eq!(info.cpu, 400);
+        assert!(info.has_image("default"));
+        let mut twice = h.clone();
+        twice.images.push(h.images[0].clone());
+        assert!(hello(&twice, 5).unwrap_err().message().contains("listed twice"));
+        let mut odd = h.clone();
+        odd.images[0].arch = "x86 64".into();
+        assert!(hello(&odd, 5).unwrap_err().message().contains("short words"));
+        let mut long = h.clone();
+        long.images[0].name = "i".repeat(1_000_000);
+        let m = hello(&long, 5).unwrap_err().message().to_string();
+        assert!(m.contains("images: image \"iii") && m.len() < 300, "{m}");
         assert!(info.kinds.contains(&Kind::Netns));
         h.underlay_address = "nope".into();
         assert!(

@@ -321,6 +321,22 @@ impl Controller {
         Ok(())
     }
 
+    /// Refuses a `vm` node whose image no host holds, naming what the hosts offer.
+    fn check_images(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
+        for (i, n) in req.nodes.iter().enumerate() {
+            let Some(g) = &n.guest else { continue };
+            if !ix.registry.hosts().any(|h| h.has_image(&g.image)) {
+                return Err(ControlError::InvalidArgument(format!(
+                    "spec.nodes[{i}] ({}): image {} is held by no host (the hosts offer: {})",
+                    n.name,
+                    g.image,
+                    ix.registry.image_offer_summary()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Embeds and commits a validated request; returns the VN in state provisioning.
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
@@ -386,6 +402,7 @@ impl Controller {
             }
             None => {
                 Self::check_pins(&guard, req)?;
+                Self::check_images(&guard, req)?;
                 guard.view(req)
             }
         };
