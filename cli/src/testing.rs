@@ -446,6 +446,26 @@ impl Substrate for FakeController {
     ) -> Result<Response<pb::Topology>, Status> {
         Ok(Response::new(pb::Topology::default()))
     }
+
+    /// One image, `default`, on every host.
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let hosts = self.state.lock().unwrap().generations.keys().cloned().collect();
+        Ok(Response::new(pb::ListImagesResponse {
+            images: vec![pb::ImageOffer {
+                image: Some(pb::GuestImage {
+                    name: "default".into(),
+                    format: "kernel".into(),
+                    arch: "x86_64".into(),
+                    size_bytes: 4096,
+                    digest: "sha256:0123".into(),
+                }),
+                hosts,
+            }],
+        }))
+    }
 }
 
 /// Host generations as the stand-in reports them (desired, observed).
