@@ -815,6 +815,21 @@ mod tests {
     }
 
     #[test]
+    fn point_to_point_prefixes_use_every_address() {
+        // RFC 3021 /31 and /32 have no network or broadcast address; IPv6 /127 no anycast.
+        for (x, y, z, w) in [
+            ("10.0.0.0/31", "10.0.0.1/31", "10.0.0.2/31", "10.0.0.3/31"),
+            ("10.0.0.0/32", "10.0.0.1/32", "10.0.0.255/32", "10.0.1.0/32"),
+            ("2001:db8::/127", "2001:db8::1/127", "2001:db8::2/127", "2001:db8::3/127"),
+        ] {
+            let mut s = spec();
+            s.links[0].addresses = vec![x.into(), y.into()];
+            s.links[1].addresses = vec![z.into(), w.into()];
+            vn_spec(Some(s), &caller(), &[]).unwrap();
+        }
+    }
+
+    #[test]
     fn each_bad_input_names_the_item() {
         type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
         let cases: Vec<(Mutate, &str)> = vec![
