@@ -938,7 +938,10 @@ pub fn images_table(offers: &[pb::ImageOffer]) -> String {
             ]
         })
         .collect();
-    table(&["IMAGE", "FORMAT", "ARCH", "SIZE", "DIGEST", "HOSTS"], &rows)
+    table(
+        &["IMAGE", "FORMAT", "ARCH", "SIZE", "DIGEST", "HOSTS"],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -1034,7 +1037,14 @@ pub(crate) mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["default", "kernel", "x86_64", "30.0MiB", "sha256:0123456789ab", "h1,h2"]
+            [
+                "default",
+                "kernel",
+                "x86_64",
+                "30.0MiB",
+                "sha256:0123456789ab",
+                "h1,h2"
+            ]
         );
         assert_eq!(size(512), "512B");
     }
@@ -1269,4 +1279,3 @@ pub(crate) mod tests {
         assert!(t.lines().nth(1).unwrap().contains("950Mbit/s"), "{t}");
     }
 }
-

@@ -452,7 +452,14 @@ impl Substrate for FakeController {
         &self,
         _req: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        let hosts = self.state.lock().unwrap().generations.keys().cloned().collect();
+        let hosts = self
+            .state
+            .lock()
+            .unwrap()
+            .generations
+            .keys()
+            .cloned()
+            .collect();
         Ok(Response::new(pb::ListImagesResponse {
             images: vec![pb::ImageOffer {
                 image: Some(pb::GuestImage {

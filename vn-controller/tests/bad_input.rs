@@ -173,19 +173,12 @@ fn huge() -> String {
     "x".repeat(3_000_000)
 }
 
-/// The malicious and mistaken inputs of the hardening issue, each refused as INVALID_ARGUMENT with
-/// a message naming the field, each leaving nothing behind (checked after every case).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_input_is_refused_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(dir.path(), |_| {}).await;
-    let _agents = h.agents(3, 100, 1024, Behaviour::Ready).await;
-    let mut c = h.vns().await;
-    let before = trace(&h);
-    let big = i64::MAX;
+/// A change that makes a good spec wrong.
+type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
 
-    type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
-    let cases: Vec<(Mutate, &str)> = vec![
+/// Addresses no interface may hold, and two interfaces of one node in overlapping subnets.
+fn address_cases() -> Vec<(Mutate, &'static str)> {
+    vec![
         // Two interfaces of one node in overlapping subnets.
         (
             Box::new(|s| {
@@ -271,15 +264,20 @@ async fn hostile_input_is_refused_naming_the_field() {
             }),
             "spec.nodes[0] (a): route via 224.0.0.1 is a multicast address",
         ),
-        // Sums that used to wrap past the quota: every item is bounded, every sum checked.
+    ]
+}
+
+/// Sums that used to wrap past the quota: every item is bounded, every sum checked.
+fn quantity_cases() -> Vec<(Mutate, &'static str)> {
+    vec![
         (
-            Box::new(move |s| {
+            Box::new(|s| {
                 s.attributes = Some(pb::VnAttributes {
                     max_total_cpu: Some(100),
                     ..Default::default()
                 });
                 for n in &mut s.nodes {
-                    n.cpu = big;
+                    n.cpu = i64::MAX;
                 }
             }),
             "spec.nodes[0] (a): cpu 9223372036854775807 exceeds the limit of 1000000000",
@@ -297,22 +295,24 @@ async fn hostile_input_is_refused_naming_the_field() {
             "spec.nodes: total cpu 3000000000 exceeds spec.attributes.max_total_cpu 100",
         ),
         (
-            Box::new(move |s| s.nodes[1].memory_mb = big),
+            Box::new(|s| s.nodes[1].memory_mb = i64::MAX),
             "spec.nodes[1] (b): memory_mb 9223372036854775807 exceeds the limit of 1000000000",
         ),
         (
-            Box::new(move |s| s.links[1].bandwidth_mbps = big),
+            Box::new(|s| s.links[1].bandwidth_mbps = i64::MAX),
             "spec.links[1] (b-c): bandwidth_mbps 9223372036854775807 exceeds the limit of 1000000000",
         ),
         (
             Box::new(|s| s.nodes[0].memory_mb = -1),
             "spec.nodes[0] (a): memory_mb -1 must be >= 0",
         ),
-        // Names past their limits, each quoted only in part.
-        (
-            Box::new(|s| s.name = huge()),
-            "spec.name \"xxxxxxxx",
-        ),
+    ]
+}
+
+/// Names past their limits, each quoted only in part.
+fn name_cases() -> Vec<(Mutate, &'static str)> {
+    vec![
+        (Box::new(|s| s.name = huge()), "spec.name \"xxxxxxxx"),
         (
             Box::new(|s| s.name = "a".repeat(64)),
             "has 64 bytes, longer than the limit of 63",
@@ -353,10 +353,7 @@ async fn hostile_input_is_refused_naming_the_field() {
             Box::new(|s| s.algorithm = huge()),
             "spec.algorithm: unknown algorithm \"xxx",
         ),
-        (
-            Box::new(|s| s.parent = huge()),
-            "spec.parent \"xxx",
-        ),
+        (Box::new(|s| s.parent = huge()), "spec.parent \"xxx"),
         (
             Box::new(|s| {
                 s.nestable = true;
@@ -385,7 +382,22 @@ async fn hostile_input_is_refused_naming_the_field() {
             }),
             "spec.nodes[0] (a): 300 routes exceed the limit of 256",
         ),
-    ];
+    ]
+}
+
+/// The malicious and mistaken inputs of the hardening issue, each refused as INVALID_ARGUMENT with
+/// a message naming the field, each leaving nothing behind (checked after every case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), |_| {}).await;
+    let _agents = h.agents(3, 100, 1024, Behaviour::Ready).await;
+    let mut c = h.vns().await;
+    let before = trace(&h);
+    let cases = address_cases()
+        .into_iter()
+        .chain(quantity_cases())
+        .chain(name_cases());
     for (mutate, needle) in cases {
         let mut s = chain("bad", 10, 10);
         mutate(&mut s);
@@ -410,7 +422,10 @@ async fn hostile_input_is_refused_naming_the_field() {
         // The spec's field 1 (name, a string) as a varint: the wrong wire type.
         (vec![0x08, 0x01], "malformed CreateVnRequest message"),
         // The spec's name: not UTF-8.
-        (vec![0x0a, 0x02, 0xff, 0xfe], "malformed CreateVnRequest message"),
+        (
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            "malformed CreateVnRequest message",
+        ),
         // A length beyond the end of the message.
         (vec![0x12, 0x7f, 0x00], "malformed CreateVnRequest message"),
         // A varint that never ends.
@@ -443,7 +458,8 @@ async fn raw_create(h: &Harness, body: Vec<u8>) -> Result<pb::VirtualNetwork, to
     grpc.ready().await.unwrap();
     // prost encodes `Vec<u8>` as field 1 of wire type "bytes": exactly `body` as the spec.
     let codec = vnet_proto::codec::VnetCodec::<Vec<u8>, pb::VirtualNetwork>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/vnet.v1.VirtualNetworks/Create");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/vnet.v1.VirtualNetworks/Create");
     grpc.unary(req("red", body), path, codec)
         .await
         .map(|r| r.into_inner())

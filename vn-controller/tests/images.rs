@@ -36,7 +36,12 @@ async fn agents(h: &Harness) -> Vec<StandIn> {
     ];
     let mut out = Vec::new();
     for (i, images) in offers.into_iter().enumerate() {
-        let mut cfg = StandInConfig::new(&format!("h{}", i + 1), &format!("10.77.0.{}", i + 2), 100, 4096);
+        let mut cfg = StandInConfig::new(
+            &format!("h{}", i + 1),
+            &format!("10.77.0.{}", i + 2),
+            100,
+            4096,
+        );
         cfg.images = images;
         let a = StandIn::connect(&h.endpoint(), cfg, Behaviour::Ready)
             .await

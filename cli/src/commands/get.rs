@@ -203,7 +203,10 @@ mod tests {
         };
         let ctl = Controller::connect(&opts).await.unwrap();
         let table = get(None).images(&ctl).await.unwrap().unwrap();
-        assert!(table.lines().nth(1).unwrap().starts_with("default "), "{table}");
+        assert!(
+            table.lines().nth(1).unwrap().starts_with("default "),
+            "{table}"
+        );
         assert!(table.contains("h1,h2"), "{table}");
         let e = get(Some("windows")).images(&ctl).await.unwrap_err();
         assert_eq!(e.to_string(), "no host holds an image \"windows\"");

@@ -78,13 +78,31 @@ pub fn catalogue(images_dir: &Path) -> Vec<ImageInfo> {
     out
 }
 
-/// Image `name` as the catalogue lists it, if [`load`] accepts it.
+/// Whether `s` is a short word the controller accepts as an image's format or architecture.
+fn word(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Image `name` as the catalogue lists it, if [`load`] accepts it and the controller would: a
+/// name a node can give (letters, digits, `-`, `_`, at most 63), short words as format and
+/// architecture, a short printable digest. Anything else would make the controller refuse the
+/// whole hello.
 fn describe(images_dir: &Path, name: &str) -> Result<ImageInfo, GuestError> {
-    if name.starts_with('.') {
-        return Err(GuestError::Image {
-            name: name.to_string(),
-            reason: "hidden directory".into(),
-        });
+    let err = |reason: &str| GuestError::Image {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if !name_ok {
+        return Err(err(
+            "a directory name a vm node cannot name (letters, digits, '-', '_', at most 63)",
+        ));
     }
     load(images_dir, name)?;
     let dir = images_dir.join(name);
@@ -104,13 +122,20 @@ fn describe(images_dir: &Path, name: &str) -> Result<ImageInfo, GuestError> {
                 .fold(0u64, u64::saturating_add)
         })
         .unwrap_or(0);
-    Ok(ImageInfo {
+    let info = ImageInfo {
         name: name.to_string(),
         format: m.format,
         arch: m.arch.unwrap_or_else(|| DEFAULT_ARCH.to_string()),
         size_bytes,
         digest: m.digest.unwrap_or_default(),
-    })
+    };
+    if !word(&info.arch) {
+        return Err(err("arch must be a short word ([a-z0-9_-], 1 to 32)"));
+    }
+    if info.digest.len() > 128 || !info.digest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("digest must be up to 128 printable characters"));
+    }
+    Ok(info)
 }
 
 /// A usable direct-boot image.
@@ -225,14 +250,27 @@ mod tests {
             r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","arch":"aarch64"}"#,
         );
         image("broken", "{not json");
+        image(
+            "debian.12",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img"}"#,
+        );
+        image(
+            "spaced",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","arch":"arm 64"}"#,
+        );
         image("nokernel", r#"{"format":"kernel","initrd":"initrd.img"}"#);
         std::fs::write(d.path().join("stray-file"), b"x").unwrap();
         let c = catalogue(d.path());
         let names: Vec<&str> = c.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["arm", "default"]);
         assert_eq!(c[0].arch, "aarch64");
-        assert_eq!((c[1].arch.as_str(), c[1].digest.as_str()), ("x86_64", "sha256:ab"));
-        let manifest_len = std::fs::metadata(d.path().join("default/image.json")).unwrap().len();
+        assert_eq!(
+            (c[1].arch.as_str(), c[1].digest.as_str()),
+            ("x86_64", "sha256:ab")
+        );
+        let manifest_len = std::fs::metadata(d.path().join("default/image.json"))
+            .unwrap()
+            .len();
         assert_eq!(c[1].size_bytes, manifest_len + 10);
         assert!(catalogue(&d.path().join("absent")).is_empty());
     }

@@ -530,10 +530,7 @@ impl<'s> LinkChecker<'s> {
                         )));
                     }
                 }
-                Ok([
-                    Some(l.interfaces[0].clone()),
-                    Some(l.interfaces[1].clone()),
-                ])
+                Ok([Some(l.interfaces[0].clone()), Some(l.interfaces[1].clone())])
             }
             n => Err(invalid(format!(
                 "{what}: give zero or two interface names, got {n}"
@@ -555,7 +552,10 @@ fn links(
         .enumerate()
         .map(|(i, l)| check.link(i, l))
         .collect::<Result<Vec<_>, _>>()?;
-    checked_total(links.iter().map(|l| l.bandwidth_mbps), "spec.links: bandwidth_mbps")?;
+    checked_total(
+        links.iter().map(|l| l.bandwidth_mbps),
+        "spec.links: bandwidth_mbps",
+    )?;
     Ok(links)
 }
 
@@ -820,7 +820,12 @@ mod tests {
         for (x, y, z, w) in [
             ("10.0.0.0/31", "10.0.0.1/31", "10.0.0.2/31", "10.0.0.3/31"),
             ("10.0.0.0/32", "10.0.0.1/32", "10.0.0.255/32", "10.0.1.0/32"),
-            ("2001:db8::/127", "2001:db8::1/127", "2001:db8::2/127", "2001:db8::3/127"),
+            (
+                "2001:db8::/127",
+                "2001:db8::1/127",
+                "2001:db8::2/127",
+                "2001:db8::3/127",
+            ),
         ] {
             let mut s = spec();
             s.links[0].addresses = vec![x.into(), y.into()];
@@ -1065,10 +1070,20 @@ mod tests {
         assert!(info.has_image("default"));
         let mut twice = h.clone();
         twice.images.push(h.images[0].clone());
-        assert!(hello(&twice, 5).unwrap_err().message().contains("listed twice"));
+        assert!(
+            hello(&twice, 5)
+                .unwrap_err()
+                .message()
+                .contains("listed twice")
+        );
         let mut odd = h.clone();
         odd.images[0].arch = "x86 64".into();
-        assert!(hello(&odd, 5).unwrap_err().message().contains("short words"));
+        assert!(
+            hello(&odd, 5)
+                .unwrap_err()
+                .message()
+                .contains("short words")
+        );
         let mut long = h.clone();
         long.images[0].name = "i".repeat(1_000_000);
         let m = hello(&long, 5).unwrap_err().message().to_string();

@@ -227,9 +227,12 @@ mod tests {
     #[test]
     fn overlapping_subnets_of_one_node() {
         let mut s = NodeSubnets::new(2);
-        s.claim(0, "a", "10.0.0.1/24".parse().unwrap(), "l0").unwrap();
-        s.claim(1, "b", "10.0.0.2/24".parse().unwrap(), "l0").unwrap();
-        s.claim(0, "a", "10.0.1.1/24".parse().unwrap(), "l1").unwrap();
+        s.claim(0, "a", "10.0.0.1/24".parse().unwrap(), "l0")
+            .unwrap();
+        s.claim(1, "b", "10.0.0.2/24".parse().unwrap(), "l0")
+            .unwrap();
+        s.claim(0, "a", "10.0.1.1/24".parse().unwrap(), "l1")
+            .unwrap();
         let e = s
             .claim(0, "a", "10.0.0.5/16".parse().unwrap(), "l2")
             .unwrap_err();
@@ -238,6 +241,7 @@ mod tests {
             .claim(0, "a", "10.0.1.9/30".parse().unwrap(), "l3")
             .unwrap_err();
         assert!(e.to_string().contains("on l1"), "{e}");
-        s.claim(0, "a", "2001:db8::1/64".parse().unwrap(), "l4").unwrap();
+        s.claim(0, "a", "2001:db8::1/64".parse().unwrap(), "l4")
+            .unwrap();
     }
 }

@@ -28,8 +28,7 @@ pub fn quote(s: &str) -> String {
 pub fn label(s: &str) -> String {
     let plain = !s.is_empty()
         && s.len() <= QUOTE_MAX
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if plain { s.to_string() } else { quote(s) }
 }
@@ -137,7 +136,11 @@ mod tests {
         assert_eq!(label("c"), "c");
         assert_eq!(label("a b"), "\"a b\"");
         assert!(label(&"x".repeat(100)).len() < 100);
-        assert!(check_identifier(&"a".repeat(64)).unwrap_err().contains("64 bytes"));
+        assert!(
+            check_identifier(&"a".repeat(64))
+                .unwrap_err()
+                .contains("64 bytes")
+        );
         assert!(check_location("rack 1").is_err());
         assert!(check_location("zone=a").is_ok());
     }
