@@ -26,6 +26,8 @@ pub enum Outcome {
     Fail,
     /// Stays PROVISIONING forever.
     Hang,
+    /// The first Create fails as `Fail`, every later one is `Ready`.
+    FailOnce,
 }
 
 #[derive(Default)]
@@ -36,6 +38,8 @@ struct State {
     providers_seen: Vec<Option<String>>,
     /// Bytes typed into consoles, in order.
     console_input: Vec<u8>,
+    /// Creates accepted so far.
+    creates: usize,
 }
 
 /// The stand-in. Cheap to clone; all clones share state.
@@ -86,6 +90,11 @@ impl FakeController {
     }
 
     /// Provider metadata of every call so far.
+    /// Creates accepted so far.
+    pub fn creates(&self) -> usize {
+        self.state.lock().unwrap().creates
+    }
+
     pub fn providers_seen(&self) -> Vec<Option<String>> {
         self.state.lock().unwrap().providers_seen.clone()
     }
@@ -165,14 +174,16 @@ impl VirtualNetworks for FakeController {
             state: pb::VnState::Provisioning as i32,
             ..Default::default()
         };
-        {
+        let nth = {
             let mut st = self.state.lock().unwrap();
             let key = (provider.clone(), name.clone());
             if st.vns.contains_key(&key) {
                 return Err(Status::already_exists(format!("vn {name} exists")));
             }
             st.vns.insert(key, vn.clone());
-        }
+            st.creates += 1;
+            st.creates
+        };
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -183,7 +194,14 @@ impl VirtualNetworks for FakeController {
                 pb::VnState::Provisioning,
                 "h1 ready",
             );
-            match me.outcome {
+            let outcome = match me.outcome {
+                Outcome::FailOnce if nth == 1 => Outcome::Fail,
+                Outcome::FailOnce => Outcome::Ready,
+                Outcome::Ready => Outcome::Ready,
+                Outcome::Fail => Outcome::Fail,
+                Outcome::Hang => Outcome::Hang,
+            };
+            match outcome {
                 Outcome::Ready => {
                     me.set_state(&provider, &name, pb::VnState::Ready, "");
                     me.emit(
@@ -204,7 +222,7 @@ impl VirtualNetworks for FakeController {
                         "h2: no tap",
                     );
                 }
-                Outcome::Hang => {}
+                Outcome::Hang | Outcome::FailOnce => {}
             }
         });
         Ok(Response::new(vn))
@@ -427,6 +445,33 @@ impl Substrate for FakeController {
         _req: Request<pb::GetTopologyRequest>,
     ) -> Result<Response<pb::Topology>, Status> {
         Ok(Response::new(pb::Topology::default()))
+    }
+
+    /// One image, `default`, on every host.
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let hosts = self
+            .state
+            .lock()
+            .unwrap()
+            .generations
+            .keys()
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListImagesResponse {
+            images: vec![pb::ImageOffer {
+                image: Some(pb::GuestImage {
+                    name: "default".into(),
+                    format: "kernel".into(),
+                    arch: "x86_64".into(),
+                    size_bytes: 4096,
+                    digest: "sha256:0123".into(),
+                }),
+                hosts,
+            }],
+        }))
     }
 }
 

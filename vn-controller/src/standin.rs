@@ -35,6 +35,8 @@ pub struct StandInConfig {
     pub labels: Vec<String>,
     pub mtu: u32,
     pub applied_generation: u64,
+    /// Guest images reported in the hello (default: one kernel image `default`).
+    pub images: Vec<pb::GuestImage>,
 }
 
 impl StandInConfig {
@@ -47,6 +49,13 @@ impl StandInConfig {
             labels: vec![],
             mtu: 1500,
             applied_generation: 0,
+            images: vec![pb::GuestImage {
+                name: "default".into(),
+                format: "kernel".into(),
+                arch: "x86_64".into(),
+                size_bytes: 0,
+                digest: String::new(),
+            }],
         }
     }
 
@@ -77,6 +86,7 @@ impl StandInConfig {
             agent_version: "stand-in".into(),
             applied_generation: self.applied_generation,
             boot_id: "stand-in".into(),
+            images: self.images.clone(),
         }
     }
 }

@@ -104,6 +104,20 @@ impl<K: Kernel + 'static> Agent<K> {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             applied_generation: self.ledger.applied_generation(),
             boot_id: boot_id(),
+            images: self
+                .guests
+                .as_ref()
+                .map(|g| g.images())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| pb::GuestImage {
+                    name: i.name,
+                    format: i.format,
+                    arch: i.arch,
+                    size_bytes: i.size_bytes,
+                    digest: i.digest,
+                })
+                .collect(),
         }
     }
 

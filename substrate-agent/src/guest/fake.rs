@@ -41,6 +41,8 @@ struct State {
     booting: HashMap<String, u32>,
     /// Nodes whose guest dies at the next `wait_ready`.
     dies_booting: HashMap<String, String>,
+    /// What `images` answers (`None`: one kernel image `default`).
+    images: Option<Vec<super::image::ImageInfo>>,
 }
 
 impl State {
@@ -119,6 +121,11 @@ impl RecordingGuestRuntime {
         }
     }
 
+    /// The images the fake offers (by default one kernel image `default`).
+    pub fn set_images(&self, images: Vec<super::image::ImageInfo>) {
+        self.lock().images = Some(images);
+    }
+
     /// What `exec` on `node_id` answers.
     pub fn set_exec_reply(&self, node_id: &str, out: ExecOutput) {
         self.lock().exec_replies.insert(node_id.to_string(), out);
@@ -130,6 +137,18 @@ impl RecordingGuestRuntime {
 }
 
 impl GuestRuntime for RecordingGuestRuntime {
+    fn images(&self) -> Vec<super::image::ImageInfo> {
+        self.lock().images.clone().unwrap_or_else(|| {
+            vec![super::image::ImageInfo {
+                name: "default".into(),
+                format: "kernel".into(),
+                arch: super::image::DEFAULT_ARCH.into(),
+                size_bytes: 0,
+                digest: String::new(),
+            }]
+        })
+    }
+
     fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
         let mut s = self.lock();
         s.calls.push(GuestCall::Ensure(cfg.clone()));

@@ -449,6 +449,9 @@ pub trait GuestRuntime: Send + Sync {
     /// What the guest answers appears in the console log.
     fn console_write(&self, node_id: &str, data: &[u8]) -> Result<(), GuestError>;
 
+    /// The images this runtime can boot (reported to the controller in every hello).
+    fn images(&self) -> Vec<image::ImageInfo>;
+
     /// The last `max_bytes` of the guest's serial console log.
     fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError> {
         self.console_read(node_id, None, max_bytes).map(|c| c.data)

@@ -711,6 +711,10 @@ impl QemuRuntime {
 }
 
 impl GuestRuntime for QemuRuntime {
+    fn images(&self) -> Vec<image::ImageInfo> {
+        image::catalogue(&self.opts.images_dir)
+    }
+
     fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
         cfg.validate()?;
         let lock = Self::lock_of(&self.locks, &cfg.node_id);

@@ -23,6 +23,8 @@ pub struct ViewHost {
     pub memory_free: u64,
     pub kinds: BTreeSet<Kind>,
     pub labels: BTreeSet<String>,
+    /// Names of the guest images it holds.
+    pub images: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +60,7 @@ pub fn view_of(registry: &Registry, u: &Usage, req: &VnReq) -> View {
             memory_free: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
             kinds: h.kinds.clone(),
             labels: h.labels.clone(),
+            images: h.images.iter().map(|i| i.name.clone()).collect(),
         })
         .collect();
     let links = registry.links_arc();
@@ -149,6 +152,15 @@ pub fn model(
         }
         if let Some(loc) = &n.location {
             v = v.with_location(loc.clone());
+        }
+        // A guest only where its image is.
+        if let Some(g) = &n.guest {
+            v = v.with_candidates(
+                view.hosts
+                    .iter()
+                    .filter(|h| h.images.contains(&g.image))
+                    .map(|h| h.id.clone()),
+            );
         }
         r.add_node(v).map_err(|e| e.to_string())?;
     }

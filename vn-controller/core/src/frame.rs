@@ -195,7 +195,7 @@ fn check_quota(child: &VnReq, a: &Ancestor<'_>) -> Result<(), CoreError> {
     let at = &a.rec.req.attributes;
     let (nodes, cpu) = (a.nodes, a.cpu);
     if let Some(max) = at.max_nodes
-        && nodes + child.nodes.len() as u64 > u64::from(max)
+        && nodes.saturating_add(child.nodes.len() as u64) > u64::from(max)
     {
         return Err(CoreError::NoRoom(format!(
             "quota of {}: attributes.max_nodes {max} would be exceeded ({nodes} nodes in it and its descendants, {} more asked)",
@@ -204,7 +204,7 @@ fn check_quota(child: &VnReq, a: &Ancestor<'_>) -> Result<(), CoreError> {
         )));
     }
     if let Some(max) = at.max_total_cpu
-        && cpu + child.total_cpu() > max
+        && cpu.saturating_add(child.total_cpu()) > max
     {
         return Err(CoreError::NoRoom(format!(
             "quota of {}: attributes.max_total_cpu {max} would be exceeded (cpu {cpu} in it and its descendants, {} more asked)",

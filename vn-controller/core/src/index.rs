@@ -408,15 +408,16 @@ impl Index {
 
     /// Nodes and total cpu of `vn_id` and all its descendants that hold resources.
     pub fn subtree_totals(&self, vn_id: &str) -> (u64, u64) {
-        let mut nodes = 0;
-        let mut cpu = 0;
+        // Saturating: a total beyond u64 exceeds every quota instead of wrapping below it.
+        let mut nodes: u64 = 0;
+        let mut cpu: u64 = 0;
         let mut stack = vec![vn_id.to_string()];
         while let Some(id) = stack.pop() {
             if let Some(r) = self.record(&id)
                 && r.status.holds_resources()
             {
-                nodes += r.req.nodes.len() as u64;
-                cpu += r.req.total_cpu();
+                nodes = nodes.saturating_add(r.req.nodes.len() as u64);
+                cpu = cpu.saturating_add(r.req.total_cpu());
             }
             stack.extend(self.nests.children(&id).cloned());
         }
@@ -847,6 +848,7 @@ mod tests {
             agent_version: String::new(),
             boot_id: String::new(),
             last_seen_unix_ms: 0,
+            images: Vec::new(),
         }
     }
 

@@ -185,7 +185,9 @@ pub struct VnReq {
 }
 
 impl VnReq {
+    /// The cpu of all nodes; saturates, so that a sum too large for `u64` still exceeds every
+    /// limit it is compared with.
     pub fn total_cpu(&self) -> u64 {
-        self.nodes.iter().map(|n| n.cpu).sum()
+        self.nodes.iter().fold(0u64, |t, n| t.saturating_add(n.cpu))
     }
 }

@@ -179,6 +179,7 @@ pub fn virtual_substrate(
             agent_version: String::new(),
             boot_id: String::new(),
             last_seen_unix_ms: 0,
+            images: Vec::new(),
         });
         if n.kind == Kind::Netns && global.is_connected(&p.host) {
             reg.set_connected(&n.name, true);

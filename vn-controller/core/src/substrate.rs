@@ -27,6 +27,16 @@ pub struct UnderlayIf {
     pub mac: String,
 }
 
+/// A guest image a host holds, as its agent reported it (checked at the edge).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GuestImage {
+    pub name: String,
+    pub format: String,
+    pub arch: String,
+    pub size_bytes: u64,
+    pub digest: String,
+}
+
 /// What an agent reported about its host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -42,6 +52,16 @@ pub struct HostInfo {
     pub agent_version: String,
     pub boot_id: String,
     pub last_seen_unix_ms: u64,
+    /// The guest images it holds (a `vm` node goes only to a host that holds its image).
+    #[serde(default)]
+    pub images: Vec<GuestImage>,
+}
+
+impl HostInfo {
+    /// Whether the host holds image `name`.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.images.iter().any(|i| i.name == name)
+    }
 }
 
 impl HostInfo {
@@ -168,6 +188,38 @@ impl Registry {
         self.hosts.values()
     }
 
+    /// Every image some host holds, with the ids of the hosts that hold it (in id order).
+    pub fn image_offers(&self) -> BTreeMap<&GuestImage, Vec<&str>> {
+        let mut offers: BTreeMap<&GuestImage, Vec<&str>> = BTreeMap::new();
+        for h in self.hosts.values() {
+            for i in &h.images {
+                offers.entry(i).or_default().push(&h.id);
+            }
+        }
+        offers
+    }
+
+    /// The offer as people read it: `default (kernel, x86_64) on h1, h2; ...`.
+    pub fn image_offer_summary(&self) -> String {
+        let offers = self.image_offers();
+        if offers.is_empty() {
+            return "no host offers any image".into();
+        }
+        offers
+            .iter()
+            .map(|(i, hosts)| {
+                format!(
+                    "{} ({}, {}) on {}",
+                    i.name,
+                    i.format,
+                    i.arch,
+                    hosts.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn links(&self) -> &[SubstrateLink] {
         &self.links
     }
@@ -227,6 +279,7 @@ mod tests {
             agent_version: String::new(),
             boot_id: String::new(),
             last_seen_unix_ms: 0,
+            images: Vec::new(),
         }
     }
 

@@ -155,28 +155,39 @@ impl Usage {
                     n.kind.as_str()
                 ))?;
             }
+            if let Some(g) = &n.guest
+                && !host.has_image(&g.image)
+            {
+                soft(format!(
+                    "node {}: host {h} does not hold image {}",
+                    n.name, g.image
+                ))?;
+            }
             if excluded.contains(h) {
                 soft(format!(
                     "node {}: host {h} is excluded by dedicated-host isolation",
                     n.name
                 ))?;
             }
-            *cpu.entry(h).or_default() += n.cpu;
-            *mem.entry(h).or_default() += n.memory_mb;
+            // Saturating sums: too large a demand exceeds every capacity instead of wrapping.
+            let c = cpu.entry(h).or_default();
+            *c = c.saturating_add(n.cpu);
+            let m = mem.entry(h).or_default();
+            *m = m.saturating_add(n.memory_mb);
         }
         if !req.allow_revisitation && cpu.len() < req.nodes.len() {
             return Err("two nodes share a host but revisitation is not allowed".into());
         }
         for (h, c) in &cpu {
             let host = reg.host(h).expect("checked above");
-            if self.host_cpu(h) + c > host.cpu {
+            if self.host_cpu(h).saturating_add(*c) > host.cpu {
                 soft(format!(
                     "host {h}: cpu {c} requested, {} free",
                     host.cpu.saturating_sub(self.host_cpu(h))
                 ))?;
             }
             let mm = mem[h];
-            if self.host_memory(h) + mm > host.memory_mb {
+            if self.host_memory(h).saturating_add(mm) > host.memory_mb {
                 soft(format!(
                     "host {h}: memory {mm} MiB requested, {} MiB free",
                     host.memory_mb.saturating_sub(self.host_memory(h))
@@ -208,13 +219,14 @@ impl Usage {
                 if path[1..path.len() - 1].iter().any(|h| excluded.contains(h)) {
                     soft(format!("link {i}: transit host excluded by isolation"))?;
                 }
-                *bw.entry(id).or_default() += l.bandwidth_mbps;
+                let b = bw.entry(id).or_default();
+                *b = b.saturating_add(l.bandwidth_mbps);
             }
             paths.push(path);
         }
         for (id, b) in &bw {
             let sl = reg.link(id).expect("walked");
-            if self.link_bandwidth(id) + b > sl.bandwidth_mbps {
+            if self.link_bandwidth(id).saturating_add(*b) > sl.bandwidth_mbps {
                 soft(format!(
                     "substrate link {id}: {b} Mbit/s requested, {} free",
                     sl.bandwidth_mbps.saturating_sub(self.link_bandwidth(id))
@@ -227,7 +239,11 @@ impl Usage {
     fn apply(&mut self, req: &VnReq, node_hosts: &[String], hop_links: &[Vec<String>], add: bool) {
         fn upd(map: &mut BTreeMap<String, u64>, k: &str, v: u64, add: bool) {
             let e = map.entry(k.to_string()).or_default();
-            *e = if add { *e + v } else { e.saturating_sub(v) };
+            *e = if add {
+                e.saturating_add(v)
+            } else {
+                e.saturating_sub(v)
+            };
             if *e == 0 {
                 map.remove(k);
             }

@@ -294,6 +294,22 @@ impl Controller {
         });
     }
 
+    /// Refuses a `vm` node whose image no host holds, naming what the hosts offer.
+    fn check_images(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
+        for (i, n) in req.nodes.iter().enumerate() {
+            let Some(g) = &n.guest else { continue };
+            if !ix.registry.hosts().any(|h| h.has_image(&g.image)) {
+                return Err(ControlError::InvalidArgument(format!(
+                    "spec.nodes[{i}] ({}): image {} is held by no host (the hosts offer: {})",
+                    n.name,
+                    g.image,
+                    ix.registry.image_offer_summary()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Embeds and commits a validated request; returns the VN in state provisioning.
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
@@ -353,6 +369,9 @@ impl Controller {
         guard.check_name_free(&req.provider, &req.name)?;
         // The substrate, or a child's parent after the checks against it.
         let view = guard.view(&guard.frame(req)?);
+        if req.parent.is_none() {
+            Self::check_images(&guard, req)?;
+        }
         let embed = |view: &View| {
             let t = Instant::now();
             let r = shared.planner.plan(view, req, algorithm);
