@@ -23,6 +23,7 @@ pub mod observed;
 pub mod plan;
 pub mod probe;
 pub mod rtnl;
+pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod tap;

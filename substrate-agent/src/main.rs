@@ -142,6 +142,22 @@ enum Cmd {
         #[arg(long)]
         teardown: bool,
     },
+    /// A tenant's command confined to its node (started by the agent for every exec; see the
+    /// `sandbox` module).
+    #[command(hide = true)]
+    ExecSandbox {
+        /// The node's named network namespace.
+        #[arg(long)]
+        netns: PathBuf,
+        /// Kill the command after this long.
+        #[arg(long)]
+        deadline_ms: u64,
+        /// stdin is a terminal: make it the command's controlling terminal.
+        #[arg(long)]
+        tty: bool,
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
     /// The userspace VLAN datapath process (started by the agent).
     #[command(hide = true)]
     VlanDatapath {
@@ -331,6 +347,22 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
             Ok(())
+        }
+        Some(Cmd::ExecSandbox {
+            netns,
+            deadline_ms,
+            tty,
+            argv,
+        }) => {
+            // Single-threaded: no runtime, no tracing (stderr is the tenant's).
+            let code = substrate_agent::sandbox::run(&substrate_agent::sandbox::Confinement {
+                netns,
+                deadline: std::time::Duration::from_millis(deadline_ms),
+                tty,
+                limits: substrate_agent::sandbox::Limits::default(),
+                argv,
+            });
+            std::process::exit(code)
         }
         Some(Cmd::VlanDatapath { config, status }) => {
             init_tracing(LogFormat::Text);
