@@ -257,6 +257,7 @@ fn exec_streams_both_ways() {
 
     big_output(&bed);
     terminal(&bed);
+    ended_early(&bed);
 
     bed.vnctl(Some("red"), &["delete", "vn", "red-x", "--wait"]);
     bed.vnctl(Some("blue"), &["delete", "vn", "blue-x", "--wait"]);
@@ -386,4 +387,48 @@ fn terminal(bed: &Bed) {
     assert!(s.contains("/dev/pts/"), "no terminal: {s:?} {out:?}");
     assert!(s.contains("term-42"), "{s:?}");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+/// Whether a process with exactly this command line runs (the host sees the node's processes).
+fn running(cmdline: &str) -> bool {
+    processes(&[cmdline])
+        .iter()
+        .any(|p| p.split_once(": ").is_some_and(|(_, c)| c.trim_end() == cmdline))
+}
+
+fn until(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A timeout ends the command and everything it started (DEADLINE_EXCEEDED); so does the
+/// caller going away.
+fn ended_early(bed: &Bed) {
+    let t = Instant::now();
+    let out = bed.vnctl(
+        Some("red"),
+        &["exec", "red-x", "a", "--timeout", "2s", "--", "sh", "-c", "sleep 303 & sleep 304"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("timed out after 2000 ms"), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    until("the timed-out command's processes end", Duration::from_secs(5), || {
+        !running("sleep 303") && !running("sleep 304")
+    });
+    let mut vnctl = Command::new(VNCTL)
+        .env_remove("VNET_PROVIDER")
+        .env("VNET_CONTROLLER", &bed.ctl)
+        .args(["--provider", "red", "exec", "red-x", "a", "--timeout", "600s", "--"])
+        .args(["sleep", "305"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the command starts", Duration::from_secs(20), || running("sleep 305"));
+    vnctl.kill().unwrap();
+    vnctl.wait().unwrap();
+    until("the abandoned command ends", Duration::from_secs(10), || !running("sleep 305"));
 }

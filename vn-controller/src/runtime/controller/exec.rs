@@ -45,6 +45,21 @@ pub struct ExecSession {
     pub host: String,
 }
 
+/// Removes a command's pending entry when dropped.
+struct Pending<'a> {
+    ctl: &'a Controller,
+    host: &'a str,
+    request_id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(&self.ctl.shared.agents).get_mut(self.host) {
+            slot.pending.remove(&self.request_id);
+        }
+    }
+}
+
 impl Controller {
     /// Starts a command in a virtual node and waits until its host's agent opened the stream.
     #[tracing::instrument(skip(self, opts))]
@@ -70,10 +85,12 @@ impl Controller {
             slot.pending.insert(request_id, tx);
             slot.exec_tx.clone()
         })?;
-        let forget = || {
-            if let Some(slot) = lock(&self.shared.agents).get_mut(&placed.host) {
-                slot.pending.remove(&request_id);
-            }
+        // However this ends (also when the caller goes away while waiting), the id is not
+        // left pending.
+        let _pending = Pending {
+            ctl: self,
+            host: &placed.host,
+            request_id,
         };
         let (rows, cols) = opts.tty.unwrap_or((0, 0));
         let sent = exec_tx
@@ -89,7 +106,6 @@ impl Controller {
             })
             .await;
         if sent.is_err() {
-            forget();
             return Err(ControlError::Unavailable(format!(
                 "{what}: host {} went away",
                 placed.host
@@ -104,7 +120,6 @@ impl Controller {
                 )));
             }
             Err(_) => {
-                forget();
                 return Err(ControlError::Unavailable(format!(
                     "{what}: the agent of host {} did not open the command's stream within {} s",
                     placed.host,
