@@ -136,6 +136,8 @@ fn exec_is_confined_to_its_node() {
     assert!(!std::path::Path::new(&probe).exists());
     assert!(!std::path::Path::new("/etc/vnet-exec-probe").exists());
     works(bed.red_sh("a", "echo x > /tmp/mine && cat /tmp/mine"), "a private /tmp");
+    let state = format!("{}/agents", bed.dir.display());
+    fails(&bed.red("a", &["ls", &state]), "reading the agents' state");
     let host_tmp = works(bed.red_sh("a", "ls -A /tmp /run"), "ls /tmp /run");
     assert!(!host_tmp.contains("netns") && !host_tmp.contains("vnet"), "{host_tmp}");
 

@@ -288,6 +288,7 @@ impl<K: Kernel + 'static> Agent<K> {
             } else {
                 cmd.max_output_bytes
             },
+            hide: vec![std::fs::canonicalize(&self.cfg.state_dir).unwrap_or_else(|_| self.cfg.state_dir.clone())],
         };
         match self.node_kind(&node) {
             None => failed(

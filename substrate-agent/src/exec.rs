@@ -40,6 +40,8 @@ pub struct ExecSpec {
     pub tty: Option<(u16, u16)>,
     /// Bytes of output (stdout and stderr together) after which the command is ended.
     pub max_output: u64,
+    /// Directories of the agent the command must not read (its state directory).
+    pub hide: Vec<std::path::PathBuf>,
 }
 
 /// Input for a running command.
@@ -170,6 +172,9 @@ fn sandbox_command(netns: &str, spec: &ExecSpec) -> tokio::process::Command {
         .arg((spec.timeout + GRACE * 2).as_millis().to_string());
     if spec.tty.is_some() {
         cmd.arg("--tty");
+    }
+    for dir in &spec.hide {
+        cmd.arg("--hide").arg(dir);
     }
     cmd.arg("--")
         .args(&spec.argv)

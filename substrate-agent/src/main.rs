@@ -155,6 +155,9 @@ enum Cmd {
         /// stdin is a terminal: make it the command's controlling terminal.
         #[arg(long)]
         tty: bool,
+        /// A directory to cover with an empty tmpfs (repeatable).
+        #[arg(long)]
+        hide: Vec<PathBuf>,
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
@@ -352,6 +355,7 @@ fn main() -> anyhow::Result<()> {
             netns,
             deadline_ms,
             tty,
+            hide,
             argv,
         }) => {
             // Single-threaded: no runtime, no tracing (stderr is the tenant's).
@@ -360,6 +364,7 @@ fn main() -> anyhow::Result<()> {
                 deadline: std::time::Duration::from_millis(deadline_ms),
                 tty,
                 limits: substrate_agent::sandbox::Limits::default(),
+                hide,
                 argv,
             });
             std::process::exit(code)

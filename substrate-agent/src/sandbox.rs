@@ -11,7 +11,8 @@
 //!    - makes every mount private and the whole tree read-only and nosuid (`mount_setattr`,
 //!      recursive), then mounts a fresh `/proc` (its pid namespace), a fresh read-only `/sys`
 //!      (its network namespace), private tmpfs on `/tmp` and `/run` (which hides the host's
-//!      `/run/netns`, guests' sockets and locks) and a minimal `/dev`;
+//!      `/run/netns`, guests' sockets and locks) and a minimal `/dev`, and covers the agent's
+//!      state directory with an empty tmpfs;
 //!    - sets resource limits ([`Limits`]);
 //!    - becomes an unprivileged uid of its own (`FIRST_UID` + the helper's pid: unique while
 //!      it runs, so per-uid limits are per exec), without supplementary groups, keeping only
@@ -84,6 +85,9 @@ pub struct Confinement {
     /// stdin is a terminal: the command gets it as its controlling terminal.
     pub tty: bool,
     pub limits: Limits,
+    /// Directories covered by an empty read-only tmpfs (the agent's state directory: it names
+    /// every tenant's nodes).
+    pub hide: Vec<std::path::PathBuf>,
     pub argv: Vec<String>,
 }
 
@@ -347,6 +351,14 @@ fn confine_and_exec(
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     mounts(c.limits.tmp_bytes)?;
+    for dir in &c.hide {
+        // An absent directory has nothing to hide.
+        if dir.is_dir() {
+            let d = dir.to_string_lossy();
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+            mount_fs("tmpfs", &d, "tmpfs", flags, Some("mode=0755,size=4k"))?;
+        }
+    }
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     limits(&c.limits)?;
     if c.tty {
