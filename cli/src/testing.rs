@@ -336,7 +336,9 @@ impl VirtualNetworks for FakeController {
             msg: Some(pb::exec_request::Msg::Start(r)),
         }) = inbound.message().await?
         else {
-            return Err(Status::invalid_argument("the first message must be an ExecStart"));
+            return Err(Status::invalid_argument(
+                "the first message must be an ExecStart",
+            ));
         };
         let code = r
             .argv
@@ -348,8 +350,12 @@ impl VirtualNetworks for FakeController {
         tokio::spawn(async move {
             let msg = |m| Ok(pb::ExecResponse { msg: Some(m) });
             let line = format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" "));
-            let _ = tx.send(msg(pb::exec_response::Msg::Stdout(line.into_bytes()))).await;
-            let _ = tx.send(msg(pb::exec_response::Msg::Stderr(b"to stderr\n".to_vec()))).await;
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stdout(line.into_bytes())))
+                .await;
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stderr(b"to stderr\n".to_vec())))
+                .await;
             while let Ok(Some(m)) = inbound.message().await {
                 if let Some(pb::exec_request::Msg::Stdin(d)) = m.msg {
                     let _ = tx.send(msg(pb::exec_response::Msg::Stdout(d))).await;

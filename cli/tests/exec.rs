@@ -27,7 +27,9 @@ use common::{Bed, VNCTL, may_run, ok, processes, testbed_lock, testbed_missing, 
 /// A private testbed for test `n` of this file; None (after SKIP) when preconditions miss.
 fn bed(test: &str, n: u32) -> Option<Bed> {
     let mut missing = testbed_missing("namespaces, veths, daemons");
-    for tool in ["tcpdump", "iperf3", "busybox", "nsenter", "script", "python3"] {
+    for tool in [
+        "tcpdump", "iperf3", "busybox", "nsenter", "script", "python3",
+    ] {
         if which(tool).is_none() {
             missing.push(format!("{tool} is not installed"));
         }
@@ -49,7 +51,9 @@ fn which(tool: &str) -> Option<String> {
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .ok()?;
-    out.status.success().then(|| text(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| text(&out.stdout).trim().to_string())
 }
 
 /// Red: a and b on h1, joined; blue: x on h1, y on h2 (another provider on the same host).
@@ -120,26 +124,48 @@ fn exec_is_confined_to_its_node() {
         let out = bed.red("a", &["ip", "netns", "exec", ns, "true"]);
         fails(&out, &format!("ip netns exec {ns}"));
     }
-    fails(&bed.red("a", &["nsenter", "-t", "1", "-n", "-m", "true"]), "nsenter -t 1");
-    fails(&bed.red("a", &["ip", "netns", "add", "red-escape"]), "ip netns add");
+    fails(
+        &bed.red("a", &["nsenter", "-t", "1", "-n", "-m", "true"]),
+        "nsenter -t 1",
+    );
+    fails(
+        &bed.red("a", &["ip", "netns", "add", "red-escape"]),
+        "ip netns add",
+    );
     let listed = works(bed.red("a", &["ip", "netns", "list"]), "ip netns list");
     assert!(listed.trim().is_empty(), "namespaces visible: {listed}");
     assert!(
-        !bed.namespaces().contains("red-escape") && !std::path::Path::new("/run/netns/red-escape").exists()
+        !bed.namespaces().contains("red-escape")
+            && !std::path::Path::new("/run/netns/red-escape").exists()
     );
 
     // Writing under / (and the host's /tmp and /run are not the node's).
     let probe = format!("/vnet-exec-probe-{}", std::process::id());
-    fails(&bed.red_sh("a", &format!("echo x > {probe}")), "writing under /");
-    fails(&bed.red_sh("a", "echo x > /etc/vnet-exec-probe"), "writing /etc");
-    fails(&bed.red_sh("a", "echo x > /var/tmp/vnet-exec-probe"), "writing /var/tmp");
+    fails(
+        &bed.red_sh("a", &format!("echo x > {probe}")),
+        "writing under /",
+    );
+    fails(
+        &bed.red_sh("a", "echo x > /etc/vnet-exec-probe"),
+        "writing /etc",
+    );
+    fails(
+        &bed.red_sh("a", "echo x > /var/tmp/vnet-exec-probe"),
+        "writing /var/tmp",
+    );
     assert!(!std::path::Path::new(&probe).exists());
     assert!(!std::path::Path::new("/etc/vnet-exec-probe").exists());
-    works(bed.red_sh("a", "echo x > /tmp/mine && cat /tmp/mine"), "a private /tmp");
+    works(
+        bed.red_sh("a", "echo x > /tmp/mine && cat /tmp/mine"),
+        "a private /tmp",
+    );
     let state = format!("{}/agents", bed.dir.display());
     fails(&bed.red("a", &["ls", &state]), "reading the agents' state");
     let host_tmp = works(bed.red_sh("a", "ls -A /tmp /run"), "ls /tmp /run");
-    assert!(!host_tmp.contains("netns") && !host_tmp.contains("vnet"), "{host_tmp}");
+    assert!(
+        !host_tmp.contains("netns") && !host_tmp.contains("vnet"),
+        "{host_tmp}"
+    );
 
     // Host processes: invisible and unsignalable.
     let controller = bed.pids("vn-controller");
@@ -149,7 +175,10 @@ fn exec_is_confined_to_its_node() {
     let seen: u32 = seen.trim().parse().unwrap();
     assert!(seen <= 4, "{seen} processes visible in the node");
     for pid in controller.iter().chain(&agents) {
-        fails(&bed.red("a", &["kill", "-0", &pid.to_string()]), "kill -0 of a host process");
+        fails(
+            &bed.red("a", &["kill", "-0", &pid.to_string()]),
+            "kill -0 of a host process",
+        );
         fails(
             &bed.red("a", &["kill", "-TERM", &pid.to_string()]),
             "SIGTERM to a host process",
@@ -163,20 +192,35 @@ fn exec_is_confined_to_its_node() {
     assert_eq!(status.matches("connected").count(), 3, "{status}");
 
     // BPF: the probe loads a map as root on the host (so it can tell), not in the node.
-    let host = Command::new("python3").args(["-c", BPF_PROBE]).output().unwrap();
-    assert!(host.status.success(), "the BPF probe fails on the host: {host:?}");
+    let host = Command::new("python3")
+        .args(["-c", BPF_PROBE])
+        .output()
+        .unwrap();
+    assert!(
+        host.status.success(),
+        "the BPF probe fails on the host: {host:?}"
+    );
     let out = bed.red("a", &["python3", "-c", BPF_PROBE]);
     fails(&out, "bpf(BPF_MAP_CREATE)");
     assert!(text(&out.stdout).contains("bpf -1 1"), "{out:?}"); // EPERM
 
     // Mounting.
-    fails(&bed.red("a", &["mount", "-t", "tmpfs", "none", "/tmp"]), "mount");
+    fails(
+        &bed.red("a", &["mount", "-t", "tmpfs", "none", "/tmp"]),
+        "mount",
+    );
     fails(&bed.red("a", &["umount", "/proc"]), "umount");
 
     // Its own node: configure and probe.
-    works(bed.red("a", &["ip", "addr", "add", "10.61.9.1/32", "dev", "lo"]), "ip addr add");
     works(
-        bed.red("a", &["ip", "route", "add", "10.63.0.0/24", "via", "10.61.0.2"]),
+        bed.red("a", &["ip", "addr", "add", "10.61.9.1/32", "dev", "lo"]),
+        "ip addr add",
+    );
+    works(
+        bed.red(
+            "a",
+            &["ip", "route", "add", "10.63.0.0/24", "via", "10.61.0.2"],
+        ),
         "ip route add",
     );
     let routes = works(bed.red("a", &["ip", "route"]), "ip route");
@@ -206,7 +250,16 @@ fn iperf(bed: &Bed) {
     let server = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
-        .args(["--provider", "red", "exec", "red-x", "b", "--timeout", "60s", "--"])
+        .args([
+            "--provider",
+            "red",
+            "exec",
+            "red-x",
+            "b",
+            "--timeout",
+            "60s",
+            "--",
+        ])
         .args(["iperf3", "-s", "-1", "-p", "5301"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -255,7 +308,10 @@ fn exec_streams_both_ways() {
     assert_eq!(works(out, "echo hi | vnctl exec -- cat"), "hi\n");
     let out = bed.red_sh("a", "echo out; echo err >&2; exit 3");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out\n".into(), "err\n".into()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out\n".into(), "err\n".into())
+    );
 
     big_output(&bed);
     terminal(&bed);
@@ -308,7 +364,16 @@ fn big_output(bed: &Bed) {
     let mut child = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
-        .args(["--provider", "red", "exec", "red-x", "a", "--timeout", "600s", "--"])
+        .args([
+            "--provider",
+            "red",
+            "exec",
+            "red-x",
+            "a",
+            "--timeout",
+            "600s",
+            "--",
+        ])
         .args(["head", "-c", "1G", "/dev/zero"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -393,9 +458,10 @@ fn terminal(bed: &Bed) {
 
 /// Whether a process with exactly this command line runs (the host sees the node's processes).
 fn running(cmdline: &str) -> bool {
-    processes(&[cmdline])
-        .iter()
-        .any(|p| p.split_once(": ").is_some_and(|(_, c)| c.trim_end() == cmdline))
+    processes(&[cmdline]).iter().any(|p| {
+        p.split_once(": ")
+            .is_some_and(|(_, c)| c.trim_end() == cmdline)
+    })
 }
 
 fn until(what: &str, within: Duration, f: impl Fn() -> bool) {
@@ -412,25 +478,55 @@ fn ended_early(bed: &Bed) {
     let t = Instant::now();
     let out = bed.vnctl(
         Some("red"),
-        &["exec", "red-x", "a", "--timeout", "2s", "--", "sh", "-c", "sleep 303 & sleep 304"],
+        &[
+            "exec",
+            "red-x",
+            "a",
+            "--timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "sleep 303 & sleep 304",
+        ],
     );
     assert!(!out.status.success(), "{out:?}");
-    assert!(text(&out.stderr).contains("timed out after 2000 ms"), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("timed out after 2000 ms"),
+        "{out:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    until("the timed-out command's processes end", Duration::from_secs(5), || {
-        !running("sleep 303") && !running("sleep 304")
-    });
+    until(
+        "the timed-out command's processes end",
+        Duration::from_secs(5),
+        || !running("sleep 303") && !running("sleep 304"),
+    );
     let mut vnctl = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
-        .args(["--provider", "red", "exec", "red-x", "a", "--timeout", "600s", "--"])
+        .args([
+            "--provider",
+            "red",
+            "exec",
+            "red-x",
+            "a",
+            "--timeout",
+            "600s",
+            "--",
+        ])
         .args(["sleep", "305"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    until("the command starts", Duration::from_secs(20), || running("sleep 305"));
+    until("the command starts", Duration::from_secs(20), || {
+        running("sleep 305")
+    });
     vnctl.kill().unwrap();
     vnctl.wait().unwrap();
-    until("the abandoned command ends", Duration::from_secs(10), || !running("sleep 305"));
+    until(
+        "the abandoned command ends",
+        Duration::from_secs(10),
+        || !running("sleep 305"),
+    );
 }

@@ -213,7 +213,11 @@ impl<K: Kernel + 'static> Agent<K> {
     /// Serves one `ExecCommand`: opens `AgentControl.Exec` for it on a connection of its own,
     /// runs the command there and ends with its exit.
     pub async fn serve_exec(self: Arc<Self>, cmd: pb::ExecCommand) -> anyhow::Result<()> {
-        let channel = self.endpoint()?.connect().await.context("connect for exec")?;
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .context("connect for exec")?;
         let mut client = AgentControlClient::new(channel);
         let (out, out_rx) = mpsc::channel::<pb::ExecUp>(4);
         out.send(pb::ExecUp {
@@ -237,10 +241,9 @@ impl<K: Kernel + 'static> Agent<K> {
                 let i = match m.msg {
                     Some(pb::exec_down::Msg::Stdin(d)) => crate::exec::Input::Stdin(d),
                     Some(pb::exec_down::Msg::StdinEof(_)) => crate::exec::Input::Eof,
-                    Some(pb::exec_down::Msg::Resize(w)) => crate::exec::Input::Resize(
-                        clamp_u16(w.rows),
-                        clamp_u16(w.cols),
-                    ),
+                    Some(pb::exec_down::Msg::Resize(w)) => {
+                        crate::exec::Input::Resize(clamp_u16(w.rows), clamp_u16(w.cols))
+                    }
                     None => continue,
                 };
                 if input_tx.send(i).await.is_err() {
@@ -288,7 +291,10 @@ impl<K: Kernel + 'static> Agent<K> {
             } else {
                 cmd.max_output_bytes
             },
-            hide: vec![std::fs::canonicalize(&self.cfg.state_dir).unwrap_or_else(|_| self.cfg.state_dir.clone())],
+            hide: vec![
+                std::fs::canonicalize(&self.cfg.state_dir)
+                    .unwrap_or_else(|_| self.cfg.state_dir.clone()),
+            ],
         };
         match self.node_kind(&node) {
             None => failed(
@@ -296,11 +302,20 @@ impl<K: Kernel + 'static> Agent<K> {
                 format!("node {node} is not on host {}", self.cfg.host_id),
             ),
             Some(NodeKind::Netns) => {
-                crate::exec::run_in_netns(&self.naming.node_ns(&node), &spec, input, out.clone(), gone)
-                    .await
+                crate::exec::run_in_netns(
+                    &self.naming.node_ns(&node),
+                    &spec,
+                    input,
+                    out.clone(),
+                    gone,
+                )
+                .await
             }
             Some(NodeKind::Vm(_)) => match self.guests.clone() {
-                None => failed(pb::ExecFailure::NotRun, "no guest runtime on this agent".into()),
+                None => failed(
+                    pb::ExecFailure::NotRun,
+                    "no guest runtime on this agent".into(),
+                ),
                 Some(g) => crate::exec::run_in_guest(g, node.as_str(), &spec, out).await,
             },
         }

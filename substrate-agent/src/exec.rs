@@ -220,10 +220,17 @@ pub async fn run_in_netns(
                 .stderr(Stdio::piped());
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
-                Err(e) => return failed(pb::ExecFailure::NotRun, format!("start the sandbox: {e}")),
+                Err(e) => {
+                    return failed(pb::ExecFailure::NotRun, format!("start the sandbox: {e}"));
+                }
             };
-            let (Some(i), Some(o), Some(e)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-                return failed(pb::ExecFailure::NotRun, "the sandbox's pipes are missing".into());
+            let (Some(i), Some(o), Some(e)) =
+                (child.stdin.take(), child.stdout.take(), child.stderr.take())
+            else {
+                return failed(
+                    pb::ExecFailure::NotRun,
+                    "the sandbox's pipes are missing".into(),
+                );
             };
             readers.push(tokio::spawn(pump(o, false, out.clone(), budget.clone())));
             readers.push(tokio::spawn(pump(e, true, out.clone(), budget.clone())));
@@ -320,13 +327,17 @@ fn spawn_tty(
             .map(Stdio::from)
             .map_err(|e| format!("terminal: {e}"))
     };
-    cmd.stdin(io(&slave)?).stdout(io(&slave)?).stderr(io(&slave)?);
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
     let child = cmd.spawn().map_err(|e| format!("start the sandbox: {e}"))?;
     Ok((child, pty.master))
 }
 
 fn dup_file(fd: &OwnedFd) -> std::io::Result<tokio::fs::File> {
-    Ok(tokio::fs::File::from_std(std::fs::File::from(fd.try_clone()?)))
+    Ok(tokio::fs::File::from_std(std::fs::File::from(
+        fd.try_clone()?,
+    )))
 }
 
 /// Runs `argv` in a guest through its command channel and sends the output in chunks.
@@ -339,7 +350,9 @@ pub async fn run_in_guest(
     if spec.tty.is_some() {
         return failed(
             pb::ExecFailure::NotRun,
-            format!("exec with a terminal is for netns nodes: {node_id} is a guest (its interactive shell is vnctl console -i)"),
+            format!(
+                "exec with a terminal is for netns nodes: {node_id} is a guest (its interactive shell is vnctl console -i)"
+            ),
         );
     }
     let (id, argv, timeout) = (node_id.to_string(), spec.argv.clone(), spec.timeout);

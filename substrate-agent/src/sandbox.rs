@@ -210,7 +210,12 @@ fn no_x32() -> BpfProgram {
     vec![
         // The system call number: offset 0 of seccomp_data.
         op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
-        op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 0x4000_0000, 0, 1),
+        op(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            0x4000_0000,
+            0,
+            1,
+        ),
         op(
             libc::BPF_RET | libc::BPF_K,
             libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
@@ -286,7 +291,12 @@ fn run_inner(c: &Confinement) -> Result<i32, SandboxError> {
     .map_err(sys("unshare mount, pid, ipc and uts namespaces"))?;
     // Signals the helper waits for, blocked before the fork so none is lost.
     let mut waited = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         waited.add(s);
     }
     let mut old = SigSet::empty();
@@ -355,7 +365,8 @@ fn confine_and_exec(
         // An absent directory has nothing to hide.
         if dir.is_dir() {
             let d = dir.to_string_lossy();
-            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+            let flags =
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
             mount_fs("tmpfs", &d, "tmpfs", flags, Some("mode=0755,size=4k"))?;
         }
     }
@@ -387,11 +398,24 @@ fn confine_and_exec(
     let e = nix::unistd::execvp(&argv[0], argv).unwrap_err();
     eprintln!("vnet exec: cannot run {:?}: {e}", c.argv[0]);
     // SAFETY: _exit ends the child without running the parent's atexit handlers.
-    unsafe { libc::_exit(if e == nix::Error::ENOENT { NOT_FOUND } else { SETUP_FAILED }) }
+    unsafe {
+        libc::_exit(if e == nix::Error::ENOENT {
+            NOT_FOUND
+        } else {
+            SETUP_FAILED
+        })
+    }
 }
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), SandboxError> {
-    mount(Some(src), target, Some(fstype), flags, data).map_err(sys(format!("mount {fstype} on {target}")))
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SandboxError> {
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(sys(format!("mount {fstype} on {target}")))
 }
 
 /// The mount namespace's tree (see the module doc).
@@ -433,8 +457,14 @@ fn dev() -> Result<(), SandboxError> {
         let target = format!("{stage}/{d}");
         std::fs::File::create(&target).map_err(io(format!("create {target}")))?;
         let src = format!("/dev/{d}");
-        mount(Some(src.as_str()), target.as_str(), none, MsFlags::MS_BIND, none)
-            .map_err(sys(format!("bind {src}")))?;
+        mount(
+            Some(src.as_str()),
+            target.as_str(),
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )
+        .map_err(sys(format!("bind {src}")))?;
     }
     let pts = format!("{stage}/pts");
     std::fs::create_dir(&pts).map_err(io(format!("create {pts}")))?;

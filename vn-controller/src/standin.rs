@@ -162,14 +162,15 @@ async fn exec(
     };
     let mut down = down.into_inner();
     while let Ok(Some(m)) = down.message().await {
-        match m.msg {
+        let sent = match m.msg {
             Some(pb::exec_down::Msg::Stdin(d)) => {
-                if tx.send(up(pb::exec_up::Msg::Stdout(d))).await.is_err() {
-                    return;
-                }
+                tx.send(up(pb::exec_up::Msg::Stdout(d))).await.is_ok()
             }
             Some(pb::exec_down::Msg::StdinEof(_)) => break,
-            _ => {}
+            _ => true,
+        };
+        if !sent {
+            return;
         }
     }
     let _ = tx

@@ -171,10 +171,7 @@ async fn create_list_get_watch_delete() {
         msg: Some(pb::exec_request::Msg::Stdin(b"typed\n".to_vec())),
     };
     let mut out = c
-        .exec(req(
-            "red",
-            tokio_stream::iter(vec![start, stdin]),
-        ))
+        .exec(req("red", tokio_stream::iter(vec![start, stdin])))
         .await
         .unwrap()
         .into_inner();

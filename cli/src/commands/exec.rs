@@ -92,7 +92,10 @@ fn follow_size(tx: mpsc::Sender<pb::ExecRequest>) -> anyhow::Result<()> {
     tokio::spawn(async move {
         while winch.recv().await.is_some() {
             if let Some(w) = window_size()
-                && tx.send(req(pb::exec_request::Msg::Resize(w))).await.is_err()
+                && tx
+                    .send(req(pb::exec_request::Msg::Resize(w)))
+                    .await
+                    .is_err()
             {
                 return;
             }

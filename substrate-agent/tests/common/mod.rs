@@ -122,9 +122,8 @@ impl AgentControl for Svc {
             while let Ok(Some(m)) = inbound.message().await {
                 let mut hosts = shared.hosts.lock().unwrap();
                 let h = hosts.entry(host.clone()).or_default();
-                match m.msg {
-                    Some(pb::agent_message::Msg::Observed(o)) => h.observed.push(o),
-                    _ => {}
+                if let Some(pb::agent_message::Msg::Observed(o)) = m.msg {
+                    h.observed.push(o);
                 }
                 drop(hosts);
                 shared.cv.notify_all();
@@ -156,9 +155,13 @@ impl AgentControl for Svc {
         let (tx, rx) = mpsc::channel(4);
         let down = |m| Ok(pb::ExecDown { msg: Some(m) });
         if !stdin.is_empty() {
-            tx.send(down(pb::exec_down::Msg::Stdin(stdin))).await.unwrap();
+            tx.send(down(pb::exec_down::Msg::Stdin(stdin)))
+                .await
+                .unwrap();
         }
-        tx.send(down(pb::exec_down::Msg::StdinEof(true))).await.unwrap();
+        tx.send(down(pb::exec_down::Msg::StdinEof(true)))
+            .await
+            .unwrap();
         let shared = self.0.clone();
         tokio::spawn(async move {
             let _keep = tx;

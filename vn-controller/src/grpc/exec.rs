@@ -281,7 +281,9 @@ pub async fn open(
             }
         }
     });
-    Ok(Response::new(Box::pin(ReceiverStream::new(down_rx).map(Ok))))
+    Ok(Response::new(Box::pin(
+        ReceiverStream::new(down_rx).map(Ok),
+    )))
 }
 
 #[cfg(test)]
@@ -333,8 +335,14 @@ mod tests {
             failure: f as i32,
         };
         let code = |f| exit(e(f), "exec in web/a").unwrap_err().code();
-        assert_eq!(code(pb::ExecFailure::NotRun), tonic::Code::FailedPrecondition);
-        assert_eq!(code(pb::ExecFailure::Timeout), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            code(pb::ExecFailure::NotRun),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(pb::ExecFailure::Timeout),
+            tonic::Code::DeadlineExceeded
+        );
         assert_eq!(
             code(pb::ExecFailure::OutputLimit),
             tonic::Code::ResourceExhausted
@@ -349,7 +357,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             ok.msg,
-            Some(pb::exec_response::Msg::Exit(pb::ExecExit { exit_code: 3, .. }))
+            Some(pb::exec_response::Msg::Exit(pb::ExecExit {
+                exit_code: 3,
+                ..
+            }))
         ));
     }
 }
