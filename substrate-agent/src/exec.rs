@@ -10,6 +10,9 @@
 //! (`gone`); the last two and the timeout kill it (SIGTERM to the helper, which kills the pid
 //! namespace; SIGKILL of the helper after a grace period).
 //!
+//! At most [`MAX_PER_NODE`] commands run at once in one node and [`MAX_PER_HOST`] on the host;
+//! more are refused (not queued).
+//!
 //! Guests: the guest's command channel answers with the whole output at once (bounded by the
 //! channel, see `guest::channel`); it is sent in chunks the same way. Guests get no stdin and no
 //! terminal over exec (`vnctl console -i` is their interactive shell).
@@ -30,6 +33,48 @@ pub const CHUNK: usize = 32 << 10;
 const GRACE: Duration = Duration::from_secs(2);
 /// The PATH of confined commands.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Commands that may run at once in one node, and on this host.
+pub const MAX_PER_NODE: usize = 8;
+pub const MAX_PER_HOST: usize = 64;
+
+/// Commands running, per node namespace.
+static RUNNING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A place among the running commands; released when dropped.
+struct Slot(String);
+
+impl Slot {
+    /// A place for a command in `netns`, or why there is none.
+    fn take(netns: &str) -> Result<Slot, String> {
+        let mut r = RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.len() >= MAX_PER_HOST {
+            return Err(format!(
+                "this host runs {MAX_PER_HOST} commands already: try again later"
+            ));
+        }
+        if r.iter().filter(|n| *n == netns).count() >= MAX_PER_NODE {
+            return Err(format!(
+                "the node runs {MAX_PER_NODE} commands already: try again later"
+            ));
+        }
+        r.push(netns.to_string());
+        Ok(Slot(netns.to_string()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut r = RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = r.iter().position(|n| *n == self.0) {
+            r.swap_remove(i);
+        }
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +251,10 @@ pub async fn run_in_netns(
     if spec.argv.is_empty() {
         return failed(pb::ExecFailure::NotRun, "argv is empty".into());
     }
+    let _slot = match Slot::take(netns) {
+        Ok(s) => s,
+        Err(e) => return failed(pb::ExecFailure::NotRun, e),
+    };
     let mut cmd = sandbox_command(netns, spec);
     let budget = Arc::new(Budget {
         used: AtomicU64::new(0),
@@ -385,6 +434,18 @@ pub async fn run_in_guest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_per_node_are_limited_and_released() {
+        let node = "exec-test-slots";
+        let held: Vec<Slot> = (0..MAX_PER_NODE)
+            .map(|_| Slot::take(node).unwrap())
+            .collect();
+        let e = Slot::take(node).err().unwrap();
+        assert!(e.contains("the node runs 8 commands"), "{e}");
+        drop(held);
+        drop(Slot::take(node).unwrap());
+    }
 
     #[test]
     fn budget_cuts_at_the_limit_and_notifies() {
