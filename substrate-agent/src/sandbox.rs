@@ -50,7 +50,7 @@ pub const SETUP_FAILED: i32 = 126;
 pub const NOT_FOUND: i32 = 127;
 
 /// Resource limits of a confined command (all its processes together where the kernel counts
-/// per uid: processes; per process otherwise).
+/// per uid: processes; per process otherwise). Its CPU time is limited to its deadline too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Processes and threads (`RLIMIT_NPROC`, per uid, and the uid is the exec's own).
@@ -371,7 +371,7 @@ fn confine_and_exec(
         }
     }
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
-    limits(&c.limits)?;
+    limits(&c.limits, c.deadline)?;
     if c.tty {
         nix::unistd::setsid().map_err(sys("setsid"))?;
         // SAFETY: TIOCSCTTY on fd 0 with an integer argument.
@@ -523,9 +523,10 @@ fn read_only_tree() -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn limits(l: &Limits) -> Result<(), SandboxError> {
+fn limits(l: &Limits, deadline: Duration) -> Result<(), SandboxError> {
     use nix::sys::resource::{Resource, setrlimit};
     for (r, v, what) in [
+        (Resource::RLIMIT_CPU, deadline.as_secs() + 1, "cpu time"),
         (Resource::RLIMIT_NPROC, l.processes, "processes"),
         (Resource::RLIMIT_AS, l.address_space, "address space"),
         (Resource::RLIMIT_NOFILE, l.open_files, "open files"),
