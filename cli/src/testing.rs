@@ -149,6 +149,7 @@ impl FakeController {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
 type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleResponse, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl VirtualNetworks for FakeController {
@@ -339,23 +340,52 @@ impl VirtualNetworks for FakeController {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
+    type ExecStream = ExecStream;
+
+    /// Writes "VN/NODE: ARGV" to stdout, "to stderr" to stderr, echoes stdin to stdout until end
+    /// of file, and exits with N for an argument `exit=N`.
     async fn exec(
         &self,
-        req: Request<pb::ExecRequest>,
-    ) -> Result<Response<pb::ExecResponse>, Status> {
+        req: Request<tonic::Streaming<pb::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         self.identity(&req)?;
-        let r = req.into_inner();
+        let mut inbound = req.into_inner();
+        let Some(pb::ExecRequest {
+            msg: Some(pb::exec_request::Msg::Start(r)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be an ExecStart",
+            ));
+        };
         let code = r
             .argv
             .iter()
             .find_map(|a| a.strip_prefix("exit="))
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        Ok(Response::new(pb::ExecResponse {
-            exit_code: code,
-            stdout: format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" ")).into_bytes(),
-            stderr: b"to stderr\n".to_vec(),
-        }))
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let msg = |m| Ok(pb::ExecResponse { msg: Some(m) });
+            let line = format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" "));
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stdout(line.into_bytes())))
+                .await;
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stderr(b"to stderr\n".to_vec())))
+                .await;
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(pb::exec_request::Msg::Stdin(d)) = m.msg {
+                    let _ = tx.send(msg(pb::exec_response::Msg::Stdout(d))).await;
+                }
+            }
+            let exit = pb::ExecExit {
+                exit_code: code,
+                ..Default::default()
+            };
+            let _ = tx.send(msg(pb::exec_response::Msg::Exit(exit))).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ConsoleStream = ConsoleStream;

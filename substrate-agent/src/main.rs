@@ -142,6 +142,25 @@ enum Cmd {
         #[arg(long)]
         teardown: bool,
     },
+    /// A tenant's command confined to its node (started by the agent for every exec; see the
+    /// `sandbox` module).
+    #[command(hide = true)]
+    ExecSandbox {
+        /// The node's named network namespace.
+        #[arg(long)]
+        netns: PathBuf,
+        /// Kill the command after this long.
+        #[arg(long)]
+        deadline_ms: u64,
+        /// stdin is a terminal: make it the command's controlling terminal.
+        #[arg(long)]
+        tty: bool,
+        /// A directory to cover with an empty tmpfs (repeatable).
+        #[arg(long)]
+        hide: Vec<PathBuf>,
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
     /// The userspace VLAN datapath process (started by the agent).
     #[command(hide = true)]
     VlanDatapath {
@@ -338,6 +357,24 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
             Ok(())
+        }
+        Some(Cmd::ExecSandbox {
+            netns,
+            deadline_ms,
+            tty,
+            hide,
+            argv,
+        }) => {
+            // Single-threaded: no runtime, no tracing (stderr is the tenant's).
+            let code = substrate_agent::daemon::sandbox::run(&substrate_agent::daemon::sandbox::Confinement {
+                netns,
+                deadline: std::time::Duration::from_millis(deadline_ms),
+                tty,
+                limits: substrate_agent::daemon::sandbox::Limits::default(),
+                hide,
+                argv,
+            });
+            std::process::exit(code)
         }
         Some(Cmd::VlanDatapath { config, status }) => {
             init_tracing(LogFormat::Text);

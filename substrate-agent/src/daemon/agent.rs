@@ -2,8 +2,8 @@
 //! backoff) and one reconcile loop.
 //!
 //! The session forwards every `DesiredState` to the reconcile loop through a watch channel (only
-//! the newest matters: a newer one cancels the apply in progress between phases), answers
-//! `ExecCommand`s, runs guests' console sessions ([`crate::daemon::console`]), and sends each
+//! the newest matters: a newer one cancels the apply in progress between phases), serves each
+//! `ExecCommand` on an `AgentControl.Exec` stream of its own ([`crate::daemon::exec`]), runs guests' console sessions ([`crate::daemon::console`]), and sends each
 //! `ObservedState` the loop produces (and the latest one again after every reconnect). The loop
 //! also re-runs every `resync` interval, so drift on the host and slices that failed are retried
 //! without a new desired state.
@@ -206,74 +206,142 @@ impl<K: Kernel + 'static> Agent<K> {
         Ok((report, obs.warnings))
     }
 
-    /// Runs a command in a node of this host.
-    pub async fn exec(self: &Arc<Self>, cmd: pb::ExecCommand) -> pb::ExecResult {
-        let mut res = pb::ExecResult {
-            request_id: cmd.request_id,
-            exit_code: -1,
-            ..Default::default()
-        };
-        let node = match NodeId::parse(&cmd.node_id) {
-            Ok(n) => n,
-            Err(e) => {
-                res.error = e.0;
-                return res;
-            }
-        };
-        let kind = self.latest.lock().expect("latest").as_ref().and_then(|d| {
+    /// The kind of node `node` on this host, from the newest desired state.
+    fn node_kind(&self, node: &NodeId) -> Option<NodeKind> {
+        self.latest.lock().expect("latest").as_ref().and_then(|d| {
             d.slices
                 .values()
-                .find_map(|s| s.node(&node).map(|n| n.kind.clone()))
-        });
-        let timeout = Duration::from_millis(if cmd.timeout_ms == 0 {
-            30_000
-        } else {
-            cmd.timeout_ms as u64
-        });
-        match kind {
-            None => res.error = format!("node {node} is not on host {}", self.cfg.host_id),
-            Some(NodeKind::Netns) => {
-                let out = crate::daemon::exec::exec_in_netns(
-                    &self.naming.node_ns(&node),
-                    &cmd.argv,
-                    timeout,
-                )
-                .await;
-                res.exit_code = out.exit_code;
-                res.stdout = out.stdout;
-                res.stderr = out.stderr;
-                res.error = out.error;
-            }
-            Some(NodeKind::Vm(_)) => {
-                let Some(g) = self.guests.clone() else {
-                    res.error = "no guest runtime on this agent".into();
-                    return res;
-                };
-                let argv = cmd.argv.clone();
-                let id = node.to_string();
-                match tokio::task::spawn_blocking(move || g.exec(&id, &argv, timeout)).await {
-                    Ok(Ok(o)) => {
-                        res.exit_code = o.exit_code;
-                        res.stdout = o.stdout;
-                        res.stderr = o.stderr;
+                .find_map(|s| s.node(node).map(|n| n.kind.clone()))
+        })
+    }
+
+    /// The controller's endpoint (one per session, and one per exec: a command's output never
+    /// shares a connection, and so HTTP/2 flow-control windows, with the control session).
+    fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
+                .context("controller address")?
+                .connect_timeout(Duration::from_secs(3))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10)),
+        )
+    }
+
+    /// Serves one `ExecCommand`: opens `AgentControl.Exec` for it on a connection of its own,
+    /// runs the command there and ends with its exit.
+    pub async fn serve_exec(self: Arc<Self>, cmd: pb::ExecCommand) -> anyhow::Result<()> {
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .context("connect for exec")?;
+        let mut client = AgentControlClient::new(channel);
+        let (out, out_rx) = mpsc::channel::<pb::ExecUp>(4);
+        out.send(pb::ExecUp {
+            msg: Some(pb::exec_up::Msg::Open(pb::ExecAgentOpen {
+                host_id: self.cfg.host_id.clone(),
+                request_id: cmd.request_id,
+            })),
+        })
+        .await?;
+        let mut down = client
+            .exec(ReceiverStream::new(out_rx))
+            .await
+            .context("open the exec stream")?
+            .into_inner();
+        let (input_tx, input) = mpsc::channel(16);
+        let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+        let reader = tokio::spawn(async move {
+            // Dropping `gone_tx` at the end tells the command that the caller went away.
+            let _gone = gone_tx;
+            while let Ok(Some(m)) = down.message().await {
+                let i = match m.msg {
+                    Some(pb::exec_down::Msg::Stdin(d)) => crate::daemon::exec::Input::Stdin(d),
+                    Some(pb::exec_down::Msg::StdinEof(_)) => crate::daemon::exec::Input::Eof,
+                    Some(pb::exec_down::Msg::Resize(w)) => {
+                        crate::daemon::exec::Input::Resize(clamp_u16(w.rows), clamp_u16(w.cols))
                     }
-                    Ok(Err(e)) => res.error = e.to_string(),
-                    Err(e) => res.error = format!("exec task: {e}"),
+                    None => continue,
+                };
+                if input_tx.send(i).await.is_err() {
+                    // The command no longer reads: keep the stream open until its end.
                 }
             }
+        });
+        let exit = self.run_exec(&cmd, input, &out, gone).await;
+        let _ = out
+            .send(pb::ExecUp {
+                msg: Some(pb::exec_up::Msg::Exit(exit)),
+            })
+            .await;
+        drop(out);
+        // The controller ends the call after the exit; give it a moment, then let go.
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        Ok(())
+    }
+
+    /// Runs `cmd` in its node and returns how it ended.
+    async fn run_exec(
+        &self,
+        cmd: &pb::ExecCommand,
+        input: mpsc::Receiver<crate::daemon::exec::Input>,
+        out: &mpsc::Sender<pb::ExecUp>,
+        gone: tokio::sync::oneshot::Receiver<()>,
+    ) -> pb::ExecExit {
+        use crate::daemon::exec::{ExecSpec, failed};
+        let node = match NodeId::parse(&cmd.node_id) {
+            Ok(n) => n,
+            Err(e) => return failed(pb::ExecFailure::NotRun, e.0),
+        };
+        let spec = ExecSpec {
+            argv: cmd.argv.clone(),
+            timeout: Duration::from_millis(if cmd.timeout_ms == 0 {
+                30_000
+            } else {
+                u64::from(cmd.timeout_ms)
+            }),
+            tty: cmd
+                .tty
+                .then(|| (clamp_u16(cmd.rows).max(1), clamp_u16(cmd.cols).max(1))),
+            max_output: if cmd.max_output_bytes == 0 {
+                u64::MAX
+            } else {
+                cmd.max_output_bytes
+            },
+            hide: vec![
+                std::fs::canonicalize(&self.cfg.state_dir)
+                    .unwrap_or_else(|_| self.cfg.state_dir.clone()),
+            ],
+        };
+        match self.node_kind(&node) {
+            None => failed(
+                pb::ExecFailure::NotRun,
+                format!("node {node} is not on host {}", self.cfg.host_id),
+            ),
+            Some(NodeKind::Netns) => {
+                crate::daemon::exec::run_in_netns(
+                    &self.naming.node_ns(&node),
+                    &spec,
+                    input,
+                    out.clone(),
+                    gone,
+                )
+                .await
+            }
+            Some(NodeKind::Vm(_)) => match self.guests.clone() {
+                None => failed(
+                    pb::ExecFailure::NotRun,
+                    "no guest runtime on this agent".into(),
+                ),
+                Some(g) => crate::daemon::exec::run_in_guest(g, node.as_str(), &spec, out).await,
+            },
         }
-        res
     }
 
     /// The guest runtime when `node_id` is a VM node of this host, else why it has no console.
     pub fn console_target(&self, node_id: &str) -> Result<Arc<dyn GuestRuntime>, String> {
         let node = NodeId::parse(node_id).map_err(|e| e.0)?;
-        let kind = self.latest.lock().expect("latest").as_ref().and_then(|d| {
-            d.slices
-                .values()
-                .find_map(|s| s.node(&node).map(|n| n.kind.clone()))
-        });
-        match kind {
+        match self.node_kind(&node) {
             None => Err(format!("node {node} is not on host {}", self.cfg.host_id)),
             Some(NodeKind::Netns) => Err(format!(
                 "console is for vm nodes: node {node} is a netns node (use exec)"
@@ -339,12 +407,7 @@ impl<K: Kernel + 'static> Agent<K> {
         mut shutdown: watch::Receiver<bool>,
         attached_at: &mut Option<tokio::time::Instant>,
     ) -> anyhow::Result<()> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
-            .context("controller address")?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.context("connect")?;
+        let channel = self.endpoint()?.connect().await.context("connect")?;
         let mut client = AgentControlClient::new(channel);
         let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
         out_tx
@@ -377,12 +440,11 @@ impl<K: Kernel + 'static> Agent<K> {
                         }
                         Some(pb::controller_message::Msg::Exec(cmd)) => {
                             let me = self.clone();
-                            let tx = out_tx.clone();
+                            let id = cmd.request_id;
                             tokio::spawn(async move {
-                                let r = me.exec(cmd).await;
-                                let _ = tx.send(pb::AgentMessage {
-                                    msg: Some(pb::agent_message::Msg::ExecResult(r)),
-                                }).await;
+                                if let Err(e) = me.serve_exec(cmd).await {
+                                    tracing::warn!(request = id, error = %format!("{e:#}"), "exec");
+                                }
                             });
                         }
                         Some(pb::controller_message::Msg::ConsoleStart(c)) => {
@@ -472,6 +534,10 @@ async fn reconcile_loop<K: Kernel + 'static>(
             Err(e) => tracing::error!(error = %e, "reconcile task failed"),
         }
     }
+}
+
+fn clamp_u16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
 
 /// A report about `generation` that is not the outcome of applying it (the notice that the

@@ -10,3 +10,4 @@ pub mod cleanup;
 pub mod console;
 pub mod exec;
 pub mod probe;
+pub mod sandbox;

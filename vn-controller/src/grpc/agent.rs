@@ -1,8 +1,9 @@
 //! `vnet.v1.AgentControl`: one bidirectional `Attach` stream per agent.
 //!
 //! The first message must be an `AgentHello`. The controller answers at once with the host's
-//! whole desired state, then with every newer one, interleaved with exec commands. Reports and
-//! exec results flow the other way. When the stream ends, the host's VNs degrade.
+//! whole desired state, then with every newer one, interleaved with exec commands. Reports flow
+//! the other way. When the stream ends, the host's VNs degrade. Each command's input and output
+//! travel on an `Exec` call of their own ([`super::exec`]).
 
 use std::pin::Pin;
 
@@ -119,9 +120,6 @@ impl AgentControl for AgentService {
                         msg: Some(pb::agent_message::Msg::Observed(o)),
                     }) => ctl.observe(&host, o).await,
                     Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::ExecResult(r)),
-                    }) => ctl.exec_result(&host, epoch, r),
-                    Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ConsoleOutput(o)),
                     }) => ctl.console_output(&host, epoch, o),
                     Ok(pb::AgentMessage {
@@ -140,5 +138,15 @@ impl AgentControl for AgentService {
         });
         drop(tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExecStream = super::exec::AgentExecStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn exec(
+        &self,
+        req: Request<Streaming<pb::ExecUp>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        super::exec::open(&self.ctl, req).await
     }
 }

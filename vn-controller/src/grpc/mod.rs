@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod console;
 pub mod convert;
+pub mod exec;
 pub mod identity;
 pub mod slice;
 pub mod substrate;

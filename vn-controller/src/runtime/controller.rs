@@ -26,7 +26,9 @@ use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
 
 mod console;
+mod exec;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
+pub use exec::{AgentExec, ExecOpts, ExecSession};
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -42,6 +44,8 @@ pub struct ControllerConfig {
     pub reattach_grace: Duration,
     /// Exec timeout when the request gives none.
     pub exec_timeout: Duration,
+    /// Bytes of output (stdout and stderr together) after which a command is ended.
+    pub exec_max_output: u64,
     /// Events buffered for watchers; one that falls further behind gets a fresh snapshot.
     pub event_buffer: usize,
 }
@@ -59,6 +63,7 @@ impl ControllerConfig {
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
             exec_timeout: Duration::from_secs(30),
+            exec_max_output: 4 << 30,
             event_buffer: 1024,
         }
     }
@@ -115,7 +120,8 @@ pub type Published = Arc<Event>;
 struct AgentSlot {
     epoch: u64,
     exec_tx: mpsc::Sender<pb::ExecCommand>,
-    pending: HashMap<u64, oneshot::Sender<pb::ExecResult>>,
+    /// Commands sent to the agent whose stream it has not opened yet.
+    pending: HashMap<u64, oneshot::Sender<AgentExec>>,
     /// Console sessions: start, input and stop messages to the agent, and the open sessions.
     console_tx: mpsc::Sender<pb::controller_message::Msg>,
     consoles: HashMap<u64, console::Route>,
@@ -127,7 +133,6 @@ struct Shared {
     index: Mutex<Index>,
     agents: Mutex<HashMap<String, AgentSlot>>,
     epoch: AtomicU64,
-    exec_seq: AtomicU64,
     publisher: Arc<Publisher>,
     shutdown: watch::Sender<bool>,
     // Last field: dropped last, after every other user of the store.
@@ -190,7 +195,6 @@ impl Controller {
                 index: Mutex::new(index),
                 agents: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
-                exec_seq: AtomicU64::new(0),
                 publisher,
                 shutdown,
                 writer,
@@ -523,15 +527,6 @@ impl Controller {
             .await;
     }
 
-    pub fn exec_result(&self, host: &str, epoch: u64, res: pb::ExecResult) {
-        let mut agents = lock(&self.shared.agents);
-        if let Some(slot) = agents.get_mut(host).filter(|s| s.epoch == epoch)
-            && let Some(tx) = slot.pending.remove(&res.request_id)
-        {
-            let _ = tx.send(res);
-        }
-    }
-
     /// The session of `host` (epoch `epoch`) ended.
     pub async fn detach(&self, host: &str, epoch: u64) {
         {
@@ -587,71 +582,6 @@ impl Controller {
             ControlError::Unavailable(format!("host {host} of node {node} is not attached"))
         })?;
         Ok(f(slot))
-    }
-
-    /// Runs a command in a virtual node through its host's agent.
-    #[tracing::instrument(skip(self, argv))]
-    pub async fn exec(
-        &self,
-        provider: &ProviderId,
-        vn: &str,
-        node: &str,
-        argv: Vec<String>,
-        timeout_ms: u32,
-    ) -> Result<pb::ExecResponse, ControlError> {
-        let (rec, i) = self.running_node(provider, vn, node)?;
-        let placed = &rec.placement.nodes[i];
-        let timeout = if timeout_ms == 0 {
-            self.shared.cfg.exec_timeout
-        } else {
-            Duration::from_millis(u64::from(timeout_ms))
-        };
-        let request_id = self.shared.exec_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        let exec_tx = self.with_slot(&placed.host, node, |slot| {
-            slot.pending.insert(request_id, tx);
-            slot.exec_tx.clone()
-        })?;
-        exec_tx
-            .send(pb::ExecCommand {
-                request_id,
-                node_id: placed.node_id.clone(),
-                argv,
-                timeout_ms: timeout.as_millis() as u32,
-            })
-            .await
-            .map_err(|_| ControlError::Unavailable(format!("host {} went away", placed.host)))?;
-        // The agent enforces the timeout; give it a margin to report.
-        let res = tokio::time::timeout(timeout + Duration::from_secs(2), rx).await;
-        let res = match res {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => {
-                return Err(ControlError::Unavailable(format!(
-                    "host {} went away during exec",
-                    placed.host
-                )));
-            }
-            Err(_) => {
-                if let Some(slot) = lock(&self.shared.agents).get_mut(&placed.host) {
-                    slot.pending.remove(&request_id);
-                }
-                return Err(ControlError::Timeout(format!(
-                    "exec in {vn}/{node} did not finish within {} ms",
-                    timeout.as_millis()
-                )));
-            }
-        };
-        if !res.error.is_empty() {
-            return Err(ControlError::Precondition(format!(
-                "exec in {vn}/{node}: {}",
-                res.error
-            )));
-        }
-        Ok(pb::ExecResponse {
-            exit_code: res.exit_code,
-            stdout: res.stdout,
-            stderr: res.stderr,
-        })
     }
 }
 

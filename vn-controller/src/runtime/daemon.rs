@@ -58,6 +58,9 @@ pub struct Args {
     /// Exec timeout when a request gives none, seconds.
     #[arg(long, default_value_t = 30)]
     pub exec_timeout_secs: u64,
+    /// Output (stdout and stderr together) after which a command is ended, MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub exec_max_output_mib: u64,
     /// How long to drain on SIGTERM/SIGINT before closing connections, seconds.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_secs: u64,
@@ -106,6 +109,7 @@ impl Args {
         cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
         cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
         cfg.exec_timeout = Duration::from_secs(self.exec_timeout_secs);
+        cfg.exec_max_output = self.exec_max_output_mib.saturating_mul(1 << 20);
         Ok(cfg)
     }
 }
