@@ -366,14 +366,16 @@ fn main() -> anyhow::Result<()> {
             argv,
         }) => {
             // Single-threaded: no runtime, no tracing (stderr is the tenant's).
-            let code = substrate_agent::daemon::sandbox::run(&substrate_agent::daemon::sandbox::Confinement {
-                netns,
-                deadline: std::time::Duration::from_millis(deadline_ms),
-                tty,
-                limits: substrate_agent::daemon::sandbox::Limits::default(),
-                hide,
-                argv,
-            });
+            let code = substrate_agent::daemon::sandbox::run(
+                &substrate_agent::daemon::sandbox::Confinement {
+                    netns,
+                    deadline: std::time::Duration::from_millis(deadline_ms),
+                    tty,
+                    limits: substrate_agent::daemon::sandbox::Limits::default(),
+                    hide,
+                    argv,
+                },
+            );
             std::process::exit(code)
         }
         Some(Cmd::VlanDatapath { config, status }) => {
