@@ -179,7 +179,8 @@ pub fn virtual_substrate(
             agent_version: String::new(),
             boot_id: String::new(),
             last_seen_unix_ms: 0,
-            images: Vec::new(),
+            // A child's guest runs on the parent node's host: it holds what that host holds.
+            images: host.map(|h| h.images.clone()).unwrap_or_default(),
         });
         if n.kind == Kind::Netns && global.is_connected(&p.host) {
             reg.set_connected(&n.name, true);

@@ -178,21 +178,8 @@ impl Usage {
         if !req.allow_revisitation && cpu.len() < req.nodes.len() {
             return Err("two nodes share a host but revisitation is not allowed".into());
         }
-        for (h, c) in &cpu {
-            let host = reg.host(h).expect("checked above");
-            if self.host_cpu(h).saturating_add(*c) > host.cpu {
-                soft(format!(
-                    "host {h}: cpu {c} requested, {} free",
-                    host.cpu.saturating_sub(self.host_cpu(h))
-                ))?;
-            }
-            let mm = mem[h];
-            if self.host_memory(h).saturating_add(mm) > host.memory_mb {
-                soft(format!(
-                    "host {h}: memory {mm} MiB requested, {} MiB free",
-                    host.memory_mb.saturating_sub(self.host_memory(h))
-                ))?;
-            }
+        for msg in self.host_shortfalls(reg, &cpu, &mem) {
+            soft(msg)?;
         }
         let mut bw: BTreeMap<&str, u64> = BTreeMap::new();
         let mut paths = Vec::with_capacity(req.links.len());
@@ -224,16 +211,52 @@ impl Usage {
             }
             paths.push(path);
         }
-        for (id, b) in &bw {
-            let sl = reg.link(id).expect("walked");
-            if self.link_bandwidth(id).saturating_add(*b) > sl.bandwidth_mbps {
-                soft(format!(
-                    "substrate link {id}: {b} Mbit/s requested, {} free",
-                    sl.bandwidth_mbps.saturating_sub(self.link_bandwidth(id))
-                ))?;
-            }
+        for msg in self.link_shortfalls(reg, &bw) {
+            soft(msg)?;
         }
         Ok((paths, warnings))
+    }
+
+    /// Hosts whose free cpu or memory is less than `cpu` and `mem` ask of them.
+    fn host_shortfalls(
+        &self,
+        reg: &Registry,
+        cpu: &BTreeMap<&str, u64>,
+        mem: &BTreeMap<&str, u64>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (h, c) in cpu {
+            let host = reg.host(h).expect("checked by check");
+            if self.host_cpu(h).saturating_add(*c) > host.cpu {
+                out.push(format!(
+                    "host {h}: cpu {c} requested, {} free",
+                    host.cpu.saturating_sub(self.host_cpu(h))
+                ));
+            }
+            let mm = mem[h];
+            if self.host_memory(h).saturating_add(mm) > host.memory_mb {
+                out.push(format!(
+                    "host {h}: memory {mm} MiB requested, {} MiB free",
+                    host.memory_mb.saturating_sub(self.host_memory(h))
+                ));
+            }
+        }
+        out
+    }
+
+    /// Substrate links whose free bandwidth is less than `bw` asks of them.
+    fn link_shortfalls(&self, reg: &Registry, bw: &BTreeMap<&str, u64>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, b) in bw {
+            let sl = reg.link(id).expect("walked");
+            if self.link_bandwidth(id).saturating_add(*b) > sl.bandwidth_mbps {
+                out.push(format!(
+                    "substrate link {id}: {b} Mbit/s requested, {} free",
+                    sl.bandwidth_mbps.saturating_sub(self.link_bandwidth(id))
+                ));
+            }
+        }
+        out
     }
 
     fn apply(&mut self, req: &VnReq, node_hosts: &[String], hop_links: &[Vec<String>], add: bool) {
