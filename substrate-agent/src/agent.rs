@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub workers: usize,
     pub resync: Duration,
     pub capabilities: pb::Capabilities,
+    /// TLS to the controller: its CA and this host's certificate (`None`: plain text).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The agent.
@@ -317,11 +319,16 @@ impl<K: Kernel + 'static> Agent<K> {
         current_cancel: &Arc<Mutex<Arc<AtomicBool>>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
             .context("controller address")?
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.cfg.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .context("TLS configuration")?;
+        }
         let channel = endpoint.connect().await.context("connect")?;
         let mut client = AgentControlClient::new(channel);
         let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(64);

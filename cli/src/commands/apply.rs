@@ -39,7 +39,6 @@ impl ApplyArgs {
         let ctl = Controller::connect(opts)
             .await?
             .or_provider(file.provider.as_deref())?;
-        ctl.require_provider()?;
         let name = file.name.clone();
         let what = format!("apply vn {name}");
 
@@ -126,6 +125,7 @@ mod tests {
         ControllerOpts {
             controller: addr.into(),
             provider: provider.map(str::to_owned),
+            ..Default::default()
         }
     }
 

@@ -32,7 +32,6 @@ impl ExecArgs {
 
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         let ctl = Controller::connect(opts).await?;
-        ctl.require_provider()?;
         let timeout_ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
         let mut req = tonic::Request::new(pb::ExecRequest {
             vn: self.vn.clone(),
@@ -71,6 +70,7 @@ mod tests {
         let opts = ControllerOpts {
             controller: addr,
             provider: Some("red".into()),
+            ..Default::default()
         };
         let run = |argv: &[&str]| ExecArgs {
             vn: "web".into(),

@@ -1,4 +1,4 @@
-//! `vnctl get vns|hosts|links [NAME] [-o table|json|yaml]`.
+//! `vnctl get vns|hosts|links|quota [NAME] [-o table|json|yaml]`.
 
 use std::time::SystemTime;
 
@@ -19,6 +19,9 @@ pub enum Resource {
     /// Substrate links.
     #[value(alias = "link")]
     Links,
+    /// The quota and usage of your provider (NAME: another provider's, for an admin).
+    #[value(alias = "quotas")]
+    Quota,
 }
 
 /// List virtual networks, substrate hosts or substrate links.
@@ -51,7 +54,6 @@ impl GetArgs {
         let ctl = Controller::connect(opts).await?;
         let text = match self.resource {
             Resource::Vns => {
-                ctl.require_provider()?;
                 let vns = match &self.name {
                     Some(name) => vec![
                         ctl.vns()
@@ -109,6 +111,20 @@ impl GetArgs {
                     }
                 }
             }
+            Resource::Quota => {
+                let q = ctl
+                    .admin()
+                    .get_quota(pb::GetQuotaRequest {
+                        provider: self.name.clone().unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(|s| rpc_error("get quota", s))?
+                    .into_inner();
+                match self.output {
+                    Format::Table => quota_table(&q),
+                    f => return output::print_structured(f, &QuotaView::from_proto(&q)),
+                }
+            }
             Resource::Links => {
                 let mut links = ctl
                     .substrate()
@@ -145,4 +161,53 @@ fn one_or_many<T: serde::Serialize>(f: Format, mut views: Vec<T>, one: bool) -> 
     } else {
         output::print_structured(f, &views)
     }
+}
+
+/// A provider's quota and usage, for `-o json|yaml`.
+#[derive(Debug, serde::Serialize)]
+struct QuotaView {
+    provider: String,
+    limits: std::collections::BTreeMap<&'static str, Option<u64>>,
+    usage: std::collections::BTreeMap<&'static str, u64>,
+}
+
+fn quota_rows(q: &pb::QuotaStatus) -> Vec<(&'static str, Option<u64>, u64)> {
+    let l = q.quota.unwrap_or_default();
+    let u = q.usage.unwrap_or_default();
+    vec![
+        ("vns", l.vns, u.vns),
+        ("nodes", l.nodes, u.nodes),
+        ("cpu", l.cpu, u.cpu),
+        ("memory_mb", l.memory_mb, u.memory_mb),
+        ("bandwidth_mbps", l.bandwidth_mbps, u.bandwidth_mbps),
+    ]
+}
+
+impl QuotaView {
+    fn from_proto(q: &pb::QuotaStatus) -> Self {
+        let rows = quota_rows(q);
+        QuotaView {
+            provider: q.provider.clone(),
+            limits: rows.iter().map(|(k, l, _)| (*k, *l)).collect(),
+            usage: rows.iter().map(|(k, _, u)| (*k, *u)).collect(),
+        }
+    }
+}
+
+fn quota_table(q: &pb::QuotaStatus) -> String {
+    let rows: Vec<Vec<String>> = quota_rows(q)
+        .into_iter()
+        .map(|(k, l, u)| {
+            vec![
+                k.to_string(),
+                l.map_or("unlimited".into(), |v| v.to_string()),
+                u.to_string(),
+            ]
+        })
+        .collect();
+    format!(
+        "provider {}\n{}",
+        q.provider,
+        output::table(&["RESOURCE", "LIMIT", "USED"], &rows)
+    )
 }

@@ -69,7 +69,6 @@ impl WatchArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
-            ctl.require_provider()?;
             let mut stream = ctl
                 .vns()
                 .watch(pb::WatchVnsRequest {

@@ -250,11 +250,12 @@ pub fn child_frame(ix: &Index, req: &VnReq, base_port: u16) -> Result<ChildFrame
             name: format!("{pref} (spec.parent)"),
         })?;
     let label = parent.label();
+    // Another provider's VN that is not shared with the caller does not exist for it: the same
+    // answer as an unknown parent, so that existence does not leak.
     if req.provider != *parent.provider() && !parent.req.share_with.contains(&req.provider.0) {
-        return Err(CoreError::Permission(format!(
-            "provider {} may not create children of {label}: it is neither its owner nor in its share_with",
-            req.provider
-        )));
+        return Err(CoreError::NotFound {
+            name: format!("{pref} (spec.parent)"),
+        });
     }
     if !parent.req.nestable {
         return Err(CoreError::Precondition(format!(
