@@ -178,8 +178,10 @@ mod tests {
         assert!(fake.vn("blue", "web").is_some());
     }
 
+    /// Without `--as` and without `provider:` in the spec, the credential's own provider is
+    /// meant: no acting-as header is sent (the fake, which has no tokens, refuses the call).
     #[tokio::test]
-    async fn no_provider_at_all_sends_nothing() {
+    async fn no_provider_sends_no_act_as() {
         let fake = FakeController::new(Outcome::Ready);
         let addr = fake.clone().serve().await;
         let dir = tempfile::tempdir().unwrap();
@@ -188,8 +190,8 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--provider"), "{e}");
-        assert!(fake.providers_seen().is_empty());
+        assert!(e.contains("VNET_CONFIG"), "{e}");
+        assert!(fake.providers_seen().iter().all(Option::is_none));
     }
 
     #[tokio::test]

@@ -955,13 +955,18 @@ mod tests {
             c.args.join(" "),
             "--listen 127.0.0.1:7000 --listen 10.254.0.1:7000 --state-dir \
              /var/lib/vnet/testbed/controller --topology /var/lib/vnet/testbed/topology.yaml \
-             --metrics-listen 127.0.0.1:9100"
+             --metrics-listen 127.0.0.1:9100 --tls-cert /var/lib/vnet/testbed/pki/controller.crt \
+             --tls-key /var/lib/vnet/testbed/pki/controller.key --client-ca \
+             /var/lib/vnet/testbed/pki/ca.crt --admin-token-hash-file \
+             /var/lib/vnet/testbed/pki/admin.sha256"
         );
         let a = r.agent_daemon(&r.layout.hosts[1]);
         assert_eq!(
             a.args.join(" "),
-            "--netns h2 --host-id h2 --controller http://10.254.0.1:7000 --underlay-address \
-             10.255.0.2 --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
+            "--netns h2 --host-id h2 --controller https://10.254.0.1:7000 --underlay-address \
+             10.255.0.2 --ca /var/lib/vnet/testbed/pki/ca.crt --cert \
+             /var/lib/vnet/testbed/pki/host-h2.crt --key /var/lib/vnet/testbed/pki/host-h2.key \
+             --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
              /var/lib/vnet/testbed/agents/h2/guests --name-prefix t1"
         );
         assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");

@@ -116,10 +116,9 @@ impl VirtualNetworks for VnService {
         let caller = identity::provider(&self.ctl, &req)?;
         let name = req.into_inner().name;
         if !name.is_empty() {
+            // A name the caller does not have (yet) is watched for its creation: only the
+            // caller's own events ever flow, so another provider's VN of that name shows nothing.
             validate::vn_name(&name, "name")?;
-            // Another provider's VN is not there for the caller (NOT_FOUND, as for any name
-            // it does not have).
-            self.ctl.get(&caller, &name).map_err(status)?;
         }
         // Subscribe before the snapshot so that nothing falls between them.
         let mut events = self.ctl.subscribe();
