@@ -11,10 +11,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 use vnet_proto::v1::admin_client::AdminClient;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
+use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 
 /// Default controller address (also `VNET_CONTROLLER`).
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7000";

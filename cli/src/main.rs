@@ -29,7 +29,12 @@ struct Cli {
     controller: Option<String>,
     /// Act for this provider: an admin may act for any (logged by the controller); a provider
     /// only for itself. Without it, a provider credential acts for its own provider.
-    #[arg(long = "as", visible_alias = "provider", global = true, env = "VNET_PROVIDER")]
+    #[arg(
+        long = "as",
+        visible_alias = "provider",
+        global = true,
+        env = "VNET_PROVIDER"
+    )]
     provider: Option<String>,
     /// Config file with the controller, its CA and the token (default: $VNET_CONFIG, else
     /// ~/.vnet/config).

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use common::{Bed, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
+use futures::StreamExt as _;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vnet_proto::v1 as pb;
@@ -101,10 +101,23 @@ async fn anonymous_is_refused(bed: &Bed) {
     let mut s = SubstrateClient::new(ch.clone());
     let mut a = AdminClient::new(ch.clone());
     let codes = vec![
-        ("Create", v.create(pb::CreateVnRequest::default()).await.err()),
-        ("Get", v.get(pb::GetVnRequest { name: "red-net".into() }).await.err()),
+        (
+            "Create",
+            v.create(pb::CreateVnRequest::default()).await.err(),
+        ),
+        (
+            "Get",
+            v.get(pb::GetVnRequest {
+                name: "red-net".into(),
+            })
+            .await
+            .err(),
+        ),
         ("List", v.list(pb::ListVnsRequest {}).await.err()),
-        ("Delete", v.delete(pb::DeleteVnRequest::default()).await.err()),
+        (
+            "Delete",
+            v.delete(pb::DeleteVnRequest::default()).await.err(),
+        ),
         ("Watch", v.watch(pb::WatchVnsRequest::default()).await.err()),
         ("Exec", v.exec(pb::ExecRequest::default()).await.err()),
         (
@@ -113,19 +126,38 @@ async fn anonymous_is_refused(bed: &Bed) {
                 .await
                 .err(),
         ),
-        ("ListHosts", s.list_hosts(pb::ListHostsRequest {}).await.err()),
-        ("ListLinks", s.list_links(pb::ListLinksRequest {}).await.err()),
-        ("GetTopology", s.get_topology(pb::GetTopologyRequest {}).await.err()),
+        (
+            "ListHosts",
+            s.list_hosts(pb::ListHostsRequest {}).await.err(),
+        ),
+        (
+            "ListLinks",
+            s.list_links(pb::ListLinksRequest {}).await.err(),
+        ),
+        (
+            "GetTopology",
+            s.get_topology(pb::GetTopologyRequest {}).await.err(),
+        ),
         (
             "CreateCredential",
-            a.create_credential(pb::CreateCredentialRequest::default()).await.err(),
+            a.create_credential(pb::CreateCredentialRequest::default())
+                .await
+                .err(),
         ),
         (
             "RevokeCredential",
-            a.revoke_credential(pb::RevokeCredentialRequest::default()).await.err(),
+            a.revoke_credential(pb::RevokeCredentialRequest::default())
+                .await
+                .err(),
         ),
-        ("SetQuota", a.set_quota(pb::SetQuotaRequest::default()).await.err()),
-        ("GetQuota", a.get_quota(pb::GetQuotaRequest::default()).await.err()),
+        (
+            "SetQuota",
+            a.set_quota(pb::SetQuotaRequest::default()).await.err(),
+        ),
+        (
+            "GetQuota",
+            a.get_quota(pb::GetQuotaRequest::default()).await.err(),
+        ),
         ("Attach", attach(ch.clone(), hello("h1", 0)).await.err()),
     ];
     for (rpc, e) in codes {
@@ -139,7 +171,9 @@ async fn hosts_are_bound_to_certificates(bed: &Bed) {
     let pki = bed.pki();
     // h2's certificate claiming h1.
     let h2 = Some((file(&pki, "host-h2.crt"), file(&pki, "host-h2.key")));
-    let e = attach(channel(bed, h2).await, hello("h1", 0)).await.unwrap_err();
+    let e = attach(channel(bed, h2).await, hello("h1", 0))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("names host h2"), "{e:?}");
     // A certificate from the CA for a host the topology does not list.
@@ -156,7 +190,10 @@ async fn hosts_are_bound_to_certificates(bed: &Bed) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("not in the operator's topology"), "{e:?}");
+    assert!(
+        e.message().contains("not in the operator's topology"),
+        "{e:?}"
+    );
     // h1's own certificate, a generation near the end of the range.
     let h1 = Some((file(&pki, "host-h1.crt"), file(&pki, "host-h1.key")));
     let e = attach(channel(bed, h1).await, hello("h1", u64::MAX - 1))
@@ -203,7 +240,17 @@ fn providers_and_hosts_prove_who_they_are() {
     let red = conf("red");
     let blue = conf("blue");
     ok(
-        as_conf(&red, &["apply", "-f", spec.to_str().unwrap(), "--wait", "--timeout", "60s"]),
+        as_conf(
+            &red,
+            &[
+                "apply",
+                "-f",
+                spec.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+        ),
         "red apply",
     );
 
@@ -218,7 +265,11 @@ fn providers_and_hosts_prove_who_they_are() {
         vec!["console", "red-net", "a"],
         vec!["delete", "vn", "red-net"],
     ] {
-        refused(&as_conf(&blue, &args), "not found", &format!("blue {args:?}"));
+        refused(
+            &as_conf(&blue, &args),
+            "not found",
+            &format!("blue {args:?}"),
+        );
     }
     refused(
         &as_conf(&blue, &["--provider", "red", "get", "vn", "red-net"]),
@@ -226,18 +277,34 @@ fn providers_and_hosts_prove_who_they_are() {
         "blue --provider red",
     );
     std::thread::sleep(Duration::from_millis(1500));
-    refused(&as_conf(&conf("short"), &["get", "vns"]), "expired", "expired token");
+    refused(
+        &as_conf(&conf("short"), &["get", "vns"]),
+        "expired",
+        "expired token",
+    );
     ok(
-        as_conf(&admin, &["admin", "credentials", "revoke", "--provider", "blue"]),
+        as_conf(
+            &admin,
+            &["admin", "credentials", "revoke", "--provider", "blue"],
+        ),
         "revoke blue",
     );
     refused(&as_conf(&blue, &["get", "vns"]), "revoked", "revoked token");
-    let got = ok(as_conf(&red, &["get", "vn", "red-net", "-o", "json"]), "red get");
-    assert!(got.contains("\"READY\"") || got.contains("Ready") || got.contains("ready"), "{got}");
+    let got = ok(
+        as_conf(&red, &["get", "vn", "red-net", "-o", "json"]),
+        "red get",
+    );
+    assert!(
+        got.contains("\"READY\"") || got.contains("Ready") || got.contains("ready"),
+        "{got}"
+    );
 
     // 2. Hosts bound to their certificates; h1 keeps working.
     rt.block_on(hosts_are_bound_to_certificates(&bed));
-    let hosts = ok(as_conf(&admin, &["get", "hosts", "-o", "json"]), "get hosts");
+    let hosts = ok(
+        as_conf(&admin, &["get", "hosts", "-o", "json"]),
+        "get hosts",
+    );
     let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let h1 = hosts
         .as_array()
@@ -251,12 +318,29 @@ fn providers_and_hosts_prove_who_they_are() {
         "name: red-h1\nnodes:\n  - {name: a, cpu: 10, memory: 64, host: h1}\n",
     );
     ok(
-        as_conf(&red, &["apply", "-f", again.to_str().unwrap(), "--wait", "--timeout", "60s"]),
+        as_conf(
+            &red,
+            &[
+                "apply",
+                "-f",
+                again.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+        ),
         "a new VN on h1 after the forged attaches",
     );
-    let vn = ok(as_conf(&red, &["get", "vn", "red-net", "-o", "json"]), "red get");
+    let vn = ok(
+        as_conf(&red, &["get", "vn", "red-net", "-o", "json"]),
+        "red get",
+    );
     let vn: serde_json::Value = serde_json::from_str(&vn).unwrap();
-    assert_eq!(vn["state"].as_str().map(str::to_lowercase).as_deref(), Some("ready"), "{vn}");
+    assert_eq!(
+        vn["state"].as_str().map(str::to_lowercase).as_deref(),
+        Some("ready"),
+        "{vn}"
+    );
 
     // 3. Quotas: red holds 3 nodes; a limit of 4 refuses two more nodes without demands.
     ok(
@@ -275,7 +359,10 @@ fn providers_and_hosts_prove_who_they_are() {
     let list = ok(as_conf(&red, &["get", "vns", "-o", "json"]), "red list");
     assert!(!list.contains("\"empty\""), "{list}");
     let quota = ok(as_conf(&red, &["get", "quota"]), "get quota");
-    assert!(quota.contains("nodes") && quota.contains('4') && quota.contains('3'), "{quota}");
+    assert!(
+        quota.contains("nodes") && quota.contains('4') && quota.contains('3'),
+        "{quota}"
+    );
 
     for n in ["red-net", "red-h1"] {
         ok(as_conf(&red, &["delete", "vn", n, "--wait"]), "delete");

@@ -103,7 +103,9 @@ fn client_tls(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsCon
         return Ok(None);
     }
     let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
-        let p = p.as_ref().with_context(|| format!("--{what} is required"))?;
+        let p = p
+            .as_ref()
+            .with_context(|| format!("--{what} is required"))?;
         std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
     };
     let ca = read(&cli.ca, "ca")?;

@@ -117,7 +117,9 @@ struct Bench {
 const ADMIN_TOKEN: &str = "bench-admin-token";
 
 /// Serves `router` on a fresh loopback port until the returned sender fires.
-async fn serve(router: tonic::transport::server::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+async fn serve(
+    router: tonic::transport::server::Router,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -168,8 +170,12 @@ impl Bench {
         cfg.admin_token_hashes = vec![vn_controller::runtime::credentials::token_hash(ADMIN_TOKEN)];
         let ctl = Controller::open(cfg, Box::new(EmbeddingPlanner::new())).expect("open");
         ctl.start();
-        let (agent_addr, agent_stop) =
-            serve(vn_controller::grpc::router(&ctl, None).await.expect("router")).await;
+        let (agent_addr, agent_stop) = serve(
+            vn_controller::grpc::router(&ctl, None)
+                .await
+                .expect("router"),
+        )
+        .await;
         let mut stops = vec![agent_stop];
         let agent_ep = format!("http://{agent_addr}");
         let mut agents = Vec::new();
@@ -246,7 +252,11 @@ impl Bench {
 }
 
 /// `concurrency` clients send every spec; returns (latency, accepted) of each.
-async fn drive(b: &Bench, specs: Arc<Vec<pb::VnSpec>>, concurrency: usize) -> Vec<(Duration, bool)> {
+async fn drive(
+    b: &Bench,
+    specs: Arc<Vec<pb::VnSpec>>,
+    concurrency: usize,
+) -> Vec<(Duration, bool)> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -269,7 +279,11 @@ async fn drive(b: &Bench, specs: Arc<Vec<pb::VnSpec>>, concurrency: usize) -> Ve
                 let res = client.create(r).await;
                 out.push((t.elapsed(), res.is_ok()));
                 if let Err(s) = res {
-                    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "create {i}: {s:?}");
+                    assert_eq!(
+                        s.code(),
+                        tonic::Code::ResourceExhausted,
+                        "create {i}: {s:?}"
+                    );
                     if std::env::var("BENCH_VERBOSE").is_ok() {
                         eprintln!("rejected {i}: {}", s.message());
                     }
@@ -284,7 +298,13 @@ async fn drive(b: &Bench, specs: Arc<Vec<pb::VnSpec>>, concurrency: usize) -> Ve
     all
 }
 
-async fn run(hosts: usize, requests: usize, concurrency: usize, algorithm: &str, mode: Mode) -> Row {
+async fn run(
+    hosts: usize,
+    requests: usize,
+    concurrency: usize,
+    algorithm: &str,
+    mode: Mode,
+) -> Row {
     let b = Bench::start(hosts, algorithm, mode).await;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let specs: Arc<Vec<pb::VnSpec>> = Arc::new(

@@ -332,7 +332,10 @@ async fn providers_are_isolated() {
     assert_eq!(e.code(), Code::PermissionDenied);
     // A made-up token, and a provider acting for another.
     let e = c
-        .list(with_token("vnet-0000000000000000-00", pb::ListVnsRequest {}))
+        .list(with_token(
+            "vnet-0000000000000000-00",
+            pb::ListVnsRequest {},
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

@@ -35,7 +35,14 @@ async fn failed_records_expire() {
     wait_state(&mut c, "red", "doomed", pb::VnState::Failed).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c.get(req("red", pb::GetVnRequest { name: "doomed".into() })).await;
+        let r = c
+            .get(req(
+                "red",
+                pb::GetVnRequest {
+                    name: "doomed".into(),
+                },
+            ))
+            .await;
         match r {
             Err(e) if e.code() == Code::NotFound => break,
             _ => assert!(tokio::time::Instant::now() < deadline, "still there: {r:?}"),

@@ -44,7 +44,11 @@ pub enum CredentialsCmd {
     },
     /// Revoke one token (--id) or every token of a provider (--provider).
     Revoke {
-        #[arg(long, conflicts_with = "provider", required_unless_present = "provider")]
+        #[arg(
+            long,
+            conflicts_with = "provider",
+            required_unless_present = "provider"
+        )]
         id: Option<String>,
         #[arg(long)]
         provider: Option<String>,

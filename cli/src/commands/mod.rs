@@ -91,10 +91,9 @@ impl Command {
         }
         let ctl = global.resolve()?;
         match self {
-            Command::Sim(_)
-            | Command::Embed(_)
-            | Command::Testbed(_)
-            | Command::Completions(_) => unreachable!("run above"),
+            Command::Sim(_) | Command::Embed(_) | Command::Testbed(_) | Command::Completions(_) => {
+                unreachable!("run above")
+            }
             Command::Admin(args) => args.run(&ctl, global.config.as_deref()),
             Command::Apply(args) => args.run(&ctl),
             Command::Get(args) => args.run(&ctl),

@@ -135,7 +135,9 @@ impl Record {
             std::net::IpAddr::from([127, 0, 0, 1]),
             std::net::IpAddr::V4(self.layout.gateway.addr()),
         ];
-        let token = pki.create(&ips, &hosts).context("creating the testbed's PKI")?;
+        let token = pki
+            .create(&ips, &hosts)
+            .context("creating the testbed's PKI")?;
         let ctx = crate::config::Context {
             name: "testbed".into(),
             controller: self.controller_url(),
@@ -205,7 +207,11 @@ impl Record {
             "--host-id".into(),
             host.id.clone(),
             "--controller".into(),
-            format!("https://{}:{}", self.layout.gateway.addr(), self.listen_port),
+            format!(
+                "https://{}:{}",
+                self.layout.gateway.addr(),
+                self.listen_port
+            ),
             "--underlay-address".into(),
             host.primary.to_string(),
             "--ca".into(),
@@ -503,8 +509,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
 /// Makes the testbed's admin context the current one of vnctl's config file (`VNET_CONFIG`,
 /// else `~/.vnet/config`), keeping the file's other contexts.
 fn make_current(record: &Record) -> anyhow::Result<PathBuf> {
-    let path = crate::config::default_path(None)
-        .context("no config file: set VNET_CONFIG or HOME")?;
+    let path =
+        crate::config::default_path(None).context("no config file: set VNET_CONFIG or HOME")?;
     let admin = crate::config::Config::load(&record.pki().admin_config())?;
     let ctx = admin
         .current()?

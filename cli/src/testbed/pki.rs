@@ -74,7 +74,12 @@ impl Pki {
 
         let mut sans = vec![SanType::DnsName("localhost".try_into()?)];
         sans.extend(controller_ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        let (cert, key) = leaf(&issuer, "vn-controller", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) = leaf(
+            &issuer,
+            "vn-controller",
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         write(&self.controller_cert(), cert.as_bytes(), 0o644)?;
         write(&self.controller_key(), key.as_bytes(), 0o600)?;
         for h in hosts {
@@ -145,7 +150,12 @@ mod tests {
             .create(&["127.0.0.1".parse().unwrap()], &["h1", "h2"])
             .unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        for p in [pki.ca_key(), pki.controller_key(), pki.host_key("h2"), pki.admin_hash()] {
+        for p in [
+            pki.ca_key(),
+            pki.controller_key(),
+            pki.host_key("h2"),
+            pki.admin_hash(),
+        ] {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());
         }

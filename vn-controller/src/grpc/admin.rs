@@ -80,7 +80,12 @@ impl Admin for AdminService {
         let role = match pb::Role::try_from(r.role) {
             Ok(pb::Role::Provider) | Ok(pb::Role::Unspecified) => Role::Provider,
             Ok(pb::Role::Admin) => Role::Admin,
-            Err(_) => return Err(Status::invalid_argument(format!("role {} is unknown", r.role))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "role {} is unknown",
+                    r.role
+                )));
+            }
         };
         let ttl = Duration::from_secs(r.ttl_secs);
         if ttl > MAX_TTL {

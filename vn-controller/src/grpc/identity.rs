@@ -21,12 +21,15 @@ use super::validate::check_identifier;
 
 /// The authenticated caller of a tenant or admin RPC.
 pub fn caller<T>(ctl: &Controller, req: &Request<T>) -> Result<Principal, Status> {
-    let value = req.metadata().get(AUTHORIZATION_METADATA_KEY).ok_or_else(|| {
-        Status::unauthenticated(
-            "no credential: send `authorization: Bearer <token>` (vnctl: a config file from \
+    let value = req
+        .metadata()
+        .get(AUTHORIZATION_METADATA_KEY)
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "no credential: send `authorization: Bearer <token>` (vnctl: a config file from \
              `vnctl admin credentials create`, see --config / VNET_CONFIG)",
-        )
-    })?;
+            )
+        })?;
     let token = value
         .to_str()
         .ok()

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::Status;
-use tonic::transport::{Server, ServerTlsConfig};
 use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig};
 use vnet_proto::v1::admin_server::AdminServer;
 use vnet_proto::v1::agent_control_server::AgentControlServer;
 use vnet_proto::v1::substrate_server::SubstrateServer;
@@ -48,10 +48,7 @@ pub enum RouterError {
 
 /// Every service of the controller (plus health and reflection) on one router; with `tls`,
 /// TLS on every connection (`None` only for `--insecure`).
-pub async fn router(
-    ctl: &Controller,
-    tls: Option<ServerTlsConfig>,
-) -> Result<Router, RouterError> {
+pub async fn router(ctl: &Controller, tls: Option<ServerTlsConfig>) -> Result<Router, RouterError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<VirtualNetworksServer<vn::VnService>>()

@@ -396,7 +396,9 @@ impl Controller {
                     }
                     match ctl.delete(&provider, &name, false).await {
                         Ok(_) => tracing::info!(%provider, vn = %name, "failed VN expired"),
-                        Err(e) => tracing::debug!(%provider, vn = %name, error = %e, "failed VN not expired"),
+                        Err(e) => {
+                            tracing::debug!(%provider, vn = %name, error = %e, "failed VN not expired")
+                        }
                     }
                 }
             }

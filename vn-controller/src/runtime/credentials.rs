@@ -110,7 +110,12 @@ impl Quota {
             ("vns", self.vns, used.vns, asked.vns),
             ("nodes", self.nodes, used.nodes, asked.nodes),
             ("cpu", self.cpu, used.cpu, asked.cpu),
-            ("memory (MiB)", self.memory_mb, used.memory_mb, asked.memory_mb),
+            (
+                "memory (MiB)",
+                self.memory_mb,
+                used.memory_mb,
+                asked.memory_mb,
+            ),
             (
                 "bandwidth (Mbit/s)",
                 self.bandwidth_mbps,
@@ -377,7 +382,11 @@ impl Credentials {
 
     /// The quota of `provider` (no limits when none was set).
     pub fn quota(&self, provider: &str) -> Quota {
-        self.lock().quotas.get(provider).copied().unwrap_or_default()
+        self.lock()
+            .quotas
+            .get(provider)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -396,7 +405,10 @@ mod tests {
         let (t, rec) = c.issue("red", Role::Provider, 1000, Some(5000)).unwrap();
         let p = c.authenticate(&t, 2000).unwrap();
         assert_eq!((p.name.as_str(), p.role), ("red", Role::Provider));
-        assert_eq!(c.authenticate(&t, 5000), Err(Refused::Expired(rec.id.clone())));
+        assert_eq!(
+            c.authenticate(&t, 5000),
+            Err(Refused::Expired(rec.id.clone()))
+        );
         // Only the hash is stored.
         let file = std::fs::read_to_string(d.path().join(FILE)).unwrap();
         assert!(!file.contains(t.rsplit('-').next().unwrap()));
@@ -405,7 +417,10 @@ mod tests {
         let (t2, rec2) = c.issue("red", Role::Provider, 1000, None).unwrap();
         let c = creds(d.path());
         assert!(c.authenticate(&t2, 9999).is_ok());
-        assert_eq!(c.revoke(None, Some("red")).unwrap(), vec![rec.id, rec2.id.clone()]);
+        assert_eq!(
+            c.revoke(None, Some("red")).unwrap(),
+            vec![rec.id, rec2.id.clone()]
+        );
         assert_eq!(c.authenticate(&t2, 9999), Err(Refused::Revoked(rec2.id)));
     }
 

@@ -125,7 +125,8 @@ impl Args {
         cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
         cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
         cfg.exec_timeout = Duration::from_secs(self.exec_timeout_secs);
-        cfg.failed_ttl = (self.failed_ttl_secs > 0).then(|| Duration::from_secs(self.failed_ttl_secs));
+        cfg.failed_ttl =
+            (self.failed_ttl_secs > 0).then(|| Duration::from_secs(self.failed_ttl_secs));
         cfg.insecure = self.insecure;
         if let Some(f) = &self.admin_token_hash_file {
             cfg.admin_token_hashes = crate::runtime::credentials::read_hash_file(f)?;
@@ -141,7 +142,9 @@ impl Args {
             return Ok(None);
         }
         let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
-            let p = p.as_ref().with_context(|| format!("--{what} is required"))?;
+            let p = p
+                .as_ref()
+                .with_context(|| format!("--{what} is required"))?;
             std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
         };
         let cert = read(&self.tls_cert, "tls-cert")?;

@@ -11,10 +11,10 @@ use tonic::transport::Channel;
 use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::runtime::controller::{Controller, ControllerConfig};
 use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
-use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
+use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -33,7 +33,9 @@ impl Harness {
         tweak(&mut cfg);
         let ctl = open(cfg).await;
         ctl.start();
-        let router = vn_controller::grpc::router(&ctl, None).await.expect("router");
+        let router = vn_controller::grpc::router(&ctl, None)
+            .await
+            .expect("router");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
