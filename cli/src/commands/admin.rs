@@ -78,7 +78,7 @@ pub enum QuotaCmd {
 }
 
 impl AdminArgs {
-    pub fn run(self, opts: &ControllerOpts, config: Option<&Path>) -> anyhow::Result<()> {
+    pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
             match self.cmd {
@@ -87,7 +87,7 @@ impl AdminArgs {
                     admin,
                     ttl,
                     out,
-                }) => create(&ctl, opts, config, &provider, admin, ttl, &out).await,
+                }) => create(&ctl, opts, &provider, admin, ttl, &out).await,
                 AdminCmd::Credentials(CredentialsCmd::Revoke { id, provider }) => {
                     let r = ctl
                         .admin()
@@ -136,7 +136,6 @@ impl AdminArgs {
 async fn create(
     ctl: &Controller,
     opts: &ControllerOpts,
-    _config: Option<&Path>,
     provider: &str,
     admin: bool,
     ttl: Option<Duration>,

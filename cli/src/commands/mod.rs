@@ -94,7 +94,7 @@ impl Command {
             Command::Sim(_) | Command::Embed(_) | Command::Testbed(_) | Command::Completions(_) => {
                 unreachable!("run above")
             }
-            Command::Admin(args) => args.run(&ctl, global.config.as_deref()),
+            Command::Admin(args) => args.run(&ctl),
             Command::Apply(args) => args.run(&ctl),
             Command::Get(args) => args.run(&ctl),
             Command::Describe(args) => args.run(&ctl),
