@@ -438,6 +438,16 @@ pub fn vns_tree(vns: &[pb::VirtualNetwork], now: SystemTime) -> String {
 /// `vnctl describe vn NAME`.
 pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     let v = VnView::from_proto(vn);
+    let mut out = describe_header(vn, &v);
+    describe_hosts(&v, &mut out);
+    describe_nodes(&v, &mut out);
+    describe_links(&v, &mut out);
+    describe_children_use(&v, &mut out);
+    out
+}
+
+/// The `Key: value` lines at the top of `describe vn`.
+fn describe_header(vn: &pb::VirtualNetwork, v: &VnView) -> String {
     let mut out = String::new();
     let mut kv = |k: &str, val: String| out.push_str(&format!("{:<12}{}\n", format!("{k}:"), val));
     kv("Name", v.name.clone());
@@ -470,43 +480,53 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
         kv("Children", v.children.join(", "));
     }
     if let Some(a) = &v.attributes {
-        let mut parts = Vec::new();
-        if let Some(m) = a.mtu {
-            parts.push(format!("mtu={m}"));
-        }
-        if let Some(b) = a.max_link_bandwidth {
-            parts.push(format!("maxLinkBandwidth={b}Mbit/s"));
-        }
-        if let Some(e) = a.encapsulation {
-            parts.push(format!("encapsulation={e:?}").to_lowercase());
-        }
-        if let Some(i) = a.isolation {
-            // As written in a spec (`dedicatedHosts`), not as the Rust variant.
-            let name = serde_json::to_value(i)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{i:?}"));
-            parts.push(format!("isolation={name}"));
-        }
-        if let Some(n) = a.max_nodes {
-            parts.push(format!("maxNodes={n}"));
-        }
-        if let Some(c) = a.max_total_cpu {
-            parts.push(format!("maxTotalCpu={c}"));
-        }
-        if !a.allowed_node_kinds.is_empty() {
-            let kinds: Vec<String> = a
-                .allowed_node_kinds
-                .iter()
-                .map(|k| format!("{k:?}").to_lowercase())
-                .collect();
-            parts.push(format!("allowedNodeKinds={}", kinds.join(",")));
-        }
+        let parts = attribute_words(a);
         if !parts.is_empty() {
             kv("Attributes", parts.join(" "));
         }
     }
+    out
+}
 
+/// The attributes that are set, each as `name=value` in the spelling of a spec.
+fn attribute_words(a: &AttributesFile) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(m) = a.mtu {
+        parts.push(format!("mtu={m}"));
+    }
+    if let Some(b) = a.max_link_bandwidth {
+        parts.push(format!("maxLinkBandwidth={b}Mbit/s"));
+    }
+    if let Some(e) = a.encapsulation {
+        parts.push(format!("encapsulation={e:?}").to_lowercase());
+    }
+    if let Some(i) = a.isolation {
+        // As written in a spec (`dedicatedHosts`), not as the Rust variant.
+        let name = serde_json::to_value(i)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{i:?}"));
+        parts.push(format!("isolation={name}"));
+    }
+    if let Some(n) = a.max_nodes {
+        parts.push(format!("maxNodes={n}"));
+    }
+    if let Some(c) = a.max_total_cpu {
+        parts.push(format!("maxTotalCpu={c}"));
+    }
+    if !a.allowed_node_kinds.is_empty() {
+        let kinds: Vec<String> = a
+            .allowed_node_kinds
+            .iter()
+            .map(|k| format!("{k:?}").to_lowercase())
+            .collect();
+        parts.push(format!("allowedNodeKinds={}", kinds.join(",")));
+    }
+    parts
+}
+
+/// `Hosts:`: each host's provisioning state.
+fn describe_hosts(v: &VnView, out: &mut String) {
     out.push_str("Hosts:\n");
     if v.hosts.is_empty() {
         out.push_str("  (none)\n");
@@ -518,7 +538,10 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             .collect();
         out.push_str(&indent(&table(&["HOST", "STATE"], &rows)));
     }
+}
 
+/// `Nodes:`: where each virtual node runs and what it holds.
+fn describe_nodes(v: &VnView, out: &mut String) {
     out.push_str("Nodes:\n");
     if v.nodes.is_empty() {
         out.push_str("  (not placed)\n");
@@ -547,7 +570,10 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             &rows,
         )));
     }
+}
 
+/// `Links:`: each virtual link's path, hops, MTU, interfaces and addresses.
+fn describe_links(v: &VnView, out: &mut String) {
     out.push_str("Links:\n");
     if v.links.is_empty() {
         out.push_str("  (none)\n");
@@ -589,6 +615,10 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             &rows,
         )));
     }
+}
+
+/// For a nestable VN: what its children use of each node and link, of the capacity.
+fn describe_children_use(v: &VnView, out: &mut String) {
     if v.nodes.iter().any(|n| n.children_cpu.is_some()) {
         // What the children's embeddings may still use is the rest.
         out.push_str("Used by children (of the capacity):\n");
@@ -618,7 +648,6 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
             out.push_str(&indent(&table(&["LINK", "BANDWIDTH"], &rows)));
         }
     }
-    out
 }
 
 fn hop_text(h: &HopView) -> String {

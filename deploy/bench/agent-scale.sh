@@ -11,10 +11,13 @@
 #    userspace-VLAN link, the latter two realized by the agent's code (`substrate-agent bench-link`)
 #    with its real VLAN datapath process.
 #
-# Prints tables for people and, as its LAST line, one JSON object with vnodes, create_s,
-# teardown_s (and the throughput numbers).
+# Prints Markdown tables for people and, as its LAST line, one JSON object with vnodes, create_s,
+# teardown_s (and the throughput numbers). Writes the tables to its section of
+# deploy/bench/RESULTS.md (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/bench/lib/results.sh
+results_begin "$@"
 
 VNODES=1000
 WORKERS=4
@@ -24,7 +27,7 @@ while [[ $# -gt 0 ]]; do
     --vnodes) VNODES="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +46,7 @@ BIN="$TARGET_DIR/release/substrate-agent"
 TAG="ab$$"
 H1="${TAG}h1"; H2="${TAG}h2"; R1="${TAG}r1"; R2="${TAG}r2"
 STATE="$(mktemp -d)"
+BODY="$STATE/results.md"
 cleanup() {
   "$BIN" bench-link --netns "$H1" --host-id "$H1" --state-dir "$STATE/h1" --side 1 \
     --local 10.255.99.1 --remote 10.255.99.2 --teardown >/dev/null 2>&1 || true
@@ -62,16 +66,18 @@ links=$(jq -r .links <<<"$scale_json")
 rate=$(awk -v n="$VNODES" -v t="$create_s" 'BEGIN { printf "%.0f", n / t }')
 per1000=$(awk -v n="$VNODES" -v t="$teardown_s" 'BEGIN { printf "%.2f", t * 1000 / n }')
 
-echo
-echo "Scale ($(nproc) cores, $WORKERS workers, release build)"
-printf '%-34s %12s\n' "metric" "value"
-printf '%-34s %12s\n' "virtual nodes" "$VNODES"
-printf '%-34s %12s\n' "virtual links (veth)" "$links"
-printf '%-34s %12.3f\n' "create (s)" "$create_s"
-printf '%-34s %12s\n' "created nodes/s (target >= 300)" "$rate"
-printf '%-34s %12.3f\n' "no-op reconcile of all (s)" "$resync_s"
-printf '%-34s %12.3f\n' "teardown (s)" "$teardown_s"
-printf '%-34s %12s\n' "teardown per 1000 (s, target <= 5)" "$per1000"
+{
+  echo "Scale: $VNODES netns virtual nodes with $links veth links, $WORKERS workers, release build"
+  echo
+  echo "| metric | value | target |"
+  echo "| --- | --- | --- |"
+  printf '| create (s) | %.3f | |\n' "$create_s"
+  printf '| created nodes/s | %s | >= 300 |\n' "$rate"
+  printf '| no-op reconcile of all (s) | %.3f | |\n' "$resync_s"
+  printf '| teardown (s) | %.3f | |\n' "$teardown_s"
+  printf '| teardown per 1000 nodes (s) | %s | <= 5 |\n' "$per1000"
+  echo
+} >"$BODY"
 
 # --- 2. throughput -------------------------------------------------------------------------
 for ns in "$H1" "$H2" "$R1" "$R2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -104,13 +110,19 @@ veth_g=$(iperf "$R1" "$R2" 10.98.0.2 5401)
 vxlan_g=$(iperf "$N1" "$N2" 10.97.0.2 5402)
 vlan_g=$(iperf "$N1" "$N2" 10.96.0.2 5403)
 
+{
+  echo "Throughput over one virtual link (iperf3, one TCP stream, ${SECONDS_PER_RUN} s each, same run)"
+  echo
+  echo "| path | Gbit/s |"
+  echo "| --- | --- |"
+  echo "| raw veth (baseline) | $veth_g |"
+  echo "| VXLAN (kernel, MTU 1450) | $vxlan_g |"
+  echo "| 802.1Q VLAN (userspace datapath, MTU 1500) | $vlan_g |"
+} >>"$BODY"
 echo
-echo "Throughput over one virtual link (iperf3, 1 TCP stream, ${SECONDS_PER_RUN}s each, same run)"
-printf '%-40s %10s\n' "path" "Gbit/s"
-printf '%-40s %10s\n' "raw veth (baseline)" "$veth_g"
-printf '%-40s %10s\n' "VXLAN (kernel, MTU 1450)" "$vxlan_g"
-printf '%-40s %10s\n' "802.1Q VLAN (userspace datapath, MTU 1500)" "$vlan_g"
+cat "$BODY"
 echo
+results_write agent-scale "Substrate agent: scale and link throughput (\`agent-scale.sh\`)" "$BODY"
 jq -c -n --argjson s "$scale_json" --arg v "$veth_g" --arg x "$vxlan_g" --arg l "$vlan_g" \
   '{vnodes: $s.vnodes, create_s: $s.create_s, teardown_s: $s.teardown_s, resync_s: $s.resync_s, links: $s.links,
     workers: $s.workers, veth_gbps: ($v|tonumber), vxlan_gbps: ($x|tonumber), vlan_gbps: ($l|tonumber)}'

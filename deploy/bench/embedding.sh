@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Embedding benchmark: every algorithm on every shared trace, each run checked by the referee.
 #
-#   deploy/bench/embedding.sh            # full run (about 40 min on 2 cores, most of it the MIP)
+#   deploy/bench/embedding.sh            # full run (about 75 min on 2 cores, most of it the MIP)
 #   MIP_REQUESTS=0 deploy/bench/embedding.sh   # heuristics only (a few minutes)
 #
 # Prints:
@@ -11,12 +11,15 @@
 #   2. the 10-trace means per algorithm (and the rate-0.16 set when present);
 #   3. generalisation: LACE against GRC on workloads it was not tuned on (generator: other seeds,
 #      200-node substrates, rates 0.08 and 0.20);
-#   4. the exact MIP on single requests of 2..5 nodes against the 100-node substrate.
+#   4. the exact MIP on single requests of 2..5 nodes against the 100-node substrate;
+# and writes parts 2 to 4 to its section of deploy/bench/RESULTS.md (deploy/bench/lib/results.sh;
+# VNET_BENCH_RESULTS=- writes no file).
 #
 # Environment: VNE_TRACES (default /work/shared/vne/traces), VNE_TRACES16
 # (default /work/shared/vne/traces-r016), MIP_REQUESTS (prefix of each trace for the online MIP
 # rows, default 100; 0 skips them), MIP_PER_SIZE (requests per size in part 4, default 10),
-# CARGO_TARGET_DIR. Needs cargo, python3 and Debian's coinor-libcbc-dev.
+# GEN_REQUESTS (requests per generated workload in part 3, default 1000), CARGO_TARGET_DIR.
+# Needs cargo, python3 and Debian's coinor-libcbc-dev.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,8 +27,12 @@ TRACES=${VNE_TRACES:-/work/shared/vne/traces}
 TRACES16=${VNE_TRACES16:-/work/shared/vne/traces-r016}
 MIP_REQUESTS=${MIP_REQUESTS:-100}
 MIP_PER_SIZE=${MIP_PER_SIZE:-10}
+GEN_REQUESTS=${GEN_REQUESTS:-1000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REFEREE=$ROOT/embedding/tests/data/check_embedding.py
+. "$ROOT/deploy/bench/lib/results.sh"
+results_begin "$@"
+results_env VNE_TRACES VNE_TRACES16 MIP_REQUESTS MIP_PER_SIZE GEN_REQUESTS
 
 if ! ls "$TRACES"/*.json >/dev/null 2>&1; then
     echo "error: no traces in $TRACES (set VNE_TRACES to the directory of the shared *.json traces)" >&2
@@ -43,13 +50,20 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
-export VNCTL REFEREE WORK TRACES TRACES16 MIP_REQUESTS
+export VNCTL REFEREE WORK TRACES TRACES16 MIP_REQUESTS GEN_REQUESTS
 python3 - <<'PY'
 import glob, json, os, statistics, subprocess, sys
 
 VNCTL, REFEREE, WORK = os.environ["VNCTL"], os.environ["REFEREE"], os.environ["WORK"]
 MIP_REQUESTS = int(os.environ["MIP_REQUESTS"])
 HEURISTICS = ["lace", "grc", "grc-feasible", "rw-maxmatch", "rw-bfs"]
+# The summary tables (means, generalisation) also go to RESULTS.md.
+SUMMARY = open(os.path.join(WORK, "summary.txt"), "w")
+
+
+def both(line=""):
+    print(line, flush=True)
+    print(line, file=SUMMARY, flush=True)
 
 
 def prefix(trace, n):
@@ -119,20 +133,20 @@ def table(title, traces, algos, mip_prefix):
 
 
 def means(title, results):
-    print(f"\n== {title}: means over traces")
-    print(f"{'algorithm':<13} {'traces':>6} {'accept':>7} {'R/C':>7} {'R/C(lt)':>8} {'ms/req':>8} "
-          f"{'p95 ms (max over traces)':>25} {'referee':>9}")
+    both(f"\n== {title}: means over traces")
+    both(f"{'algorithm':<13} {'traces':>6} {'accept':>7} {'R/C':>7} {'R/C(lt)':>8} {'ms/req':>8} "
+         f"{'p95 ms (max over traces)':>25} {'referee':>9}")
     for a, rs in results.items():
         m = lambda k: statistics.mean(r[k] for r in rs)
         ok = sum(r["verdict"] == "ok" for r in rs)
-        print(f"{a:<13} {len(rs):>6} {m('acceptance_ratio'):>7.4f} {m('lt_r2c'):>7.4f} "
-              f"{m('lt_time_r2c'):>8.4f} {m('solve_ms_mean'):>8.2f} "
-              f"{max(r['solve_ms_p95'] for r in rs):>25.2f} {ok:>4}/{len(rs)} ok")
+        both(f"{a:<13} {len(rs):>6} {m('acceptance_ratio'):>7.4f} {m('lt_r2c'):>7.4f} "
+             f"{m('lt_time_r2c'):>8.4f} {m('solve_ms_mean'):>8.2f} "
+             f"{max(r['solve_ms_p95'] for r in rs):>25.2f} {ok:>4}/{len(rs)} ok")
     if "lace" in results:
         rs = results["lace"]
-        print(f"lace per-request time: mean {statistics.mean(r['solve_ms_mean'] for r in rs):.2f} ms, "
-              f"p95 {statistics.mean(r['solve_ms_p95'] for r in rs):.2f} ms (mean over traces), "
-              f"worst trace p95 {max(r['solve_ms_p95'] for r in rs):.2f} ms")
+        both(f"lace per-request time: mean {statistics.mean(r['solve_ms_mean'] for r in rs):.2f} ms, "
+             f"p95 {statistics.mean(r['solve_ms_p95'] for r in rs):.2f} ms (mean over traces), "
+             f"worst trace p95 {max(r['solve_ms_p95'] for r in rs):.2f} ms")
 
 
 traces = sorted(glob.glob(os.path.join(os.environ["TRACES"], "*.json")))
@@ -163,21 +177,42 @@ gres = {}
 for label, nodes, rate, seed in gen:
     path = os.path.join(WORK, f"gen_{nodes}_{rate}_{seed}.json")
     subprocess.run([VNCTL, "sim", "--generate", "waxman", "--nodes", str(nodes), "--requests",
-                    "1000", "--rate", str(rate), "--lifetime", "500", "--seed", str(seed),
-                    "--out", path], check=True, capture_output=True)
+                    os.environ["GEN_REQUESTS"], "--rate", str(rate), "--lifetime", "500",
+                    "--seed", str(seed), "--out", path], check=True, capture_output=True)
     pair = {}
     for a in ["lace", "grc"]:
         r = run(path, a)
         pair[a] = r
         print(row(f"wx{nodes} r{rate} s{seed}", r), flush=True)
     gres[label] = pair
-print(f"\n{'workload':<32} {'LACE acc':>9} {'GRC acc':>8} {'LACE R/C(lt)':>13} {'GRC R/C(lt)':>12}")
+both(f"\n== generalisation: LACE against GRC on generated workloads")
+both(f"{'workload':<32} {'LACE acc':>9} {'GRC acc':>8} {'LACE R/C(lt)':>13} {'GRC R/C(lt)':>12}")
 for label, p in gres.items():
-    print(f"{label:<32} {p['lace']['acceptance_ratio']:>9.4f} {p['grc']['acceptance_ratio']:>8.4f} "
-          f"{p['lace']['lt_time_r2c']:>13.4f} {p['grc']['lt_time_r2c']:>12.4f}")
+    both(f"{label:<32} {p['lace']['acceptance_ratio']:>9.4f} {p['grc']['acceptance_ratio']:>8.4f} "
+         f"{p['lace']['lt_time_r2c']:>13.4f} {p['grc']['lt_time_r2c']:>12.4f}")
 PY
 
-echo
-echo "== exact MIP on single requests against the 100-node substrate of $(basename "$(ls "$TRACES"/*.json | head -1)")"
-"$CARGO_TARGET_DIR/release/examples/mip_optimality" "$(ls "$TRACES"/*.json | head -1)" "$MIP_PER_SIZE" 5
+first=$(ls "$TRACES"/*.json | head -1)
+{
+  echo
+  echo "== exact MIP on single requests against the 100-node substrate of $(basename "$first")"
+  "$CARGO_TARGET_DIR/release/examples/mip_optimality" "$first" "$MIP_PER_SIZE" 5
+} | tee -a "$WORK/summary.txt"
 echo "machine: load average $(cut -d' ' -f1-3 /proc/loadavg) at the end (timings are noisy when others compile)"
+
+{
+  echo "Means over the traces in \`$TRACES\` (and in \`$TRACES16\` when there are any)."
+  if ((MIP_REQUESTS > 0)); then
+    echo "The mip rows run on the first $MIP_REQUESTS requests of each trace (mip-split* with"
+    echo "splitting allowed)."
+  else
+    echo "The mip rows were skipped (MIP_REQUESTS=0)."
+  fi
+  echo "The referee column counts the runs with 0 violations and the same acceptance and R/C as"
+  echo "\`vnctl sim\` printed. Per-trace rows: run the script."
+  echo
+  echo '```text'
+  sed '/./,$!d' "$WORK/summary.txt"
+  echo '```'
+} >"$WORK/results.md"
+results_write embedding "Embedding algorithms (\`embedding.sh\`)" "$WORK/results.md"

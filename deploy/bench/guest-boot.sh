@@ -15,9 +15,14 @@
 #    how many such guests fit in the host's available memory.
 #
 # Builds the image first (deploy/guest/build-image.sh, a no-op when current). Prints Markdown
-# tables. Timings are noisy when other builds share the machine: re-run and compare.
+# tables and writes them to deploy/bench/RESULTS.md: part 0 to the section of guest-request.sh,
+# parts 1 and 2 to its own (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
+# Timings are noisy when other builds share the machine: re-run and compare.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/bench/lib/results.sh
+results_begin "$@"
+results_env VNET_GUEST_IMAGES
 
 requests=5 boots=5 guests=16 memory=128
 while [[ $# -gt 0 ]]; do
@@ -26,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     --boots) boots=$2; shift 2 ;;
     --guests) guests=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -37,5 +42,10 @@ if [[ $requests != 0 ]]; then
   deploy/bench/guest-request.sh --runs "$requests" --memory "$memory"
   echo
 fi
+body=$(mktemp)
+trap 'rm -f "$body"' EXIT
 VNET_BENCH_BOOTS=$boots VNET_BENCH_GUESTS=$guests VNET_BENCH_MEMORY_MB=$memory \
-  cargo run --release -q -p substrate-agent --example guest_bench
+  cargo run --release -q -p substrate-agent --example guest_bench | tee "$body"
+# The example's own headings go one level down, under the section's.
+sed -i 's/^## /### /' "$body"
+results_write guest-boot "Guests: boot and density without controller (\`guest-boot.sh\`)" "$body"

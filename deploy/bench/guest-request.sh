@@ -20,8 +20,10 @@
 # VNET_BENCH_KINDS replaces the two cases, e.g. "virtio:vlan:virtio-net-device e1000:vxlan:e1000,"
 # (NIC:ENCAPSULATION:what QEMU's command line must name).
 # Each wait is bounded by --limit seconds (default 120); running out of it fails the benchmark.
-# Prints each run, then a Markdown table (min / median / max per phase). Each run also checks
-# that it measured what it claims (placement, encapsulation, the QEMU NIC model).
+# Prints each run, then a Markdown table (min / median / max per phase), which it also writes to
+# its section of deploy/bench/RESULTS.md (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=-
+# writes no file). Each run also checks that it measured what it claims (placement,
+# encapsulation, the QEMU NIC model).
 # Takes the testbed down and checks that nothing of it is left on any exit (the trap of
 # deploy/bench/lib/testbed.sh, shared with recursion.sh).
 # Needs: the guest image (deploy/guest/build-image.sh), qemu-system-x86, busybox-static, jq,
@@ -33,6 +35,9 @@ export LC_ALL=C # a dot in $EPOCHREALTIME and in printf
 cd "$(dirname "$0")/../.."
 me=guest-request
 . deploy/bench/lib/testbed.sh
+. deploy/bench/lib/results.sh
+results_begin "$@"
+results_env VNET_BENCH_KINDS VNET_GUEST_IMAGES
 
 runs=5 hosts=2 memory=128 bin_dir="" limit=120 arp_ms=100
 while [[ $# -gt 0 ]]; do
@@ -189,20 +194,25 @@ stats() {
     END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
           printf "%.2f s | %.2f s | %.2f s", v[1], m, v[NR] }'
 }
+{
+  echo "Request to reachable guest, through vnctl, controller and agents ($runs runs each," \
+    "$memory MiB guests, $hosts-host testbed; $kvm${qemu:+, $qemu})"
+  echo
+  echo "| guest | phase | min | median | max |"
+  echo "| --- | --- | --- | --- | --- |"
+  for k in "${kinds[@]}"; do
+    IFS=: read -r nic encap _ <<<"$k"
+    label="$nic on h1, over ${encap^^} to a netns on h2"
+    echo "| $label | request -> VN READY (\`apply --wait\` returns) | $(stats "${samples[$nic:ready]}") |"
+    echo "| $label | request -> first ping reply, netns node -> guest | $(stats "${samples[$nic:reach]}") |"
+    echo "| $label | delete -> \`delete --wait\` returns | $(stats "${samples[$nic:deleted]}") |"
+    echo "| $label | delete -> all gone (QEMU, namespaces, run dir) | $(stats "${samples[$nic:gone]}") |"
+  done
+  echo
+  if ((arp_ms > 0)); then arp_note="$arp_ms ms"; else arp_note="the kernel's default"; fi
+  echo "The pinging node's ARP retransmit interval: $arp_note (\`--arp-ms\`)."
+} >"$work/results.md"
 echo
-echo "## Request to reachable guest, through vnctl, controller and agents ($runs runs each, $memory MiB guests, $hosts-host testbed)"
-echo
-echo "| guest | phase | min | median | max |"
-echo "| --- | --- | --- | --- | --- |"
-for k in "${kinds[@]}"; do
-  IFS=: read -r nic encap _ <<<"$k"
-  label="$nic on h1, over ${encap^^} to a netns on h2"
-  echo "| $label | request -> VN READY (\`apply --wait\` returns) | $(stats "${samples[$nic:ready]}") |"
-  echo "| $label | request -> first ping reply, netns node -> guest | $(stats "${samples[$nic:reach]}") |"
-  echo "| $label | delete -> \`delete --wait\` returns | $(stats "${samples[$nic:deleted]}") |"
-  echo "| $label | delete -> all gone (QEMU, namespaces, run dir) | $(stats "${samples[$nic:gone]}") |"
-done
-echo
-if ((arp_ms > 0)); then arp_note="$arp_ms ms"; else arp_note="the kernel's default"; fi
-echo "pinging node's ARP retransmit interval: $arp_note (--arp-ms)"
+cat "$work/results.md"
 echo "load average: $load_start at start, $load_end at the end (1, 5, 15 min)"
+results_write guest-request "Guests: request to reachable guest (\`guest-request.sh\`)" "$work/results.md"

@@ -15,9 +15,11 @@
 #   G         deploy/examples/nested-grandchild.yaml inside C
 #   D         a depth-3 VN inside G
 # with the examples' link bandwidths raised (P 30000, C 25000, G 20000, D 15000 Mbit/s; flat
-# 30000), so the shaping (TBF at the link's bandwidth) is above what the machine forwards. Prints a Markdown
-# table (median, min-max). Takes the testbed down and checks that nothing of it is left (the trap
-# of deploy/bench/lib/testbed.sh, shared with guest-request.sh).
+# 30000), so the shaping (TBF at the link's bandwidth) is above what the machine forwards. Prints a
+# Markdown table (median, min-max) and writes it to its section of deploy/bench/RESULTS.md
+# (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file). Takes the testbed down and
+# checks that nothing of it is left (the trap of deploy/bench/lib/testbed.sh, shared with
+# guest-request.sh).
 # Needs iperf3, busybox-static, jq, iproute2, util-linux (flock, nsenter). Builds vnctl,
 # vn-controller and substrate-agent (release, honours CARGO_TARGET_DIR) unless --bin-dir names a
 # directory holding all three. Noisy when other builds share the machine: the load is printed.
@@ -26,6 +28,8 @@ export LC_ALL=C
 cd "$(dirname "$0")/../.."
 me=recursion
 . deploy/bench/lib/testbed.sh
+. deploy/bench/lib/results.sh
+results_begin "$@"
 
 runs=3 seconds=3 bin_dir=""
 while [[ $# -gt 0 ]]; do
@@ -113,6 +117,13 @@ measure "C (depth 1)" nested-child c1 c2 10.71.0.2 "p1 > p2 > p3"
 measure "G (depth 2)" nested-grandchild g1 g2 10.72.0.2 "c1 > c2"
 measure "D (depth 3)" nested-deep d1 d2 10.73.0.2 "g1 > g2"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "| VN | path | one TCP stream, Gbit/s, median (min-max) of $runs x ${seconds}s | ping rtt avg, ms |"
-echo "|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+{
+  echo "Private line testbed h1 - h2 - h3 of 40 Gbit/s links; the example specs with raised"
+  echo "bandwidths; iperf3 one TCP stream, $runs x ${seconds} s per row; busybox ping 50 x 20 ms."
+  echo
+  echo "| VN | path | one TCP stream, Gbit/s, median (min-max) of $runs x ${seconds}s | ping rtt avg, ms |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} >"$work/results.md"
+cat "$work/results.md"
+results_write recursion "Recursion: throughput and latency per nesting level (\`recursion.sh\`)" "$work/results.md"

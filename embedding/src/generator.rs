@@ -101,6 +101,18 @@ fn connected(n: usize, edges: &[(usize, usize)]) -> bool {
 
 /// Generates a workload.
 pub fn generate(cfg: &WaxmanConfig) -> Result<Trace, GeneratorError> {
+    check_config(cfg)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let substrate = waxman_substrate(cfg, &mut rng);
+    let requests = requests(cfg, &mut rng)?;
+    Ok(Trace {
+        substrate,
+        requests,
+    })
+}
+
+/// Refuses parameters the generator cannot draw from, naming the first one.
+fn check_config(cfg: &WaxmanConfig) -> Result<(), GeneratorError> {
     let check = |ok: bool, param: &'static str, reason: &str| {
         if ok {
             Ok(())
@@ -145,9 +157,11 @@ pub fn generate(cfg: &WaxmanConfig) -> Result<Trace, GeneratorError> {
     ] {
         check(lo <= hi, param, "need min <= max")?;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    Ok(())
+}
 
-    // substrate
+/// The substrate: a connected Waxman graph with uniform CPU and bandwidth.
+fn waxman_substrate(cfg: &WaxmanConfig, rng: &mut ChaCha8Rng) -> Substrate {
     let n = cfg.nodes;
     let edges = loop {
         let pos: Vec<(f64, f64)> = (0..n)
@@ -188,8 +202,11 @@ pub fn generate(cfg: &WaxmanConfig) -> Result<Trace, GeneratorError> {
             .add_link(&a.to_string(), &b.to_string(), SubstrateLink::new(bw))
             .expect("fresh links");
     }
+    substrate
+}
 
-    // requests
+/// The requests: Poisson arrivals, exponential lifetimes, connected random topologies.
+fn requests(cfg: &WaxmanConfig, rng: &mut ChaCha8Rng) -> Result<Vec<TimedRequest>, GeneratorError> {
     let gaps = Poisson::new(1.0 / cfg.rate).map_err(|e| GeneratorError {
         param: "rate",
         reason: e.to_string(),
@@ -201,8 +218,8 @@ pub fn generate(cfg: &WaxmanConfig) -> Result<Trace, GeneratorError> {
     let mut t = 0.0f64;
     let mut requests = Vec::with_capacity(cfg.requests);
     for id in 0..cfg.requests {
-        t += gaps.sample(&mut rng).round();
-        let lifetime = life.sample(&mut rng);
+        t += gaps.sample(rng).round();
+        let lifetime = life.sample(rng);
         let k = rng.random_range(cfg.request_nodes.0..=cfg.request_nodes.1);
         let links = loop {
             let mut links = Vec::new();
@@ -234,10 +251,7 @@ pub fn generate(cfg: &WaxmanConfig) -> Result<Trace, GeneratorError> {
             request: r,
         });
     }
-    Ok(Trace {
-        substrate,
-        requests,
-    })
+    Ok(requests)
 }
 
 #[cfg(test)]

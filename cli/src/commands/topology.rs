@@ -1,7 +1,7 @@
 //! `vnctl topology [--svg FILE]`: the substrate (hosts, links, residual capacities) and where the
 //! caller's VNs are embedded, as Graphviz DOT; rendered to SVG by `dot` when it is installed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -106,8 +106,8 @@ pub fn to_dot(t: &pb::Topology) -> String {
     vns.sort_by(|a, b| (&a.provider, &a.name).cmp(&(&b.provider, &b.name)));
 
     // Virtual nodes per host (VNs on the substrate) and per parent VN (children).
-    let mut on_host: BTreeMap<&str, Vec<(usize, &pb::EmbeddedVn, &str)>> = BTreeMap::new();
-    let host_ids: std::collections::BTreeSet<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
+    let mut on_host: OnHost<'_> = BTreeMap::new();
+    let host_ids: BTreeSet<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
     for (i, vn) in vns.iter().enumerate() {
         for (node, target) in &vn.placement {
             if vn.parent.is_empty() || host_ids.contains(target.as_str()) {
@@ -124,8 +124,28 @@ pub fn to_dot(t: &pb::Topology) -> String {
     o.push_str("  graph [fontname=\"Helvetica\", compound=true, overlap=false];\n");
     o.push_str("  node [fontname=\"Helvetica\", fontsize=10];\n");
     o.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
+    write_hosts(&mut o, &hosts, &links, &on_host);
+    write_substrate_links(&mut o, &links);
+    for (i, vn) in vns.iter().enumerate() {
+        write_vn(&mut o, i, vn, &vns, &host_ids);
+    }
+    o.push_str("}\n");
+    o
+}
+
+/// The virtual nodes placed on each host: (index of the VN, the VN, the node's name).
+type OnHost<'a> = BTreeMap<&'a str, Vec<(usize, &'a pb::EmbeddedVn, &'a str)>>;
+
+/// One cluster per registered host, then one per host that links or placements name but that
+/// is not registered.
+fn write_hosts(
+    o: &mut String,
+    hosts: &[&pb::Host],
+    links: &[&pb::SubstrateLink],
+    on_host: &OnHost<'_>,
+) {
     let mut hosts_seen: Vec<&str> = Vec::new();
-    for h in &hosts {
+    for h in hosts {
         hosts_seen.push(&h.id);
         let mut lines = vec![h.id.clone()];
         if !h.underlay_address.is_empty() {
@@ -138,13 +158,7 @@ pub fn to_dot(t: &pb::Topology) -> String {
         if !h.connected {
             lines.push("(disconnected)".into());
         }
-        write_host(
-            &mut o,
-            &h.id,
-            &lines,
-            h.connected,
-            on_host.get(h.id.as_str()),
-        );
+        write_host(o, &h.id, &lines, h.connected, on_host.get(h.id.as_str()));
     }
     // Hosts named by links or placements but not registered.
     let mut extra: Vec<&str> = links
@@ -157,14 +171,18 @@ pub fn to_dot(t: &pb::Topology) -> String {
     extra.dedup();
     for h in extra {
         write_host(
-            &mut o,
+            o,
             h,
             &[h.to_owned(), "(not registered)".into()],
             false,
             on_host.get(h),
         );
     }
-    for l in &links {
+}
+
+/// Substrate links between hosts, labelled with their free bandwidth and latency.
+fn write_substrate_links(o: &mut String, links: &[&pb::SubstrateLink]) {
+    for l in links {
         let mut lines = vec![format!(
             "{}/{} Mbit/s free",
             l.residual_mbps, l.bandwidth_mbps
@@ -179,53 +197,65 @@ pub fn to_dot(t: &pb::Topology) -> String {
             label(&lines)
         ));
     }
-    for (i, vn) in vns.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        // Children: their nodes hang off the parent's virtual nodes.
-        if !vn.parent.is_empty() {
-            let parent = vns
-                .iter()
-                .find(|p| p.name == vn.parent && p.provider == vn.provider)
-                .or_else(|| vns.iter().find(|p| p.name == vn.parent));
-            for (node, target) in &vn.placement {
-                if host_ids.contains(target.as_str()) {
-                    continue;
-                }
+}
+
+/// VN `i` of `vns`: a child's nodes hanging off its parent's virtual nodes, and its virtual
+/// links dashed in its colour, labelled with their substrate paths.
+fn write_vn(
+    o: &mut String,
+    i: usize,
+    vn: &pb::EmbeddedVn,
+    vns: &[&pb::EmbeddedVn],
+    host_ids: &BTreeSet<&str>,
+) {
+    let color = PALETTE[i % PALETTE.len()];
+    // Children: their nodes hang off the parent's virtual nodes.
+    if !vn.parent.is_empty() {
+        let parent = vns
+            .iter()
+            .find(|p| p.name == vn.parent && p.provider == vn.provider)
+            .or_else(|| vns.iter().find(|p| p.name == vn.parent));
+        for (node, target) in &vn.placement {
+            if host_ids.contains(target.as_str()) {
+                continue;
+            }
+            write_vnode(o, "  ", vn, node, color);
+            if let Some(p) = parent {
                 o.push_str(&format!(
-                    "  {} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
+                    "  {} -- {} [style=dotted, color={}];\n",
                     q(&vnode_id(vn, node)),
-                    label(&[node.clone(), format!("{}/{}", vn.provider, vn.name)]),
-                    q(color),
+                    q(&vnode_id(p, target)),
                     q(color)
                 ));
-                if let Some(p) = parent {
-                    o.push_str(&format!(
-                        "  {} -- {} [style=dotted, color={}];\n",
-                        q(&vnode_id(vn, node)),
-                        q(&vnode_id(p, target)),
-                        q(color)
-                    ));
-                }
             }
         }
-        let mut paths: Vec<(&String, &String)> = vn.link_paths.iter().collect();
-        paths.sort();
-        for (ends, path) in paths {
-            let Some((a, b)) = split_ends(vn, ends) else {
-                continue;
-            };
-            o.push_str(&format!(
-                "  {} -- {} [style=dashed, color={}, fontcolor={}, label={}];\n",
-                q(&vnode_id(vn, a)),
-                q(&vnode_id(vn, b)),
-                q(color),
-                q(color),
-                label(&[path.split(',').collect::<Vec<_>>().join(" > ")])
-            ));
-        }
     }
-    o.push_str("}\n");
-    o
+    let mut paths: Vec<(&String, &String)> = vn.link_paths.iter().collect();
+    paths.sort();
+    for (ends, path) in paths {
+        let Some((a, b)) = split_ends(vn, ends) else {
+            continue;
+        };
+        o.push_str(&format!(
+            "  {} -- {} [style=dashed, color={}, fontcolor={}, label={}];\n",
+            q(&vnode_id(vn, a)),
+            q(&vnode_id(vn, b)),
+            q(color),
+            q(color),
+            label(&[path.split(',').collect::<Vec<_>>().join(" > ")])
+        ));
+    }
+}
+
+/// A virtual node: an ellipse in its VN's colour, labelled with its name and its VN's.
+fn write_vnode(o: &mut String, indent: &str, vn: &pb::EmbeddedVn, node: &str, color: &str) {
+    o.push_str(&format!(
+        "{indent}{} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
+        q(&vnode_id(vn, node)),
+        label(&[node.to_owned(), format!("{}/{}", vn.provider, vn.name)]),
+        q(color),
+        q(color)
+    ));
 }
 
 /// Splits a link key "a-b" into two node names of the VN (names may contain '-').
@@ -255,14 +285,7 @@ fn write_host(
         label(lines)
     ));
     for (i, vn, node) in vnodes.into_iter().flatten() {
-        let color = PALETTE[i % PALETTE.len()];
-        o.push_str(&format!(
-            "    {} [label={}, shape=ellipse, color={}, fontcolor={}];\n",
-            q(&vnode_id(vn, node)),
-            label(&[node.to_string(), format!("{}/{}", vn.provider, vn.name)]),
-            q(color),
-            q(color)
-        ));
+        write_vnode(o, "    ", vn, node, PALETTE[i % PALETTE.len()]);
     }
     o.push_str("  }\n");
 }

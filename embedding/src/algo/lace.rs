@@ -137,6 +137,29 @@ enum Failure {
     Link(usize, NodeIndex, NodeIndex, Resource),
 }
 
+/// One search: the request on the residual, its candidate hosts, and the path finders and
+/// distance buffers that every expansion reuses.
+struct Search<'a> {
+    lace: &'a Lace,
+    residual: &'a Residual,
+    request: &'a VnRequest,
+    cands: &'a [Vec<NodeIndex>],
+    max_hops: Option<u32>,
+    bfs: Bfs,
+    dijkstra: Dijkstra,
+    /// Per placed neighbour of the node being placed: BFS hop distances from its host.
+    dist_buf: Vec<Vec<u32>>,
+}
+
+/// The hosts a partial embedding may place a node on, best first.
+struct Scored {
+    hosts: Vec<(f64, NodeIndex)>,
+    /// Some host fits the node's own demands.
+    fit_any: bool,
+    /// A host was reachable, but only over more hops than the request allows.
+    hops_blocked: bool,
+}
+
 impl Lace {
     fn search(
         &self,
@@ -146,10 +169,16 @@ impl Lace {
         order: &[usize],
         width: usize,
     ) -> Result<State, Failure> {
-        let s = residual.substrate();
-        let max_hops = request.options().max_path_hops;
-        let mut bfs = Bfs::default();
-        let mut dijkstra = Dijkstra::default();
+        let mut search = Search {
+            lace: self,
+            residual,
+            request,
+            cands,
+            max_hops: request.options().max_path_hops,
+            bfs: Bfs::default(),
+            dijkstra: Dijkstra::default(),
+            dist_buf: Vec::new(),
+        };
         let mut beam = vec![State {
             hosts: vec![None; request.nodes().len()],
             work: Work::new(residual),
@@ -157,135 +186,12 @@ impl Lace {
             bw_hops: 0,
             score: 0.0,
         }];
-        let mut dist_buf: Vec<Vec<u32>> = Vec::new();
         for (level, &v) in order.iter().enumerate() {
-            let vn = &request.nodes()[v];
             let mut next: Vec<State> = Vec::new();
             // Which link failed, if one did; else no host was left (said at the end).
             let mut failure: Option<Failure> = None;
             for st in &beam {
-                let mut nbrs: Vec<(usize, usize, u64)> = request
-                    .neighbors(v)
-                    .iter()
-                    .filter(|(u, _)| st.hosts[*u].is_some())
-                    .map(|&(u, l)| (u, l, request.links()[l].bandwidth))
-                    .collect();
-                nbrs.sort_by_key(|&(_, l, bw)| (std::cmp::Reverse(bw), l));
-                dist_buf.resize(nbrs.len(), Vec::new());
-                for (j, &(u, _, bw)) in nbrs.iter().enumerate() {
-                    let from = st.hosts[u].expect("placed");
-                    let d = bfs.distances(s, &st.work.bandwidth, bw, from);
-                    dist_buf[j].clear();
-                    dist_buf[j].extend_from_slice(d);
-                }
-                let mut scored: Vec<(f64, NodeIndex)> = Vec::new();
-                let mut hops_blocked = false;
-                let mut fit_any = false;
-                for &h in &cands[v] {
-                    if !st.work.fits(request, v, h) {
-                        continue;
-                    }
-                    fit_any = true;
-                    let hi = h.index();
-                    let free_cpu = st.work.cpu[hi] as f64;
-                    let score = if nbrs.is_empty() {
-                        let free_bw: u64 = s
-                            .neighbors(h)
-                            .iter()
-                            .map(|(_, e)| st.work.bandwidth[e.index()])
-                            .sum();
-                        -(free_cpu * free_bw as f64)
-                    } else {
-                        let mut sc = 0.0;
-                        let mut ok = true;
-                        for (j, &(_, _, bw)) in nbrs.iter().enumerate() {
-                            let d = dist_buf[j][hi];
-                            if d == u32::MAX || max_hops.is_some_and(|m| d > m) {
-                                hops_blocked |= d != u32::MAX;
-                                ok = false;
-                                break;
-                            }
-                            sc += (bw.max(1) * d as u64) as f64;
-                        }
-                        if !ok {
-                            continue;
-                        }
-                        sc - free_cpu * 1e-6
-                    };
-                    scored.push((score, h));
-                }
-                scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                let take = if level == 0 {
-                    self.roots
-                } else {
-                    self.candidates
-                };
-                if fit_any
-                    && scored.is_empty()
-                    && failure.is_none()
-                    && let Some(&(u, l, _)) = nbrs.first()
-                {
-                    // hosts fit the node, but none is reachable over its heaviest link
-                    let from = st.hosts[u].expect("placed");
-                    let r = if hops_blocked {
-                        Resource::Hops
-                    } else {
-                        Resource::Bandwidth
-                    };
-                    failure = Some(Failure::Link(l, from, from, r));
-                }
-                'cand: for &(_, h) in scored.iter().take(take) {
-                    let mut child = st.clone();
-                    child.work.place(request, v, h);
-                    child.hosts[v] = Some(h);
-                    for &(u, l, bw) in &nbrs {
-                        // route in the link's own direction: host(link.u) -> host(link.v)
-                        let (from, h) = if request.links()[l].u == u {
-                            (child.hosts[u].expect("placed"), h)
-                        } else {
-                            (h, child.hosts[u].expect("placed"))
-                        };
-                        let bwf = bw as f64;
-                        let work = &child.work;
-                        let found = dijkstra.cheapest(s, from, h, |e| {
-                            let free = work.bandwidth[e.index()];
-                            (free >= bw).then(|| {
-                                1.0 + if bw == 0 {
-                                    0.0
-                                } else {
-                                    self.link_balance * bwf / free as f64
-                                }
-                            })
-                        });
-                        let (path, cost) = match found {
-                            Some((p, c)) if max_hops.is_none_or(|m| p.1.len() <= m as usize) => {
-                                (p, c)
-                            }
-                            Some(_) | None => {
-                                match bfs.shortest(s, &child.work.bandwidth, bw, from, h, max_hops)
-                                {
-                                    Ok(p) => {
-                                        let c = p.1.len() as f64;
-                                        (p, c)
-                                    }
-                                    Err(f) => {
-                                        failure = Some(Failure::Link(l, from, h, f.into()));
-                                        continue 'cand;
-                                    }
-                                }
-                            }
-                        };
-                        child.work.route(&path.1, bw);
-                        child.bw_hops += bw * path.1.len() as u64;
-                        child.score += bwf.max(1.0) * cost;
-                        child.paths[l] = Some(path);
-                    }
-                    if self.node_balance > 0.0 && vn.cpu > 0 {
-                        child.score +=
-                            self.node_balance * vn.cpu as f64 / (st.work.cpu[h.index()] as f64);
-                    }
-                    next.push(child);
-                }
+                search.expand(level, v, st, &mut next, &mut failure);
             }
             if next.is_empty() {
                 return Err(failure.unwrap_or_else(|| {
@@ -303,6 +209,169 @@ impl Lace {
             beam = next;
         }
         Ok(beam.swap_remove(0))
+    }
+}
+
+impl Search<'_> {
+    /// The children of `st` that place virtual node `v` (the `level`-th of the order), pushed
+    /// onto `next`; a link that could not be routed is recorded in `failure`.
+    fn expand(
+        &mut self,
+        level: usize,
+        v: usize,
+        st: &State,
+        next: &mut Vec<State>,
+        failure: &mut Option<Failure>,
+    ) {
+        let (s, request) = (self.residual.substrate(), self.request);
+        let mut nbrs: Vec<(usize, usize, u64)> = request
+            .neighbors(v)
+            .iter()
+            .filter(|(u, _)| st.hosts[*u].is_some())
+            .map(|&(u, l)| (u, l, request.links()[l].bandwidth))
+            .collect();
+        nbrs.sort_by_key(|&(_, l, bw)| (std::cmp::Reverse(bw), l));
+        self.dist_buf.resize(nbrs.len(), Vec::new());
+        for (j, &(u, _, bw)) in nbrs.iter().enumerate() {
+            let from = st.hosts[u].expect("placed");
+            let d = self.bfs.distances(s, &st.work.bandwidth, bw, from);
+            self.dist_buf[j].clear();
+            self.dist_buf[j].extend_from_slice(d);
+        }
+        let scored = self.score_hosts(v, st, &nbrs);
+        let take = if level == 0 {
+            self.lace.roots
+        } else {
+            self.lace.candidates
+        };
+        if scored.fit_any
+            && scored.hosts.is_empty()
+            && failure.is_none()
+            && let Some(&(u, l, _)) = nbrs.first()
+        {
+            // hosts fit the node, but none is reachable over its heaviest link
+            let from = st.hosts[u].expect("placed");
+            let r = if scored.hops_blocked {
+                Resource::Hops
+            } else {
+                Resource::Bandwidth
+            };
+            *failure = Some(Failure::Link(l, from, from, r));
+        }
+        for &(_, h) in scored.hosts.iter().take(take) {
+            match self.child(v, st, h, &nbrs) {
+                Ok(child) => next.push(child),
+                Err(f) => *failure = Some(f),
+            }
+        }
+    }
+
+    /// Pre-scores the candidate hosts of `v` in `st`: bandwidth-hops to the placed neighbours
+    /// `nbrs` (ties: more free CPU); for the first node free CPU x free incident bandwidth.
+    fn score_hosts(&self, v: usize, st: &State, nbrs: &[(usize, usize, u64)]) -> Scored {
+        let s = self.residual.substrate();
+        let mut scored = Scored {
+            hosts: Vec::new(),
+            fit_any: false,
+            hops_blocked: false,
+        };
+        for &h in &self.cands[v] {
+            if !st.work.fits(self.request, v, h) {
+                continue;
+            }
+            scored.fit_any = true;
+            let hi = h.index();
+            let free_cpu = st.work.cpu[hi] as f64;
+            let score = if nbrs.is_empty() {
+                let free_bw: u64 = s
+                    .neighbors(h)
+                    .iter()
+                    .map(|(_, e)| st.work.bandwidth[e.index()])
+                    .sum();
+                -(free_cpu * free_bw as f64)
+            } else {
+                let mut sc = 0.0;
+                let mut ok = true;
+                for (j, &(_, _, bw)) in nbrs.iter().enumerate() {
+                    let d = self.dist_buf[j][hi];
+                    if d == u32::MAX || self.max_hops.is_some_and(|m| d > m) {
+                        scored.hops_blocked |= d != u32::MAX;
+                        ok = false;
+                        break;
+                    }
+                    sc += (bw.max(1) * d as u64) as f64;
+                }
+                if !ok {
+                    continue;
+                }
+                sc - free_cpu * 1e-6
+            };
+            scored.hosts.push((score, h));
+        }
+        scored
+            .hosts
+            .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        scored
+    }
+
+    /// `st` with `v` placed on `h` and its links to the placed neighbours `nbrs` routed
+    /// (heaviest first), scored; or the link that could not be routed.
+    fn child(
+        &mut self,
+        v: usize,
+        st: &State,
+        h: NodeIndex,
+        nbrs: &[(usize, usize, u64)],
+    ) -> Result<State, Failure> {
+        let (s, request) = (self.residual.substrate(), self.request);
+        let link_balance = self.lace.link_balance;
+        let mut child = st.clone();
+        child.work.place(request, v, h);
+        child.hosts[v] = Some(h);
+        for &(u, l, bw) in nbrs {
+            // route in the link's own direction: host(link.u) -> host(link.v)
+            let (from, h) = if request.links()[l].u == u {
+                (child.hosts[u].expect("placed"), h)
+            } else {
+                (h, child.hosts[u].expect("placed"))
+            };
+            let bwf = bw as f64;
+            let work = &child.work;
+            let found = self.dijkstra.cheapest(s, from, h, |e| {
+                let free = work.bandwidth[e.index()];
+                (free >= bw).then(|| {
+                    1.0 + if bw == 0 {
+                        0.0
+                    } else {
+                        link_balance * bwf / free as f64
+                    }
+                })
+            });
+            let (path, cost) = match found {
+                Some((p, c)) if self.max_hops.is_none_or(|m| p.1.len() <= m as usize) => (p, c),
+                Some(_) | None => {
+                    match self
+                        .bfs
+                        .shortest(s, &child.work.bandwidth, bw, from, h, self.max_hops)
+                    {
+                        Ok(p) => {
+                            let c = p.1.len() as f64;
+                            (p, c)
+                        }
+                        Err(f) => return Err(Failure::Link(l, from, h, f.into())),
+                    }
+                }
+            };
+            child.work.route(&path.1, bw);
+            child.bw_hops += bw * path.1.len() as u64;
+            child.score += bwf.max(1.0) * cost;
+            child.paths[l] = Some(path);
+        }
+        let vn = &request.nodes()[v];
+        if self.lace.node_balance > 0.0 && vn.cpu > 0 {
+            child.score += self.lace.node_balance * vn.cpu as f64 / (st.work.cpu[h.index()] as f64);
+        }
+        Ok(child)
     }
 }
 

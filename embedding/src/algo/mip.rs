@@ -35,7 +35,7 @@
 //! demands of `v`'s must-hop links (in total; for unit flows also the largest on one link).
 //! Measured on 400 requests of 2..5 nodes from the ten shared traces on a fresh substrate: all
 //! proven optimal, worst 1.6 s; the same MIP with CBC given an initial solution instead of the
-//! cutoff needed up to 20 s and missed an optimum (details in ARCHITECTURE.md).
+//! cutoff needed up to 20 s and missed an optimum (current numbers: `deploy/bench/embedding.sh`).
 //!
 //! Paths are recovered from the flows (split flows are decomposed into paths; flow cycles are
 //! dropped, loops shortcut).
@@ -43,7 +43,7 @@
 
 use std::time::{Duration, Instant};
 
-use good_lp::solvers::coin_cbc::coin_cbc;
+use good_lp::solvers::coin_cbc::{CoinCbcProblem, coin_cbc};
 use good_lp::{
     Expression, ProblemVariables, ResolutionError, Solution, SolutionStatus, SolverModel, Variable,
     constraint, variable,
@@ -125,12 +125,8 @@ impl Mip {
         request: &VnRequest,
     ) -> Result<MipSolution, Rejection> {
         let started = Instant::now();
-        let s = residual.substrate();
         let cands = candidate_hosts(residual, request)?;
-        let opts = request.options();
-        let revisit = opts.allow_revisitation;
         let k = request.nodes().len();
-        let n = s.node_count();
         let warm = if self.warm_start {
             Lace::default().embed(residual, request).ok()
         } else {
@@ -145,231 +141,24 @@ impl Mip {
                 variables,
             })
         };
-
-        // which links must leave their source host (the valid cut applies)
-        let must_hop: Vec<bool> = request
-            .links()
-            .iter()
-            .map(|vl| !(revisit && cands[vl.u].iter().any(|h| cands[vl.v].contains(h))))
-            .collect();
-        // every unit of a must-hop link's bandwidth crosses at least one substrate link
-        let lower: u64 = request
-            .links()
-            .iter()
-            .zip(&must_hop)
-            .filter(|(_, m)| **m)
-            .map(|(vl, _)| vl.bandwidth)
-            .sum();
-        // With a warm start of bandwidth cost `ub` the MIP only looks for strictly cheaper
-        // embeddings (the objective is integral): infeasible then means the warm start is optimal.
-        let ub = warm
-            .as_ref()
-            .map(|w| w.links().iter().map(|l| l.bandwidth_hops()).sum::<u64>());
-        if let (Some(ub), Some(w)) = (ub, &warm)
-            && ub <= lower
+        let inst = Instance::new(self, residual, request, &cands, warm.as_ref());
+        if let (Some(ub), Some(w)) = (inst.ub, &warm)
+            && ub <= inst.lower
         {
             return done(w.clone(), true, true, 0);
         }
 
-        // Variable fixing: every must-hop link of `v` leaves its host over an incident substrate
-        // link, so the host needs that much free bandwidth around it (in total, and for unit
-        // flows on a single link).
-        let (mut need_sum, mut need_max) = (vec![0u64; k], vec![0u64; k]);
-        for (l, vl) in request.links().iter().enumerate() {
-            if must_hop[l] {
-                for v in [vl.u, vl.v] {
-                    need_sum[v] += vl.bandwidth;
-                    need_max[v] = need_max[v].max(vl.bandwidth);
-                }
-            }
-        }
-        let split_ok = self.splittable && opts.allow_path_split && opts.max_path_hops.is_none();
-        let around = |h: NodeIndex| {
-            s.neighbors(h)
-                .iter()
-                .fold((0u64, 0u64), |(sum, max), (_, e)| {
-                    let b = residual.bandwidth(*e);
-                    (sum + b, max.max(b))
-                })
-        };
         let mut vars = ProblemVariables::new();
-        let mut x: Vec<Vec<(NodeIndex, Variable)>> = Vec::with_capacity(k);
-        let mut x_at: Vec<Vec<Option<Variable>>> = vec![vec![None; n]; k];
-        for (v, hs) in cands.iter().enumerate() {
-            let row: Vec<(NodeIndex, Variable)> = hs
-                .iter()
-                .filter(|&&h| {
-                    let (sum, max) = around(h);
-                    sum >= need_sum[v] && (split_ok || max >= need_max[v])
-                })
-                .map(|&h| {
-                    let var = vars.add(variable().binary());
-                    x_at[v][h.index()] = Some(var);
-                    (h, var)
-                })
-                .collect();
-            if row.is_empty() {
-                return Err(Rejection::Node {
-                    node: request.nodes()[v].id.clone(),
-                    resource: Resource::Bandwidth,
-                    reason: format!(
-                        "no eligible host has {} bandwidth free on its links (the sum of the node's link demands)",
-                        need_sum[v]
-                    ),
-                });
-            }
-            x.push(row);
-        }
-        let mut links: Vec<LinkVars> = Vec::with_capacity(request.links().len());
-        let mut objective = Expression::with_capacity(request.links().len() * 2 * s.link_count());
-        for vl in request.links() {
-            let b = vl.bandwidth;
-            let unit = !(split_ok && b > 0);
-            let mut arcs = Vec::new();
-            for e in s.link_indices() {
-                if unit && residual.bandwidth(e) < b {
-                    continue;
-                }
-                let (i, j) = s.endpoints(e);
-                for (t, hd) in [(i, j), (j, i)] {
-                    let var = if unit {
-                        vars.add(variable().binary())
-                    } else {
-                        vars.add(variable().integer().min(0).max(b as f64))
-                    };
-                    let c = if unit { b as f64 } else { 1.0 };
-                    if c > 0.0 {
-                        objective.add_mul(c, var);
-                    }
-                    arcs.push((t, hd, e, var));
-                }
-            }
-            links.push(LinkVars { unit, arcs });
-        }
+        let (x, x_at) = inst.node_vars(&mut vars, &cands)?;
+        let (links, objective) = inst.link_vars(&mut vars);
         let variables = vars.len();
         let mut model = vars.minimise(objective.clone()).using(coin_cbc);
-        model.set_parameter("timeMode", "elapsed");
-        model.set_parameter(
-            "seconds",
-            &format!("{:.3}", self.time_limit.as_secs_f64().max(0.01)),
-        );
-        model.set_parameter("threads", "1");
-        // CBC and its LP solver write to stdout unless told not to
-        model.set_parameter("log", "0");
-        model.set_parameter("slogLevel", "0");
-        if warm.is_some() || k > self.full_effort_nodes {
-            // CBC's root cut generation and primal heuristics do not look at the clock
-            // (measured on a 10-node request: 35 s wall under a 10 s limit; 4.6 s under a 2 s
-            // limit with both off).
-            model.set_parameter("heuristics", "off");
-            model.set_parameter("cuts", "off");
-        }
-        if let Some(ub) = ub {
+        self.configure(&mut model, warm.is_some() || k > self.full_effort_nodes);
+        if let Some(ub) = inst.ub {
             model.add_constraint(constraint::leq(objective, ub as f64 - 1.0));
         }
-
-        for row in &x {
-            let sum: Expression = row.iter().map(|(_, v)| *v).sum();
-            model.add_constraint(constraint::eq(sum, 1.0));
-        }
-        let mut at_host: Vec<Vec<(usize, Variable)>> = vec![Vec::new(); n];
-        for (v, row) in x.iter().enumerate() {
-            for &(h, var) in row {
-                at_host[h.index()].push((v, var));
-            }
-        }
-        for (h, here) in at_host.iter().enumerate() {
-            if here.len() < 2 {
-                continue;
-            }
-            if revisit {
-                let node = NodeIndex::new(h);
-                let mut cpu = Expression::with_capacity(here.len());
-                let mut mem = Expression::with_capacity(here.len());
-                for &(v, var) in here {
-                    cpu.add_mul(request.nodes()[v].cpu as f64, var);
-                    mem.add_mul(request.nodes()[v].memory_mb as f64, var);
-                }
-                model.add_constraint(constraint::leq(cpu, residual.cpu(node) as f64));
-                model.add_constraint(constraint::leq(mem, residual.memory(node) as f64));
-            } else {
-                let sum: Expression = here.iter().map(|(_, v)| *v).sum();
-                model.add_constraint(constraint::leq(sum, 1.0));
-            }
-        }
-        let mut per_edge: Vec<Expression> = vec![Expression::default(); s.link_count()];
-        let mut edge_used = vec![false; s.link_count()];
-        for (l, lv) in links.iter().enumerate() {
-            let vl = &request.links()[l];
-            let q = if lv.unit { 1.0 } else { vl.bandwidth as f64 };
-            let mut net: Vec<Expression> = vec![Expression::default(); n];
-            for &(t, hd, e, var) in &lv.arcs {
-                net[t.index()].add_mul(1.0, var);
-                net[hd.index()].add_mul(-1.0, var);
-                let coeff = if lv.unit { vl.bandwidth as f64 } else { 1.0 };
-                if coeff > 0.0 {
-                    per_edge[e.index()].add_mul(coeff, var);
-                    edge_used[e.index()] = true;
-                }
-            }
-            if lv.unit {
-                // a simple path neither enters its source nor leaves its destination
-                let mut into: Vec<Expression> = vec![Expression::default(); n];
-                let mut out: Vec<Expression> = vec![Expression::default(); n];
-                for &(t, hd, _, var) in &lv.arcs {
-                    out[t.index()].add_mul(1.0, var);
-                    into[hd.index()].add_mul(1.0, var);
-                }
-                for h in 0..n {
-                    if let Some(xu) = x_at[vl.u][h] {
-                        let mut e = std::mem::take(&mut into[h]);
-                        e.add_mul(1.0, xu);
-                        model.add_constraint(constraint::leq(e, 1.0));
-                    }
-                    if let Some(xv) = x_at[vl.v][h] {
-                        let mut e = std::mem::take(&mut out[h]);
-                        e.add_mul(1.0, xv);
-                        model.add_constraint(constraint::leq(e, 1.0));
-                    }
-                }
-            }
-            for (h, mut expr) in net.into_iter().enumerate() {
-                if let Some(xu) = x_at[vl.u][h] {
-                    expr.add_mul(-q, xu);
-                }
-                if let Some(xv) = x_at[vl.v][h] {
-                    expr.add_mul(q, xv);
-                }
-                model.add_constraint(constraint::eq(expr, 0.0));
-            }
-            let total: Expression = lv.arcs.iter().map(|a| a.3).sum();
-            if self.valid_cut && must_hop[l] {
-                model.add_constraint(constraint::geq(total.clone(), q));
-            }
-            if lv.unit {
-                // hop limit: the request's, and for an improving solution the budget left
-                // once every other must-hop link has taken one hop
-                let mut cap = opts.max_path_hops.map(u64::from);
-                if let Some(ub) = ub
-                    && vl.bandwidth > 0
-                {
-                    let others = lower - if must_hop[l] { vl.bandwidth } else { 0 };
-                    let budget = (ub - 1).saturating_sub(others) / vl.bandwidth;
-                    cap = Some(cap.map_or(budget, |c| c.min(budget)));
-                }
-                if let Some(c) = cap {
-                    model.add_constraint(constraint::leq(total, c as f64));
-                }
-            }
-        }
-        for (e, expr) in per_edge.into_iter().enumerate() {
-            if edge_used[e] {
-                model.add_constraint(constraint::leq(
-                    expr,
-                    residual.bandwidth(EdgeIndex::new(e)) as f64,
-                ));
-            }
-        }
+        inst.add_node_constraints(&mut model, &x);
+        inst.add_link_constraints(&mut model, &links, &x_at, self.valid_cut);
 
         let solved = model.solve();
         let sol = match solved {
@@ -403,6 +192,316 @@ impl Mip {
                 }),
             },
         }
+    }
+
+    /// CBC's parameters: the time limit, one thread, no output, and with `light` neither root
+    /// cuts nor primal heuristics.
+    fn configure(&self, model: &mut CoinCbcProblem, light: bool) {
+        model.set_parameter("timeMode", "elapsed");
+        model.set_parameter(
+            "seconds",
+            &format!("{:.3}", self.time_limit.as_secs_f64().max(0.01)),
+        );
+        model.set_parameter("threads", "1");
+        // CBC and its LP solver write to stdout unless told not to
+        model.set_parameter("log", "0");
+        model.set_parameter("slogLevel", "0");
+        if light {
+            // CBC's root cut generation and primal heuristics do not look at the clock
+            // (measured on a 10-node request: 35 s wall under a 10 s limit; 4.6 s under a 2 s
+            // limit with both off).
+            model.set_parameter("heuristics", "off");
+            model.set_parameter("cuts", "off");
+        }
+    }
+}
+
+/// The node variables: per virtual node its candidate hosts (`x[v]`), and the same indexed by
+/// host (`x_at[v][h]`).
+type NodeVars = (Vec<Vec<(NodeIndex, Variable)>>, Vec<Vec<Option<Variable>>>);
+
+/// One request on one residual, with the bounds the model is built from.
+struct Instance<'a> {
+    residual: &'a Residual,
+    request: &'a VnRequest,
+    /// Several virtual nodes may share a host.
+    revisit: bool,
+    /// Links with bandwidth are split flows (the variant and the request allow it).
+    split_ok: bool,
+    /// Per virtual link: it must leave its source host (the valid cut applies).
+    must_hop: Vec<bool>,
+    /// Every unit of a must-hop link's bandwidth crosses at least one substrate link: the sum of
+    /// their demands bounds the bandwidth cost from below.
+    lower: u64,
+    /// The bandwidth cost of the warm start, when there is one.
+    ub: Option<u64>,
+}
+
+impl<'a> Instance<'a> {
+    fn new(
+        mip: &Mip,
+        residual: &'a Residual,
+        request: &'a VnRequest,
+        cands: &[Vec<NodeIndex>],
+        warm: Option<&Embedding>,
+    ) -> Self {
+        let opts = request.options();
+        let revisit = opts.allow_revisitation;
+        // which links must leave their source host (the valid cut applies)
+        let must_hop: Vec<bool> = request
+            .links()
+            .iter()
+            .map(|vl| !(revisit && cands[vl.u].iter().any(|h| cands[vl.v].contains(h))))
+            .collect();
+        // every unit of a must-hop link's bandwidth crosses at least one substrate link
+        let lower: u64 = request
+            .links()
+            .iter()
+            .zip(&must_hop)
+            .filter(|(_, m)| **m)
+            .map(|(vl, _)| vl.bandwidth)
+            .sum();
+        // With a warm start of bandwidth cost `ub` the MIP only looks for strictly cheaper
+        // embeddings (the objective is integral): infeasible then means the warm start is optimal.
+        let ub = warm.map(|w| w.links().iter().map(|l| l.bandwidth_hops()).sum::<u64>());
+        Instance {
+            residual,
+            request,
+            revisit,
+            split_ok: mip.splittable && opts.allow_path_split && opts.max_path_hops.is_none(),
+            must_hop,
+            lower,
+            ub,
+        }
+    }
+
+    /// The binary `x[v][h]` for every candidate host that passes variable fixing: every
+    /// must-hop link of `v` leaves its host over an incident substrate link, so the host needs
+    /// that much free bandwidth around it (in total, and for unit flows on a single link).
+    fn node_vars(
+        &self,
+        vars: &mut ProblemVariables,
+        cands: &[Vec<NodeIndex>],
+    ) -> Result<NodeVars, Rejection> {
+        let (s, residual, request) = (self.residual.substrate(), self.residual, self.request);
+        let (k, n) = (request.nodes().len(), s.node_count());
+        let (mut need_sum, mut need_max) = (vec![0u64; k], vec![0u64; k]);
+        for (l, vl) in request.links().iter().enumerate() {
+            if self.must_hop[l] {
+                for v in [vl.u, vl.v] {
+                    need_sum[v] += vl.bandwidth;
+                    need_max[v] = need_max[v].max(vl.bandwidth);
+                }
+            }
+        }
+        let around = |h: NodeIndex| {
+            s.neighbors(h)
+                .iter()
+                .fold((0u64, 0u64), |(sum, max), (_, e)| {
+                    let b = residual.bandwidth(*e);
+                    (sum + b, max.max(b))
+                })
+        };
+        let mut x: Vec<Vec<(NodeIndex, Variable)>> = Vec::with_capacity(k);
+        let mut x_at: Vec<Vec<Option<Variable>>> = vec![vec![None; n]; k];
+        for (v, hs) in cands.iter().enumerate() {
+            let row: Vec<(NodeIndex, Variable)> = hs
+                .iter()
+                .filter(|&&h| {
+                    let (sum, max) = around(h);
+                    sum >= need_sum[v] && (self.split_ok || max >= need_max[v])
+                })
+                .map(|&h| {
+                    let var = vars.add(variable().binary());
+                    x_at[v][h.index()] = Some(var);
+                    (h, var)
+                })
+                .collect();
+            if row.is_empty() {
+                return Err(Rejection::Node {
+                    node: request.nodes()[v].id.clone(),
+                    resource: Resource::Bandwidth,
+                    reason: format!(
+                        "no eligible host has {} bandwidth free on its links (the sum of the node's link demands)",
+                        need_sum[v]
+                    ),
+                });
+            }
+            x.push(row);
+        }
+        Ok((x, x_at))
+    }
+
+    /// The flow variables of every virtual link on both arcs of every substrate link (for unit
+    /// flows only links with its bandwidth free), and the objective over them.
+    fn link_vars(&self, vars: &mut ProblemVariables) -> (Vec<LinkVars>, Expression) {
+        let (s, residual, request) = (self.residual.substrate(), self.residual, self.request);
+        let mut links: Vec<LinkVars> = Vec::with_capacity(request.links().len());
+        let mut objective = Expression::with_capacity(request.links().len() * 2 * s.link_count());
+        for vl in request.links() {
+            let b = vl.bandwidth;
+            let unit = !(self.split_ok && b > 0);
+            let mut arcs = Vec::new();
+            for e in s.link_indices() {
+                if unit && residual.bandwidth(e) < b {
+                    continue;
+                }
+                let (i, j) = s.endpoints(e);
+                for (t, hd) in [(i, j), (j, i)] {
+                    let var = if unit {
+                        vars.add(variable().binary())
+                    } else {
+                        vars.add(variable().integer().min(0).max(b as f64))
+                    };
+                    let c = if unit { b as f64 } else { 1.0 };
+                    if c > 0.0 {
+                        objective.add_mul(c, var);
+                    }
+                    arcs.push((t, hd, e, var));
+                }
+            }
+            links.push(LinkVars { unit, arcs });
+        }
+        (links, objective)
+    }
+
+    /// Every virtual node on exactly one host; per host at most one of them, or with
+    /// revisitation its CPU and memory.
+    fn add_node_constraints(&self, model: &mut CoinCbcProblem, x: &[Vec<(NodeIndex, Variable)>]) {
+        let (residual, request) = (self.residual, self.request);
+        for row in x {
+            let sum: Expression = row.iter().map(|(_, v)| *v).sum();
+            model.add_constraint(constraint::eq(sum, 1.0));
+        }
+        let mut at_host: Vec<Vec<(usize, Variable)>> =
+            vec![Vec::new(); residual.substrate().node_count()];
+        for (v, row) in x.iter().enumerate() {
+            for &(h, var) in row {
+                at_host[h.index()].push((v, var));
+            }
+        }
+        for (h, here) in at_host.iter().enumerate() {
+            if here.len() < 2 {
+                continue;
+            }
+            if self.revisit {
+                let node = NodeIndex::new(h);
+                let mut cpu = Expression::with_capacity(here.len());
+                let mut mem = Expression::with_capacity(here.len());
+                for &(v, var) in here {
+                    cpu.add_mul(request.nodes()[v].cpu as f64, var);
+                    mem.add_mul(request.nodes()[v].memory_mb as f64, var);
+                }
+                model.add_constraint(constraint::leq(cpu, residual.cpu(node) as f64));
+                model.add_constraint(constraint::leq(mem, residual.memory(node) as f64));
+            } else {
+                let sum: Expression = here.iter().map(|(_, v)| *v).sum();
+                model.add_constraint(constraint::leq(sum, 1.0));
+            }
+        }
+    }
+
+    /// Per virtual link: flow conservation, for unit flows the simple-path strengthening and
+    /// the hop limit, the valid cut; then every substrate link's bandwidth.
+    fn add_link_constraints(
+        &self,
+        model: &mut CoinCbcProblem,
+        links: &[LinkVars],
+        x_at: &[Vec<Option<Variable>>],
+        valid_cut: bool,
+    ) {
+        let (s, request) = (self.residual.substrate(), self.request);
+        let n = s.node_count();
+        let mut per_edge: Vec<Expression> = vec![Expression::default(); s.link_count()];
+        let mut edge_used = vec![false; s.link_count()];
+        for (l, lv) in links.iter().enumerate() {
+            let vl = &request.links()[l];
+            let q = if lv.unit { 1.0 } else { vl.bandwidth as f64 };
+            let mut net: Vec<Expression> = vec![Expression::default(); n];
+            for &(t, hd, e, var) in &lv.arcs {
+                net[t.index()].add_mul(1.0, var);
+                net[hd.index()].add_mul(-1.0, var);
+                let coeff = if lv.unit { vl.bandwidth as f64 } else { 1.0 };
+                if coeff > 0.0 {
+                    per_edge[e.index()].add_mul(coeff, var);
+                    edge_used[e.index()] = true;
+                }
+            }
+            if lv.unit {
+                Self::add_simple_path(model, lv, x_at, vl.u, vl.v);
+            }
+            for (h, mut expr) in net.into_iter().enumerate() {
+                if let Some(xu) = x_at[vl.u][h] {
+                    expr.add_mul(-q, xu);
+                }
+                if let Some(xv) = x_at[vl.v][h] {
+                    expr.add_mul(q, xv);
+                }
+                model.add_constraint(constraint::eq(expr, 0.0));
+            }
+            let total: Expression = lv.arcs.iter().map(|a| a.3).sum();
+            if valid_cut && self.must_hop[l] {
+                model.add_constraint(constraint::geq(total.clone(), q));
+            }
+            if lv.unit
+                && let Some(c) = self.hop_cap(l)
+            {
+                model.add_constraint(constraint::leq(total, c as f64));
+            }
+        }
+        for (e, expr) in per_edge.into_iter().enumerate() {
+            if edge_used[e] {
+                model.add_constraint(constraint::leq(
+                    expr,
+                    self.residual.bandwidth(EdgeIndex::new(e)) as f64,
+                ));
+            }
+        }
+    }
+
+    /// A simple path neither enters its source nor leaves its destination:
+    /// `in_l(h) + x[u][h] <= 1` and `out_l(h) + x[v][h] <= 1`.
+    fn add_simple_path(
+        model: &mut CoinCbcProblem,
+        lv: &LinkVars,
+        x_at: &[Vec<Option<Variable>>],
+        u: usize,
+        v: usize,
+    ) {
+        let n = x_at[u].len();
+        let mut into: Vec<Expression> = vec![Expression::default(); n];
+        let mut out: Vec<Expression> = vec![Expression::default(); n];
+        for &(t, hd, _, var) in &lv.arcs {
+            out[t.index()].add_mul(1.0, var);
+            into[hd.index()].add_mul(1.0, var);
+        }
+        for h in 0..n {
+            if let Some(xu) = x_at[u][h] {
+                let mut e = std::mem::take(&mut into[h]);
+                e.add_mul(1.0, xu);
+                model.add_constraint(constraint::leq(e, 1.0));
+            }
+            if let Some(xv) = x_at[v][h] {
+                let mut e = std::mem::take(&mut out[h]);
+                e.add_mul(1.0, xv);
+                model.add_constraint(constraint::leq(e, 1.0));
+            }
+        }
+    }
+
+    /// The hop limit of unit-flow link `l`: the request's, and for an improving solution the
+    /// budget left once every other must-hop link has taken one hop.
+    fn hop_cap(&self, l: usize) -> Option<u64> {
+        let vl = &self.request.links()[l];
+        let mut cap = self.request.options().max_path_hops.map(u64::from);
+        if let Some(ub) = self.ub
+            && vl.bandwidth > 0
+        {
+            let others = self.lower - if self.must_hop[l] { vl.bandwidth } else { 0 };
+            let budget = (ub - 1).saturating_sub(others) / vl.bandwidth;
+            cap = Some(cap.map_or(budget, |c| c.min(budget)));
+        }
+        cap
     }
 }
 
