@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Malformed requests are the caller's fault: INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::codec::VnetCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -880,6 +880,70 @@ pub fn links_table(links: &[pb::SubstrateLink]) -> String {
     )
 }
 
+/// A guest image and the hosts that hold it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    pub name: String,
+    pub format: String,
+    pub arch: String,
+    pub size_bytes: u64,
+    pub digest: String,
+    pub hosts: Vec<String>,
+}
+
+impl ImageView {
+    pub fn from_proto(o: &pb::ImageOffer) -> Self {
+        let i = o.image.clone().unwrap_or_default();
+        ImageView {
+            name: i.name,
+            format: i.format,
+            arch: i.arch,
+            size_bytes: i.size_bytes,
+            digest: i.digest,
+            hosts: o.hosts.clone(),
+        }
+    }
+}
+
+/// Bytes as people read them (binary units, one decimal).
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// `vnctl get images`: the digest is cut to 19 characters (`sha256:` and 12 hex digits).
+pub fn images_table(offers: &[pb::ImageOffer]) -> String {
+    let rows: Vec<Vec<String>> = offers
+        .iter()
+        .map(|o| {
+            let v = ImageView::from_proto(o);
+            vec![
+                v.name,
+                dash(&v.format),
+                dash(&v.arch),
+                size(v.size_bytes),
+                dash(&v.digest.chars().take(19).collect::<String>()),
+                v.hosts.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["IMAGE", "FORMAT", "ARCH", "SIZE", "DIGEST", "HOSTS"],
+        &rows,
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -953,6 +1017,36 @@ pub(crate) mod tests {
             .into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn images_table_names_each_offer() {
+        let offer = pb::ImageOffer {
+            image: Some(pb::GuestImage {
+                name: "default".into(),
+                format: "kernel".into(),
+                arch: "x86_64".into(),
+                size_bytes: 31_457_280,
+                digest: "sha256:0123456789abcdef0123".into(),
+            }),
+            hosts: vec!["h1".into(), "h2".into()],
+        };
+        let t = images_table(&[offer]);
+        assert!(t.starts_with("IMAGE"), "{t}");
+        let row = t.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "default",
+                "kernel",
+                "x86_64",
+                "30.0MiB",
+                "sha256:0123456789ab",
+                "h1,h2"
+            ]
+        );
+        assert_eq!(size(512), "512B");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Outcome {
     Fail,
     /// Stays PROVISIONING forever.
     Hang,
+    /// The first Create fails as `Fail`, every later one is `Ready`.
+    FailOnce,
 }
 
 #[derive(Default)]
@@ -36,6 +38,8 @@ struct State {
     providers_seen: Vec<Option<String>>,
     /// Bytes typed into consoles, in order.
     console_input: Vec<u8>,
+    /// Creates accepted so far.
+    creates: usize,
 }
 
 /// The stand-in. Cheap to clone; all clones share state.
@@ -86,6 +90,11 @@ impl FakeController {
     }
 
     /// Provider metadata of every call so far.
+    /// Creates accepted so far.
+    pub fn creates(&self) -> usize {
+        self.state.lock().unwrap().creates
+    }
+
     pub fn providers_seen(&self) -> Vec<Option<String>> {
         self.state.lock().unwrap().providers_seen.clone()
     }
@@ -140,6 +149,7 @@ impl FakeController {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
 type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleResponse, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl VirtualNetworks for FakeController {
@@ -165,14 +175,16 @@ impl VirtualNetworks for FakeController {
             state: pb::VnState::Provisioning as i32,
             ..Default::default()
         };
-        {
+        let nth = {
             let mut st = self.state.lock().unwrap();
             let key = (provider.clone(), name.clone());
             if st.vns.contains_key(&key) {
                 return Err(Status::already_exists(format!("vn {name} exists")));
             }
             st.vns.insert(key, vn.clone());
-        }
+            st.creates += 1;
+            st.creates
+        };
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -183,7 +195,14 @@ impl VirtualNetworks for FakeController {
                 pb::VnState::Provisioning,
                 "h1 ready",
             );
-            match me.outcome {
+            let outcome = match me.outcome {
+                Outcome::FailOnce if nth == 1 => Outcome::Fail,
+                Outcome::FailOnce => Outcome::Ready,
+                Outcome::Ready => Outcome::Ready,
+                Outcome::Fail => Outcome::Fail,
+                Outcome::Hang => Outcome::Hang,
+            };
+            match outcome {
                 Outcome::Ready => {
                     me.set_state(&provider, &name, pb::VnState::Ready, "");
                     me.emit(
@@ -204,7 +223,7 @@ impl VirtualNetworks for FakeController {
                         "h2: no tap",
                     );
                 }
-                Outcome::Hang => {}
+                Outcome::Hang | Outcome::FailOnce => {}
             }
         });
         Ok(Response::new(vn))
@@ -321,23 +340,52 @@ impl VirtualNetworks for FakeController {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
+    type ExecStream = ExecStream;
+
+    /// Writes "VN/NODE: ARGV" to stdout, "to stderr" to stderr, echoes stdin to stdout until end
+    /// of file, and exits with N for an argument `exit=N`.
     async fn exec(
         &self,
-        req: Request<pb::ExecRequest>,
-    ) -> Result<Response<pb::ExecResponse>, Status> {
+        req: Request<tonic::Streaming<pb::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         self.identity(&req)?;
-        let r = req.into_inner();
+        let mut inbound = req.into_inner();
+        let Some(pb::ExecRequest {
+            msg: Some(pb::exec_request::Msg::Start(r)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be an ExecStart",
+            ));
+        };
         let code = r
             .argv
             .iter()
             .find_map(|a| a.strip_prefix("exit="))
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        Ok(Response::new(pb::ExecResponse {
-            exit_code: code,
-            stdout: format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" ")).into_bytes(),
-            stderr: b"to stderr\n".to_vec(),
-        }))
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let msg = |m| Ok(pb::ExecResponse { msg: Some(m) });
+            let line = format!("{}/{}: {}\n", r.vn, r.node, r.argv.join(" "));
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stdout(line.into_bytes())))
+                .await;
+            let _ = tx
+                .send(msg(pb::exec_response::Msg::Stderr(b"to stderr\n".to_vec())))
+                .await;
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(pb::exec_request::Msg::Stdin(d)) = m.msg {
+                    let _ = tx.send(msg(pb::exec_response::Msg::Stdout(d))).await;
+                }
+            }
+            let exit = pb::ExecExit {
+                exit_code: code,
+                ..Default::default()
+            };
+            let _ = tx.send(msg(pb::exec_response::Msg::Exit(exit))).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ConsoleStream = ConsoleStream;
@@ -427,6 +475,33 @@ impl Substrate for FakeController {
         _req: Request<pb::GetTopologyRequest>,
     ) -> Result<Response<pb::Topology>, Status> {
         Ok(Response::new(pb::Topology::default()))
+    }
+
+    /// One image, `default`, on every host.
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let hosts = self
+            .state
+            .lock()
+            .unwrap()
+            .generations
+            .keys()
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListImagesResponse {
+            images: vec![pb::ImageOffer {
+                image: Some(pb::GuestImage {
+                    name: "default".into(),
+                    format: "kernel".into(),
+                    arch: "x86_64".into(),
+                    size_bytes: 4096,
+                    digest: "sha256:0123".into(),
+                }),
+                hosts,
+            }],
+        }))
     }
 }
 

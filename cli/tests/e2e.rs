@@ -468,3 +468,42 @@ fn down_after_a_crash() {
     drop(guard);
     bed.assert_gone(&before);
 }
+
+#[test]
+fn down_after_a_partial_failure() {
+    let _one = testbed_lock();
+    let Some(bed) = bed("down_after_a_partial_failure", 3) else {
+        return;
+    };
+    let before = bed.snapshot();
+    let guard = bed.up();
+    // A VLAN VN: nodes on h1 and h3, each host with a datapath process.
+    bed.apply_wait("ops", &example("vlan.yaml"), "180s");
+    let built = bed.snapshot();
+    assert!(built.netns.len() >= 3 + 2, "{built:?}");
+    // Broken half-way: h1's and h3's agents die, h3's host namespace is deleted under its
+    // datapath and its node.
+    for h in ["h1", "h3"] {
+        let pid = std::fs::read_to_string(bed.dir.join(format!("run/agent-{h}.pid"))).unwrap();
+        let st = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let h3 = format!("{}h3", bed.tag);
+    let st = Command::new("ip")
+        .args(["netns", "delete", &h3])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Down finishes: the VN's namespaces and datapaths of both hosts go, also h3's without its
+    // host namespace; then down again is a no-op.
+    ok(
+        bed.testbed(&["down"]),
+        "testbed down after a partial failure",
+    );
+    ok(bed.testbed(&["down"]), "second testbed down");
+    drop(guard);
+    bed.assert_gone(&before);
+}

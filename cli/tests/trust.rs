@@ -4,10 +4,10 @@
 //! `providers_and_hosts_prove_who_they_are` brings up a private 3-host testbed and shows:
 //! - without a credential every RPC answers UNAUTHENTICATED (and AgentControl without a host
 //!   certificate too);
-//! - provider blue (its own credential) cannot get, describe, watch, exec into, console into or
-//!   delete red's VN: NOT_FOUND; `--provider red` with blue's credential is refused; a revoked
+//! - provider blue (its own credential) cannot get, describe, watch, exec into (the streamed
+//!   `Exec` too), console into or delete red's VN: NOT_FOUND; `--provider red` with blue's credential is refused; a revoked
 //!   and an expired token are refused;
-//! - a client with h2's certificate claiming h1, one with a CA-signed certificate for a host the
+//! - a client with h2's certificate claiming h1 (on `Attach` and on `AgentControl.Exec`), one with a CA-signed certificate for a host the
 //!   topology does not list, and h1's own certificate with an out-of-range generation cannot
 //!   attach, while the real h1 stays connected, red's VN stays READY and a new VN on h1 becomes
 //!   READY (h1 still gets desired state);
@@ -94,6 +94,52 @@ fn file(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
+fn exec_start(vn: &str, node: &str) -> pb::ExecRequest {
+    pb::ExecRequest {
+        msg: Some(pb::exec_request::Msg::Start(pb::ExecStart {
+            vn: vn.into(),
+            node: node.into(),
+            argv: vec!["true".into()],
+            ..Default::default()
+        })),
+    }
+}
+
+/// One `AgentControl.Exec` opened as `host` for a command nobody asked for; the status it
+/// ends with.
+async fn agent_exec(ch: Channel, host: &str) -> Result<(), tonic::Status> {
+    let mut c = AgentControlClient::new(ch);
+    let open = pb::ExecUp {
+        msg: Some(pb::exec_up::Msg::Open(pb::ExecAgentOpen {
+            host_id: host.into(),
+            request_id: 1,
+        })),
+    };
+    let out = futures::stream::iter(vec![open]).chain(futures::stream::pending());
+    let mut s = c.exec(out).await?.into_inner();
+    s.message().await.map(|_| ())
+}
+
+/// Blue's streamed exec (gRPC, its own token) into red's node: NOT_FOUND, as if red's VN did
+/// not exist.
+async fn blue_exec_is_not_found(bed: &Bed, conf: &Path) {
+    let text = std::fs::read_to_string(conf).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().trim_matches('"').to_string())
+        .expect("token in blue's config");
+    let mut v = VirtualNetworksClient::new(channel(bed, None).await);
+    let mut req = tonic::Request::new(futures::stream::iter(vec![exec_start("red-net", "a")]));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let e = match v.exec(req).await {
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
+
 /// Every RPC without a credential: UNAUTHENTICATED.
 async fn anonymous_is_refused(bed: &Bed) {
     let ch = channel(bed, None).await;
@@ -119,7 +165,12 @@ async fn anonymous_is_refused(bed: &Bed) {
             v.delete(pb::DeleteVnRequest::default()).await.err(),
         ),
         ("Watch", v.watch(pb::WatchVnsRequest::default()).await.err()),
-        ("Exec", v.exec(pb::ExecRequest::default()).await.err()),
+        (
+            "Exec",
+            v.exec(futures::stream::iter(vec![exec_start("red-net", "a")]))
+                .await
+                .err(),
+        ),
         (
             "Console",
             v.console(futures::stream::iter(vec![pb::ConsoleRequest::default()]))
@@ -129,6 +180,10 @@ async fn anonymous_is_refused(bed: &Bed) {
         (
             "ListHosts",
             s.list_hosts(pb::ListHostsRequest {}).await.err(),
+        ),
+        (
+            "ListImages",
+            s.list_images(pb::ListImagesRequest {}).await.err(),
         ),
         (
             "ListLinks",
@@ -159,6 +214,10 @@ async fn anonymous_is_refused(bed: &Bed) {
             a.get_quota(pb::GetQuotaRequest::default()).await.err(),
         ),
         ("Attach", attach(ch.clone(), hello("h1", 0)).await.err()),
+        (
+            "AgentControl.Exec",
+            agent_exec(ch.clone(), "h1").await.err(),
+        ),
     ];
     for (rpc, e) in codes {
         let e = e.unwrap_or_else(|| panic!("{rpc} without a credential succeeded"));
@@ -174,6 +233,11 @@ async fn hosts_are_bound_to_certificates(bed: &Bed) {
     let e = attach(channel(bed, h2).await, hello("h1", 0))
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("names host h2"), "{e:?}");
+    // h2's certificate opening an exec as h1.
+    let h2 = Some((file(&pki, "host-h2.crt"), file(&pki, "host-h2.key")));
+    let e = agent_exec(channel(bed, h2).await, "h1").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("names host h2"), "{e:?}");
     // A certificate from the CA for a host the topology does not list.
@@ -271,6 +335,7 @@ fn providers_and_hosts_prove_who_they_are() {
             &format!("blue {args:?}"),
         );
     }
+    rt.block_on(blue_exec_is_not_found(&bed, &blue));
     refused(
         &as_conf(&blue, &["--provider", "red", "get", "vn", "red-net"]),
         "may not act for provider red",

@@ -157,9 +157,13 @@ else
   kernel_file=vmlinuz
   cp "$vmlinuz" "$work/vmlinuz"
 fi
+# The digest the agent reports to the controller's image catalogue: kernel, then initramfs.
+digest=$(cat "$work/$kernel_file" "$work/initrd.img" | sha256sum | cut -d' ' -f1)
 cat > "$work/image.json" <<EOF
 {
   "format": "kernel",
+  "arch": "x86_64",
+  "digest": "sha256:$digest",
   "kernel": "$kernel_file",
   "initrd": "initrd.img",
   "kernel_package": "$kernel_pkg",

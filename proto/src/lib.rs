@@ -9,6 +9,8 @@
 //!
 //! This crate knows no other member of the workspace.
 
+pub mod codec;
+
 /// Generated messages, clients and servers of `vnet.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]
 pub mod v1 {

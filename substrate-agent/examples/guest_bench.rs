@@ -17,9 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use substrate_agent::guest::{
-    Accel, GuestConfig, GuestNic, GuestRoute, GuestRuntime, MacAddr, NicModel, QemuRuntime,
+    Accel, GuestConfig, GuestNic, GuestRoute, GuestRuntime, NicModel, QemuRuntime,
     QemuRuntimeOptions,
 };
+use substrate_agent::mac::Mac;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -92,7 +93,7 @@ impl Net {
             accel: Accel::Auto,
             nics: vec![GuestNic {
                 ifname: "eth0".into(),
-                mac: MacAddr::derived(&id),
+                mac: Mac::derived(&id),
                 addresses: vec![format!("{}/24", self.guest_ip).parse().unwrap()],
                 mtu: 1500,
             }],
@@ -186,11 +187,15 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/vnet/images"));
     let state = tempfile::tempdir().unwrap();
-    let rt = QemuRuntime::new(QemuRuntimeOptions {
-        state_dir: state.path().to_path_buf(),
-        images_dir: images,
-        ..QemuRuntimeOptions::default()
-    })
+    let kernel = std::sync::Arc::new(substrate_agent::host::linux::LinuxKernel::new().unwrap());
+    let rt = QemuRuntime::new(
+        QemuRuntimeOptions {
+            state_dir: state.path().to_path_buf(),
+            images_dir: images,
+            ..QemuRuntimeOptions::default()
+        },
+        kernel,
+    )
     .unwrap();
     let boots = env_num("VNET_BENCH_BOOTS", 5) as usize;
     let guests = env_num("VNET_BENCH_GUESTS", 16) as usize;
@@ -248,6 +253,12 @@ fn main() {
         );
     }
 
+    density(&rt, guests, memory_mb, limit);
+}
+
+/// Density: `guests` virtio guests of `memory_mb` MiB at once; time to start and to answer, and
+/// memory per guest.
+fn density(rt: &QemuRuntime, guests: usize, memory_mb: u64, limit: Duration) {
     println!("\n## Density: {guests} virtio guests of {memory_mb} MiB at once\n");
     let avail_before = mem_available_kb();
     let nets: Vec<Net> = (0..guests).map(|i| Net::new(100 + i)).collect();
@@ -256,7 +267,7 @@ fn main() {
         .enumerate()
         .map(|(i, n)| n.config(100 + i, NicModel::Virtio, memory_mb))
         .collect();
-    let _stop = Stop(&rt, cfgs.iter().map(|c| c.node_id.clone()).collect());
+    let _stop = Stop(rt, cfgs.iter().map(|c| c.node_id.clone()).collect());
     let t0 = Instant::now();
     let mut pids = vec![];
     for c in &cfgs {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use substrate_agent::agent::{Agent, AgentConfig};
-use substrate_agent::linux::LinuxKernel;
-use substrate_agent::naming::Naming;
-use substrate_agent::state::StateDir;
+use substrate_agent::daemon::agent::{Agent, AgentConfig};
+use substrate_agent::host::linux::LinuxKernel;
+use substrate_agent::reconcile::naming::Naming;
+use substrate_agent::reconcile::state::StateDir;
 use substrate_agent::vlan::process::ProcessDatapath;
 use vnet_proto::v1 as pb;
 
@@ -177,6 +177,25 @@ enum Cmd {
         #[arg(long)]
         teardown: bool,
     },
+    /// A tenant's command confined to its node (started by the agent for every exec; see the
+    /// `sandbox` module).
+    #[command(hide = true)]
+    ExecSandbox {
+        /// The node's named network namespace.
+        #[arg(long)]
+        netns: PathBuf,
+        /// Kill the command after this long.
+        #[arg(long)]
+        deadline_ms: u64,
+        /// stdin is a terminal: make it the command's controlling terminal.
+        #[arg(long)]
+        tty: bool,
+        /// A directory to cover with an empty tmpfs (repeatable).
+        #[arg(long)]
+        hide: Vec<PathBuf>,
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
     /// The userspace VLAN datapath process (started by the agent).
     #[command(hide = true)]
     VlanDatapath {
@@ -235,6 +254,7 @@ fn guest_runtime(
     images_dir: PathBuf,
     qemu: &str,
     support: substrate_agent::guest::HostGuestSupport,
+    kernel: Arc<LinuxKernel>,
 ) -> Option<substrate_agent::guest::QemuRuntime> {
     let opts = substrate_agent::guest::QemuRuntimeOptions {
         state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
@@ -242,7 +262,7 @@ fn guest_runtime(
         qemu_binary: qemu.to_string(),
         ..Default::default()
     };
-    match substrate_agent::guest::QemuRuntime::with_support(opts, support) {
+    match substrate_agent::guest::QemuRuntime::with_support(opts, support, kernel) {
         Ok(rt) => Some(rt),
         Err(e) => {
             tracing::warn!(error = %e, "no guest runtime: VM nodes will fail on this host");
@@ -255,7 +275,7 @@ fn guest_runtime(
 /// thread exists, so that every thread and the datapath child inherit it), the kernel layer,
 /// the ownership ledger and the VLAN datapath control.
 struct HostContext {
-    kernel: LinuxKernel,
+    kernel: Arc<LinuxKernel>,
     ledger: Arc<StateDir>,
     datapath: ProcessDatapath,
 }
@@ -267,10 +287,10 @@ impl HostContext {
         host_id: &str,
     ) -> anyhow::Result<Self> {
         if let Some(ns) = netns {
-            substrate_agent::netns::enter_for_good(ns)
+            substrate_agent::host::netns::enter_for_good(ns)
                 .with_context(|| format!("enter network namespace {ns}"))?;
         }
-        let kernel = LinuxKernel::new().context("prepare /run/netns")?;
+        let kernel = Arc::new(LinuxKernel::new().context("prepare /run/netns")?);
         let ledger =
             Arc::new(StateDir::open(state_dir, host_id).context("open the state directory")?);
         let exe = std::env::current_exe().context("locate own binary")?;
@@ -287,7 +307,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Probe { qemu }) => {
-            let p = substrate_agent::probe::probe(&qemu);
+            let p = substrate_agent::daemon::probe::probe(&qemu);
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(())
         }
@@ -301,8 +321,13 @@ fn main() -> anyhow::Result<()> {
             raise_nofile();
             let k = LinuxKernel::new().context("kernel")?;
             let naming = Naming::new(name_prefix, host_id);
-            let r =
-                substrate_agent::bench::run_scale(&k, &naming, vnodes, bandwidth_mbps, workers)?;
+            let r = substrate_agent::daemon::bench::run_scale(
+                &k,
+                &naming,
+                vnodes,
+                bandwidth_mbps,
+                workers,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
@@ -324,10 +349,10 @@ fn main() -> anyhow::Result<()> {
                     vns: vec![],
                 }
             } else {
-                substrate_agent::bench::link_desired(side, &local, &remote)
+                substrate_agent::daemon::bench::link_desired(side, &local, &remote)
             };
-            substrate_agent::bench::apply_once(
-                &host.kernel,
+            substrate_agent::daemon::bench::apply_once(
+                &*host.kernel,
                 &naming,
                 &host.ledger,
                 &host.datapath,
@@ -352,12 +377,13 @@ fn main() -> anyhow::Result<()> {
                 PathBuf::new(),
                 &qemu,
                 substrate_agent::guest::probe_host(&qemu),
+                host.kernel.clone(),
             );
             let guests = guests
                 .as_ref()
                 .map(|g| g as &dyn substrate_agent::guest::GuestRuntime);
-            let r = substrate_agent::cleanup::cleanup(
-                &host.kernel,
+            let r = substrate_agent::daemon::cleanup::cleanup(
+                &*host.kernel,
                 &naming,
                 &host.ledger,
                 &host.datapath,
@@ -366,6 +392,26 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             anyhow::ensure!(r.errors.is_empty(), "cleanup incomplete: {:?}", r.errors);
             Ok(())
+        }
+        Some(Cmd::ExecSandbox {
+            netns,
+            deadline_ms,
+            tty,
+            hide,
+            argv,
+        }) => {
+            // Single-threaded: no runtime, no tracing (stderr is the tenant's).
+            let code = substrate_agent::daemon::sandbox::run(
+                &substrate_agent::daemon::sandbox::Confinement {
+                    netns,
+                    deadline: std::time::Duration::from_millis(deadline_ms),
+                    tty,
+                    limits: substrate_agent::daemon::sandbox::Limits::default(),
+                    hide,
+                    argv,
+                },
+            );
+            std::process::exit(code)
         }
         Some(Cmd::VlanDatapath { config, status }) => {
             init_tracing(LogFormat::Text);
@@ -397,6 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.images_dir,
             &cli.qemu,
             static_guests.clone(),
+            host.kernel.clone(),
         )
         .map(|mut rt| {
             rt.confirm_kvm();
@@ -407,14 +454,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_ref()
         .map(|g| g.support().clone())
         .unwrap_or(static_guests);
-    let probe = substrate_agent::probe::probe_with_guests(&guest_support);
+    let probe = substrate_agent::daemon::probe::probe_with_guests(&guest_support);
     tracing::info!(probe = %serde_json::to_string(&probe)?, "capability probe");
     if probe.kernel_vlan {
         tracing::info!("kernel 802.1Q is available; VLAN links still use the userspace datapath");
     } else {
         tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
     }
-    let kernel = Arc::new(host.kernel);
+    let kernel = host.kernel;
     let ledger = host.ledger;
     let datapath = Arc::new(host.datapath);
     let cores = std::thread::available_parallelism()
@@ -424,7 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         host_id: host_id.clone(),
         controller: cli.controller.expect("required"),
         underlay_address: cli.underlay_address.expect("required"),
-        underlay: substrate_agent::linux::underlay_interfaces().context("list interfaces")?,
+        underlay: substrate_agent::host::linux::underlay_interfaces().context("list interfaces")?,
         state_dir,
         capacity: pb::Resources {
             cpu: cli.cpu.unwrap_or(100 * cores),

@@ -12,9 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use substrate_agent::guest::{
-    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime, MacAddr,
-    NicModel, QemuRuntime, QemuRuntimeOptions,
+    Accel, EnsureAction, GuestConfig, GuestError, GuestNic, GuestRoute, GuestRuntime, NicModel,
+    QemuRuntime, QemuRuntimeOptions,
 };
+use substrate_agent::mac::Mac;
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -148,11 +149,16 @@ impl Drop for GuestGuard<'_> {
 }
 
 fn runtime(state: &std::path::Path) -> QemuRuntime {
-    QemuRuntime::new(QemuRuntimeOptions {
-        state_dir: state.to_path_buf(),
-        images_dir: images_dir(),
-        ..QemuRuntimeOptions::default()
-    })
+    let kernel =
+        std::sync::Arc::new(substrate_agent::host::linux::LinuxKernel::new().expect("kernel"));
+    QemuRuntime::new(
+        QemuRuntimeOptions {
+            state_dir: state.to_path_buf(),
+            images_dir: images_dir(),
+            ..QemuRuntimeOptions::default()
+        },
+        kernel,
+    )
     .expect("runtime")
 }
 
@@ -175,7 +181,7 @@ fn config(
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: ifname.into(),
-            mac: MacAddr::derived(node_id),
+            mac: Mac::derived(node_id),
             addresses: vec![cidr.parse().unwrap()],
             mtu: 1500,
         }],
@@ -475,7 +481,7 @@ fn guest_bad_inputs_fail_clearly_and_leave_nothing() {
     );
     cfg.nics.push(GuestNic {
         ifname: "eth1".into(),
-        mac: MacAddr::derived("other"),
+        mac: Mac::derived("other"),
         addresses: vec![],
         mtu: 1500,
     });
@@ -591,15 +597,13 @@ fn guest_behind_a_userspace_tap_answers_arp() {
             nix::sched::CloneFlags::CLONE_NEWNET,
         )
         .unwrap();
-        tun_rs::DeviceBuilder::new()
-            .name("eth0")
-            .layer(tun_rs::Layer::L2)
-            .build_sync()
-            .unwrap()
+        substrate_agent::host::tap::attach("eth0").unwrap()
     })
     .join()
     .unwrap();
-    dev.set_nonblocking(true).unwrap();
+    let fl = nix::fcntl::fcntl(&dev, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&dev, nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
     ok(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
 
     let rt = runtime(state.path());
@@ -614,7 +618,7 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: "eth0".into(),
-            mac: MacAddr::derived(&id),
+            mac: Mac::derived(&id),
             addresses: vec!["10.205.0.2/24".parse().unwrap()],
             mtu: 1500,
         }],
@@ -651,10 +655,10 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         let mut answered = false;
         let mut buf = [0u8; 2048];
         'outer: while Instant::now() < deadline {
-            dev.send(&frame).expect("write to the TAP");
+            std::io::Write::write(&mut &dev, &frame).expect("write to the TAP");
             let until = Instant::now() + Duration::from_millis(500);
             while Instant::now() < until {
-                match dev.recv(&mut buf) {
+                match std::io::Read::read(&mut &dev, &mut buf) {
                     Ok(n) if is_reply(&buf[..n]) => {
                         answered = true;
                         break 'outer;

@@ -1,6 +1,6 @@
 //! A stand-in substrate agent for tests and benchmarks: it speaks `AgentControl` as a real agent
 //! does (dials in, sends a hello, receives desired states, reports observed states and answers
-//! exec commands), but builds nothing. It reports every slice READY, or FAILED on demand, or
+//! exec commands on their own streams), but builds nothing. It reports every slice READY, or FAILED on demand, or
 //! stays silent. Console sessions get one line naming the node and the tail asked for, end at
 //! once unless they follow, and echo what is typed. It is a test double, never a substitute for
 //! `substrate-agent`.
@@ -35,6 +35,8 @@ pub struct StandInConfig {
     pub labels: Vec<String>,
     pub mtu: u32,
     pub applied_generation: u64,
+    /// Guest images reported in the hello (default: one kernel image `default`).
+    pub images: Vec<pb::GuestImage>,
 }
 
 impl StandInConfig {
@@ -47,6 +49,13 @@ impl StandInConfig {
             labels: vec![],
             mtu: 1500,
             applied_generation: 0,
+            images: vec![pb::GuestImage {
+                name: "default".into(),
+                format: "kernel".into(),
+                arch: "x86_64".into(),
+                size_bytes: 0,
+                digest: String::new(),
+            }],
         }
     }
 
@@ -77,6 +86,7 @@ impl StandInConfig {
             agent_version: "stand-in".into(),
             applied_generation: self.applied_generation,
             boot_id: "stand-in".into(),
+            images: self.images.clone(),
         }
     }
 }
@@ -134,7 +144,51 @@ fn observed(d: &pb::DesiredState, b: &Behaviour) -> Option<pb::ObservedState> {
         vns,
         errors: vec![],
         applied: true,
+        warnings: vec![],
     })
+}
+
+/// Serves an exec command: opens its stream, writes the node id and the command line (so that
+/// tests can see it arrived intact), echoes stdin to stdout until end of file, exits 0.
+async fn exec(
+    mut client: AgentControlClient<tonic::transport::Channel>,
+    host_id: String,
+    c: pb::ExecCommand,
+) {
+    let (tx, rx) = mpsc::channel::<pb::ExecUp>(4);
+    let up = |m| pb::ExecUp { msg: Some(m) };
+    let _ = tx
+        .send(up(pb::exec_up::Msg::Open(pb::ExecAgentOpen {
+            host_id,
+            request_id: c.request_id,
+        })))
+        .await;
+    let _ = tx
+        .send(up(pb::exec_up::Msg::Stdout(
+            format!("{} {}\n", c.node_id, c.argv.join(" ")).into_bytes(),
+        )))
+        .await;
+    let Ok(down) = client.exec(ReceiverStream::new(rx)).await else {
+        return;
+    };
+    let mut down = down.into_inner();
+    while let Ok(Some(m)) = down.message().await {
+        let sent = match m.msg {
+            Some(pb::exec_down::Msg::Stdin(d)) => {
+                tx.send(up(pb::exec_up::Msg::Stdout(d))).await.is_ok()
+            }
+            Some(pb::exec_down::Msg::StdinEof(_)) => break,
+            _ => true,
+        };
+        if !sent {
+            return;
+        }
+    }
+    let _ = tx
+        .send(up(pb::exec_up::Msg::Exit(pb::ExecExit::default())))
+        .await;
+    // The controller ends the call after the exit.
+    while let Ok(Some(_)) = down.message().await {}
 }
 
 impl StandIn {
@@ -159,6 +213,8 @@ impl StandIn {
             .map_err(StandInError::Attach)?
             .into_inner();
         let behaviour = Arc::new(Mutex::new(behaviour));
+        let exec_client = client.clone();
+        let host_id = cfg.host_id.clone();
         let (dtx, drx) = watch::channel(None);
         let b = behaviour.clone();
         let consoles = Arc::new(Mutex::new(Vec::new()));
@@ -179,20 +235,7 @@ impl StandIn {
                         }
                     }
                     Some(pb::controller_message::Msg::Exec(c)) => {
-                        // Echo the command line, so that tests can see it arrived intact.
-                        let r = pb::ExecResult {
-                            request_id: c.request_id,
-                            exit_code: 0,
-                            stdout: format!("{} {}\n", c.node_id, c.argv.join(" ")).into_bytes(),
-                            stderr: vec![],
-                            error: String::new(),
-                        };
-                        let m = pb::AgentMessage {
-                            msg: Some(pb::agent_message::Msg::ExecResult(r)),
-                        };
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
+                        tokio::spawn(exec(exec_client.clone(), host_id.clone(), c));
                     }
                     Some(c @ pb::controller_message::Msg::ConsoleStart(_))
                     | Some(c @ pb::controller_message::Msg::ConsoleInput(_))

@@ -159,25 +159,38 @@ async fn create_list_get_watch_delete() {
     assert_eq!(topo.vns.len(), 1);
     assert_eq!(topo.links.len(), 3, "full mesh over three hosts");
 
-    // Exec is routed to the node's agent.
-    let out = c
-        .exec(req(
-            "red",
-            pb::ExecRequest {
-                vn: "red-net".into(),
-                node: "b".into(),
-                argv: vec!["ip".into(), "addr".into()],
-                timeout_ms: 0,
-            },
-        ))
+    // Exec is routed to the node's agent, on a stream of its own: output, stdin, then the exit.
+    let start = pb::ExecRequest {
+        msg: Some(pb::exec_request::Msg::Start(pb::ExecStart {
+            vn: "red-net".into(),
+            node: "b".into(),
+            argv: vec!["ip".into(), "addr".into()],
+            ..Default::default()
+        })),
+    };
+    let stdin = pb::ExecRequest {
+        msg: Some(pb::exec_request::Msg::Stdin(b"typed\n".to_vec())),
+    };
+    let mut out = c
+        .exec(req("red", tokio_stream::iter(vec![start, stdin])))
         .await
         .unwrap()
         .into_inner();
+    let mut stdout = Vec::new();
+    let mut exit = None;
+    while let Some(m) = out.message().await.unwrap() {
+        match m.msg {
+            Some(pb::exec_response::Msg::Stdout(d)) => stdout.extend(d),
+            Some(pb::exec_response::Msg::Exit(e)) => exit = Some(e.exit_code),
+            other => panic!("{other:?}"),
+        }
+    }
     let node_b = vn.nodes.iter().find(|n| n.node == "b").unwrap();
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        format!("{} ip addr\n", node_b.node_id)
+        String::from_utf8(stdout).unwrap(),
+        format!("{} ip addr\ntyped\n", node_b.node_id)
     );
+    assert_eq!(exit, Some(0));
 
     let del = c
         .delete(req(
@@ -363,7 +376,7 @@ async fn providers_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_host_forwards_hop_by_hop() {
-    use vn_controller::core::substrate::TopologyFile;
+    use vn_controller::core::topology::TopologyFile;
     let dir = tempfile::tempdir().unwrap();
     // A line h1 - h2 - h3 from a topology file; two VLAN segments.
     let topo: TopologyFile = serde_yaml_ng::from_str(

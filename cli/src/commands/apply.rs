@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use tonic::Code;
 use vnet_proto::v1 as pb;
 
@@ -49,57 +50,114 @@ impl ApplyArgs {
         };
         let existing = match existing {
             Some(vn) => Some(vn),
-            None => match ctl
-                .vns()
-                .create(pb::CreateVnRequest {
-                    spec: Some(file.to_proto()),
-                })
-                .await
-            {
-                Ok(vn) => {
-                    let vn = vn.into_inner();
-                    println!("vn/{name} created ({})", vn_state(vn.state));
-                    None
-                }
-                // Created by someone else between our Get and Create: compare with that one.
-                Err(s) if s.code() == Code::AlreadyExists => Some(
-                    ctl.vns()
-                        .get(pb::GetVnRequest { name: name.clone() })
-                        .await
-                        .map_err(|s| rpc_error(&what, s))?
-                        .into_inner(),
-                ),
-                Err(s) => return Err(rpc_error(&what, s)),
-            },
+            None => create(&ctl, &file, &what).await?,
         };
         if let Some(vn) = existing {
-            let differences = vn
-                .spec
-                .as_ref()
-                .map(|applied| spec::diff(applied, &file))
-                .unwrap_or_else(|| vec!["(the controller returned no spec)".into()]);
-            if !differences.is_empty() {
-                println!(
-                    "vn/{name} exists and differs from {} (applied -> file):",
-                    self.file.display()
-                );
-                for d in &differences {
-                    println!("  {d}");
-                }
-                anyhow::bail!(
-                    "vn/{name} exists with a different spec ({} difference{}); VNs are not \
-                     updated in place: `vnctl delete vn {name} --wait`, then apply again",
-                    differences.len(),
-                    if differences.len() == 1 { "" } else { "s" }
-                );
+            self.check_same(&vn, &file)?;
+            if vn.state == pb::VnState::Failed as i32 {
+                self.retry(&ctl, &file, &vn, &what).await?;
+            } else {
+                println!("vn/{name} unchanged ({})", vn_state(vn.state));
             }
-            println!("vn/{name} unchanged ({})", vn_state(vn.state));
         }
         if self.wait {
             crate::wait::until_ready(&ctl, &name, self.timeout).await?;
             println!("vn/{name} READY");
         }
         Ok(())
+    }
+
+    /// Fails, listing the differences, unless the applied spec of `vn` is the file's.
+    fn check_same(&self, vn: &pb::VirtualNetwork, file: &spec::VnFile) -> anyhow::Result<()> {
+        let name = &file.name;
+        let differences = vn
+            .spec
+            .as_ref()
+            .map(|applied| spec::diff(applied, file))
+            .unwrap_or_else(|| vec!["(the controller returned no spec)".into()]);
+        if differences.is_empty() {
+            return Ok(());
+        }
+        println!(
+            "vn/{name} exists and differs from {} (applied -> file):",
+            self.file.display()
+        );
+        for d in &differences {
+            println!("  {d}");
+        }
+        anyhow::bail!(
+            "vn/{name} exists with a different spec ({} difference{}); VNs are not \
+             updated in place: `vnctl delete vn {name} --wait`, then apply again",
+            differences.len(),
+            if differences.len() == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Applying a FAILED VN's own spec again retries it: the VN is deleted (waiting until its
+    /// hosts have torn it down, within `--timeout`) and created anew, so it is embedded and
+    /// provisioned from scratch. A VN with children is not deleted under them: the controller
+    /// refuses, and the error says so.
+    async fn retry(
+        &self,
+        ctl: &Controller,
+        file: &spec::VnFile,
+        vn: &pb::VirtualNetwork,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let name = &file.name;
+        let reason = if vn.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", vn.reason)
+        };
+        println!("vn/{name} is FAILED{reason}; retrying: deleting it and creating it again");
+        ctl.vns()
+            .delete(pb::DeleteVnRequest {
+                name: name.clone(),
+                cascade: false,
+            })
+            .await
+            .map_err(|s| rpc_error(&format!("retry vn {name}: delete the FAILED VN"), s))?;
+        crate::wait::until_deleted(ctl, std::slice::from_ref(name), self.timeout)
+            .await
+            .with_context(|| format!("retry vn {name}: the FAILED VN was not deleted in time"))?;
+        if let Some(other) = create(ctl, file, what).await? {
+            anyhow::bail!(
+                "retry vn {name}: created by another client meanwhile ({})",
+                vn_state(other.state)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Creates the file's VN and prints its state; returns the existing VN instead when it was
+/// created by someone else between our Get and Create.
+async fn create(
+    ctl: &Controller,
+    file: &spec::VnFile,
+    what: &str,
+) -> anyhow::Result<Option<pb::VirtualNetwork>> {
+    let name = &file.name;
+    match ctl
+        .vns()
+        .create(pb::CreateVnRequest {
+            spec: Some(file.to_proto()),
+        })
+        .await
+    {
+        Ok(vn) => {
+            println!("vn/{name} created ({})", vn_state(vn.into_inner().state));
+            Ok(None)
+        }
+        Err(s) if s.code() == Code::AlreadyExists => Ok(Some(
+            ctl.vns()
+                .get(pb::GetVnRequest { name: name.clone() })
+                .await
+                .map_err(|s| rpc_error(what, s))?
+                .into_inner(),
+        )),
+        Err(s) => Err(rpc_error(what, s)),
     }
 }
 
@@ -163,6 +221,31 @@ mod tests {
                 .iter()
                 .all(|p| p.as_deref() == Some("red"))
         );
+    }
+
+    #[tokio::test]
+    async fn reapplying_a_failed_vn_retries_it() {
+        let fake = FakeController::new(Outcome::FailOnce);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(&addr, Some("red"));
+        let e = args(dir.path(), SPEC, true)
+            .execute(&o)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "vn/web failed: h2: no tap");
+        assert_eq!(
+            fake.vn("red", "web").unwrap().state,
+            pb::VnState::Failed as i32
+        );
+        // The same file again: deleted, created anew, READY; never "unchanged".
+        args(dir.path(), SPEC, true).execute(&o).await.unwrap();
+        assert_eq!(
+            fake.vn("red", "web").unwrap().state,
+            pb::VnState::Ready as i32
+        );
+        assert_eq!(fake.creates(), 2);
     }
 
     #[tokio::test]

@@ -54,13 +54,14 @@ pub enum Input {
 }
 
 /// Restores the terminal's settings when dropped.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: std::io::Stdin,
     saved: nix::sys::termios::Termios,
 }
 
 impl RawMode {
-    fn enter() -> anyhow::Result<RawMode> {
+    /// Puts stdin's terminal in raw mode.
+    pub(crate) fn enter() -> anyhow::Result<RawMode> {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let fd = std::io::stdin();
         let saved =

@@ -1,11 +1,11 @@
-//! `vnctl get vns|hosts|links|quota [NAME] [-o table|json|yaml]`.
+//! `vnctl get vns|hosts|links|images|quota [NAME] [-o table|json|yaml]`.
 
 use std::time::SystemTime;
 
 use vnet_proto::v1 as pb;
 
 use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
-use crate::output::{self, Format, HostView, SubstrateLinkView, VnView};
+use crate::output::{self, Format, HostView, ImageView, SubstrateLinkView, VnView};
 
 /// What `get` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,17 +19,20 @@ pub enum Resource {
     /// Substrate links.
     #[value(alias = "link")]
     Links,
+    /// Guest images the hosts hold, with the hosts that hold each.
+    #[value(alias = "image")]
+    Images,
     /// The quota and usage of your provider (NAME: another provider's, for an admin).
     #[value(alias = "quotas")]
     Quota,
 }
 
-/// List virtual networks, substrate hosts or substrate links.
+/// List virtual networks, substrate hosts, substrate links or guest images.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     #[arg(value_enum)]
     pub resource: Resource,
-    /// Only this one (VN name, host id or link id).
+    /// Only this one (VN name, host id, link id or image name).
     pub name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -53,104 +56,138 @@ impl GetArgs {
         }
         let ctl = Controller::connect(opts).await?;
         let text = match self.resource {
-            Resource::Vns => {
-                let vns = match &self.name {
-                    Some(name) => vec![
-                        ctl.vns()
-                            .get(pb::GetVnRequest { name: name.clone() })
-                            .await
-                            .map_err(|s| rpc_error(&format!("get vn {name}"), s))?
-                            .into_inner(),
-                    ],
-                    None => {
-                        let mut vns = ctl
-                            .vns()
-                            .list(pb::ListVnsRequest {})
-                            .await
-                            .map_err(|s| rpc_error("list vns", s))?
-                            .into_inner()
-                            .vns;
-                        vns.sort_by(|a, b| a.name.cmp(&b.name));
-                        vns
-                    }
-                };
-                match self.output {
-                    Format::Table if vns.is_empty() => {
-                        format!(
-                            "no virtual networks of provider {}\n",
-                            ctl.provider().unwrap_or("-")
-                        )
-                    }
-                    Format::Table if self.tree => output::vns_tree(&vns, SystemTime::now()),
-                    Format::Table => output::vns_table(&vns, SystemTime::now()),
-                    f => {
-                        let views: Vec<VnView> = vns.iter().map(VnView::from_proto).collect();
-                        return one_or_many(f, views, self.name.is_some());
-                    }
-                }
-            }
-            Resource::Hosts => {
-                let mut hosts = ctl
-                    .substrate()
-                    .list_hosts(pb::ListHostsRequest {})
+            Resource::Vns => self.vns(&ctl).await?,
+            Resource::Hosts => self.hosts(&ctl).await?,
+            Resource::Links => self.links(&ctl).await?,
+            Resource::Images => self.images(&ctl).await?,
+            Resource::Quota => self.quota(&ctl).await?,
+        };
+        if let Some(text) = text {
+            print!("{text}");
+        }
+        Ok(())
+    }
+
+    /// Each of these returns a table to print, or `None` when it printed JSON or YAML itself.
+    async fn quota(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let q = ctl
+            .admin()
+            .get_quota(pb::GetQuotaRequest {
+                provider: self.name.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| rpc_error("get quota", s))?
+            .into_inner();
+        match self.output {
+            Format::Table => Ok(Some(quota_table(&q))),
+            f => output::print_structured(f, &QuotaView::from_proto(&q)).map(|()| None),
+        }
+    }
+
+    async fn vns(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let vns = match &self.name {
+            Some(name) => vec![
+                ctl.vns()
+                    .get(pb::GetVnRequest { name: name.clone() })
                     .await
-                    .map_err(|s| rpc_error("list hosts", s))?
+                    .map_err(|s| rpc_error(&format!("get vn {name}"), s))?
+                    .into_inner(),
+            ],
+            None => {
+                let mut vns = ctl
+                    .vns()
+                    .list(pb::ListVnsRequest {})
+                    .await
+                    .map_err(|s| rpc_error("list vns", s))?
                     .into_inner()
-                    .hosts;
-                hosts.sort_by(|a, b| a.id.cmp(&b.id));
-                if let Some(name) = &self.name {
-                    hosts.retain(|h| &h.id == name);
-                    anyhow::ensure!(!hosts.is_empty(), "no host {name:?} is registered");
-                }
-                match self.output {
-                    Format::Table if hosts.is_empty() => "no hosts registered\n".into(),
-                    Format::Table => output::hosts_table(&hosts),
-                    f => {
-                        let views: Vec<HostView> = hosts.iter().map(HostView::from_proto).collect();
-                        return one_or_many(f, views, self.name.is_some());
-                    }
-                }
-            }
-            Resource::Quota => {
-                let q = ctl
-                    .admin()
-                    .get_quota(pb::GetQuotaRequest {
-                        provider: self.name.clone().unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(|s| rpc_error("get quota", s))?
-                    .into_inner();
-                match self.output {
-                    Format::Table => quota_table(&q),
-                    f => return output::print_structured(f, &QuotaView::from_proto(&q)),
-                }
-            }
-            Resource::Links => {
-                let mut links = ctl
-                    .substrate()
-                    .list_links(pb::ListLinksRequest {})
-                    .await
-                    .map_err(|s| rpc_error("list links", s))?
-                    .into_inner()
-                    .links;
-                links.sort_by(|a, b| (&a.a, &a.b, &a.id).cmp(&(&b.a, &b.b, &b.id)));
-                if let Some(name) = &self.name {
-                    links.retain(|l| &l.id == name);
-                    anyhow::ensure!(!links.is_empty(), "no substrate link {name:?}");
-                }
-                match self.output {
-                    Format::Table if links.is_empty() => "no substrate links\n".into(),
-                    Format::Table => output::links_table(&links),
-                    f => {
-                        let views: Vec<SubstrateLinkView> =
-                            links.iter().map(SubstrateLinkView::from_proto).collect();
-                        return one_or_many(f, views, self.name.is_some());
-                    }
-                }
+                    .vns;
+                vns.sort_by(|a, b| a.name.cmp(&b.name));
+                vns
             }
         };
-        print!("{text}");
-        Ok(())
+        Ok(Some(match self.output {
+            Format::Table if vns.is_empty() => {
+                format!(
+                    "no virtual networks of provider {}\n",
+                    ctl.provider().unwrap_or("-")
+                )
+            }
+            Format::Table if self.tree => output::vns_tree(&vns, SystemTime::now()),
+            Format::Table => output::vns_table(&vns, SystemTime::now()),
+            f => {
+                let views: Vec<VnView> = vns.iter().map(VnView::from_proto).collect();
+                return one_or_many(f, views, self.name.is_some()).map(|()| None);
+            }
+        }))
+    }
+
+    async fn hosts(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let mut hosts = ctl
+            .substrate()
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .map_err(|s| rpc_error("list hosts", s))?
+            .into_inner()
+            .hosts;
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(name) = &self.name {
+            hosts.retain(|h| &h.id == name);
+            anyhow::ensure!(!hosts.is_empty(), "no host {name:?} is registered");
+        }
+        Ok(Some(match self.output {
+            Format::Table if hosts.is_empty() => "no hosts registered\n".into(),
+            Format::Table => output::hosts_table(&hosts),
+            f => {
+                let views: Vec<HostView> = hosts.iter().map(HostView::from_proto).collect();
+                return one_or_many(f, views, self.name.is_some()).map(|()| None);
+            }
+        }))
+    }
+
+    async fn links(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let mut links = ctl
+            .substrate()
+            .list_links(pb::ListLinksRequest {})
+            .await
+            .map_err(|s| rpc_error("list links", s))?
+            .into_inner()
+            .links;
+        links.sort_by(|a, b| (&a.a, &a.b, &a.id).cmp(&(&b.a, &b.b, &b.id)));
+        if let Some(name) = &self.name {
+            links.retain(|l| &l.id == name);
+            anyhow::ensure!(!links.is_empty(), "no substrate link {name:?}");
+        }
+        Ok(Some(match self.output {
+            Format::Table if links.is_empty() => "no substrate links\n".into(),
+            Format::Table => output::links_table(&links),
+            f => {
+                let views: Vec<SubstrateLinkView> =
+                    links.iter().map(SubstrateLinkView::from_proto).collect();
+                return one_or_many(f, views, self.name.is_some()).map(|()| None);
+            }
+        }))
+    }
+
+    async fn images(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let mut images = ctl
+            .substrate()
+            .list_images(pb::ListImagesRequest {})
+            .await
+            .map_err(|s| rpc_error("list images", s))?
+            .into_inner()
+            .images;
+        if let Some(name) = &self.name {
+            images.retain(|o| o.image.as_ref().is_some_and(|i| &i.name == name));
+            anyhow::ensure!(!images.is_empty(), "no host holds an image {name:?}");
+        }
+        Ok(Some(match self.output {
+            Format::Table if images.is_empty() => "no host holds a guest image\n".into(),
+            Format::Table => output::images_table(&images),
+            f => {
+                let views: Vec<ImageView> = images.iter().map(ImageView::from_proto).collect();
+                return one_or_many(f, views, self.name.is_some()).map(|()| None);
+            }
+        }))
     }
 }
 
@@ -210,4 +247,36 @@ fn quota_table(q: &pb::QuotaStatus) -> String {
         q.provider,
         output::table(&["RESOURCE", "LIMIT", "USED"], &rows)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeController, Outcome};
+
+    #[tokio::test]
+    async fn images_lists_the_offer_and_names_an_unknown_image() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let opts = ControllerOpts {
+            controller: addr,
+            provider: None,
+            ..Default::default()
+        };
+        let get = |name: Option<&str>| GetArgs {
+            resource: Resource::Images,
+            name: name.map(str::to_owned),
+            output: Format::Table,
+            tree: false,
+        };
+        let ctl = Controller::connect(&opts).await.unwrap();
+        let table = get(None).images(&ctl).await.unwrap().unwrap();
+        assert!(
+            table.lines().nth(1).unwrap().starts_with("default "),
+            "{table}"
+        );
+        assert!(table.contains("h1,h2"), "{table}");
+        let e = get(Some("windows")).images(&ctl).await.unwrap_err();
+        assert_eq!(e.to_string(), "no host holds an image \"windows\"");
+    }
 }

@@ -446,11 +446,12 @@ fn routes(
 
 #[cfg(test)]
 mod tests {
-    use super::super::topology::{TopologyInput, full_mesh};
+    use super::super::topology::{full_mesh, resolve};
     use super::*;
+    use vn_core::topology::TopologyFile;
 
-    fn layout(t: &TopologyInput) -> Layout {
-        Layout::new(&t.resolve().unwrap(), &Naming::default()).unwrap()
+    fn layout(t: &TopologyFile) -> Layout {
+        Layout::new(&resolve(t).unwrap(), &Naming::default()).unwrap()
     }
 
     #[test]
@@ -516,7 +517,7 @@ mod tests {
 
     #[test]
     fn line_topology_routes_through_the_middle() {
-        let t: TopologyInput = serde_yaml_ng::from_str(
+        let t: TopologyFile = serde_yaml_ng::from_str(
             "links: [{a: h1, b: h2, bandwidth: 10}, {a: h2, b: h3, bandwidth: 10}]",
         )
         .unwrap();
@@ -579,7 +580,7 @@ mod tests {
             mgmt_subnet: "10.254.42.0/24".parse().unwrap(),
             underlay_mtu: 9000,
         };
-        let l = Layout::new(&full_mesh(2, 10).resolve().unwrap(), &naming).unwrap();
+        let l = Layout::new(&resolve(&full_mesh(2, 10)).unwrap(), &naming).unwrap();
         assert_eq!(l.hosts[0].netns, "t42-h1");
         assert_eq!(l.hosts[0].id, "h1");
         assert_eq!(l.hosts[1].mgmt_root_if, "vnt42-2");
@@ -593,7 +594,7 @@ mod tests {
             mgmt_bridge: "averyverylongbr".into(),
             ..Naming::default()
         };
-        assert!(Layout::new(&full_mesh(2, 10).resolve().unwrap(), &long).is_err());
+        assert!(Layout::new(&resolve(&full_mesh(2, 10)).unwrap(), &long).is_err());
     }
 
     #[test]
@@ -602,7 +603,7 @@ mod tests {
             mgmt_subnet: "10.254.0.0/30".parse().unwrap(),
             ..Naming::default()
         };
-        let e = Layout::new(&full_mesh(3, 10).resolve().unwrap(), &naming).unwrap_err();
+        let e = Layout::new(&resolve(&full_mesh(3, 10)).unwrap(), &naming).unwrap_err();
         assert!(e.to_string().contains("do not fit"), "{e}");
     }
 
@@ -615,10 +616,10 @@ mod tests {
 
     #[test]
     fn disconnected_host_is_refused() {
-        let t: TopologyInput =
+        let t: TopologyFile =
             serde_yaml_ng::from_str("hosts: [{id: h3}]\nlinks: [{a: h1, b: h2, bandwidth: 10}]")
                 .unwrap();
-        let e = Layout::new(&t.resolve().unwrap(), &Naming::default()).unwrap_err();
+        let e = Layout::new(&resolve(&t).unwrap(), &Naming::default()).unwrap_err();
         assert!(e.to_string().contains("h3 has no substrate link"), "{e}");
     }
 }

@@ -247,23 +247,40 @@ impl Record {
         }
     }
 
-    /// `substrate-agent cleanup ...` for one host: removes everything that agent owns.
-    pub fn agent_cleanup_argv(&self, host: &layout::HostLayout) -> Vec<String> {
+    /// `substrate-agent cleanup ...` for one host: removes everything that agent owns. Without
+    /// `in_host_ns` (the host namespace is gone) the cleanup runs from the root namespace: the
+    /// node namespaces under `/run/netns`, the ledger and the datapath process do not need it.
+    pub fn agent_cleanup_argv(&self, host: &layout::HostLayout, in_host_ns: bool) -> Vec<String> {
         let mut v = vec![
             "cleanup".into(),
             "--state-dir".into(),
             self.agent_state_dir(&host.id).display().to_string(),
             "--host-id".into(),
             host.id.clone(),
-            "--netns".into(),
-            host.netns.clone(),
+        ];
+        if in_host_ns {
+            v.extend(["--netns".into(), host.netns.clone()]);
+        }
+        v.extend([
             "--guest-run-dir".into(),
             self.guest_run_dir(&host.id).display().to_string(),
-        ];
+        ]);
         if let Some(p) = &self.node_prefix {
             v.extend(["--name-prefix".into(), p.clone()]);
         }
         v
+    }
+}
+
+impl Record {
+    /// The namespace `name` exists and is the one this testbed created (same inode).
+    fn owns_live_netns(&self, net: &dyn Net, name: &str) -> bool {
+        let Some(now) = net.netns_inode(name) else {
+            return false;
+        };
+        self.owned
+            .iter()
+            .any(|e| e.object == Owned::Netns(name.to_string()) && e.inode.is_none_or(|i| i == now))
     }
 }
 
@@ -425,7 +442,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             topology::full_mesh(opts.hosts, opts.bandwidth)
         }
     };
-    let substrate = input.resolve().context("invalid topology")?;
+    let substrate = topology::resolve(&input).context("invalid topology")?;
     let layout = Layout::new(&substrate, &opts.naming)?;
     let state_dir = std::path::absolute(&opts.state_dir)
         .with_context(|| format!("state dir {}", opts.state_dir.display()))?;
@@ -659,7 +676,7 @@ fn teardown(record: &mut Record) -> Vec<String> {
         if !record.agent_state_dir(&h.id).exists() {
             continue;
         }
-        let argv = record.agent_cleanup_argv(h);
+        let argv = record.agent_cleanup_argv(h, record.owns_live_netns(&net::IpRoute2, &h.netns));
         match std::process::Command::new(&record.agent_bin)
             .args(&argv)
             .output()
@@ -856,7 +873,7 @@ mod tests {
     use super::*;
 
     fn record(dir: &Path) -> Record {
-        let s = topology::full_mesh(3, 100).resolve().unwrap();
+        let s = topology::resolve(&topology::full_mesh(3, 100)).unwrap();
         Record {
             state_dir: dir.to_owned(),
             layout: Layout::new(&s, &Naming::default()).unwrap(),
@@ -977,8 +994,13 @@ mod tests {
         );
         assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");
         assert_eq!(
-            r.agent_cleanup_argv(&r.layout.hosts[0]).join(" "),
+            r.agent_cleanup_argv(&r.layout.hosts[0], true).join(" "),
             "cleanup --state-dir /var/lib/vnet/testbed/agents/h1 --host-id h1 --netns h1 \
+             --guest-run-dir /var/lib/vnet/testbed/agents/h1/guests --name-prefix t1"
+        );
+        assert_eq!(
+            r.agent_cleanup_argv(&r.layout.hosts[0], false).join(" "),
+            "cleanup --state-dir /var/lib/vnet/testbed/agents/h1 --host-id h1 \
              --guest-run-dir /var/lib/vnet/testbed/agents/h1/guests --name-prefix t1"
         );
     }

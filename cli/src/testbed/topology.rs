@@ -1,67 +1,25 @@
 //! The testbed's substrate: hosts and links, from `--hosts N` (a full mesh) or `--topology FILE`,
 //! and the topology file it writes for the controller.
 //!
-//! The input file has the controller's shape (`links: [{a, b, bandwidth, latency_ms, a_address,
-//! b_address, segment}]`, `hosts: [{id, labels}]`) plus, per host, optional `cpu` and `memory`
-//! (MiB) handed to that host's agent. Addresses may carry a prefix length (`10.1.0.1/30`); without
-//! one, the two ends of a link get a /30. Missing addresses are assigned (`10.255.<k>.1/30` and
-//! `.2/30` for the k-th link).
+//! The file is the one topology format ([`vn_core::topology`], which the controller reads too).
+//! The testbed adds its own checks and defaults: host ids short and plain enough to name
+//! namespaces, IPv4 link addresses whose two ends share a subnet (without a prefix length, a
+//! /30), and addresses for links that give none (`10.255.<k>.1/30` and `.2/30` for the k-th).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::Context;
+
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-
-/// `--topology FILE`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologyInput {
-    #[serde(default)]
-    pub hosts: Vec<HostInput>,
-    #[serde(default)]
-    pub links: Vec<LinkInput>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostInput {
-    pub id: String,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// CPU capacity given to the agent (abstract units, 100 = one core); default: probed.
-    #[serde(default)]
-    pub cpu: Option<u64>,
-    /// Memory capacity given to the agent (MiB); default: probed.
-    #[serde(default)]
-    pub memory: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkInput {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub a: String,
-    pub b: String,
-    /// Mbit/s.
-    pub bandwidth: u64,
-    #[serde(default)]
-    pub latency_ms: Option<f64>,
-    #[serde(default)]
-    pub a_address: Option<String>,
-    #[serde(default)]
-    pub b_address: Option<String>,
-    #[serde(default)]
-    pub segment: Option<String>,
-}
+use vn_core::topology::{LinkAddress, TopologyFile, TopologyHost, TopologyLink};
 
 /// A checked substrate: hosts in order, links with both addresses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Substrate {
-    pub hosts: Vec<HostInput>,
+    pub hosts: Vec<TopologyHost>,
     pub links: Vec<Link>,
 }
 
@@ -93,9 +51,9 @@ pub fn check_host_id(id: &str) -> anyhow::Result<()> {
 }
 
 /// `h1`..`hN`, every pair joined by a `bandwidth` Mbit/s link.
-pub fn full_mesh(n: usize, bandwidth: u64) -> TopologyInput {
-    let hosts: Vec<HostInput> = (1..=n)
-        .map(|i| HostInput {
+pub fn full_mesh(n: usize, bandwidth: u64) -> TopologyFile {
+    let hosts: Vec<TopologyHost> = (1..=n)
+        .map(|i| TopologyHost {
             id: format!("h{i}"),
             ..Default::default()
         })
@@ -103,204 +61,172 @@ pub fn full_mesh(n: usize, bandwidth: u64) -> TopologyInput {
     let mut links = Vec::new();
     for i in 0..n {
         for j in i + 1..n {
-            links.push(LinkInput {
+            links.push(TopologyLink {
                 a: hosts[i].id.clone(),
                 b: hosts[j].id.clone(),
                 bandwidth,
-                latency_ms: None,
                 ..Default::default()
             });
         }
     }
-    TopologyInput { hosts, links }
+    TopologyFile { hosts, links }
 }
 
-/// Reads `--topology FILE`.
-pub fn load(path: &Path) -> anyhow::Result<TopologyInput> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read topology {}", path.display()))?;
-    serde_yaml_ng::from_str(&text).map_err(|e| {
-        let loc = e
-            .location()
-            .map(|l| format!(":{}:{}", l.line(), l.column()))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}{loc}: {e}", path.display())
-    })
+/// Reads `--topology FILE` (parsed and checked as every reader does).
+pub fn load(path: &Path) -> anyhow::Result<TopologyFile> {
+    Ok(TopologyFile::load(path)?)
 }
 
-fn parse_end(s: &str) -> anyhow::Result<(Ipv4Addr, Option<u8>)> {
-    if let Ok(net) = s.parse::<Ipv4Net>() {
-        return Ok((net.addr(), Some(net.prefix_len())));
+/// An IPv4 link end, with its prefix length if it gives one.
+fn ipv4_end(a: LinkAddress) -> anyhow::Result<(Ipv4Addr, Option<u8>)> {
+    match a.addr {
+        IpAddr::V4(v4) => Ok((v4, a.prefix_len)),
+        IpAddr::V6(_) => anyhow::bail!("{a} is not an IPv4 address (the testbed's links are IPv4)"),
     }
-    let addr: Ipv4Addr = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{s:?} is not an IPv4 address (a.b.c.d or a.b.c.d/len)"))?;
-    Ok((addr, None))
 }
 
-impl TopologyInput {
-    /// Checks the topology and fills in what is missing: hosts named only by links, link ids,
-    /// segments, addresses.
-    pub fn resolve(&self) -> anyhow::Result<Substrate> {
-        let mut hosts = self.hosts.clone();
-        let mut known: BTreeSet<String> = BTreeSet::new();
-        for h in &hosts {
-            check_host_id(&h.id)?;
-            anyhow::ensure!(known.insert(h.id.clone()), "host {} is listed twice", h.id);
-        }
-        for l in &self.links {
-            for end in [&l.a, &l.b] {
-                if known.insert(end.clone()) {
-                    check_host_id(end)?;
-                    hosts.push(HostInput {
-                        id: end.clone(),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        anyhow::ensure!(!hosts.is_empty(), "the topology has no hosts");
-
-        let mut links = Vec::new();
-        let mut ids = BTreeSet::new();
-        let mut pairs = BTreeSet::new();
-        let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
-        let mut auto = 0u32;
-        for (k, l) in self.links.iter().enumerate() {
-            let name = format!("link {k} ({}-{})", l.a, l.b);
-            anyhow::ensure!(l.a != l.b, "{name}: joins a host to itself");
-            anyhow::ensure!(l.bandwidth > 0, "{name}: bandwidth must be > 0 Mbit/s");
-            if let Some(lat) = l.latency_ms {
-                anyhow::ensure!(
-                    lat.is_finite() && lat >= 0.0,
-                    "{name}: latency_ms must be >= 0"
-                );
-            }
-            let pair = if l.a < l.b {
-                (l.a.clone(), l.b.clone())
-            } else {
-                (l.b.clone(), l.a.clone())
-            };
+/// Checks the topology and fills in what is missing: hosts named only by links, link ids,
+/// segments, addresses.
+pub fn resolve(t: &TopologyFile) -> anyhow::Result<Substrate> {
+    // What every reader checks (and the ids and segments it defaults), then the testbed's own.
+    let checked = t.links()?;
+    let hosts = hosts(t)?;
+    let mut links = Vec::new();
+    let mut addresses = Addresses::default();
+    for (k, (l, c)) in t.links.iter().zip(checked).enumerate() {
+        let name = format!("link {k} ({}-{})", l.a, l.b);
+        let (a_address, b_address) = addresses.of(l, &name)?;
+        links.push(Link {
+            segment: c.segment,
+            id: c.id,
+            a: l.a.clone(),
+            b: l.b.clone(),
+            bandwidth: l.bandwidth,
+            latency_ms: l.latency_ms,
+            a_address,
+            b_address,
+        });
+    }
+    // Every pair of auto links must not collide with a given address in the same /30.
+    let nets: Vec<Ipv4Net> = links.iter().map(|l| l.a_address.trunc()).collect();
+    for (i, n) in nets.iter().enumerate() {
+        for (j, m) in nets.iter().enumerate().skip(i + 1) {
             anyhow::ensure!(
-                pairs.insert(pair),
-                "{name}: a second link between the same hosts"
+                !(n.contains(&m.network()) || m.contains(&n.network())),
+                "links {} and {} use overlapping subnets {n} and {m}",
+                links[i].id,
+                links[j].id
             );
-            let id = l.id.clone().unwrap_or_else(|| format!("{}-{}", l.a, l.b));
-            anyhow::ensure!(ids.insert(id.clone()), "{name}: link id {id} is used twice");
-            let (a_address, b_address) = match (&l.a_address, &l.b_address) {
-                (None, None) => {
-                    // Skip /24s that a given address already uses.
-                    let (a, b) = loop {
-                        anyhow::ensure!(
-                            auto < 256,
-                            "more than 256 links without addresses: give a_address/b_address"
-                        );
-                        let a = Ipv4Addr::new(10, 255, auto as u8, 1);
-                        let b = Ipv4Addr::new(10, 255, auto as u8, 2);
-                        auto += 1;
-                        if !used.contains(&a) && !used.contains(&b) {
-                            break (a, b);
-                        }
-                    };
-                    (Ipv4Net::new(a, 30)?, Ipv4Net::new(b, 30)?)
-                }
-                (Some(a), Some(b)) => {
-                    let (a, pa) = parse_end(a).with_context(|| format!("{name}: a_address"))?;
-                    let (b, pb) = parse_end(b).with_context(|| format!("{name}: b_address"))?;
-                    let len = pa.or(pb).unwrap_or(30);
-                    anyhow::ensure!(
-                        pa.unwrap_or(len) == len && pb.unwrap_or(len) == len,
-                        "{name}: the two addresses have different prefix lengths"
-                    );
-                    let (a, b) = (Ipv4Net::new(a, len)?, Ipv4Net::new(b, len)?);
-                    anyhow::ensure!(
-                        a.network() == b.network() && a.addr() != b.addr() && len <= 30,
-                        "{name}: {a} and {b} must be two different addresses of one subnet"
-                    );
-                    (a, b)
-                }
-                _ => anyhow::bail!("{name}: give both a_address and b_address, or neither"),
-            };
-            for addr in [a_address.addr(), b_address.addr()] {
-                anyhow::ensure!(used.insert(addr), "{name}: address {addr} is used twice");
-            }
-            links.push(Link {
-                segment: l.segment.clone().unwrap_or_else(|| id.clone()),
-                id,
-                a: l.a.clone(),
-                b: l.b.clone(),
-                bandwidth: l.bandwidth,
-                latency_ms: l.latency_ms,
-                a_address,
-                b_address,
-            });
         }
-        // Every pair of auto links must not collide with a given address in the same /30.
-        let nets: Vec<Ipv4Net> = links.iter().map(|l| l.a_address.trunc()).collect();
-        for (i, n) in nets.iter().enumerate() {
-            for (j, m) in nets.iter().enumerate().skip(i + 1) {
-                anyhow::ensure!(
-                    !(n.contains(&m.network()) || m.contains(&n.network())),
-                    "links {} and {} use overlapping subnets {n} and {m}",
-                    links[i].id,
-                    links[j].id
-                );
-            }
-        }
-        Ok(Substrate { hosts, links })
     }
+    Ok(Substrate { hosts, links })
 }
 
-/// The controller's topology file (`vn-controller --topology`).
-#[derive(Debug, Serialize)]
-pub struct ControllerTopology {
-    pub hosts: Vec<ControllerHost>,
-    pub links: Vec<ControllerLink>,
+/// The listed hosts, then those named only by links; every id fit to name a namespace.
+fn hosts(t: &TopologyFile) -> anyhow::Result<Vec<TopologyHost>> {
+    let mut hosts = t.hosts.clone();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for h in &hosts {
+        check_host_id(&h.id)?;
+        anyhow::ensure!(known.insert(h.id.clone()), "host {} is listed twice", h.id);
+    }
+    for l in &t.links {
+        for end in [&l.a, &l.b] {
+            if known.insert(end.clone()) {
+                check_host_id(end)?;
+                hosts.push(TopologyHost {
+                    id: end.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    anyhow::ensure!(!hosts.is_empty(), "the topology has no hosts");
+    Ok(hosts)
 }
 
-#[derive(Debug, Serialize)]
-pub struct ControllerHost {
-    pub id: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub labels: Vec<String>,
+/// The addresses of the links so far: each used once; the next automatic /30.
+#[derive(Default)]
+struct Addresses {
+    used: BTreeSet<Ipv4Addr>,
+    auto: u32,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ControllerLink {
-    pub id: String,
-    pub a: String,
-    pub b: String,
-    pub bandwidth: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<f64>,
-    pub a_address: Ipv4Addr,
-    pub b_address: Ipv4Addr,
-    pub segment: String,
+impl Addresses {
+    /// The two ends' addresses of `l` (called `name` in errors): the given ones, in one IPv4
+    /// subnet, or the next free automatic pair.
+    fn of(&mut self, l: &TopologyLink, name: &str) -> anyhow::Result<(Ipv4Net, Ipv4Net)> {
+        let (a_address, b_address) = match (l.a_address, l.b_address) {
+            (None, None) => {
+                // Skip /24s that a given address already uses.
+                let (a, b) = loop {
+                    anyhow::ensure!(
+                        self.auto < 256,
+                        "more than 256 links without addresses: give a_address/b_address"
+                    );
+                    let a = Ipv4Addr::new(10, 255, self.auto as u8, 1);
+                    let b = Ipv4Addr::new(10, 255, self.auto as u8, 2);
+                    self.auto += 1;
+                    if !self.used.contains(&a) && !self.used.contains(&b) {
+                        break (a, b);
+                    }
+                };
+                (Ipv4Net::new(a, 30)?, Ipv4Net::new(b, 30)?)
+            }
+            (Some(a), Some(b)) => {
+                let (a, pa) = ipv4_end(a).with_context(|| format!("{name}: a_address"))?;
+                let (b, pb) = ipv4_end(b).with_context(|| format!("{name}: b_address"))?;
+                let len = pa.or(pb).unwrap_or(30);
+                anyhow::ensure!(
+                    pa.unwrap_or(len) == len && pb.unwrap_or(len) == len,
+                    "{name}: the two addresses have different prefix lengths"
+                );
+                let (a, b) = (Ipv4Net::new(a, len)?, Ipv4Net::new(b, len)?);
+                anyhow::ensure!(
+                    a.network() == b.network() && a.addr() != b.addr() && len <= 30,
+                    "{name}: {a} and {b} must be two different addresses of one subnet"
+                );
+                (a, b)
+            }
+            _ => anyhow::bail!("{name}: give both a_address and b_address, or neither"),
+        };
+        for addr in [a_address.addr(), b_address.addr()] {
+            anyhow::ensure!(
+                self.used.insert(addr),
+                "{name}: address {addr} is used twice"
+            );
+        }
+        Ok((a_address, b_address))
+    }
 }
 
 impl Substrate {
-    pub fn controller_topology(&self) -> ControllerTopology {
-        ControllerTopology {
+    /// The topology file for the controller (`vn-controller --topology`): hosts with their
+    /// labels, links with every default filled in and plain addresses (the tunnel endpoints).
+    pub fn controller_topology(&self) -> TopologyFile {
+        let end = |a: Ipv4Net| Some(LinkAddress::from(IpAddr::V4(a.addr())));
+        TopologyFile {
             hosts: self
                 .hosts
                 .iter()
-                .map(|h| ControllerHost {
+                .map(|h| TopologyHost {
                     id: h.id.clone(),
                     labels: h.labels.clone(),
+                    ..Default::default()
                 })
                 .collect(),
             links: self
                 .links
                 .iter()
-                .map(|l| ControllerLink {
-                    id: l.id.clone(),
+                .map(|l| TopologyLink {
+                    id: Some(l.id.clone()),
                     a: l.a.clone(),
                     b: l.b.clone(),
                     bandwidth: l.bandwidth,
                     latency_ms: l.latency_ms,
-                    a_address: l.a_address.addr(),
-                    b_address: l.b_address.addr(),
-                    segment: l.segment.clone(),
+                    a_address: end(l.a_address),
+                    b_address: end(l.b_address),
+                    segment: Some(l.segment.clone()),
                 })
                 .collect(),
         }
@@ -326,7 +252,7 @@ mod tests {
 
     #[test]
     fn full_mesh_of_three() {
-        let s = full_mesh(3, 1000).resolve().unwrap();
+        let s = resolve(&full_mesh(3, 1000)).unwrap();
         let ids: Vec<&str> = s.hosts.iter().map(|h| h.id.as_str()).collect();
         assert_eq!(ids, ["h1", "h2", "h3"]);
         let links: Vec<(&str, &str, String, String)> = s
@@ -354,7 +280,7 @@ mod tests {
 
     #[test]
     fn controller_file_has_the_controller_shape() {
-        let s = full_mesh(2, 500).resolve().unwrap();
+        let s = resolve(&full_mesh(2, 500)).unwrap();
         let y = serde_yaml_ng::to_string(&s.controller_topology()).unwrap();
         assert_eq!(
             y,
@@ -365,13 +291,13 @@ mod tests {
 
     #[test]
     fn file_with_given_addresses_and_implicit_hosts() {
-        let t: TopologyInput = serde_yaml_ng::from_str(
+        let t: TopologyFile = serde_yaml_ng::from_str(
             "hosts: [{id: h1, labels: [zone=a], cpu: 400, memory: 2048}]\n\
              links:\n  - {a: h1, b: h2, bandwidth: 100, latency_ms: 2, a_address: 10.9.0.1, b_address: 10.9.0.2}\n  \
              - {a: h2, b: h3, bandwidth: 100}\n",
         )
         .unwrap();
-        let s = t.resolve().unwrap();
+        let s = resolve(&t).unwrap();
         assert_eq!(s.hosts.len(), 3);
         assert_eq!(s.hosts[0].cpu, Some(400));
         assert_eq!(s.links[0].a_address.to_string(), "10.9.0.1/30");
@@ -406,8 +332,8 @@ mod tests {
             ("hosts: []", "no hosts"),
         ];
         for (text, want) in cases {
-            let t: TopologyInput = serde_yaml_ng::from_str(text).unwrap();
-            let e = format!("{:#}", t.resolve().unwrap_err());
+            let t: TopologyFile = serde_yaml_ng::from_str(text).unwrap();
+            let e = format!("{:#}", resolve(&t).unwrap_err());
             assert!(e.contains(want), "{text}: {e}");
         }
     }
@@ -417,14 +343,14 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
         for f in ["topology.yaml", "testbed-line.yaml"] {
             let t = load(&dir.join(f)).unwrap();
-            let s = t.resolve().unwrap_or_else(|e| panic!("{f}: {e:#}"));
+            let s = resolve(&t).unwrap_or_else(|e| panic!("{f}: {e:#}"));
             assert!(s.hosts.len() >= 3, "{f}");
         }
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let r: Result<TopologyInput, _> =
+        let r: Result<TopologyFile, _> =
             serde_yaml_ng::from_str("links: [{a: h1, b: h2, bandwith: 1}]");
         assert!(r.is_err());
     }

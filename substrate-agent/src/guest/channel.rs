@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use super::ExecOutput;
 
+/// Most output bytes (stdout and stderr together) an answer may announce. The guest is the
+/// tenant's machine: a larger announcement is refused before anything is allocated for it.
+pub const MAX_OUTPUT: usize = 16 << 20;
+
 /// Errors of one exchange, mapped to `GuestError` by the runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -126,6 +130,12 @@ pub fn parse_header(line: &str) -> Result<Header, ChannelError> {
             let err_len = num()?;
             if out_len < 0 || err_len < 0 {
                 return Err(bad());
+            }
+            if out_len.saturating_add(err_len) > MAX_OUTPUT as i64 {
+                return Err(ChannelError::Protocol(format!(
+                    "the guest announced {} bytes of output, more than the limit of {MAX_OUTPUT}",
+                    out_len.saturating_add(err_len)
+                )));
             }
             Ok(Header::Result {
                 id,
@@ -344,6 +354,8 @@ mod tests {
             Header::Error { id: 3, .. }
         ));
         assert!(parse_header("RESULT 9 3 -1 4").is_err());
+        let e = parse_header("RESULT 9 0 99999999999 0").unwrap_err();
+        assert!(e.to_string().contains("more than the limit"), "{e}");
         assert!(parse_header("garbage").is_err());
     }
 

@@ -41,6 +41,8 @@ struct State {
     booting: HashMap<String, u32>,
     /// Nodes whose guest dies at the next `wait_ready`.
     dies_booting: HashMap<String, String>,
+    /// What `images` answers (`None`: one kernel image `default`).
+    images: Option<Vec<super::image::ImageInfo>>,
 }
 
 impl State {
@@ -119,6 +121,11 @@ impl RecordingGuestRuntime {
         }
     }
 
+    /// The images the fake offers (by default one kernel image `default`).
+    pub fn set_images(&self, images: Vec<super::image::ImageInfo>) {
+        self.lock().images = Some(images);
+    }
+
     /// What `exec` on `node_id` answers.
     pub fn set_exec_reply(&self, node_id: &str, out: ExecOutput) {
         self.lock().exec_replies.insert(node_id.to_string(), out);
@@ -130,6 +137,18 @@ impl RecordingGuestRuntime {
 }
 
 impl GuestRuntime for RecordingGuestRuntime {
+    fn images(&self) -> Vec<super::image::ImageInfo> {
+        self.lock().images.clone().unwrap_or_else(|| {
+            vec![super::image::ImageInfo {
+                name: "default".into(),
+                format: "kernel".into(),
+                arch: super::image::DEFAULT_ARCH.into(),
+                size_bytes: 0,
+                digest: String::new(),
+            }]
+        })
+    }
+
     fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
         let mut s = self.lock();
         s.calls.push(GuestCall::Ensure(cfg.clone()));
@@ -271,7 +290,8 @@ impl GuestRuntime for RecordingGuestRuntime {
 /// sandbox `vn-h1-<id>`, one virtio NIC `eth0` (10.0.0.1/24, MAC derived from `id`).
 #[cfg(test)]
 pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
-    use crate::guest::{Accel, GuestNic, MacAddr, NicModel};
+    use crate::guest::{Accel, GuestNic, NicModel};
+    use crate::mac::Mac;
     GuestConfig {
         node_id: id.into(),
         name: "web".into(),
@@ -283,7 +303,7 @@ pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
         accel: Accel::Auto,
         nics: vec![GuestNic {
             ifname: "eth0".into(),
-            mac: MacAddr::derived(id),
+            mac: Mac::derived(id),
             addresses: vec!["10.0.0.1/24".parse().unwrap()],
             mtu: 1450,
         }],

@@ -25,6 +25,117 @@ pub struct ImageManifest {
     /// Debian kernel package the image was built from.
     #[serde(default)]
     pub kernel_package: Option<String>,
+    /// Guest CPU architecture (default `x86_64`).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Content digest of the image's files (`sha256:...`), as its builder recorded it.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// Guest architecture of an image whose manifest names none.
+pub const DEFAULT_ARCH: &str = "x86_64";
+
+/// Most images an agent reports (the controller refuses a longer list).
+pub const MAX_IMAGES: usize = 256;
+
+/// An image in the catalogue an agent reports: one that [`load`] accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub name: String,
+    pub format: String,
+    pub arch: String,
+    /// Bytes of the regular files in the image's directory.
+    pub size_bytes: u64,
+    /// From the manifest; empty when it records none.
+    pub digest: String,
+}
+
+/// The usable images under `images_dir`, by name: every directory whose manifest [`load`]
+/// accepts. What cannot be read or used is logged and left out (a broken image must not hide
+/// the others), and at most [`MAX_IMAGES`] are listed.
+pub fn catalogue(images_dir: &Path) -> Vec<ImageInfo> {
+    let entries = match std::fs::read_dir(images_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %images_dir.display(), error = %e, "cannot list guest images");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<ImageInfo> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| match describe(images_dir, &name) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                tracing::info!(image = %name, error = %e, "guest image not offered");
+                None
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.truncate(MAX_IMAGES);
+    out
+}
+
+/// Whether `s` is a short word the controller accepts as an image's format or architecture.
+fn word(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Image `name` as the catalogue lists it, if [`load`] accepts it and the controller would: a
+/// name a node can give (letters, digits, `-`, `_`, at most 63), short words as format and
+/// architecture, a short printable digest. Anything else would make the controller refuse the
+/// whole hello.
+fn describe(images_dir: &Path, name: &str) -> Result<ImageInfo, GuestError> {
+    let err = |reason: &str| GuestError::Image {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if !name_ok {
+        return Err(err(
+            "a directory name a vm node cannot name (letters, digits, '-', '_', at most 63)",
+        ));
+    }
+    load(images_dir, name)?;
+    let dir = images_dir.join(name);
+    let m: ImageManifest = std::fs::read_to_string(dir.join("image.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| GuestError::Image {
+            name: name.to_string(),
+            reason: "image.json changed while it was read".into(),
+        })?;
+    let size_bytes = std::fs::read_dir(&dir)
+        .map(|files| {
+            files
+                .filter_map(|f| f.ok()?.metadata().ok())
+                .filter(|md| md.is_file())
+                .map(|md| md.len())
+                .fold(0u64, u64::saturating_add)
+        })
+        .unwrap_or(0);
+    let info = ImageInfo {
+        name: name.to_string(),
+        format: m.format,
+        arch: m.arch.unwrap_or_else(|| DEFAULT_ARCH.to_string()),
+        size_bytes,
+        digest: m.digest.unwrap_or_default(),
+    };
+    if !word(&info.arch) {
+        return Err(err("arch must be a short word ([a-z0-9_-], 1 to 32)"));
+    }
+    if info.digest.len() > 128 || !info.digest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("digest must be up to 128 printable characters"));
+    }
+    Ok(info)
 }
 
 /// A usable direct-boot image.
@@ -118,5 +229,49 @@ mod tests {
                 .to_string()
                 .contains("not supported")
         );
+    }
+
+    #[test]
+    fn the_catalogue_lists_usable_images_only() {
+        let d = tempfile::tempdir().unwrap();
+        let image = |name: &str, manifest: &str| {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("image.json"), manifest).unwrap();
+            std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+            std::fs::write(dir.join("initrd.img"), b"init").unwrap();
+        };
+        image(
+            "default",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","digest":"sha256:ab"}"#,
+        );
+        image(
+            "arm",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","arch":"aarch64"}"#,
+        );
+        image("broken", "{not json");
+        image(
+            "debian.12",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img"}"#,
+        );
+        image(
+            "spaced",
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","arch":"arm 64"}"#,
+        );
+        image("nokernel", r#"{"format":"kernel","initrd":"initrd.img"}"#);
+        std::fs::write(d.path().join("stray-file"), b"x").unwrap();
+        let c = catalogue(d.path());
+        let names: Vec<&str> = c.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["arm", "default"]);
+        assert_eq!(c[0].arch, "aarch64");
+        assert_eq!(
+            (c[1].arch.as_str(), c[1].digest.as_str()),
+            ("x86_64", "sha256:ab")
+        );
+        let manifest_len = std::fs::metadata(d.path().join("default/image.json"))
+            .unwrap()
+            .len();
+        assert_eq!(c[1].size_bytes, manifest_len + 10);
+        assert!(catalogue(&d.path().join("absent")).is_empty());
     }
 }

@@ -84,7 +84,8 @@ pub fn guest_kernel_cmdline(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{Accel, GuestNic, GuestRoute, MacAddr, NicModel};
+    use crate::guest::{Accel, GuestNic, GuestRoute, NicModel};
+    use crate::mac::Mac;
 
     fn cfg() -> GuestConfig {
         GuestConfig {
@@ -108,7 +109,7 @@ mod tests {
                 },
                 GuestNic {
                     ifname: "uplink".into(),
-                    mac: MacAddr::derived("x"),
+                    mac: Mac::derived("x"),
                     addresses: vec![],
                     mtu: 1500,
                 },

@@ -19,15 +19,17 @@
 //! - [`kernel_cmdline`]: the guest's network configuration on its kernel command line;
 //! - [`channel`]: the command channel protocol (virtio-serial) used by `exec`;
 //! - [`qmp`]: a minimal QMP client (query-status, quit);
-//! - [`tap`]: TAP devices and tc redirects inside the sandbox (the kernel layer);
+//! - [`tap`]: the guest's TAP devices and their tc redirects, made through the host's `Kernel`;
 //! - [`process`]: spawning QEMU in the sandbox, pidfiles, liveness and identity checks;
 //! - [`image`]: guest images on disk (kernel + initrd, or a disk with a NoCloud seed);
 //! - [`seed`]: the NoCloud seed for cloud images;
 //! - [`runtime`]: [`QemuRuntime`], the real implementation;
-//! - [`fake`]: [`RecordingGuestRuntime`], a recording fake for planner tests.
+//! - `fake`: `RecordingGuestRuntime`, a recording fake for planner tests (under `cfg(test)` and
+//!   the `testing` feature).
 
 pub mod accel;
 pub mod channel;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod image;
 pub mod kernel_cmdline;
@@ -41,15 +43,17 @@ pub mod tap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use accel::{HostGuestSupport, KvmVerdict, probe_host};
+#[cfg(any(test, feature = "testing"))]
 pub use fake::{GuestCall, RecordingGuestRuntime};
 pub use runtime::{QemuRuntime, QemuRuntimeOptions};
+
+use crate::mac::Mac;
 
 /// Smallest guest memory that boots the project's image (the contract's constant).
 pub const MIN_MEMORY_MB: u64 = vnet_proto::VM_MIN_MEMORY_MB;
@@ -99,80 +103,6 @@ impl fmt::Display for AccelUsed {
     }
 }
 
-/// A 48-bit Ethernet address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// A stable, locally administered unicast address derived from `seed` (FNV-1a), for NICs
-    /// whose link carries no MAC.
-    pub fn derived(seed: &str) -> MacAddr {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in seed.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let b = h.to_be_bytes();
-        MacAddr([0x52, 0x56, b[2], b[3], b[4], b[5]])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = GuestError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || GuestError::InvalidConfig(format!("MAC address {s:?} is not six hex octets"));
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for o in &mut out {
-            let p = parts.next().ok_or_else(bad)?;
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        if out[0] & 1 == 1 {
-            return Err(GuestError::InvalidConfig(format!(
-                "MAC address {s} is a multicast address"
-            )));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl TryFrom<String> for MacAddr {
-    type Error = GuestError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<MacAddr> for String {
-    fn from(m: MacAddr) -> String {
-        m.to_string()
-    }
-}
-
 /// One NIC of a guest: the sandbox interface the agent realized for one link, and how the guest
 /// sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -181,8 +111,8 @@ pub struct GuestNic {
     /// The tenant's interface name; the agent's interface in the sandbox has this name, and the
     /// guest renames its NIC to it.
     pub ifname: String,
-    /// The guest NIC's MAC (from the link's `NodeInterface.mac`, or [`MacAddr::derived`]).
-    pub mac: MacAddr,
+    /// The guest NIC's MAC (from the link's `NodeInterface.mac`, or [`Mac::derived`]).
+    pub mac: Mac,
     /// Addresses inside the guest, with prefix length.
     pub addresses: Vec<IpNet>,
     /// The link's MTU (TAP and guest NIC get it).
@@ -311,11 +241,7 @@ impl GuestConfig {
 
 /// Path of a netns given as a name under `/run/netns` or as an absolute path.
 pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.starts_with('/') {
-        PathBuf::from(netns)
-    } else {
-        PathBuf::from("/run/netns").join(netns)
-    }
+    crate::host::netns::path_of(netns)
 }
 
 /// What [`GuestRuntime::ensure`] did and found.
@@ -422,16 +348,16 @@ pub enum GuestError {
         /// The sandbox.
         netns: String,
     },
-    /// A netlink or TAP operation failed.
-    #[error("guest {node_id}: {what}")]
+    /// Making or removing the guest's TAPs and their redirects failed.
+    #[error("guest {node_id}: in sandbox {netns}: {source}")]
     Net {
         /// The node.
         node_id: String,
-        /// What was attempted, naming the device.
-        what: String,
-        /// The cause.
+        /// The sandbox.
+        netns: String,
+        /// The cause, naming the device.
         #[source]
-        source: std::io::Error,
+        source: tap::TapError,
     },
     /// QEMU could not be started or exited during start-up.
     #[error("guest {node_id}: QEMU failed to start: {reason}")]
@@ -522,6 +448,9 @@ pub trait GuestRuntime: Send + Sync {
     /// Types `data` into the guest's serial console (a shell runs there in the project's image).
     /// What the guest answers appears in the console log.
     fn console_write(&self, node_id: &str, data: &[u8]) -> Result<(), GuestError>;
+
+    /// The images this runtime can boot (reported to the controller in every hello).
+    fn images(&self) -> Vec<image::ImageInfo>;
 
     /// The last `max_bytes` of the guest's serial console log.
     fn console(&self, node_id: &str, max_bytes: usize) -> Result<Vec<u8>, GuestError> {

@@ -1,32 +1,27 @@
-//! QEMU processes: started inside the sandbox's network namespace (the child calls `setns` before
-//! `exec`) in a session of their own (they survive the agent), found again through the pidfile,
-//! and recognized by their command line before anything is signalled.
+//! QEMU processes: started inside the sandbox's network namespace (through the host's
+//! [`crate::host::netns::spawn_in`]) in a session of their own (they survive the agent), found
+//! again through the pidfile, and recognized by their command line before anything is signalled.
 
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::qemu_args::QemuCommand;
 
-/// Starts `cmd` detached: in the network namespace at `netns` (the child calls `setns` before
-/// `exec`), in a session of its own (`setsid`: no signal from the agent's terminal or process
-/// group reaches it, and it outlives the agent), with stdin from `/dev/null` and stdout/stderr
-/// appended to `log`. Returns the child; the caller waits for QEMU to become ready and reaps it
-/// through [`reap_exited`] once it is dead.
+/// Starts `cmd` detached: in the sandbox namespace `netns` (a name or an absolute path), in a
+/// session of its own (`setsid`: no signal from the agent's terminal or process group reaches it,
+/// and it outlives the agent), with stdin from `/dev/null` and stdout/stderr appended to `log`.
+/// Returns the child; the caller waits for QEMU to become ready and reaps it through
+/// [`reap_exited`] once it is dead.
 pub fn spawn_detached_in_netns(
     cmd: &QemuCommand,
-    netns: &Path,
+    netns: &str,
     log: &Path,
 ) -> Result<std::process::Child, String> {
-    let ns =
-        File::open(netns).map_err(|e| format!("cannot open netns {}: {e}", netns.display()))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -41,18 +36,16 @@ pub fn spawn_detached_in_netns(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: the closure runs in the forked child before exec and only calls setns(2) and
-    // setsid(2), both async-signal-safe; `ns` stays open in the parent until the child has been
-    // spawned.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which is
+    // async-signal-safe.
     unsafe {
-        c.pre_exec(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        c.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             Ok(())
         });
     }
-    c.spawn()
-        .map_err(|e| format!("cannot run {}: {e}", cmd.binary))
+    crate::host::netns::spawn_in(netns, &mut c)
+        .map_err(|e| format!("cannot run {} in netns {netns}: {e}", cmd.binary))
 }
 
 /// The pid in a pidfile, if it holds one.

@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AccelUsed, GuestNic, MacAddr, NicModel};
+use super::{AccelUsed, GuestNic, NicModel};
+use crate::mac::Mac;
 
 /// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
 pub fn escape(v: &str) -> String {
@@ -171,7 +172,7 @@ pub struct NicDevice {
     /// Netdev id.
     pub netdev: String,
     /// Guest MAC.
-    pub mac: MacAddr,
+    pub mac: Mac,
 }
 
 impl QemuArg for NicDevice {
@@ -527,7 +528,7 @@ mod tests {
             .render(),
             ["-netdev", "tap,id=n0,ifname=t-eth0,script=no,downscript=no"]
         );
-        let mac: MacAddr = "52:56:00:00:00:01".parse().unwrap();
+        let mac: Mac = "52:56:00:00:00:01".parse().unwrap();
         assert_eq!(
             NicDevice {
                 model: NicModel::Virtio,

@@ -40,6 +40,7 @@ use super::{
     AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
     GuestRuntime, GuestStatus, ObservedGuest,
 };
+use crate::host::kernel::Kernel;
 
 /// A console log longer than this is cut to its last [`CONSOLE_LOG_KEEP`] bytes when the guest
 /// (re)starts; QEMU appends while it runs.
@@ -126,8 +127,21 @@ impl GuestRecord {
 pub struct QemuRuntime {
     opts: QemuRuntimeOptions,
     support: HostGuestSupport,
+    /// The host's kernel layer: TAPs and tc redirects in the sandboxes.
+    kernel: Arc<dyn Kernel>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     exec_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// What `ensure` starts for a configuration (see [`QemuRuntime::launch`]).
+struct Launch {
+    accel: AccelUsed,
+    /// Why this acceleration (logged).
+    why: String,
+    /// (tenant ifname, TAP) per NIC.
+    names: Vec<(String, String)>,
+    cmd: super::qemu_args::QemuCommand,
+    pairs: Vec<TapPair>,
 }
 
 /// What `ensure` does about what it found.
@@ -205,14 +219,9 @@ fn tap_err(node_id: &str, netns: &str, e: TapError) -> GuestError {
             ifname,
             netns: netns.into(),
         },
-        TapError::Netns { path, source } => GuestError::Net {
+        source => GuestError::Net {
             node_id: node_id.into(),
-            what: format!("enter sandbox {path}"),
-            source,
-        },
-        TapError::Op { what, source } => GuestError::Net {
-            node_id: node_id.into(),
-            what: format!("in sandbox {netns}: {what}"),
+            netns: netns.into(),
             source,
         },
     }
@@ -223,9 +232,12 @@ impl QemuRuntime {
     /// static checks call KVM usable and the `default` image exists, a test boot under
     /// `-accel kvm` (at most [`KVM_TEST_BOOT_TIMEOUT`]) must confirm it, else guests use TCG.
     /// Creates `state_dir`. Report [`QemuRuntime::support`] in the agent's capabilities.
-    pub fn new(opts: QemuRuntimeOptions) -> Result<QemuRuntime, GuestError> {
+    pub fn new(
+        opts: QemuRuntimeOptions,
+        kernel: Arc<dyn Kernel>,
+    ) -> Result<QemuRuntime, GuestError> {
         let support = probe_host(&opts.qemu_binary);
-        let mut rt = Self::with_support(opts, support)?;
+        let mut rt = Self::with_support(opts, support, kernel)?;
         rt.confirm_kvm();
         Ok(rt)
     }
@@ -238,10 +250,11 @@ impl QemuRuntime {
         }
     }
 
-    /// A runtime with a given probe result.
+    /// A runtime with a given probe result; `kernel` makes the TAPs and redirects in sandboxes.
     pub fn with_support(
         mut opts: QemuRuntimeOptions,
         support: HostGuestSupport,
+        kernel: Arc<dyn Kernel>,
     ) -> Result<QemuRuntime, GuestError> {
         std::fs::create_dir_all(&opts.state_dir).map_err(io_err(
             "cannot create guest state directory",
@@ -265,6 +278,7 @@ impl QemuRuntime {
         Ok(QemuRuntime {
             opts,
             support,
+            kernel,
             locks: Mutex::new(HashMap::new()),
             exec_locks: Mutex::new(HashMap::new()),
         })
@@ -489,7 +503,7 @@ impl QemuRuntime {
         pairs: &[TapPair],
         fresh_dir: bool,
     ) -> Result<u32, GuestError> {
-        let netns = cfg.netns_path();
+        let netns = &cfg.netns;
         for f in [
             paths.pidfile(),
             paths.qmp(),
@@ -498,7 +512,7 @@ impl QemuRuntime {
         ] {
             let _ = std::fs::remove_file(f);
         }
-        let created = match ensure_taps(&netns, pairs) {
+        let created = match ensure_taps(&*self.kernel, netns, pairs) {
             Ok(c) => c,
             Err(e) => {
                 // ensure_taps removed what it had created itself.
@@ -514,7 +528,7 @@ impl QemuRuntime {
                 .filter(|p| created.contains(&p.tap))
                 .cloned()
                 .collect();
-            if let Err(e) = remove_taps(&netns, &undo_pairs) {
+            if let Err(e) = remove_taps(&*self.kernel, netns, &undo_pairs) {
                 warn!(node_id = %cfg.node_id, error = %e, "rollback: cannot remove TAPs");
             }
             if fresh_dir {
@@ -550,7 +564,7 @@ impl QemuRuntime {
             binary: self.opts.qemu_binary.clone(),
             args: rec.argv.clone(),
         };
-        let mut child = match spawn_detached_in_netns(&cmd, &netns, &paths.qemu_log()) {
+        let mut child = match spawn_detached_in_netns(&cmd, netns, &paths.qemu_log()) {
             Ok(c) => c,
             Err(reason) => {
                 undo(&created);
@@ -598,6 +612,83 @@ impl QemuRuntime {
         }
     }
 
+    /// What `ensure` would start for `cfg`: acceleration (and why), TAP names, QEMU's command
+    /// line and the TAP of each NIC.
+    fn launch(&self, cfg: &GuestConfig, paths: &RunPaths) -> Result<Launch, GuestError> {
+        let img = image::load(&self.opts.images_dir, &cfg.image)?;
+        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
+            GuestError::KvmUnusable {
+                node_id: cfg.node_id.clone(),
+                reason,
+            }
+        })?;
+        let machine = Machine::for_nic(cfg.nic);
+        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
+        let names = tap_names(&cfg.nics);
+        let nics: Vec<_> = cfg
+            .nics
+            .iter()
+            .cloned()
+            .zip(names.iter().map(|(_, t)| t.clone()))
+            .collect();
+        let cmd = guest_command(
+            &cfg.node_id,
+            cfg.vcpus,
+            cfg.memory_mb,
+            cfg.nic,
+            &nics,
+            &LaunchInputs {
+                qemu_binary: &self.opts.qemu_binary,
+                accel,
+                tb_size_mb: self.opts.tb_size_mb,
+                kernel: &img.kernel,
+                initrd: &img.initrd,
+                append,
+                qboot: self.opts.qboot_rom.as_deref(),
+                paths,
+            },
+        );
+        let pairs: Vec<TapPair> = nics
+            .iter()
+            .map(|(n, t)| TapPair {
+                ifname: n.ifname.clone(),
+                tap: t.clone(),
+                mtu: n.mtu,
+            })
+            .collect();
+        Ok(Launch {
+            accel,
+            why,
+            names,
+            cmd,
+            pairs,
+        })
+    }
+
+    /// Removes the TAPs of the old configuration (`prev`) that the new one does not use.
+    fn remove_stale_taps(
+        &self,
+        cfg: &GuestConfig,
+        prev: Option<&GuestRecord>,
+        pairs: &[TapPair],
+    ) -> Result<(), GuestError> {
+        if let Some(rec) = prev {
+            let stale: Vec<TapPair> = rec
+                .pairs()
+                .into_iter()
+                .filter(|p| !pairs.iter().any(|q| q.tap == p.tap && q.ifname == p.ifname))
+                .collect();
+            if !stale.is_empty() {
+                let old_ns = rec.config.netns_path();
+                if old_ns.exists() {
+                    remove_taps(&*self.kernel, &rec.config.netns, &stale)
+                        .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The last `max` bytes of the console log (empty when it cannot be read).
     fn console_tail(&self, paths: &RunPaths, max: usize) -> Vec<u8> {
         read_log(&paths.console_log(), None, max)
@@ -620,6 +711,10 @@ impl QemuRuntime {
 }
 
 impl GuestRuntime for QemuRuntime {
+    fn images(&self) -> Vec<image::ImageInfo> {
+        image::catalogue(&self.opts.images_dir)
+    }
+
     fn ensure(&self, cfg: &GuestConfig) -> Result<GuestStatus, GuestError> {
         cfg.validate()?;
         let lock = Self::lock_of(&self.locks, &cfg.node_id);
@@ -631,48 +726,14 @@ impl GuestRuntime for QemuRuntime {
                 netns: cfg.netns.clone(),
             });
         }
-        let img = image::load(&self.opts.images_dir, &cfg.image)?;
-        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
-            GuestError::KvmUnusable {
-                node_id: cfg.node_id.clone(),
-                reason,
-            }
-        })?;
-        let machine = Machine::for_nic(cfg.nic);
-        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
-        let names = tap_names(&cfg.nics);
         let paths = self.paths(&cfg.node_id);
-        let nics: Vec<_> = cfg
-            .nics
-            .iter()
-            .cloned()
-            .zip(names.iter().map(|(_, t)| t.clone()))
-            .collect();
-        let cmd = guest_command(
-            &cfg.node_id,
-            cfg.vcpus,
-            cfg.memory_mb,
-            cfg.nic,
-            &nics,
-            &LaunchInputs {
-                qemu_binary: &self.opts.qemu_binary,
-                accel,
-                tb_size_mb: self.opts.tb_size_mb,
-                kernel: &img.kernel,
-                initrd: &img.initrd,
-                append,
-                qboot: self.opts.qboot_rom.as_deref(),
-                paths: &paths,
-            },
-        );
-        let pairs: Vec<TapPair> = nics
-            .iter()
-            .map(|(n, t)| TapPair {
-                ifname: n.ifname.clone(),
-                tap: t.clone(),
-                mtu: n.mtu,
-            })
-            .collect();
+        let Launch {
+            accel,
+            why,
+            names,
+            cmd,
+            pairs,
+        } = self.launch(cfg, &paths)?;
         let prev = self.read_record(&paths)?;
         let pid = self.running_pid(&cfg.node_id, &paths);
         if pid.is_none() {
@@ -687,7 +748,7 @@ impl GuestRuntime for QemuRuntime {
         );
         let (action, restarts) = match (decision, &prev, pid) {
             (Lifecycle::Adopt, Some(rec), Some(pid)) => {
-                let created = ensure_taps(&netns, &pairs)
+                let created = ensure_taps(&*self.kernel, &cfg.netns, &pairs)
                     .map_err(|e| tap_err(&cfg.node_id, &cfg.netns, e))?;
                 if created.is_empty() {
                     info!(node_id = %cfg.node_id, pid, "guest adopted");
@@ -726,21 +787,7 @@ impl GuestRuntime for QemuRuntime {
                 unreachable!("decide adopts only a recorded, running guest")
             }
         };
-        // TAPs of the old configuration that the new one does not use.
-        if let Some(rec) = &prev {
-            let stale: Vec<TapPair> = rec
-                .pairs()
-                .into_iter()
-                .filter(|p| !pairs.iter().any(|q| q.tap == p.tap && q.ifname == p.ifname))
-                .collect();
-            if !stale.is_empty() {
-                let old_ns = rec.config.netns_path();
-                if old_ns.exists() {
-                    remove_taps(&old_ns, &stale)
-                        .map_err(|e| tap_err(&cfg.node_id, &rec.config.netns, e))?;
-                }
-            }
-        }
+        self.remove_stale_taps(cfg, prev.as_ref(), &pairs)?;
         let fresh_dir = !paths.dir.exists();
         std::fs::create_dir_all(&paths.dir)
             .map_err(io_err("cannot create run directory", &paths.dir))?;
@@ -776,7 +823,7 @@ impl GuestRuntime for QemuRuntime {
         if let Some(rec) = rec {
             let netns = rec.config.netns_path();
             if netns.exists() {
-                remove_taps(&netns, &rec.pairs())
+                remove_taps(&*self.kernel, &rec.config.netns, &rec.pairs())
                     .map_err(|e| tap_err(node_id, &rec.config.netns, e))?;
             }
         }

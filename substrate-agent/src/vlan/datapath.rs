@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{DatapathConfig, Wire, WireEnd};
 use super::frame::{ETH_HLEN, VLAN_HLEN, pop_inband, push_tag};
-use crate::netns;
+use crate::host::netns;
 
 /// The config file: the agent bumps `nonce` on every write.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -424,7 +424,7 @@ impl Runtime {
         let nsf = netns::open(ns)?;
         let (file, idx) = netns::within(&nsf, &self.home, || -> io::Result<(File, u32)> {
             let idx = ifindex_in_current(ifname)?;
-            Ok((crate::tap::attach(ifname)?, idx))
+            Ok((crate::host::tap::attach(ifname)?, idx))
         })??;
         Ok(Arc::new(Tap {
             key: (ns.to_string(), ifname.to_string()),

@@ -6,8 +6,19 @@
 //! (setsid) so it survives the agent, and the new agent adopts it by pid and start time recorded
 //! in the state directory. If it dies, the next reconcile starts it again; the TAP devices are
 //! persistent, so the tenants' interfaces and addresses stay in place meanwhile.
+//!
+//! Ownership from before the start: a pid can only be written down after the fork, so a crash in
+//! between would orphan a datapath that holds the TAP devices (the next one gets `EBUSY`). The
+//! intent is therefore recorded first, as an exclusive `flock` on `vlan-datapath.lock` in the state
+//! directory, taken by the agent before it forks and inherited by the child (the agent closes its
+//! copy once the child runs). The lock is held exactly as long as some process of ours may be a
+//! datapath, also between fork and exec. On start, the agent takes the lock: if it can, nothing
+//! of ours runs; if it cannot, it finds the holders through `/proc/*/fd`, keeps the recorded
+//! datapath and kills every other holder (an orphan of a crash), before anything is spawned.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +26,66 @@ use std::time::{Duration, Instant};
 
 use super::config::{DatapathConfig, DatapathControl, DatapathError};
 use super::datapath::{ConfigFile, StatusFile};
-use crate::state::StateDir;
+use crate::reconcile::state::StateDir;
 
 /// How long to wait for the datapath to load a config.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait for a killed orphan to let go of the lock.
+const ORPHAN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Test hook of the crash tests: `POINT:MS:MARKER` makes the process that reaches `POINT` of a
+/// datapath start create the file `MARKER` and sleep `MS` milliseconds there, so a test can kill
+/// the agent at that moment. Points, in order: `intent` (lock taken, before the fork), `exec`
+/// (in the child, before exec), `spawned` (child runs, pid not yet recorded), `recorded` (pid
+/// recorded, config not yet loaded), `loaded` (the datapath reported the config).
+pub const PAUSE_ENV: &str = "VNET_TEST_DATAPATH_PAUSE";
+
+/// A parsed [`PAUSE_ENV`].
+#[derive(Debug, Clone)]
+struct Pause {
+    point: String,
+    ms: u64,
+    marker: std::ffi::CString,
+}
+
+impl Pause {
+    fn from_env() -> Option<Self> {
+        let v = std::env::var(PAUSE_ENV).ok()?;
+        let mut it = v.splitn(3, ':');
+        let (point, ms, marker) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+        Some(Pause {
+            point: point.to_string(),
+            ms,
+            marker: std::ffi::CString::new(marker).ok()?,
+        })
+    }
+
+    /// Marks and sleeps if `point` is the chosen one. Only async-signal-safe calls, so it may
+    /// also run in a forked child before exec.
+    fn at(&self, point: &str) {
+        if self.point != point {
+            return;
+        }
+        // SAFETY: open(2), close(2) and nanosleep(2) are async-signal-safe; the path is a valid
+        // NUL-terminated string owned by `self`.
+        unsafe {
+            let fd = libc::open(
+                self.marker.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let ts = libc::timespec {
+                tv_sec: (self.ms / 1000) as libc::time_t,
+                tv_nsec: ((self.ms % 1000) * 1_000_000) as libc::c_long,
+            };
+            libc::nanosleep(&ts, std::ptr::null_mut());
+        }
+    }
+}
 
 /// Controls one datapath process per agent.
 pub struct ProcessDatapath {
@@ -27,11 +94,61 @@ pub struct ProcessDatapath {
     state: Arc<StateDir>,
     nonce: AtomicU64,
     lock: Mutex<()>,
+    pause: Option<Pause>,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
     let what = what.into();
     move |source| DatapathError::Io { what, source }
+}
+
+/// The kernel state of a process (`R`, `S`, `Z`, ...), `None` when it does not exist.
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Pids of the processes that have `file` open (by device and inode), this one excepted.
+fn holders_of(file: &std::fs::File) -> io::Result<Vec<u32>> {
+    let me = file.metadata()?;
+    let own = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        // Processes come and go, and some fds are unreadable: skip what cannot be read.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino())
+        });
+        if holds {
+            out.push(pid);
+        }
+    }
+    Ok(out)
+}
+
+/// Takes the exclusive lock without waiting; `false` when another open file holds it.
+///
+/// Plain flock(2), not `nix::fcntl::Flock`: that one unlocks when dropped, which would release
+/// the lock the child shares; closing our descriptor keeps it for the child.
+fn try_lock(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock(2) on a valid open fd; no memory is passed.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(e)
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
@@ -52,13 +169,79 @@ impl ProcessDatapath {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        Ok(Self {
+        let dp = Self {
             exe,
             dir,
             state,
             nonce: AtomicU64::new(nonce),
             lock: Mutex::new(()),
-        })
+            pause: Pause::from_env(),
+        };
+        dp.recover().map_err(io::Error::other)?;
+        Ok(dp)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("vlan-datapath.lock")
+    }
+
+    fn open_lock(&self) -> Result<std::fs::File, DatapathError> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.lock_path())
+            .map_err(io_err("datapath lock"))
+    }
+
+    /// After an agent start: keeps the recorded datapath if it runs, kills every other process
+    /// that holds the datapath lock (a datapath or a child not yet exec'd, orphaned by a crash of
+    /// the agent between fork and recording its pid), and forgets a record that is dead.
+    fn recover(&self) -> Result<(), DatapathError> {
+        let running = self.running_pid();
+        self.kill_orphans(running)?;
+        if running.is_none() && self.state.datapath().is_some() {
+            tracing::info!("the recorded vlan datapath is gone");
+            self.state
+                .set_datapath(None)
+                .map_err(|e| DatapathError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Kills every holder of the datapath lock except `keep`, and waits until they are gone.
+    /// Returns the lock taken when nothing holds it any more (`None`: `keep` holds it).
+    fn kill_orphans(&self, keep: Option<u32>) -> Result<Option<std::fs::File>, DatapathError> {
+        let lock = self.open_lock()?;
+        let t = Instant::now();
+        loop {
+            if try_lock(&lock).map_err(io_err("datapath lock"))? {
+                return Ok(Some(lock));
+            }
+            let holders = holders_of(&lock).map_err(io_err("find the datapath lock's holders"))?;
+            let orphans: Vec<u32> = holders
+                .into_iter()
+                .filter(|p| Some(*p) != keep && proc_state(*p).is_some_and(|s| s != 'Z'))
+                .collect();
+            if orphans.is_empty() && keep.is_some() {
+                return Ok(None);
+            }
+            if t.elapsed() > ORPHAN_TIMEOUT {
+                return Err(DatapathError::Config(format!(
+                    "processes {orphans:?} still hold {} after SIGKILL",
+                    self.lock_path().display()
+                )));
+            }
+            for pid in orphans {
+                tracing::warn!(pid, "killing an orphaned vlan datapath process");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -92,6 +275,15 @@ impl ProcessDatapath {
 
     fn spawn(&self) -> Result<u32, DatapathError> {
         use std::os::unix::process::CommandExt;
+        // The intent: the lock, taken before the fork and inherited by the child.
+        let lock = self
+            .kill_orphans(None)?
+            .ok_or_else(|| DatapathError::Config("datapath lock still held".into()))?;
+        let lock_fd = lock.as_raw_fd();
+        let pause = self.pause.clone();
+        if let Some(p) = &pause {
+            p.at("intent");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,18 +298,30 @@ impl ProcessDatapath {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(io_err("datapath log"))?)
             .stderr(log);
-        // SAFETY: setsid(2) is async-signal-safe; it detaches the child from the agent's session
-        // so that stopping the agent (or its terminal) does not stop the datapath.
+        // SAFETY: setsid(2) and fcntl(2) are async-signal-safe, and so is `Pause::at`. setsid
+        // detaches the child from the agent's session so that stopping the agent (or its
+        // terminal) does not stop the datapath; clearing FD_CLOEXEC keeps the lock in the child.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setsid();
+                if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(p) = &pause {
+                    p.at("exec");
+                }
                 Ok(())
             });
         }
         let child = cmd
             .spawn()
             .map_err(io_err(format!("start {}", self.exe.display())))?;
+        // The child holds the lock now; the agent's copy must not keep it past the child's life.
+        drop(lock);
         let pid = child.id();
+        if let Some(p) = &self.pause {
+            p.at("spawned");
+        }
         // Reap it from a thread if it exits while this agent runs (no zombie).
         std::thread::spawn(move || {
             let mut c = child;
@@ -128,6 +332,9 @@ impl ProcessDatapath {
             .set_datapath(Some((pid, start)))
             .map_err(|e| DatapathError::Config(e.to_string()))?;
         tracing::info!(pid, "vlan datapath started");
+        if let Some(p) = &self.pause {
+            p.at("recorded");
+        }
         Ok(pid)
     }
 
@@ -214,6 +421,9 @@ impl DatapathControl for ProcessDatapath {
                 && s.nonce == nonce
                 && s.pid == pid
             {
+                if let Some(p) = &self.pause {
+                    p.at("loaded");
+                }
                 if s.errors.is_empty() {
                     return Ok(());
                 }

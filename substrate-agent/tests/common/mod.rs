@@ -63,7 +63,18 @@ struct HostState {
     hello: Option<pb::AgentHello>,
     attaches: u32,
     observed: Vec<pb::ObservedState>,
-    exec: HashMap<u64, pb::ExecResult>,
+    exec: HashMap<u64, ExecResult>,
+    /// stdin of commands sent, by request id, until their stream opens.
+    exec_stdin: HashMap<u64, Vec<u8>>,
+}
+
+/// A command's outcome as the fake controller collected it from the agent's exec stream.
+#[derive(Clone, Debug, Default)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub error: String,
 }
 
 #[derive(Default)]
@@ -111,16 +122,78 @@ impl AgentControl for Svc {
             while let Ok(Some(m)) = inbound.message().await {
                 let mut hosts = shared.hosts.lock().unwrap();
                 let h = hosts.entry(host.clone()).or_default();
-                match m.msg {
-                    Some(pb::agent_message::Msg::Observed(o)) => h.observed.push(o),
-                    Some(pb::agent_message::Msg::ExecResult(r)) => {
-                        h.exec.insert(r.request_id, r);
-                    }
-                    _ => {}
+                if let Some(pb::agent_message::Msg::Observed(o)) = m.msg {
+                    h.observed.push(o);
                 }
                 drop(hosts);
                 shared.cv.notify_all();
             }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ExecStream = ReceiverStream<Result<pb::ExecDown, Status>>;
+
+    /// Sends the command's stdin and end of file, collects its output until the exit.
+    async fn exec(
+        &self,
+        req: Request<Streaming<pb::ExecUp>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut inbound = req.into_inner();
+        let Some(pb::ExecUp {
+            msg: Some(pb::exec_up::Msg::Open(open)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument("first message must be an open"));
+        };
+        let stdin = {
+            let mut hosts = self.0.hosts.lock().unwrap();
+            let h = hosts.entry(open.host_id.clone()).or_default();
+            h.exec_stdin.remove(&open.request_id)
+        }
+        .ok_or_else(|| Status::not_found("no such command"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let down = |m| Ok(pb::ExecDown { msg: Some(m) });
+        if !stdin.is_empty() {
+            tx.send(down(pb::exec_down::Msg::Stdin(stdin)))
+                .await
+                .unwrap();
+        }
+        tx.send(down(pb::exec_down::Msg::StdinEof(true)))
+            .await
+            .unwrap();
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let _keep = tx;
+            let mut r = ExecResult::default();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(pb::ExecUp { msg: Some(m) })) => match m {
+                        pb::exec_up::Msg::Stdout(d) => r.stdout.extend(d),
+                        pb::exec_up::Msg::Stderr(d) => r.stderr.extend(d),
+                        pb::exec_up::Msg::Exit(e) => {
+                            r.exit_code = e.exit_code;
+                            r.error = e.error;
+                            break;
+                        }
+                        pb::exec_up::Msg::Open(_) => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        r.exit_code = -1;
+                        r.error = "the agent's exec stream ended without an exit".into();
+                        break;
+                    }
+                }
+            }
+            let mut hosts = shared.hosts.lock().unwrap();
+            hosts
+                .entry(open.host_id)
+                .or_default()
+                .exec
+                .insert(open.request_id, r);
+            drop(hosts);
+            shared.cv.notify_all();
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -297,25 +370,37 @@ impl FakeController {
         o
     }
 
-    /// Runs a command in a node through the agent (ExecCommand).
-    pub fn exec(&self, host: &str, node: &str, argv: &[&str], timeout: Duration) -> pb::ExecResult {
+    /// Runs a command in a node through the agent (ExecCommand, then its own stream).
+    pub fn exec(&self, host: &str, node: &str, argv: &[&str], timeout: Duration) -> ExecResult {
+        self.exec_io(host, node, argv, b"", timeout)
+    }
+
+    /// [`FakeController::exec`] with `stdin` for the command.
+    pub fn exec_io(
+        &self,
+        host: &str,
+        node: &str,
+        argv: &[&str],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> ExecResult {
         let id = {
             let mut n = self.next_exec.lock().unwrap();
             *n += 1;
             *n
         };
         {
-            let hosts = self.shared.hosts.lock().unwrap();
-            let tx = hosts
-                .get(host)
-                .and_then(|h| h.tx.clone())
-                .expect("attached");
+            let mut hosts = self.shared.hosts.lock().unwrap();
+            let h = hosts.get_mut(host).expect("attached");
+            h.exec_stdin.insert(id, stdin.to_vec());
+            let tx = h.tx.clone().expect("attached");
             tx.try_send(Ok(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Exec(pb::ExecCommand {
                     request_id: id,
                     node_id: node.into(),
                     argv: argv.iter().map(|s| s.to_string()).collect(),
                     timeout_ms: timeout.as_millis() as u32,
+                    ..Default::default()
                 })),
             }))
             .unwrap();
@@ -436,6 +521,11 @@ impl Testbed {
 
     /// Starts (or restarts) the agent of host `i` (1-based).
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_env(i, &[]);
+    }
+
+    /// Starts the agent of host `i` with extra environment variables.
+    pub fn start_agent_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let exe = env!("CARGO_BIN_EXE_substrate-agent");
         let h = &mut self.hosts[i - 1];
         let log = std::fs::OpenOptions::new()
@@ -470,6 +560,7 @@ impl Testbed {
                 h.state_dir.join("guests").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -550,6 +641,20 @@ impl Testbed {
             }
         }
         v
+    }
+
+    /// Live VLAN datapath processes of host `i`'s agent.
+    pub fn datapaths(&self, i: usize) -> Vec<u32> {
+        let dir = self.hosts[i - 1].state_dir.to_string_lossy().into_owned();
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("vlan-datapath") && c.contains(&dir)
+                })
+            })
+            .collect()
     }
 
     /// Links (with qdiscs) of host `i`'s own namespace, as text.

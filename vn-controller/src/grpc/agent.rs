@@ -2,9 +2,10 @@
 //!
 //! The connection's client certificate names the host (see [`identity::host`]); the hello must
 //! name the same host, one the operator's topology lists. The first message must be an
-//! `AgentHello`. The controller answers at once with the host's
-//! whole desired state, then with every newer one, interleaved with exec commands. Reports and
-//! exec results flow the other way. When the stream ends, the host's VNs degrade.
+//! `AgentHello`. The controller answers at once with the host's whole desired state, then with
+//! every newer one, interleaved with exec commands. Reports flow the other way. When the stream
+//! ends, the host's VNs degrade. Each command's input and output travel on an `Exec` call of
+//! their own ([`super::exec`]), bound to the host the same way.
 
 use std::pin::Pin;
 
@@ -86,7 +87,7 @@ impl AgentControl for AgentService {
             loop {
                 if send_desired {
                     let snapshot = desired.borrow_and_update().clone();
-                    let d = snapshot.to_proto();
+                    let d = super::slice::desired_state(&snapshot);
                     let msg = pb::ControllerMessage {
                         msg: Some(pb::controller_message::Msg::Desired(d)),
                     };
@@ -134,9 +135,6 @@ impl AgentControl for AgentService {
                         msg: Some(pb::agent_message::Msg::Observed(o)),
                     }) => ctl.observe(&host, o).await,
                     Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::ExecResult(r)),
-                    }) => ctl.exec_result(&host, epoch, r),
-                    Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ConsoleOutput(o)),
                     }) => ctl.console_output(&host, epoch, o),
                     Ok(pb::AgentMessage {
@@ -155,5 +153,15 @@ impl AgentControl for AgentService {
         });
         drop(tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExecStream = super::exec::AgentExecStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn exec(
+        &self,
+        req: Request<Streaming<pb::ExecUp>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        super::exec::open(&self.ctl, req).await
     }
 }

@@ -9,7 +9,7 @@ use crate::core::alloc::mac_string;
 use crate::core::index::{Event, EventKind, Index};
 use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
-use crate::core::substrate::{HostInfo, SubstrateLink};
+use crate::core::substrate::{GuestImage, HostInfo, SubstrateLink};
 use crate::core::usage::Usage;
 
 pub fn now_ms() -> u64 {
@@ -180,6 +180,17 @@ pub fn host(ix: &Index, h: &HostInfo) -> pb::Host {
         desired_generation: ix.generation(&h.id),
         observed_generation: ix.observed_generation(&h.id),
         last_seen_unix_ms: h.last_seen_unix_ms,
+        images: h.images.iter().map(image).collect(),
+    }
+}
+
+pub fn image(i: &GuestImage) -> pb::GuestImage {
+    pb::GuestImage {
+        name: i.name.clone(),
+        format: i.format.clone(),
+        arch: i.arch.clone(),
+        size_bytes: i.size_bytes,
+        digest: i.digest.clone(),
     }
 }
 

@@ -50,6 +50,25 @@ impl Substrate for SubstrateService {
         Ok(Response::new(pb::ListLinksResponse { links }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        identity::caller(&self.ctl, &req)?;
+        let images = self.ctl.with_index(|ix| {
+            ix.registry
+                .image_offers()
+                .into_iter()
+                .map(|(i, hosts)| pb::ImageOffer {
+                    image: Some(convert::image(i)),
+                    hosts: hosts.into_iter().map(str::to_string).collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
     /// Hosts, links and the caller's VNs (only the caller's: placements of other providers do
     /// not leak). An admin without `--as`: the substrate alone.
     #[tracing::instrument(skip_all)]

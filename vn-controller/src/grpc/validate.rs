@@ -1,5 +1,12 @@
 //! Validation of wire messages into domain types, once, at the gRPC edge. Every error names the
-//! item that is wrong (`spec.nodes[2] (c)`, `spec.links[0] (a-b)`) and what is wrong with it.
+//! item that is wrong (`spec.nodes[2] (c)`, `spec.links[0] (a-b)`) and what is wrong with it,
+//! and quotes at most a bounded prefix of what the caller sent ([`text::quote`]).
+//!
+//! Numbers are bounded per item ([`MAX_CPU`], [`MAX_MEMORY_MB`], [`MAX_BANDWIDTH_MBPS`]) so that
+//! no sum over a VN can overflow, and every sum formed here is checked all the same.
+
+mod addr;
+mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -10,11 +17,26 @@ use vnet_proto::v1 as pb;
 
 use crate::core::attributes::encap_name;
 use crate::core::model::{
-    Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NAME_LEN, MAX_NODES,
-    NodeReq, ParentRef, ProviderId, RouteSpec, VnReq,
+    Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
+    ParentRef, ProviderId, VnReq,
 };
 use crate::core::nest::carrier_range;
-use crate::core::substrate::{HostInfo, UnderlayIf};
+use crate::core::substrate::{GuestImage, HostInfo, UnderlayIf};
+
+use addr::NodeSubnets;
+pub use text::{check_identifier, quote};
+use text::{check_ifname, check_location, check_node_name, label};
+
+/// Largest cpu demand of one node (in the hosts' cpu units).
+pub const MAX_CPU: u64 = 1_000_000_000;
+/// Largest memory of one node, MiB.
+pub const MAX_MEMORY_MB: u64 = 1_000_000_000;
+/// Largest bandwidth of one link, Mbit/s.
+pub const MAX_BANDWIDTH_MBPS: u64 = 1_000_000_000;
+/// Most routes of one node.
+pub const MAX_ROUTES: usize = 256;
+/// Most providers in a VN's `share_with`.
+pub const MAX_SHARE_WITH: usize = 64;
 
 /// Why a request was refused at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,69 +63,6 @@ fn invalid(msg: impl Into<String>) -> SpecError {
     SpecError::Invalid(msg.into())
 }
 
-/// Provider ids, VN names and host ids: `[a-z0-9]` first, then `[a-z0-9._-]`, at most 63.
-pub fn check_identifier(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > MAX_NAME_LEN {
-        return Err(format!("longer than {MAX_NAME_LEN} characters"));
-    }
-    let first = s.as_bytes()[0];
-    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return Err("must start with a lowercase letter or a digit".into());
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "character {c:?} is not allowed (use a-z, 0-9, '-', '_', '.')"
-        ));
-    }
-    Ok(())
-}
-
-/// Node names: letters, digits, `-` and `_`, starting with a letter or digit, at most 63
-/// (they become guests' host names).
-fn check_node_name(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("name must not be empty".into());
-    }
-    if s.len() > MAX_NAME_LEN {
-        return Err(format!("name longer than {MAX_NAME_LEN} characters"));
-    }
-    if !s.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err("name must start with a letter or a digit".into());
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
-    {
-        return Err(format!("name: character {c:?} is not allowed"));
-    }
-    Ok(())
-}
-
-/// Linux interface names: 1..=15 bytes, no '/', ':', whitespace, not `.`/`..`/`lo`.
-fn check_ifname(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err(format!("interface name {s:?} must have 1 to 15 characters"));
-    }
-    if s == "." || s == ".." || s == "lo" {
-        return Err(format!("interface name {s:?} is reserved"));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "interface name {s:?}: character {c:?} is not allowed"
-        ));
-    }
-    Ok(())
-}
-
 fn encap(value: i32, what: &str) -> Result<Option<Encap>, SpecError> {
     match pb::Encapsulation::try_from(value) {
         Ok(pb::Encapsulation::Unspecified) => Ok(None),
@@ -123,73 +82,48 @@ fn kind(value: i32, what: &str) -> Result<Kind, SpecError> {
     }
 }
 
-fn cidr(s: &str, what: &str) -> Result<IpNet, SpecError> {
-    if !s.contains('/') {
+/// A signed wire number as a quantity in `0..=max`.
+fn quantity(v: i64, max: u64, field: &str, what: &str) -> Result<u64, SpecError> {
+    let q = u64::try_from(v).map_err(|_| invalid(format!("{what}: {field} {v} must be >= 0")))?;
+    if q > max {
         return Err(invalid(format!(
-            "{what}: address {s:?} is not in CIDR notation (add a prefix length, e.g. /24)"
+            "{what}: {field} {q} exceeds the limit of {max}"
         )));
     }
-    s.parse::<IpNet>()
-        .map_err(|_| invalid(format!("{what}: address {s:?} is not a valid CIDR")))
+    Ok(q)
 }
 
-fn route(r: &pb::Route, what: &str) -> Result<RouteSpec, SpecError> {
-    let destination = if r.destination == "default" {
-        None
-    } else {
-        let net = r.destination.parse::<IpNet>().map_err(|_| {
-            invalid(format!(
-                "{what}: route destination {:?} is neither \"default\" nor a CIDR",
-                r.destination
-            ))
-        })?;
-        if net.trunc() != net {
-            return Err(invalid(format!(
-                "{what}: route destination {} has host bits set (did you mean {}?)",
-                r.destination,
-                net.trunc()
-            )));
-        }
-        Some(net)
-    };
-    let via: IpAddr = r.via.parse().map_err(|_| {
-        invalid(format!(
-            "{what}: route via {:?} is not an IP address",
-            r.via
-        ))
-    })?;
-    if let Some(d) = destination
-        && d.addr().is_ipv4() != via.is_ipv4()
-    {
-        return Err(invalid(format!(
-            "{what}: route {} via {via} mixes address families",
-            r.destination
-        )));
-    }
-    Ok(RouteSpec { destination, via })
+/// The sum of `values`, refused rather than wrapped when it overflows.
+fn checked_total(values: impl IntoIterator<Item = u64>, what: &str) -> Result<u64, SpecError> {
+    values
+        .into_iter()
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| invalid(format!("{what}: the total overflows")))
 }
 
 fn node(n: &pb::NodeSpec, what: &str) -> Result<NodeReq, SpecError> {
     check_node_name(&n.name).map_err(|e| invalid(format!("{what}: {e}")))?;
     let k = kind(n.kind, what)?;
-    if n.cpu < 0 {
-        return Err(invalid(format!("{what}: cpu {} must be >= 0", n.cpu)));
-    }
-    if n.memory_mb < 0 {
-        return Err(invalid(format!(
-            "{what}: memory_mb {} must be >= 0",
-            n.memory_mb
-        )));
-    }
+    let cpu = quantity(n.cpu, MAX_CPU, "cpu", what)?;
+    let memory_mb = quantity(n.memory_mb, MAX_MEMORY_MB, "memory_mb", what)?;
     let pin = (!n.host.is_empty()).then(|| n.host.clone());
     if let Some(p) = &pin {
-        check_identifier(p).map_err(|e| invalid(format!("{what}: host {p:?} {e}")))?;
+        check_identifier(p).map_err(|e| invalid(format!("{what}: host {} {e}", quote(p))))?;
     }
     let location = (!n.location.is_empty()).then(|| n.location.clone());
+    if let Some(l) = &location {
+        check_location(l).map_err(|e| invalid(format!("{what}: {e}")))?;
+    }
+    if n.routes.len() > MAX_ROUTES {
+        return Err(invalid(format!(
+            "{what}: {} routes exceed the limit of {MAX_ROUTES}",
+            n.routes.len()
+        )));
+    }
     let routes = n
         .routes
         .iter()
-        .map(|r| route(r, what))
+        .map(|r| addr::route(r, what))
         .collect::<Result<Vec<_>, _>>()?;
     let guest = match k {
         Kind::Netns => {
@@ -200,50 +134,13 @@ fn node(n: &pb::NodeSpec, what: &str) -> Result<NodeReq, SpecError> {
             }
             None
         }
-        Kind::Vm => {
-            if u64::try_from(n.memory_mb).unwrap_or(0) < vnet_proto::VM_MIN_MEMORY_MB {
-                return Err(invalid(format!(
-                    "{what}: a vm needs memory_mb >= {}, got {}",
-                    vnet_proto::VM_MIN_MEMORY_MB,
-                    n.memory_mb
-                )));
-            }
-            if pb::NicModel::try_from(n.nic).is_err() {
-                return Err(invalid(format!("{what}: unknown nic model {}", n.nic)));
-            }
-            if pb::Acceleration::try_from(n.accel).is_err() {
-                return Err(invalid(format!("{what}: unknown accel {}", n.accel)));
-            }
-            if n.vcpus > 64 {
-                return Err(invalid(format!("{what}: vcpus {} exceeds 64", n.vcpus)));
-            }
-            let image = if n.image.is_empty() {
-                "default".to_string()
-            } else {
-                check_node_name(&n.image).map_err(|e| invalid(format!("{what}: image {e}")))?;
-                n.image.clone()
-            };
-            Some(GuestReq {
-                vcpus: n.vcpus.max(1),
-                image,
-                nic: if n.nic == 0 {
-                    pb::NicModel::Virtio as i32
-                } else {
-                    n.nic
-                },
-                accel: if n.accel == 0 {
-                    pb::Acceleration::Auto as i32
-                } else {
-                    n.accel
-                },
-            })
-        }
+        Kind::Vm => Some(guest(n, memory_mb, what)?),
     };
     Ok(NodeReq {
         name: n.name.clone(),
         kind: k,
-        cpu: n.cpu as u64,
-        memory_mb: n.memory_mb as u64,
+        cpu,
+        memory_mb,
         pin,
         location,
         routes,
@@ -251,57 +148,108 @@ fn node(n: &pb::NodeSpec, what: &str) -> Result<NodeReq, SpecError> {
     })
 }
 
-/// Validates a spec for `caller` and returns the domain request and the spec to store (with the
-/// provider filled in). `algorithms` are the known embedding algorithm names.
-pub fn vn_spec(
-    spec: Option<pb::VnSpec>,
-    caller: &ProviderId,
-    algorithms: &[&str],
-) -> Result<(VnReq, pb::VnSpec), SpecError> {
-    let mut spec = spec.ok_or_else(|| invalid("spec is required"))?;
-    check_identifier(&spec.name).map_err(|e| invalid(format!("spec.name {:?}: {e}", spec.name)))?;
+/// The guest part of a `vm` node.
+fn guest(n: &pb::NodeSpec, memory_mb: u64, what: &str) -> Result<GuestReq, SpecError> {
+    if memory_mb < vnet_proto::VM_MIN_MEMORY_MB {
+        return Err(invalid(format!(
+            "{what}: a vm needs memory_mb >= {}, got {memory_mb}",
+            vnet_proto::VM_MIN_MEMORY_MB,
+        )));
+    }
+    if pb::NicModel::try_from(n.nic).is_err() {
+        return Err(invalid(format!("{what}: unknown nic model {}", n.nic)));
+    }
+    if pb::Acceleration::try_from(n.accel).is_err() {
+        return Err(invalid(format!("{what}: unknown accel {}", n.accel)));
+    }
+    if n.vcpus > 64 {
+        return Err(invalid(format!("{what}: vcpus {} exceeds 64", n.vcpus)));
+    }
+    let image = if n.image.is_empty() {
+        "default".to_string()
+    } else {
+        check_node_name(&n.image).map_err(|e| invalid(format!("{what}: image {e}")))?;
+        n.image.clone()
+    };
+    Ok(GuestReq {
+        vcpus: n.vcpus.max(1),
+        image,
+        nic: if n.nic == 0 {
+            pb::NicModel::Virtio as i32
+        } else {
+            n.nic
+        },
+        accel: if n.accel == 0 {
+            pb::Acceleration::Auto as i32
+        } else {
+            n.accel
+        },
+    })
+}
+
+/// The spec's own name, its provider (filled in with the caller) and its parent.
+fn identity(spec: &mut pb::VnSpec, caller: &ProviderId) -> Result<Option<ParentRef>, SpecError> {
+    check_identifier(&spec.name)
+        .map_err(|e| invalid(format!("spec.name {}: {e}", quote(&spec.name))))?;
     if !spec.provider.is_empty() && spec.provider != caller.0 {
         return Err(SpecError::Permission(format!(
-            "spec.provider {:?} does not match the caller {caller}",
-            spec.provider
+            "spec.provider {} does not match the caller {caller}",
+            quote(&spec.provider)
         )));
     }
     spec.provider = caller.0.clone();
-    let parent = if spec.parent.is_empty() {
+    if spec.parent.is_empty() {
         if !spec.parent_provider.is_empty() {
             return Err(invalid("spec.parent_provider is set without spec.parent"));
         }
-        None
+        return Ok(None);
+    }
+    check_identifier(&spec.parent)
+        .map_err(|e| invalid(format!("spec.parent {}: {e}", quote(&spec.parent))))?;
+    let provider = if spec.parent_provider.is_empty() {
+        caller.clone()
     } else {
-        check_identifier(&spec.parent)
-            .map_err(|e| invalid(format!("spec.parent {:?}: {e}", spec.parent)))?;
-        let provider = if spec.parent_provider.is_empty() {
-            caller.clone()
-        } else {
-            check_identifier(&spec.parent_provider).map_err(|e| {
-                invalid(format!(
-                    "spec.parent_provider {:?}: {e}",
-                    spec.parent_provider
-                ))
-            })?;
-            ProviderId(spec.parent_provider.clone())
-        };
-        Some(ParentRef {
-            provider,
-            name: spec.parent.clone(),
-        })
+        check_identifier(&spec.parent_provider).map_err(|e| {
+            invalid(format!(
+                "spec.parent_provider {}: {e}",
+                quote(&spec.parent_provider)
+            ))
+        })?;
+        ProviderId(spec.parent_provider.clone())
     };
+    Ok(Some(ParentRef {
+        provider,
+        name: spec.parent.clone(),
+    }))
+}
+
+/// Whether an encapsulation value is a choice (not unspecified, not AUTO).
+fn chosen(v: i32) -> bool {
+    !matches!(
+        pb::Encapsulation::try_from(v),
+        Ok(pb::Encapsulation::Unspecified | pb::Encapsulation::Auto)
+    )
+}
+
+/// The VN-wide settings that shape every node and link.
+struct VnWide {
+    attrs: pb::VnAttributes,
+    /// The encapsulation attribute (AUTO as an attribute constrains nothing).
+    attr_encap: Option<Encap>,
+    /// The default encapsulation of the VN's links.
+    encap: Encap,
+    /// Whether the VN's encapsulation was chosen rather than defaulted.
+    encap_explicit: bool,
+    allowed: BTreeSet<Kind>,
+    isolation: Option<Isolation>,
+}
+
+/// The encapsulation and the attributes of a spec.
+fn vn_wide(spec: &pb::VnSpec) -> Result<VnWide, SpecError> {
     let attrs = spec.attributes.clone().unwrap_or_default();
-    // AUTO lets the controller choose: as an attribute it constrains nothing.
     let attr_encap = match pb::Encapsulation::try_from(attrs.encapsulation) {
         Ok(pb::Encapsulation::Auto) => None,
         _ => encap(attrs.encapsulation, "spec.attributes.encapsulation")?,
-    };
-    let chosen = |v: i32| {
-        !matches!(
-            pb::Encapsulation::try_from(v),
-            Ok(pb::Encapsulation::Unspecified | pb::Encapsulation::Auto)
-        )
     };
     let spec_encap = encap(spec.encapsulation, "spec.encapsulation")?;
     if let (Some(a), Some(s)) = (attr_encap, spec_encap)
@@ -314,8 +262,6 @@ pub fn vn_spec(
             encap_name(a)
         )));
     }
-    let vn_encap = attr_encap.or(spec_encap).unwrap_or(Encap::Vxlan);
-    let vn_encap_explicit = attr_encap.is_some() || chosen(spec.encapsulation);
     if let Some(mtu) = attrs.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -339,6 +285,18 @@ pub fn vn_spec(
             )));
         }
     };
+    Ok(VnWide {
+        encap: attr_encap.or(spec_encap).unwrap_or(Encap::Vxlan),
+        encap_explicit: attr_encap.is_some() || chosen(spec.encapsulation),
+        attr_encap,
+        allowed,
+        isolation,
+        attrs,
+    })
+}
+
+/// The number of nodes and links against the limits.
+fn sizes(spec: &pb::VnSpec, wide: &VnWide) -> Result<(), SpecError> {
     if spec.nodes.is_empty() {
         return Err(invalid("spec.nodes: a VN needs at least one node"));
     }
@@ -354,7 +312,7 @@ pub fn vn_spec(
             spec.links.len()
         )));
     }
-    if let Some(max) = attrs.max_nodes
+    if let Some(max) = wide.attrs.max_nodes
         && spec.nodes.len() > max as usize
     {
         return Err(invalid(format!(
@@ -362,10 +320,18 @@ pub fn vn_spec(
             spec.nodes.len()
         )));
     }
+    Ok(())
+}
+
+/// The nodes of a spec, and each node's index by name.
+fn nodes<'s>(
+    spec: &'s pb::VnSpec,
+    wide: &VnWide,
+) -> Result<(Vec<NodeReq>, BTreeMap<&'s str, usize>), SpecError> {
     let mut nodes = Vec::with_capacity(spec.nodes.len());
     let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
-        let what = format!("spec.nodes[{i}] ({})", n.name);
+        let what = format!("spec.nodes[{i}] ({})", label(&n.name));
         let nr = node(n, &what)?;
         if let Some(prev) = by_name.insert(n.name.as_str(), i) {
             return Err(invalid(format!(
@@ -373,7 +339,7 @@ pub fn vn_spec(
                 n.name
             )));
         }
-        if !allowed.is_empty() && !allowed.contains(&nr.kind) {
+        if !wide.allowed.is_empty() && !wide.allowed.contains(&nr.kind) {
             return Err(invalid(format!(
                 "{what}: kind {} is not in spec.attributes.allowed_node_kinds",
                 nr.kind.as_str()
@@ -381,32 +347,62 @@ pub fn vn_spec(
         }
         nodes.push(nr);
     }
-    let total_cpu: u64 = nodes.iter().map(|n| n.cpu).sum();
-    if let Some(max) = attrs.max_total_cpu
+    let total_cpu = checked_total(nodes.iter().map(|n| n.cpu), "spec.nodes: cpu")?;
+    checked_total(nodes.iter().map(|n| n.memory_mb), "spec.nodes: memory_mb")?;
+    if let Some(max) = wide.attrs.max_total_cpu
         && total_cpu > max
     {
         return Err(invalid(format!(
             "spec.nodes: total cpu {total_cpu} exceeds spec.attributes.max_total_cpu {max}"
         )));
     }
-    let mut links = Vec::with_capacity(spec.links.len());
-    let mut pairs: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    let mut addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut ifnames: BTreeMap<(usize, String), String> = BTreeMap::new();
-    let carrier = carrier_range();
-    for (i, l) in spec.links.iter().enumerate() {
-        let what = format!("spec.links[{i}] ({})", l.endpoints.join("-"));
+    Ok((nodes, by_name))
+}
+
+/// What the links of one spec must not share, filled in link by link.
+struct LinkChecker<'s> {
+    spec: &'s pb::VnSpec,
+    wide: &'s VnWide,
+    by_name: &'s BTreeMap<&'s str, usize>,
+    pairs: BTreeMap<(usize, usize), usize>,
+    addresses: BTreeMap<IpAddr, String>,
+    ifnames: BTreeMap<(usize, String), String>,
+    subnets: NodeSubnets,
+    carrier: IpNet,
+}
+
+impl<'s> LinkChecker<'s> {
+    fn new(spec: &'s pb::VnSpec, wide: &'s VnWide, by_name: &'s BTreeMap<&'s str, usize>) -> Self {
+        LinkChecker {
+            spec,
+            wide,
+            by_name,
+            pairs: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            ifnames: BTreeMap::new(),
+            subnets: NodeSubnets::new(spec.nodes.len()),
+            carrier: carrier_range(),
+        }
+    }
+
+    /// Link `i` of the spec.
+    fn link(&mut self, i: usize, l: &pb::LinkSpec) -> Result<LinkReq, SpecError> {
         if l.endpoints.len() != 2 {
             return Err(invalid(format!(
-                "{what}: a link needs exactly two endpoints, got {}",
+                "spec.links[{i}]: a link needs exactly two endpoints, got {}",
                 l.endpoints.len()
             )));
         }
+        let what = format!(
+            "spec.links[{i}] ({}-{})",
+            label(&l.endpoints[0]),
+            label(&l.endpoints[1])
+        );
         let end = |name: &str| {
-            by_name
+            self.by_name
                 .get(name)
                 .copied()
-                .ok_or_else(|| invalid(format!("{what}: unknown endpoint {name:?}")))
+                .ok_or_else(|| invalid(format!("{what}: unknown endpoint {}", quote(name))))
         };
         let (a, b) = (end(&l.endpoints[0])?, end(&l.endpoints[1])?);
         if a == b {
@@ -415,84 +411,40 @@ pub fn vn_spec(
                 l.endpoints[0]
             )));
         }
-        if let Some(prev) = pairs.insert((a.min(b), a.max(b)), i) {
+        if let Some(prev) = self.pairs.insert((a.min(b), a.max(b)), i) {
             return Err(invalid(format!(
                 "{what}: duplicate link between {} and {} (also spec.links[{prev}])",
                 l.endpoints[0], l.endpoints[1]
             )));
         }
+        let max_bw = self
+            .wide
+            .attrs
+            .max_link_bandwidth_mbps
+            .unwrap_or(MAX_BANDWIDTH_MBPS)
+            .min(MAX_BANDWIDTH_MBPS);
         if l.bandwidth_mbps <= 0 {
             return Err(invalid(format!(
                 "{what}: bandwidth_mbps must be > 0, got {}",
                 l.bandwidth_mbps
             )));
         }
-        if let Some(max) = attrs.max_link_bandwidth_mbps
-            && l.bandwidth_mbps as u64 > max
-        {
+        let bandwidth_mbps = l.bandwidth_mbps as u64;
+        if bandwidth_mbps > max_bw {
+            let limit = match self.wide.attrs.max_link_bandwidth_mbps {
+                Some(m) if m <= MAX_BANDWIDTH_MBPS => {
+                    format!("spec.attributes.max_link_bandwidth_mbps {m}")
+                }
+                _ => format!("the limit of {MAX_BANDWIDTH_MBPS}"),
+            };
             return Err(invalid(format!(
-                "{what}: bandwidth_mbps {} exceeds spec.attributes.max_link_bandwidth_mbps {max}",
-                l.bandwidth_mbps
+                "{what}: bandwidth_mbps {bandwidth_mbps} exceeds {limit}"
             )));
         }
-        let addrs = match l.addresses.len() {
-            0 => None,
-            2 => {
-                let x = cidr(&l.addresses[0], &what)?;
-                let y = cidr(&l.addresses[1], &what)?;
-                if x.addr().is_ipv4() != y.addr().is_ipv4() {
-                    return Err(invalid(format!(
-                        "{what}: addresses {x} and {y} mix address families"
-                    )));
-                }
-                for addr in [x, y] {
-                    if let Some(prev) = addresses.insert(addr.addr(), what.clone()) {
-                        return Err(invalid(format!(
-                            "{what}: address {} is used twice (also {prev})",
-                            addr.addr()
-                        )));
-                    }
-                }
-                Some([x, y])
-            }
-            n => {
-                return Err(invalid(format!(
-                    "{what}: give zero or two addresses, got {n}"
-                )));
-            }
-        };
-        let interfaces = match l.interfaces.len() {
-            0 => [None, None],
-            2 => {
-                for (side, (node_ix, name)) in [a, b].into_iter().zip(&l.interfaces).enumerate() {
-                    check_ifname(name).map_err(|e| invalid(format!("{what}: {e}")))?;
-                    if let Some(prev) = ifnames.insert((node_ix, name.clone()), what.clone()) {
-                        return Err(invalid(format!(
-                            "{what}: interface {name} of node {} is used twice (also {prev})",
-                            l.endpoints[side]
-                        )));
-                    }
-                }
-                [Some(l.interfaces[0].clone()), Some(l.interfaces[1].clone())]
-            }
-            n => {
-                return Err(invalid(format!(
-                    "{what}: give zero or two interface names, got {n}"
-                )));
-            }
-        };
-        if spec.nestable
-            && let Some(addrs) = &addrs
-            && let Some(a) = addrs
-                .iter()
-                .find(|a| carrier.contains(&a.addr()) || a.contains(&carrier.addr()))
-        {
-            return Err(invalid(format!(
-                "{what}: address {a} overlaps {carrier}, the range the controller assigns to the links of nestable VNs"
-            )));
-        }
-        let link_encap = encap(l.encapsulation, &what)?.unwrap_or(vn_encap);
-        if let Some(want) = attr_encap
+        let addresses = self.addresses(l, [a, b], &what)?;
+        let interfaces = self.interfaces(l, [a, b], &what)?;
+        let link_encap = encap(l.encapsulation, &what)?.unwrap_or(self.wide.encap);
+        if let Some(want) = self.wide.attr_encap
             && link_encap != want
         {
             return Err(invalid(format!(
@@ -501,34 +453,142 @@ pub fn vn_spec(
                 encap_name(want)
             )));
         }
-        links.push(LinkReq {
+        Ok(LinkReq {
             a,
             b,
-            bandwidth_mbps: l.bandwidth_mbps as u64,
-            addresses: addrs,
+            bandwidth_mbps,
+            addresses,
             interfaces,
             encap: link_encap,
-            encap_explicit: vn_encap_explicit || chosen(l.encapsulation),
-        });
+            encap_explicit: self.wide.encap_explicit || chosen(l.encapsulation),
+        })
     }
-    let algorithm = if spec.algorithm.is_empty() {
-        None
+
+    /// The two interface addresses of a link, if given.
+    fn addresses(
+        &mut self,
+        l: &pb::LinkSpec,
+        ends: [usize; 2],
+        what: &str,
+    ) -> Result<Option<[IpNet; 2]>, SpecError> {
+        let pair = match l.addresses.len() {
+            0 => return Ok(None),
+            2 => [
+                addr::cidr(&l.addresses[0], what)?,
+                addr::cidr(&l.addresses[1], what)?,
+            ],
+            n => {
+                return Err(invalid(format!(
+                    "{what}: give zero or two addresses, got {n}"
+                )));
+            }
+        };
+        let [x, y] = pair;
+        if x.addr().is_ipv4() != y.addr().is_ipv4() {
+            return Err(invalid(format!(
+                "{what}: addresses {x} and {y} mix address families"
+            )));
+        }
+        for (side, net) in pair.into_iter().enumerate() {
+            addr::interface_address(net, what)?;
+            if let Some(prev) = self.addresses.insert(net.addr(), what.to_string()) {
+                return Err(invalid(format!(
+                    "{what}: address {} is used twice (also {prev})",
+                    net.addr()
+                )));
+            }
+            if self.spec.nestable
+                && (self.carrier.contains(&net.addr()) || net.contains(&self.carrier.addr()))
+            {
+                return Err(invalid(format!(
+                    "{what}: address {net} overlaps {}, the range the controller assigns to the links of nestable VNs",
+                    self.carrier
+                )));
+            }
+            self.subnets
+                .claim(ends[side], &l.endpoints[side], net, what)?;
+        }
+        Ok(Some(pair))
+    }
+
+    /// The two interface names of a link, if given.
+    fn interfaces(
+        &mut self,
+        l: &pb::LinkSpec,
+        ends: [usize; 2],
+        what: &str,
+    ) -> Result<[Option<String>; 2], SpecError> {
+        match l.interfaces.len() {
+            0 => Ok([None, None]),
+            2 => {
+                for (side, (node_ix, name)) in ends.into_iter().zip(&l.interfaces).enumerate() {
+                    check_ifname(name).map_err(|e| invalid(format!("{what}: {e}")))?;
+                    if let Some(prev) = self.ifnames.insert((node_ix, name.clone()), what.into()) {
+                        return Err(invalid(format!(
+                            "{what}: interface {name} of node {} is used twice (also {prev})",
+                            l.endpoints[side]
+                        )));
+                    }
+                }
+                Ok([Some(l.interfaces[0].clone()), Some(l.interfaces[1].clone())])
+            }
+            n => Err(invalid(format!(
+                "{what}: give zero or two interface names, got {n}"
+            ))),
+        }
+    }
+}
+
+/// The links of a spec.
+fn links(
+    spec: &pb::VnSpec,
+    wide: &VnWide,
+    by_name: &BTreeMap<&str, usize>,
+) -> Result<Vec<LinkReq>, SpecError> {
+    let mut check = LinkChecker::new(spec, wide, by_name);
+    let links = spec
+        .links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| check.link(i, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    checked_total(
+        links.iter().map(|l| l.bandwidth_mbps),
+        "spec.links: bandwidth_mbps",
+    )?;
+    Ok(links)
+}
+
+/// The embedding algorithm asked for, if any.
+fn algorithm(spec: &pb::VnSpec, algorithms: &[&str]) -> Result<Option<String>, SpecError> {
+    if spec.algorithm.is_empty() {
+        Ok(None)
     } else if algorithms.contains(&spec.algorithm.as_str()) {
-        Some(spec.algorithm.clone())
+        Ok(Some(spec.algorithm.clone()))
     } else {
-        return Err(invalid(format!(
-            "spec.algorithm: unknown algorithm {:?} (known: {})",
-            spec.algorithm,
+        Err(invalid(format!(
+            "spec.algorithm: unknown algorithm {} (known: {})",
+            quote(&spec.algorithm),
             algorithms.join(", ")
+        )))
+    }
+}
+
+/// The providers a nestable VN is shared with.
+fn share_with(spec: &pb::VnSpec) -> Result<BTreeSet<String>, SpecError> {
+    if spec.share_with.len() > MAX_SHARE_WITH {
+        return Err(invalid(format!(
+            "spec.share_with: {} providers exceed the limit of {MAX_SHARE_WITH}",
+            spec.share_with.len()
         )));
-    };
+    }
     let share_with = spec
         .share_with
         .iter()
         .map(|p| {
             check_identifier(p)
                 .map(|()| p.clone())
-                .map_err(|e| invalid(format!("spec.share_with {p:?}: {e}")))
+                .map_err(|e| invalid(format!("spec.share_with {}: {e}", quote(p))))
         })
         .collect::<Result<BTreeSet<_>, _>>()?;
     if !spec.nestable && !share_with.is_empty() {
@@ -536,6 +596,25 @@ pub fn vn_spec(
             "spec.share_with is set but spec.nestable is false (only a nestable VN can be shared)",
         ));
     }
+    Ok(share_with)
+}
+
+/// Validates a spec for `caller` and returns the domain request and the spec to store (with the
+/// provider filled in). `algorithms` are the known embedding algorithm names.
+pub fn vn_spec(
+    spec: Option<pb::VnSpec>,
+    caller: &ProviderId,
+    algorithms: &[&str],
+) -> Result<(VnReq, pb::VnSpec), SpecError> {
+    let mut spec = spec.ok_or_else(|| invalid("spec is required"))?;
+    let parent = identity(&mut spec, caller)?;
+    let wide = vn_wide(&spec)?;
+    sizes(&spec, &wide)?;
+    let (nodes, by_name) = nodes(&spec, &wide)?;
+    let links = links(&spec, &wide, &by_name)?;
+    let algorithm = algorithm(&spec, algorithms)?;
+    let share_with = share_with(&spec)?;
+    let attrs = &wide.attrs;
     let req = VnReq {
         name: spec.name.clone(),
         provider: caller.clone(),
@@ -546,11 +625,11 @@ pub fn vn_spec(
         max_path_hops: (spec.max_path_hops > 0).then_some(spec.max_path_hops),
         attributes: Attributes {
             mtu: attrs.mtu,
-            dedicated_hosts: isolation == Some(Isolation::DedicatedHosts),
-            isolation,
-            encap: attr_encap,
+            dedicated_hosts: wide.isolation == Some(Isolation::DedicatedHosts),
+            isolation: wide.isolation,
+            encap: wide.attr_encap,
             max_link_bandwidth_mbps: attrs.max_link_bandwidth_mbps,
-            allowed_kinds: (!allowed.is_empty()).then_some(allowed),
+            allowed_kinds: (!wide.allowed.is_empty()).then(|| wide.allowed.clone()),
             max_nodes: attrs.max_nodes,
             max_total_cpu: attrs.max_total_cpu,
         },
@@ -563,7 +642,8 @@ pub fn vn_spec(
 
 /// A VN name in Get/Delete/Watch/Exec.
 pub fn vn_name(name: &str, what: &str) -> Result<(), Status> {
-    check_identifier(name).map_err(|e| Status::invalid_argument(format!("{what} {name:?}: {e}")))
+    check_identifier(name)
+        .map_err(|e| Status::invalid_argument(format!("{what} {}: {e}", quote(name))))
 }
 
 /// An agent's hello, into the host it describes.
@@ -573,11 +653,11 @@ pub const MAX_GENERATION: u64 = 1 << 48;
 
 pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
     let bad = |m: String| Status::invalid_argument(format!("hello: {m}"));
-    check_identifier(&h.host_id).map_err(|e| bad(format!("host_id {:?}: {e}", h.host_id)))?;
+    check_identifier(&h.host_id).map_err(|e| bad(format!("host_id {}: {e}", quote(&h.host_id))))?;
     let underlay_address: IpAddr = h.underlay_address.parse().map_err(|_| {
         bad(format!(
-            "underlay_address {:?} is not an IP address",
-            h.underlay_address
+            "underlay_address {} is not an IP address",
+            quote(&h.underlay_address)
         ))
     })?;
     let underlay = h
@@ -591,7 +671,11 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
                     .iter()
                     .map(|a| {
                         a.parse::<IpNet>().map_err(|_| {
-                            bad(format!("underlay {}: address {a:?} is not a CIDR", u.name))
+                            bad(format!(
+                                "underlay {}: address {} is not a CIDR",
+                                quote(&u.name),
+                                quote(a)
+                            ))
                         })
                     })
                     .collect::<Result<_, _>>()?,
@@ -632,7 +716,58 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
         agent_version: h.agent_version.clone(),
         boot_id: h.boot_id.clone(),
         last_seen_unix_ms: now_ms,
+        images: images(&h.images).map_err(|m| bad(format!("images: {m}")))?,
     })
+}
+
+/// Most images one host may report.
+pub const MAX_HOST_IMAGES: usize = 256;
+
+/// The images an agent reports: names as node names, format and architecture short words, the
+/// digest short printable text; no name twice.
+fn images(list: &[pb::GuestImage]) -> Result<Vec<GuestImage>, String> {
+    if list.len() > MAX_HOST_IMAGES {
+        return Err(format!(
+            "{} images exceed the limit of {MAX_HOST_IMAGES}",
+            list.len()
+        ));
+    }
+    let word = |s: &str| {
+        (1..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+    };
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for i in list {
+        check_node_name(&i.name).map_err(|e| format!("image {}: {e}", quote(&i.name)))?;
+        if !names.insert(i.name.as_str()) {
+            return Err(format!("image {} is listed twice", i.name));
+        }
+        if !word(&i.format) || !word(&i.arch) {
+            return Err(format!(
+                "image {}: format {} and arch {} must be short words ([a-z0-9_-], 1 to 32)",
+                i.name,
+                quote(&i.format),
+                quote(&i.arch)
+            ));
+        }
+        if i.digest.len() > 128 || !i.digest.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "image {}: digest {} is not up to 128 printable characters",
+                i.name,
+                quote(&i.digest)
+            ));
+        }
+        out.push(GuestImage {
+            name: i.name.clone(),
+            format: i.format.clone(),
+            arch: i.arch.clone(),
+            size_bytes: i.size_bytes,
+            digest: i.digest.clone(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -687,6 +822,26 @@ mod tests {
         assert_eq!(req.links[0].encap, Encap::Vlan);
         assert_eq!(req.links[1].encap, Encap::Vxlan);
         assert_eq!(req.links[0].interfaces[1].as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn point_to_point_prefixes_use_every_address() {
+        // RFC 3021 /31 and /32 have no network or broadcast address; IPv6 /127 no anycast.
+        for (x, y, z, w) in [
+            ("10.0.0.0/31", "10.0.0.1/31", "10.0.0.2/31", "10.0.0.3/31"),
+            ("10.0.0.0/32", "10.0.0.1/32", "10.0.0.255/32", "10.0.1.0/32"),
+            (
+                "2001:db8::/127",
+                "2001:db8::1/127",
+                "2001:db8::2/127",
+                "2001:db8::3/127",
+            ),
+        ] {
+            let mut s = spec();
+            s.links[0].addresses = vec![x.into(), y.into()];
+            s.links[1].addresses = vec![z.into(), w.into()];
+            vn_spec(Some(s), &caller(), &[]).unwrap();
+        }
     }
 
     #[test]
@@ -913,8 +1068,36 @@ mod tests {
             }),
             ..Default::default()
         };
+        h.images = vec![pb::GuestImage {
+            name: "default".into(),
+            format: "kernel".into(),
+            arch: "x86_64".into(),
+            size_bytes: 9,
+            digest: "sha256:00".into(),
+        }];
         let info = hello(&h, 5).unwrap();
         assert_eq!(info.cpu, 400);
+        assert!(info.has_image("default"));
+        let mut twice = h.clone();
+        twice.images.push(h.images[0].clone());
+        assert!(
+            hello(&twice, 5)
+                .unwrap_err()
+                .message()
+                .contains("listed twice")
+        );
+        let mut odd = h.clone();
+        odd.images[0].arch = "x86 64".into();
+        assert!(
+            hello(&odd, 5)
+                .unwrap_err()
+                .message()
+                .contains("short words")
+        );
+        let mut long = h.clone();
+        long.images[0].name = "i".repeat(1_000_000);
+        let m = hello(&long, 5).unwrap_err().message().to_string();
+        assert!(m.contains("images: image \"iii") && m.len() < 300, "{m}");
         assert!(info.kinds.contains(&Kind::Netns));
         h.underlay_address = "nope".into();
         assert!(

@@ -165,26 +165,14 @@ impl VirtualNetworks for VnService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type ExecStream = super::exec::ExecStream;
+
     #[tracing::instrument(skip_all)]
     async fn exec(
         &self,
-        req: Request<pb::ExecRequest>,
-    ) -> Result<Response<pb::ExecResponse>, Status> {
-        let caller = identity::provider(&self.ctl, &req)?;
-        let r = req.into_inner();
-        validate::vn_name(&r.vn, "vn")?;
-        if r.node.is_empty() {
-            return Err(Status::invalid_argument("node is required"));
-        }
-        if r.argv.is_empty() || r.argv[0].is_empty() {
-            return Err(Status::invalid_argument("argv must name a program"));
-        }
-        let out = self
-            .ctl
-            .exec(&caller, &r.vn, &r.node, r.argv, r.timeout_ms)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(out))
+        req: Request<tonic::Streaming<pb::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        super::exec::serve(&self.ctl, req).await
     }
 
     type ConsoleStream = super::console::ConsoleStream;

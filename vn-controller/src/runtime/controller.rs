@@ -14,29 +14,22 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vnet_proto::v1 as pb;
 
 use crate::core::desired::DesiredSnapshot;
-use crate::core::embed::View;
+use crate::core::embed::{Planner, View};
 use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
-use crate::core::store::{Store, StoreError};
-use crate::core::substrate::{HostInfo, LinkSource, Registry, TopologyHost};
-use crate::core::usage::Mapping;
+use crate::core::substrate::{HostInfo, LinkSource, Registry};
+use crate::core::topology::TopologyHost;
+use crate::store::{RedbStore, Store, StoreError};
 
 use super::credentials::{Credentials, CredentialsError, Usage};
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
 
 mod console;
+mod exec;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
-
-/// Embedding algorithms as the controller uses them.
-pub trait Planner: Send + Sync + 'static {
-    /// Names of the available algorithms.
-    fn algorithms(&self) -> Vec<&'static str>;
-    fn default_algorithm(&self) -> &str;
-    /// Embeds `req` on `view`, or says why it cannot.
-    fn plan(&self, view: &View, req: &VnReq, algorithm: &str) -> Result<Mapping, String>;
-}
+pub use exec::{AgentExec, ExecOpts, ExecSession};
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -52,6 +45,8 @@ pub struct ControllerConfig {
     pub reattach_grace: Duration,
     /// Exec timeout when the request gives none.
     pub exec_timeout: Duration,
+    /// Bytes of output (stdout and stderr together) after which a command is ended.
+    pub exec_max_output: u64,
     /// Events buffered for watchers; one that falls further behind gets a fresh snapshot.
     pub event_buffer: usize,
     /// SHA-256 hashes of the operator's bootstrap admin tokens.
@@ -77,6 +72,7 @@ impl ControllerConfig {
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
             exec_timeout: Duration::from_secs(30),
+            exec_max_output: 4 << 30,
             event_buffer: 1024,
             admin_token_hashes: vec![],
             failed_ttl: Some(Duration::from_secs(3600)),
@@ -138,7 +134,8 @@ pub type Published = Arc<Event>;
 struct AgentSlot {
     epoch: u64,
     exec_tx: mpsc::Sender<pb::ExecCommand>,
-    pending: HashMap<u64, oneshot::Sender<pb::ExecResult>>,
+    /// Commands sent to the agent whose stream it has not opened yet.
+    pending: HashMap<u64, oneshot::Sender<AgentExec>>,
     /// Console sessions: start, input and stop messages to the agent, and the open sessions.
     console_tx: mpsc::Sender<pb::controller_message::Msg>,
     consoles: HashMap<u64, console::Route>,
@@ -150,7 +147,6 @@ struct Shared {
     index: Mutex<Index>,
     agents: Mutex<HashMap<String, AgentSlot>>,
     epoch: AtomicU64,
-    exec_seq: AtomicU64,
     publisher: Arc<Publisher>,
     credentials: Credentials,
     shutdown: watch::Sender<bool>,
@@ -190,7 +186,7 @@ impl Controller {
     /// Opens the store and restores every VN. Needs no runtime; call [`Controller::start`]
     /// from inside one.
     pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
-        let store = Store::open(&cfg.state_dir)?;
+        let store = RedbStore::open(&cfg.state_dir)?;
         let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
         let loaded = store.load()?;
         let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
@@ -215,7 +211,6 @@ impl Controller {
                 index: Mutex::new(index),
                 agents: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
-                exec_seq: AtomicU64::new(0),
                 publisher,
                 credentials,
                 shutdown,
@@ -429,18 +424,16 @@ impl Controller {
         Ok(())
     }
 
-    fn check_pins(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
+    /// Refuses a `vm` node whose image no host holds, naming what the hosts offer.
+    fn check_images(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
         for (i, n) in req.nodes.iter().enumerate() {
-            let Some(pin) = &n.pin else { continue };
-            let what = format!("spec.nodes[{i}] ({})", n.name);
-            if ix.registry.host(pin).is_none() {
+            let Some(g) = &n.guest else { continue };
+            if !ix.registry.hosts().any(|h| h.has_image(&g.image)) {
                 return Err(ControlError::InvalidArgument(format!(
-                    "{what}: pinned to unknown host {pin}"
-                )));
-            }
-            if !ix.registry.is_connected(pin) {
-                return Err(ControlError::Precondition(format!(
-                    "{what}: pinned host {pin} is not attached"
+                    "spec.nodes[{i}] ({}): image {} is held by no host (the hosts offer: {})",
+                    n.name,
+                    g.image,
+                    ix.registry.image_offer_summary()
                 )));
             }
         }
@@ -505,17 +498,11 @@ impl Controller {
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
         self.check_quota(&guard, req)?;
-        let view = match &req.parent {
-            // A child: checked against its parent and embedded in the parent's topology.
-            Some(_) => {
-                let f = crate::core::nest::child_frame(&guard, req, shared.cfg.vxlan_port)?;
-                crate::core::embed::view_of(&f.registry, guard.nests().usage(&f.parent_id), &f.req)
-            }
-            None => {
-                Self::check_pins(&guard, req)?;
-                guard.view(req)
-            }
-        };
+        // The substrate, or a child's parent after the checks against it.
+        let view = guard.view(&guard.frame(req)?);
+        if req.parent.is_none() {
+            Self::check_images(&guard, req)?;
+        }
         let embed = |view: &View| {
             let t = Instant::now();
             let r = shared.planner.plan(view, req, algorithm);
@@ -659,7 +646,11 @@ impl Controller {
         for e in &obs.errors {
             tracing::warn!(%host, error = %e, "agent reports a fault");
         }
+        for w in &obs.warnings {
+            tracing::warn!(%host, warning = %w, "agent reports a warning");
+        }
         let h = host.to_string();
+        let reports: Vec<_> = obs.vns.iter().map(crate::grpc::slice::report).collect();
         self.mutate(move |ix| {
             // Only generations this controller sent: a report about a later one is a lie (or a
             // bug) and would mark as applied what the agent never received.
@@ -668,20 +659,10 @@ impl Controller {
                 tracing::warn!(host = %h, reported = obs.generation, sent, "report about a generation never sent, refused");
                 return ((), Change::default());
             }
-            ((), ix.observe(&h, obs.generation, obs.applied, &obs.vns))
+            ((), ix.observe(&h, obs.generation, obs.applied, &reports))
         })
         .await;
     }
-
-    pub fn exec_result(&self, host: &str, epoch: u64, res: pb::ExecResult) {
-        let mut agents = lock(&self.shared.agents);
-        if let Some(slot) = agents.get_mut(host).filter(|s| s.epoch == epoch)
-            && let Some(tx) = slot.pending.remove(&res.request_id)
-        {
-            let _ = tx.send(res);
-        }
-    }
-
     /// The session of `host` (epoch `epoch`) ended.
     pub async fn detach(&self, host: &str, epoch: u64) {
         {
@@ -737,71 +718,6 @@ impl Controller {
             ControlError::Unavailable(format!("host {host} of node {node} is not attached"))
         })?;
         Ok(f(slot))
-    }
-
-    /// Runs a command in a virtual node through its host's agent.
-    #[tracing::instrument(skip(self, argv))]
-    pub async fn exec(
-        &self,
-        provider: &ProviderId,
-        vn: &str,
-        node: &str,
-        argv: Vec<String>,
-        timeout_ms: u32,
-    ) -> Result<pb::ExecResponse, ControlError> {
-        let (rec, i) = self.running_node(provider, vn, node)?;
-        let placed = &rec.placement.nodes[i];
-        let timeout = if timeout_ms == 0 {
-            self.shared.cfg.exec_timeout
-        } else {
-            Duration::from_millis(u64::from(timeout_ms))
-        };
-        let request_id = self.shared.exec_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        let exec_tx = self.with_slot(&placed.host, node, |slot| {
-            slot.pending.insert(request_id, tx);
-            slot.exec_tx.clone()
-        })?;
-        exec_tx
-            .send(pb::ExecCommand {
-                request_id,
-                node_id: placed.node_id.clone(),
-                argv,
-                timeout_ms: timeout.as_millis() as u32,
-            })
-            .await
-            .map_err(|_| ControlError::Unavailable(format!("host {} went away", placed.host)))?;
-        // The agent enforces the timeout; give it a margin to report.
-        let res = tokio::time::timeout(timeout + Duration::from_secs(2), rx).await;
-        let res = match res {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => {
-                return Err(ControlError::Unavailable(format!(
-                    "host {} went away during exec",
-                    placed.host
-                )));
-            }
-            Err(_) => {
-                if let Some(slot) = lock(&self.shared.agents).get_mut(&placed.host) {
-                    slot.pending.remove(&request_id);
-                }
-                return Err(ControlError::Timeout(format!(
-                    "exec in {vn}/{node} did not finish within {} ms",
-                    timeout.as_millis()
-                )));
-            }
-        };
-        if !res.error.is_empty() {
-            return Err(ControlError::Precondition(format!(
-                "exec in {vn}/{node}: {}",
-                res.error
-            )));
-        }
-        Ok(pb::ExecResponse {
-            exit_code: res.exit_code,
-            stdout: res.stdout,
-            stderr: res.stderr,
-        })
     }
 }
 

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::core::embed::EmbeddingPlanner;
-use crate::core::substrate::{LinkSource, TopologyFile};
+use crate::core::substrate::LinkSource;
+use crate::core::topology::TopologyFile;
 
 use super::controller::{Controller, ControllerConfig};
 
@@ -58,6 +59,9 @@ pub struct Args {
     /// Exec timeout when a request gives none, seconds.
     #[arg(long, default_value_t = 30)]
     pub exec_timeout_secs: u64,
+    /// Output (stdout and stderr together) after which a command is ended, MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub exec_max_output_mib: u64,
     /// How long to drain on SIGTERM/SIGINT before closing connections, seconds.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_secs: u64,
@@ -131,6 +135,7 @@ impl Args {
         if let Some(f) = &self.admin_token_hash_file {
             cfg.admin_token_hashes = crate::runtime::credentials::read_hash_file(f)?;
         }
+        cfg.exec_max_output = self.exec_max_output_mib.saturating_mul(1 << 20);
         Ok(cfg)
     }
 

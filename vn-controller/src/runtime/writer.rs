@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::core::desired::DesiredSnapshot;
 use crate::core::index::{Change, Event};
-use crate::core::store::Store;
 use crate::core::substrate::HostInfo;
+use crate::store::Store;
 
 use super::metrics::Metrics;
 
@@ -101,7 +101,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(store: Arc<Store>, publisher: Arc<Publisher>) -> Writer {
+    pub fn spawn(store: Arc<dyn Store>, publisher: Arc<Publisher>) -> Writer {
         let (tx, rx) = mpsc::channel::<Commit>();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())

@@ -1,0 +1,89 @@
+//! Root tests of the kernel layer's TAP and join operations, which the planner's transit joins and
+//! the guest runtime's TAPs share: a TAP is created untagged when no tag is given; a join is
+//! idempotent (exactly one redirect of ours each way, however often it runs) and follows a TAP
+//! that was made anew; an unjoin removes our redirect and is idempotent too. Unique names, cleanup
+//! on panic, and a leak check.
+
+mod common;
+
+use substrate_agent::host::kernel::{IfSpec, Kernel};
+use substrate_agent::host::linux::LinuxKernel;
+
+use common::{root_or_skip, sh, sh_ok};
+
+/// A namespace of this test, deleted even when the test panics.
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = sh_ok(&format!("ip netns delete {}", self.0));
+    }
+}
+
+/// The devices our ingress filters on `dev` redirect to, as `tc` shows them.
+fn redirects(ns: &str, dev: &str) -> Vec<String> {
+    sh(&format!("tc -n {ns} filter show dev {dev} ingress"))
+        .split("Redirect to device ")
+        .skip(1)
+        .filter_map(|s| s.split(')').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
+    if !root_or_skip("joins_are_idempotent_follow_a_new_tap_and_unjoin") {
+        return;
+    }
+    let ns = Ns(format!("vtk-{}", std::process::id()));
+    sh(&format!(
+        "ip netns add {0} && ip -n {0} link add a0 type veth peer name b0 && ip -n {0} link set a0 up && ip -n {0} link set b0 up",
+        ns.0
+    ));
+    let k = LinuxKernel::new().expect("kernel");
+    let tap = IfSpec {
+        ns: ns.0.clone(),
+        ifname: "t0".into(),
+        mtu: 1400,
+        mac: None,
+        addresses: vec![],
+    };
+    k.create_tap(&tap, None).expect("create tap");
+    let shown = sh(&format!("ip -n {} -d link show t0", ns.0));
+    assert!(
+        shown.contains("mtu 1400") && shown.contains("tun type tap"),
+        "{shown}"
+    );
+    assert!(!shown.contains("alias"), "an untagged TAP: {shown}");
+
+    for _ in 0..3 {
+        k.join(&ns.0, "a0", "t0").expect("join");
+    }
+    assert_eq!(redirects(&ns.0, "a0"), ["t0"]);
+    assert_eq!(redirects(&ns.0, "t0"), ["a0"]);
+
+    // The TAP made anew (another device under the same name): the join follows it.
+    k.delete_link(Some(&ns.0), "t0").expect("delete tap");
+    k.create_tap(&tap, None).expect("create tap again");
+    k.join(&ns.0, "a0", "t0").expect("join the new TAP");
+    assert_eq!(redirects(&ns.0, "a0"), ["t0"]);
+    assert_eq!(redirects(&ns.0, "t0"), ["a0"]);
+
+    k.unjoin(&ns.0, "a0").expect("unjoin");
+    k.unjoin(&ns.0, "a0").expect("unjoin again");
+    assert!(redirects(&ns.0, "a0").is_empty());
+    assert_eq!(redirects(&ns.0, "t0"), ["a0"], "the other direction stays");
+    assert!(
+        k.unjoin(&ns.0, "nosuch").is_err_and(|e| e.is_not_found()),
+        "a missing interface is reported as not found"
+    );
+
+    let name = ns.0.clone();
+    drop(k);
+    drop(ns);
+    assert!(
+        !sh("ip netns list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+        "namespace {name} left behind"
+    );
+}

@@ -1,0 +1,193 @@
+//! Validated domain types of a VN request. The gRPC edge (`crate::grpc::validate`) is the only
+//! place that builds them from the wire; everything below it trusts them.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Largest number of virtual nodes in one VN (node ids carry a three-digit index).
+pub const MAX_NODES: usize = 256;
+/// Largest number of virtual links in one VN (link ids carry a three-digit index).
+pub const MAX_LINKS: usize = 999;
+/// Longest VN, node, provider or host name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A provider (tenant) identity, as read from the request metadata.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProviderId(pub String);
+
+impl std::fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a virtual link crosses substrate links, after AUTO was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Encap {
+    Vxlan,
+    Vlan,
+}
+
+/// What realizes a virtual node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Netns,
+    Vm,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Netns => "netns",
+            Kind::Vm => "vm",
+        }
+    }
+}
+
+/// A static route inside a virtual node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// `None`: the default route.
+    pub destination: Option<IpNet>,
+    pub via: IpAddr,
+}
+
+/// Guest parameters of a `Kind::Vm` node (proto enum values kept as numbers, already checked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestReq {
+    pub vcpus: u32,
+    pub image: String,
+    pub nic: i32,
+    pub accel: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReq {
+    pub name: String,
+    pub kind: Kind,
+    pub cpu: u64,
+    pub memory_mb: u64,
+    /// Pinned host.
+    pub pin: Option<String>,
+    /// Label the host must carry.
+    pub location: Option<String>,
+    pub routes: Vec<RouteSpec>,
+    pub guest: Option<GuestReq>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkReq {
+    /// Indices into `VnReq::nodes`.
+    pub a: usize,
+    pub b: usize,
+    pub bandwidth_mbps: u64,
+    /// Addresses of the `a` and `b` interfaces.
+    pub addresses: Option<[IpNet; 2]>,
+    /// Explicit interface names of the `a` and `b` ends.
+    pub interfaces: [Option<String>; 2],
+    pub encap: Encap,
+    /// The encapsulation was chosen by the spec (the link, the VN or its attributes), not
+    /// defaulted: a child VN's defaulted links take the encapsulation it inherits instead.
+    #[serde(default)]
+    pub encap_explicit: bool,
+}
+
+/// How strongly a VN is kept apart from others; a larger level is stronger (narrower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Isolation {
+    Standard,
+    DedicatedHosts,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Standard => "standard",
+            Isolation::DedicatedHosts => "dedicated_hosts",
+        }
+    }
+}
+
+/// Architectural attributes of a VN. In a request they are what the spec asked for (`None`:
+/// unset); in an accepted VN they are the effective ones, after inheritance from the parent
+/// (see [`crate::attributes`]). `None` at the top level means "no limit".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub mtu: Option<u32>,
+    /// Effective dedicated-host isolation (`isolation == Some(DedicatedHosts)`).
+    pub dedicated_hosts: bool,
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    /// Every virtual link uses this encapsulation.
+    #[serde(default)]
+    pub encap: Option<Encap>,
+    #[serde(default)]
+    pub max_link_bandwidth_mbps: Option<u64>,
+    /// Node kinds allowed (`None`: all).
+    #[serde(default)]
+    pub allowed_kinds: Option<BTreeSet<Kind>>,
+    /// Quota of the VN and all its descendants: nodes ...
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
+    /// ... and the sum of their cpu demands.
+    #[serde(default)]
+    pub max_total_cpu: Option<u64>,
+}
+
+impl Attributes {
+    /// The isolation level in force: the explicit one, else what `dedicated_hosts` says (a
+    /// request or stored record may carry only that flag).
+    pub fn isolation_level(&self) -> Isolation {
+        self.isolation.unwrap_or(if self.dedicated_hosts {
+            Isolation::DedicatedHosts
+        } else {
+            Isolation::Standard
+        })
+    }
+}
+
+/// The VN a child names as its parent (`spec.parent`, owned by `spec.parent_provider` or the
+/// caller).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub provider: ProviderId,
+    pub name: String,
+}
+
+impl std::fmt::Display for ParentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.name)
+    }
+}
+
+/// A validated VN request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnReq {
+    pub name: String,
+    pub provider: ProviderId,
+    pub allow_revisitation: bool,
+    pub nodes: Vec<NodeReq>,
+    pub links: Vec<LinkReq>,
+    /// Embedding algorithm; `None`: the controller's default.
+    pub algorithm: Option<String>,
+    /// Longest substrate path of a virtual link; `None`: no limit.
+    pub max_path_hops: Option<u32>,
+    pub attributes: Attributes,
+    /// Recursion: this VN may carry child VNs, created by its provider or those in `share_with`.
+    pub nestable: bool,
+    pub share_with: BTreeSet<String>,
+    /// Recursion: the VN this one is embedded in (`None`: on the substrate).
+    #[serde(default)]
+    pub parent: Option<ParentRef>,
+}
+
+impl VnReq {
+    /// The cpu of all nodes; saturates, so that a sum too large for `u64` still exceeds every
+    /// limit it is compared with.
+    pub fn total_cpu(&self) -> u64 {
+        self.nodes.iter().fold(0u64, |t, n| t.saturating_add(n.cpu))
+    }
+}

@@ -1,0 +1,253 @@
+//! The allocation of an embedded request's placement: node ids, interface names, MACs, and per
+//! hop a VNI or VLAN ID, the tunnel addresses and the MTU. Identifiers come from the
+//! [`Allocators`]; every identifier taken is recorded in a [`Taken`] list, so that the caller
+//! can release them all if the allocation fails midway.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::alloc::{Allocators, base36, link_id, node_id};
+use crate::error::CoreError;
+use crate::model::{Encap, Kind, LinkReq, VnReq};
+use crate::nest::{self, ParentNode};
+use crate::record::{Hop, PlacedLink, PlacedNode, Placement};
+use crate::substrate::{DEFAULT_UNDERLAY_MTU, Registry};
+use crate::usage::Mapping;
+
+/// VXLAN overhead on the underlay MTU.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Longest link (and segment) id the agents accept.
+const MAX_LINK_ID_LEN: usize = 10;
+
+/// An identifier taken during one allocation (released again if the allocation fails).
+#[derive(Debug)]
+pub enum Taken {
+    Mac(u64),
+    Vni(u64),
+    Vlan(String, u64),
+}
+
+impl Taken {
+    /// Gives the identifier back to its allocator.
+    pub fn release(self, alloc: &mut Allocators) {
+        match self {
+            Taken::Mac(v) => alloc.mac.release(v),
+            Taken::Vni(v) => alloc.vni.release(v),
+            Taken::Vlan(seg, v) => alloc.vlan_pool(&seg).release(v),
+        }
+    }
+}
+
+/// Where the mapping places a VN, for the allocation: the substrate, or (for a child) its
+/// parent's virtual topology.
+pub struct Target<'a> {
+    pub reg: &'a Registry,
+    /// UDP port of VXLAN hops at this depth.
+    pub port: u16,
+    /// Child: where each parent node is (the mapping names parent nodes, not hosts).
+    pub parent_nodes: Option<&'a BTreeMap<String, ParentNode>>,
+}
+
+/// Allocates the placement of `req` (with its effective attributes) as `mapping` embeds it on
+/// `target`; `paths` are the host paths of its links ([`crate::usage::Usage::check`]).
+/// Returns the new VN id and the placement; what it took is in `taken`, also on error.
+pub fn allocate(
+    alloc: &mut Allocators,
+    target: &Target<'_>,
+    req: &VnReq,
+    mapping: &Mapping,
+    paths: &[Vec<String>],
+    taken: &mut Vec<Taken>,
+) -> Result<(String, Placement), CoreError> {
+    let vn_id = alloc.next_vn_id();
+    let nodes = place_nodes(target, &vn_id, mapping);
+    let mut names = InterfaceNames::new(req);
+    let mut extra_segments = 0u64;
+    let mut links = Vec::with_capacity(req.links.len());
+    for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
+        let ifnames = [names.next(l, 0), names.next(l, 1)];
+        let mut mac = || -> Result<u64, CoreError> {
+            let v = alloc.mac.allocate()?;
+            taken.push(Taken::Mac(v));
+            Ok(v)
+        };
+        let macs = [mac()?, mac()?];
+        let (hops, mtu) = place_hops(alloc, target, l, &mapping.link_paths[i], path, taken)?;
+        let mtu = match req.attributes.mtu {
+            Some(cap) => mtu.min(cap),
+            None => mtu,
+        };
+        let (hosts, contexts) = match target.parent_nodes {
+            Some(m) => (
+                path.iter().map(|p| m[p].host.clone()).collect(),
+                path.iter().map(|p| m[p].node_id.clone()).collect(),
+            ),
+            None => (vec![], vec![]),
+        };
+        let segment_ids = segment_ids(&vn_id, i, &hosts, &mut extra_segments)?;
+        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
+        let carrier =
+            (req.nestable && l.addresses.is_none() && !vm_end).then(|| nest::carrier_pair(i));
+        links.push(PlacedLink {
+            link_id: link_id(&vn_id, i),
+            path: path.clone(),
+            hops,
+            mtu,
+            ifnames,
+            macs,
+            hosts,
+            contexts,
+            segment_ids,
+            carrier,
+        });
+    }
+    let placement = Placement {
+        nodes,
+        links,
+        algorithm: mapping.algorithm.clone(),
+        revenue: mapping.revenue,
+        cost: mapping.cost,
+    };
+    Ok((vn_id, placement))
+}
+
+/// Each node where the mapping puts it: on a host, or (a child) in a parent node on its host.
+fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
+    mapping
+        .node_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PlacedNode {
+            host: target
+                .parent_nodes
+                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
+            node_id: node_id(vn_id, i),
+            parent_node: target.parent_nodes.map(|_| h.clone()),
+            context: target.parent_nodes.map(|m| m[h].node_id.clone()),
+        })
+        .collect()
+}
+
+/// Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
+struct InterfaceNames {
+    used: Vec<BTreeSet<String>>,
+    next_eth: Vec<usize>,
+}
+
+impl InterfaceNames {
+    fn new(req: &VnReq) -> Self {
+        let mut used: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
+        for l in &req.links {
+            for (side, node) in [l.a, l.b].into_iter().enumerate() {
+                if let Some(n) = &l.interfaces[side] {
+                    used[node].insert(n.clone());
+                }
+            }
+        }
+        InterfaceNames {
+            used,
+            next_eth: vec![0; req.nodes.len()],
+        }
+    }
+
+    /// The name of link `l`'s interface at `side` (0: `a`, 1: `b`).
+    fn next(&mut self, l: &LinkReq, side: usize) -> String {
+        if let Some(n) = &l.interfaces[side] {
+            return n.clone();
+        }
+        let node = if side == 0 { l.a } else { l.b };
+        loop {
+            let cand = format!("eth{}", self.next_eth[node]);
+            self.next_eth[node] += 1;
+            if self.used[node].insert(cand.clone()) {
+                return cand;
+            }
+        }
+    }
+}
+
+/// The hops of link `l` over the links `link_path` along the host path `path`, each with its
+/// VNI or VLAN ID and tunnel addresses, and the link's MTU (the smallest hop's; the default
+/// underlay MTU for a co-located link).
+fn place_hops(
+    alloc: &mut Allocators,
+    target: &Target<'_>,
+    l: &LinkReq,
+    link_path: &[String],
+    path: &[String],
+    taken: &mut Vec<Taken>,
+) -> Result<(Vec<Hop>, u32), CoreError> {
+    let mut hops = Vec::new();
+    let mut mtu = u32::MAX;
+    for (j, sid) in link_path.iter().enumerate() {
+        let sl = target
+            .reg
+            .link(sid)
+            .expect("checked by Usage::check")
+            .clone();
+        let (from, to) = (&path[j], &path[j + 1]);
+        let addr = |h: &str| {
+            target.reg.address_on(&sl, h).ok_or_else(|| {
+                CoreError::Exhausted(format!("host {h} has no address on link {sid}"))
+            })
+        };
+        let (from_address, to_address) = (addr(from)?, addr(to)?);
+        let under = target.reg.mtu_on(&sl, from).min(target.reg.mtu_on(&sl, to));
+        let (vni, vlan_id, hop_mtu) = match l.encap {
+            Encap::Vxlan => {
+                let v = alloc.vni.allocate()?;
+                taken.push(Taken::Vni(v));
+                (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
+            }
+            Encap::Vlan => {
+                let v = alloc.vlan_pool(&sl.segment).allocate()?;
+                taken.push(Taken::Vlan(sl.segment.clone(), v));
+                (None, Some(v as u16), under)
+            }
+        };
+        mtu = mtu.min(hop_mtu);
+        hops.push(Hop {
+            link: sid.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            encap: l.encap,
+            vni,
+            vlan_id,
+            segment: sl.segment.clone(),
+            udp_port: target.port,
+            from_address,
+            to_address,
+        });
+    }
+    if hops.is_empty() {
+        mtu = DEFAULT_UNDERLAY_MTU;
+    }
+    Ok((hops, mtu))
+}
+
+/// A child's link may cross two parent nodes on one host: one segment id each after the first
+/// (`extra` counts them over the VN). Empty when no host repeats.
+fn segment_ids(
+    vn_id: &str,
+    link: usize,
+    hosts: &[String],
+    extra: &mut u64,
+) -> Result<Vec<String>, CoreError> {
+    let mut segment_ids = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (pos, h) in hosts.iter().enumerate() {
+        if seen.insert(h) {
+            continue;
+        }
+        segment_ids.resize(pos + 1, String::new());
+        *extra += 1;
+        let id = format!("{vn_id}r{}", base36(*extra));
+        if id.len() > MAX_LINK_ID_LEN {
+            return Err(CoreError::NoRoom(format!(
+                "link {link} crosses host {h} more than once and no segment id is left for it"
+            )));
+        }
+        segment_ids[pos] = id;
+    }
+    Ok(segment_ids)
+}

@@ -1,0 +1,167 @@
+//! The durable store: one redb file (`controller.redb` in the state directory).
+//!
+//! Tables: `vns` (VN id -> JSON `VnRecord`, with its embedding and identifiers), `hosts` (host id
+//! -> JSON `HostInfo` from the last hello), `generations` (host id -> desired generation) and
+//! `meta` (allocator cursors, schema version). Every [`Change`] is written in one transaction
+//! with immediate durability, so a crash leaves either all of an operation or none of it.
+
+use std::path::{Path, PathBuf};
+
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::core::index::Change;
+use crate::core::store::{Loaded, Store, StoreError, decode, encode, writes_nothing};
+use crate::core::substrate::HostInfo;
+
+const VNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("vns");
+const HOSTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("hosts");
+const GENERATIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("generations");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const SCHEMA_KEY: &str = "schema";
+const SCHEMA: &[u8] = b"1";
+const CURSORS_KEY: &str = "cursors";
+
+/// The store in one redb file.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("controller.redb");
+        let db = Database::create(&path).map_err(|e| backend(&path, e))?;
+        let store = RedbStore { db, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<::redb::Error>) -> StoreError {
+        backend(&self.path, e)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            tx.open_table(VNS).map_err(|e| self.err(e))?;
+            tx.open_table(HOSTS).map_err(|e| self.err(e))?;
+            tx.open_table(GENERATIONS).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let found = meta
+                .get(SCHEMA_KEY)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    meta.insert(SCHEMA_KEY, SCHEMA).map_err(|e| self.err(e))?;
+                }
+                Some(v) if v == SCHEMA => {}
+                Some(v) => {
+                    return Err(StoreError::Schema {
+                        found: String::from_utf8_lossy(&v).into_owned(),
+                        supported: String::from_utf8_lossy(SCHEMA).into_owned(),
+                    });
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn backend(path: &Path, e: impl Into<::redb::Error>) -> StoreError {
+    StoreError::Backend {
+        location: path.display().to_string(),
+        source: Box::new(e.into()),
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut out = Loaded::default();
+        let vns = tx.open_table(VNS).map_err(|e| self.err(e))?;
+        for item in vns.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.records.push(decode(k.value(), v.value())?);
+        }
+        let hosts = tx.open_table(HOSTS).map_err(|e| self.err(e))?;
+        for item in hosts.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.hosts.push(decode(k.value(), v.value())?);
+        }
+        let gens = tx.open_table(GENERATIONS).map_err(|e| self.err(e))?;
+        for item in gens.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.generations.insert(k.value().to_string(), v.value());
+        }
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        if let Some(v) = meta.get(CURSORS_KEY).map_err(|e| self.err(e))? {
+            out.cursors = decode(CURSORS_KEY, v.value())?;
+        }
+        Ok(out)
+    }
+
+    /// Without `durable`, the commit becomes durable with the next durable one (redb
+    /// `Durability::None`).
+    fn apply_all(
+        &self,
+        changes: &[&Change],
+        hosts: &[&HostInfo],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if hosts.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        if !durable {
+            tx.set_durability(Durability::None)
+                .map_err(|e| self.err(e))?;
+        }
+        {
+            let mut vns = tx.open_table(VNS).map_err(|e| self.err(e))?;
+            let mut gens = tx.open_table(GENERATIONS).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut host_table = tx.open_table(HOSTS).map_err(|e| self.err(e))?;
+            for h in hosts {
+                host_table
+                    .insert(h.id.as_str(), encode(*h).as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            for change in changes {
+                for (id, rec) in &change.upserts {
+                    vns.insert(id.as_str(), encode(rec).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+                for id in &change.removed {
+                    vns.remove(id.as_str()).map_err(|e| self.err(e))?;
+                }
+                for (h, g) in &change.generations {
+                    gens.insert(h.as_str(), *g).map_err(|e| self.err(e))?;
+                }
+                if let Some(c) = &change.cursors {
+                    meta.insert(CURSORS_KEY, encode(c).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
