@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "proto/vnet/v1/substrate.proto",
     "proto/vnet/v1/vn.proto",
     "proto/vnet/v1/agent.proto",
+    "proto/vnet/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

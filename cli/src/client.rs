@@ -1,18 +1,20 @@
-//! The connection to the controller: address, provider identity, and errors that say what to do.
+//! The connection to the controller: address, TLS, credential, and errors that say what to do.
 //!
-//! vnctl talks to the controller only through `vnet-proto`. The provider travels as request
-//! metadata (`x-vnet-provider`) on every call, added by one interceptor.
+//! vnctl talks to the controller only through `vnet-proto`. The bearer token (from the config
+//! file, see [`crate::config`]) and, for an admin acting for a provider, `x-vnet-as` travel as
+//! request metadata on every call, added by one interceptor.
 
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vnet_proto::PROVIDER_METADATA_KEY;
+use vnet_proto::v1::admin_client::AdminClient;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
+use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 
 /// Default controller address (also `VNET_CONTROLLER`).
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7000";
@@ -20,13 +22,28 @@ pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7000";
 /// How long vnctl tries to open the connection before it reports the controller unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where the controller is and on whose behalf we speak (the global flags).
-#[derive(Debug, Clone)]
+/// Where the controller is, how to prove who we are, and for whom we act (the global flags
+/// and the config file's current context).
+#[derive(Clone, Default)]
 pub struct ControllerOpts {
-    /// `--controller` / `VNET_CONTROLLER`.
+    /// `--controller` / `VNET_CONTROLLER`, else the context's.
     pub controller: String,
-    /// `--provider` / `VNET_PROVIDER`.
+    /// `--as` (alias `--provider`) / `VNET_PROVIDER`: the provider to act for.
     pub provider: Option<String>,
+    /// The CA (PEM) that signed the controller's certificate (for `https://`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The bearer token.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ControllerOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerOpts")
+            .field("controller", &self.controller)
+            .field("provider", &self.provider)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 /// The controller could not be reached at all (exit code 2).
@@ -49,14 +66,21 @@ pub fn unreachable_reason(e: &anyhow::Error) -> String {
     }
 }
 
-/// Adds the provider identity to every request.
+/// Adds the credential and the acting-as provider to every request.
 #[derive(Clone)]
-pub struct ProviderHeader(Option<MetadataValue<Ascii>>);
+pub struct ProviderHeader {
+    token: Option<MetadataValue<Ascii>>,
+    act_as: Option<MetadataValue<Ascii>>,
+}
 
 impl Interceptor for ProviderHeader {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert(PROVIDER_METADATA_KEY, v.clone());
+        if let Some(v) = &self.token {
+            req.metadata_mut()
+                .insert(AUTHORIZATION_METADATA_KEY, v.clone());
+        }
+        if let Some(v) = &self.act_as {
+            req.metadata_mut().insert(ACT_AS_METADATA_KEY, v.clone());
         }
         Ok(req)
     }
@@ -64,12 +88,14 @@ impl Interceptor for ProviderHeader {
 
 pub type VnClient = VirtualNetworksClient<InterceptedService<Channel, ProviderHeader>>;
 pub type SubstrateApi = SubstrateClient<InterceptedService<Channel, ProviderHeader>>;
+pub type AdminApi = AdminClient<InterceptedService<Channel, ProviderHeader>>;
 
 /// An open connection to the controller.
 #[derive(Clone)]
 pub struct Controller {
     channel: Channel,
     provider: Option<String>,
+    token: Option<MetadataValue<Ascii>>,
     addr: String,
 }
 
@@ -83,6 +109,27 @@ impl Controller {
                 opts.controller
             )
         })?;
+        let endpoint = if addr.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            match &opts.ca_pem {
+                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(ca)),
+                None => anyhow::bail!(
+                    "{addr} is https but no CA is configured: set certificate-authority in \
+                     the config file (--config / VNET_CONFIG)"
+                ),
+            }
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("TLS configuration: {}", error_chain(&e)))?
+        } else {
+            endpoint
+        };
+        let token = match &opts.token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                anyhow::anyhow!("the token in the config file is not printable ASCII")
+            })?),
+            None => None,
+        };
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
@@ -97,6 +144,7 @@ impl Controller {
         Ok(Controller {
             channel,
             provider: opts.provider.clone(),
+            token,
             addr,
         })
     }
@@ -122,22 +170,19 @@ impl Controller {
         Ok(self)
     }
 
-    /// Fails with a message saying how to name a provider when none is known.
-    pub fn require_provider(&self) -> anyhow::Result<&str> {
-        self.provider.as_deref().ok_or_else(|| {
-            anyhow::anyhow!(
-                "no provider given: pass --provider NAME or set VNET_PROVIDER \
-                 (virtual networks belong to a provider)"
-            )
-        })
-    }
-
     fn header(&self) -> ProviderHeader {
-        ProviderHeader(
-            self.provider
+        ProviderHeader {
+            token: self.token.clone(),
+            act_as: self
+                .provider
                 .as_deref()
                 .map(|p| p.parse().expect("checked in connect/or_provider")),
-        )
+        }
+    }
+
+    /// The administrators' service.
+    pub fn admin(&self) -> AdminApi {
+        AdminClient::with_interceptor(self.channel.clone(), self.header())
     }
 
     /// The tenants' service.
@@ -196,7 +241,10 @@ pub fn rpc_error(what: &str, status: Status) -> anyhow::Error {
     let code = status.code();
     let msg = status.message();
     let hint = match code {
-        Code::Unauthenticated => " (pass --provider NAME or set VNET_PROVIDER)",
+        Code::Unauthenticated => {
+            " (vnctl sends the token of the config file's current context: --config FILE or \
+             VNET_CONFIG; an admin creates one with `vnctl admin credentials create`)"
+        }
         Code::Unavailable if msg.is_empty() || msg.contains("transport") => {
             " (the controller went away; is vn-controller running?)"
         }
@@ -248,7 +296,7 @@ mod tests {
             "list vns",
             Status::unauthenticated("missing x-vnet-provider"),
         );
-        assert!(e.to_string().contains("--provider"), "{e}");
+        assert!(e.to_string().contains("VNET_CONFIG"), "{e}");
     }
 
     #[test]
@@ -264,7 +312,7 @@ mod tests {
         // Port 1 on loopback: nothing listens there.
         let opts = ControllerOpts {
             controller: "127.0.0.1:1".into(),
-            provider: None,
+            ..Default::default()
         };
         let err = Controller::connect(&opts).await.err().expect("must fail");
         let u = err

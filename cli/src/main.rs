@@ -5,6 +5,7 @@
 
 mod client;
 mod commands;
+mod config;
 mod error;
 mod output;
 mod spec;
@@ -22,17 +23,23 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "vnctl", version, about, propagate_version = true)]
 struct Cli {
-    /// Address of the vn-controller's gRPC endpoint.
+    /// Address of the vn-controller's gRPC endpoint (default: the config file's current
+    /// context, else http://127.0.0.1:7000).
+    #[arg(long, global = true, env = "VNET_CONTROLLER")]
+    controller: Option<String>,
+    /// Act for this provider: an admin may act for any (logged by the controller); a provider
+    /// only for itself. Without it, a provider credential acts for its own provider.
     #[arg(
-        long,
+        long = "as",
+        visible_alias = "provider",
         global = true,
-        env = "VNET_CONTROLLER",
-        default_value = "http://127.0.0.1:7000"
+        env = "VNET_PROVIDER"
     )]
-    controller: String,
-    /// Provider (tenant) identity sent with every request.
-    #[arg(long, global = true, env = "VNET_PROVIDER")]
     provider: Option<String>,
+    /// Config file with the controller, its CA and the token (default: $VNET_CONFIG, else
+    /// ~/.vnet/config).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: commands::Command,
 }
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     let global = commands::GlobalOpts {
         controller: cli.controller,
         provider: cli.provider,
+        config: cli.config,
     };
     match cli.command.run(&global) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
-use vnet_proto::PROVIDER_METADATA_KEY;
+use vnet_proto::ACT_AS_METADATA_KEY;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::substrate_server::{Substrate, SubstrateServer};
 use vnet_proto::v1::virtual_networks_server::{VirtualNetworks, VirtualNetworksServer};
@@ -52,7 +52,7 @@ pub struct FakeController {
 
 fn provider_of<T>(req: &Request<T>) -> Option<String> {
     req.metadata()
-        .get(PROVIDER_METADATA_KEY)
+        .get(ACT_AS_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
@@ -111,7 +111,7 @@ impl FakeController {
     fn identity<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let p = provider_of(req);
         self.state.lock().unwrap().providers_seen.push(p.clone());
-        p.ok_or_else(|| Status::unauthenticated("missing x-vnet-provider"))
+        p.ok_or_else(|| Status::unauthenticated("missing x-vnet-as"))
     }
 
     fn emit(

@@ -11,6 +11,9 @@
 //! pseudo-terminal (through `script`); a command passing the controller's output limit ends
 //! with RESOURCE_EXHAUSTED.
 //!
+//! Both run like the other e2e tests: TLS to the controller, host certificates, and the
+//! testbed's admin credential acting for each provider (its config file).
+//!
 //! Both need root, the testbed's tools, `tcpdump`, `iperf3`, `busybox`, `nsenter`, `script` and
 //! `python3` (the BPF probe); without them they print `SKIP`, unless `VNET_REQUIRE_ROOT=1`.
 
@@ -250,6 +253,7 @@ fn iperf(bed: &Bed) {
     let server = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
+        .env("VNET_CONFIG", bed.config())
         .args([
             "--provider",
             "red",
@@ -342,6 +346,7 @@ fn big_output(bed: &Bed) {
             Command::new(VNCTL)
                 .env_remove("VNET_PROVIDER")
                 .env("VNET_CONTROLLER", &bed.ctl)
+                .env("VNET_CONFIG", bed.config())
                 .args(["--provider", p, "watch"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -364,6 +369,7 @@ fn big_output(bed: &Bed) {
     let mut child = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
+        .env("VNET_CONFIG", bed.config())
         .args([
             "--provider",
             "red",
@@ -429,7 +435,8 @@ fn big_output(bed: &Bed) {
 /// and answers typed commands; its exit code comes back.
 fn terminal(bed: &Bed) {
     let cmd = format!(
-        "VNET_CONTROLLER={} {VNCTL} --provider red exec -it red-x a -- sh",
+        "VNET_CONFIG={} VNET_CONTROLLER={} {VNCTL} --provider red exec -it red-x a -- sh",
+        bed.config().display(),
         bed.ctl
     );
     let mut child = Command::new("script")
@@ -504,6 +511,7 @@ fn ended_early(bed: &Bed) {
     let mut vnctl = Command::new(VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONTROLLER", &bed.ctl)
+        .env("VNET_CONFIG", bed.config())
         .args([
             "--provider",
             "red",

@@ -1,10 +1,11 @@
 //! The gRPC contract of the vnet control plane.
 //!
-//! Three services share the package `vnet.v1`:
+//! Four services share the package `vnet.v1`:
 //! - [`v1::virtual_networks_server`]: service providers create, watch and delete virtual networks;
 //! - [`v1::substrate_server`]: infrastructure operators read the substrate and its residuals;
 //! - [`v1::agent_control_server`]: substrate agents dial in, receive their host's desired state
-//!   and report what they observed.
+//!   and report what they observed;
+//! - [`v1::admin_server`]: administrators issue and revoke credentials and set quotas.
 //!
 //! This crate knows no other member of the workspace.
 
@@ -20,8 +21,15 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/vnet_descriptor.bin"));
 
-/// Request metadata key that carries the caller's provider identity.
-pub const PROVIDER_METADATA_KEY: &str = "x-vnet-provider";
+/// Request metadata key of the caller's credential: `authorization: Bearer <token>`.
+pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
+
+/// Request metadata key with which an admin acts for a provider (`vnctl --as PROVIDER`). A
+/// provider may name only itself. It never establishes an identity.
+pub const ACT_AS_METADATA_KEY: &str = "x-vnet-as";
+
+/// The URI SAN prefix of a host's certificate: `spiffe://vnet/host/<host id>`.
+pub const HOST_URI_PREFIX: &str = "spiffe://vnet/host/";
 
 /// Smallest memory (MiB) of a `vm` node: the project's guest image does not boot in 64 MiB
 /// (measured). The controller refuses less at its edge; the agent checks it again.

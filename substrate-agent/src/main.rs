@@ -81,6 +81,41 @@ struct Cli {
     /// Do not run VM nodes on this host.
     #[arg(long)]
     no_guests: bool,
+    /// The CA (PEM) that signed the controller's certificate; the agent verifies the
+    /// controller against it.
+    #[arg(long, required_unless_present = "insecure")]
+    ca: Option<PathBuf>,
+    /// This host's certificate (PEM), naming it as URI SAN spiffe://vnet/host/<host-id>.
+    #[arg(long, required_unless_present = "insecure")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, required_unless_present = "insecure")]
+    key: Option<PathBuf>,
+    /// Plain text, no certificates either way. For experiments only.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    insecure: bool,
+}
+
+/// The TLS client configuration of the controller connection (`None` with `--insecure`).
+fn client_tls(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    if cli.insecure {
+        tracing::warn!("--insecure: plain text, the controller is not verified");
+        return Ok(None);
+    }
+    let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
+        let p = p
+            .as_ref()
+            .with_context(|| format!("--{what} is required"))?;
+        std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
+    };
+    let ca = read(&cli.ca, "ca")?;
+    let cert = read(&cli.cert, "cert")?;
+    let key = read(&cli.key, "key")?;
+    Ok(Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert, key)),
+    ))
 }
 
 #[derive(Debug, Subcommand)]
@@ -388,6 +423,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
+    let tls = client_tls(&cli)?;
     let host_id = cli.host_id.expect("required");
     let state_dir = cli.state_dir.expect("required");
     let host = HostContext::open(cli.netns.as_deref(), &state_dir, &host_id)?;
@@ -446,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         workers: cli.workers.max(1),
         resync: Duration::from_secs(cli.resync_s.max(1)),
         capabilities: probe.to_proto(),
+        tls,
     };
     let guests = guests.map(|g| Arc::new(g) as Arc<dyn substrate_agent::guest::GuestRuntime>);
     let agent = Arc::new(Agent::new(cfg, kernel, ledger, datapath, guests));

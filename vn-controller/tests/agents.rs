@@ -64,7 +64,7 @@ async fn disconnect_degrades_and_reattach_restores() {
     let hosts = h
         .substrate()
         .await
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()

@@ -54,13 +54,13 @@ async fn fifty_concurrent_creates_never_oversubscribe() {
     // Recompute the load from the placements and check it against the capacities.
     let mut s = h.substrate().await;
     let hosts = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
         .hosts;
     let links = s
-        .list_links(pb::ListLinksRequest {})
+        .list_links(admin(pb::ListLinksRequest {}))
         .await
         .unwrap()
         .into_inner()

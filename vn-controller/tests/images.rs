@@ -64,7 +64,7 @@ async fn images_are_listed_refused_and_placed() {
     let offers = h
         .substrate()
         .await
-        .list_images(pb::ListImagesRequest {})
+        .list_images(admin(pb::ListImagesRequest {}))
         .await
         .unwrap()
         .into_inner()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use vn_controller::runtime::credentials::Role;
 use vn_controller::standin::Behaviour;
 use vnet_proto::v1 as pb;
 
@@ -141,7 +142,7 @@ async fn create_list_get_watch_delete() {
     // Residuals reflect the VN.
     let mut s = h.substrate().await;
     let hosts = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -230,7 +231,7 @@ async fn create_list_get_watch_delete() {
             .expect("slice removed");
     }
     let hosts = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -342,6 +343,28 @@ async fn providers_are_isolated() {
     spec.provider = "red".into();
     let e = c.create(req("blue", create(spec))).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    // A made-up token, and a provider acting for another.
+    let e = c
+        .list(with_token(
+            "vnet-0000000000000000-00",
+            pb::ListVnsRequest {},
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let (blue, _) = h
+        .ctl
+        .credentials()
+        .issue("blue", Role::Provider, 0, None)
+        .unwrap();
+    let mut as_red = with_token(&blue, pb::GetVnRequest { name: "net".into() });
+    as_red
+        .metadata_mut()
+        .insert("x-vnet-as", "red".parse().unwrap());
+    assert_eq!(
+        c.get(as_red).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let e = c
         .create(req("red", create(chain("net", 1, 1))))
         .await
@@ -405,7 +428,7 @@ async fn transit_host_forwards_hop_by_hop() {
     let links = h
         .substrate()
         .await
-        .list_links(pb::ListLinksRequest {})
+        .list_links(admin(pb::ListLinksRequest {}))
         .await
         .unwrap()
         .into_inner()

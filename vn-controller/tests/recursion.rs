@@ -396,12 +396,10 @@ async fn inheritance_permissions_quotas_and_cascade() {
     // share_with: green is not in it; blue is; blue may not share further than P does.
     let mut green = child_spec("gc", "p", "p1", "p3", 10);
     green.parent_provider = "red".into();
+    // Not shared with green: NOT_FOUND, worded as for a parent that does not exist.
     let e = create_err(&mut c, "green", green.clone()).await;
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(
-        e.message()
-            .contains("neither its owner nor in its share_with")
-    );
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.message(), "VN red/p (spec.parent) not found");
     let mut wide = green.clone();
     wide.name = "bc".into();
     wide.nestable = true;

@@ -179,7 +179,20 @@ fn free_port() -> u16 {
 }
 
 async fn spawn_daemon(dir: &std::path::Path, port: u16, metrics: u16) -> Daemon {
+    // Plain text (the stand-in agents have no certificates); tenants use the admin token.
+    let hashes = dir.join("admin.sha256");
+    std::fs::write(
+        &hashes,
+        vn_controller::runtime::credentials::token_hash(common::ADMIN_TOKEN)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+    .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vn-controller"))
+        .arg("--insecure")
+        .arg("--admin-token-hash-file")
+        .arg(&hashes)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .arg("--state-dir")
@@ -277,13 +290,13 @@ async fn sigkill_and_restart_the_real_binary() {
     let blue_before = list(&mut c, "blue").await;
     let mut s = SubstrateClient::connect(endpoint.clone()).await.unwrap();
     let hosts_before = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
         .hosts;
     let links_before = s
-        .list_links(pb::ListLinksRequest {})
+        .list_links(admin(pb::ListLinksRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -323,14 +336,14 @@ async fn sigkill_and_restart_the_real_binary() {
             .collect::<Vec<_>>()
     };
     let hosts_after = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
         .hosts;
     assert_eq!(residual(&hosts_after), residual(&hosts_before));
     let links_after = s
-        .list_links(pb::ListLinksRequest {})
+        .list_links(admin(pb::ListLinksRequest {}))
         .await
         .unwrap()
         .into_inner()

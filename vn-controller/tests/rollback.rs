@@ -13,14 +13,14 @@ use vnet_proto::v1 as pb;
 async fn assert_nothing_held(h: &Harness) {
     let mut s = h.substrate().await;
     let hosts = s
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(admin(pb::ListHostsRequest {}))
         .await
         .unwrap()
         .into_inner()
         .hosts;
     assert!(hosts.iter().all(|h| h.residual == h.capacity), "{hosts:?}");
     let links = s
-        .list_links(pb::ListLinksRequest {})
+        .list_links(admin(pb::ListLinksRequest {}))
         .await
         .unwrap()
         .into_inner()

@@ -40,7 +40,6 @@ impl ApplyArgs {
         let ctl = Controller::connect(opts)
             .await?
             .or_provider(file.provider.as_deref())?;
-        ctl.require_provider()?;
         let name = file.name.clone();
         let what = format!("apply vn {name}");
 
@@ -184,6 +183,7 @@ mod tests {
         ControllerOpts {
             controller: addr.into(),
             provider: provider.map(str::to_owned),
+            ..Default::default()
         }
     }
 
@@ -261,8 +261,10 @@ mod tests {
         assert!(fake.vn("blue", "web").is_some());
     }
 
+    /// Without `--as` and without `provider:` in the spec, the credential's own provider is
+    /// meant: no acting-as header is sent (the fake, which has no tokens, refuses the call).
     #[tokio::test]
-    async fn no_provider_at_all_sends_nothing() {
+    async fn no_provider_sends_no_act_as() {
         let fake = FakeController::new(Outcome::Ready);
         let addr = fake.clone().serve().await;
         let dir = tempfile::tempdir().unwrap();
@@ -271,8 +273,8 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--provider"), "{e}");
-        assert!(fake.providers_seen().is_empty());
+        assert!(e.contains("VNET_CONFIG"), "{e}");
+        assert!(fake.providers_seen().iter().all(Option::is_none));
     }
 
     #[tokio::test]

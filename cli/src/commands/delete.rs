@@ -36,7 +36,6 @@ impl DeleteArgs {
 
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         let ctl = Controller::connect(opts).await?;
-        ctl.require_provider()?;
         let deleted = ctl
             .vns()
             .delete(pb::DeleteVnRequest {
@@ -75,6 +74,7 @@ mod tests {
         let opts = ControllerOpts {
             controller: addr,
             provider: Some("red".into()),
+            ..Default::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vn.yaml");
@@ -110,6 +110,7 @@ mod tests {
         let opts = ControllerOpts {
             controller: addr,
             provider: Some("red".into()),
+            ..Default::default()
         };
         let ctl = Controller::connect(&opts).await.unwrap();
         // A cascade over a shared VN names a child of provider blue "blue/kid": red can

@@ -26,7 +26,6 @@ impl DescribeArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
-            ctl.require_provider()?;
             let vn = ctl
                 .vns()
                 .get(pb::GetVnRequest {

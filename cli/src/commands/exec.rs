@@ -111,7 +111,6 @@ impl ExecArgs {
 
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         let ctl = Controller::connect(opts).await?;
-        ctl.require_provider()?;
         let what = format!("exec in vn {} node {}", self.vn, self.node);
         let stdin_terminal = std::io::stdin().is_terminal();
         let size = if self.tty { window_size() } else { None };
@@ -186,6 +185,7 @@ mod tests {
         let opts = ControllerOpts {
             controller: addr,
             provider: Some("red".into()),
+            ..Default::default()
         };
         let run = |argv: &[&str]| ExecArgs {
             vn: "web".into(),

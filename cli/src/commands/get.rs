@@ -1,4 +1,4 @@
-//! `vnctl get vns|hosts|links|images [NAME] [-o table|json|yaml]`.
+//! `vnctl get vns|hosts|links|images|quota [NAME] [-o table|json|yaml]`.
 
 use std::time::SystemTime;
 
@@ -22,6 +22,9 @@ pub enum Resource {
     /// Guest images the hosts hold, with the hosts that hold each.
     #[value(alias = "image")]
     Images,
+    /// The quota and usage of your provider (NAME: another provider's, for an admin).
+    #[value(alias = "quotas")]
+    Quota,
 }
 
 /// List virtual networks, substrate hosts, substrate links or guest images.
@@ -57,6 +60,7 @@ impl GetArgs {
             Resource::Hosts => self.hosts(&ctl).await?,
             Resource::Links => self.links(&ctl).await?,
             Resource::Images => self.images(&ctl).await?,
+            Resource::Quota => self.quota(&ctl).await?,
         };
         if let Some(text) = text {
             print!("{text}");
@@ -65,8 +69,22 @@ impl GetArgs {
     }
 
     /// Each of these returns a table to print, or `None` when it printed JSON or YAML itself.
+    async fn quota(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
+        let q = ctl
+            .admin()
+            .get_quota(pb::GetQuotaRequest {
+                provider: self.name.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| rpc_error("get quota", s))?
+            .into_inner();
+        match self.output {
+            Format::Table => Ok(Some(quota_table(&q))),
+            f => output::print_structured(f, &QuotaView::from_proto(&q)).map(|()| None),
+        }
+    }
+
     async fn vns(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
-        ctl.require_provider()?;
         let vns = match &self.name {
             Some(name) => vec![
                 ctl.vns()
@@ -182,6 +200,55 @@ fn one_or_many<T: serde::Serialize>(f: Format, mut views: Vec<T>, one: bool) -> 
     }
 }
 
+/// A provider's quota and usage, for `-o json|yaml`.
+#[derive(Debug, serde::Serialize)]
+struct QuotaView {
+    provider: String,
+    limits: std::collections::BTreeMap<&'static str, Option<u64>>,
+    usage: std::collections::BTreeMap<&'static str, u64>,
+}
+
+fn quota_rows(q: &pb::QuotaStatus) -> Vec<(&'static str, Option<u64>, u64)> {
+    let l = q.quota.unwrap_or_default();
+    let u = q.usage.unwrap_or_default();
+    vec![
+        ("vns", l.vns, u.vns),
+        ("nodes", l.nodes, u.nodes),
+        ("cpu", l.cpu, u.cpu),
+        ("memory_mb", l.memory_mb, u.memory_mb),
+        ("bandwidth_mbps", l.bandwidth_mbps, u.bandwidth_mbps),
+    ]
+}
+
+impl QuotaView {
+    fn from_proto(q: &pb::QuotaStatus) -> Self {
+        let rows = quota_rows(q);
+        QuotaView {
+            provider: q.provider.clone(),
+            limits: rows.iter().map(|(k, l, _)| (*k, *l)).collect(),
+            usage: rows.iter().map(|(k, _, u)| (*k, *u)).collect(),
+        }
+    }
+}
+
+fn quota_table(q: &pb::QuotaStatus) -> String {
+    let rows: Vec<Vec<String>> = quota_rows(q)
+        .into_iter()
+        .map(|(k, l, u)| {
+            vec![
+                k.to_string(),
+                l.map_or("unlimited".into(), |v| v.to_string()),
+                u.to_string(),
+            ]
+        })
+        .collect();
+    format!(
+        "provider {}\n{}",
+        q.provider,
+        output::table(&["RESOURCE", "LIMIT", "USED"], &rows)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +261,7 @@ mod tests {
         let opts = ControllerOpts {
             controller: addr,
             provider: None,
+            ..Default::default()
         };
         let get = |name: Option<&str>| GetArgs {
             resource: Resource::Images,

@@ -1,5 +1,6 @@
 //! One subcommand per file.
 
+pub mod admin;
 pub mod apply;
 pub mod completions;
 pub mod console;
@@ -17,9 +18,34 @@ pub mod watch;
 #[derive(Debug, Clone)]
 pub struct GlobalOpts {
     /// `--controller` / `VNET_CONTROLLER`.
-    pub controller: String,
-    /// `--provider` / `VNET_PROVIDER`.
+    pub controller: Option<String>,
+    /// `--as` / `--provider` / `VNET_PROVIDER`.
     pub provider: Option<String>,
+    /// `--config`.
+    pub config: Option<std::path::PathBuf>,
+}
+
+impl GlobalOpts {
+    /// The connection settings: flags first, then the config file's current context.
+    pub fn resolve(&self) -> anyhow::Result<crate::client::ControllerOpts> {
+        let path = crate::config::default_path(self.config.as_deref());
+        let file = match &path {
+            Some(p) => crate::config::Config::load(p)?,
+            None => crate::config::Config::default(),
+        };
+        let ctx = file.current()?;
+        let controller = self
+            .controller
+            .clone()
+            .or_else(|| ctx.map(|c| c.controller.clone()))
+            .unwrap_or_else(|| crate::client::DEFAULT_CONTROLLER.to_string());
+        Ok(crate::client::ControllerOpts {
+            controller,
+            provider: self.provider.clone(),
+            ca_pem: ctx.map(|c| c.ca_pem()).transpose()?.flatten(),
+            token: ctx.and_then(|c| c.token.clone()),
+        })
+    }
 }
 
 /// The subcommands.
@@ -49,18 +75,26 @@ pub enum Command {
     Testbed(testbed::TestbedArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
+    /// Administration: credentials and quotas (needs an admin credential).
+    Admin(admin::AdminArgs),
 }
 
 impl Command {
     /// Runs the subcommand.
     pub fn run(self, global: &GlobalOpts) -> anyhow::Result<()> {
-        let ctl = crate::client::ControllerOpts {
-            controller: global.controller.clone(),
-            provider: global.provider.clone(),
-        };
         match self {
-            Command::Sim(args) => args.run(),
-            Command::Embed(args) => args.run(),
+            Command::Sim(args) => return args.run(),
+            Command::Embed(args) => return args.run(),
+            Command::Testbed(args) => return args.run(),
+            Command::Completions(args) => return args.run(crate::cli_command()),
+            _ => {}
+        }
+        let ctl = global.resolve()?;
+        match self {
+            Command::Sim(_) | Command::Embed(_) | Command::Testbed(_) | Command::Completions(_) => {
+                unreachable!("run above")
+            }
+            Command::Admin(args) => args.run(&ctl),
             Command::Apply(args) => args.run(&ctl),
             Command::Get(args) => args.run(&ctl),
             Command::Describe(args) => args.run(&ctl),
@@ -69,8 +103,6 @@ impl Command {
             Command::Exec(args) => args.run(&ctl),
             Command::Console(args) => args.run(&ctl),
             Command::Topology(args) => args.run(&ctl),
-            Command::Testbed(args) => args.run(),
-            Command::Completions(args) => args.run(crate::cli_command()),
         }
     }
 }

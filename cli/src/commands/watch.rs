@@ -69,7 +69,13 @@ impl WatchArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
-            ctl.require_provider()?;
+            // A named VN must be one of the caller's (the API would wait for its creation).
+            if let Some(name) = &self.name {
+                ctl.vns()
+                    .get(pb::GetVnRequest { name: name.clone() })
+                    .await
+                    .map_err(|s| rpc_error(&format!("watch vn {name}"), s))?;
+            }
             let mut stream = ctl
                 .vns()
                 .watch(pb::WatchVnsRequest {

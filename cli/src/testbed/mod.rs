@@ -16,6 +16,7 @@
 pub mod daemon;
 pub mod layout;
 pub mod net;
+pub mod pki;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
@@ -105,7 +106,49 @@ impl Record {
     }
 
     pub fn controller_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.listen_port)
+        format!("https://127.0.0.1:{}", self.listen_port)
+    }
+
+    pub fn pki(&self) -> pki::Pki {
+        pki::Pki::at(&self.state_dir)
+    }
+
+    /// The admin's connection settings (from `pki/admin.conf`).
+    pub fn admin_opts(&self) -> anyhow::Result<ControllerOpts> {
+        let file = crate::config::Config::load(&self.pki().admin_config())?;
+        let ctx = file
+            .current()?
+            .with_context(|| format!("{} has no context", self.pki().admin_config().display()))?;
+        Ok(ControllerOpts {
+            controller: ctx.controller.clone(),
+            provider: None,
+            ca_pem: ctx.ca_pem()?,
+            token: ctx.token.clone(),
+        })
+    }
+
+    /// Creates the PKI and the admin's config file; returns the admin's context.
+    fn create_pki(&self) -> anyhow::Result<crate::config::Context> {
+        let pki = self.pki();
+        let hosts: Vec<&str> = self.layout.hosts.iter().map(|h| h.id.as_str()).collect();
+        let ips = [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::V4(self.layout.gateway.addr()),
+        ];
+        let token = pki
+            .create(&ips, &hosts)
+            .context("creating the testbed's PKI")?;
+        let ctx = crate::config::Context {
+            name: "testbed".into(),
+            controller: self.controller_url(),
+            certificate_authority: Some(pki.ca()),
+            certificate_authority_data: None,
+            token: Some(token),
+        };
+        let mut file = crate::config::Config::default();
+        file.upsert_current(ctx.clone());
+        file.save(&pki.admin_config())?;
+        Ok(ctx)
     }
 
     fn alias(&self) -> String {
@@ -130,6 +173,14 @@ impl Record {
                 dir.join("topology.yaml").display().to_string(),
                 "--metrics-listen".into(),
                 format!("127.0.0.1:{}", self.metrics_port),
+                "--tls-cert".into(),
+                self.pki().controller_cert().display().to_string(),
+                "--tls-key".into(),
+                self.pki().controller_key().display().to_string(),
+                "--client-ca".into(),
+                self.pki().ca().display().to_string(),
+                "--admin-token-hash-file".into(),
+                self.pki().admin_hash().display().to_string(),
             ],
             log: dir.join("logs/controller.log"),
             pidfile: dir.join("run/controller.pid"),
@@ -156,9 +207,19 @@ impl Record {
             "--host-id".into(),
             host.id.clone(),
             "--controller".into(),
-            format!("http://{}:{}", self.layout.gateway.addr(), self.listen_port),
+            format!(
+                "https://{}:{}",
+                self.layout.gateway.addr(),
+                self.listen_port
+            ),
             "--underlay-address".into(),
             host.primary.to_string(),
+            "--ca".into(),
+            self.pki().ca().display().to_string(),
+            "--cert".into(),
+            self.pki().host_cert(&host.id).display().to_string(),
+            "--key".into(),
+            self.pki().host_key(&host.id).display().to_string(),
             "--state-dir".into(),
             state.display().to_string(),
             "--guest-run-dir".into(),
@@ -445,9 +506,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         record.controller_url(),
         state_dir.display()
     );
-    if record.controller_url() != crate::client::DEFAULT_CONTROLLER {
-        println!("  export VNET_CONTROLLER={}", record.controller_url());
-    }
+    let config = make_current(&record)?;
+    println!(
+        "  vnctl uses it as the admin: context testbed of {} (current)",
+        config.display()
+    );
     print!("{}", hosts_summary(&record));
     println!(
         "take it down with: vnctl testbed down{}",
@@ -458,6 +521,22 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Makes the testbed's admin context the current one of vnctl's config file (`VNET_CONFIG`,
+/// else `~/.vnet/config`), keeping the file's other contexts.
+fn make_current(record: &Record) -> anyhow::Result<PathBuf> {
+    let path =
+        crate::config::default_path(None).context("no config file: set VNET_CONFIG or HOME")?;
+    let admin = crate::config::Config::load(&record.pki().admin_config())?;
+    let ctx = admin
+        .current()?
+        .cloned()
+        .context("the testbed's admin.conf has no context")?;
+    let mut file = crate::config::Config::load(&path)?;
+    file.upsert_current(ctx);
+    file.save(&path)?;
+    Ok(path)
 }
 
 fn hosts_summary(record: &Record) -> String {
@@ -486,13 +565,11 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
     .context("writing topology.yaml")?;
     let deadline = Instant::now() + timeout;
 
+    record.create_pki()?;
+    let opts = record.admin_opts()?;
     let ctl_spec = record.controller_daemon();
     let mut children: Vec<(DaemonSpec, Child)> = Vec::new();
     children.push((ctl_spec.clone(), daemon::spawn(&ctl_spec)?));
-    let opts = ControllerOpts {
-        controller: record.controller_url(),
-        provider: None,
-    };
     crate::client::block_on(async {
         // The controller must accept connections before agents dial it (they retry anyway).
         let ctl = loop {
@@ -646,7 +723,7 @@ fn remove_runtime_files(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    for sub in ["run", "controller", "agents"] {
+    for sub in ["run", "controller", "agents", "pki"] {
         match std::fs::remove_dir_all(dir.join(sub)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -694,11 +771,8 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
     let net = net::IpRoute2;
     let ctl_spec = record.controller_daemon();
     let ctl_pid = daemon::running(&ctl_spec);
-    let opts = ControllerOpts {
-        controller: record.controller_url(),
-        provider: None,
-    };
     let hosts: Result<Vec<pb::Host>, String> = crate::client::block_on(async {
+        let opts = record.admin_opts().map_err(|e| format!("{e:#}"))?;
         let ctl = Controller::connect(&opts)
             .await
             .map_err(|e| crate::client::unreachable_reason(&e))?;
@@ -904,13 +978,18 @@ mod tests {
             c.args.join(" "),
             "--listen 127.0.0.1:7000 --listen 10.254.0.1:7000 --state-dir \
              /var/lib/vnet/testbed/controller --topology /var/lib/vnet/testbed/topology.yaml \
-             --metrics-listen 127.0.0.1:9100"
+             --metrics-listen 127.0.0.1:9100 --tls-cert /var/lib/vnet/testbed/pki/controller.crt \
+             --tls-key /var/lib/vnet/testbed/pki/controller.key --client-ca \
+             /var/lib/vnet/testbed/pki/ca.crt --admin-token-hash-file \
+             /var/lib/vnet/testbed/pki/admin.sha256"
         );
         let a = r.agent_daemon(&r.layout.hosts[1]);
         assert_eq!(
             a.args.join(" "),
-            "--netns h2 --host-id h2 --controller http://10.254.0.1:7000 --underlay-address \
-             10.255.0.2 --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
+            "--netns h2 --host-id h2 --controller https://10.254.0.1:7000 --underlay-address \
+             10.255.0.2 --ca /var/lib/vnet/testbed/pki/ca.crt --cert \
+             /var/lib/vnet/testbed/pki/host-h2.crt --key /var/lib/vnet/testbed/pki/host-h2.key \
+             --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
              /var/lib/vnet/testbed/agents/h2/guests --name-prefix t1"
         );
         assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");

@@ -158,7 +158,21 @@ pub fn assert_one_line_error(out: &Output, code: i32, want: &[&str]) {
     }
 }
 
-/// vnctl against the controller at `ctl` (`VNET_PROVIDER` of the environment removed).
+/// The vnctl config file of each testbed's controller URL (its admin context, written by
+/// `testbed up`), so that [`vnctl`] authenticates to that controller.
+static CONFIGS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+fn config_of(ctl: &str) -> Option<PathBuf> {
+    CONFIGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(c, _)| c == ctl)
+        .map(|(_, p)| p.clone())
+}
+
+/// vnctl against the controller at `ctl` (`VNET_PROVIDER` of the environment removed), as the
+/// admin of that testbed (its config file), acting for `provider`.
 pub fn vnctl(ctl: &str, provider: Option<&str>, args: &[&str]) -> Output {
     vnctl_with_input(ctl, provider, args, None)
 }
@@ -172,6 +186,11 @@ pub fn vnctl_with_input(
 ) -> Output {
     let mut c = Command::new(VNCTL);
     c.env_remove("VNET_PROVIDER").env("VNET_CONTROLLER", ctl);
+    match config_of(ctl) {
+        Some(p) => c.env("VNET_CONFIG", p),
+        // No testbed: a config file that does not exist (never the developer's own).
+        None => c.env("VNET_CONFIG", "/nonexistent/vnet-test-config"),
+    };
     if let Some(p) = provider {
         c.args(["--provider", p]);
     }
@@ -230,17 +249,23 @@ impl Bed {
             .tempdir()
             .unwrap();
         let port = free_port();
+        let specs = tempfile::tempdir().unwrap();
+        let ctl = format!("https://127.0.0.1:{port}");
+        CONFIGS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ctl.clone(), specs.path().join("vnet-config")));
         Bed {
             dir: state.path().to_owned(),
             _state: state,
-            specs: tempfile::tempdir().unwrap(),
+            specs,
             root_links: vec![bridge.clone()],
             tag,
             bridge,
             subnet,
             port,
             metrics: free_port(),
-            ctl: format!("http://127.0.0.1:{port}"),
+            ctl,
         }
     }
 
@@ -281,8 +306,19 @@ impl Bed {
     }
 
     /// `vnctl testbed ARGS --state-dir DIR`.
+    /// The vnctl config file of this testbed (`testbed up` makes its admin context current).
+    pub fn config(&self) -> PathBuf {
+        self.specs.path().join("vnet-config")
+    }
+
+    /// The PKI directory of this testbed (CA, certificates, keys).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
     pub fn testbed(&self, args: &[&str]) -> Output {
         Command::new(VNCTL)
+            .env("VNET_CONFIG", self.config())
             .arg("testbed")
             .args(args)
             .arg("--state-dir")

@@ -53,7 +53,7 @@ testbed_names() {
   subnet="10.$2.$((id % 250)).0/24"
   port=$(free_port)
   metrics=$(free_port)
-  ctl="http://127.0.0.1:$port"
+  ctl="https://127.0.0.1:$port"
   root_links=$bridge
 }
 
@@ -87,6 +87,8 @@ testbed_lock() {
 testbed_begin() {
   work=$(mktemp -d "/tmp/vnet-$me-XXXXXX")
   state=$work/bed
+  # `testbed up` writes its admin context (CA, token) here; every vnctl of the script uses it.
+  export VNET_CONFIG=$work/vnet-config
   before=$(snapshot)
   trap testbed_cleanup EXIT
   trap 'exit 130' INT

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub workers: usize,
     pub resync: Duration,
     pub capabilities: pb::Capabilities,
+    /// TLS to the controller: its CA and this host's certificate (`None`: plain text).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The agent.
@@ -218,13 +220,17 @@ impl<K: Kernel + 'static> Agent<K> {
     /// The controller's endpoint (one per session, and one per exec: a command's output never
     /// shares a connection, and so HTTP/2 flow-control windows, with the control session).
     fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
-        Ok(
-            tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
-                .context("controller address")?
-                .connect_timeout(Duration::from_secs(3))
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(10)),
-        )
+        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
+            .context("controller address")?
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        match &self.cfg.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.clone())
+                .context("TLS configuration"),
+            None => Ok(endpoint),
+        }
     }
 
     /// Serves one `ExecCommand`: opens `AgentControl.Exec` for it on a connection of its own,

@@ -534,6 +534,9 @@ impl Testbed {
             .open(self.dir.path().join(format!("{}.log", h.id)))
             .unwrap();
         let child = Command::new(exe)
+            // The fake controller serves plain text (the real one's TLS is covered by the e2e
+            // tests on the testbed).
+            .arg("--insecure")
             .args([
                 "--host-id",
                 &h.id,

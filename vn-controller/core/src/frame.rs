@@ -127,11 +127,14 @@ fn check_parent(
     label: &str,
     base_port: u16,
 ) -> Result<(u32, u16), CoreError> {
+    // Another provider's VN that is not shared with the caller does not exist for it: the same
+    // answer as an unknown parent, so that existence does not leak.
     if req.provider != *parent.provider() && !parent.req.share_with.contains(&req.provider.0) {
-        return Err(CoreError::Permission(format!(
-            "provider {} may not create children of {label}: it is neither its owner nor in its share_with",
-            req.provider
-        )));
+        let name = match &req.parent {
+            Some(pref) => format!("{pref} (spec.parent)"),
+            None => format!("{label} (spec.parent)"),
+        };
+        return Err(CoreError::NotFound { name });
     }
     if !parent.req.nestable {
         return Err(CoreError::Precondition(format!(

@@ -1,9 +1,11 @@
 //! `vnet.v1.AgentControl`: one bidirectional `Attach` stream per agent.
 //!
-//! The first message must be an `AgentHello`. The controller answers at once with the host's
-//! whole desired state, then with every newer one, interleaved with exec commands. Reports flow
-//! the other way. When the stream ends, the host's VNs degrade. Each command's input and output
-//! travel on an `Exec` call of their own ([`super::exec`]).
+//! The connection's client certificate names the host (see [`identity::host`]); the hello must
+//! name the same host, one the operator's topology lists. The first message must be an
+//! `AgentHello`. The controller answers at once with the host's whole desired state, then with
+//! every newer one, interleaved with exec commands. Reports flow the other way. When the stream
+//! ends, the host's VNs degrade. Each command's input and output travel on an `Exec` call of
+//! their own ([`super::exec`]), bound to the host the same way.
 
 use std::pin::Pin;
 
@@ -16,7 +18,7 @@ use vnet_proto::v1::agent_control_server::AgentControl;
 
 use crate::runtime::controller::Controller;
 
-use super::{convert, validate};
+use super::{convert, identity, status, validate};
 
 #[derive(Clone, Debug)]
 pub struct AgentService {
@@ -40,6 +42,7 @@ impl AgentControl for AgentService {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let certified = identity::host(&self.ctl, &req)?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -50,7 +53,19 @@ impl AgentControl for AgentService {
                 "the first message of Attach must be an AgentHello",
             ));
         };
-        let info = validate::hello(&hello, convert::now_ms())?;
+        let mut info = validate::hello(&hello, convert::now_ms())?;
+        match &certified {
+            Some(id) if *id != info.id => {
+                tracing::warn!(certificate = %id, hello = %info.id, "agent claimed another host, refused");
+                return Err(Status::permission_denied(format!(
+                    "this connection's certificate names host {id}; it may not attach as {}",
+                    info.id
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(host = %info.id, "--insecure: believing the hello's host id"),
+        }
+        self.ctl.admit_host(&mut info).map_err(status)?;
         let handle = self
             .ctl
             .attach(info, hello.applied_generation)

@@ -53,7 +53,7 @@ pub async fn serve(
     ctl: &Controller,
     req: Request<Streaming<pb::ConsoleRequest>>,
 ) -> Result<Response<ConsoleStream>, Status> {
-    let caller = identity::provider(&req)?;
+    let caller = identity::provider(ctl, &req)?;
     let mut inbound = req.into_inner();
     let first = inbound
         .message()

@@ -1,5 +1,6 @@
 //! `VirtualNetworks.Exec` (the tenant's side) and `AgentControl.Exec` (the agent's side) of one
-//! command, relayed message by message.
+//! command, relayed message by message. The tenant is the caller's credential; the agent is
+//! the host its client certificate names, which must be the host it claims.
 //!
 //! The tenant's first message must be an `ExecStart` (validated here, once); the command is
 //! started by [`Controller::exec`], which waits for the agent to open `AgentControl.Exec` for
@@ -107,7 +108,7 @@ pub async fn serve(
     ctl: &Controller,
     req: Request<Streaming<pb::ExecRequest>>,
 ) -> Result<Response<ExecStream>, Status> {
-    let caller = identity::provider(&req)?;
+    let caller = identity::provider(ctl, &req)?;
     let mut inbound = req.into_inner();
     let first = inbound
         .message()
@@ -239,6 +240,9 @@ pub async fn open(
     ctl: &Controller,
     req: Request<Streaming<pb::ExecUp>>,
 ) -> Result<Response<AgentExecStream>, Status> {
+    // The connection's certificate names the host, as for `Attach`: an agent may take only its
+    // own host's commands.
+    let certified = identity::host(ctl, &req)?;
     let mut inbound = req.into_inner();
     let first = inbound
         .message()
@@ -251,6 +255,13 @@ pub async fn open(
     };
     validate::check_identifier(&o.host_id)
         .map_err(|e| Status::invalid_argument(format!("host_id: {e}")))?;
+    if let Some(id) = certified.filter(|id| *id != o.host_id) {
+        tracing::warn!(certificate = %id, claimed = %o.host_id, "agent opened an exec as another host, refused");
+        return Err(Status::permission_denied(format!(
+            "this connection's certificate names host {id}; it may not open an exec as {}",
+            o.host_id
+        )));
+    }
     // The host as the agent names it, like its hello; the request id, random and taken once,
     // is what ties this call to the command.
     let waiting = ctl.exec_opened(&o.host_id, o.request_id).ok_or_else(|| {

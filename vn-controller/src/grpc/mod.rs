@@ -1,5 +1,7 @@
 //! The gRPC edge: identity, validation into domain types, Status codes, and the services.
+//! Health and reflection answer without a credential (they carry no tenant data).
 
+pub mod admin;
 pub mod agent;
 pub mod console;
 pub mod convert;
@@ -14,8 +16,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::Status;
-use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig};
+use vnet_proto::v1::admin_server::AdminServer;
 use vnet_proto::v1::agent_control_server::AgentControlServer;
 use vnet_proto::v1::substrate_server::SubstrateServer;
 use vnet_proto::v1::virtual_networks_server::VirtualNetworksServer;
@@ -38,11 +41,16 @@ pub fn status(e: ControlError) -> Status {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the gRPC reflection service")]
-pub struct RouterError(#[source] tonic_reflection::server::Error);
+pub enum RouterError {
+    #[error("cannot build the gRPC reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("invalid TLS configuration")]
+    Tls(#[source] tonic::transport::Error),
+}
 
-/// Every service of the controller (plus health and reflection) on one router.
-pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
+/// Every service of the controller (plus health and reflection) on one router; with `tls`,
+/// TLS on every connection (`None` only for `--insecure`).
+pub async fn router(ctl: &Controller, tls: Option<ServerTlsConfig>) -> Result<Router, RouterError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<VirtualNetworksServer<vn::VnService>>()
@@ -59,9 +67,18 @@ pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
             .register_encoded_file_descriptor_set(vnet_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().map_err(RouterError)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(RouterError)?;
-    Ok(Server::builder()
+    health
+        .set_serving::<AdminServer<admin::AdminService>>()
+        .await;
+    let reflection_v1 = reflection().build_v1().map_err(RouterError::Reflection)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(RouterError::Reflection)?;
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(RouterError::Tls)?;
+    }
+    Ok(server
         // A dead agent's connection is noticed within half a minute.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -74,7 +91,8 @@ pub async fn router(ctl: &Controller) -> Result<Router, RouterError> {
         )))
         .add_service(AgentControlServer::new(agent::AgentService::new(
             ctl.clone(),
-        ))))
+        )))
+        .add_service(AdminServer::new(admin::AdminService::new(ctl.clone()))))
 }
 
 /// Accepted connections of `listener`, with TCP_NODELAY (without it, Nagle's algorithm and

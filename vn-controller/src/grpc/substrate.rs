@@ -1,4 +1,5 @@
-//! `vnet.v1.Substrate`: the operators' view of hosts, links and residual capacities.
+//! `vnet.v1.Substrate`: the operators' view of hosts, links and residual capacities. Every
+//! call needs a credential; providers see capacities, never other providers' VNs.
 
 use tonic::{Request, Response, Status};
 use vnet_proto::v1 as pb;
@@ -24,8 +25,9 @@ impl Substrate for SubstrateService {
     #[tracing::instrument(skip_all)]
     async fn list_hosts(
         &self,
-        _req: Request<pb::ListHostsRequest>,
+        req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        identity::caller(&self.ctl, &req)?;
         let hosts = self
             .ctl
             .with_index(|ix| ix.registry.hosts().map(|h| convert::host(ix, h)).collect());
@@ -35,8 +37,9 @@ impl Substrate for SubstrateService {
     #[tracing::instrument(skip_all)]
     async fn list_links(
         &self,
-        _req: Request<pb::ListLinksRequest>,
+        req: Request<pb::ListLinksRequest>,
     ) -> Result<Response<pb::ListLinksResponse>, Status> {
+        identity::caller(&self.ctl, &req)?;
         let links = self.ctl.with_index(|ix| {
             ix.registry
                 .links()
@@ -50,8 +53,9 @@ impl Substrate for SubstrateService {
     #[tracing::instrument(skip_all)]
     async fn list_images(
         &self,
-        _req: Request<pb::ListImagesRequest>,
+        req: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        identity::caller(&self.ctl, &req)?;
         let images = self.ctl.with_index(|ix| {
             ix.registry
                 .image_offers()
@@ -66,13 +70,13 @@ impl Substrate for SubstrateService {
     }
 
     /// Hosts, links and the caller's VNs (only the caller's: placements of other providers do
-    /// not leak). Without an identity, the substrate alone.
+    /// not leak). An admin without `--as`: the substrate alone.
     #[tracing::instrument(skip_all)]
     async fn get_topology(
         &self,
         req: Request<pb::GetTopologyRequest>,
     ) -> Result<Response<pb::Topology>, Status> {
-        let caller = identity::provider(&req).ok();
+        let caller = identity::reader(&self.ctl, &req)?;
         let topo = self.ctl.with_index(|ix| pb::Topology {
             hosts: ix.registry.hosts().map(|h| convert::host(ix, h)).collect(),
             links: ix

@@ -647,6 +647,10 @@ pub fn vn_name(name: &str, what: &str) -> Result<(), Status> {
 }
 
 /// An agent's hello, into the host it describes.
+/// The largest generation an agent may report: far above any real count (one per change of a
+/// host's desired state), far below where adding one wraps.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
 pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
     let bad = |m: String| Status::invalid_argument(format!("hello: {m}"));
     check_identifier(&h.host_id).map_err(|e| bad(format!("host_id {}: {e}", quote(&h.host_id))))?;
@@ -680,6 +684,12 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
             })
         })
         .collect::<Result<Vec<_>, Status>>()?;
+    if h.applied_generation > MAX_GENERATION {
+        return Err(bad(format!(
+            "applied_generation {} is out of range (at most {MAX_GENERATION})",
+            h.applied_generation
+        )));
+    }
     let cap = h.capacity.unwrap_or_default();
     let kinds = h
         .node_kinds

@@ -56,7 +56,7 @@ impl VirtualNetworks for VnService {
         &self,
         req: Request<pb::CreateVnRequest>,
     ) -> Result<Response<pb::VirtualNetwork>, Status> {
-        let caller = identity::provider(&req)?;
+        let caller = identity::provider(&self.ctl, &req)?;
         let algorithms = self.ctl.algorithms();
         let (vn, spec) = validate::vn_spec(req.into_inner().spec, &caller, &algorithms)?;
         let rec = self.ctl.create(vn, spec).await.map_err(status)?;
@@ -68,7 +68,7 @@ impl VirtualNetworks for VnService {
         &self,
         req: Request<pb::GetVnRequest>,
     ) -> Result<Response<pb::VirtualNetwork>, Status> {
-        let caller = identity::provider(&req)?;
+        let caller = identity::provider(&self.ctl, &req)?;
         let name = req.into_inner().name;
         validate::vn_name(&name, "name")?;
         let rec = self.ctl.get(&caller, &name).map_err(status)?;
@@ -80,7 +80,7 @@ impl VirtualNetworks for VnService {
         &self,
         req: Request<pb::ListVnsRequest>,
     ) -> Result<Response<pb::ListVnsResponse>, Status> {
-        let caller = identity::provider(&req)?;
+        let caller = identity::provider(&self.ctl, &req)?;
         let vns = self
             .ctl
             .list(&caller)
@@ -95,7 +95,7 @@ impl VirtualNetworks for VnService {
         &self,
         req: Request<pb::DeleteVnRequest>,
     ) -> Result<Response<pb::DeleteVnResponse>, Status> {
-        let caller = identity::provider(&req)?;
+        let caller = identity::provider(&self.ctl, &req)?;
         let pb::DeleteVnRequest { name, cascade } = req.into_inner();
         validate::vn_name(&name, "name")?;
         let deleted = self
@@ -113,9 +113,11 @@ impl VirtualNetworks for VnService {
         &self,
         req: Request<pb::WatchVnsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = identity::provider(&req)?;
+        let caller = identity::provider(&self.ctl, &req)?;
         let name = req.into_inner().name;
         if !name.is_empty() {
+            // A name the caller does not have (yet) is watched for its creation: only the
+            // caller's own events ever flow, so another provider's VN of that name shows nothing.
             validate::vn_name(&name, "name")?;
         }
         // Subscribe before the snapshot so that nothing falls between them.

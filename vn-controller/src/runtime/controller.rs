@@ -22,6 +22,7 @@ use crate::core::substrate::{HostInfo, LinkSource, Registry};
 use crate::core::topology::TopologyHost;
 use crate::store::{RedbStore, Store, StoreError};
 
+use super::credentials::{Credentials, CredentialsError, Usage};
 use super::metrics::Metrics;
 use super::writer::{Publisher, Writer};
 
@@ -48,6 +49,14 @@ pub struct ControllerConfig {
     pub exec_max_output: u64,
     /// Events buffered for watchers; one that falls further behind gets a fresh snapshot.
     pub event_buffer: usize,
+    /// SHA-256 hashes of the operator's bootstrap admin tokens.
+    pub admin_token_hashes: Vec<[u8; 32]>,
+    /// A FAILED VN record is forgotten this long after the controller saw it fail
+    /// (`None`: kept until deleted).
+    pub failed_ttl: Option<Duration>,
+    /// Plain-text mode (`--insecure`): agents present no certificate, so the host id of their
+    /// hello is believed. Never in production.
+    pub insecure: bool,
 }
 
 impl ControllerConfig {
@@ -65,6 +74,9 @@ impl ControllerConfig {
             exec_timeout: Duration::from_secs(30),
             exec_max_output: 4 << 30,
             event_buffer: 1024,
+            admin_token_hashes: vec![],
+            failed_ttl: Some(Duration::from_secs(3600)),
+            insecure: false,
         }
     }
 }
@@ -112,6 +124,8 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error("cannot restore the controller state")]
     Restore(#[source] CoreError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// A published event, with the provider it belongs to.
@@ -134,6 +148,7 @@ struct Shared {
     agents: Mutex<HashMap<String, AgentSlot>>,
     epoch: AtomicU64,
     publisher: Arc<Publisher>,
+    credentials: Credentials,
     shutdown: watch::Sender<bool>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
@@ -172,6 +187,7 @@ impl Controller {
     /// from inside one.
     pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
         let store = RedbStore::open(&cfg.state_dir)?;
+        let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
         let loaded = store.load()?;
         let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
         let index = Index::restore(
@@ -196,6 +212,7 @@ impl Controller {
                 agents: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
                 publisher,
+                credentials,
                 shutdown,
                 writer,
             }),
@@ -214,6 +231,9 @@ impl Controller {
         for vn_id in provisioning {
             self.arm_provisioning_timer(vn_id);
         }
+        if let Some(ttl) = self.shared.cfg.failed_ttl {
+            self.spawn_failed_expiry(ttl);
+        }
         if held {
             let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;
@@ -226,6 +246,16 @@ impl Controller {
                 }
             });
         }
+    }
+
+    /// Tokens and quotas.
+    pub fn credentials(&self) -> &Credentials {
+        &self.shared.credentials
+    }
+
+    /// Whether agents' hellos are believed without a certificate (`--insecure`).
+    pub fn insecure(&self) -> bool {
+        self.shared.cfg.insecure
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -296,6 +326,102 @@ impl Controller {
                     .await;
             }
         });
+    }
+
+    /// What `req` would hold: one VN, its nodes (each, whatever its demands), their CPU and
+    /// memory, and its links' bandwidth.
+    pub fn demand(req: &VnReq) -> Usage {
+        Usage {
+            vns: 1,
+            nodes: req.nodes.len() as u64,
+            cpu: req.total_cpu(),
+            memory_mb: req.nodes.iter().map(|n| n.memory_mb).sum(),
+            bandwidth_mbps: req.links.iter().map(|l| l.bandwidth_mbps).sum(),
+        }
+    }
+
+    /// What `provider` holds now: its VNs that hold resources (provisioning, ready, degraded).
+    pub fn usage(ix: &Index, provider: &ProviderId) -> Usage {
+        let mut u = Usage::default();
+        for r in ix.list(provider) {
+            if r.status.holds_resources() {
+                u.add(&Self::demand(&r.req));
+            }
+        }
+        u
+    }
+
+    /// Refuses a request beyond its provider's quota (checked under the index lock, so that
+    /// concurrent creates cannot together exceed it).
+    fn check_quota(&self, ix: &Index, req: &VnReq) -> Result<(), ControlError> {
+        let quota = self.shared.credentials.quota(&req.provider.0);
+        let used = Self::usage(ix, &req.provider);
+        match quota.exceeded(&req.provider.0, &used, &Self::demand(req)) {
+            Some(why) => Err(ControlError::Exhausted(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets FAILED records `ttl` after this controller first saw them failed, checking
+    /// every `ttl / 4` (at most every minute).
+    fn spawn_failed_expiry(&self, ttl: Duration) {
+        let weak = Arc::downgrade(&self.shared);
+        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, Instant> = HashMap::new();
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let ctl = Controller { shared };
+                if *ctl.shared.shutdown.borrow() {
+                    return;
+                }
+                let failed: Vec<(String, ProviderId, String)> = ctl.with_index(|ix| {
+                    ix.records()
+                        .filter(|r| r.status == crate::core::record::VnStatus::Failed)
+                        .map(|r| (r.vn_id.clone(), r.provider().clone(), r.name().to_string()))
+                        .collect()
+                });
+                let now = Instant::now();
+                seen.retain(|id, _| failed.iter().any(|(f, _, _)| f == id));
+                for (id, provider, name) in failed {
+                    let since = *seen.entry(id).or_insert(now);
+                    if now.duration_since(since) < ttl {
+                        continue;
+                    }
+                    match ctl.delete(&provider, &name, false).await {
+                        Ok(_) => tracing::info!(%provider, vn = %name, "failed VN expired"),
+                        Err(e) => {
+                            tracing::debug!(%provider, vn = %name, error = %e, "failed VN not expired")
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Checks an agent's hello against the operator's topology: a host it does not list is
+    /// refused (when it lists any), and capacities above what it states are cut to it.
+    pub fn admit_host(&self, info: &mut HostInfo) -> Result<(), ControlError> {
+        let topo = &self.shared.cfg.topology_hosts;
+        if topo.is_empty() {
+            return Ok(());
+        }
+        let Some(t) = topo.iter().find(|t| t.id == info.id) else {
+            return Err(ControlError::PermissionDenied(format!(
+                "host {} is not in the operator's topology",
+                info.id
+            )));
+        };
+        if let Some(cpu) = t.cpu.filter(|c| info.cpu > *c) {
+            tracing::warn!(host = %info.id, reported = info.cpu, cpu, "capacity capped by the topology");
+            info.cpu = cpu;
+        }
+        if let Some(mem) = t.memory.filter(|m| info.memory_mb > *m) {
+            tracing::warn!(host = %info.id, reported = info.memory_mb, mem, "capacity capped by the topology");
+            info.memory_mb = mem;
+        }
+        Ok(())
     }
 
     /// Refuses a `vm` node whose image no host holds, naming what the hosts offer.
@@ -371,6 +497,7 @@ impl Controller {
         let shared = &self.shared;
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
+        self.check_quota(&guard, req)?;
         // The substrate, or a child's parent after the checks against it.
         let view = guard.view(&guard.frame(req)?);
         if req.parent.is_none() {
@@ -485,8 +612,9 @@ impl Controller {
             let mut change = Change::default();
             // An agent that applied a generation we do not know (a store from before) gets a
             // higher one with the same content, so that it does not ignore it.
+            // (The edge refused generations near the end of the range.)
             if applied_generation >= ix.generation(&h) && applied_generation > 0 {
-                change = ix.raise_generation(&h, applied_generation + 1);
+                change = ix.raise_generation(&h, applied_generation.saturating_add(1));
             }
             tracing::info!(host = %h, new, generation = ix.generation(&h), "agent attached");
             let d = ix.desired(&h);
@@ -523,10 +651,18 @@ impl Controller {
         }
         let h = host.to_string();
         let reports: Vec<_> = obs.vns.iter().map(crate::grpc::slice::report).collect();
-        self.mutate(move |ix| ((), ix.observe(&h, obs.generation, obs.applied, &reports)))
-            .await;
+        self.mutate(move |ix| {
+            // Only generations this controller sent: a report about a later one is a lie (or a
+            // bug) and would mark as applied what the agent never received.
+            let sent = ix.generation(&h);
+            if obs.generation > sent {
+                tracing::warn!(host = %h, reported = obs.generation, sent, "report about a generation never sent, refused");
+                return ((), Change::default());
+            }
+            ((), ix.observe(&h, obs.generation, obs.applied, &reports))
+        })
+        .await;
     }
-
     /// The session of `host` (epoch `epoch`) ended.
     pub async fn detach(&self, host: &str, epoch: u64) {
         {

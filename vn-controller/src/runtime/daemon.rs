@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::core::embed::EmbeddingPlanner;
 use crate::core::substrate::LinkSource;
@@ -64,6 +65,25 @@ pub struct Args {
     /// How long to drain on SIGTERM/SIGINT before closing connections, seconds.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_secs: u64,
+    /// The controller's TLS certificate chain (PEM).
+    #[arg(long, required_unless_present = "insecure")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, required_unless_present = "insecure")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs agents' host certificates (URI SAN spiffe://vnet/host/<id>).
+    #[arg(long, required_unless_present = "insecure")]
+    pub client_ca: Option<PathBuf>,
+    /// SHA-256 hashes (hex, one a line) of the bootstrap admin tokens.
+    #[arg(long)]
+    pub admin_token_hash_file: Option<PathBuf>,
+    /// Forget a FAILED VN this many seconds after it failed (0: keep until deleted).
+    #[arg(long, default_value_t = 3600)]
+    pub failed_ttl_secs: u64,
+    /// Plain text without certificates: anyone on the network can read the traffic, and agents
+    /// are believed about which host they are. For experiments only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub insecure: bool,
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -109,8 +129,38 @@ impl Args {
         cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
         cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
         cfg.exec_timeout = Duration::from_secs(self.exec_timeout_secs);
+        cfg.failed_ttl =
+            (self.failed_ttl_secs > 0).then(|| Duration::from_secs(self.failed_ttl_secs));
+        cfg.insecure = self.insecure;
+        if let Some(f) = &self.admin_token_hash_file {
+            cfg.admin_token_hashes = crate::runtime::credentials::read_hash_file(f)?;
+        }
         cfg.exec_max_output = self.exec_max_output_mib.saturating_mul(1 << 20);
         Ok(cfg)
+    }
+
+    /// The TLS configuration: the controller's identity, and the CA of host certificates.
+    /// Client certificates are optional at the TLS layer (tenants use tokens); AgentControl
+    /// requires one. `None` with `--insecure`.
+    pub fn tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        if self.insecure {
+            return Ok(None);
+        }
+        let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
+            let p = p
+                .as_ref()
+                .with_context(|| format!("--{what} is required"))?;
+            std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
+        };
+        let cert = read(&self.tls_cert, "tls-cert")?;
+        let key = read(&self.tls_key, "tls-key")?;
+        let ca = read(&self.client_ca, "client-ca")?;
+        Ok(Some(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(cert, key))
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(true),
+        ))
     }
 }
 
@@ -156,6 +206,12 @@ async fn signal() -> anyhow::Result<&'static str> {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = args.config()?;
+    let tls = args.tls()?;
+    if tls.is_none() {
+        tracing::warn!(
+            "--insecure: plain-text gRPC, agents' host ids are not verified; never use this in production"
+        );
+    }
     let planner = Box::new(EmbeddingPlanner::new());
     let ctl = Controller::open(cfg, planner)
         .with_context(|| format!("opening the state in {}", args.state_dir.display()))?;
@@ -168,7 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(vns = total, held, state_dir = %args.state_dir.display(), "state restored");
     ctl.start();
 
-    let router = crate::grpc::router(&ctl).await?;
+    let router = crate::grpc::router(&ctl, tls).await?;
     let mut servers = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = TcpListener::bind(addr)

@@ -11,10 +11,10 @@ use tonic::transport::Channel;
 use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::runtime::controller::{Controller, ControllerConfig};
 use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
-use vnet_proto::PROVIDER_METADATA_KEY;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
+use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -27,10 +27,15 @@ impl Harness {
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut ControllerConfig)) -> Harness {
         let mut cfg = ControllerConfig::new(dir);
         cfg.reattach_grace = Duration::from_secs(3600);
+        // Stand-in agents present no certificate; tenants' calls carry the test admin token.
+        cfg.insecure = true;
+        cfg.admin_token_hashes = vec![vn_controller::runtime::credentials::token_hash(ADMIN_TOKEN)];
         tweak(&mut cfg);
         let ctl = open(cfg).await;
         ctl.start();
-        let router = vn_controller::grpc::router(&ctl).await.expect("router");
+        let router = vn_controller::grpc::router(&ctl, None)
+            .await
+            .expect("router");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -111,10 +116,28 @@ pub async fn open(cfg: ControllerConfig) -> Controller {
     }
 }
 
+/// The bootstrap admin token of every harness.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// `msg` from the test admin acting for `provider`.
 pub fn req<T>(provider: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        AUTHORIZATION_METADATA_KEY,
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
     r.metadata_mut()
-        .insert(PROVIDER_METADATA_KEY, provider.parse().unwrap());
+        .insert(ACT_AS_METADATA_KEY, provider.parse().unwrap());
+    r
+}
+
+/// `msg` with `token` as the credential.
+pub fn with_token<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        AUTHORIZATION_METADATA_KEY,
+        format!("Bearer {token}").parse().unwrap(),
+    );
     r
 }
 
@@ -183,4 +206,9 @@ pub async fn wait_state(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `msg` from the test admin, acting for nobody (substrate listings).
+pub fn admin<T>(msg: T) -> Request<T> {
+    with_token(ADMIN_TOKEN, msg)
 }
