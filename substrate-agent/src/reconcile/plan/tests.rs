@@ -17,6 +17,7 @@ use crate::vlan::config::FakeDatapath;
 
 const NETNS_ONLY: PlanContext = PlanContext {
     guests_supported: false,
+    vlan_bpf: false,
 };
 
 fn naming() -> Naming {
@@ -68,6 +69,7 @@ impl Host {
     fn ctx(&self) -> PlanContext {
         PlanContext {
             guests_supported: self.guests.is_some(),
+            vlan_bpf: false,
         }
     }
 
