@@ -195,6 +195,79 @@ pub fn ensure_bpffs() -> std::io::Result<()> {
     .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
 }
 
+/// The entries a wire needs, in its context namespace.
+fn wire_want(tc: &dyn TcBpf, w: &Wire) -> Result<(Option<String>, InstanceWant), String> {
+    let mut want = InstanceWant::default();
+    let key = |ifindex, vid| FwdKey {
+        ifindex,
+        vid,
+        pad: 0,
+    };
+    let val = |ifindex, vid, action| FwdVal {
+        ifindex,
+        vid,
+        action,
+    };
+    let ctx = match (&w.a, &w.b) {
+        (
+            WireEnd::Tap { netns, ifname },
+            WireEnd::Vlan {
+                netns: ctx,
+                dev,
+                vlan_id,
+            },
+        )
+        | (
+            WireEnd::Vlan {
+                netns: ctx,
+                dev,
+                vlan_id,
+            },
+            WireEnd::Tap { netns, ifname },
+        ) => {
+            let c = ctx.as_deref();
+            let port = tc
+                .ifindex(c, &Naming::port_dev(netns, ifname))
+                .map_err(kerr)?;
+            let ul = tc.ifindex(c, dev).map_err(kerr)?;
+            want.fwd
+                .insert(key(port, PORT_KEY), val(ul, *vlan_id, ACT_PUSH));
+            want.fwd.insert(key(ul, *vlan_id), val(port, 0, ACT_POP));
+            want.devs.extend([port, ul]);
+            ctx.clone()
+        }
+        (
+            WireEnd::Vlan {
+                netns: ca,
+                dev: da,
+                vlan_id: va,
+            },
+            WireEnd::Vlan {
+                netns: cb,
+                dev: db,
+                vlan_id: vb,
+            },
+        ) => {
+            if ca != cb {
+                return Err("the two VLAN hops of a transit are in different namespaces".into());
+            }
+            let c = ca.as_deref();
+            let (ia, ib) = (
+                tc.ifindex(c, da).map_err(kerr)?,
+                tc.ifindex(c, db).map_err(kerr)?,
+            );
+            want.fwd.insert(key(ia, *va), val(ib, *vb, ACT_REWRITE));
+            want.fwd.insert(key(ib, *vb), val(ia, *va, ACT_REWRITE));
+            want.devs.extend([ia, ib]);
+            ca.clone()
+        }
+        (WireEnd::Tap { .. }, WireEnd::Tap { .. }) => {
+            return Err("a wire between two ports has no VLAN".into());
+        }
+    };
+    Ok((ctx, want))
+}
+
 /// The BPF datapath of one agent.
 pub struct BpfDatapath {
     tc: Arc<dyn TcBpf>,
@@ -336,80 +409,6 @@ impl BpfDatapath {
         }
     }
 
-    /// The entries a wire needs, in its context namespace.
-    fn wire_want(&self, w: &Wire) -> Result<(Option<String>, InstanceWant), String> {
-        let mut want = InstanceWant::default();
-        let key = |ifindex, vid| FwdKey {
-            ifindex,
-            vid,
-            pad: 0,
-        };
-        let val = |ifindex, vid, action| FwdVal {
-            ifindex,
-            vid,
-            action,
-        };
-        let ctx = match (&w.a, &w.b) {
-            (
-                WireEnd::Tap { netns, ifname },
-                WireEnd::Vlan {
-                    netns: ctx,
-                    dev,
-                    vlan_id,
-                },
-            )
-            | (
-                WireEnd::Vlan {
-                    netns: ctx,
-                    dev,
-                    vlan_id,
-                },
-                WireEnd::Tap { netns, ifname },
-            ) => {
-                let c = ctx.as_deref();
-                let port = self
-                    .tc
-                    .ifindex(c, &Naming::port_dev(netns, ifname))
-                    .map_err(kerr)?;
-                let ul = self.tc.ifindex(c, dev).map_err(kerr)?;
-                want.fwd
-                    .insert(key(port, PORT_KEY), val(ul, *vlan_id, ACT_PUSH));
-                want.fwd.insert(key(ul, *vlan_id), val(port, 0, ACT_POP));
-                want.devs.extend([port, ul]);
-                ctx.clone()
-            }
-            (
-                WireEnd::Vlan {
-                    netns: ca,
-                    dev: da,
-                    vlan_id: va,
-                },
-                WireEnd::Vlan {
-                    netns: cb,
-                    dev: db,
-                    vlan_id: vb,
-                },
-            ) => {
-                if ca != cb {
-                    return Err("the two VLAN hops of a transit are in different namespaces".into());
-                }
-                let c = ca.as_deref();
-                let (ia, ib) = (
-                    self.tc.ifindex(c, da).map_err(kerr)?,
-                    self.tc.ifindex(c, db).map_err(kerr)?,
-                );
-                want.fwd.insert(key(ia, *va), val(ib, *vb, ACT_REWRITE));
-                want.fwd.insert(key(ib, *vb), val(ia, *va, ACT_REWRITE));
-                want.devs.extend([ia, ib]);
-                ca.clone()
-            }
-            (WireEnd::Tap { .. }, WireEnd::Tap { .. }) => {
-                return Err("a wire between two ports has no VLAN".into());
-            }
-        };
-        Ok((ctx, want))
-    }
-
     /// Per-CPU counters summed, per instance (`None`: the agent's namespace).
     pub fn counters(&self) -> BTreeMap<Option<String>, [u64; 4]> {
         let insts = self.instances.lock().expect("bpf instances");
@@ -434,7 +433,7 @@ impl DatapathControl for BpfDatapath {
         let mut per_wire: BTreeMap<String, String> = BTreeMap::new();
         let mut want: BTreeMap<Option<String>, (InstanceWant, Vec<String>)> = BTreeMap::new();
         for (id, w) in &cfg.wires {
-            match self.wire_want(w) {
+            match wire_want(self.tc.as_ref(), w) {
                 Ok((ctx, w)) => {
                     let e = want.entry(ctx).or_default();
                     e.0.devs.extend(w.devs);
@@ -481,5 +480,146 @@ impl DatapathControl for BpfDatapath {
 
     fn bpf(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Devices by (namespace, name): ifindex = position + 10.
+    struct Devs(Vec<(Option<&'static str>, String)>);
+
+    impl TcBpf for Devs {
+        fn ifindex(&self, ns: Option<&str>, ifname: &str) -> Result<u32, KernelError> {
+            self.0
+                .iter()
+                .position(|(n, d)| *n == ns && d == ifname)
+                .map(|i| i as u32 + 10)
+                .ok_or(KernelError::NotFound {
+                    what: format!("link {ifname}"),
+                })
+        }
+        fn bpf_attached(
+            &self,
+            _: Option<&str>,
+            _: u32,
+        ) -> Result<Option<(String, [u8; 8])>, KernelError> {
+            Ok(None)
+        }
+        fn bpf_attach(
+            &self,
+            _: Option<&str>,
+            _: u32,
+            _: BorrowedFd<'_>,
+            _: &str,
+        ) -> Result<bool, KernelError> {
+            Ok(false)
+        }
+        fn bpf_detach(&self, _: Option<&str>, _: u32, _: bool) -> Result<(), KernelError> {
+            Ok(())
+        }
+        fn ns_exists(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn k(ifindex: u32, vid: u16) -> FwdKey {
+        FwdKey {
+            ifindex,
+            vid,
+            pad: 0,
+        }
+    }
+
+    fn v(ifindex: u32, vid: u16, action: u16) -> FwdVal {
+        FwdVal {
+            ifindex,
+            vid,
+            action,
+        }
+    }
+
+    #[test]
+    fn wires_become_port_dispatch_and_transit_entries() {
+        let port = Naming::port_dev("vn-h1-a1", "eth1");
+        let tc = Devs(vec![
+            (None, "ul0".into()),
+            (None, "ul1".into()),
+            (None, port.clone()),
+            (Some("vn-h1-p"), "ul0".into()),
+        ]);
+        let vlan = |netns: Option<&str>, dev: &str, vlan_id| WireEnd::Vlan {
+            netns: netns.map(str::to_string),
+            dev: dev.into(),
+            vlan_id,
+        };
+        let tap = WireEnd::Tap {
+            netns: "vn-h1-a1".into(),
+            ifname: "eth1".into(),
+        };
+        // Node side: the port pushes 101 towards ul0; 101 on ul0 is popped into the port's peer.
+        let (ns, w) = wire_want(
+            &tc,
+            &Wire {
+                a: tap.clone(),
+                b: vlan(None, "ul0", 101),
+            },
+        )
+        .unwrap();
+        assert_eq!(ns, None);
+        assert_eq!(w.devs, BTreeSet::from([10, 12]));
+        assert_eq!(
+            w.fwd,
+            BTreeMap::from([
+                (k(12, PORT_KEY), v(10, 101, ACT_PUSH)),
+                (k(10, 101), v(12, 0, ACT_POP))
+            ])
+        );
+        // Transit: 7 on ul0 <-> 8 on ul1, rewritten both ways.
+        let (_, w) = wire_want(
+            &tc,
+            &Wire {
+                a: vlan(None, "ul0", 7),
+                b: vlan(None, "ul1", 8),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            w.fwd,
+            BTreeMap::from([
+                (k(10, 7), v(11, 8, ACT_REWRITE)),
+                (k(11, 8), v(10, 7, ACT_REWRITE))
+            ])
+        );
+        // A nested VN's instance lives in its context namespace.
+        let (ns, w) = wire_want(
+            &tc,
+            &Wire {
+                a: vlan(Some("vn-h1-p"), "ul0", 5),
+                b: vlan(Some("vn-h1-p"), "ul0", 6),
+            },
+        )
+        .unwrap();
+        assert_eq!((ns.as_deref(), w.devs.len()), (Some("vn-h1-p"), 1));
+        // Errors name what is wrong.
+        let e = wire_want(
+            &tc,
+            &Wire {
+                a: vlan(None, "ul0", 5),
+                b: vlan(Some("vn-h1-p"), "ul0", 6),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("different namespaces"), "{e}");
+        let e = wire_want(
+            &tc,
+            &Wire {
+                a: tap,
+                b: vlan(None, "nope", 5),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("nope"), "{e}");
     }
 }
