@@ -332,6 +332,18 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
     }
 
     if mode == "bpf" {
+        // Frames tagged with an ID that no link of h2 uses are dropped there and counted.
+        let before = tb.bpf_counter(2, 0);
+        send_tagged(&tb.hosts[0].ns.clone(), &u1, 999, 7);
+        let t = std::time::Instant::now();
+        while tb.bpf_counter(2, 0) < before + 7 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "unknown IDs not counted"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(tb.bpf_counter(1, 3) > 0, "forwarded frames counted on h1");
         bpf_survives_agent_kill(&mut tb, &na1);
     } else {
         userspace_survives_agent_kill(&mut tb, &na1);

@@ -672,6 +672,29 @@ impl Testbed {
         ))
     }
 
+    /// A drop/forward counter of host `i`'s BPF datapath (agent namespace), summed over CPUs:
+    /// slot 0 unknown VLAN ID, 1 foreign TPID, 2 tag errors, 3 forwarded.
+    pub fn bpf_counter(&self, i: usize, slot: u32) -> u64 {
+        let path = self.bpf_pins(i).join("_agent/vnet_vlan_cnt");
+        let out = sh(&format!("bpftool -j map dump pinned {}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["formatted"])
+            .find(|e| e["key"].as_u64() == Some(slot as u64))
+            .map(|e| {
+                e["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["value"].as_u64().unwrap())
+                    .sum()
+            })
+            .unwrap_or_else(|| panic!("no slot {slot}: {out}"))
+    }
+
     /// Our BPF classifiers on host `i`'s devices: `dev ... id N ...` lines, sorted.
     pub fn bpf_filters(&self, i: usize) -> String {
         let ns = &self.hosts[i - 1].ns;
