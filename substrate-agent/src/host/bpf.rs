@@ -48,6 +48,9 @@ const ACT_POP: u16 = 2;
 const ACT_REWRITE: u16 = 3;
 /// Devices-map flag: the agent added the device's ingress qdisc.
 const ADDED_QDISC: u32 = 1;
+/// Devices-map key (no device has ifindex 0) holding the inode of the namespace the recorded
+/// ifindexes belong to.
+const NS_KEY: u32 = 0;
 
 /// Counter slots (see the C source).
 pub const COUNTERS: [&str; 4] = ["unknown_vid", "foreign_tpid", "tag_error", "forwarded"];
@@ -105,8 +108,9 @@ pub trait TcBpf: Send + Sync {
         ifindex: u32,
         drop_qdisc: bool,
     ) -> Result<(), KernelError>;
-    /// Whether a named namespace exists.
-    fn ns_exists(&self, ns: &str) -> bool;
+    /// The inode of a namespace (`None`: it does not exist). Ifindexes mean something only in
+    /// the namespace they were recorded in.
+    fn ns_inode(&self, ns: Option<&str>) -> Option<u32>;
 }
 
 /// What one instance must hold.
@@ -159,6 +163,22 @@ fn load(pins: Option<&Path>) -> Result<(Ebpf, [u8; 8]), String> {
         .tag()
         .to_be_bytes();
     Ok((ebpf, tag))
+}
+
+/// Empties an instance's maps without touching any device.
+fn forget_all(
+    fwd: &mut BpfHashMap<MapData, FwdKey, FwdVal>,
+    devs: &mut BpfHashMap<MapData, u32, u32>,
+) -> Result<(), String> {
+    let keys: Vec<FwdKey> = fwd.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        fwd.remove(k).map_err(|e| e.to_string())?;
+    }
+    let ds: Vec<u32> = devs.keys().filter_map(Result::ok).collect();
+    for d in &ds {
+        devs.remove(d).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The program's fd (as long as `ebpf` lives).
@@ -339,6 +359,13 @@ impl BpfDatapath {
     /// before their classifiers go.
     fn sync(&self, i: &mut Instance, ns: Option<&str>, want: &InstanceWant) -> Result<(), String> {
         let fd = prog_fd(&i.ebpf)?;
+        let here = self.tc.ns_inode(ns).ok_or("the namespace is gone")?;
+        if i.devs.get(&NS_KEY, 0).is_ok_and(|rec| rec != here) {
+            // Recorded in a namespace of the same name that is gone: its devices (and our
+            // classifiers on them) went with it, and its ifindexes mean nothing here.
+            forget_all(&mut i.fwd, &mut i.devs)?;
+        }
+        i.devs.insert(NS_KEY, here, 0).map_err(|e| e.to_string())?;
         for &d in &want.devs {
             let current = self.tc.bpf_attached(ns, d).map_err(kerr)?;
             let recorded = i.devs.get(&d, 0).ok();
@@ -366,7 +393,7 @@ impl BpfDatapath {
             .devs
             .iter()
             .filter_map(Result::ok)
-            .filter(|(d, _)| !want.devs.contains(d))
+            .filter(|(d, _)| *d != NS_KEY && !want.devs.contains(d))
             .collect();
         for (d, flags) in attached {
             self.tc
@@ -383,9 +410,10 @@ impl BpfDatapath {
         insts: &mut HashMap<Option<String>, Instance>,
         ns: Option<&str>,
     ) -> Result<(), String> {
-        let gone = ns.is_some_and(|n| !self.tc.ns_exists(n));
-        if !gone {
-            let i = self.open(insts, ns)?;
+        let i = self.open(insts, ns)?;
+        let here = self.tc.ns_inode(ns);
+        let recorded = i.devs.get(&NS_KEY, 0).ok();
+        if here.is_some() && (recorded.is_none() || recorded == here) {
             self.sync(i, ns, &InstanceWant::default())?;
         }
         insts.remove(&ns.map(str::to_string));
@@ -519,8 +547,8 @@ mod tests {
         fn bpf_detach(&self, _: Option<&str>, _: u32, _: bool) -> Result<(), KernelError> {
             Ok(())
         }
-        fn ns_exists(&self, _: &str) -> bool {
-            true
+        fn ns_inode(&self, _: Option<&str>) -> Option<u32> {
+            Some(1)
         }
     }
 

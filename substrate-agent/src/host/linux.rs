@@ -487,8 +487,13 @@ impl crate::host::bpf::TcBpf for LinuxKernel {
         })
     }
 
-    fn ns_exists(&self, ns: &str) -> bool {
-        std::path::Path::new(netns::NETNS_DIR).join(ns).exists()
+    fn ns_inode(&self, ns: Option<&str>) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let m = match ns {
+            Some(n) => std::fs::metadata(std::path::Path::new(netns::NETNS_DIR).join(n)),
+            None => self.home.metadata(),
+        };
+        m.ok().map(|m| m.ino() as u32)
     }
 }
 
