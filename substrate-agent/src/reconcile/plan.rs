@@ -2,7 +2,7 @@
 //!
 //! In: the validated desired state of the host, what the agent observed of its own objects, and
 //! what this agent supports. Out: the operations that turn the observed host into the desired one,
-//! the VLAN wires the userspace datapath must serve, and the slices that cannot be built (with the
+//! the VLAN wires the VLAN datapath (BPF or userspace) must serve, and the slices that cannot be built (with the
 //! first error). The planner reads nothing and writes nothing; [`crate::reconcile::apply`] executes.
 //!
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
