@@ -200,9 +200,11 @@ pub fn probe_attach(attach: impl FnOnce(i32) -> std::io::Result<()>) -> Result<(
 pub fn ensure_bpffs() -> std::io::Result<()> {
     let dir = Path::new("/sys/fs/bpf");
     let c = std::ffi::CString::new("/sys/fs/bpf").expect("literal");
-    // SAFETY: `st` is a valid out-pointer and `c` a NUL-terminated path.
+    // SAFETY: `statfs` is plain data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    // SAFETY: `st` is a valid out-pointer and `c` a NUL-terminated path.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
     nix::mount::mount(
