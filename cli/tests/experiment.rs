@@ -285,6 +285,26 @@ fn two_providers_thirty_requests() {
         .filter_map(|s| s["vns_alive"].as_u64())
         .max();
     assert!(peak_alive >= Some(2), "{peak_alive:?}");
+    let cmp = results.path().join("compare.html");
+    let dir = out_dir.to_str().unwrap();
+    ok(
+        bed.vnctl(
+            None,
+            &[
+                "experiment",
+                "compare",
+                dir,
+                dir,
+                "--out",
+                cmp.to_str().unwrap(),
+            ],
+        ),
+        "experiment compare",
+    );
+    let html = std::fs::read_to_string(&cmp).unwrap();
+    let ids: Vec<String> = figures(&html).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 10, "{ids:?}");
+    assert!(ids.contains(&"throughput-a".to_string()) && ids.contains(&"throughput-b".to_string()));
     pingall_and_iperf(&bed);
     assert_nothing_left(&bed, &mid);
     drop(down);

@@ -44,6 +44,17 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e:?}")
 }
 
+/// A tick label: no decimals for whole numbers, else as few as show the value.
+fn tick(v: &f64) -> String {
+    if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else if (v * 10.0).fract().abs() < 1e-6 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// Axis range with some room, never empty.
 fn span(lo: f64, hi: f64) -> std::ops::Range<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
@@ -61,6 +72,8 @@ pub struct Lines<'a> {
     pub y: Option<(f64, f64)>,
     /// Steps (a cumulative series) instead of straight segments.
     pub steps: bool,
+    /// Where the legend goes (where the data leave room).
+    pub legend: SeriesLabelPosition,
     pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
@@ -101,6 +114,8 @@ pub fn line_chart(c: &Lines<'_>) -> anyhow::Result<String> {
             .configure_mesh()
             .x_desc(c.x_desc)
             .y_desc(c.y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(plot_err)?;
@@ -118,7 +133,7 @@ pub fn line_chart(c: &Lines<'_>) -> anyhow::Result<String> {
         if !c.series.is_empty() {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
+                .position(c.legend.clone())
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(200, 200, 200))
                 .draw()
@@ -145,6 +160,8 @@ pub fn throughput_chart(points: &[(f64, f64)]) -> anyhow::Result<String> {
             .map_err(plot_err)?;
         chart
             .configure_mesh()
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .x_desc("reserved Mbit/s")
             .y_desc("measured Mbit/s")
             .light_line_style(RGBColor(235, 235, 235))
@@ -268,6 +285,7 @@ pub fn figures(run: &Run) -> anyhow::Result<Vec<Figure>> {
             y_desc: "accepted / requested",
             y: Some((0.0, 1.0)),
             steps: true,
+            legend: SeriesLabelPosition::LowerRight,
             series: acceptance,
         })?,
     });
@@ -282,6 +300,14 @@ pub fn figures(run: &Run) -> anyhow::Result<Vec<Figure>> {
             "Create to Accepted (embedding and commit) and Accepted to READY (provisioning)",
         )
     };
+    let latency = run
+        .setup_cdfs()
+        .into_iter()
+        .map(|(k, v)| match k.strip_prefix("create-to-accepted ") {
+            Some(algo) if offline(run) => (format!("solve time {algo}"), v),
+            _ => (k, v),
+        })
+        .collect();
     out.push(Figure {
         id: "setup-latency",
         caption: caption.into(),
@@ -291,7 +317,8 @@ pub fn figures(run: &Run) -> anyhow::Result<Vec<Figure>> {
             y_desc: "fraction of requests",
             y: Some((0.0, 1.0)),
             steps: true,
-            series: run.setup_cdfs().into_iter().collect(),
+            legend: SeriesLabelPosition::LowerRight,
+            series: latency,
         })?,
     });
     out.push(Figure {
@@ -303,6 +330,7 @@ pub fn figures(run: &Run) -> anyhow::Result<Vec<Figure>> {
             y_desc: "percent of capacity",
             y: Some((0.0, 100.0)),
             steps: false,
+            legend: SeriesLabelPosition::UpperLeft,
             series: utilisation_series(run),
         })?,
     });
@@ -315,6 +343,7 @@ pub fn figures(run: &Run) -> anyhow::Result<Vec<Figure>> {
             y_desc: "VNs",
             y: None,
             steps: true,
+            legend: SeriesLabelPosition::UpperLeft,
             series: alive_series(run),
         })?,
     });

@@ -187,7 +187,7 @@ async fn probe_vn(ctl: &Controller, plan: &Plan, name: &str, seq: usize, rec: &m
     }
     if let Some(ip) = plan.iperf
         && !links.is_empty()
-        && seq % ip.every == 0
+        && seq.is_multiple_of(ip.every)
     {
         // The sampled link rotates with the request number.
         let l = &links[seq % links.len()];
@@ -303,7 +303,28 @@ async fn lifecycle(mut t: Task) {
     finish(&t, rec, true);
 }
 
-fn finish(t: &Task, rec: Record, accepted: bool) {
+fn finish(t: &Task, mut rec: Record, accepted: bool) {
+    // One line per reason, so that every request is one line of the CSV.
+    rec.reason = rec.reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if t.bar.is_hidden() {
+        // No terminal (a log, CI): one line per request instead of the bar.
+        let what = match (rec.accepted, rec.reason.as_str()) {
+            (true, "") => format!(
+                "done, READY after {:.0} ms, {}/{} links answered",
+                rec.accepted_to_ready_ms.unwrap_or(0.0),
+                rec.links_reachable,
+                rec.links_probed
+            ),
+            (true, why) => format!("accepted, then: {why}"),
+            (false, why) => format!("rejected: {why}"),
+        };
+        eprintln!(
+            "[{:6.1}s] {} ({}): {what}",
+            t.start.elapsed().as_secs_f64(),
+            rec.vn,
+            rec.algorithm
+        );
+    }
     let mut s = lock(&t.state);
     s.records.push(rec);
     let alive: usize = s.alive.values().map(BTreeSet::len).sum();
