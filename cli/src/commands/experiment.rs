@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::client::{ControllerOpts, block_on};
+use crate::client::block_on;
+use crate::commands::GlobalOpts;
 use crate::experiment::{plan, records::Run, report, runner};
 
 #[derive(Debug, clap::Args)]
@@ -41,15 +42,20 @@ pub enum ExperimentCmd {
 }
 
 impl ExperimentArgs {
-    pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
+    /// Runs the subcommand; only `run` needs the controller's settings.
+    pub fn run(self, global: &GlobalOpts) -> anyhow::Result<()> {
         match self.cmd {
-            ExperimentCmd::Run { file, out } => run(&file, &out, opts),
+            ExperimentCmd::Run { file, out } => run(&file, &out, &global.resolve()?),
             ExperimentCmd::Compare { a, b, out } => compare(&a, &b, &out),
         }
     }
 }
 
-fn run(file: &std::path::Path, out: &std::path::Path, opts: &ControllerOpts) -> anyhow::Result<()> {
+fn run(
+    file: &std::path::Path,
+    out: &std::path::Path,
+    opts: &crate::client::ControllerOpts,
+) -> anyhow::Result<()> {
     let plan = plan::load(file)?;
     if out.exists()
         && std::fs::read_dir(out)
@@ -62,8 +68,14 @@ fn run(file: &std::path::Path, out: &std::path::Path, opts: &ControllerOpts) -> 
             out.display()
         );
     }
-    let run = block_on(runner::run(plan, opts))?;
+    let (run, gone) = block_on(runner::run(plan, opts))?;
     runner::write(&run, out)?;
+    gone.with_context(|| {
+        format!(
+            "results in {}, but not everything the experiment created is gone",
+            out.display()
+        )
+    })?;
     let accepted = run.records.iter().filter(|r| r.accepted).count();
     let unreachable = run
         .records

@@ -96,11 +96,16 @@ impl Command {
             Command::Embed(args) => return args.run(),
             Command::Testbed(args) => return args.run(),
             Command::Completions(args) => return args.run(crate::cli_command()),
+            Command::Experiment(args) => return args.run(global),
             _ => {}
         }
         let ctl = global.resolve()?;
         match self {
-            Command::Sim(_) | Command::Embed(_) | Command::Testbed(_) | Command::Completions(_) => {
+            Command::Sim(_)
+            | Command::Embed(_)
+            | Command::Testbed(_)
+            | Command::Completions(_)
+            | Command::Experiment(_) => {
                 unreachable!("run above")
             }
             Command::Admin(args) => args.run(&ctl),
@@ -112,7 +117,6 @@ impl Command {
             Command::Exec(args) => args.run(&ctl),
             Command::Console(args) => args.run(&ctl),
             Command::Topology(args) => args.run(&ctl),
-            Command::Experiment(args) => args.run(&ctl),
             Command::Pingall(args) => args.run(&ctl),
             Command::Iperf(args) => args.run(&ctl),
         }

@@ -279,6 +279,16 @@ fn check(path: &Path, base: &Path, f: ExperimentFile) -> Result<Plan, PlanError>
                 format!("{:?} must be 1-40 lowercase letters, digits or '-'", p.name),
             ));
         }
+        // VN names are <experiment>-<provider>-<n>; the controller takes at most 63 bytes.
+        if f.name.len() + p.name.len() + 2 + p.requests.to_string().len() > 63 {
+            return Err(bad(
+                &at("name"),
+                format!(
+                    "VN names {}-{}-<n> would exceed 63 bytes: shorten the names",
+                    f.name, p.name
+                ),
+            ));
+        }
         if providers.iter().any(|q: &ProviderPlan| q.name == p.name) {
             return Err(bad(&at("name"), "named twice".into()));
         }
@@ -475,6 +485,11 @@ providers:
         assert!(m.starts_with("e.yaml: ") && m.contains("colour"), "{m}");
         let m = err(&GOOD.replace("name: demo", "name: Demo_1"));
         assert!(m.contains("name"), "{m}");
+        let long = "x".repeat(40);
+        let m = err(&GOOD
+            .replace("name: demo", &format!("name: {long}"))
+            .replace("name: blue", &format!("name: {}", &long[..30])));
+        assert!(m.contains("exceed 63 bytes"), "{m}");
         let m = err(&GOOD
             .replace("lifetime: trace", "lifetime: {fixed: 5}")
             .replace(

@@ -338,14 +338,12 @@ fn finish(t: &Task, mut rec: Record, accepted: bool) {
 
 /// Reserved over capacity: all hosts' CPU, and each substrate link's bandwidth, percent.
 async fn sample(admin: &Controller, t_s: f64, state: &State) -> anyhow::Result<Sample> {
-    let mut sub = admin.substrate();
-    let hosts = sub
-        .list_hosts(pb::ListHostsRequest {})
+    let hosts = admin
+        .hosts()
         .await
-        .map_err(|s| rpc_error("list hosts", s))?
-        .into_inner()
-        .hosts;
-    let links = sub
+        .map_err(|s| rpc_error("list hosts", s))?;
+    let links = admin
+        .substrate()
         .list_links(pb::ListLinksRequest {})
         .await
         .map_err(|s| rpc_error("list links", s))?
@@ -423,8 +421,9 @@ fn progress_bar(total: usize) -> ProgressBar {
 }
 
 /// Runs `plan` against the controller of `base`; writes nothing (the caller writes the run).
-/// Returns the run, marked `interrupted` when Ctrl-C (SIGINT) or SIGTERM stopped it.
-pub async fn run(plan: Plan, base: &ControllerOpts) -> anyhow::Result<Run> {
+/// Returns the run, marked `interrupted` when Ctrl-C (SIGINT) or SIGTERM stopped it, and
+/// whether everything it created is gone (the run is worth writing either way).
+pub async fn run(plan: Plan, base: &ControllerOpts) -> anyhow::Result<(Run, anyhow::Result<()>)> {
     let schedule = schedule(&plan)?;
     let admin = Controller::connect(base).await?;
     let mut ctls = Vec::new();
@@ -484,7 +483,7 @@ pub async fn run(plan: Plan, base: &ControllerOpts) -> anyhow::Result<Run> {
         records,
         samples,
     };
-    gone.map(|()| run)
+    Ok((run, gone))
 }
 
 /// Raises `stop` at the first SIGINT or SIGTERM.
