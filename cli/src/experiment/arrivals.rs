@@ -141,12 +141,14 @@ fn shapes(
     trace: Option<&embedding::Trace>,
     seed: u64,
 ) -> anyhow::Result<Vec<Shape>> {
-    match &p.shape {
+    let made = match &p.shape {
         ShapeFile::Template(path) => {
-            let file = crate::spec::load(path)?;
-            let mut spec = file.to_proto();
-            address_links(&mut spec);
-            Ok(vec![Shape { spec }; p.requests])
+            let file = crate::spec::load(path);
+            file.map_err(anyhow::Error::from).map(|file| {
+                let mut spec = file.to_proto();
+                address_links(&mut spec);
+                vec![Shape { spec }; p.requests]
+            })
         }
         ShapeFile::Generator(g) => generated(g, p.requests, seed),
         ShapeFile::Trace => {
@@ -158,8 +160,8 @@ fn shapes(
                 .map(|r| from_request(&r.request, 16))
                 .collect())
         }
-    }
-    .with_context(|| format!("experiment {}: shapes of provider {}", plan.name, p.name))
+    };
+    made.with_context(|| format!("experiment {}: shapes of provider {}", plan.name, p.name))
 }
 
 /// Shapes from the simulator's generator (the standard workload's request model).
@@ -307,6 +309,32 @@ providers:
             schedule(&plan(&text.replace("requests: 10", "requests: 151"))).unwrap_err()
         );
         assert!(m.contains("has 150 requests") && m.contains("151"), "{m}");
+    }
+
+    #[test]
+    fn template_shapes_are_renamed_copies() {
+        let red = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/red.yaml");
+        let text = format!(
+            "name: t\nalgorithm: grc\nproviders:\n  - name: green\n    requests: 3\n    \
+             arrivals: {{poisson: {{rate: 1}}}}\n    lifetime: {{fixed: 2}}\n    shape: \
+             {{template: {red}}}\n"
+        );
+        let a = schedule(&plan(&text)).unwrap();
+        let spec = crate::spec::load(Path::new(red)).unwrap().to_proto();
+        assert_eq!(a.len(), 3);
+        for (i, x) in a.iter().enumerate() {
+            assert_eq!(x.shape.spec.name, format!("t-green-{i}"));
+            assert_eq!(x.shape.spec.provider, "green");
+            assert_eq!(x.shape.spec.algorithm, "grc");
+            assert_eq!(x.shape.spec.nodes, spec.nodes);
+            assert_eq!(x.shape.spec.links, spec.links, "its own addresses kept");
+        }
+        let bad = text.replace(red, "/nonexistent/x.yaml");
+        let m = format!("{:#}", schedule(&plan(&bad)).unwrap_err());
+        assert!(
+            m.contains("/nonexistent/x.yaml") && m.contains("green"),
+            "{m}"
+        );
     }
 
     #[test]
