@@ -25,6 +25,7 @@ pub fn state(s: VnStatus) -> pb::VnState {
         VnStatus::Ready => pb::VnState::Ready,
         VnStatus::Degraded => pb::VnState::Degraded,
         VnStatus::Failed => pb::VnState::Failed,
+        VnStatus::Updating => pb::VnState::Updating,
     }
 }
 
@@ -147,6 +148,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             .iter()
             .map(|(h, p)| (h.clone(), p.phase.describe()))
             .collect(),
+        generation: rec.generation,
     }
 }
 
@@ -224,6 +226,7 @@ pub fn event(e: &Event) -> pb::VnEvent {
         EventKind::Degraded => pb::VnEventKind::Degraded,
         EventKind::Failed => pb::VnEventKind::Failed,
         EventKind::Deleted => pb::VnEventKind::Deleted,
+        EventKind::Updated => pb::VnEventKind::Updated,
     };
     pb::VnEvent {
         kind: kind as i32,
