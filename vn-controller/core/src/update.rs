@@ -382,12 +382,49 @@ impl Index {
                 let users = who(&|r: &VnRecord| r.provider() == k.provider());
                 return refuse(format!("spec.share_with must keep {p}"), users);
             }
-            if let Err(e) = attributes::inherit(&new.req.attributes, &k.req.attributes) {
-                return refuse(format!("spec.{e}"), k.label_for(old.provider()));
+            let label = new.label();
+            let fits = attributes::inherit(&new.req.attributes, &k.req.attributes)
+                .map_err(|e| format!("spec.{e}"))
+                .and_then(|eff| attributes::conform(&mut k.req.clone(), &eff, &label));
+            if let Err(e) = fits {
+                return refuse(e, k.label_for(old.provider()));
             }
         }
+        self.check_children_quota(old, new, &who)?;
         self.check_children_nodes(old, new, &kids, &who)?;
         self.check_children_links(old, new, &kids, &who)
+    }
+
+    /// The VN's own quotas (`max_nodes`, `max_total_cpu` of it and all its descendants) hold
+    /// with its new nodes.
+    fn check_children_quota(
+        &self,
+        old: &VnRecord,
+        new: &VnRecord,
+        who: Who<'_>,
+    ) -> Result<(), CoreError> {
+        let (nodes, cpu) = self.subtree_totals(&old.vn_id);
+        let below = (
+            nodes.saturating_sub(old.req.nodes.len() as u64),
+            cpu.saturating_sub(old.req.total_cpu()),
+        );
+        let at = &new.req.attributes;
+        let total_nodes = below.0.saturating_add(new.req.nodes.len() as u64);
+        let total_cpu = below.1.saturating_add(new.req.total_cpu());
+        let why = match (at.max_nodes, at.max_total_cpu) {
+            (Some(m), _) if total_nodes > u64::from(m) => format!(
+                "spec.attributes.max_nodes {m} is below the {total_nodes} nodes of the VN and its descendants"
+            ),
+            (_, Some(m)) if total_cpu > m => format!(
+                "spec.attributes.max_total_cpu {m} is below the cpu {total_cpu} of the VN and its descendants"
+            ),
+            _ => return Ok(()),
+        };
+        Err(CoreError::Precondition(format!(
+            "{why}: used by child VN(s) {} of {} (update or delete them first)",
+            who(&|_| true),
+            old.name()
+        )))
     }
 
     fn check_children_nodes(

@@ -28,8 +28,10 @@ use super::writer::{Publisher, Writer};
 
 mod console;
 mod exec;
+mod update;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
 pub use exec::{AgentExec, ExecOpts, ExecSession};
+pub use update::{UpdateOpts, UpdateOutcome};
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -346,24 +348,13 @@ impl Controller {
 
     /// What `provider` holds now: its VNs that hold resources (provisioning, ready, degraded).
     pub fn usage(ix: &Index, provider: &ProviderId) -> Usage {
-        let mut u = Usage::default();
-        for r in ix.list(provider) {
-            if r.status.holds_resources() {
-                u.add(&Self::demand(&r.req));
-            }
-        }
-        u
+        Self::usage_except(ix, provider, None)
     }
 
     /// Refuses a request beyond its provider's quota (checked under the index lock, so that
     /// concurrent creates cannot together exceed it).
     fn check_quota(&self, ix: &Index, req: &VnReq) -> Result<(), ControlError> {
-        let quota = self.shared.credentials.quota(&req.provider.0);
-        let used = Self::usage(ix, &req.provider);
-        match quota.exceeded(&req.provider.0, &used, &Self::demand(req)) {
-            Some(why) => Err(ControlError::Exhausted(why)),
-            None => Ok(()),
-        }
+        self.check_quota_replacing(ix, req, None)
     }
 
     /// Forgets FAILED records `ttl` after this controller first saw them failed, checking
