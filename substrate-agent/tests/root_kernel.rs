@@ -87,3 +87,49 @@ fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
         "namespace {name} left behind"
     );
 }
+
+#[test]
+fn a_shaping_rate_is_read_back_and_replaced_in_place() {
+    if !root_or_skip("a_shaping_rate_is_read_back_and_replaced_in_place") {
+        return;
+    }
+    let ns = Ns(format!("vtq-{}", std::process::id()));
+    sh(&format!(
+        "ip netns add {0} && ip -n {0} link add a0 type veth peer name b0 && ip -n {0} link set a0 up",
+        ns.0
+    ));
+    let k = LinuxKernel::new().expect("kernel");
+    let a0 = |k: &LinuxKernel| {
+        k.ns_snapshot(&ns.0)
+            .expect("snapshot")
+            .links
+            .into_iter()
+            .find(|l| l.name == "a0")
+            .expect("a0")
+    };
+    assert_eq!(a0(&k).root_rate, None);
+    k.shape(&ns.0, "a0", 50).expect("shape");
+    let first = a0(&k);
+    assert_eq!(first.root_qdisc.as_deref(), Some("tbf"));
+    assert_eq!(first.root_rate, Some(6_250_000), "50 Mbit/s in bytes/s");
+    // Another rate replaces the qdisc on the same device.
+    k.shape(&ns.0, "a0", 100).expect("reshape");
+    let second = a0(&k);
+    assert_eq!(second.root_rate, Some(12_500_000));
+    assert_eq!(second.index, first.index);
+    let shown = sh(&format!("tc -n {} qdisc show dev a0", ns.0));
+    assert_eq!(shown.matches("qdisc tbf").count(), 1, "{shown}");
+    assert!(shown.contains("rate 100Mbit"), "{shown}");
+    // Above 2^32 bytes/s the rate comes back in TCA_TBF_RATE64.
+    k.shape(&ns.0, "a0", 40_000).expect("reshape fast");
+    assert_eq!(a0(&k).root_rate, Some(5_000_000_000));
+    let name = ns.0.clone();
+    drop(k);
+    drop(ns);
+    assert!(
+        !sh("ip netns list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+        "namespace {name} left behind"
+    );
+}
