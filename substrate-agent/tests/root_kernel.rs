@@ -14,6 +14,20 @@ use common::{root_or_skip, sh, sh_ok};
 /// A namespace of this test, deleted even when the test panics.
 struct Ns(String);
 
+impl Ns {
+    /// Deletes the namespace and checks that it is gone (the leak check).
+    fn delete_and_check(self) {
+        let name = self.0.clone();
+        drop(self);
+        assert!(
+            !sh("ip netns list")
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+            "namespace {name} left behind"
+        );
+    }
+}
+
 impl Drop for Ns {
     fn drop(&mut self) {
         let _ = sh_ok(&format!("ip netns delete {}", self.0));
@@ -77,15 +91,8 @@ fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
         "a missing interface is reported as not found"
     );
 
-    let name = ns.0.clone();
     drop(k);
-    drop(ns);
-    assert!(
-        !sh("ip netns list")
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
-        "namespace {name} left behind"
-    );
+    ns.delete_and_check();
 }
 
 #[test]
@@ -123,13 +130,6 @@ fn a_shaping_rate_is_read_back_and_replaced_in_place() {
     // Above 2^32 bytes/s the rate comes back in TCA_TBF_RATE64.
     k.shape(&ns.0, "a0", 40_000).expect("reshape fast");
     assert_eq!(a0(&k).root_rate, Some(5_000_000_000));
-    let name = ns.0.clone();
     drop(k);
-    drop(ns);
-    assert!(
-        !sh("ip netns list")
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
-        "namespace {name} left behind"
-    );
+    ns.delete_and_check();
 }

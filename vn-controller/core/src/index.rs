@@ -843,13 +843,13 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::desired::Endpoint;
     use crate::model::{Attributes, Encap, Kind, LinkReq, NodeReq};
     use crate::substrate::{LinkSource, UnderlayIf};
 
-    fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
+    pub(crate) fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
         HostInfo {
             id: id.into(),
             underlay_address: format!("10.0.0.{n}").parse().unwrap(),

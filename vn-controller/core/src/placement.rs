@@ -66,12 +66,7 @@ pub fn allocate(
     let mut links = Vec::with_capacity(req.links.len());
     for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
         let ifnames = [names.next(l, 0), names.next(l, 1)];
-        let mut mac = || -> Result<u64, CoreError> {
-            let v = alloc.mac.allocate()?;
-            taken.push(Taken::Mac(v));
-            Ok(v)
-        };
-        let macs = [mac()?, mac()?];
+        let macs = [take_mac(alloc, taken)?, take_mac(alloc, taken)?];
         let (hops, mtu) = place_hops(
             alloc,
             target,
@@ -81,21 +76,10 @@ pub fn allocate(
             &BTreeMap::new(),
             taken,
         )?;
-        let mtu = match req.attributes.mtu {
-            Some(cap) => mtu.min(cap),
-            None => mtu,
-        };
-        let (hosts, contexts) = match target.parent_nodes {
-            Some(m) => (
-                path.iter().map(|p| m[p].host.clone()).collect(),
-                path.iter().map(|p| m[p].node_id.clone()).collect(),
-            ),
-            None => (vec![], vec![]),
-        };
+        let mtu = req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap));
+        let (hosts, contexts) = path_places(target, path);
         let segment_ids = segment_ids(&vn_id, i, &hosts, &mut extra_segments)?;
-        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
-        let carrier =
-            (req.nestable && l.addresses.is_none() && !vm_end).then(|| nest::carrier_pair(i));
+        let carrier = needs_carrier(req, l).then(|| nest::carrier_pair(i));
         links.push(PlacedLink {
             link_id: link_id(&vn_id, i),
             path: path.clone(),
@@ -119,19 +103,56 @@ pub fn allocate(
     Ok((vn_id, placement))
 }
 
+/// A new MAC address, recorded in `taken`.
+pub(crate) fn take_mac(alloc: &mut Allocators, taken: &mut Vec<Taken>) -> Result<u64, CoreError> {
+    let v = alloc.mac.allocate()?;
+    taken.push(Taken::Mac(v));
+    Ok(v)
+}
+
+/// A child's link: the substrate host and the context node id of each element of its `path`
+/// (parent nodes); empty for a VN on the substrate.
+pub(crate) fn path_places(target: &Target<'_>, path: &[String]) -> (Vec<String>, Vec<String>) {
+    match target.parent_nodes {
+        Some(m) => (
+            path.iter().map(|p| m[p].host.clone()).collect(),
+            path.iter().map(|p| m[p].node_id.clone()).collect(),
+        ),
+        None => (vec![], vec![]),
+    }
+}
+
+/// A link of a nestable VN without addresses and without a vm end gets carrier addresses.
+pub(crate) fn needs_carrier(req: &VnReq, l: &LinkReq) -> bool {
+    let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
+    req.nestable && l.addresses.is_none() && !vm_end
+}
+
+/// The node of `target` where frame host `h` is: (substrate host, parent node, context).
+pub(crate) fn node_place(target: &Target<'_>, h: &str) -> (String, Option<String>, Option<String>) {
+    (
+        target
+            .parent_nodes
+            .map_or_else(|| h.to_string(), |m| m[h].host.clone()),
+        target.parent_nodes.map(|_| h.to_string()),
+        target.parent_nodes.map(|m| m[h].node_id.clone()),
+    )
+}
+
 /// Each node where the mapping puts it: on a host, or (a child) in a parent node on its host.
-pub(crate) fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
+fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
     mapping
         .node_hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| PlacedNode {
-            host: target
-                .parent_nodes
-                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
-            node_id: node_id(vn_id, i),
-            parent_node: target.parent_nodes.map(|_| h.clone()),
-            context: target.parent_nodes.map(|m| m[h].node_id.clone()),
+        .map(|(i, h)| {
+            let (host, parent_node, context) = node_place(target, h);
+            PlacedNode {
+                host,
+                node_id: node_id(vn_id, i),
+                parent_node,
+                context,
+            }
         })
         .collect()
 }

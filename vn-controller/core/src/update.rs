@@ -367,12 +367,7 @@ impl Index {
                 .collect();
             names.join(", ")
         };
-        let refuse = |what: String, users: String| {
-            Err(CoreError::Precondition(format!(
-                "{what}: used by child VN(s) {users} of {} (update or delete them first)",
-                old.name()
-            )))
-        };
+        let refuse = |what: String, users: String| Err(constrained(&what, &users, old));
         if !new.req.nestable {
             return refuse("spec.nestable cannot be turned off".into(), who(&|_| true));
         }
@@ -420,11 +415,7 @@ impl Index {
             ),
             _ => return Ok(()),
         };
-        Err(CoreError::Precondition(format!(
-            "{why}: used by child VN(s) {} of {} (update or delete them first)",
-            who(&|_| true),
-            old.name()
-        )))
+        Err(constrained(&why, &who(&|_| true), old))
     }
 
     fn check_children_nodes(
@@ -466,12 +457,8 @@ impl Index {
                 Some(_) => None,
             };
             if let Some(why) = why {
-                return Err(CoreError::Precondition(format!(
-                    "node {} {why}: used by child VN(s) {} of {} (update or delete them first)",
-                    n.name,
-                    who(&on_it),
-                    old.name()
-                )));
+                let what = format!("node {} {why}", n.name);
+                return Err(constrained(&what, &who(&on_it), old));
             }
         }
         Ok(())
@@ -527,16 +514,20 @@ impl Index {
                 Some(_) => None,
             };
             if let Some(why) = why {
-                return Err(CoreError::Precondition(format!(
-                    "link {} {why}: used by child VN(s) {} of {} (update or delete them first)",
-                    ends(old, i),
-                    who(&over),
-                    old.name()
-                )));
+                let what = format!("link {} {why}", ends(old, i));
+                return Err(constrained(&what, &who(&over), old));
             }
         }
         Ok(())
     }
+}
+
+/// The refusal of an update of `parent` that its children `users` prevent.
+fn constrained(what: &str, users: &str, parent: &VnRecord) -> CoreError {
+    CoreError::Precondition(format!(
+        "{what}: used by child VN(s) {users} of {} (update or delete them first)",
+        parent.name()
+    ))
 }
 
 /// The event of an update: the new generation, why, what it did, and what moved.
@@ -579,8 +570,57 @@ fn updated_event(rec: &VnRecord, plan: &Replan, cause: &str) -> Event {
     }
 }
 
+/// Indices below `max` that no id of `ids` (of VN `vn_id`, kind `sep`) has.
+fn free_indices<'a>(
+    vn_id: &str,
+    ids: impl Iterator<Item = &'a String>,
+    sep: char,
+    max: usize,
+) -> impl Iterator<Item = usize> {
+    let used: BTreeSet<usize> = ids.filter_map(|i| id_index(vn_id, i, sep)).collect();
+    (0..max).filter(move |i| !used.contains(i))
+}
+
+/// The nodes of `plan`: those that continue a node keep its id (and move if the plan says so),
+/// new ones get ids no current node has.
+fn renumber_nodes(
+    target: &Target<'_>,
+    old: &VnRecord,
+    plan: &Replan,
+) -> Result<Vec<PlacedNode>, CoreError> {
+    let vn_id = &old.vn_id;
+    let mut fresh = free_indices(
+        vn_id,
+        old.placement.nodes.iter().map(|n| &n.node_id),
+        'n',
+        MAX_NODES,
+    );
+    let mut nodes = Vec::with_capacity(plan.node_origin.len());
+    for (h, origin) in plan.mapping.node_hosts.iter().zip(&plan.node_origin) {
+        let node_id = match origin {
+            Some(o) => old.placement.nodes[*o].node_id.clone(),
+            None => node_id(
+                vn_id,
+                fresh.next().ok_or_else(|| {
+                    CoreError::NoRoom(format!("VN {} has no node id left", old.name()))
+                })?,
+            ),
+        };
+        let (host, parent_node, context) = placement::node_place(target, h);
+        nodes.push(PlacedNode {
+            host,
+            node_id,
+            parent_node,
+            context,
+        });
+    }
+    Ok(nodes)
+}
+
 /// The placement of `req` as `plan` embeds it, continuing `old`'s: what stays keeps its
-/// identifiers; new nodes and links get ids no current one has, and new identifiers.
+/// identifiers (node and link ids, interface names, MACs, the VNI or VLAN ID of a hop over the
+/// same substrate link, carrier addresses); new nodes and links get ids no current one has, and
+/// new identifiers.
 fn reallocate(
     alloc: &mut Allocators,
     target: &Target<'_>,
@@ -591,40 +631,9 @@ fn reallocate(
     taken: &mut Vec<Taken>,
 ) -> Result<Placement, CoreError> {
     let vn_id = &old.vn_id;
-    let fresh = |sep: char, ids: Vec<&String>, max: usize| {
-        let used: BTreeSet<usize> = ids.iter().filter_map(|i| id_index(vn_id, i, sep)).collect();
-        (0..max).filter(move |i| !used.contains(i))
-    };
-    let mut new_nodes = fresh(
-        'n',
-        old.placement.nodes.iter().map(|n| &n.node_id).collect(),
-        MAX_NODES,
-    );
-    let mut nodes = Vec::with_capacity(req.nodes.len());
-    for (i, h) in plan.mapping.node_hosts.iter().enumerate() {
-        let id = match plan.node_origin[i] {
-            Some(o) => old.placement.nodes[o].node_id.clone(),
-            None => node_id(
-                vn_id,
-                new_nodes.next().ok_or_else(|| {
-                    CoreError::NoRoom(format!("VN {} has no node id left", old.name()))
-                })?,
-            ),
-        };
-        nodes.push(PlacedNode {
-            host: target
-                .parent_nodes
-                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
-            node_id: id,
-            parent_node: target.parent_nodes.map(|_| h.clone()),
-            context: target.parent_nodes.map(|m| m[h].node_id.clone()),
-        });
-    }
-    let mut new_links = fresh(
-        'l',
-        old.placement.links.iter().map(|l| &l.link_id).collect(),
-        MAX_LINKS,
-    );
+    let nodes = renumber_nodes(target, old, plan)?;
+    let old_links = old.placement.links.iter().map(|l| &l.link_id);
+    let mut new_links = free_indices(vn_id, old_links, 'l', MAX_LINKS);
     let mut names = InterfaceNames::new(req);
     for (l, o) in req.links.iter().zip(&plan.link_origin) {
         if let Some(o) = o {
@@ -652,11 +661,6 @@ fn reallocate(
                 CoreError::NoRoom(format!("VN {} has no link id left", old.name()))
             })?,
         };
-        let mut mac = || -> Result<u64, CoreError> {
-            let v = alloc.mac.allocate()?;
-            taken.push(Taken::Mac(v));
-            Ok(v)
-        };
         let (ifnames, macs, reuse) = match prev {
             Some((pl, sw)) => {
                 let side = |s: usize| s ^ usize::from(sw);
@@ -671,34 +675,26 @@ fn reallocate(
                     .filter(|h| h.encap == l.encap && h.udp_port == target.port)
                     .map(|h| (h.link.clone(), (h.vni, h.vlan_id)))
                     .collect();
-                (
-                    [name(0), name(1)],
-                    [pl.macs[side(0)], pl.macs[side(1)]],
-                    reuse,
-                )
+                let macs = [pl.macs[side(0)], pl.macs[side(1)]];
+                ([name(0), name(1)], macs, reuse)
             }
-            None => (
-                [names.next(l, 0), names.next(l, 1)],
-                [mac()?, mac()?],
-                BTreeMap::new(),
-            ),
+            None => {
+                let ifnames = [names.next(l, 0), names.next(l, 1)];
+                let macs = [
+                    placement::take_mac(alloc, taken)?,
+                    placement::take_mac(alloc, taken)?,
+                ];
+                (ifnames, macs, BTreeMap::new())
+            }
         };
         let link_path = &plan.mapping.link_paths[i];
         let (hops, mtu) = placement::place_hops(alloc, target, l, link_path, path, &reuse, taken)?;
-        let mtu = req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap));
-        let (hosts, contexts) = match target.parent_nodes {
-            Some(m) => (
-                path.iter().map(|p| m[p].host.clone()).collect(),
-                path.iter().map(|p| m[p].node_id.clone()).collect(),
-            ),
-            None => (vec![], vec![]),
-        };
+        let (hosts, contexts) = placement::path_places(target, path);
         let segment_ids = match prev {
             Some((pl, false)) if pl.path == *path => pl.segment_ids.clone(),
             _ => placement::segment_ids(vn_id, index, &hosts, &mut extra)?,
         };
-        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
-        let carrier = (req.nestable && l.addresses.is_none() && !vm_end).then(|| {
+        let carrier = placement::needs_carrier(req, l).then(|| {
             match prev.and_then(|(pl, sw)| pl.carrier.map(|c| (c, sw))) {
                 Some(([a, b], true)) => [b, a],
                 Some((c, false)) => c,
@@ -709,7 +705,7 @@ fn reallocate(
             link_id: link_id(vn_id, index),
             path: path.clone(),
             hops,
-            mtu,
+            mtu: req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap)),
             ifnames,
             macs,
             hosts,
@@ -734,29 +730,7 @@ mod tests {
     use crate::index::IndexConfig;
     use crate::model::{Attributes, Encap, LinkReq, NodeReq, ProviderId};
     use crate::replan::{Avoid, replan};
-    use crate::substrate::{HostInfo, LinkSource, Registry, UnderlayIf};
-
-    fn host(n: u8) -> HostInfo {
-        HostInfo {
-            id: format!("h{n}"),
-            underlay_address: format!("10.0.0.{n}").parse().unwrap(),
-            underlay: vec![UnderlayIf {
-                name: "eth0".into(),
-                addresses: vec![format!("10.0.0.{n}/24").parse().unwrap()],
-                mtu: 1500,
-                mac: String::new(),
-            }],
-            cpu: 100,
-            memory_mb: 1000,
-            kinds: [Kind::Netns].into(),
-            labels: Default::default(),
-            capabilities_pb: vec![],
-            agent_version: String::new(),
-            boot_id: String::new(),
-            last_seen_unix_ms: 0,
-            images: Vec::new(),
-        }
-    }
+    use crate::substrate::{LinkSource, Registry};
 
     fn index(hosts: u8) -> Index {
         let reg = Registry::new(
@@ -767,7 +741,7 @@ mod tests {
         );
         let mut ix = Index::new(IndexConfig::default(), reg);
         for n in 1..=hosts {
-            ix.attach(host(n));
+            ix.attach(crate::index::tests::host(&format!("h{n}"), n, 1500));
         }
         ix
     }

@@ -49,45 +49,24 @@ impl Controller {
         opts: UpdateOpts,
     ) -> Result<UpdateOutcome, ControlError> {
         let started = Instant::now();
-        let algorithm = req
-            .algorithm
-            .clone()
-            .or_else(|| self.shared.cfg.algorithm.clone())
-            .unwrap_or_else(|| self.shared.planner.default_algorithm().to_string());
+        let algorithm = self.algorithm_for(&req);
         let spec_pb = prost::Message::encode_to_vec(&spec);
         let req = Arc::new(req);
-        const OPTIMISTIC: usize = 2;
-        for attempt in 0..=OPTIMISTIC {
-            let (this, req2, algo) = (self.clone(), req.clone(), algorithm.clone());
-            let (spec_pb, opts2) = (spec_pb.clone(), opts.clone());
-            let serialised = attempt == OPTIMISTIC;
-            let out = tokio::task::spawn_blocking(move || {
-                this.update_attempt(&req2, &algo, spec_pb, &opts2, serialised)
+        let dry_run = opts.dry_run;
+        let out = self
+            .optimistic("update", move |this, serialised| {
+                this.update_attempt(&req, &algorithm, spec_pb.clone(), &opts, serialised)
             })
-            .await
-            .map_err(|e| ControlError::Internal(format!("update task failed: {e}")))?;
-            match out {
-                Ok(o) => {
-                    if o.changed && !opts.dry_run {
-                        self.metrics().updated(started.elapsed(), "updated");
-                        tracing::info!(vn_id = %o.rec.vn_id, generation = o.rec.generation, "updated");
-                    }
-                    return Ok(o);
-                }
-                Err(Attempt::Conflict(why)) if !serialised => {
-                    tracing::debug!(%why, attempt, "update conflict, planning again");
-                }
-                Err(Attempt::Conflict(why)) => {
-                    self.metrics().updated(started.elapsed(), "rejected");
-                    return Err(ControlError::Exhausted(why));
-                }
-                Err(Attempt::Error(e)) => {
-                    self.metrics().updated(started.elapsed(), "rejected");
-                    return Err(e);
-                }
+            .await;
+        match &out {
+            Ok(o) if o.changed && !dry_run => {
+                self.metrics().updated(started.elapsed(), "updated");
+                tracing::info!(vn_id = %o.rec.vn_id, generation = o.rec.generation, "updated");
             }
+            Ok(_) => {}
+            Err(_) => self.metrics().updated(started.elapsed(), "rejected"),
         }
-        unreachable!("the last attempt returns")
+        out
     }
 
     /// The VN to update, at the generation the caller names.
