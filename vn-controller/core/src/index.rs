@@ -681,7 +681,7 @@ impl Index {
     }
 
     /// Marks READY when every host reported its slice ready.
-    fn settle(rec: &mut VnRecord, change: &mut Change) {
+    pub(crate) fn settle(rec: &mut VnRecord, change: &mut Change) {
         let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
         if all_ready
             && matches!(

@@ -288,7 +288,7 @@ impl Index {
         }
         change.status_changed = true;
         change.events.push(updated_event(&rec, plan, cause));
-        Self::settle_after_update(&mut rec, &mut change);
+        Self::settle(&mut rec, &mut change);
         change.upserts.insert(id.clone(), rec.clone());
         change.cursors = Some(self.alloc.cursors());
         self.vns.insert(id, rec.clone());
@@ -328,22 +328,6 @@ impl Index {
             }
         }
         self.vns.insert(old.vn_id.clone(), old);
-    }
-
-    fn settle_after_update(rec: &mut VnRecord, change: &mut Change) {
-        let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
-        if all_ready && matches!(rec.status, VnStatus::Updating | VnStatus::Degraded) {
-            rec.status = VnStatus::Ready;
-            rec.reason.clear();
-            change.events.push(Event {
-                provider: rec.provider().clone(),
-                name: rec.name().to_string(),
-                kind: EventKind::Ready,
-                status: Some(VnStatus::Ready),
-                host: String::new(),
-                message: String::new(),
-            });
-        }
     }
 
     /// The children of `old` still fit in `new`: it stays nestable and shared with their
