@@ -205,6 +205,15 @@ pub fn parse(path: &Path, text: &str) -> Result<VnFile, SpecError> {
     Ok(file)
 }
 
+/// Reads, parses and structurally checks a file of one spec.
+pub fn load(path: &Path) -> Result<VnFile, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
 /// One VN spec of a source, with where it came from and (when the document is what
 /// `vnctl get vn NAME -o yaml` prints) the generation it was read at.
 #[derive(Debug, Clone, PartialEq)]
