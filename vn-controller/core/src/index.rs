@@ -101,7 +101,7 @@ pub struct Index {
     pub registry: Registry,
     alloc: Allocators,
     usage: Usage,
-    vns: BTreeMap<String, VnRecord>,
+    pub(crate) vns: BTreeMap<String, VnRecord>,
     by_name: BTreeMap<(ProviderId, String), String>,
     host_vns: BTreeMap<String, BTreeSet<String>>,
     generations: BTreeMap<String, u64>,
@@ -511,6 +511,7 @@ impl Index {
             placement,
             hosts,
             nesting,
+            recoveries: Vec::new(),
         };
         self.by_name.insert(
             (rec.provider().clone(), rec.name().to_string()),
@@ -666,20 +667,21 @@ impl Index {
         }
     }
 
-    /// Marks READY when every host reported its slice ready.
-    fn settle(rec: &mut VnRecord, change: &mut Change) {
+    /// Marks READY when every host reported its slice ready (closing an open recovery).
+    fn settle(rec: &mut VnRecord, change: &mut Change, now_ms: u64) {
         let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
         if all_ready && matches!(rec.status, VnStatus::Provisioning | VnStatus::Degraded) {
             rec.status = VnStatus::Ready;
             rec.reason.clear();
             change.status_changed = true;
+            let message = rec.finish_recovery(now_ms);
             change.events.push(Event {
                 provider: rec.provider().clone(),
                 name: rec.name().to_string(),
                 kind: EventKind::Ready,
                 status: Some(VnStatus::Ready),
                 host: String::new(),
-                message: String::new(),
+                message,
             });
         }
     }
@@ -700,13 +702,27 @@ impl Index {
         }
     }
 
-    /// Applies an agent's report about `generation` of `host`'s desired state.
+    /// [`Index::observe_at`] at time 0 (tests).
+    #[cfg(test)]
     pub fn observe(
         &mut self,
         host: &str,
         generation: u64,
         applied: bool,
         reports: &[SliceReport],
+    ) -> Change {
+        self.observe_at(host, generation, applied, reports, 0)
+    }
+
+    /// Applies an agent's report about `generation` of `host`'s desired state, received at
+    /// `now_ms` (the end of a recovery is timed by it).
+    pub fn observe_at(
+        &mut self,
+        host: &str,
+        generation: u64,
+        applied: bool,
+        reports: &[SliceReport],
+        now_ms: u64,
     ) -> Change {
         let mut change = Change::default();
         // The observed generation is the newest one applied: the notice that an agent started
@@ -741,7 +757,7 @@ impl Index {
                 HostPhase::Failed(msg) => {
                     Self::degrade(rec, format!("host {host}: {msg}"), host, &mut change)
                 }
-                _ => Self::settle(rec, &mut change),
+                _ => Self::settle(rec, &mut change, now_ms),
             }
             change.upserts.insert(rec.vn_id.clone(), rec.clone());
         }
@@ -777,7 +793,8 @@ impl Index {
     }
 
     /// After a restart: VNs on hosts that did not re-attach within the grace period degrade.
-    pub fn degrade_unattached(&mut self) -> Change {
+    /// Returns those hosts.
+    pub fn degrade_unattached(&mut self) -> (Vec<String>, Change) {
         let mut change = Change::default();
         let missing: Vec<String> = self
             .host_vns
@@ -785,10 +802,10 @@ impl Index {
             .filter(|h| !self.registry.is_connected(h))
             .cloned()
             .collect();
-        for h in missing {
-            change.merge(self.detach(&h));
+        for h in &missing {
+            change.merge(self.detach(h));
         }
-        change
+        (missing, change)
     }
 
     /// Fails a VN still provisioning, naming the hosts that did not report.
@@ -849,6 +866,7 @@ mod tests {
             boot_id: String::new(),
             last_seen_unix_ms: 0,
             images: Vec::new(),
+            cordoned: false,
         }
     }
 
@@ -903,6 +921,7 @@ mod tests {
             nestable: false,
             share_with: Default::default(),
             parent: None,
+            recovery: Default::default(),
         }
     }
 

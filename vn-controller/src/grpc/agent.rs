@@ -4,7 +4,9 @@
 //! name the same host, one the operator's topology lists. The first message must be an
 //! `AgentHello`. The controller answers at once with the host's whole desired state, then with
 //! every newer one, interleaved with exec commands. Reports flow the other way. When the stream
-//! ends, the host's VNs degrade. Each command's input and output travel on an `Exec` call of
+//! ends, the host's VNs degrade (and move, if it stays away: [`crate::runtime::controller`]'s
+//! failover). After the first desired state the agent is told which underlay links to probe;
+//! it reports their state (`UnderlayReport`). Each command's input and output travel on an `Exec` call of
 //! their own ([`super::exec`]), bound to the host the same way.
 
 use std::pin::Pin;
@@ -82,6 +84,8 @@ impl AgentControl for AgentService {
         let mut console = handle.console;
         let mut shutdown = self.ctl.shutdown_signal();
         let out_tx = tx.clone();
+        // After the first desired state: which underlay links the agent probes.
+        let mut probe = Some(self.ctl.probe_config(&host));
         tokio::spawn(async move {
             let mut send_desired = true;
             loop {
@@ -90,6 +94,14 @@ impl AgentControl for AgentService {
                     let d = super::slice::desired_state(&snapshot);
                     let msg = pb::ControllerMessage {
                         msg: Some(pb::controller_message::Msg::Desired(d)),
+                    };
+                    if out_tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(p) = probe.take() {
+                    let msg = pb::ControllerMessage {
+                        msg: Some(pb::controller_message::Msg::Probe(p)),
                     };
                     if out_tx.send(Ok(msg)).await.is_err() {
                         return;
@@ -137,6 +149,9 @@ impl AgentControl for AgentService {
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ConsoleOutput(o)),
                     }) => ctl.console_output(&host, epoch, o),
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Underlay(u)),
+                    }) => ctl.underlay_report(&host, &u),
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Hello(_)),
                     }) => {

@@ -28,8 +28,10 @@ use super::writer::{Publisher, Writer};
 
 mod console;
 mod exec;
+mod failover;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
 pub use exec::{AgentExec, ExecOpts, ExecSession};
+pub use failover::DrainOutcome;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -43,6 +45,13 @@ pub struct ControllerConfig {
     pub provisioning_timeout: Duration,
     /// After a restart, VNs on hosts that did not re-attach within this long degrade.
     pub reattach_grace: Duration,
+    /// A host whose agent stays away this long is lost and its VNs are re-embedded.
+    pub host_grace: Duration,
+    /// Debounce of a substrate link's state as its agents' probes report it.
+    pub link_grace: Duration,
+    /// The agents' underlay probes: interval and misses before a link is down.
+    pub probe_interval_ms: u32,
+    pub probe_misses: u32,
     /// Exec timeout when the request gives none.
     pub exec_timeout: Duration,
     /// Bytes of output (stdout and stderr together) after which a command is ended.
@@ -71,6 +80,10 @@ impl ControllerConfig {
             algorithm: None,
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
+            host_grace: Duration::from_secs(10),
+            link_grace: Duration::from_secs(1),
+            probe_interval_ms: 300,
+            probe_misses: 3,
             exec_timeout: Duration::from_secs(30),
             exec_max_output: 4 << 30,
             event_buffer: 1024,
@@ -149,6 +162,8 @@ struct Shared {
     epoch: AtomicU64,
     publisher: Arc<Publisher>,
     credentials: Credentials,
+    /// Lost hosts and dead links being debounced ([`failover`]).
+    faults: Mutex<failover::Faults>,
     shutdown: watch::Sender<bool>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
@@ -213,6 +228,7 @@ impl Controller {
                 epoch: AtomicU64::new(0),
                 publisher,
                 credentials,
+                faults: Mutex::new(failover::Faults::default()),
                 shutdown,
                 writer,
             }),
@@ -237,12 +253,17 @@ impl Controller {
         if held {
             let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;
+            let since = crate::grpc::convert::now_ms();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 if let Some(shared) = weak.upgrade() {
-                    Controller { shared }
-                        .mutate(|ix| ((), ix.degrade_unattached()))
-                        .await;
+                    let ctl = Controller { shared };
+                    let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
+                    // Hosts still away after the grace are lost as well.
+                    for h in missing.unwrap_or_default() {
+                        ctl.recover(crate::core::failover::Fault::HostLost(h), since)
+                            .await;
+                    }
                 }
             });
         }
@@ -604,6 +625,7 @@ impl Controller {
                 consoles: HashMap::new(),
             },
         );
+        self.host_back(&host);
         let this = self.clone();
         let h = host.clone();
         let desired = tokio::task::spawn_blocking(move || {
@@ -659,7 +681,8 @@ impl Controller {
                 tracing::warn!(host = %h, reported = obs.generation, sent, "report about a generation never sent, refused");
                 return ((), Change::default());
             }
-            ((), ix.observe(&h, obs.generation, obs.applied, &reports))
+            let now = crate::grpc::convert::now_ms();
+            ((), ix.observe_at(&h, obs.generation, obs.applied, &reports, now))
         })
         .await;
     }
@@ -680,6 +703,7 @@ impl Controller {
         tracing::warn!(%host, "agent detached");
         let h = host.to_string();
         self.mutate(move |ix| ((), ix.detach(&h))).await;
+        self.host_gone(host, epoch, crate::grpc::convert::now_ms());
     }
 
     /// The caller's VN `vn`, which must hold its resources, and the index of its node `node`:
