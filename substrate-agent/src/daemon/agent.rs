@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::agent_control_client::AgentControlClient;
 
+use crate::daemon::underlay::{ProbeConfig, Prober};
 use crate::guest::GuestRuntime;
 use crate::host::kernel::Kernel;
 use crate::reconcile::apply::{ApplyReport, Env, apply};
@@ -29,7 +30,6 @@ use crate::reconcile::observe::observe;
 use crate::reconcile::plan::{PlanContext, plan};
 use crate::reconcile::spec::{Desired, NodeId, NodeKind};
 use crate::reconcile::state::{Ledger, StateDir};
-use crate::daemon::underlay::{ProbeConfig, Prober};
 use crate::vlan::config::DatapathControl;
 
 /// Configuration of a running agent.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, bind, recvfrom,
-    sendto, setsockopt, socket, sockopt,
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, bind, recvfrom, sendto,
+    setsockopt, socket, sockopt,
 };
 use tokio::sync::watch;
 use vnet_proto::v1 as pb;
@@ -64,8 +64,9 @@ impl ProbeConfig {
             .iter()
             .map(|n| {
                 let addr = |s: &str, what: &str| {
-                    s.parse::<Ipv4Addr>()
-                        .map_err(|_| format!("link {}: {what} {s:?} is not an IPv4 address", n.link_id))
+                    s.parse::<Ipv4Addr>().map_err(|_| {
+                        format!("link {}: {what} {s:?} is not an IPv4 address", n.link_id)
+                    })
                 };
                 Ok(Neighbor {
                     link_id: n.link_id.chars().take(64).collect(),
@@ -219,7 +220,9 @@ fn echo_reply(packet: &[u8]) -> Option<(u16, u16)> {
 
 /// The probe identifier of neighbour `i` (distinct per link of this process).
 fn ident(i: usize) -> u16 {
-    (std::process::id() as u16).wrapping_mul(31).wrapping_add(i as u16)
+    (std::process::id() as u16)
+        .wrapping_mul(31)
+        .wrapping_add(i as u16)
 }
 
 fn run(cfg: ProbeConfig, out: watch::Sender<Option<pb::UnderlayReport>>, stop: Arc<AtomicBool>) {
@@ -279,12 +282,7 @@ fn run(cfg: ProbeConfig, out: watch::Sender<Option<pb::UnderlayReport>>, stop: A
 }
 
 /// Reads echo replies for `seq` until `until`; per neighbour, whether its answer came.
-fn collect(
-    cfg: &ProbeConfig,
-    sockets: &[Option<OwnedFd>],
-    seq: u16,
-    until: Instant,
-) -> Vec<bool> {
+fn collect(cfg: &ProbeConfig, sockets: &[Option<OwnedFd>], seq: u16, until: Instant) -> Vec<bool> {
     let mut answered = vec![false; cfg.neighbors.len()];
     let want: BTreeMap<usize, (Ipv4Addr, u16)> = cfg
         .neighbors
@@ -356,7 +354,10 @@ mod tests {
         assert_eq!(ok.neighbors[0].remote, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(ok.interval, Duration::from_millis(300));
         let e = ProbeConfig::from_proto(&p(vec![n("10.0.0.1", "h2")], 300, 3)).unwrap_err();
-        assert_eq!(e, "link h1-h2: remote address \"h2\" is not an IPv4 address");
+        assert_eq!(
+            e,
+            "link h1-h2: remote address \"h2\" is not an IPv4 address"
+        );
         assert!(ProbeConfig::from_proto(&p(vec![], 10, 3)).is_err());
         assert!(ProbeConfig::from_proto(&p(vec![], 300, 0)).is_err());
     }

@@ -4,13 +4,13 @@
 //! beyond its grace period, a substrate link its agents' probes find down, an operator's drain),
 //! re-embeds with the same machinery as a live update ([`crate::replan`]) and passes the time in.
 
-
 use std::net::IpAddr;
 
 use crate::error::CoreError;
 use crate::index::{Change, Event, EventKind, Index};
 use crate::model::RecoveryPolicy;
 use crate::record::{HostPhase, VnRecord, VnStatus};
+use crate::replan::Avoid;
 use crate::substrate::HostInfo;
 
 /// What happened under some VNs.
@@ -32,6 +32,20 @@ impl Fault {
             Fault::LinkDown(l) => format!("link {l} down"),
             Fault::Drain(h) => format!("host {h} drained"),
         }
+    }
+
+    /// What a re-embedding after this fault must move off.
+    pub fn avoid(&self) -> Avoid {
+        let mut a = Avoid::default();
+        match self {
+            Fault::HostLost(h) | Fault::Drain(h) => {
+                a.hosts.insert(h.clone());
+            }
+            Fault::LinkDown(l) => {
+                a.links.insert(l.clone());
+            }
+        }
+        a
     }
 
     /// The host of a host fault.
@@ -147,6 +161,29 @@ impl Index {
             });
         }
         change
+    }
+
+    /// Notes on the record of `vn_id` (just re-embedded by `change`) the recovery from `fault`
+    /// (at `fault_unix_ms`): what moved and when.
+    pub fn note_recovery(
+        &mut self,
+        vn_id: &str,
+        fault: &Fault,
+        moved: Vec<String>,
+        fault_unix_ms: u64,
+        now_ms: u64,
+        change: &mut Change,
+    ) {
+        let Some(rec) = self.vns.get_mut(vn_id) else {
+            return;
+        };
+        rec.record_recovery(fault.cause(), moved, fault_unix_ms, now_ms);
+        if rec.status == VnStatus::Ready {
+            // Nothing to wait for: recovered at once.
+            rec.finish_recovery(now_ms);
+        }
+        change.upserts.insert(vn_id.to_string(), rec.clone());
+        change.status_changed = true;
     }
 
     /// A VN that could not be re-embedded stays DEGRADED, saying why.
@@ -317,6 +354,7 @@ mod tests {
             },
             hosts: Default::default(),
             nesting: None,
+            generation: 1,
             recoveries: vec![],
         }
     }
@@ -366,7 +404,12 @@ mod tests {
     fn a_recovery_is_timed_from_the_fault_to_ready() {
         let mut r = rec(None, RecoveryPolicy::Reembed);
         let moved = vec!["node b h3 -> h4".to_string()];
-        r.record_recovery(Fault::HostLost("h3".into()).cause(), moved.clone(), 1_000, 11_250);
+        r.record_recovery(
+            Fault::HostLost("h3".into()).cause(),
+            moved.clone(),
+            1_000,
+            11_250,
+        );
         assert_eq!(r.recoveries.len(), 1);
         assert_eq!(r.recoveries[0].moved, moved);
         assert_eq!(r.recoveries[0].reembedded_unix_ms, 11_250);

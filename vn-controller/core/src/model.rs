@@ -164,7 +164,9 @@ impl std::fmt::Display for ParentRef {
 }
 
 /// What the controller does with a VN when a host or substrate link under it fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum RecoveryPolicy {
     /// Move the nodes of a lost host and reroute links around a dead link (pinned nodes wait).
     #[default]

@@ -72,7 +72,15 @@ pub fn allocate(
             Ok(v)
         };
         let macs = [mac()?, mac()?];
-        let (hops, mtu) = place_hops(alloc, target, l, &mapping.link_paths[i], path, taken)?;
+        let (hops, mtu) = place_hops(
+            alloc,
+            target,
+            l,
+            &mapping.link_paths[i],
+            path,
+            &BTreeMap::new(),
+            taken,
+        )?;
         let mtu = match req.attributes.mtu {
             Some(cap) => mtu.min(cap),
             None => mtu,
@@ -112,7 +120,7 @@ pub fn allocate(
 }
 
 /// Each node where the mapping puts it: on a host, or (a child) in a parent node on its host.
-fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
+pub(crate) fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
     mapping
         .node_hosts
         .iter()
@@ -129,13 +137,13 @@ fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<Place
 }
 
 /// Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
-struct InterfaceNames {
+pub(crate) struct InterfaceNames {
     used: Vec<BTreeSet<String>>,
     next_eth: Vec<usize>,
 }
 
 impl InterfaceNames {
-    fn new(req: &VnReq) -> Self {
+    pub(crate) fn new(req: &VnReq) -> Self {
         let mut used: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
         for l in &req.links {
             for (side, node) in [l.a, l.b].into_iter().enumerate() {
@@ -150,8 +158,13 @@ impl InterfaceNames {
         }
     }
 
+    /// Marks `name` taken on node `node` (an interface that an update keeps).
+    pub(crate) fn reserve(&mut self, node: usize, name: &str) {
+        self.used[node].insert(name.to_string());
+    }
+
     /// The name of link `l`'s interface at `side` (0: `a`, 1: `b`).
-    fn next(&mut self, l: &LinkReq, side: usize) -> String {
+    pub(crate) fn next(&mut self, l: &LinkReq, side: usize) -> String {
         if let Some(n) = &l.interfaces[side] {
             return n.clone();
         }
@@ -168,13 +181,15 @@ impl InterfaceNames {
 
 /// The hops of link `l` over the links `link_path` along the host path `path`, each with its
 /// VNI or VLAN ID and tunnel addresses, and the link's MTU (the smallest hop's; the default
-/// underlay MTU for a co-located link).
-fn place_hops(
+/// underlay MTU for a co-located link). A hop over a link named in `reuse` with that
+/// encapsulation keeps the identifier given there instead of taking a new one.
+pub(crate) fn place_hops(
     alloc: &mut Allocators,
     target: &Target<'_>,
     l: &LinkReq,
     link_path: &[String],
     path: &[String],
+    reuse: &BTreeMap<String, (Option<u32>, Option<u16>)>,
     taken: &mut Vec<Taken>,
 ) -> Result<(Vec<Hop>, u32), CoreError> {
     let mut hops = Vec::new();
@@ -193,13 +208,18 @@ fn place_hops(
         };
         let (from_address, to_address) = (addr(from)?, addr(to)?);
         let under = target.reg.mtu_on(&sl, from).min(target.reg.mtu_on(&sl, to));
-        let (vni, vlan_id, hop_mtu) = match l.encap {
-            Encap::Vxlan => {
+        let kept = reuse.get(sid).copied();
+        let (vni, vlan_id, hop_mtu) = match (l.encap, kept) {
+            (Encap::Vxlan, Some((Some(v), None))) => {
+                (Some(v), None, under.saturating_sub(VXLAN_OVERHEAD))
+            }
+            (Encap::Vlan, Some((None, Some(v)))) => (None, Some(v), under),
+            (Encap::Vxlan, _) => {
                 let v = alloc.vni.allocate()?;
                 taken.push(Taken::Vni(v));
                 (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
             }
-            Encap::Vlan => {
+            (Encap::Vlan, _) => {
                 let v = alloc.vlan_pool(&sl.segment).allocate()?;
                 taken.push(Taken::Vlan(sl.segment.clone(), v));
                 (None, Some(v as u16), under)
@@ -227,7 +247,7 @@ fn place_hops(
 
 /// A child's link may cross two parent nodes on one host: one segment id each after the first
 /// (`extra` counts them over the VN). Empty when no host repeats.
-fn segment_ids(
+pub(crate) fn segment_ids(
     vn_id: &str,
     link: usize,
     hosts: &[String],

@@ -25,6 +25,7 @@ pub fn state(s: VnStatus) -> pb::VnState {
         VnStatus::Ready => pb::VnState::Ready,
         VnStatus::Degraded => pb::VnState::Degraded,
         VnStatus::Failed => pb::VnState::Failed,
+        VnStatus::Updating => pb::VnState::Updating,
     }
 }
 
@@ -158,6 +159,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
                 ready_unix_ms: r.ready_unix_ms.unwrap_or(0),
             })
             .collect(),
+        generation: rec.generation,
     }
 }
 
@@ -237,6 +239,7 @@ pub fn event(e: &Event) -> pb::VnEvent {
         EventKind::Degraded => pb::VnEventKind::Degraded,
         EventKind::Failed => pb::VnEventKind::Failed,
         EventKind::Deleted => pb::VnEventKind::Deleted,
+        EventKind::Updated => pb::VnEventKind::Updated,
     };
     pb::VnEvent {
         kind: kind as i32,

@@ -115,6 +115,9 @@ pub enum ControlError {
     Timeout(String),
     #[error("{0}")]
     Internal(String),
+    /// Optimistic concurrency: the VN changed since the caller read it.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl From<CoreError> for ControlError {
@@ -127,6 +130,7 @@ impl From<CoreError> for ControlError {
             CoreError::Precondition(m) => ControlError::Precondition(m),
             CoreError::Permission(m) => ControlError::PermissionDenied(m),
             CoreError::Invalid(m) => ControlError::InvalidArgument(m),
+            CoreError::Conflict(m) => ControlError::Aborted(m),
         }
     }
 }

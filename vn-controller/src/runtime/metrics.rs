@@ -157,6 +157,7 @@ impl Metrics {
             EventKind::Degraded => "degraded",
             EventKind::Failed => "failed",
             EventKind::Deleted => "deleted",
+            EventKind::Updated => "updated",
         };
         self.events
             .get_or_create(&KindLabel { kind: kind.into() })

@@ -15,9 +15,26 @@ use std::sync::Arc;
 
 use vnet_proto::v1 as pb;
 
-use super::{ControlError, Controller, lock};
-use crate::core::failover::{Affected, Decision, Fault};
-use crate::core::index::Change;
+use std::time::Instant;
+
+use super::{ControlError, Controller, Shared, lock};
+use crate::core::failover::{Affected, Decision, Fault, touches};
+use crate::core::index::{Change, CoreError};
+use crate::core::replan::replan;
+use crate::core::update::ReplanCommit;
+
+/// How a re-embedding attempt ended without success.
+enum Retry {
+    /// A concurrent change took what the plan needed: plan again.
+    Again(String),
+    No(String),
+}
+
+fn rec_label(shared: &Shared, vn_id: &str) -> String {
+    lock(&shared.index)
+        .record(vn_id)
+        .map_or_else(|| vn_id.to_string(), |r| r.label())
+}
 
 /// What the runtime tracks about faults.
 #[derive(Default)]
@@ -145,7 +162,10 @@ impl Controller {
             }
             return;
         }
-        if f.pending.get(link).is_some_and(|(d, _)| *d == reported_down) {
+        if f.pending
+            .get(link)
+            .is_some_and(|(d, _)| *d == reported_down)
+        {
             return;
         }
         f.next_token += 1;
@@ -202,13 +222,109 @@ impl Controller {
                         tracing::warn!(vn = %a.label, cause = %fault.cause(), %why, "cannot re-embed");
                         let reason = format!("{}: cannot re-embed: {why}", fault.cause());
                         let id = a.vn_id.clone();
-                        self.mutate(move |ix| ((), ix.degrade_vn(&id, &reason))).await;
+                        self.mutate(move |ix| ((), ix.degrade_vn(&id, &reason)))
+                            .await;
                         out.remaining.push(format!("{}: {why}", a.label));
                     }
                 },
             }
         }
         out
+    }
+
+    /// Re-embeds the VN `vn_id` away from `fault`, keeping what the fault does not touch: replan
+    /// outside the lock on a view without the VN's own holdings, commit under it (again when a
+    /// concurrent change took what the plan needed). Returns what moved.
+    async fn reembed(&self, vn_id: &str, fault: &Fault, fault_ms: u64) -> Result<String, String> {
+        const ATTEMPTS: usize = 3;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            let (this, id, f) = (self.clone(), vn_id.to_string(), fault.clone());
+            let out = tokio::task::spawn_blocking(move || this.reembed_attempt(&id, &f, fault_ms))
+                .await
+                .map_err(|e| format!("re-embedding task failed: {e}"))?;
+            match out {
+                Ok(moved) => return Ok(moved),
+                Err(Retry::Again(why)) => {
+                    tracing::debug!(vn = %vn_id, attempt, %why, "re-embedding conflict, again");
+                    last = why;
+                }
+                Err(Retry::No(why)) => return Err(why),
+            }
+        }
+        Err(last)
+    }
+
+    fn reembed_attempt(&self, vn_id: &str, fault: &Fault, fault_ms: u64) -> Result<String, Retry> {
+        let shared = &self.shared;
+        let (rec, frame, view) = {
+            let ix = lock(&shared.index);
+            let rec = ix
+                .record(vn_id)
+                .cloned()
+                .ok_or_else(|| Retry::No("it was deleted meanwhile".into()))?;
+            if !touches(&rec, fault) {
+                return Ok("nothing left to move".into());
+            }
+            let frame = ix
+                .frame_except(&rec.req, Some(vn_id))
+                .map_err(|e| Retry::No(e.to_string()))?;
+            let view = ix.replan_view(&frame, vn_id);
+            (rec, frame, view)
+        };
+        let algorithm = rec
+            .req
+            .algorithm
+            .clone()
+            .or_else(|| shared.cfg.algorithm.clone())
+            .unwrap_or_else(|| shared.planner.default_algorithm().to_string());
+        let t = Instant::now();
+        let plan = replan(
+            &rec,
+            &frame.req,
+            &view,
+            &fault.avoid(),
+            shared.planner.as_ref(),
+            &algorithm,
+        )
+        .map_err(Retry::No)?;
+        shared.publisher.metrics.embedded(t.elapsed());
+        let moved = plan.diff.moved();
+        let commit = ReplanCommit {
+            req: rec.req.clone(),
+            spec_pb: rec.spec_pb.clone(),
+            base_generation: rec.generation,
+            cause: fault.cause(),
+        };
+        let mut ix = lock(&shared.index);
+        let (_, mut change) = match ix.commit_replan(vn_id, commit, &plan) {
+            Ok(x) => x,
+            Err(CoreError::Conflict(why) | CoreError::Exhausted(why)) => {
+                return Err(Retry::Again(why));
+            }
+            Err(e) => return Err(Retry::No(e.to_string())),
+        };
+        let now = crate::grpc::convert::now_ms();
+        ix.note_recovery(vn_id, fault, moved.clone(), fault_ms, now, &mut change);
+        let desired = super::desired_of(&ix, &change);
+        let ack = shared.writer.send(change, None, desired);
+        drop(ix);
+        let persisted = ack
+            .recv()
+            .unwrap_or_else(|_| Err("the store writer is gone".to_string()));
+        match persisted {
+            Ok(()) => {}
+            Err(e) => {
+                lock(&shared.index).revert_replan(rec);
+                return Err(Retry::No(format!("cannot persist the re-embedding: {e}")));
+            }
+        }
+        tracing::info!(vn = %rec_label(&self.shared, vn_id), cause = %fault.cause(), ?moved, after_ms = now.saturating_sub(fault_ms), "re-embedded");
+        Ok(if moved.is_empty() {
+            "nothing moved".into()
+        } else {
+            moved.join("; ")
+        })
     }
 
     /// Cordons (or uncordons) `host`: persisted with the host's record.
@@ -218,7 +334,10 @@ impl Controller {
         let r = tokio::task::spawn_blocking(move || {
             let mut ix = lock(&this.shared.index);
             let info = ix.cordon(&h, cordoned)?;
-            let ack = this.shared.writer.send(Change::default(), Some(info), vec![]);
+            let ack = this
+                .shared
+                .writer
+                .send(Change::default(), Some(info), vec![]);
             drop(ix);
             ack.recv()
                 .unwrap_or_else(|_| Err("the store writer is gone".into()))
