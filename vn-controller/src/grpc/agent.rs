@@ -84,8 +84,12 @@ impl AgentControl for AgentService {
         let mut console = handle.console;
         let mut shutdown = self.ctl.shutdown_signal();
         let out_tx = tx.clone();
-        // After the first desired state: which underlay links the agent probes.
-        let mut probe = Some(self.ctl.probe_config(&host));
+        // After each desired state, when it changed (a full mesh grows as hosts register):
+        // which underlay links the agent probes.
+        let mut probe_sent: Option<pb::UnderlayProbe> = None;
+        let ctl = self.ctl.clone();
+        let probe_host = host.clone();
+        let mut links_changed = self.ctl.links_changed();
         tokio::spawn(async move {
             let mut send_desired = true;
             loop {
@@ -99,9 +103,11 @@ impl AgentControl for AgentService {
                         return;
                     }
                 }
-                if let Some(p) = probe.take() {
+                let probe = ctl.probe_config(&probe_host);
+                if probe_sent.as_ref() != Some(&probe) {
+                    probe_sent = Some(probe.clone());
                     let msg = pb::ControllerMessage {
-                        msg: Some(pb::controller_message::Msg::Probe(p)),
+                        msg: Some(pb::controller_message::Msg::Probe(probe)),
                     };
                     if out_tx.send(Ok(msg)).await.is_err() {
                         return;
@@ -134,6 +140,8 @@ impl AgentControl for AgentService {
                         return;
                     }
                     _ = out_tx.closed() => return,
+                    // The loop's head sends the new probe configuration.
+                    Ok(()) = links_changed.changed() => {}
                 }
             }
         });

@@ -168,6 +168,9 @@ struct Shared {
     credentials: Credentials,
     /// Lost hosts and dead links being debounced ([`failover`]).
     faults: Mutex<failover::Faults>,
+    /// Counts changes of the set of substrate links (a full mesh grows with every new host):
+    /// sessions then send their agent a new probe configuration.
+    links_changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
@@ -233,6 +236,7 @@ impl Controller {
                 publisher,
                 credentials,
                 faults: Mutex::new(failover::Faults::default()),
+                links_changed: watch::channel(0).0,
                 shutdown,
                 writer,
             }),
@@ -298,6 +302,11 @@ impl Controller {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.publisher.events.subscribe()
+    }
+
+    /// Changes when the set of substrate links changes.
+    pub fn links_changed(&self) -> watch::Receiver<u64> {
+        self.shared.links_changed.subscribe()
     }
 
     /// Resolves when the controller shuts down.
@@ -643,6 +652,9 @@ impl Controller {
                 change = ix.raise_generation(&h, applied_generation.saturating_add(1));
             }
             tracing::info!(host = %h, new, generation = ix.generation(&h), "agent attached");
+            if new {
+                this.shared.links_changed.send_modify(|n| *n += 1);
+            }
             let d = ix.desired(&h);
             let rx = this.shared.publisher.desired(&h, d);
             let ack = this.shared.writer.send(change, Some(info), vec![]);
