@@ -121,13 +121,29 @@ pub struct Affected {
 
 impl Index {
     /// Every VN `fault` touches, with what to do about it. VNs that hold nothing are skipped.
+    /// A dead link under a VN with a node on a host whose agent is away waits: that host's
+    /// grace period decides whether the node moves (its links die with its session).
     pub fn affected(&self, fault: &Fault) -> Vec<Affected> {
         self.records()
             .filter(|r| touches(r, fault))
-            .map(|r| Affected {
-                vn_id: r.vn_id.clone(),
-                label: r.label(),
-                decision: decide(r, fault, self.nests().children(&r.vn_id).next().is_some()),
+            .map(|r| {
+                let away = r
+                    .placement
+                    .nodes
+                    .iter()
+                    .map(|n| &n.host)
+                    .find(|h| !self.registry.is_connected(h));
+                let decision = match (fault, away) {
+                    (Fault::LinkDown(_), Some(h)) => Decision::Wait(format!(
+                        "host {h} is away: its grace period decides whether its nodes move"
+                    )),
+                    _ => decide(r, fault, self.nests().children(&r.vn_id).next().is_some()),
+                };
+                Affected {
+                    vn_id: r.vn_id.clone(),
+                    label: r.label(),
+                    decision,
+                }
             })
             .collect()
     }

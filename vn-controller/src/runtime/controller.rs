@@ -261,16 +261,15 @@ impl Controller {
         if held {
             let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;
-            let since = crate::grpc::convert::now_ms();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 if let Some(shared) = weak.upgrade() {
                     let ctl = Controller { shared };
                     let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
-                    // Hosts still away after the grace are lost as well.
+                    // As if their sessions ended now: lost unless back within the host grace.
+                    let now = crate::grpc::convert::now_ms();
                     for h in missing.unwrap_or_default() {
-                        ctl.recover(crate::core::failover::Fault::HostLost(h), since)
-                            .await;
+                        ctl.host_gone(&h, 0, now);
                     }
                 }
             });
