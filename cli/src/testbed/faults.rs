@@ -181,18 +181,21 @@ pub fn host(state_dir: &Path, id: &str, action: HostAction, links: bool) -> anyh
             }
         }
     }
+    let mut verb = action.as_str();
     if matches!(action, HostAction::Start | HostAction::Restart) {
-        anyhow::ensure!(
-            daemon::running(&spec).is_none(),
-            "the agent of {id} is running already (pid {})",
-            daemon::running(&spec).unwrap_or_default()
-        );
-        std::fs::create_dir_all(record.agent_state_dir(id))?;
-        daemon::spawn(&spec)?;
+        match daemon::running(&spec) {
+            // `start --links` of a running agent (resumed by `testbed up`): only the links.
+            Some(_) if links => verb = "running already",
+            Some(pid) => anyhow::bail!("the agent of {id} is running already (pid {pid})"),
+            None => {
+                std::fs::create_dir_all(record.agent_state_dir(id))?;
+                daemon::spawn(&spec)?;
+            }
+        }
     }
     println!(
         "agent of {id} {}{}",
-        action.as_str(),
+        verb,
         if links {
             format!(
                 "; its {} underlay link(s) {}",
