@@ -358,9 +358,31 @@ fn cordon_keeps_new_nodes_off_and_drain_moves_everything_off() {
     for h in ["h1", "h2"] {
         ok(bed.vnctl(None, &["admin", "cordon", h]), "admin cordon");
     }
-    // A provider may not.
-    let out = bed.vnctl(Some("red"), &["admin", "cordon", "h3"]);
-    assert!(!out.status.success(), "{out:?}");
+    // A provider may not (its own credential, not the admin's acting for it).
+    let conf = bed.dir.join("red.conf");
+    ok(
+        bed.vnctl(
+            None,
+            &[
+                "admin",
+                "credentials",
+                "create",
+                "--provider",
+                "red",
+                "--out",
+                conf.to_str().unwrap(),
+            ],
+        ),
+        "credentials create",
+    );
+    let out = std::process::Command::new(common::VNCTL)
+        .env_remove("VNET_PROVIDER")
+        .env("VNET_CONFIG", &conf)
+        .args(["admin", "cordon", "h3"])
+        .output()
+        .unwrap();
+    common::assert_one_line_error(&out, 1, &["admin role"]);
+    std::fs::remove_file(&conf).unwrap();
     let hosts = bed.hosts();
     let cordoned: Vec<&str> = hosts
         .iter()
