@@ -1317,6 +1317,7 @@ pub(crate) mod tests {
                 memory_mb: 512,
             }),
             node_kinds: vec![pb::NodeKind::Netns as i32, pb::NodeKind::Vm as i32],
+            cordoned: true,
             ..Default::default()
         };
         let t = hosts_table(&[h]);
@@ -1326,6 +1327,7 @@ pub(crate) mod tests {
             [
                 "h1",
                 "yes",
+                "cordoned",
                 "10.255.0.1",
                 "150/200",
                 "512/1024Mi",
@@ -1346,8 +1348,10 @@ pub(crate) mod tests {
             a_address: "10.255.0.1".into(),
             b_address: "10.255.0.2".into(),
             segment: "h1-h2".into(),
+            down: true,
         };
         let t = links_table(&[l]);
         assert!(t.lines().nth(1).unwrap().contains("950Mbit/s"), "{t}");
+        assert!(t.lines().nth(1).unwrap().starts_with("h1-h2  down "), "{t}");
     }
 }

@@ -42,7 +42,7 @@ fn host_of(vn: &pb::VirtualNetwork, node: &str) -> String {
 }
 
 /// The stand-in of host `id` among `agents` (h1..hn).
-fn take(agents: &mut Vec<Option<StandIn>>, id: &str) -> StandIn {
+fn take(agents: &mut [Option<StandIn>], id: &str) -> StandIn {
     let i: usize = id[1..].parse::<usize>().unwrap() - 1;
     agents[i].take().unwrap()
 }

@@ -441,4 +441,69 @@ mod tests {
         }
         assert_eq!(r.recoveries.len(), crate::record::MAX_RECOVERIES);
     }
+
+    #[test]
+    fn cordoned_hosts_and_down_links_leave_the_view_held_vns_return_with_the_link() {
+        use crate::substrate::{LinkSource, Registry};
+        let mut ix = Index::new(
+            crate::index::IndexConfig::default(),
+            Registry::new(
+                LinkSource::FullMesh {
+                    bandwidth_mbps: 100,
+                },
+                &[],
+            ),
+        );
+        for (h, a) in [("h1", "10.0.0.1"), ("h2", "10.0.0.2"), ("h3", "10.0.0.3")] {
+            ix.attach(crate::substrate::tests::host(h, a));
+        }
+        let r = rec(None, RecoveryPolicy::Wait).req;
+        let view = |ix: &Index| ix.view(&ix.frame(&r).unwrap());
+        assert_eq!(view(&ix).hosts.len(), 3);
+        // A cordon survives the agent's next hello (which never sets it).
+        ix.cordon("h2", true).unwrap();
+        ix.attach(crate::substrate::tests::host("h2", "10.0.0.2"));
+        let ids: Vec<String> = view(&ix).hosts.iter().map(|h| h.id.clone()).collect();
+        assert_eq!(ids, ["h1", "h3"]);
+        assert!(matches!(
+            ix.cordon("h9", true),
+            Err(CoreError::NotFound { .. })
+        ));
+        ix.cordon("h2", false).unwrap();
+        assert_eq!(view(&ix).hosts.len(), 3);
+
+        // A link down is not offered; its neighbours are probed from both ends.
+        assert!(ix.set_link_down("h1-h3", true).is_empty());
+        let v = view(&ix);
+        let at = v.links.iter().position(|l| l.id == "h1-h3").unwrap();
+        assert_eq!(v.free[at], None);
+        let n: Vec<String> = ix.probe_neighbors("h1").into_iter().map(|x| x.0).collect();
+        assert_eq!(n, ["h1-h2", "h1-h3"]);
+
+        // A VN held for the link is DEGRADED saying why, and READY again when it is up.
+        let mut held = rec(None, RecoveryPolicy::Wait);
+        held.placement.links[0].hops[0].link = "h1-h3".into();
+        held.hosts.insert(
+            "h1".into(),
+            crate::record::HostProgress {
+                since_generation: 1,
+                phase: HostPhase::Ready,
+            },
+        );
+        ix.vns.insert(held.vn_id.clone(), held);
+        let fault = Fault::LinkDown("h1-h3".into());
+        let affected = ix.affected(&fault);
+        assert_eq!(affected.len(), 1);
+        let c = ix.hold(&fault, &affected);
+        assert_eq!(c.events.len(), 1);
+        let r1 = ix.record("v1").unwrap();
+        assert_eq!(r1.status, VnStatus::Degraded);
+        assert_eq!(
+            r1.reason,
+            "link h1-h3 down: not re-embedded: its recovery policy is wait"
+        );
+        let c = ix.set_link_down("h1-h3", false);
+        assert_eq!(c.events[0].message, "link h1-h3 is up again");
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
+    }
 }

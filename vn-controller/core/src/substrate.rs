@@ -298,7 +298,7 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn host(id: &str, addr: &str) -> HostInfo {
