@@ -149,8 +149,42 @@ pub struct VnView {
     pub attributes: Option<AttributesFile>,
     pub nodes: Vec<NodeView>,
     pub links: Vec<LinkView>,
+    /// Re-embeddings after faults or drains, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recoveries: Vec<RecoveryView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<VnFile>,
+}
+
+/// One re-embedding: why, what moved, and how long it took from the fault.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryView {
+    pub cause: String,
+    pub moved: Vec<String>,
+    pub fault: String,
+    pub reembedded: String,
+    /// `None`: not READY again yet.
+    pub ready: Option<String>,
+    /// Fault to re-embedding, ms.
+    pub reembedded_after_ms: u64,
+    /// Fault to READY, ms (`None`: not READY yet).
+    pub ready_after_ms: Option<u64>,
+}
+
+impl RecoveryView {
+    fn from_proto(r: &pb::RecoveryRecord) -> Self {
+        let ready = (r.ready_unix_ms > 0).then_some(r.ready_unix_ms);
+        RecoveryView {
+            cause: r.cause.clone(),
+            moved: r.moved.clone(),
+            fault: timestamp(r.fault_unix_ms),
+            reembedded: timestamp(r.reembedded_unix_ms),
+            ready: ready.map(timestamp),
+            reembedded_after_ms: r.reembedded_unix_ms.saturating_sub(r.fault_unix_ms),
+            ready_after_ms: ready.map(|t| t.saturating_sub(r.fault_unix_ms)),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -282,6 +316,7 @@ impl VnView {
                     children_bandwidth_mbps: nestable.then_some(l.children_bandwidth_mbps),
                 })
                 .collect(),
+            recoveries: vn.recoveries.iter().map(RecoveryView::from_proto).collect(),
             spec: vn.spec.as_ref().map(VnFile::from_proto),
         }
     }
@@ -449,7 +484,34 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     describe_nodes(&v, &mut out);
     describe_links(&v, &mut out);
     describe_children_use(&v, &mut out);
+    describe_recoveries(&v, &mut out);
     out
+}
+
+/// `Recoveries:`: re-embeddings after faults or drains (none: nothing printed).
+fn describe_recoveries(v: &VnView, out: &mut String) {
+    if v.recoveries.is_empty() {
+        return;
+    }
+    out.push_str("Recoveries:\n");
+    let rows: Vec<Vec<String>> = v
+        .recoveries
+        .iter()
+        .map(|r| {
+            vec![
+                r.fault.clone(),
+                r.cause.clone(),
+                dash(&r.moved.join("; ")),
+                format!("{} ms", r.reembedded_after_ms),
+                r.ready_after_ms
+                    .map_or_else(|| "not yet".into(), |ms| format!("{ms} ms")),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&table(
+        &["FAULT", "CAUSE", "MOVED", "RE-EMBEDDED", "READY"],
+        &rows,
+    )));
 }
 
 /// The `Key: value` lines at the top of `describe vn`.
@@ -686,6 +748,8 @@ fn indent(s: &str) -> String {
 pub struct HostView {
     pub id: String,
     pub connected: bool,
+    /// Cordoned by an operator: takes no new node.
+    pub cordoned: bool,
     pub underlay_address: String,
     pub underlay: Vec<UnderlayView>,
     pub capacity: ResourcesView,
@@ -743,6 +807,7 @@ impl HostView {
         HostView {
             id: h.id.clone(),
             connected: h.connected,
+            cordoned: h.cordoned,
             underlay_address: h.underlay_address.clone(),
             underlay: h
                 .underlay
@@ -787,6 +852,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
             vec![
                 v.id,
                 if v.connected { "yes" } else { "no" }.into(),
+                if v.cordoned { "cordoned" } else { "yes" }.into(),
                 dash(&v.underlay_address),
                 format!("{}/{}", v.residual.cpu, v.capacity.cpu),
                 format!("{}/{}Mi", v.residual.memory_mb, v.capacity.memory_mb),
@@ -808,6 +874,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
         &[
             "HOST",
             "CONNECTED",
+            "SCHEDULABLE",
             "UNDERLAY",
             "CPU(FREE/ALL)",
             "MEMORY(FREE/ALL)",
@@ -834,6 +901,8 @@ pub struct SubstrateLinkView {
     pub a_address: String,
     pub b_address: String,
     pub segment: String,
+    /// Its agents' probes find it down.
+    pub down: bool,
 }
 
 impl SubstrateLinkView {
@@ -848,6 +917,7 @@ impl SubstrateLinkView {
             a_address: l.a_address.clone(),
             b_address: l.b_address.clone(),
             segment: l.segment.clone(),
+            down: l.down,
         }
     }
 }
@@ -859,6 +929,7 @@ pub fn links_table(links: &[pb::SubstrateLink]) -> String {
         .map(|l| {
             vec![
                 dash(&l.id),
+                if l.down { "down" } else { "up" }.into(),
                 l.a.clone(),
                 l.b.clone(),
                 format!("{}Mbit/s", l.bandwidth_mbps),
@@ -874,6 +945,7 @@ pub fn links_table(links: &[pb::SubstrateLink]) -> String {
     table(
         &[
             "LINK",
+            "STATE",
             "A",
             "B",
             "BANDWIDTH",
@@ -1251,6 +1323,7 @@ pub(crate) mod tests {
                 memory_mb: 512,
             }),
             node_kinds: vec![pb::NodeKind::Netns as i32, pb::NodeKind::Vm as i32],
+            cordoned: true,
             ..Default::default()
         };
         let t = hosts_table(&[h]);
@@ -1260,6 +1333,7 @@ pub(crate) mod tests {
             [
                 "h1",
                 "yes",
+                "cordoned",
                 "10.255.0.1",
                 "150/200",
                 "512/1024Mi",
@@ -1280,8 +1354,10 @@ pub(crate) mod tests {
             a_address: "10.255.0.1".into(),
             b_address: "10.255.0.2".into(),
             segment: "h1-h2".into(),
+            down: true,
         };
         let t = links_table(&[l]);
         assert!(t.lines().nth(1).unwrap().contains("950Mbit/s"), "{t}");
+        assert!(t.lines().nth(1).unwrap().starts_with("h1-h2  down "), "{t}");
     }
 }

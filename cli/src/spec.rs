@@ -87,6 +87,16 @@ pub enum IsolationName {
     DedicatedHosts,
 }
 
+/// What the controller does with the VN when a host or substrate link under it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryName {
+    /// Move nodes of a lost host, reroute links around a dead link (the default).
+    Reembed,
+    /// Stay degraded until the host or link returns.
+    Wait,
+}
+
 /// A VN spec as written in YAML.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -112,6 +122,8 @@ pub struct VnFile {
     pub share_with: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<AttributesFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryName>,
     pub nodes: Vec<NodeFile>,
     #[serde(default)]
     pub links: Vec<LinkFile>,
@@ -446,6 +458,11 @@ impl VnFile {
             parent: self.parent.clone().unwrap_or_default(),
             parent_provider: self.parent_provider.clone().unwrap_or_default(),
             attributes: self.attributes.as_ref().map(AttributesFile::to_proto),
+            recovery: match self.recovery {
+                None => pb::RecoveryPolicy::Unspecified,
+                Some(RecoveryName::Reembed) => pb::RecoveryPolicy::Reembed,
+                Some(RecoveryName::Wait) => pb::RecoveryPolicy::Wait,
+            } as i32,
         }
     }
 
@@ -463,6 +480,11 @@ impl VnFile {
             parent_provider: non_empty(&spec.parent_provider),
             share_with: spec.share_with.clone(),
             attributes: spec.attributes.as_ref().map(AttributesFile::from_proto),
+            recovery: match pb::RecoveryPolicy::try_from(spec.recovery) {
+                Ok(pb::RecoveryPolicy::Reembed) => Some(RecoveryName::Reembed),
+                Ok(pb::RecoveryPolicy::Wait) => Some(RecoveryName::Wait),
+                _ => None,
+            },
             nodes: spec.nodes.iter().map(NodeFile::from_proto).collect(),
             links: spec.links.iter().map(LinkFile::from_proto).collect(),
         }

@@ -464,8 +464,15 @@ fn down_after_a_crash() {
         assert!(st.success());
     }
     std::thread::sleep(Duration::from_millis(300));
-    let status = ok(bed.testbed(&["status"]), "testbed status");
-    assert!(status.contains("not running"), "{status}");
+    // Status shows them dead and fails, naming them.
+    let out = bed.testbed(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("not running"), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not running: controller, agent h1, agent h2, agent h3"),
+        "{err}"
+    );
     // Down removes the VNs' namespaces and datapath processes (through `substrate-agent
     // cleanup`), the daemons' leftovers and the network, from stale pidfiles.
     ok(bed.testbed(&["down"]), "testbed down after a crash");

@@ -102,6 +102,10 @@ pub enum StandInError {
 /// A running stand-in agent; dropping it closes its stream (the controller sees a detach).
 pub struct StandIn {
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Messages to the controller (underlay reports sent by the test).
+    up: mpsc::Sender<pb::AgentMessage>,
+    /// The underlay probe configuration received.
+    probe: Arc<Mutex<Option<pb::UnderlayProbe>>>,
     desired: watch::Receiver<Option<pb::DesiredState>>,
     consoles: Arc<Mutex<Vec<pb::controller_message::Msg>>>,
     task: tokio::task::JoinHandle<()>,
@@ -219,6 +223,9 @@ impl StandIn {
         let b = behaviour.clone();
         let consoles = Arc::new(Mutex::new(Vec::new()));
         let seen = consoles.clone();
+        let probe = Arc::new(Mutex::new(None));
+        let probe_seen = probe.clone();
+        let up = tx.clone();
         let task = tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
                 match msg.msg {
@@ -236,6 +243,9 @@ impl StandIn {
                     }
                     Some(pb::controller_message::Msg::Exec(c)) => {
                         tokio::spawn(exec(exec_client.clone(), host_id.clone(), c));
+                    }
+                    Some(pb::controller_message::Msg::Probe(p)) => {
+                        *probe_seen.lock().expect("lock") = Some(p);
                     }
                     Some(c @ pb::controller_message::Msg::ConsoleStart(_))
                     | Some(c @ pb::controller_message::Msg::ConsoleInput(_))
@@ -276,10 +286,36 @@ impl StandIn {
         });
         Ok(StandIn {
             behaviour,
+            up,
+            probe,
             desired: drx,
             consoles,
             task,
         })
+    }
+
+    /// Reports the state of underlay links as a real agent's probes would (`(link, up)`).
+    pub async fn report_underlay(&self, links: &[(&str, bool)]) {
+        let rep = pb::UnderlayReport {
+            links: links
+                .iter()
+                .map(|(l, up)| pb::UnderlayLinkState {
+                    link_id: l.to_string(),
+                    up: *up,
+                    detail: String::new(),
+                })
+                .collect(),
+        };
+        let m = pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Underlay(rep)),
+        };
+        // A closed stream (the test dropped the session) is the test's business.
+        let _ = self.up.send(m).await;
+    }
+
+    /// The underlay probe configuration the controller sent.
+    pub fn probe(&self) -> Option<pb::UnderlayProbe> {
+        self.probe.lock().expect("lock").clone()
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {

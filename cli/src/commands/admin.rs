@@ -1,4 +1,5 @@
-//! `vnctl admin credentials create|revoke` and `vnctl admin quota set`.
+//! `vnctl admin credentials create|revoke`, `vnctl admin quota set` and host maintenance:
+//! `vnctl admin cordon|uncordon|drain HOST`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,13 @@ pub enum AdminCmd {
     /// Per-provider limits.
     #[command(subcommand)]
     Quota(QuotaCmd),
+    /// Place nothing new on HOST (what it holds stays); durable.
+    Cordon { host: String },
+    /// Let HOST take new nodes again.
+    Uncordon { host: String },
+    /// Cordon HOST and re-embed every VN that holds anything on it elsewhere (pinned nodes and
+    /// VNs with children stay; they are listed).
+    Drain { host: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -101,6 +109,11 @@ impl AdminArgs {
                     println!("revoked {}", r.revoked.join(", "));
                     Ok(())
                 }
+                AdminCmd::Cordon { host } => maintenance(&ctl, Maintenance::Cordon, &host).await,
+                AdminCmd::Uncordon { host } => {
+                    maintenance(&ctl, Maintenance::Uncordon, &host).await
+                }
+                AdminCmd::Drain { host } => maintenance(&ctl, Maintenance::Drain, &host).await,
                 AdminCmd::Quota(QuotaCmd::Set {
                     provider,
                     vns,
@@ -129,6 +142,47 @@ impl AdminArgs {
             }
         })
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Maintenance {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
+/// Cordon, uncordon or drain `host`; a drain prints what moved and what stays.
+async fn maintenance(ctl: &Controller, what: Maintenance, host: &str) -> anyhow::Result<()> {
+    let req = pb::HostRequest {
+        host: host.to_string(),
+    };
+    let mut admin = ctl.admin();
+    let (r, verb) = match what {
+        Maintenance::Cordon => (admin.cordon(req).await, "cordon"),
+        Maintenance::Uncordon => (admin.uncordon(req).await, "uncordon"),
+        Maintenance::Drain => (admin.drain(req).await, "drain"),
+    };
+    let r = r
+        .map_err(|s| rpc_error(&format!("{verb} host {host}"), s))?
+        .into_inner();
+    match what {
+        Maintenance::Cordon => println!("host {host} cordoned: nothing new is placed on it"),
+        Maintenance::Uncordon => println!("host {host} uncordoned"),
+        Maintenance::Drain => {
+            println!(
+                "host {host} drained (cordoned): {} VN(s) moved, {} remain",
+                r.moved.len(),
+                r.remaining.len()
+            );
+            for m in &r.moved {
+                println!("  moved   {m}");
+            }
+            for m in &r.remaining {
+                println!("  remains {m}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Issues the token and writes a config file with one context: this controller, its CA

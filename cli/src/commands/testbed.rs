@@ -1,11 +1,12 @@
-//! `vnctl testbed up|down|status`: the local multi-host testbed (see `crate::testbed`).
+//! `vnctl testbed up|down|status|host|link`: the local multi-host testbed and fault injection
+//! on it (see `crate::testbed`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::testbed::{self, DEFAULT_STATE_DIR, UpOptions, layout::Naming};
+use crate::testbed::{self, DEFAULT_STATE_DIR, UpOptions, faults::HostAction, layout::Naming};
 
 /// Build, remove or inspect a local multi-host testbed (host namespaces h1..hN, a shaped and
 /// routed underlay, the controller and one agent per host).
@@ -18,13 +19,56 @@ pub struct TestbedArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum TestbedCommand {
     /// Create host namespaces and the underlay, start the controller and the agents, and wait
-    /// until every host is registered.
+    /// until every host is registered. On a testbed recorded already: start what is not
+    /// running (a killed agent) and wait likewise.
     Up(UpArgs),
     /// Stop the daemons, remove everything the agents and the testbed created (also after a
     /// crash). Idempotent.
     Down(StateDirArg),
-    /// Show hosts, processes and whether the controller answers.
+    /// Show hosts, processes and whether the controller answers; fails when a daemon is not
+    /// running (naming it).
     Status(StateDirArg),
+    /// Fault injection on a host's agent: stop (SIGTERM), start, kill (SIGKILL), restart.
+    Host(HostArgs),
+    /// Fault injection on the underlay: take the link between hosts A and B down, or up again.
+    Link(LinkArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostVerb {
+    Stop,
+    Start,
+    Kill,
+    Restart,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostArgs {
+    #[arg(value_enum)]
+    pub action: HostVerb,
+    pub host: String,
+    /// Also take every underlay link of the host down (stop, kill) or up (start, restart): the
+    /// whole host gone from the network, not only its agent.
+    #[arg(long)]
+    pub links: bool,
+    #[command(flatten)]
+    pub dir: StateDirArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkVerb {
+    Down,
+    Up,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LinkArgs {
+    #[arg(value_enum)]
+    pub action: LinkVerb,
+    pub a: String,
+    pub b: String,
+    #[command(flatten)]
+    pub dir: StateDirArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +141,20 @@ impl TestbedArgs {
             }),
             TestbedCommand::Down(a) => testbed::down(&a.state_dir),
             TestbedCommand::Status(a) => testbed::status(&a.state_dir),
+            TestbedCommand::Host(a) => testbed::faults::host(
+                &a.dir.state_dir,
+                &a.host,
+                match a.action {
+                    HostVerb::Stop => HostAction::Stop,
+                    HostVerb::Start => HostAction::Start,
+                    HostVerb::Kill => HostAction::Kill,
+                    HostVerb::Restart => HostAction::Restart,
+                },
+                a.links,
+            ),
+            TestbedCommand::Link(a) => {
+                testbed::faults::link(&a.dir.state_dir, &a.a, &a.b, a.action == LinkVerb::Up)
+            }
         }
     }
 }

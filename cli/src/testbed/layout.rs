@@ -158,6 +158,16 @@ pub enum NetOp {
         netns: String,
         route: Route,
     },
+    /// Takes a link down (a fault injected on the underlay).
+    Down {
+        netns: String,
+        dev: String,
+    },
+    /// Adds or replaces a route (restoring it after a link came back up).
+    ReplaceRoute {
+        netns: String,
+        route: Route,
+    },
 }
 
 impl NetOp {

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod daemon;
+pub mod faults;
 pub mod layout;
 pub mod net;
 pub mod pki;
@@ -447,14 +448,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     let state_dir = std::path::absolute(&opts.state_dir)
         .with_context(|| format!("state dir {}", opts.state_dir.display()))?;
     if let Some(old) = Record::load(&state_dir)? {
-        let hosts: Vec<&str> = old.layout.hosts.iter().map(|h| h.id.as_str()).collect();
-        anyhow::bail!(
-            "a testbed ({}) is already recorded in {}: `vnctl testbed down --state-dir {}` \
-             first (it also cleans up after a crash)",
-            hosts.join(", "),
-            state_dir.display(),
-            state_dir.display()
-        );
+        return resume(&old, opts.timeout);
     }
     let controller_bin = find_binary(CONTROLLER_BIN)?;
     let agent_bin = find_binary(AGENT_BIN)?;
@@ -523,6 +517,51 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `testbed up` on a recorded testbed: starts the daemons that are not running (a killed agent,
+/// a stopped controller) if its network is whole; the testbed keeps the options it was built
+/// with.
+fn resume(record: &Record, timeout: Duration) -> anyhow::Result<()> {
+    let net = net::IpRoute2;
+    for h in &record.layout.hosts {
+        anyhow::ensure!(
+            record.owns_live_netns(&net, &h.netns),
+            "a testbed is recorded in {dir} but its namespace {} is gone: `vnctl testbed down \
+             --state-dir {dir}` and up again",
+            h.netns,
+            dir = record.state_dir.display()
+        );
+    }
+    let dead = dead_daemons(record);
+    if dead.is_empty() {
+        println!(
+            "testbed in {} is up already (its options are those it was built with)",
+            record.state_dir.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "resuming the testbed in {}: starting {}",
+        record.state_dir.display(),
+        dead.join(", ")
+    );
+    run_daemons(record, timeout, true)?;
+    println!(
+        "testbed up (resumed): {} started, {} hosts connected",
+        dead.join(", "),
+        record.layout.hosts.len()
+    );
+    Ok(())
+}
+
+/// The names of the testbed's daemons that are not running ("controller", "agent h3").
+fn dead_daemons(record: &Record) -> Vec<String> {
+    std::iter::once(record.controller_daemon())
+        .chain(record.layout.hosts.iter().map(|h| record.agent_daemon(h)))
+        .filter(|s| daemon::running(s).is_none())
+        .map(|s| s.name)
+        .collect()
+}
+
 /// Makes the testbed's admin context the current one of vnctl's config file (`VNET_CONFIG`,
 /// else `~/.vnet/config`), keeping the file's other contexts.
 fn make_current(record: &Record) -> anyhow::Result<PathBuf> {
@@ -563,13 +602,20 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
         serde_yaml_ng::to_string(&substrate.controller_topology())?,
     )
     .context("writing topology.yaml")?;
-    let deadline = Instant::now() + timeout;
-
     record.create_pki()?;
+    run_daemons(record, timeout, false)
+}
+
+/// Starts the controller and the agents (with `only_missing`, those not running) and waits
+/// until every host is registered and connected.
+fn run_daemons(record: &Record, timeout: Duration, only_missing: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
     let opts = record.admin_opts()?;
     let ctl_spec = record.controller_daemon();
     let mut children: Vec<(DaemonSpec, Child)> = Vec::new();
-    children.push((ctl_spec.clone(), daemon::spawn(&ctl_spec)?));
+    if !only_missing || daemon::running(&ctl_spec).is_none() {
+        children.push((ctl_spec.clone(), daemon::spawn(&ctl_spec)?));
+    }
     crate::client::block_on(async {
         // The controller must accept connections before agents dial it (they retry anyway).
         let ctl = loop {
@@ -592,6 +638,9 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
         eprintln!("controller listening at {}", record.controller_url());
         for h in &record.layout.hosts {
             let spec = record.agent_daemon(h);
+            if only_missing && daemon::running(&spec).is_some() {
+                continue;
+            }
             std::fs::create_dir_all(record.agent_state_dir(&h.id))?;
             let child = daemon::spawn(&spec)?;
             children.push((spec, child));
@@ -850,6 +899,13 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
             crate::output::table(&["LINK", "A", "B", "SHAPED"], &links)
         );
     }
+    let dead = dead_daemons(&record);
+    anyhow::ensure!(
+        dead.is_empty(),
+        "not running: {} (`vnctl testbed up --state-dir {}` starts them again)",
+        dead.join(", "),
+        state_dir.display()
+    );
     Ok(())
 }
 

@@ -105,12 +105,17 @@ pub fn argv(op: &NetOp) -> Vec<String> {
             "latency",
             "50ms",
         ]),
-        NetOp::AddRoute { netns, route } => s(&[
+        NetOp::Down { netns, dev } => s(&["ip", "-n", netns, "link", "set", "dev", dev, "down"]),
+        NetOp::AddRoute { netns, route } | NetOp::ReplaceRoute { netns, route } => s(&[
             "ip",
             "-n",
             netns,
             "route",
-            "add",
+            if matches!(op, NetOp::AddRoute { .. }) {
+                "add"
+            } else {
+                "replace"
+            },
             &route.dst.to_string(),
             "via",
             &route.via.to_string(),

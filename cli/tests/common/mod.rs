@@ -329,12 +329,19 @@ impl Bed {
 
     /// Three hosts up; the returned guard takes them down however the test ends.
     pub fn up(&self) -> Down<'_> {
+        self.up_hosts(3)
+    }
+
+    /// `hosts` hosts (a full mesh) up; the returned guard takes them down however the test
+    /// ends.
+    pub fn up_hosts(&self, hosts: usize) -> Down<'_> {
         let guard = Down(self);
+        let hosts = hosts.to_string();
         ok(
             self.testbed(&[
                 "up",
                 "--hosts",
-                "3",
+                &hosts,
                 "--netns-prefix",
                 &self.tag,
                 "--mgmt-bridge",
@@ -490,8 +497,11 @@ impl Drop for Down<'_> {
         let out = self.0.testbed(&["down"]);
         if std::thread::panicking() {
             eprintln!("testbed down after failure: {out:?}");
-            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
-                let p = self.0.dir.join(format!("logs/{log}.log"));
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.0.dir.join("logs"))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.sort();
+            for p in logs {
                 if let Ok(t) = std::fs::read_to_string(&p) {
                     let tail: Vec<&str> = t.lines().rev().take(40).collect();
                     eprintln!("--- {}:", p.display());

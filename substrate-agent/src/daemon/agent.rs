@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::agent_control_client::AgentControlClient;
 
+use crate::daemon::underlay::{ProbeConfig, Prober};
 use crate::guest::GuestRuntime;
 use crate::host::kernel::Kernel;
 use crate::reconcile::apply::{ApplyReport, Env, apply};
@@ -60,6 +61,8 @@ pub struct Agent<K: Kernel + 'static> {
     pub guests: Option<Arc<dyn GuestRuntime>>,
     /// The newest desired state, validated (for exec).
     latest: Mutex<Option<Desired>>,
+    /// The underlay prober and what it probes (kept across sessions).
+    prober: Mutex<Option<(ProbeConfig, Prober)>>,
 }
 
 /// `/proc/sys/kernel/random/boot_id`.
@@ -86,6 +89,7 @@ impl<K: Kernel + 'static> Agent<K> {
             datapath,
             guests,
             latest: Mutex::new(None),
+            prober: Mutex::new(None),
         }
     }
 
@@ -360,10 +364,35 @@ impl<K: Kernel + 'static> Agent<K> {
         }
     }
 
+    /// (Re)starts the underlay prober for the controller's `UnderlayProbe` (unchanged: kept).
+    fn configure_probe(
+        &self,
+        p: &pb::UnderlayProbe,
+        out: &watch::Sender<Option<pb::UnderlayReport>>,
+    ) {
+        let cfg = match ProbeConfig::from_proto(p) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "underlay probe configuration refused");
+                return;
+            }
+        };
+        let mut cur = self.prober.lock().expect("prober");
+        if cur.as_ref().is_some_and(|(c, _)| *c == cfg) {
+            return;
+        }
+        // The old prober stops when dropped; its last report is stale.
+        *cur = None;
+        out.send_replace(None);
+        let prober = crate::daemon::underlay::start(cfg.clone(), out.clone());
+        *cur = Some((cfg, prober));
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (desired_tx, desired_rx) = watch::channel::<Option<pb::DesiredState>>(None);
         let (report_tx, report_rx) = watch::channel::<Option<pb::ObservedState>>(None);
+        let (underlay_tx, underlay_rx) = watch::channel::<Option<pb::UnderlayReport>>(None);
         let current_cancel: Arc<Mutex<Arc<AtomicBool>>> =
             Arc::new(Mutex::new(Arc::new(AtomicBool::new(false))));
         let reconciler = tokio::spawn(reconcile_loop(
@@ -382,6 +411,7 @@ impl<K: Kernel + 'static> Agent<K> {
             let session = self.session(
                 &desired_tx,
                 report_rx.clone(),
+                (&underlay_tx, underlay_rx.clone()),
                 &current_cancel,
                 shutdown.clone(),
                 &mut attached_at,
@@ -410,6 +440,10 @@ impl<K: Kernel + 'static> Agent<K> {
         self: &Arc<Self>,
         desired_tx: &watch::Sender<Option<pb::DesiredState>>,
         mut report_rx: watch::Receiver<Option<pb::ObservedState>>,
+        (underlay_tx, mut underlay_rx): (
+            &watch::Sender<Option<pb::UnderlayReport>>,
+            watch::Receiver<Option<pb::UnderlayReport>>,
+        ),
         current_cancel: &Arc<Mutex<Arc<AtomicBool>>>,
         mut shutdown: watch::Receiver<bool>,
         attached_at: &mut Option<tokio::time::Instant>,
@@ -431,6 +465,7 @@ impl<K: Kernel + 'static> Agent<K> {
         *attached_at = Some(tokio::time::Instant::now());
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
+        underlay_rx.mark_changed();
         // Console sessions live as long as this stream.
         let mut consoles = crate::daemon::console::ConsoleSessions::new();
         loop {
@@ -460,6 +495,7 @@ impl<K: Kernel + 'static> Agent<K> {
                         }
                         Some(pb::controller_message::Msg::ConsoleInput(i)) => consoles.input(i),
                         Some(pb::controller_message::Msg::ConsoleStop(s)) => consoles.stop(s.session_id),
+                        Some(pb::controller_message::Msg::Probe(p)) => self.configure_probe(&p, underlay_tx),
                         None => {}
                     }
                 }
@@ -469,6 +505,15 @@ impl<K: Kernel + 'static> Agent<K> {
                     if let Some(rep) = rep {
                         out_tx.send(pb::AgentMessage {
                             msg: Some(pb::agent_message::Msg::Observed(rep)),
+                        }).await?;
+                    }
+                }
+                r = underlay_rx.changed() => {
+                    r.context("underlay prober gone")?;
+                    let rep = underlay_rx.borrow_and_update().clone();
+                    if let Some(rep) = rep {
+                        out_tx.send(pb::AgentMessage {
+                            msg: Some(pb::agent_message::Msg::Underlay(rep)),
                         }).await?;
                     }
                 }

@@ -326,6 +326,7 @@ mod tests {
             nestable: false,
             share_with: Default::default(),
             parent: None,
+            recovery: Default::default(),
         }
     }
 

@@ -53,7 +53,8 @@ impl Index {
 pub fn view_of(registry: &Registry, u: &Usage, req: &VnReq) -> View {
     let hosts = registry
         .hosts()
-        .filter(|h| registry.is_connected(&h.id))
+        // Cordoned hosts take nothing new.
+        .filter(|h| registry.is_schedulable(&h.id))
         .map(|h| ViewHost {
             id: h.id.clone(),
             cpu_free: h.cpu.saturating_sub(u.host_cpu(&h.id)),

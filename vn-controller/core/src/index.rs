@@ -524,6 +524,7 @@ impl Index {
             placement,
             hosts,
             nesting,
+            recoveries: Vec::new(),
             generation: 1,
         };
         self.by_name.insert(
@@ -680,8 +681,10 @@ impl Index {
         }
     }
 
-    /// Marks READY when every host reported its slice ready.
-    pub(crate) fn settle(rec: &mut VnRecord, change: &mut Change) {
+    /// Marks READY when every host reported its slice ready (closing an open recovery).
+    /// `now_ms` closes an open recovery (none: a re-embedding's own commit, whose recovery is
+    /// noted after it).
+    pub(crate) fn settle(rec: &mut VnRecord, change: &mut Change, now_ms: Option<u64>) {
         let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
         if all_ready
             && matches!(
@@ -692,13 +695,14 @@ impl Index {
             rec.status = VnStatus::Ready;
             rec.reason.clear();
             change.status_changed = true;
+            let message = now_ms.map(|t| rec.finish_recovery(t)).unwrap_or_default();
             change.events.push(Event {
                 provider: rec.provider().clone(),
                 name: rec.name().to_string(),
                 kind: EventKind::Ready,
                 status: Some(VnStatus::Ready),
                 host: String::new(),
-                message: String::new(),
+                message,
             });
         }
     }
@@ -719,13 +723,27 @@ impl Index {
         }
     }
 
-    /// Applies an agent's report about `generation` of `host`'s desired state.
+    /// [`Index::observe_at`] at time 0 (tests).
+    #[cfg(test)]
     pub fn observe(
         &mut self,
         host: &str,
         generation: u64,
         applied: bool,
         reports: &[SliceReport],
+    ) -> Change {
+        self.observe_at(host, generation, applied, reports, 0)
+    }
+
+    /// Applies an agent's report about `generation` of `host`'s desired state, received at
+    /// `now_ms` (the end of a recovery is timed by it).
+    pub fn observe_at(
+        &mut self,
+        host: &str,
+        generation: u64,
+        applied: bool,
+        reports: &[SliceReport],
+        now_ms: u64,
     ) -> Change {
         let mut change = Change::default();
         // The observed generation is the newest one applied: the notice that an agent started
@@ -760,7 +778,7 @@ impl Index {
                 HostPhase::Failed(msg) => {
                     Self::degrade(rec, format!("host {host}: {msg}"), host, &mut change)
                 }
-                _ => Self::settle(rec, &mut change),
+                _ => Self::settle(rec, &mut change, Some(now_ms)),
             }
             change.upserts.insert(rec.vn_id.clone(), rec.clone());
         }
@@ -796,7 +814,8 @@ impl Index {
     }
 
     /// After a restart: VNs on hosts that did not re-attach within the grace period degrade.
-    pub fn degrade_unattached(&mut self) -> Change {
+    /// Returns those hosts.
+    pub fn degrade_unattached(&mut self) -> (Vec<String>, Change) {
         let mut change = Change::default();
         let missing: Vec<String> = self
             .host_vns
@@ -804,10 +823,10 @@ impl Index {
             .filter(|h| !self.registry.is_connected(h))
             .cloned()
             .collect();
-        for h in missing {
-            change.merge(self.detach(&h));
+        for h in &missing {
+            change.merge(self.detach(h));
         }
-        change
+        (missing, change)
     }
 
     /// Fails a VN still provisioning, naming the hosts that did not report.
@@ -868,6 +887,7 @@ pub(crate) mod tests {
             boot_id: String::new(),
             last_seen_unix_ms: 0,
             images: Vec::new(),
+            cordoned: false,
         }
     }
 
@@ -922,6 +942,7 @@ pub(crate) mod tests {
             nestable: false,
             share_with: Default::default(),
             parent: None,
+            recovery: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod attributes;
 pub mod desired;
 pub mod embed;
 pub mod error;
+pub mod failover;
 pub mod frame;
 pub mod index;
 pub mod model;

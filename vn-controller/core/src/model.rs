@@ -163,6 +163,27 @@ impl std::fmt::Display for ParentRef {
     }
 }
 
+/// What the controller does with a VN when a host or substrate link under it fails.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum RecoveryPolicy {
+    /// Move the nodes of a lost host and reroute links around a dead link (pinned nodes wait).
+    #[default]
+    Reembed,
+    /// Stay degraded until the host or link returns.
+    Wait,
+}
+
+impl RecoveryPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Reembed => "reembed",
+            RecoveryPolicy::Wait => "wait",
+        }
+    }
+}
+
 /// A validated VN request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VnReq {
@@ -182,6 +203,9 @@ pub struct VnReq {
     /// Recursion: the VN this one is embedded in (`None`: on the substrate).
     #[serde(default)]
     pub parent: Option<ParentRef>,
+    /// Failure recovery of this VN.
+    #[serde(default)]
+    pub recovery: RecoveryPolicy,
 }
 
 impl VnReq {

@@ -201,10 +201,30 @@ pub struct VnRecord {
     /// re-embedding (optimistic concurrency: an update names the generation it was read at).
     #[serde(default = "first_generation")]
     pub generation: u64,
+    /// The latest re-embeddings after faults or drains, oldest first (at most
+    /// [`MAX_RECOVERIES`]).
+    #[serde(default)]
+    pub recoveries: Vec<Recovery>,
 }
 
 fn first_generation() -> u64 {
     1
+}
+
+/// Recoveries a record keeps.
+pub const MAX_RECOVERIES: usize = 8;
+
+/// One re-embedding of a VN after a fault or a drain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// "host h3 lost", "link h1-h2 down", "host h3 drained".
+    pub cause: String,
+    /// "node c h3->h5", "link b-c h2,h3,h4->h2,h5".
+    pub moved: Vec<String>,
+    pub fault_unix_ms: u64,
+    pub reembedded_unix_ms: u64,
+    /// `None`: not READY again yet.
+    pub ready_unix_ms: Option<u64>,
 }
 
 /// Where a child VN sits: its parent (by VN id, never reused) and its depth.
@@ -242,6 +262,44 @@ impl VnRecord {
     /// 0 on the substrate, parent depth + 1 for a child.
     pub fn depth(&self) -> u32 {
         self.nesting.as_ref().map_or(0, |n| n.depth)
+    }
+
+    /// Records a re-embedding after a fault (`cause`) or a drain: what moved, when the fault
+    /// happened and when the VN was re-embedded. Keeps the latest [`MAX_RECOVERIES`].
+    pub fn record_recovery(
+        &mut self,
+        cause: String,
+        moved: Vec<String>,
+        fault_unix_ms: u64,
+        now_ms: u64,
+    ) {
+        self.recoveries.push(Recovery {
+            cause,
+            moved,
+            fault_unix_ms,
+            reembedded_unix_ms: now_ms,
+            ready_unix_ms: None,
+        });
+        if self.recoveries.len() > MAX_RECOVERIES {
+            let extra = self.recoveries.len() - MAX_RECOVERIES;
+            self.recoveries.drain(..extra);
+        }
+    }
+
+    /// When the VN turns READY: closes its open recovery. Returns how long that recovery took,
+    /// for the READY event (empty when none was open).
+    pub fn finish_recovery(&mut self, now_ms: u64) -> String {
+        match self.recoveries.last_mut() {
+            Some(r) if r.ready_unix_ms.is_none() => {
+                r.ready_unix_ms = Some(now_ms);
+                format!(
+                    "recovered from {} in {} ms (fault to READY)",
+                    r.cause,
+                    now_ms.saturating_sub(r.fault_unix_ms)
+                )
+            }
+            _ => String::new(),
+        }
     }
 
     /// The parent VN's id, for a child.

@@ -87,6 +87,30 @@ impl Diff {
             && self.links.iter().all(|l| l.action == Action::Keep)
     }
 
+    /// What moves: `node c h3 -> h5`, `link b-c h2,h3 -> h2,h5` (a link rerouted).
+    pub fn moved(&self) -> Vec<String> {
+        let mut moved = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.action == Action::Move) {
+            let (from, to) = (n.from.as_deref(), n.to.as_deref());
+            moved.push(format!(
+                "node {} {} -> {}",
+                n.name,
+                from.unwrap_or("?"),
+                to.unwrap_or("?")
+            ));
+        }
+        for l in self.links.iter().filter(|l| l.action == Action::Move) {
+            moved.push(format!(
+                "link {}-{} {} -> {}",
+                l.ends[0],
+                l.ends[1],
+                l.from.join(","),
+                l.to.join(",")
+            ));
+        }
+        moved
+    }
+
     /// How many nodes and links take each action, as `2 nodes kept, 1 link added`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();

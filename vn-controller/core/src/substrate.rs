@@ -55,6 +55,10 @@ pub struct HostInfo {
     /// The guest images it holds (a `vm` node goes only to a host that holds its image).
     #[serde(default)]
     pub images: Vec<GuestImage>,
+    /// Cordoned by an operator: no new node or transit is placed on it. Kept by the registry
+    /// across the agent's hellos (which never set it) and persisted with the host.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 impl HostInfo {
@@ -104,6 +108,8 @@ pub struct Registry {
     /// Shared with embedding views, which take it without copying.
     links: Arc<Vec<SubstrateLink>>,
     link_index: HashMap<String, usize>,
+    /// Links the agents' probes found down (debounced by the runtime): not usable.
+    down_links: BTreeSet<String>,
 }
 
 impl Registry {
@@ -119,6 +125,7 @@ impl Registry {
             source,
             links: Arc::new(Vec::new()),
             link_index: HashMap::new(),
+            down_links: BTreeSet::new(),
         };
         r.rebuild_links();
         r
@@ -161,6 +168,9 @@ impl Registry {
             info.labels.extend(extra.iter().cloned());
         }
         let new = !self.hosts.contains_key(&info.id);
+        if let Some(old) = self.hosts.get(&info.id) {
+            info.cordoned |= old.cordoned;
+        }
         self.hosts.insert(info.id.clone(), info);
         if new {
             self.rebuild_links();
@@ -178,6 +188,35 @@ impl Registry {
 
     pub fn is_connected(&self, host: &str) -> bool {
         self.connected.contains(host)
+    }
+
+    /// Cordons or uncordons a known host; returns its record (to persist), `None` when unknown.
+    pub fn set_cordoned(&mut self, host: &str, cordoned: bool) -> Option<&HostInfo> {
+        let h = self.hosts.get_mut(host)?;
+        h.cordoned = cordoned;
+        Some(h)
+    }
+
+    pub fn is_cordoned(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some_and(|h| h.cordoned)
+    }
+
+    /// Attached and not cordoned: may receive new nodes and transits.
+    pub fn is_schedulable(&self, host: &str) -> bool {
+        self.is_connected(host) && !self.is_cordoned(host)
+    }
+
+    /// Marks a link down or up; returns whether that changed anything.
+    pub fn set_link_down(&mut self, link: &str, down: bool) -> bool {
+        if down {
+            self.down_links.insert(link.to_string())
+        } else {
+            self.down_links.remove(link)
+        }
+    }
+
+    pub fn is_link_down(&self, link: &str) -> bool {
+        self.down_links.contains(link)
     }
 
     pub fn host(&self, id: &str) -> Option<&HostInfo> {
@@ -233,9 +272,10 @@ impl Registry {
         self.link_index.get(id).map(|i| &self.links[*i])
     }
 
-    /// Whether a link can carry new virtual links: both ends registered and attached.
+    /// Whether a link can carry new virtual links: both ends registered and attached, and its
+    /// probes do not find it down.
     pub fn link_usable(&self, l: &SubstrateLink) -> bool {
-        self.is_connected(&l.a) && self.is_connected(&l.b)
+        self.is_connected(&l.a) && self.is_connected(&l.b) && !self.is_link_down(&l.id)
     }
 
     /// The tunnel address of `host` on link `l`.
@@ -258,7 +298,7 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn host(id: &str, addr: &str) -> HostInfo {
@@ -280,6 +320,7 @@ mod tests {
             boot_id: String::new(),
             last_seen_unix_ms: 0,
             images: Vec::new(),
+            cordoned: false,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::placement::{self, InterfaceNames, Taken, Target};
 use crate::record::{
     HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
 };
-use crate::replan::{Action, Replan};
+use crate::replan::Replan;
 use crate::usage::{CheckMode, Usage};
 
 /// What [`Index::commit_replan`] needs besides the plan.
@@ -288,7 +288,7 @@ impl Index {
         }
         change.status_changed = true;
         change.events.push(updated_event(&rec, plan, cause));
-        Self::settle(&mut rec, &mut change);
+        Self::settle(&mut rec, &mut change, None);
         change.upserts.insert(id.clone(), rec.clone());
         change.cursors = Some(self.alloc.cursors());
         self.vns.insert(id, rec.clone());
@@ -516,25 +516,7 @@ fn constrained(what: &str, users: &str, parent: &VnRecord) -> CoreError {
 
 /// The event of an update: the new generation, why, what it did, and what moved.
 fn updated_event(rec: &VnRecord, plan: &Replan, cause: &str) -> Event {
-    let mut moved = Vec::new();
-    for n in plan.diff.nodes.iter().filter(|n| n.action == Action::Move) {
-        let (from, to) = (n.from.as_deref(), n.to.as_deref());
-        moved.push(format!(
-            "node {} {} -> {}",
-            n.name,
-            from.unwrap_or("?"),
-            to.unwrap_or("?")
-        ));
-    }
-    for l in plan.diff.links.iter().filter(|l| l.action == Action::Move) {
-        moved.push(format!(
-            "link {}-{} {} -> {}",
-            l.ends[0],
-            l.ends[1],
-            l.from.join(","),
-            l.to.join(",")
-        ));
-    }
+    let moved = plan.diff.moved();
     let moved = if moved.is_empty() {
         String::new()
     } else {
@@ -769,6 +751,7 @@ mod tests {
             nestable: false,
             share_with: Default::default(),
             parent: None,
+            recovery: Default::default(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! `vnet.v1.Admin`: credentials and quotas. Admin-only, except a provider reading its own
-//! quota.
+//! `vnet.v1.Admin`: credentials, quotas and host maintenance (cordon, uncordon, drain).
+//! Admin-only, except a provider reading its own quota.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use vnet_proto::v1::admin_server::Admin;
 use crate::runtime::controller::Controller;
 use crate::runtime::credentials::{CredentialsError, Quota, Role, Usage};
 
-use super::{convert, identity, validate::check_identifier};
+use super::{convert, identity, status, validate::check_identifier};
 
 /// Longest lifetime of a token: ten years.
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -187,4 +187,61 @@ impl Admin for AdminService {
         };
         Ok(Response::new(self.status_of(&provider)))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn cordon(
+        &self,
+        req: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostMaintenance>, Status> {
+        self.set_cordon(req, true).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn uncordon(
+        &self,
+        req: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostMaintenance>, Status> {
+        self.set_cordon(req, false).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn drain(
+        &self,
+        req: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostMaintenance>, Status> {
+        let admin = identity::admin(&self.ctl, &req)?;
+        let host = req.into_inner().host;
+        host_name(&host)?;
+        tracing::info!(admin = %admin.name, %host, "drain");
+        let out = self.ctl.drain(&host).await.map_err(status)?;
+        Ok(Response::new(pb::HostMaintenance {
+            host,
+            cordoned: true,
+            moved: out.moved,
+            remaining: out.remaining,
+        }))
+    }
+}
+
+impl AdminService {
+    async fn set_cordon(
+        &self,
+        req: Request<pb::HostRequest>,
+        cordoned: bool,
+    ) -> Result<Response<pb::HostMaintenance>, Status> {
+        let admin = identity::admin(&self.ctl, &req)?;
+        let host = req.into_inner().host;
+        host_name(&host)?;
+        tracing::info!(admin = %admin.name, %host, cordoned, "cordon");
+        self.ctl.cordon(&host, cordoned).await.map_err(status)?;
+        Ok(Response::new(pb::HostMaintenance {
+            host,
+            cordoned,
+            ..Default::default()
+        }))
+    }
+}
+
+fn host_name(h: &str) -> Result<(), Status> {
+    check_identifier(h).map_err(|why| Status::invalid_argument(format!("host {h:?}: {why}")))
 }

@@ -4,7 +4,9 @@
 //! name the same host, one the operator's topology lists. The first message must be an
 //! `AgentHello`. The controller answers at once with the host's whole desired state, then with
 //! every newer one, interleaved with exec commands. Reports flow the other way. When the stream
-//! ends, the host's VNs degrade. Each command's input and output travel on an `Exec` call of
+//! ends, the host's VNs degrade (and move, if it stays away: [`crate::runtime::controller`]'s
+//! failover). After the first desired state the agent is told which underlay links to probe;
+//! it reports their state (`UnderlayReport`). Each command's input and output travel on an `Exec` call of
 //! their own ([`super::exec`]), bound to the host the same way.
 
 use std::pin::Pin;
@@ -74,57 +76,7 @@ impl AgentControl for AgentService {
         let host = handle.host.clone();
         let epoch = handle.epoch;
         let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
-
-        // Outbound: the desired state now and at every change, exec commands and console
-        // messages.
-        let mut desired = handle.desired;
-        let mut exec = handle.exec;
-        let mut console = handle.console;
-        let mut shutdown = self.ctl.shutdown_signal();
-        let out_tx = tx.clone();
-        tokio::spawn(async move {
-            let mut send_desired = true;
-            loop {
-                if send_desired {
-                    let snapshot = desired.borrow_and_update().clone();
-                    let d = super::slice::desired_state(&snapshot);
-                    let msg = pb::ControllerMessage {
-                        msg: Some(pb::controller_message::Msg::Desired(d)),
-                    };
-                    if out_tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                send_desired = false;
-                tokio::select! {
-                    changed = desired.changed() => {
-                        if changed.is_err() { return; }
-                        send_desired = true;
-                    }
-                    cmd = exec.recv() => match cmd {
-                        Some(c) => {
-                            let msg = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Exec(c)) };
-                            if out_tx.send(Ok(msg)).await.is_err() { return; }
-                        }
-                        // This session was replaced by a newer one of the same host.
-                        None => {
-                            let _ = out_tx.send(Err(Status::aborted("replaced by a newer session of this host"))).await;
-                            return;
-                        }
-                    },
-                    // Closes together with `exec` (handled there).
-                    Some(c) = console.recv() => {
-                        let msg = pb::ControllerMessage { msg: Some(c) };
-                        if out_tx.send(Ok(msg)).await.is_err() { return; }
-                    }
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                        let _ = out_tx.send(Err(Status::unavailable("controller is shutting down"))).await;
-                        return;
-                    }
-                    _ = out_tx.closed() => return,
-                }
-            }
-        });
+        spawn_outbound(self.ctl.clone(), handle, tx.clone());
 
         // Inbound: reports and exec results until the stream ends.
         let ctl = self.ctl.clone();
@@ -137,6 +89,9 @@ impl AgentControl for AgentService {
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ConsoleOutput(o)),
                     }) => ctl.console_output(&host, epoch, o),
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Underlay(u)),
+                    }) => ctl.underlay_report(&host, &u),
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Hello(_)),
                     }) => {
@@ -164,4 +119,76 @@ impl AgentControl for AgentService {
     ) -> Result<Response<Self::ExecStream>, Status> {
         super::exec::open(&self.ctl, req).await
     }
+}
+
+/// Outbound on Attach: the desired state now and at every change, the probe configuration
+/// after it when it changed (a full mesh grows as hosts register), exec commands and console
+/// messages.
+fn spawn_outbound(
+    ctl: Controller,
+    handle: crate::runtime::controller::AgentHandle,
+    out_tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+) {
+    let mut desired = handle.desired;
+    let mut exec = handle.exec;
+    let mut console = handle.console;
+    let mut shutdown = ctl.shutdown_signal();
+    let mut probe_sent: Option<pb::UnderlayProbe> = None;
+    let probe_host = handle.host.clone();
+    let mut links_changed = ctl.links_changed();
+    tokio::spawn(async move {
+        let mut send_desired = true;
+        loop {
+            if send_desired {
+                let snapshot = desired.borrow_and_update().clone();
+                let d = super::slice::desired_state(&snapshot);
+                let msg = pb::ControllerMessage {
+                    msg: Some(pb::controller_message::Msg::Desired(d)),
+                };
+                if out_tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+            let probe = ctl.probe_config(&probe_host);
+            if probe_sent.as_ref() != Some(&probe) {
+                probe_sent = Some(probe.clone());
+                let msg = pb::ControllerMessage {
+                    msg: Some(pb::controller_message::Msg::Probe(probe)),
+                };
+                if out_tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+            send_desired = false;
+            tokio::select! {
+                changed = desired.changed() => {
+                    if changed.is_err() { return; }
+                    send_desired = true;
+                }
+                cmd = exec.recv() => match cmd {
+                    Some(c) => {
+                        let msg = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Exec(c)) };
+                        if out_tx.send(Ok(msg)).await.is_err() { return; }
+                    }
+                    // This session was replaced by a newer one of the same host.
+                    None => {
+                        let _ = out_tx.send(Err(Status::aborted("replaced by a newer session of this host"))).await;
+                        return;
+                    }
+                },
+                // Closes together with `exec` (handled there).
+                Some(c) = console.recv() => {
+                    let msg = pb::ControllerMessage { msg: Some(c) };
+                    if out_tx.send(Ok(msg)).await.is_err() { return; }
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    let _ = out_tx.send(Err(Status::unavailable("controller is shutting down"))).await;
+                    return;
+                }
+                _ = out_tx.closed() => return,
+                // The loop's head sends the new probe configuration.
+                Ok(()) = links_changed.changed() => {}
+            }
+        }
+    });
 }

@@ -149,6 +149,17 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             .iter()
             .map(|(h, p)| (h.clone(), p.phase.describe()))
             .collect(),
+        recoveries: rec
+            .recoveries
+            .iter()
+            .map(|r| pb::RecoveryRecord {
+                cause: r.cause.clone(),
+                moved: r.moved.clone(),
+                fault_unix_ms: r.fault_unix_ms,
+                reembedded_unix_ms: r.reembedded_unix_ms,
+                ready_unix_ms: r.ready_unix_ms.unwrap_or(0),
+            })
+            .collect(),
         generation: rec.generation,
     }
 }
@@ -184,6 +195,7 @@ pub fn host(ix: &Index, h: &HostInfo) -> pb::Host {
         observed_generation: ix.observed_generation(&h.id),
         last_seen_unix_ms: h.last_seen_unix_ms,
         images: h.images.iter().map(image).collect(),
+        cordoned: h.cordoned,
     }
 }
 
@@ -216,6 +228,7 @@ pub fn link(ix: &Index, l: &SubstrateLink) -> pb::SubstrateLink {
         a_address: addr(&l.a),
         b_address: addr(&l.b),
         segment: l.segment.clone(),
+        down: ix.registry.is_link_down(&l.id),
     }
 }
 

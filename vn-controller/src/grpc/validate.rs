@@ -18,7 +18,7 @@ use vnet_proto::v1 as pb;
 use crate::core::attributes::encap_name;
 use crate::core::model::{
     Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
-    ParentRef, ProviderId, VnReq,
+    ParentRef, ProviderId, RecoveryPolicy, VnReq,
 };
 use crate::core::nest::carrier_range;
 use crate::core::substrate::{GuestImage, HostInfo, UnderlayIf};
@@ -574,6 +574,20 @@ fn algorithm(spec: &pb::VnSpec, algorithms: &[&str]) -> Result<Option<String>, S
     }
 }
 
+/// The recovery policy (unspecified: re-embed).
+fn recovery(spec: &pb::VnSpec) -> Result<RecoveryPolicy, SpecError> {
+    match pb::RecoveryPolicy::try_from(spec.recovery) {
+        Ok(pb::RecoveryPolicy::Unspecified | pb::RecoveryPolicy::Reembed) => {
+            Ok(RecoveryPolicy::Reembed)
+        }
+        Ok(pb::RecoveryPolicy::Wait) => Ok(RecoveryPolicy::Wait),
+        Err(_) => Err(invalid(format!(
+            "spec.recovery: unknown policy {} (known: reembed, wait)",
+            spec.recovery
+        ))),
+    }
+}
+
 /// The providers a nestable VN is shared with.
 fn share_with(spec: &pb::VnSpec) -> Result<BTreeSet<String>, SpecError> {
     if spec.share_with.len() > MAX_SHARE_WITH {
@@ -636,6 +650,7 @@ pub fn vn_spec(
         nestable: spec.nestable,
         share_with,
         parent,
+        recovery: recovery(&spec)?,
     };
     Ok((req, spec))
 }
@@ -717,6 +732,7 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
         boot_id: h.boot_id.clone(),
         last_seen_unix_ms: now_ms,
         images: images(&h.images).map_err(|m| bad(format!("images: {m}")))?,
+        cordoned: false,
     })
 }
 

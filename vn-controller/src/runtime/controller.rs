@@ -28,9 +28,11 @@ use super::writer::{Publisher, Writer};
 
 mod console;
 mod exec;
+mod failover;
 mod update;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
 pub use exec::{AgentExec, ExecOpts, ExecSession};
+pub use failover::DrainOutcome;
 pub use update::{UpdateOpts, UpdateOutcome};
 
 #[derive(Clone, Debug)]
@@ -45,6 +47,13 @@ pub struct ControllerConfig {
     pub provisioning_timeout: Duration,
     /// After a restart, VNs on hosts that did not re-attach within this long degrade.
     pub reattach_grace: Duration,
+    /// A host whose agent stays away this long is lost and its VNs are re-embedded.
+    pub host_grace: Duration,
+    /// Debounce of a substrate link's state as its agents' probes report it.
+    pub link_grace: Duration,
+    /// The agents' underlay probes: interval and misses before a link is down.
+    pub probe_interval_ms: u32,
+    pub probe_misses: u32,
     /// Exec timeout when the request gives none.
     pub exec_timeout: Duration,
     /// Bytes of output (stdout and stderr together) after which a command is ended.
@@ -73,6 +82,10 @@ impl ControllerConfig {
             algorithm: None,
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
+            host_grace: Duration::from_secs(10),
+            link_grace: Duration::from_secs(1),
+            probe_interval_ms: 300,
+            probe_misses: 3,
             exec_timeout: Duration::from_secs(30),
             exec_max_output: 4 << 30,
             event_buffer: 1024,
@@ -155,6 +168,11 @@ struct Shared {
     epoch: AtomicU64,
     publisher: Arc<Publisher>,
     credentials: Credentials,
+    /// Lost hosts and dead links being debounced ([`failover`]).
+    faults: Mutex<failover::Faults>,
+    /// Counts changes of the set of substrate links (a full mesh grows with every new host):
+    /// sessions then send their agent a new probe configuration.
+    links_changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
@@ -219,6 +237,8 @@ impl Controller {
                 epoch: AtomicU64::new(0),
                 publisher,
                 credentials,
+                faults: Mutex::new(failover::Faults::default()),
+                links_changed: watch::channel(0).0,
                 shutdown,
                 writer,
             }),
@@ -246,9 +266,13 @@ impl Controller {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 if let Some(shared) = weak.upgrade() {
-                    Controller { shared }
-                        .mutate(|ix| ((), ix.degrade_unattached()))
-                        .await;
+                    let ctl = Controller { shared };
+                    let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
+                    // As if their sessions ended now: lost unless back within the host grace.
+                    let now = crate::grpc::convert::now_ms();
+                    for h in missing.unwrap_or_default() {
+                        ctl.host_gone(&h, 0, now);
+                    }
                 }
             });
         }
@@ -279,6 +303,11 @@ impl Controller {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.publisher.events.subscribe()
+    }
+
+    /// Changes when the set of substrate links changes.
+    pub fn links_changed(&self) -> watch::Receiver<u64> {
+        self.shared.links_changed.subscribe()
     }
 
     /// Resolves when the controller shuts down.
@@ -612,6 +641,7 @@ impl Controller {
                 consoles: HashMap::new(),
             },
         );
+        self.host_back(&host);
         let this = self.clone();
         let h = host.clone();
         let desired = tokio::task::spawn_blocking(move || {
@@ -625,6 +655,9 @@ impl Controller {
                 change = ix.raise_generation(&h, applied_generation.saturating_add(1));
             }
             tracing::info!(host = %h, new, generation = ix.generation(&h), "agent attached");
+            if new {
+                this.shared.links_changed.send_modify(|n| *n += 1);
+            }
             let d = ix.desired(&h);
             let rx = this.shared.publisher.desired(&h, d);
             let ack = this.shared.writer.send(change, Some(info), vec![]);
@@ -667,7 +700,8 @@ impl Controller {
                 tracing::warn!(host = %h, reported = obs.generation, sent, "report about a generation never sent, refused");
                 return ((), Change::default());
             }
-            ((), ix.observe(&h, obs.generation, obs.applied, &reports))
+            let now = crate::grpc::convert::now_ms();
+            ((), ix.observe_at(&h, obs.generation, obs.applied, &reports, now))
         })
         .await;
     }
@@ -688,6 +722,7 @@ impl Controller {
         tracing::warn!(%host, "agent detached");
         let h = host.to_string();
         self.mutate(move |ix| ((), ix.detach(&h))).await;
+        self.host_gone(host, epoch, crate::grpc::convert::now_ms());
     }
 
     /// The caller's VN `vn`, which must hold its resources, and the index of its node `node`:

@@ -56,6 +56,20 @@ pub struct Args {
     /// After a restart, VNs on hosts not re-attached within this many seconds degrade.
     #[arg(long, default_value_t = 30)]
     pub reattach_grace_secs: u64,
+    /// A host whose agent stays away this long is lost: VNs with a node or path on it are
+    /// re-embedded elsewhere (by their recovery policy; pinned nodes wait).
+    #[arg(long, default_value_t = 10)]
+    pub host_grace_secs: u64,
+    /// A substrate link its agents' probes find down for this long (in ms) is down: VNs routed
+    /// over it are rerouted. Coming back is debounced the same way.
+    #[arg(long, default_value_t = 1000)]
+    pub link_grace_ms: u64,
+    /// Agents probe their underlay neighbours this often (ms) ...
+    #[arg(long, default_value_t = 300)]
+    pub probe_interval_ms: u32,
+    /// ... and call a link down after this many unanswered probes in a row.
+    #[arg(long, default_value_t = 3)]
+    pub probe_misses: u32,
     /// Exec timeout when a request gives none, seconds.
     #[arg(long, default_value_t = 30)]
     pub exec_timeout_secs: u64,
@@ -128,6 +142,14 @@ impl Args {
         cfg.vxlan_port = self.vxlan_port;
         cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
         cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
+        cfg.host_grace = Duration::from_secs(self.host_grace_secs);
+        cfg.link_grace = Duration::from_millis(self.link_grace_ms);
+        anyhow::ensure!(
+            self.probe_interval_ms >= 50 && self.probe_misses >= 1,
+            "--probe-interval-ms must be at least 50 and --probe-misses at least 1"
+        );
+        cfg.probe_interval_ms = self.probe_interval_ms;
+        cfg.probe_misses = self.probe_misses;
         cfg.exec_timeout = Duration::from_secs(self.exec_timeout_secs);
         cfg.failed_ttl =
             (self.failed_ttl_secs > 0).then(|| Duration::from_secs(self.failed_ttl_secs));

@@ -27,6 +27,8 @@ impl Harness {
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut ControllerConfig)) -> Harness {
         let mut cfg = ControllerConfig::new(dir);
         cfg.reattach_grace = Duration::from_secs(3600);
+        // Hosts that go away stay where they are unless a test says otherwise.
+        cfg.host_grace = Duration::from_secs(3600);
         // Stand-in agents present no certificate; tenants' calls carry the test admin token.
         cfg.insecure = true;
         cfg.admin_token_hashes = vec![vn_controller::runtime::credentials::token_hash(ADMIN_TOKEN)];
