@@ -8,7 +8,7 @@
 # worktree of BASE_REF (default a041d84, LACE before the work on large substrates) with the same
 # example file copied in. Runs both on
 #   1. the shared standard traces (VNE_TRACES, 100 hosts, rate 0.14: acceptance / lifetime R/C);
-#   2. workloads from `vnctl sim --generate waxman` on 100, 200, 500 and 1000 hosts, the arrival
+#   2. workloads of the standard generator (`vnctl sim --generate waxman`, lifetime 500) on 100, 200, 500 and 1000 hosts, the arrival
 #      rate scaled with the hosts (0.14 x hosts / 100, so the load per host stays that of the
 #      standard traces), SCALE_REQUESTS requests each (1000 hosts: SCALE_REQUESTS_1000);
 # and prints, per workload and build: acceptance, lifetime-weighted R/C, wall-clock ms per
@@ -54,7 +54,6 @@ trap cleanup EXIT
 
 echo "building (release) this tree and $BASE_REF ..." >&2
 cargo build --quiet --release -p embedding --example sim_bench
-cargo build --quiet --release -p vnctl
 git -C "$ROOT" worktree add --detach "$BASE_TREE" "$BASE_REF" >/dev/null
 cp "$ROOT/embedding/examples/sim_bench.rs" "$BASE_TREE/embedding/examples/"
 # its own target directory under ours: kept between runs, so only the first one is slow
@@ -62,12 +61,11 @@ cp "$ROOT/embedding/examples/sim_bench.rs" "$BASE_TREE/embedding/examples/"
     cargo build --quiet --release -p embedding --example sim_bench)
 NEW=$CARGO_TARGET_DIR/release/examples/sim_bench
 OLD=$CARGO_TARGET_DIR/bench-base/release/examples/sim_bench
-VNCTL=$CARGO_TARGET_DIR/release/vnctl
 BASE_COMMIT=$(git -C "$ROOT" rev-parse --short "$BASE_REF")
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
-export NEW OLD VNCTL REFEREE WORK TRACES STANDARD_TRACES SCALE_REQUESTS SCALE_REQUESTS_1000 \
+export NEW OLD REFEREE WORK TRACES STANDARD_TRACES SCALE_REQUESTS SCALE_REQUESTS_1000 \
     SCALE_SIZES SCALE_SEEDS BASE_COMMIT
 python3 - <<'PY'
 import glob, json, os, statistics, subprocess, sys
@@ -141,9 +139,8 @@ for nodes in [int(x) for x in E["SCALE_SIZES"].split()]:
     for seed in E["SCALE_SEEDS"].split():
         seed = nodes * 10 + int(seed)
         path = os.path.join(WORK, f"wx{nodes}_s{seed}.json")
-        subprocess.run([E["VNCTL"], "sim", "--generate", "waxman", "--nodes", str(nodes),
-                        "--requests", reqs, "--rate", str(rate), "--lifetime", "500",
-                        "--seed", str(seed), "--out", path], check=True, capture_output=True)
+        subprocess.run([E["NEW"], "--generate", str(nodes), str(rate), reqs, str(seed), path],
+                       check=True, capture_output=True)
         wl.append((f"wx{nodes} r{rate} s{seed}", path))
     group(f"generated Waxman, {nodes} hosts, rate {rate}, {reqs} requests", wl)
 PY

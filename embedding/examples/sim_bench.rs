@@ -1,6 +1,7 @@
 //! One simulator run as JSON, for the scale benchmark (`deploy/bench/embedding-scale.sh`).
 //!
 //! `cargo run --release -p embedding --example sim_bench -- TRACE ALGO DECISIONS.jsonl`
+//! `cargo run --release -p embedding --example sim_bench -- --generate NODES RATE REQUESTS SEED OUT`
 //!
 //! Prints the run's [`embedding::SimReport`] as one JSON object, with `cpu_ms_mean`: the CPU
 //! time of the whole simulation per request (from `/proc/thread-self/schedstat`; wall-clock
@@ -10,12 +11,29 @@
 
 use std::io::Write;
 
-use embedding::{by_name, decision_json, parse_trace, simulate};
+use embedding::{WaxmanConfig, by_name, decision_json, parse_trace, simulate};
+
+const USAGE: &str = "usage: sim_bench TRACE ALGO DECISIONS.jsonl | sim_bench --generate NODES RATE REQUESTS SEED OUT";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, nodes, rate, requests, seed, out] = args.as_slice()
+        && flag == "--generate"
+    {
+        // the standard workload (as `vnctl sim --generate waxman`) at another size and rate
+        let cfg = WaxmanConfig {
+            nodes: nodes.parse()?,
+            rate: rate.parse()?,
+            requests: requests.parse()?,
+            seed: seed.parse()?,
+            ..WaxmanConfig::default()
+        };
+        let trace = embedding::generate(&cfg)?;
+        std::fs::write(out, embedding::trace_json(&trace, None).to_string())?;
+        return Ok(());
+    }
     let [trace, algo, decisions] = args.as_slice() else {
-        return Err("usage: sim_bench TRACE ALGO DECISIONS.jsonl".into());
+        return Err(USAGE.into());
     };
     let trace = parse_trace(&std::fs::read_to_string(trace)?)?;
     let algo = by_name(algo).ok_or_else(|| format!("unknown algorithm {algo}"))?;
