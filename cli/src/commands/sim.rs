@@ -229,6 +229,7 @@ fn print_report(r: &SimReport, json: bool) {
         ("solve ms p95", format!("{:.3}", r.solve_ms_p95)),
         ("solve ms max", format!("{:.3}", r.solve_ms_max)),
         ("wall s", format!("{:.2}", r.wall_s)),
+        ("unproven answers", r.unproven.to_string()),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v}");

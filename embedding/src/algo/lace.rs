@@ -253,7 +253,12 @@ impl Search<'_> {
     /// The search for hop distances from `from` over the links with `need` bandwidth free in
     /// the dense copy (which holds `st`): the cached one on the residual when none of `st`'s own
     /// reservations took a link below `need` (the same graph), else a fresh one.
-    fn distances(&mut self, st: &State, from: NodeIndex, need: u64) -> (Rc<RefCell<LevelBfs>>, bool) {
+    fn distances(
+        &mut self,
+        st: &State,
+        from: NodeIndex,
+        need: u64,
+    ) -> (Rc<RefCell<LevelBfs>>, bool) {
         let (base, work) = (self.residual.bandwidths(), &self.work.bandwidth);
         let n = self.residual.substrate().node_count();
         let unchanged = st.paths.iter().flatten().all(|p| {
@@ -487,9 +492,12 @@ impl Search<'_> {
         let s = self.residual.substrate();
         let (bwf, link_balance, work) = (bw as f64, self.lace.link_balance, &self.work);
         let lower = self.dist_buf[j].0.borrow();
-        let found = self
-            .dijkstra
-            .cheapest_guided(s, h, placed, |x| lower.lower(x).0, |e| {
+        let found = self.dijkstra.cheapest_guided(
+            s,
+            h,
+            placed,
+            |x| lower.lower(x).0,
+            |e| {
                 let free = work.bandwidth[e.index()];
                 (free >= bw).then(|| {
                     1.0 + if bw == 0 {
@@ -498,10 +506,15 @@ impl Search<'_> {
                         link_balance * bwf / free as f64
                     }
                 })
-            });
+            },
+        );
         // the link's direction: from the host of its `u` end
         let from_placed = self.request.links()[l].u == u;
-        let (from, to) = if from_placed { (placed, h) } else { (h, placed) };
+        let (from, to) = if from_placed {
+            (placed, h)
+        } else {
+            (h, placed)
+        };
         match found {
             Some((mut p, c)) if self.max_hops.is_none_or(|m| p.1.len() <= m as usize) => {
                 if from_placed {
