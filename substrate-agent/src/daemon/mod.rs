@@ -1,6 +1,6 @@
 //! The agent process around the reconcile logic: [`agent`] (the `Attach` session with the
 //! controller and the reconcile loop), [`exec`] and [`console`] (what the session serves besides
-//! desired states), [`probe`] (capabilities reported at start-up), [`cleanup`] and
+//! desired states), [`metrics`] (Prometheus), [`probe`] (capabilities reported at start-up), [`cleanup`] and
 //! [`bench`](mod@bench) (the binary's other modes).
 
 pub mod agent;
@@ -9,5 +9,6 @@ pub mod bench;
 pub mod cleanup;
 pub mod console;
 pub mod exec;
+pub mod metrics;
 pub mod probe;
 pub mod sandbox;

@@ -23,7 +23,7 @@ use crate::core::topology::TopologyHost;
 use crate::store::{RedbStore, Store, StoreError};
 
 use super::credentials::{Credentials, CredentialsError, Usage};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Rejected};
 use super::writer::{Publisher, Writer};
 
 mod console;
@@ -459,7 +459,7 @@ impl Controller {
             let spec_pb = spec_pb.clone();
             let serialised = attempt == OPTIMISTIC;
             let out = tokio::task::spawn_blocking(move || {
-                this.create_attempt(&req2, &algo, spec_pb, serialised)
+                this.create_attempt(&req2, &algo, spec_pb, (serialised, started))
             })
             .await
             .map_err(|e| ControlError::Internal(format!("create task failed: {e}")))?;
@@ -476,10 +476,17 @@ impl Controller {
                 }
                 Err(Attempt::Conflict(why)) => {
                     self.metrics().created(started.elapsed(), "rejected");
+                    self.metrics().rejected(Rejected::Conflict);
                     return Err(ControlError::Exhausted(why));
+                }
+                Err(Attempt::Quota(e)) => {
+                    self.metrics().created(started.elapsed(), "rejected");
+                    self.metrics().rejected(Rejected::Quota);
+                    return Err(e);
                 }
                 Err(Attempt::Error(e)) => {
                     self.metrics().created(started.elapsed(), "rejected");
+                    self.metrics().rejected(rejected_as(&e));
                     return Err(e);
                 }
             }
@@ -492,12 +499,12 @@ impl Controller {
         req: &VnReq,
         algorithm: &str,
         spec_pb: Vec<u8>,
-        serialised: bool,
+        (serialised, started): (bool, Instant),
     ) -> Result<VnRecord, Attempt> {
         let shared = &self.shared;
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
-        self.check_quota(&guard, req)?;
+        self.check_quota(&guard, req).map_err(Attempt::Quota)?;
         // The substrate, or a child's parent after the checks against it.
         let view = guard.view(&guard.frame(req)?);
         if req.parent.is_none() {
@@ -539,6 +546,9 @@ impl Controller {
         };
         let vn_id = rec.vn_id.clone();
         let desired = desired_of(&guard, &change);
+        // before its events can be published (by the writer, after the commit)
+        self.metrics()
+            .awaiting_ready(&req.provider.0, &req.name, started);
         let ack = shared.writer.send(change, None, desired);
         drop(guard);
         // Accepted means persisted: wait for the (group) commit.
@@ -723,7 +733,23 @@ impl Controller {
 
 enum Attempt {
     Conflict(String),
+    /// Beyond the provider's quota.
+    Quota(ControlError),
     Error(ControlError),
+}
+
+/// The `reason` label of a refused Create.
+fn rejected_as(e: &ControlError) -> Rejected {
+    match e {
+        ControlError::InvalidArgument(_) => Rejected::Invalid,
+        ControlError::AlreadyExists(_) => Rejected::Exists,
+        ControlError::Exhausted(_) => Rejected::Capacity,
+        ControlError::NotFound(_) | ControlError::Precondition(_) => Rejected::Parent,
+        ControlError::PermissionDenied(_) => Rejected::Denied,
+        ControlError::Unavailable(_) | ControlError::Timeout(_) | ControlError::Internal(_) => {
+            Rejected::Internal
+        }
+    }
 }
 
 impl From<CoreError> for Attempt {
