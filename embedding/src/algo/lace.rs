@@ -556,7 +556,7 @@ impl Embedder for Lace {
                     .into_iter()
                     .enumerate()
                     .map(|(l, p)| {
-                        p.map(|p| Rc::unwrap_or_clone(p)).ok_or_else(|| {
+                        p.map(Rc::unwrap_or_clone).ok_or_else(|| {
                             Rejection::Solver(format!(
                                 "internal: link {} left unrouted",
                                 request.link_name(l)

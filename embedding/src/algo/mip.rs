@@ -169,9 +169,10 @@ impl Mip {
             }),
         };
         if ABANDONED.load(Ordering::SeqCst) > 0 {
-            return fallback(format!(
+            return fallback(
                 "an earlier MIP solve that overran its time limit still runs, so none was started"
-            ));
+                    .to_string(),
+            );
         }
         let state = Arc::new(AtomicU8::new(RUNNING));
         let (tx, rx) = mpsc::channel();

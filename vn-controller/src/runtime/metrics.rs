@@ -114,6 +114,12 @@ pub struct Metrics {
     host_connected: Family<HostLabel, Gauge>,
     link_bandwidth: Family<LinkLabel, FGauge>,
     agents: Gauge,
+    op: Operator,
+}
+
+/// What an operator watches besides: Create to READY, rejections by reason, usage per
+/// provider, store commit latency, leadership.
+struct Operator {
     ready: Histogram,
     /// Accepted VNs not READY yet: (provider, name) -> when their Create began.
     pending_ready: Mutex<HashMap<(String, String), Instant>>,
@@ -124,6 +130,78 @@ pub struct Metrics {
     provider_bandwidth: Family<ProviderLabel, Gauge>,
     store_commit: Family<DurableLabel, Histogram>,
     leader: Gauge,
+}
+
+impl Operator {
+    fn register(registry: &mut Registry) -> Operator {
+        let ready = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "create_to_ready_duration_seconds",
+            "From the start of an accepted Create to the VN's READY on every host",
+            ready.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "create_rejections",
+            "Creates refused, by reason (invalid, exists, quota, capacity, conflict, parent, denied, internal)",
+            rejections.clone(),
+        );
+        let provider = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<ProviderLabel, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let provider_vns = provider(
+            registry,
+            "provider_vns",
+            "VNs that hold resources (provisioning, ready, degraded), per provider",
+        );
+        let provider_cpu = provider(registry, "provider_cpu", "CPU held, per provider");
+        let provider_memory = provider(
+            registry,
+            "provider_memory_mib",
+            "Memory held (MiB), per provider",
+        );
+        let provider_bandwidth = provider(
+            registry,
+            "provider_bandwidth_mbps",
+            "Virtual link bandwidth held (Mbit/s), per provider",
+        );
+        let store_commit = Family::<DurableLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "store_commit_duration_seconds",
+            "One (group) commit of the store, by durability (fsync or not)",
+            store_commit.clone(),
+        );
+        let leader = Gauge::default();
+        // a single controller on its own store is the leader; a replicated store sets it
+        leader.set(1);
+        registry.register(
+            "leader",
+            "1 when this controller is the leader (embeds and allocates), 0 when a follower",
+            leader.clone(),
+        );
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "The controller's version (value 1)", build);
+        Operator {
+            ready,
+            pending_ready: Mutex::new(HashMap::new()),
+            rejections,
+            provider_vns,
+            provider_cpu,
+            provider_memory,
+            provider_bandwidth,
+            store_commit,
+            leader,
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -197,62 +275,7 @@ impl Metrics {
         );
         let agents = Gauge::default();
         registry.register("agents_connected", "Attached agents", agents.clone());
-        let ready = Histogram::new(exponential_buckets(0.001, 2.0, 20));
-        registry.register(
-            "create_to_ready_duration_seconds",
-            "From the start of an accepted Create to the VN's READY on every host",
-            ready.clone(),
-        );
-        let rejections = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "create_rejections",
-            "Creates refused, by reason (invalid, exists, quota, capacity, conflict, parent, denied, internal)",
-            rejections.clone(),
-        );
-        let provider = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<ProviderLabel, Gauge>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-        let provider_vns = provider(
-            &mut registry,
-            "provider_vns",
-            "VNs that hold resources (provisioning, ready, degraded), per provider",
-        );
-        let provider_cpu = provider(&mut registry, "provider_cpu", "CPU held, per provider");
-        let provider_memory = provider(
-            &mut registry,
-            "provider_memory_mib",
-            "Memory held (MiB), per provider",
-        );
-        let provider_bandwidth = provider(
-            &mut registry,
-            "provider_bandwidth_mbps",
-            "Virtual link bandwidth held (Mbit/s), per provider",
-        );
-        let store_commit = Family::<DurableLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        registry.register(
-            "store_commit_duration_seconds",
-            "One (group) commit of the store, by durability (fsync or not)",
-            store_commit.clone(),
-        );
-        let leader = Gauge::default();
-        // a single controller on its own store is the leader; a replicated store sets it
-        leader.set(1);
-        registry.register(
-            "leader",
-            "1 when this controller is the leader (embeds and allocates), 0 when a follower",
-            leader.clone(),
-        );
-        let build = Family::<BuildLabel, Gauge>::default();
-        build
-            .get_or_create(&BuildLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .set(1);
-        registry.register("build_info", "The controller's version (value 1)", build);
+        let op = Operator::register(&mut registry);
         Metrics {
             registry,
             embedding,
@@ -264,15 +287,7 @@ impl Metrics {
             host_connected,
             link_bandwidth,
             agents,
-            ready,
-            pending_ready: Mutex::new(HashMap::new()),
-            rejections,
-            provider_vns,
-            provider_cpu,
-            provider_memory,
-            provider_bandwidth,
-            store_commit,
-            leader,
+            op,
         }
     }
 
@@ -285,7 +300,8 @@ impl Metrics {
 
     /// A Create was refused.
     pub fn rejected(&self, why: Rejected) {
-        self.rejections
+        self.op
+            .rejections
             .get_or_create(&ReasonLabel {
                 reason: why.as_str().into(),
             })
@@ -294,7 +310,8 @@ impl Metrics {
 
     /// One store commit took `d`.
     pub fn store_committed(&self, d: Duration, durable: bool) {
-        self.store_commit
+        self.op
+            .store_commit
             .get_or_create(&DurableLabel {
                 durable: durable.to_string(),
             })
@@ -303,11 +320,12 @@ impl Metrics {
 
     /// Whether this controller is the leader (a replicated store's election sets it).
     pub fn set_leader(&self, leader: bool) {
-        self.leader.set(i64::from(leader));
+        self.op.leader.set(i64::from(leader));
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
-        self.pending_ready
+        self.op
+            .pending_ready
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -340,7 +358,7 @@ impl Metrics {
         match e.kind {
             EventKind::Ready => {
                 if let Some(t) = self.pending().remove(&key) {
-                    self.ready.observe(t.elapsed().as_secs_f64());
+                    self.op.ready.observe(t.elapsed().as_secs_f64());
                 }
             }
             EventKind::Failed | EventKind::Deleted => {
@@ -366,19 +384,19 @@ impl Metrics {
             t[3] += saturating_i64(req.links.iter().map(|l| l.bandwidth_mbps).sum());
         }
         for f in [
-            &self.provider_vns,
-            &self.provider_cpu,
-            &self.provider_memory,
-            &self.provider_bandwidth,
+            &self.op.provider_vns,
+            &self.op.provider_cpu,
+            &self.op.provider_memory,
+            &self.op.provider_bandwidth,
         ] {
             f.clear();
         }
         for (p, t) in per {
             let l = ProviderLabel { provider: p.into() };
-            self.provider_vns.get_or_create(&l).set(t[0]);
-            self.provider_cpu.get_or_create(&l).set(t[1]);
-            self.provider_memory.get_or_create(&l).set(t[2]);
-            self.provider_bandwidth.get_or_create(&l).set(t[3]);
+            self.op.provider_vns.get_or_create(&l).set(t[0]);
+            self.op.provider_cpu.get_or_create(&l).set(t[1]);
+            self.op.provider_memory.get_or_create(&l).set(t[2]);
+            self.op.provider_bandwidth.get_or_create(&l).set(t[3]);
         }
     }
 
