@@ -266,7 +266,16 @@ async fn sigkill_and_restart_the_real_binary() {
     // a refused create, counted by reason
     let dup = c.create(req("red", create(chain("k1", 20, 10)))).await;
     assert_eq!(dup.unwrap_err().code(), tonic::Code::AlreadyExists);
-    let metrics = http_get(mport, "/metrics").await;
+    // READY is in the index (what Get shows) before its event is published (after the
+    // commit), and Create-to-READY is observed on the event: wait for it
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = http_get(mport, "/metrics").await;
+    while !metrics.contains("vnet_controller_create_to_ready_duration_seconds_count 3")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = http_get(mport, "/metrics").await;
+    }
     assert!(
         metrics.contains("vnet_controller_vns{state=\"ready\"} 3"),
         "{metrics}"
