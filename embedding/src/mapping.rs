@@ -153,6 +153,9 @@ pub struct Embedding {
     links: Vec<LinkEmbedding>,
     revenue: u64,
     cost: u64,
+    /// What the algorithm says about the answer's quality when it claims more than it can
+    /// show (the exact MIP: unproven, or LACE's answer after the time limit).
+    note: Option<String>,
 }
 
 /// Checks that `host` satisfies the placement constraints of `node` (kind, pin, candidates,
@@ -194,9 +197,24 @@ impl Embedding {
             links,
             revenue: request.revenue(),
             cost: 0,
+            note: None,
         };
         let cost = e.validate(substrate, request)?;
         Ok(Embedding { cost, ..e })
+    }
+
+    /// The same embedding with a note on its quality (see [`Embedding::note`]).
+    pub fn with_note(self, note: impl Into<String>) -> Self {
+        Embedding {
+            note: Some(note.into()),
+            ..self
+        }
+    }
+
+    /// The algorithm's note on this answer's quality, when it has one: the exact MIP says when
+    /// an answer is not proven optimal or is LACE's answer given back after its time limit.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
     }
 
     /// Re-checks the structure against `substrate` and `request`; returns the cost.

@@ -62,6 +62,9 @@ pub struct SimReport {
     pub solve_ms_max: f64,
     /// Wall-clock time of the whole run, s.
     pub wall_s: f64,
+    /// Accepted answers the algorithm marked with a note on their quality (the exact MIP: not
+    /// proven optimal, or LACE's answer after its time limit; each note is in the decision log).
+    pub unproven: usize,
 }
 
 /// Runs `trace` through `algo`, calling `on_decision` after every arrival (for progress and the
@@ -84,7 +87,7 @@ pub fn simulate(
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut held: Vec<Option<Allocation>> = (0..n).map(|_| None).collect();
     let mut times = Vec::with_capacity(n);
-    let (mut accepted, mut revenue, mut cost) = (0usize, 0u64, 0u64);
+    let (mut accepted, mut revenue, mut cost, mut unproven) = (0usize, 0u64, 0u64, 0usize);
     let (mut trev, mut tcost, mut last_arrival) = (0.0f64, 0.0f64, 0.0f64);
     for (_, arrival, i) in events {
         let tr = &trace.requests[i];
@@ -113,6 +116,7 @@ pub fn simulate(
         });
         if let Ok(e) = &outcome {
             accepted += 1;
+            unproven += usize::from(e.note().is_some());
             revenue += e.revenue();
             cost += e.cost();
             trev += e.revenue() as f64 * tr.lifetime;
@@ -151,6 +155,7 @@ pub fn simulate(
         solve_ms_p95: p95,
         solve_ms_max: max,
         wall_s: start.elapsed().as_secs_f64(),
+        unproven,
     }
 }
 
@@ -199,6 +204,9 @@ pub fn decision_json(substrate: &Substrate, tr: &TimedRequest, decision: &Decisi
                 paths.insert(r.link_name(l), v);
             }
             obj.insert("link_paths".into(), Value::Object(paths));
+            if let Some(note) = e.note() {
+                obj.insert("note".into(), Value::from(note));
+            }
         }
     }
     obj.insert(

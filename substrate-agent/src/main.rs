@@ -116,6 +116,10 @@ struct Cli {
     /// Plain text, no certificates either way. For experiments only.
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
     insecure: bool,
+    /// Serve Prometheus metrics (GET /metrics: reconcile passes and their duration, VNs,
+    /// session state, build_info) on this address, e.g. 127.0.0.1:9101.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The TLS client configuration of the controller connection (`None` with `--insecure`).
@@ -555,8 +559,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let metrics_listen = cli.metrics_listen;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(addr) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics listening on /metrics");
+            let (m, stop) = (agent.metrics.clone(), rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = substrate_agent::daemon::metrics::serve(m, listener, stop).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -263,11 +263,38 @@ async fn sigkill_and_restart_the_real_binary() {
         c.create(req(p, create(spec))).await.unwrap();
         wait_state(&mut c, p, n, pb::VnState::Ready).await;
     }
-    let metrics = http_get(mport, "/metrics").await;
+    // a refused create, counted by reason
+    let dup = c.create(req("red", create(chain("k1", 20, 10)))).await;
+    assert_eq!(dup.unwrap_err().code(), tonic::Code::AlreadyExists);
+    // READY is in the index (what Get shows) before its event is published (after the
+    // commit), and Create-to-READY is observed on the event: wait for it
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = http_get(mport, "/metrics").await;
+    while !metrics.contains("vnet_controller_create_to_ready_duration_seconds_count 3")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = http_get(mport, "/metrics").await;
+    }
     assert!(
         metrics.contains("vnet_controller_vns{state=\"ready\"} 3"),
         "{metrics}"
     );
+    // what an operator expects besides: Create to READY, rejections by reason, usage per
+    // provider, store latency, leadership (a lone controller leads), the build
+    for line in [
+        "vnet_controller_create_to_ready_duration_seconds_count 3",
+        "vnet_controller_create_rejections_total{reason=\"exists\"} 1",
+        "vnet_controller_provider_vns{provider=\"red\"} 2",
+        "vnet_controller_provider_vns{provider=\"blue\"} 1",
+        "vnet_controller_provider_cpu{provider=\"blue\"} ",
+        "vnet_controller_provider_bandwidth_mbps{provider=\"red\"} ",
+        "vnet_controller_store_commit_duration_seconds_count{durable=\"true\"} ",
+        "vnet_controller_leader 1",
+        "vnet_controller_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in {metrics}");
+    }
     assert!(metrics.contains("vnet_controller_agents_connected 3"));
     assert!(metrics.contains("vnet_controller_embedding_duration_seconds_count 3"));
     assert!(metrics.contains("vnet_controller_host_cpu_utilisation_ratio{host=\"h1\"}"));

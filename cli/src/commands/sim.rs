@@ -295,6 +295,7 @@ fn report_rows(r: &SimReport) -> Vec<(&'static str, String)> {
         ("solve_ms_p95", format!("{:.3}", r.solve_ms_p95)),
         ("solve_ms_max", format!("{:.3}", r.solve_ms_max)),
         ("wall_s", format!("{:.2}", r.wall_s)),
+        ("unproven", r.unproven.to_string()),
     ]
 }
 

@@ -33,9 +33,13 @@
 //! width `W`, `C` candidates per partial embedding and `d` the largest virtual degree; in
 //! practice a few milliseconds on a 100-node substrate.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, Dijkstra, Path};
+use crate::algo::paths::{Bfs, Dijkstra, LevelBfs, Path};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -79,11 +83,13 @@ impl Default for Lace {
     }
 }
 
+/// A partial embedding: where its nodes are and how its links run. What it holds is derived
+/// from these (applied to the search's one dense copy of the residual while it is expanded),
+/// so a child costs a few pointers, not a copy of every capacity.
 #[derive(Clone, Debug)]
 struct State {
     hosts: Vec<Option<NodeIndex>>,
-    work: Work,
-    paths: Vec<Option<Path>>,
+    paths: Vec<Option<Rc<Path>>>,
     bw_hops: u64,
     score: f64,
 }
@@ -137,8 +143,8 @@ enum Failure {
     Link(usize, NodeIndex, NodeIndex, Resource),
 }
 
-/// One search: the request on the residual, its candidate hosts, and the path finders and
-/// distance buffers that every expansion reuses.
+/// One search: the request on the residual, its candidate hosts, the path finders, and the
+/// one dense copy of the residual capacities that reflects the partial embedding being expanded.
 struct Search<'a> {
     lace: &'a Lace,
     residual: &'a Residual,
@@ -147,8 +153,15 @@ struct Search<'a> {
     max_hops: Option<u32>,
     bfs: Bfs,
     dijkstra: Dijkstra,
-    /// Per placed neighbour of the node being placed: BFS hop distances from its host.
-    dist_buf: Vec<Vec<u32>>,
+    /// The residual minus what the state being expanded holds (see [`Search::apply`]).
+    work: Work,
+    /// Per placed neighbour of the node being placed: the search for hop distances from its
+    /// host over the links with the neighbour link's bandwidth free, and whether it runs on the
+    /// residual itself (else on the dense copy, valid while the state is scored).
+    dist_buf: Vec<(Rc<RefCell<LevelBfs>>, bool)>,
+    /// Those searches on the residual itself, by (host, bandwidth): shared by every state whose
+    /// own reservations leave that feasible graph unchanged, grown as far as any needed.
+    dist_cache: HashMap<(NodeIndex, u64), Rc<RefCell<LevelBfs>>>,
 }
 
 /// The hosts a partial embedding may place a node on, best first.
@@ -177,11 +190,12 @@ impl Lace {
             max_hops: request.options().max_path_hops,
             bfs: Bfs::default(),
             dijkstra: Dijkstra::default(),
+            work: Work::new(residual),
             dist_buf: Vec::new(),
+            dist_cache: HashMap::new(),
         };
         let mut beam = vec![State {
             hosts: vec![None; request.nodes().len()],
-            work: Work::new(residual),
             paths: vec![None; request.links().len()],
             bw_hops: 0,
             score: 0.0,
@@ -195,11 +209,12 @@ impl Lace {
             }
             if next.is_empty() {
                 return Err(failure.unwrap_or_else(|| {
-                    Failure::NoHost(
-                        beam[0]
-                            .work
-                            .no_host_for(request, v, cands[v].iter().copied()),
-                    )
+                    search.apply(&beam[0], true);
+                    let why = search
+                        .work
+                        .no_host_for(request, v, cands[v].iter().copied());
+                    search.apply(&beam[0], false);
+                    Failure::NoHost(why)
                 }));
             }
             next.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.bw_hops.cmp(&b.bw_hops)));
@@ -213,6 +228,75 @@ impl Lace {
 }
 
 impl Search<'_> {
+    /// Takes what `st` holds out of the dense copy (`hold`), or gives it back.
+    fn apply(&mut self, st: &State, hold: bool) {
+        let request = self.request;
+        for (v, h) in st.hosts.iter().enumerate() {
+            match (h, hold) {
+                (Some(h), true) => self.work.place(request, v, *h),
+                (Some(h), false) => self.work.unplace(request, v, *h),
+                (None, _) => {}
+            }
+        }
+        for (l, p) in st.paths.iter().enumerate() {
+            let (Some(p), bw) = (p, request.links()[l].bandwidth) else {
+                continue;
+            };
+            if hold {
+                self.work.route(&p.1, bw);
+            } else {
+                self.work.unroute(&p.1, bw);
+            }
+        }
+    }
+
+    /// The search for hop distances from `from` over the links with `need` bandwidth free in
+    /// the dense copy (which holds `st`): the cached one on the residual when none of `st`'s own
+    /// reservations took a link below `need` (the same graph), else a fresh one.
+    fn distances(
+        &mut self,
+        st: &State,
+        from: NodeIndex,
+        need: u64,
+    ) -> (Rc<RefCell<LevelBfs>>, bool) {
+        let (base, work) = (self.residual.bandwidths(), &self.work.bandwidth);
+        let n = self.residual.substrate().node_count();
+        let unchanged = st.paths.iter().flatten().all(|p| {
+            p.1.iter()
+                .all(|e| base[e.index()] < need || work[e.index()] >= need)
+        });
+        if !unchanged {
+            return (Rc::new(RefCell::new(LevelBfs::new(n, from, need))), false);
+        }
+        let bfs = self
+            .dist_cache
+            .entry((from, need))
+            .or_insert_with(|| Rc::new(RefCell::new(LevelBfs::new(n, from, need))));
+        (bfs.clone(), true)
+    }
+
+    /// Grows every neighbour's search by a level (`all`: to the end); false when all were
+    /// complete already.
+    fn grow(&self, all: bool) -> bool {
+        let s = self.residual.substrate();
+        let mut grew = false;
+        for (bfs, on_residual) in &self.dist_buf {
+            let bw = if *on_residual {
+                self.residual.bandwidths()
+            } else {
+                &self.work.bandwidth
+            };
+            let mut b = bfs.borrow_mut();
+            grew |= !b.is_complete();
+            if all {
+                b.finish(s, bw);
+            } else {
+                b.grow(s, bw);
+            }
+        }
+        grew
+    }
+
     /// The children of `st` that place virtual node `v` (the `level`-th of the order), pushed
     /// onto `next`; a link that could not be routed is recorded in `failure`.
     fn expand(
@@ -223,7 +307,8 @@ impl Search<'_> {
         next: &mut Vec<State>,
         failure: &mut Option<Failure>,
     ) {
-        let (s, request) = (self.residual.substrate(), self.request);
+        let request = self.request;
+        self.apply(st, true);
         let mut nbrs: Vec<(usize, usize, u64)> = request
             .neighbors(v)
             .iter()
@@ -231,19 +316,21 @@ impl Search<'_> {
             .map(|&(u, l)| (u, l, request.links()[l].bandwidth))
             .collect();
         nbrs.sort_by_key(|&(_, l, bw)| (std::cmp::Reverse(bw), l));
-        self.dist_buf.resize(nbrs.len(), Vec::new());
-        for (j, &(u, _, bw)) in nbrs.iter().enumerate() {
-            let from = st.hosts[u].expect("placed");
-            let d = self.bfs.distances(s, &st.work.bandwidth, bw, from);
-            self.dist_buf[j].clear();
-            self.dist_buf[j].extend_from_slice(d);
+        self.dist_buf.clear();
+        for &(u, _, bw) in &nbrs {
+            let d = self.distances(st, st.hosts[u].expect("placed"), bw);
+            self.dist_buf.push(d);
         }
-        let scored = self.score_hosts(v, st, &nbrs);
+        if self.max_hops.is_some() {
+            // a hop limit needs exact distances to tell "too far" from "unreachable"
+            self.grow(true);
+        }
         let take = if level == 0 {
             self.lace.roots
         } else {
             self.lace.candidates
         };
+        let scored = self.score_hosts(v, &nbrs, take);
         if scored.fit_any
             && scored.hosts.is_empty()
             && failure.is_none()
@@ -258,42 +345,61 @@ impl Search<'_> {
             };
             *failure = Some(Failure::Link(l, from, from, r));
         }
-        for &(_, h) in scored.hosts.iter().take(take) {
+        for &(_, h) in &scored.hosts {
             match self.child(v, st, h, &nbrs) {
                 Ok(child) => next.push(child),
                 Err(f) => *failure = Some(f),
             }
         }
+        self.apply(st, false);
     }
 
-    /// Pre-scores the candidate hosts of `v` in `st`: bandwidth-hops to the placed neighbours
-    /// `nbrs` (ties: more free CPU); for the first node free CPU x free incident bandwidth.
-    fn score_hosts(&self, v: usize, st: &State, nbrs: &[(usize, usize, u64)]) -> Scored {
-        let s = self.residual.substrate();
+    /// The `take` best candidate hosts of `v` in the state held by the dense copy:
+    /// bandwidth-hops to the placed neighbours `nbrs` (ties: more free CPU); for the first node
+    /// free CPU x free incident bandwidth. The neighbours' searches grow a level at a time until
+    /// the best `take` are known exactly: a host some search has not reached yet counts with a
+    /// lower bound, so once all of the best are exact no other host can beat them.
+    fn score_hosts(&self, v: usize, nbrs: &[(usize, usize, u64)], take: usize) -> Scored {
+        loop {
+            let (scored, exact) = self.score_once(v, nbrs, take);
+            if exact || !self.grow(false) {
+                return scored;
+            }
+        }
+    }
+
+    /// One round of [`Search::score_hosts`] with the searches as far as they are; true when
+    /// every host returned has an exact score.
+    fn score_once(&self, v: usize, nbrs: &[(usize, usize, u64)], take: usize) -> (Scored, bool) {
+        let (s, work) = (self.residual.substrate(), &self.work);
+        let dists: Vec<_> = self.dist_buf.iter().map(|(b, _)| b.borrow()).collect();
         let mut scored = Scored {
             hosts: Vec::new(),
             fit_any: false,
             hops_blocked: false,
         };
+        let mut inexact: Vec<bool> = Vec::new();
         for &h in &self.cands[v] {
-            if !st.work.fits(self.request, v, h) {
+            if !work.fits(self.request, v, h) {
                 continue;
             }
             scored.fit_any = true;
             let hi = h.index();
-            let free_cpu = st.work.cpu[hi] as f64;
+            let free_cpu = work.cpu[hi] as f64;
+            let mut exact = true;
             let score = if nbrs.is_empty() {
                 let free_bw: u64 = s
                     .neighbors(h)
                     .iter()
-                    .map(|(_, e)| st.work.bandwidth[e.index()])
+                    .map(|(_, e)| work.bandwidth[e.index()])
                     .sum();
                 -(free_cpu * free_bw as f64)
             } else {
                 let mut sc = 0.0;
                 let mut ok = true;
                 for (j, &(_, _, bw)) in nbrs.iter().enumerate() {
-                    let d = self.dist_buf[j][hi];
+                    let (d, known) = dists[j].lower(h);
+                    exact &= known;
                     if d == u32::MAX || self.max_hops.is_some_and(|m| d > m) {
                         scored.hops_blocked |= d != u32::MAX;
                         ok = false;
@@ -307,15 +413,28 @@ impl Search<'_> {
                 sc - free_cpu * 1e-6
             };
             scored.hosts.push((score, h));
+            inexact.push(!exact);
         }
-        scored
-            .hosts
-            .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        scored
+        // the `take` best, in order (a total order: the same as sorting all and cutting)
+        let mut idx: Vec<usize> = (0..scored.hosts.len()).collect();
+        let hosts = &scored.hosts;
+        let order = |a: &usize, b: &usize| {
+            let (x, y) = (&hosts[*a], &hosts[*b]);
+            x.0.total_cmp(&y.0).then(x.1.cmp(&y.1))
+        };
+        if idx.len() > take && take > 0 {
+            idx.select_nth_unstable_by(take - 1, order);
+        }
+        idx.truncate(take);
+        idx.sort_by(order);
+        let exact = idx.iter().all(|&i| !inexact[i]);
+        scored.hosts = idx.iter().map(|&i| hosts[i]).collect();
+        (scored, exact)
     }
 
     /// `st` with `v` placed on `h` and its links to the placed neighbours `nbrs` routed
-    /// (heaviest first), scored; or the link that could not be routed.
+    /// (heaviest first), scored; or the link that could not be routed. The dense copy holds
+    /// `st` before and after.
     fn child(
         &mut self,
         v: usize,
@@ -323,21 +442,62 @@ impl Search<'_> {
         h: NodeIndex,
         nbrs: &[(usize, usize, u64)],
     ) -> Result<State, Failure> {
-        let (s, request) = (self.residual.substrate(), self.request);
-        let link_balance = self.lace.link_balance;
+        let request = self.request;
+        let free_cpu = self.work.cpu[h.index()];
         let mut child = st.clone();
-        child.work.place(request, v, h);
         child.hosts[v] = Some(h);
-        for &(u, l, bw) in nbrs {
-            // route in the link's own direction: host(link.u) -> host(link.v)
-            let (from, h) = if request.links()[l].u == u {
-                (child.hosts[u].expect("placed"), h)
-            } else {
-                (h, child.hosts[u].expect("placed"))
-            };
-            let bwf = bw as f64;
-            let work = &child.work;
-            let found = self.dijkstra.cheapest(s, from, h, |e| {
+        self.work.place(request, v, h);
+        let mut result = Ok(());
+        for (j, &(u, l, bw)) in nbrs.iter().enumerate() {
+            match self.route((j, u, l), child.hosts[u].expect("placed"), h, bw) {
+                Ok((path, cost)) => {
+                    self.work.route(&path.1, bw);
+                    child.bw_hops += bw * path.1.len() as u64;
+                    child.score += (bw as f64).max(1.0) * cost;
+                    child.paths[l] = Some(Rc::new(path));
+                }
+                Err(f) => {
+                    result = Err(f);
+                    break;
+                }
+            }
+        }
+        // give back what this child took: the dense copy holds `st` again
+        for &(_, l, bw) in nbrs {
+            if let Some(p) = &child.paths[l] {
+                self.work.unroute(&p.1, bw);
+            }
+        }
+        self.work.unplace(request, v, h);
+        result?;
+        let vn = &request.nodes()[v];
+        if self.lace.node_balance > 0.0 && vn.cpu > 0 {
+            child.score += self.lace.node_balance * vn.cpu as f64 / free_cpu as f64;
+        }
+        Ok(child)
+    }
+
+    /// The path of virtual link `l` (bandwidth `bw`) between the host `placed` of its placed
+    /// end `u` (the `j`-th neighbour) and the new host `h`, in the link's own direction
+    /// (host(link.u) -> host(link.v)), with its cost: the cheapest under the weight
+    /// `1 + link_balance x bw / free(e)` (A* guided by the neighbour's hop distances), or the
+    /// fewest hops when that one is longer than the hop limit.
+    fn route(
+        &mut self,
+        (j, u, l): (usize, usize, usize),
+        placed: NodeIndex,
+        h: NodeIndex,
+        bw: u64,
+    ) -> Result<(Path, f64), Failure> {
+        let s = self.residual.substrate();
+        let (bwf, link_balance, work) = (bw as f64, self.lace.link_balance, &self.work);
+        let lower = self.dist_buf[j].0.borrow();
+        let found = self.dijkstra.cheapest_guided(
+            s,
+            h,
+            placed,
+            |x| lower.lower(x).0,
+            |e| {
                 let free = work.bandwidth[e.index()];
                 (free >= bw).then(|| {
                     1.0 + if bw == 0 {
@@ -346,32 +506,32 @@ impl Search<'_> {
                         link_balance * bwf / free as f64
                     }
                 })
-            });
-            let (path, cost) = match found {
-                Some((p, c)) if self.max_hops.is_none_or(|m| p.1.len() <= m as usize) => (p, c),
-                Some(_) | None => {
-                    match self
-                        .bfs
-                        .shortest(s, &child.work.bandwidth, bw, from, h, self.max_hops)
-                    {
-                        Ok(p) => {
-                            let c = p.1.len() as f64;
-                            (p, c)
-                        }
-                        Err(f) => return Err(Failure::Link(l, from, h, f.into())),
-                    }
+            },
+        );
+        // the link's direction: from the host of its `u` end
+        let from_placed = self.request.links()[l].u == u;
+        let (from, to) = if from_placed {
+            (placed, h)
+        } else {
+            (h, placed)
+        };
+        match found {
+            Some((mut p, c)) if self.max_hops.is_none_or(|m| p.1.len() <= m as usize) => {
+                if from_placed {
+                    p.0.reverse();
+                    p.1.reverse();
                 }
-            };
-            child.work.route(&path.1, bw);
-            child.bw_hops += bw * path.1.len() as u64;
-            child.score += bwf.max(1.0) * cost;
-            child.paths[l] = Some(path);
+                Ok((p, c))
+            }
+            Some(_) | None => self
+                .bfs
+                .shortest(s, &self.work.bandwidth, bw, from, to, self.max_hops)
+                .map(|p| {
+                    let c = p.1.len() as f64;
+                    (p, c)
+                })
+                .map_err(|f| Failure::Link(l, from, to, f.into())),
         }
-        let vn = &request.nodes()[v];
-        if self.lace.node_balance > 0.0 && vn.cpu > 0 {
-            child.score += self.lace.node_balance * vn.cpu as f64 / (st.work.cpu[h.index()] as f64);
-        }
-        Ok(child)
     }
 }
 
@@ -396,7 +556,7 @@ impl Embedder for Lace {
                     .into_iter()
                     .enumerate()
                     .map(|(l, p)| {
-                        p.ok_or_else(|| {
+                        p.map(Rc::unwrap_or_clone).ok_or_else(|| {
                             Rejection::Solver(format!(
                                 "internal: link {} left unrouted",
                                 request.link_name(l)

@@ -223,6 +223,22 @@ impl Work {
             self.bandwidth[e.index()] -= bw;
         }
     }
+
+    /// Undoes [`Work::place`] of virtual node `i` on `h`.
+    pub fn unplace(&mut self, request: &VnRequest, i: usize, h: NodeIndex) {
+        let vn = &request.nodes()[i];
+        let k = h.index();
+        self.cpu[k] += vn.cpu;
+        self.memory[k] += vn.memory_mb;
+        self.hosted[k] -= 1;
+    }
+
+    /// Undoes [`Work::route`] of `bw` on `edges`.
+    pub fn unroute(&mut self, edges: &[EdgeIndex], bw: u64) {
+        for e in edges {
+            self.bandwidth[e.index()] += bw;
+        }
+    }
 }
 
 /// Builds the [`Embedding`] from unsplit paths; a structural error here is a bug in the

@@ -113,6 +113,78 @@ impl Bfs {
     }
 }
 
+/// Breadth-first search from one host over the links with `need` bandwidth free, grown one
+/// level at a time on demand: a caller that only needs the hosts near the source (LACE's
+/// candidate scoring on a dense substrate) stops after a level or two instead of scanning every
+/// link. Hosts not reached yet are at least `depth + 1` hops away.
+#[derive(Clone, Debug)]
+pub struct LevelBfs {
+    dist: Vec<u32>,
+    frontier: Vec<NodeIndex>,
+    next: Vec<NodeIndex>,
+    depth: u32,
+    complete: bool,
+    need: u64,
+}
+
+impl LevelBfs {
+    /// The search from `src` on `n` hosts, with only `src` settled.
+    pub fn new(n: usize, src: NodeIndex, need: u64) -> Self {
+        let mut dist = vec![u32::MAX; n];
+        dist[src.index()] = 0;
+        LevelBfs {
+            dist,
+            frontier: vec![src],
+            next: Vec::new(),
+            depth: 0,
+            complete: false,
+            need,
+        }
+    }
+
+    /// Settles the next level over the links with `bandwidth[e] >= need`. The caller passes the
+    /// same `bandwidth` every time. `O(links at the frontier)`.
+    pub fn grow(&mut self, substrate: &Substrate, bandwidth: &[u64]) {
+        if self.complete {
+            return;
+        }
+        self.next.clear();
+        for &x in &self.frontier {
+            for &(y, e) in substrate.neighbors(x) {
+                if bandwidth[e.index()] >= self.need && self.dist[y.index()] == u32::MAX {
+                    self.dist[y.index()] = self.depth + 1;
+                    self.next.push(y);
+                }
+            }
+        }
+        std::mem::swap(&mut self.frontier, &mut self.next);
+        self.depth += 1;
+        self.complete = self.frontier.is_empty();
+    }
+
+    /// Grows until every host is settled.
+    pub fn finish(&mut self, substrate: &Substrate, bandwidth: &[u64]) {
+        while !self.complete {
+            self.grow(substrate, bandwidth);
+        }
+    }
+
+    /// True when every host reachable from the source is settled.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The hop distance of `x` when settled (`u32::MAX` when the search is complete and `x`
+    /// unreachable), else the lower bound `depth + 1`; and whether it is exact.
+    pub fn lower(&self, x: NodeIndex) -> (u32, bool) {
+        match self.dist[x.index()] {
+            u32::MAX if self.complete => (u32::MAX, true),
+            u32::MAX => (self.depth + 1, false),
+            d => (d, true),
+        }
+    }
+}
+
 /// A path as hosts and links.
 pub type Path = (Vec<NodeIndex>, Vec<EdgeIndex>);
 
@@ -157,6 +229,9 @@ pub struct Dijkstra {
     dist: Vec<f64>,
     done: Vec<bool>,
     heap: std::collections::BinaryHeap<HeapItem>,
+    /// Per host, the epoch of the guided search that last reached (even) or settled (odd) it.
+    seen: Vec<u32>,
+    epoch: u32,
 }
 
 impl Dijkstra {
@@ -210,6 +285,96 @@ impl Dijkstra {
             return None;
         }
         Some((trace_back(&self.parent, src, dst), cost))
+    }
+}
+
+impl Dijkstra {
+    /// [`Dijkstra::cheapest`] guided by `lower` (A* search, Hart, Nilsson and Raphael 1968):
+    /// `lower(x)` is a lower bound on the hop distance from `x` to `dst` on a graph that
+    /// contains every usable link, with `|lower(x) - lower(y)| <= 1` for every usable link
+    /// `x-y` (`u32::MAX`: `dst` is unreachable from `x`); hop distances, or those of a
+    /// [`LevelBfs`] from `dst`, are. Because every weight is at least 1, this bound is
+    /// admissible and consistent, so the cost found is the one `cheapest`
+    /// finds, while the search settles only the hosts on or near the cheapest paths instead of
+    /// every host closer than `dst`. Weights below 1 are an error of the caller (the path may
+    /// then not be the cheapest). `O((n + m) log n)` in the worst case.
+    pub fn cheapest_guided(
+        &mut self,
+        substrate: &Substrate,
+        src: NodeIndex,
+        dst: NodeIndex,
+        lower: impl Fn(NodeIndex) -> u32,
+        mut weight: impl FnMut(EdgeIndex) -> Option<f64>,
+    ) -> Option<(Path, f64)> {
+        if src == dst {
+            return Some(((vec![src], Vec::new()), 0.0));
+        }
+        if lower(src) == u32::MAX {
+            return None;
+        }
+        // Buffers are valid where `seen` holds this search's epoch (no O(n) reset per search:
+        // LACE runs thousands of short searches per request on large substrates).
+        let n = substrate.node_count();
+        if self.seen.len() != n || self.epoch >= u32::MAX - 2 {
+            self.seen = vec![0; n];
+            self.parent.clear();
+            self.parent.resize(n, None);
+            self.dist.clear();
+            self.dist.resize(n, f64::INFINITY);
+            self.epoch = 0;
+        }
+        // epoch: reached; epoch + 1: settled
+        self.epoch += 2;
+        let (open, settled) = (self.epoch, self.epoch + 1);
+        let (si, di) = (src.index(), dst.index());
+        self.heap.clear();
+        self.seen[si] = open;
+        self.dist[si] = 0.0;
+        self.parent[si] = None;
+        self.heap.push(HeapItem(f64::from(lower(src)), si as u32));
+        let mut best = f64::INFINITY;
+        while let Some(HeapItem(_, x)) = self.heap.pop() {
+            let x = x as usize;
+            if self.seen[x] == settled {
+                continue;
+            }
+            self.seen[x] = settled;
+            if x == di {
+                break;
+            }
+            let d = self.dist[x];
+            for &(y, e) in substrate.neighbors(NodeIndex::new(x)) {
+                let yi = y.index();
+                if self.seen[yi] == settled {
+                    continue;
+                }
+                let bound = lower(y);
+                // unreachable, or no better than a path to `dst` already found
+                if bound == u32::MAX || d + f64::from(bound) >= best {
+                    continue;
+                }
+                let Some(w) = weight(e) else { continue };
+                let nd = d + w;
+                let known = if self.seen[yi] == open {
+                    self.dist[yi]
+                } else {
+                    f64::INFINITY
+                };
+                if nd < known && nd + f64::from(bound) < best {
+                    self.seen[yi] = open;
+                    self.dist[yi] = nd;
+                    self.parent[yi] = Some((NodeIndex::new(x), e));
+                    if yi == di {
+                        best = nd;
+                    }
+                    self.heap.push(HeapItem(nd + f64::from(bound), yi as u32));
+                }
+            }
+        }
+        if !best.is_finite() {
+            return None;
+        }
+        Some((trace_back(&self.parent, src, dst), best))
     }
 }
 

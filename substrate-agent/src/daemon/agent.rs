@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::agent_control_client::AgentControlClient;
 
+use crate::daemon::metrics::{AgentMetrics, Outcome};
 use crate::daemon::underlay::{ProbeConfig, Prober};
 use crate::guest::GuestRuntime;
 use crate::host::kernel::Kernel;
@@ -63,6 +64,8 @@ pub struct Agent<K: Kernel + 'static> {
     latest: Mutex<Option<Desired>>,
     /// The underlay prober and what it probes (kept across sessions).
     prober: Mutex<Option<(ProbeConfig, Prober)>>,
+    /// Reconcile passes, session state (served with `--metrics-listen`).
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// `/proc/sys/kernel/random/boot_id`.
@@ -81,6 +84,7 @@ impl<K: Kernel + 'static> Agent<K> {
         guests: Option<Arc<dyn GuestRuntime>>,
     ) -> Self {
         let naming = Naming::new(cfg.name_prefix.clone(), cfg.host_id.clone());
+        let metrics = Arc::new(AgentMetrics::new(&cfg.host_id));
         Self {
             cfg,
             naming,
@@ -90,6 +94,7 @@ impl<K: Kernel + 'static> Agent<K> {
             guests,
             latest: Mutex::new(None),
             prober: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -422,6 +427,7 @@ impl<K: Kernel + 'static> Agent<K> {
                 },
                 _ = shutdown.changed() => break,
             }
+            self.metrics.set_attached(false);
             let delay = backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -463,6 +469,7 @@ impl<K: Kernel + 'static> Agent<K> {
             .into_inner();
         tracing::info!(controller = %self.cfg.controller, "attached");
         *attached_at = Some(tokio::time::Instant::now());
+        self.metrics.set_attached(true);
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
         underlay_rx.mark_changed();
@@ -566,7 +573,18 @@ async fn reconcile_loop<K: Kernel + 'static>(
         }
         let a = agent.clone();
         let c = cancel.clone();
+        let (generation, vns) = (d.generation, d.vns.len());
+        let started = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || a.reconcile(&d, &c)).await;
+        let outcome = match &res {
+            Ok(_) if cancel.load(Ordering::Relaxed) => Outcome::Superseded,
+            Ok(rep) if rep.converged => Outcome::Converged,
+            Ok(_) => Outcome::Failed,
+            Err(_) => Outcome::Error,
+        };
+        agent
+            .metrics
+            .reconciled(started.elapsed(), outcome, generation, vns);
         match res {
             Ok(rep) if !cancel.load(Ordering::Relaxed) => {
                 // Resyncs that change nothing are not re-sent.

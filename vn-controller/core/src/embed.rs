@@ -211,10 +211,16 @@ impl Planner for EmbeddingPlanner {
                 _ => Err(format!("link {i} was split over several paths")),
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // an answer the algorithm could not show to be what it claims says so (the exact
+        // MIP: unproven, or LACE's answer after the time limit); it reaches the ACCEPTED event
+        let algorithm = match emb.note() {
+            Some(note) => format!("{algorithm} ({note})"),
+            None => algorithm.to_string(),
+        };
         Ok(Mapping {
             node_hosts,
             link_paths,
-            algorithm: algorithm.to_string(),
+            algorithm,
             revenue: emb.revenue() as f64,
             cost: emb.cost() as f64,
         })

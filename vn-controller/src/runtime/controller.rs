@@ -23,7 +23,7 @@ use crate::core::topology::TopologyHost;
 use crate::store::{RedbStore, Store, StoreError};
 
 use super::credentials::{Credentials, CredentialsError, Usage};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Rejected};
 use super::writer::{Publisher, Writer};
 
 mod console;
@@ -473,7 +473,7 @@ impl Controller {
         let req = Arc::new(req);
         let out = self
             .optimistic("create", move |this, serialised| {
-                this.create_attempt(&req, &algorithm, spec_pb.clone(), serialised)
+                this.create_attempt(&req, &algorithm, spec_pb.clone(), (serialised, started))
             })
             .await;
         match &out {
@@ -482,9 +482,12 @@ impl Controller {
                 self.metrics().created(started.elapsed(), "accepted");
                 tracing::info!(vn_id = %rec.vn_id, hosts = ?rec.placement.hosts(), "accepted");
             }
-            Err(_) => self.metrics().created(started.elapsed(), "rejected"),
+            Err(a) => {
+                self.metrics().created(started.elapsed(), "rejected");
+                self.metrics().rejected(a.rejected());
+            }
         }
-        out
+        out.map_err(ControlError::from)
     }
 
     /// The algorithm for `req`: its own, else the controller's, else the planner's default.
@@ -503,7 +506,7 @@ impl Controller {
         &self,
         what: &'static str,
         attempt: impl Fn(&Controller, bool) -> Result<T, Attempt> + Send + Sync + 'static,
-    ) -> Result<T, ControlError> {
+    ) -> Result<T, Attempt> {
         const OPTIMISTIC: usize = 2;
         let attempt = Arc::new(attempt);
         for n in 0..=OPTIMISTIC {
@@ -511,14 +514,15 @@ impl Controller {
             let serialised = n == OPTIMISTIC;
             let out = tokio::task::spawn_blocking(move || attempt(&this, serialised))
                 .await
-                .map_err(|e| ControlError::Internal(format!("{what} task failed: {e}")))?;
+                .map_err(|e| {
+                    Attempt::Error(ControlError::Internal(format!("{what} task failed: {e}")))
+                })?;
             match out {
                 Ok(r) => return Ok(r),
                 Err(Attempt::Conflict(why)) if !serialised => {
                     tracing::debug!(%why, attempt = n, "{what}: commit conflict, embedding again");
                 }
-                Err(Attempt::Conflict(why)) => return Err(ControlError::Exhausted(why)),
-                Err(Attempt::Error(e)) => return Err(e),
+                Err(a) => return Err(a),
             }
         }
         unreachable!("the last attempt returns")
@@ -529,12 +533,12 @@ impl Controller {
         req: &VnReq,
         algorithm: &str,
         spec_pb: Vec<u8>,
-        serialised: bool,
+        (serialised, started): (bool, Instant),
     ) -> Result<VnRecord, Attempt> {
         let shared = &self.shared;
         let mut guard = lock(&shared.index);
         guard.check_name_free(&req.provider, &req.name)?;
-        self.check_quota(&guard, req)?;
+        self.check_quota(&guard, req).map_err(Attempt::Quota)?;
         // The substrate, or a child's parent after the checks against it.
         let view = guard.view(&guard.frame(req)?);
         if req.parent.is_none() {
@@ -576,6 +580,9 @@ impl Controller {
         };
         let vn_id = rec.vn_id.clone();
         let desired = desired_of(&guard, &change);
+        // before its events can be published (by the writer, after the commit)
+        self.metrics()
+            .awaiting_ready(&req.provider.0, &req.name, started);
         let ack = shared.writer.send(change, None, desired);
         drop(guard);
         // Accepted means persisted: wait for the (group) commit.
@@ -766,7 +773,45 @@ impl Controller {
 
 enum Attempt {
     Conflict(String),
+    /// Beyond the provider's quota.
+    Quota(ControlError),
     Error(ControlError),
+}
+
+impl Attempt {
+    /// The `reason` label of a refused Create.
+    fn rejected(&self) -> Rejected {
+        match self {
+            Attempt::Conflict(_) => Rejected::Conflict,
+            Attempt::Quota(_) => Rejected::Quota,
+            Attempt::Error(e) => rejected_as(e),
+        }
+    }
+}
+
+/// A conflict left after the serialised attempt is a lack of capacity.
+impl From<Attempt> for ControlError {
+    fn from(a: Attempt) -> Self {
+        match a {
+            Attempt::Conflict(why) => ControlError::Exhausted(why),
+            Attempt::Quota(e) | Attempt::Error(e) => e,
+        }
+    }
+}
+
+/// The `reason` label of a refused Create, by its error.
+fn rejected_as(e: &ControlError) -> Rejected {
+    match e {
+        ControlError::InvalidArgument(_) => Rejected::Invalid,
+        ControlError::AlreadyExists(_) => Rejected::Exists,
+        ControlError::Exhausted(_) => Rejected::Capacity,
+        ControlError::Aborted(_) => Rejected::Conflict,
+        ControlError::NotFound(_) | ControlError::Precondition(_) => Rejected::Parent,
+        ControlError::PermissionDenied(_) => Rejected::Denied,
+        ControlError::Unavailable(_) | ControlError::Timeout(_) | ControlError::Internal(_) => {
+            Rejected::Internal
+        }
+    }
 }
 
 impl From<CoreError> for Attempt {

@@ -1,10 +1,14 @@
 //! Prometheus metrics (text exposition at `/metrics`).
 //!
-//! Latencies are observed where they happen; the per-host, per-link and per-state gauges are
-//! refreshed from the index at every scrape, so they are never stale.
+//! Latencies are observed where they happen; the per-host, per-link, per-provider and per-state
+//! gauges are refreshed from the index at every scrape, so they are never stale. What an
+//! operator watches: Create latency and Create-to-READY, rejections by reason, usage per host,
+//! link and provider, store commit latency, whether this replica leads, and `build_info`.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +45,63 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurableLabel {
+    durable: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
+
+/// Why a Create was refused, as the `reason` label of `create_rejections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The spec or a field of it is invalid.
+    Invalid,
+    /// The name is taken.
+    Exists,
+    /// The provider's quota would be exceeded.
+    Quota,
+    /// No embedding fits the residual substrate (or the parent).
+    Capacity,
+    /// Concurrent commits kept taking what the embedding needed.
+    Conflict,
+    /// The parent is missing, not shared, or not in a state to nest.
+    Parent,
+    /// The caller may not do this.
+    Denied,
+    /// The controller failed (store, shutdown).
+    Internal,
+}
+
+impl Rejected {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Invalid => "invalid",
+            Rejected::Exists => "exists",
+            Rejected::Quota => "quota",
+            Rejected::Capacity => "capacity",
+            Rejected::Conflict => "conflict",
+            Rejected::Parent => "parent",
+            Rejected::Denied => "denied",
+            Rejected::Internal => "internal",
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +115,94 @@ pub struct Metrics {
     host_connected: Family<HostLabel, Gauge>,
     link_bandwidth: Family<LinkLabel, FGauge>,
     agents: Gauge,
+    op: Operator,
+}
+
+/// What an operator watches besides: Create to READY, rejections by reason, usage per
+/// provider, store commit latency, leadership.
+struct Operator {
+    ready: Histogram,
+    /// Accepted VNs not READY yet: (provider, name) -> when their Create began.
+    pending_ready: Mutex<HashMap<(String, String), Instant>>,
+    rejections: Family<ReasonLabel, Counter>,
+    provider_vns: Family<ProviderLabel, Gauge>,
+    provider_cpu: Family<ProviderLabel, Gauge>,
+    provider_memory: Family<ProviderLabel, Gauge>,
+    provider_bandwidth: Family<ProviderLabel, Gauge>,
+    store_commit: Family<DurableLabel, Histogram>,
+    leader: Gauge,
+}
+
+impl Operator {
+    fn register(registry: &mut Registry) -> Operator {
+        let ready = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "create_to_ready_duration_seconds",
+            "From the start of an accepted Create to the VN's READY on every host",
+            ready.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "create_rejections",
+            "Creates refused, by reason (invalid, exists, quota, capacity, conflict, parent, denied, internal)",
+            rejections.clone(),
+        );
+        let provider = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<ProviderLabel, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let provider_vns = provider(
+            registry,
+            "provider_vns",
+            "VNs that hold resources (provisioning, ready, degraded), per provider",
+        );
+        let provider_cpu = provider(registry, "provider_cpu", "CPU held, per provider");
+        let provider_memory = provider(
+            registry,
+            "provider_memory_mib",
+            "Memory held (MiB), per provider",
+        );
+        let provider_bandwidth = provider(
+            registry,
+            "provider_bandwidth_mbps",
+            "Virtual link bandwidth held (Mbit/s), per provider",
+        );
+        let store_commit = Family::<DurableLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "store_commit_duration_seconds",
+            "One (group) commit of the store, by durability (fsync or not)",
+            store_commit.clone(),
+        );
+        let leader = Gauge::default();
+        // a single controller on its own store is the leader; a replicated store sets it
+        leader.set(1);
+        registry.register(
+            "leader",
+            "1 when this controller is the leader (embeds and allocates), 0 when a follower",
+            leader.clone(),
+        );
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "The controller's version (value 1)", build);
+        Operator {
+            ready,
+            pending_ready: Mutex::new(HashMap::new()),
+            rejections,
+            provider_vns,
+            provider_cpu,
+            provider_memory,
+            provider_bandwidth,
+            store_commit,
+            leader,
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +215,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn ratio(used: u64, cap: u64) -> f64 {
@@ -132,6 +284,7 @@ impl Metrics {
         );
         let agents = Gauge::default();
         registry.register("agents_connected", "Attached agents", agents.clone());
+        let op = Operator::register(&mut registry);
         Metrics {
             registry,
             embedding,
@@ -144,7 +297,47 @@ impl Metrics {
             host_connected,
             link_bandwidth,
             agents,
+            op,
         }
+    }
+
+    /// A Create begun at `started` was accepted: its READY will be timed from then. Called
+    /// before the VN's events are published.
+    pub fn awaiting_ready(&self, provider: &str, name: &str, started: Instant) {
+        self.pending()
+            .insert((provider.to_string(), name.to_string()), started);
+    }
+
+    /// A Create was refused.
+    pub fn rejected(&self, why: Rejected) {
+        self.op
+            .rejections
+            .get_or_create(&ReasonLabel {
+                reason: why.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// One store commit took `d`.
+    pub fn store_committed(&self, d: Duration, durable: bool) {
+        self.op
+            .store_commit
+            .get_or_create(&DurableLabel {
+                durable: durable.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// Whether this controller is the leader (a replicated store's election sets it).
+    pub fn set_leader(&self, leader: bool) {
+        self.op.leader.set(i64::from(leader));
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        self.op
+            .pending_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn embedded(&self, d: Duration) {
@@ -179,10 +372,50 @@ impl Metrics {
         self.events
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+        let key = (e.provider.0.clone(), e.name.clone());
+        match e.kind {
+            EventKind::Ready => {
+                if let Some(t) = self.pending().remove(&key) {
+                    self.op.ready.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            EventKind::Failed | EventKind::Deleted => {
+                self.pending().remove(&key);
+            }
+            _ => {}
+        }
     }
 
     pub fn set_agents(&self, n: usize) {
         self.agents.set(n as i64);
+    }
+
+    /// Per-provider gauges: what each provider's VNs hold.
+    fn render_providers(&self, ix: &Index) {
+        let mut per: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
+        for r in ix.records().filter(|r| r.status.holds_resources()) {
+            let t = per.entry(r.provider().0.as_str()).or_default();
+            let req = &r.req;
+            t[0] += 1;
+            t[1] += saturating_i64(req.total_cpu());
+            t[2] += saturating_i64(req.nodes.iter().map(|n| n.memory_mb).sum());
+            t[3] += saturating_i64(req.links.iter().map(|l| l.bandwidth_mbps).sum());
+        }
+        for f in [
+            &self.op.provider_vns,
+            &self.op.provider_cpu,
+            &self.op.provider_memory,
+            &self.op.provider_bandwidth,
+        ] {
+            f.clear();
+        }
+        for (p, t) in per {
+            let l = ProviderLabel { provider: p.into() };
+            self.op.provider_vns.get_or_create(&l).set(t[0]);
+            self.op.provider_cpu.get_or_create(&l).set(t[1]);
+            self.op.provider_memory.get_or_create(&l).set(t[2]);
+            self.op.provider_bandwidth.get_or_create(&l).set(t[3]);
+        }
     }
 
     /// Refreshes the gauges from `ix` and renders the text exposition.
@@ -217,6 +450,7 @@ impl Metrics {
                 .get_or_create(&LinkLabel { link: l.id.clone() })
                 .set(ratio(u.link_bandwidth(&l.id), l.bandwidth_mbps));
         }
+        self.render_providers(ix);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");

@@ -118,9 +118,11 @@ impl Writer {
                     let changes: Vec<&Change> = batch.iter().map(|c| &c.change).collect();
                     let hosts: Vec<&HostInfo> =
                         batch.iter().filter_map(|c| c.host.as_ref()).collect();
+                    let t = std::time::Instant::now();
                     let res = store
                         .apply_all(&changes, &hosts, durable)
                         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+                    publisher.metrics.store_committed(t.elapsed(), durable);
                     if let Err(e) = &res {
                         tracing::error!(error = %e, "cannot persist state changes");
                     }

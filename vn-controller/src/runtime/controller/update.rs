@@ -66,7 +66,7 @@ impl Controller {
             Ok(_) => {}
             Err(_) => self.metrics().updated(started.elapsed(), "rejected"),
         }
-        out
+        out.map_err(ControlError::from)
     }
 
     /// The VN to update, at the generation the caller names.
