@@ -11,6 +11,9 @@
 #   qemu-system-x86, busybox-static           QEMU guests and the project's guest image
 #   graphviz                                  `vnctl topology --svg`
 #   jq, python3                               bench scripts and the VNE referee
+#   protobuf-compiler                         building the etcd client (its build script runs protoc)
+#   etcd-server                               the replicated store (`--store etcd`): tests start a
+#                                             real cluster, `vnctl testbed up --store etcd` one member
 set -euo pipefail
 
 PACKAGES=(
@@ -19,6 +22,7 @@ PACKAGES=(
   iperf3 tcpdump tshark
   qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils
   graphviz jq python3 ca-certificates
+  protobuf-compiler etcd-server
 )
 
 missing=()

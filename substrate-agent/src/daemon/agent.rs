@@ -35,7 +35,8 @@ use crate::vlan::config::DatapathControl;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub host_id: String,
-    /// `http://host:port` of the controller.
+    /// `http(s)://host:port` of the controller; several replicas comma-separated (the agent
+    /// attaches to the leader and moves on when refused or cut off).
     pub controller: String,
     pub underlay_address: IpAddr,
     pub underlay: Vec<pb::UnderlayInterface>,
@@ -60,6 +61,8 @@ pub struct Agent<K: Kernel + 'static> {
     pub guests: Option<Arc<dyn GuestRuntime>>,
     /// The newest desired state, validated (for exec).
     latest: Mutex<Option<Desired>>,
+    /// The controller replicas and the one in use (the session's; exec dials the same).
+    replicas: vnet_proto::replicas::Replicas,
 }
 
 /// `/proc/sys/kernel/random/boot_id`.
@@ -78,7 +81,9 @@ impl<K: Kernel + 'static> Agent<K> {
         guests: Option<Arc<dyn GuestRuntime>>,
     ) -> Self {
         let naming = Naming::new(cfg.name_prefix.clone(), cfg.host_id.clone());
+        let replicas = vnet_proto::replicas::Replicas::parse(&cfg.controller);
         Self {
+            replicas,
             cfg,
             naming,
             kernel,
@@ -87,6 +92,25 @@ impl<K: Kernel + 'static> Agent<K> {
             guests,
             latest: Mutex::new(None),
         }
+    }
+
+    /// With several controller replicas, moves to the leader a refusal named, else to the next
+    /// replica; returns the (short) delay before trying it, `None` with one controller.
+    fn next_replica(&self, e: &anyhow::Error) -> Option<Duration> {
+        if self.replicas.len() < 2 {
+            return None;
+        }
+        let hint = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<tonic::Status>())
+            .and_then(vnet_proto::replicas::leader_hint);
+        let to_leader = self.replicas.after_failure(hint.as_deref());
+        tracing::info!(next = %self.replicas.current(), to_leader, "trying another controller replica");
+        Some(if to_leader {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(250)
+        })
     }
 
     /// The first message of every session.
@@ -220,8 +244,9 @@ impl<K: Kernel + 'static> Agent<K> {
     /// The controller's endpoint (one per session, and one per exec: a command's output never
     /// shares a connection, and so HTTP/2 flow-control windows, with the control session).
     fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
-            .context("controller address")?
+        let addr = self.replicas.current().to_string();
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("controller address {addr:?}"))?
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
@@ -385,13 +410,17 @@ impl<K: Kernel + 'static> Agent<K> {
                 shutdown.clone(),
                 &mut attached_at,
             );
+            let mut delay = None;
             tokio::select! {
                 r = session => if let Err(e) = r {
-                    tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended");
+                    tracing::warn!(controller = %self.replicas.current(), error = %format!("{e:#}"), "session ended");
+                    delay = self.next_replica(&e);
                 },
                 _ = shutdown.changed() => break,
             }
-            let delay = backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
+            let backoff_delay =
+                backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
+            let delay = delay.map_or(backoff_delay, |d| d.min(backoff_delay));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
@@ -426,7 +455,7 @@ impl<K: Kernel + 'static> Agent<K> {
             .await
             .context("attach")?
             .into_inner();
-        tracing::info!(controller = %self.cfg.controller, "attached");
+        tracing::info!(controller = %self.replicas.current(), "attached");
         *attached_at = Some(tokio::time::Instant::now());
         // The latest report again (the controller may have restarted).
         report_rx.mark_changed();
