@@ -329,29 +329,34 @@ impl Bed {
 
     /// Three hosts up; the returned guard takes them down however the test ends.
     pub fn up(&self) -> Down<'_> {
+        self.up_with(&[])
+    }
+
+    /// [`Bed::up`] with more `testbed up` arguments.
+    pub fn up_with(&self, extra: &[&str]) -> Down<'_> {
         let guard = Down(self);
-        ok(
-            self.testbed(&[
-                "up",
-                "--hosts",
-                "3",
-                "--netns-prefix",
-                &self.tag,
-                "--mgmt-bridge",
-                &self.bridge,
-                "--mgmt-subnet",
-                &self.subnet,
-                "--node-prefix",
-                self.tag.trim_end_matches('-'),
-                "--listen-port",
-                &self.port.to_string(),
-                "--metrics-port",
-                &self.metrics.to_string(),
-                "--timeout",
-                "90s",
-            ]),
-            "testbed up",
-        );
+        let (port, metrics) = (self.port.to_string(), self.metrics.to_string());
+        let mut args = vec![
+            "up",
+            "--hosts",
+            "3",
+            "--netns-prefix",
+            &self.tag,
+            "--mgmt-bridge",
+            &self.bridge,
+            "--mgmt-subnet",
+            &self.subnet,
+            "--node-prefix",
+            self.tag.trim_end_matches('-'),
+            "--listen-port",
+            &port,
+            "--metrics-port",
+            &metrics,
+            "--timeout",
+            "90s",
+        ];
+        args.extend_from_slice(extra);
+        ok(self.testbed(&args), "testbed up");
         guard
     }
 
@@ -479,7 +484,14 @@ impl Drop for Down<'_> {
         let out = self.0.testbed(&["down"]);
         if std::thread::panicking() {
             eprintln!("testbed down after failure: {out:?}");
-            for log in ["controller", "agent-h1", "agent-h2", "agent-h3"] {
+            for log in [
+                "controller",
+                "controller-1",
+                "controller-2",
+                "agent-h1",
+                "agent-h2",
+                "agent-h3",
+            ] {
                 let p = self.0.dir.join(format!("logs/{log}.log"));
                 if let Ok(t) = std::fs::read_to_string(&p) {
                     let tail: Vec<&str> = t.lines().rev().take(40).collect();

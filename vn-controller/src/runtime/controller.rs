@@ -165,6 +165,9 @@ struct Shared {
     leading: watch::Sender<bool>,
     /// The etcd store, when replicated.
     etcd: Option<Arc<EtcdStore>>,
+    /// After a takeover: until then, creates wait for the stored hosts' agents to re-attach
+    /// (a VN is placed only on attached hosts; they come within a moment of the election).
+    settle_until: Mutex<Option<Instant>>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
 }
@@ -249,6 +252,7 @@ impl Controller {
                 role,
                 leading: watch::channel(false).0,
                 etcd,
+                settle_until: Mutex::new(None),
                 writer,
             }),
         })
@@ -270,6 +274,23 @@ impl Controller {
     /// Whether this replica leads, and its changes.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.shared.leading.subscribe()
+    }
+
+    /// Right after a takeover, waits (at most until the settle time) for every stored host's
+    /// agent to re-attach.
+    async fn settle(&self) {
+        loop {
+            let Some(until) = *lock(&self.shared.settle_until) else {
+                return;
+            };
+            let all =
+                self.with_index(|ix| ix.registry.hosts().all(|h| ix.registry.is_connected(&h.id)));
+            if all || Instant::now() >= until {
+                *lock(&self.shared.settle_until) = None;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Refuses a write on a follower, naming the leader.
@@ -539,6 +560,7 @@ impl Controller {
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
         self.require_leader()?;
+        self.settle().await;
         let started = Instant::now();
         let algorithm = req
             .algorithm

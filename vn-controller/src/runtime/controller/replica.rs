@@ -9,7 +9,7 @@
 //! to it as they find it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::{EtcdStore, Role, StoredEvent};
 
@@ -17,6 +17,8 @@ use super::{Controller, lock, restore};
 
 /// Changes gathered into one reload.
 const SETTLE: Duration = Duration::from_millis(50);
+/// After a takeover, creates wait at most this long for the agents to re-attach.
+const SETTLE_AGENTS: Duration = Duration::from_secs(2);
 
 impl Controller {
     pub(super) fn spawn_replica(&self, etcd: Arc<EtcdStore>) {
@@ -68,6 +70,7 @@ impl Controller {
         .await;
         match loaded {
             Ok(Ok((epoch, vns))) => {
+                *lock(&self.shared.settle_until) = Some(Instant::now() + SETTLE_AGENTS);
                 self.shared.leading.send_replace(true);
                 tracing::info!(fence, vns, epoch, "took over as leader");
                 self.start_timers();
