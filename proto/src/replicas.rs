@@ -30,8 +30,9 @@ impl Replicas {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.addrs.len()
+    /// Whether there is more than one address to move between.
+    pub fn several(&self) -> bool {
+        self.addrs.len() > 1
     }
 
     /// The address in use.
@@ -80,7 +81,7 @@ mod tests {
     #[test]
     fn follows_the_hint_or_the_next() {
         let r = Replicas::parse(" https://a:1, https://b:2 ,,http://c:3/");
-        assert_eq!(r.len(), 3);
+        assert!(r.several());
         assert_eq!(r.current(), "https://a:1");
         assert!(!r.after_failure(None));
         assert_eq!(r.current(), "https://b:2");
@@ -90,6 +91,7 @@ mod tests {
         assert!(!r.after_failure(Some("d:4")));
         assert_eq!(r.current(), "https://a:1");
         assert_eq!(Replicas::parse(" , ").current(), " , ");
+        assert!(!Replicas::parse("https://a:1").several());
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl<K: Kernel + 'static> Agent<K> {
     /// With several controller replicas, moves to the leader a refusal named, else to the next
     /// replica; returns the (short) delay before trying it, `None` with one controller.
     fn next_replica(&self, e: &anyhow::Error) -> Option<Duration> {
-        if self.replicas.len() < 2 {
+        if !self.replicas.several() {
             return None;
         }
         let hint = e

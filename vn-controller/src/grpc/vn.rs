@@ -61,31 +61,33 @@ async fn watch_start(
     name: &str,
     after: u64,
 ) -> Result<(Vec<pb::VnEvent>, u64), Status> {
-    let mut out = Vec::new();
-    let mut last = after;
-    while after > 0 {
-        let c = ctl.clone();
-        let (page, gap) = tokio::task::spawn_blocking(move || c.events_after(last, RESUME_PAGE))
-            .await
-            .map_err(|e| Status::internal(format!("reading stored events: {e}")))?
-            .map_err(status)?;
-        if gap {
-            tracing::debug!(
-                after,
-                "events after the resume point were trimmed, sending a snapshot"
-            );
-            out.clear();
-            break;
-        }
-        let n = page.len();
-        for e in page {
-            last = e.seq;
-            if e.event.provider == *caller && (name.is_empty() || e.event.name == name) {
-                out.push(convert::event(&e));
+    if after > 0 {
+        let mut out = Vec::new();
+        let mut last = after;
+        loop {
+            let c = ctl.clone();
+            let (page, gap) =
+                tokio::task::spawn_blocking(move || c.events_after(last, RESUME_PAGE))
+                    .await
+                    .map_err(|e| Status::internal(format!("reading stored events: {e}")))?
+                    .map_err(status)?;
+            if gap {
+                tracing::debug!(
+                    after,
+                    "events after the resume point were trimmed, sending a snapshot"
+                );
+                break;
             }
-        }
-        if n < RESUME_PAGE {
-            return Ok((out, last));
+            let n = page.len();
+            for e in page {
+                last = e.seq;
+                if e.event.provider == *caller && (name.is_empty() || e.event.name == name) {
+                    out.push(convert::event(&e));
+                }
+            }
+            if n < RESUME_PAGE {
+                return Ok((out, last));
+            }
         }
     }
     let seq = ctl.last_seq();
