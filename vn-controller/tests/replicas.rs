@@ -759,3 +759,76 @@ async fn redb_controller_survives_kills() {
     let dir = tempfile::tempdir().unwrap();
     suite(None, dir.path()).await;
 }
+
+/// Fencing: a replica that still believes it leads (its lease alive, the leader key gone behind
+/// its back and taken by another) cannot write; the new leader can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_write() {
+    use vn_controller::store::{EtcdConfig, EtcdStore, Role, Store};
+    if !have_etcd("a_deposed_leader_cannot_write") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd")).await;
+    let prefix = format!("/fence-test-{}/", std::process::id());
+    let cfg = EtcdConfig {
+        endpoints: etcd.clients.clone(),
+        prefix: prefix.clone(),
+        lease_ttl: 5,
+        tls: None,
+    };
+    let connect = |cfg: EtcdConfig| async move {
+        Arc::new(
+            tokio::task::spawn_blocking(move || EtcdStore::connect(cfg))
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    let lead = |s: Arc<EtcdStore>, name: &str| {
+        s.campaign(name.to_string());
+        let mut role = s.role();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                role.wait_for(|r| matches!(r, Role::Leader { .. })),
+            )
+            .await
+            .expect("leads")
+            .unwrap();
+        }
+    };
+    let a = connect(cfg.clone()).await;
+    lead(a.clone(), "a").await;
+    let mut raw = etcd_client::Client::connect(etcd.clients.clone(), None)
+        .await
+        .unwrap();
+    raw.delete(format!("{prefix}leader"), None).await.unwrap();
+    let b = connect(cfg).await;
+    lead(b.clone(), "b").await;
+    assert!(
+        matches!(*a.role().borrow(), Role::Leader { .. }),
+        "a has not noticed"
+    );
+
+    let mut change = vn_controller::core::index::Change::default();
+    change.generations.insert("h1".into(), 5);
+    let (a2, c2) = (a.clone(), change.clone());
+    let refused = tokio::task::spawn_blocking(move || a2.apply(&c2))
+        .await
+        .unwrap();
+    let why = format!(
+        "{:#}",
+        anyhow::Error::new(refused.expect_err("a deposed leader wrote"))
+    );
+    assert!(why.contains("fenced"), "{why}");
+    let key = format!("{prefix}generations/h1");
+    assert!(raw.get(key.clone(), None).await.unwrap().kvs().is_empty());
+    // The refusal ends a's leadership; b writes.
+    assert!(matches!(*a.role().borrow(), Role::Follower { .. }));
+    tokio::task::spawn_blocking(move || b.apply(&change))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.get(key, None).await.unwrap().kvs()[0].value(), b"5");
+}
