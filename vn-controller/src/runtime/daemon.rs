@@ -298,9 +298,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("opening the state in {}", args.state_dir.display()))?,
         Some(e) => {
             let where_ = e.endpoints.join(",");
-            let store = tokio::task::spawn_blocking(move || crate::store::EtcdStore::connect(e))
-                .await?
-                .with_context(|| format!("connecting to etcd at {where_}"))?;
+            // etcd may be starting too (a testbed, a boot): try for up to 30 s.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let store = loop {
+                let cfg = e.clone();
+                let r = tokio::task::spawn_blocking(move || crate::store::EtcdStore::connect(cfg))
+                    .await?;
+                match r {
+                    Ok(s) => break s,
+                    Err(err) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(err)), "etcd not reachable yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("connecting to etcd at {where_}"));
+                    }
+                }
+            };
             Controller::open_replicated(cfg, planner, std::sync::Arc::new(store))
                 .with_context(|| format!("reading the state in etcd at {where_}"))?
         }
