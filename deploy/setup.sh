@@ -13,6 +13,9 @@
 #   jq, python3                               bench scripts and the VNE referee
 #   clang, llvm, libbpf-dev, linux-libc-dev   the agent's BPF 802.1Q datapath (compiled by build.rs)
 #   bpftool                                   inspecting BPF programs and maps in tests and checks
+#   protobuf-compiler                         building the etcd client (its build script runs protoc)
+#   etcd-server                               the replicated store (`--store etcd`): tests start a
+#                                             real cluster, `vnctl testbed up --store etcd` one member
 set -euo pipefail
 
 PACKAGES=(
@@ -22,6 +25,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils
   graphviz jq python3 ca-certificates
   clang llvm libbpf-dev linux-libc-dev bpftool
+  protobuf-compiler etcd-server
 )
 
 missing=()

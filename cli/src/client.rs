@@ -23,6 +23,14 @@ pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7000";
 /// How long vnctl tries to open the connection before it reports the controller unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// With several controller replicas: how long to look for the leader (an election takes a
+/// lease's time to live) before settling for a follower, which serves reads.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// The health service name whose status says whether a replica leads: only the leader serves
+/// agents.
+pub const LEADER_HEALTH_SERVICE: &str = "vnet.v1.AgentControl";
+
 /// Where the controller is, how to prove who we are, and for whom we act (the global flags
 /// and the config file's current context).
 #[derive(Clone, Default)]
@@ -102,12 +110,57 @@ pub struct Controller {
 
 impl Controller {
     /// Connects (eagerly, so that an unreachable controller is reported before anything else).
+    /// `opts.controller` may list several replicas, comma-separated: the leader is chosen (the
+    /// one whose AgentControl health is SERVING); while none leads (an election), the search
+    /// goes on for up to 10 s, then the first reachable replica serves (reads work there).
     pub async fn connect(opts: &ControllerOpts) -> anyhow::Result<Self> {
-        let addr = normalize_addr(&opts.controller);
+        let addrs = endpoints(&opts.controller);
+        if addrs.len() <= 1 {
+            return Self::connect_one(opts, &opts.controller).await;
+        }
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let mut reachable = None;
+            let mut last_err = None;
+            for a in &addrs {
+                match Self::connect_one(opts, a).await {
+                    Ok(c) if c.leads().await => return Ok(c),
+                    Ok(c) => {
+                        reachable.get_or_insert(c);
+                    }
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return match (reachable, last_err) {
+                    (Some(c), _) => Ok(c),
+                    (None, Some(e)) => Err(e),
+                    (None, None) => anyhow::bail!("no controller address given"),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether this replica leads (its agents' service is SERVING).
+    pub async fn leads(&self) -> bool {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: LEADER_HEALTH_SERVICE.into(),
+        };
+        matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, h.check(req)).await,
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+        )
+    }
+
+    async fn connect_one(opts: &ControllerOpts, controller: &str) -> anyhow::Result<Self> {
+        let addr = normalize_addr(controller);
         let endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| {
             anyhow::anyhow!(
                 "invalid controller address {:?} ({e}); expected e.g. {DEFAULT_CONTROLLER}",
-                opts.controller
+                controller
             )
         })?;
         let endpoint = if addr.starts_with("https://") {
@@ -222,6 +275,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Accepts `host:port` as well as a URL.
+/// The addresses of a comma-separated list of controller replicas.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 pub fn normalize_addr(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_owned()

@@ -25,8 +25,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "vnctl", version, about, propagate_version = true)]
 struct Cli {
-    /// Address of the vn-controller's gRPC endpoint (default: the config file's current
-    /// context, else http://127.0.0.1:7000).
+    /// Address of the vn-controller's gRPC endpoint, or of its replicas comma-separated (vnctl
+    /// finds the leader) (default: the config file's current context, else
+    /// http://127.0.0.1:7000).
     #[arg(long, global = true, env = "VNET_CONTROLLER")]
     controller: Option<String>,
     /// Act for this provider: an admin may act for any (logged by the controller); a provider

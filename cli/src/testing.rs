@@ -129,6 +129,7 @@ impl FakeController {
             host: String::new(),
             message: msg.into(),
             unix_ms: 0,
+            seq: 0,
         };
         let _ = self.events.send((provider.into(), ev));
     }

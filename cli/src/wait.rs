@@ -114,7 +114,10 @@ pub async fn until_ready(ctl: &Controller, name: &str, timeout: Duration) -> any
     let result = tokio::time::timeout(timeout, async {
         let mut stream = ctl
             .vns()
-            .watch(pb::WatchVnsRequest { name: name.into() })
+            .watch(pb::WatchVnsRequest {
+                name: name.into(),
+                after_seq: 0,
+            })
             .await
             .map_err(|s| rpc_error(&format!("watch vn {name}"), s))?
             .into_inner();
@@ -281,6 +284,7 @@ mod tests {
             host: String::new(),
             message: msg.into(),
             unix_ms: 0,
+            seq: 0,
         }
     }
 

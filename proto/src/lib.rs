@@ -10,6 +10,7 @@
 //! This crate knows no other member of the workspace.
 
 pub mod codec;
+pub mod replicas;
 
 /// Generated messages, clients and servers of `vnet.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]
@@ -27,6 +28,10 @@ pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
 /// Request metadata key with which an admin acts for a provider (`vnctl --as PROVIDER`). A
 /// provider may name only itself. It never establishes an identity.
 pub const ACT_AS_METADATA_KEY: &str = "x-vnet-as";
+
+/// On an UNAVAILABLE answer of a follower replica: the leader's advertised address
+/// (`host:port`), so clients and agents go there next.
+pub const LEADER_METADATA_KEY: &str = "x-vnet-leader";
 
 /// The URI SAN prefix of a host's certificate: `spiffe://vnet/host/<host id>`.
 pub const HOST_URI_PREFIX: &str = "spiffe://vnet/host/";

@@ -46,7 +46,8 @@ struct Cli {
     /// This host's id (as the controller knows it).
     #[arg(long, required = true)]
     host_id: Option<String>,
-    /// The controller's AgentControl endpoint, e.g. http://10.254.0.1:7000.
+    /// The controller's AgentControl endpoint, e.g. https://10.254.0.1:7000; replicas
+    /// comma-separated (the agent attaches to the leader).
     #[arg(long, required = true)]
     controller: Option<String>,
     /// Primary underlay address of this host (no prefix length).

@@ -102,14 +102,20 @@ pub enum StandInError {
 /// A running stand-in agent; dropping it closes its stream (the controller sees a detach).
 pub struct StandIn {
     behaviour: Arc<Mutex<Behaviour>>,
-    /// Messages to the controller (underlay reports sent by the test).
-    up: mpsc::Sender<pb::AgentMessage>,
+    /// Messages to the controller on the current session (underlay reports sent by the test).
+    up: Arc<Mutex<Option<mpsc::Sender<pb::AgentMessage>>>>,
     /// The underlay probe configuration received.
     probe: Arc<Mutex<Option<pb::UnderlayProbe>>>,
     desired: watch::Receiver<Option<pb::DesiredState>>,
+    attached: watch::Receiver<Option<String>>,
     consoles: Arc<Mutex<Vec<pb::controller_message::Msg>>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+type StandInParts = (
+    watch::Receiver<Option<pb::DesiredState>>,
+    watch::Receiver<Option<String>>,
+);
 
 impl Drop for StandIn {
     fn drop(&mut self) {
@@ -195,103 +201,188 @@ async fn exec(
     while let Ok(Some(_)) = down.message().await {}
 }
 
+/// What one session of a stand-in shares with the test.
+#[derive(Clone)]
+struct Shared {
+    cfg: StandInConfig,
+    behaviour: Arc<Mutex<Behaviour>>,
+    desired: watch::Sender<Option<pb::DesiredState>>,
+    consoles: Arc<Mutex<Vec<pb::controller_message::Msg>>>,
+    up: Arc<Mutex<Option<mpsc::Sender<pb::AgentMessage>>>>,
+    probe: Arc<Mutex<Option<pb::UnderlayProbe>>>,
+    /// The controller the current session is attached to.
+    attached: watch::Sender<Option<String>>,
+}
+
+/// Dials `endpoint` and attaches; the stream of the controller's messages.
+async fn attach(
+    endpoint: &str,
+    cfg: &StandInConfig,
+) -> Result<
+    (
+        AgentControlClient<tonic::transport::Channel>,
+        mpsc::Sender<pb::AgentMessage>,
+        tonic::Streaming<pb::ControllerMessage>,
+    ),
+    StandInError,
+> {
+    let mut client = AgentControlClient::connect(endpoint.to_string())
+        .await
+        .map_err(|e| StandInError::Connect(endpoint.to_string(), e))?;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(cfg.hello())),
+    })
+    .await
+    .expect("receiver alive");
+    let inbound = client
+        .attach(ReceiverStream::new(rx))
+        .await
+        .map_err(StandInError::Attach)?
+        .into_inner();
+    Ok((client, tx, inbound))
+}
+
+/// Answers the controller's messages until the session ends.
+async fn serve(
+    sh: &Shared,
+    client: AgentControlClient<tonic::transport::Channel>,
+    tx: mpsc::Sender<pb::AgentMessage>,
+    mut inbound: tonic::Streaming<pb::ControllerMessage>,
+) {
+    *sh.up.lock().expect("lock") = Some(tx.clone());
+    while let Ok(Some(msg)) = inbound.message().await {
+        match msg.msg {
+            Some(pb::controller_message::Msg::Desired(d)) => {
+                let report = observed(&d, &sh.behaviour.lock().expect("lock"));
+                sh.desired.send_replace(Some(d));
+                if let Some(o) = report {
+                    let m = pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Observed(o)),
+                    };
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(pb::controller_message::Msg::Exec(c)) => {
+                tokio::spawn(exec(client.clone(), sh.cfg.host_id.clone(), c));
+            }
+            Some(pb::controller_message::Msg::Probe(p)) => {
+                *sh.probe.lock().expect("lock") = Some(p);
+            }
+            Some(c @ pb::controller_message::Msg::ConsoleStart(_))
+            | Some(c @ pb::controller_message::Msg::ConsoleInput(_))
+            | Some(c @ pb::controller_message::Msg::ConsoleStop(_)) => {
+                sh.consoles.lock().expect("lock").push(c.clone());
+                for m in console_answers(c) {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// What the stand-in answers to a console message: a line naming the node, an echo of input.
+fn console_answers(c: pb::controller_message::Msg) -> Vec<pb::AgentMessage> {
+    let out = |session_id, data: Vec<u8>, end| pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::ConsoleOutput(pb::ConsoleOutput {
+            session_id,
+            data,
+            end,
+            error: String::new(),
+        })),
+    };
+    match c {
+        pb::controller_message::Msg::ConsoleStart(s) => {
+            let line = format!("console of {} (tail {})\n", s.node_id, s.tail_bytes);
+            let mut v = vec![out(s.session_id, line.into_bytes(), false)];
+            if !s.follow {
+                v.push(out(s.session_id, vec![], true));
+            }
+            v
+        }
+        pb::controller_message::Msg::ConsoleInput(i) => vec![out(i.session_id, i.data, false)],
+        _ => vec![],
+    }
+}
+
 impl StandIn {
-    /// Dials `endpoint` (`http://host:port`) and attaches.
+    fn shared(cfg: StandInConfig, behaviour: Behaviour) -> (Shared, StandInParts) {
+        let (dtx, drx) = watch::channel(None);
+        let (atx, arx) = watch::channel(None);
+        let sh = Shared {
+            cfg,
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            desired: dtx,
+            consoles: Arc::new(Mutex::new(Vec::new())),
+            up: Arc::new(Mutex::new(None)),
+            probe: Arc::new(Mutex::new(None)),
+            attached: atx,
+        };
+        (sh, (drx, arx))
+    }
+
+    fn assemble(sh: &Shared, parts: StandInParts, task: tokio::task::JoinHandle<()>) -> StandIn {
+        StandIn {
+            behaviour: sh.behaviour.clone(),
+            up: sh.up.clone(),
+            probe: sh.probe.clone(),
+            desired: parts.0,
+            attached: parts.1,
+            consoles: sh.consoles.clone(),
+            task,
+        }
+    }
+
+    /// Dials `endpoint` (`http://host:port`) and attaches (one session: it does not reconnect).
     pub async fn connect(
         endpoint: &str,
         cfg: StandInConfig,
         behaviour: Behaviour,
     ) -> Result<StandIn, StandInError> {
-        let mut client = AgentControlClient::connect(endpoint.to_string())
-            .await
-            .map_err(|e| StandInError::Connect(endpoint.to_string(), e))?;
-        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
-        tx.send(pb::AgentMessage {
-            msg: Some(pb::agent_message::Msg::Hello(cfg.hello())),
-        })
-        .await
-        .expect("receiver alive");
-        let mut inbound = client
-            .attach(ReceiverStream::new(rx))
-            .await
-            .map_err(StandInError::Attach)?
-            .into_inner();
-        let behaviour = Arc::new(Mutex::new(behaviour));
-        let exec_client = client.clone();
-        let host_id = cfg.host_id.clone();
-        let (dtx, drx) = watch::channel(None);
-        let b = behaviour.clone();
-        let consoles = Arc::new(Mutex::new(Vec::new()));
-        let seen = consoles.clone();
-        let probe = Arc::new(Mutex::new(None));
-        let probe_seen = probe.clone();
-        let up = tx.clone();
+        let (client, tx, inbound) = attach(endpoint, &cfg).await?;
+        let (sh, parts) = Self::shared(cfg, behaviour);
+        sh.attached.send_replace(Some(endpoint.to_string()));
+        let sh2 = sh.clone();
+        let task = tokio::spawn(async move { serve(&sh2, client, tx, inbound).await });
+        Ok(Self::assemble(&sh, parts, task))
+    }
+
+    /// Like the real agent with several controller replicas (comma-separated `endpoints`):
+    /// attaches to the leader, and after a refusal or the end of a session moves to the leader
+    /// a follower named, else to the next replica, and attaches again.
+    pub fn follow(endpoints: &str, cfg: StandInConfig, behaviour: Behaviour) -> StandIn {
+        let replicas = vnet_proto::replicas::Replicas::parse(endpoints);
+        let (sh, parts) = Self::shared(cfg, behaviour);
+        let sh2 = sh.clone();
         let task = tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                match msg.msg {
-                    Some(pb::controller_message::Msg::Desired(d)) => {
-                        let report = observed(&d, &b.lock().expect("lock"));
-                        dtx.send_replace(Some(d));
-                        if let Some(o) = report {
-                            let m = pb::AgentMessage {
-                                msg: Some(pb::agent_message::Msg::Observed(o)),
-                            };
-                            if tx.send(m).await.is_err() {
-                                break;
-                            }
-                        }
+            loop {
+                let at = replicas.current().to_string();
+                let hint = match attach(&at, &sh2.cfg).await {
+                    Ok((client, tx, inbound)) => {
+                        sh2.attached.send_replace(Some(at.clone()));
+                        serve(&sh2, client, tx, inbound).await;
+                        sh2.attached.send_replace(None);
+                        None
                     }
-                    Some(pb::controller_message::Msg::Exec(c)) => {
-                        tokio::spawn(exec(exec_client.clone(), host_id.clone(), c));
-                    }
-                    Some(pb::controller_message::Msg::Probe(p)) => {
-                        *probe_seen.lock().expect("lock") = Some(p);
-                    }
-                    Some(c @ pb::controller_message::Msg::ConsoleStart(_))
-                    | Some(c @ pb::controller_message::Msg::ConsoleInput(_))
-                    | Some(c @ pb::controller_message::Msg::ConsoleStop(_)) => {
-                        seen.lock().expect("lock").push(c.clone());
-                        let out = |session_id, data: Vec<u8>, end| pb::AgentMessage {
-                            msg: Some(pb::agent_message::Msg::ConsoleOutput(pb::ConsoleOutput {
-                                session_id,
-                                data,
-                                end,
-                                error: String::new(),
-                            })),
-                        };
-                        let msgs = match c {
-                            pb::controller_message::Msg::ConsoleStart(s) => {
-                                let line =
-                                    format!("console of {} (tail {})\n", s.node_id, s.tail_bytes);
-                                let mut v = vec![out(s.session_id, line.into_bytes(), false)];
-                                if !s.follow {
-                                    v.push(out(s.session_id, vec![], true));
-                                }
-                                v
-                            }
-                            pb::controller_message::Msg::ConsoleInput(i) => {
-                                vec![out(i.session_id, i.data, false)]
-                            }
-                            _ => vec![],
-                        };
-                        for m in msgs {
-                            if tx.send(m).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    None => {}
-                }
+                    Err(StandInError::Attach(st)) => vnet_proto::replicas::leader_hint(&st),
+                    Err(StandInError::Connect(..)) => None,
+                };
+                let to_leader = replicas.after_failure(hint.as_deref());
+                let pause = if to_leader { 20 } else { 200 };
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
         });
-        Ok(StandIn {
-            behaviour,
-            up,
-            probe,
-            desired: drx,
-            consoles,
-            task,
-        })
+        Self::assemble(&sh, parts, task)
+    }
+
+    /// The controller this stand-in is attached to now.
+    pub fn attached(&self) -> Option<String> {
+        self.attached.borrow().clone()
     }
 
     /// Reports the state of underlay links as a real agent's probes would (`(link, up)`).
@@ -309,8 +400,11 @@ impl StandIn {
         let m = pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Underlay(rep)),
         };
-        // A closed stream (the test dropped the session) is the test's business.
-        let _ = self.up.send(m).await;
+        let up = self.up.lock().expect("lock").clone();
+        // No session, or a closed one (the test dropped it): the test's business.
+        if let Some(up) = up {
+            let _ = up.send(m).await;
+        }
     }
 
     /// The underlay probe configuration the controller sent.

@@ -123,6 +123,7 @@ async fn create_list_get_watch_delete() {
             "red",
             pb::WatchVnsRequest {
                 name: "red-net".into(),
+                after_seq: 0,
             },
         ))
         .await

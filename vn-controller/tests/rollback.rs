@@ -70,6 +70,7 @@ async fn a_failing_host_rolls_everything_back() {
             "red",
             pb::WatchVnsRequest {
                 name: "doomed".into(),
+                after_seq: 0,
             },
         ))
         .await

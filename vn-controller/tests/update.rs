@@ -69,7 +69,13 @@ async fn an_update_keeps_what_stays_and_touches_only_involved_hosts() {
     assert_eq!(before.generation, 1);
     let gens = generations(&h).await;
     let mut watch = c
-        .watch(req("red", pb::WatchVnsRequest { name: "x".into() }))
+        .watch(req(
+            "red",
+            pb::WatchVnsRequest {
+                name: "x".into(),
+                after_seq: 0,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();

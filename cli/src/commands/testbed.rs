@@ -118,6 +118,14 @@ pub struct UpArgs {
     /// How long to wait for the controller and every agent to come up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Controller replicas, on ports --listen-port, +1, ... (more than one needs --store etcd;
+    /// one leads, the agents and vnctl follow it).
+    #[arg(long, default_value_t = 1)]
+    pub controllers: usize,
+    /// The controllers' store: redb (a file per controller) or etcd (one etcd member on
+    /// loopback, started and stopped with the testbed).
+    #[arg(long, default_value = "redb", value_parser = ["redb", "etcd"])]
+    pub store: String,
 }
 
 impl TestbedArgs {
@@ -138,6 +146,8 @@ impl TestbedArgs {
                 bandwidth: a.bandwidth,
                 node_prefix: a.node_prefix,
                 timeout: a.timeout,
+                controllers: a.controllers,
+                store: a.store,
             }),
             TestbedCommand::Down(a) => testbed::down(&a.state_dir),
             TestbedCommand::Status(a) => testbed::status(&a.state_dir),

@@ -65,6 +65,10 @@ pub fn text_line(e: &pb::VnEvent) -> String {
     .to_owned()
 }
 
+/// How long `watch` keeps trying to reach a controller again after it lost the stream (a
+/// failover or a restart) before it gives up.
+const RESUME_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl WatchArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
@@ -76,36 +80,94 @@ impl WatchArgs {
                     .await
                     .map_err(|s| rpc_error(&format!("watch vn {name}"), s))?;
             }
-            let mut stream = ctl
-                .vns()
-                .watch(pb::WatchVnsRequest {
-                    name: self.name.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(|s| rpc_error("watch", s))?
-                .into_inner();
             if self.output == WatchFormat::Text {
                 println!(
                     "{:<20}  {:<16}  {:<9}  {:<12}  {:<8}  MESSAGE",
                     "TIME", "VN", "EVENT", "STATE", "HOST"
                 );
             }
-            let mut out = std::io::stdout();
+            // The last event's sequence number: after a lost stream, the watch resumes there
+            // on whichever replica answers, so nothing is missed or shown twice.
+            let mut after = 0;
+            let mut ctl = Some(ctl);
             loop {
-                let ev = tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                    m = stream.message() => m.map_err(|s| rpc_error("watch", s))?,
+                let c = match ctl.take() {
+                    Some(c) => c,
+                    None => reconnect(opts).await?,
                 };
-                let Some(ev) = ev else {
-                    anyhow::bail!("the controller at {} ended the watch", ctl.addr());
-                };
-                match self.output {
-                    WatchFormat::Text => writeln!(out, "{}", text_line(&ev))?,
-                    WatchFormat::Json => writeln!(out, "{}", serde_json::to_string(&view(&ev))?)?,
+                match self.follow(&c, &mut after).await? {
+                    Ended::Interrupted => return Ok(()),
+                    Ended::Lost(why) => {
+                        eprintln!("vnctl: watch: {why}; resuming after event {after}");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
                 }
-                out.flush()?;
             }
         })
+    }
+
+    /// Prints events of one stream until it ends.
+    async fn follow(&self, ctl: &Controller, after: &mut u64) -> anyhow::Result<Ended> {
+        let mut stream = match ctl
+            .vns()
+            .watch(pb::WatchVnsRequest {
+                name: self.name.clone().unwrap_or_default(),
+                after_seq: *after,
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) if lost(&s) => return Ok(Ended::Lost(s.message().to_string())),
+            Err(s) => return Err(rpc_error("watch", s)),
+        };
+        let mut out = std::io::stdout();
+        loop {
+            let ev = tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(Ended::Interrupted),
+                m = stream.message() => m,
+            };
+            let ev = match ev {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    let why = format!("the controller at {} ended the watch", ctl.addr());
+                    return Ok(Ended::Lost(why));
+                }
+                Err(s) if lost(&s) => return Ok(Ended::Lost(s.message().to_string())),
+                Err(s) => return Err(rpc_error("watch", s)),
+            };
+            *after = ev.seq;
+            match self.output {
+                WatchFormat::Text => writeln!(out, "{}", text_line(&ev))?,
+                WatchFormat::Json => writeln!(out, "{}", serde_json::to_string(&view(&ev))?)?,
+            }
+            out.flush()?;
+        }
+    }
+}
+
+enum Ended {
+    Interrupted,
+    /// The stream was lost (the controller went away or stepped down): resume.
+    Lost(String),
+}
+
+/// Whether a failed watch may resume elsewhere: the controller went away, or the connection.
+fn lost(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// Connects again (to the leader when several replicas are configured), for up to 30 s.
+async fn reconnect(opts: &ControllerOpts) -> anyhow::Result<Controller> {
+    let deadline = tokio::time::Instant::now() + RESUME_FOR;
+    loop {
+        match Controller::connect(opts).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
     }
 }
 
@@ -122,6 +184,7 @@ mod tests {
             host: "h2".into(),
             message: "slice ready".into(),
             unix_ms: 1_700_000_000_000,
+            seq: 7,
         };
         let l = text_line(&e);
         let cols: Vec<&str> = l.split_whitespace().collect();

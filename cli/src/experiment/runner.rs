@@ -130,7 +130,10 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 async fn ready(ctl: &Controller, name: &str) -> Result<(), String> {
     let mut stream = ctl
         .vns()
-        .watch(pb::WatchVnsRequest { name: name.into() })
+        .watch(pb::WatchVnsRequest {
+            name: name.into(),
+            after_seq: 0,
+        })
         .await
         .map_err(|s| rpc_error(&format!("watch vn {name}"), s).to_string())?
         .into_inner();

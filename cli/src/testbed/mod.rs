@@ -56,6 +56,10 @@ pub struct UpOptions {
     pub node_prefix: Option<String>,
     /// How long to wait for the controller and every agent.
     pub timeout: Duration,
+    /// Controller replicas (more than one needs the etcd store).
+    pub controllers: usize,
+    /// The controllers' store: `redb` (one file) or `etcd` (one etcd member, started here).
+    pub store: String,
 }
 
 /// An object outside the host namespaces, recorded before it is created.
@@ -77,6 +81,25 @@ pub struct Record {
     pub controller_bin: PathBuf,
     pub agent_bin: PathBuf,
     pub owned: Vec<OwnedEntry>,
+    /// Controller replicas: replica i listens on `listen_port + i` (metrics `metrics_port + i`).
+    #[serde(default = "one")]
+    pub controllers: usize,
+    /// With the etcd store: etcd's client and peer ports (on 127.0.0.1, plain text: loopback
+    /// only), and its binary.
+    #[serde(default)]
+    pub etcd: Option<EtcdRecord>,
+}
+
+/// The testbed's etcd member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtcdRecord {
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub bin: PathBuf,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Record {
@@ -106,8 +129,50 @@ impl Record {
         Ok(())
     }
 
+    /// The controllers' URLs on 127.0.0.1, comma-separated (vnctl follows the leader).
     pub fn controller_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.listen_port)
+        (0..self.controllers)
+            .map(|i| format!("https://127.0.0.1:{}", self.port(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Replica `i`'s gRPC port.
+    fn port(&self, i: usize) -> u16 {
+        self.listen_port + i as u16
+    }
+
+    /// The etcd member, with the etcd store.
+    pub fn etcd_daemon(&self) -> Option<DaemonSpec> {
+        let e = self.etcd.as_ref()?;
+        let data = self.state_dir.join("etcd");
+        let client = format!("http://127.0.0.1:{}", e.client_port);
+        let peer = format!("http://127.0.0.1:{}", e.peer_port);
+        Some(DaemonSpec {
+            name: "etcd".into(),
+            program: e.bin.clone(),
+            args: vec![
+                "--name".into(),
+                "vnet-testbed".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--advertise-client-urls".into(),
+                client,
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer.clone(),
+                "--initial-cluster".into(),
+                format!("vnet-testbed={peer}"),
+                "--logger".into(),
+                "zap".into(),
+            ],
+            log: self.state_dir.join("logs/etcd.log"),
+            pidfile: self.state_dir.join("run/etcd.pid"),
+            marker: data.display().to_string(),
+        })
     }
 
     pub fn pki(&self) -> pki::Pki {
@@ -156,24 +221,47 @@ impl Record {
         layout::alias_tag(&self.state_dir)
     }
 
-    pub fn controller_daemon(&self) -> DaemonSpec {
+    /// Every controller replica.
+    pub fn controller_daemons(&self) -> Vec<DaemonSpec> {
+        (0..self.controllers)
+            .map(|i| self.controller_daemon(i))
+            .collect()
+    }
+
+    /// Controller replica `i` (0: the only one with redb, named as before).
+    pub fn controller_daemon(&self, i: usize) -> DaemonSpec {
         let dir = &self.state_dir;
-        let state = dir.join("controller");
+        let (name, state, log, pid) = if i == 0 {
+            (
+                "controller".to_string(),
+                dir.join("controller"),
+                dir.join("logs/controller.log"),
+                dir.join("run/controller.pid"),
+            )
+        } else {
+            (
+                format!("controller {i}"),
+                dir.join(format!("controller-{i}")),
+                dir.join(format!("logs/controller-{i}.log")),
+                dir.join(format!("run/controller-{i}.pid")),
+            )
+        };
         let gw = self.layout.gateway.addr();
-        DaemonSpec {
-            name: "controller".into(),
+        let port = self.port(i);
+        let mut spec = DaemonSpec {
+            name,
             program: self.controller_bin.clone(),
             args: vec![
                 "--listen".into(),
-                format!("127.0.0.1:{}", self.listen_port),
+                format!("127.0.0.1:{port}"),
                 "--listen".into(),
-                format!("{gw}:{}", self.listen_port),
+                format!("{gw}:{port}"),
                 "--state-dir".into(),
                 state.display().to_string(),
                 "--topology".into(),
                 dir.join("topology.yaml").display().to_string(),
                 "--metrics-listen".into(),
-                format!("127.0.0.1:{}", self.metrics_port),
+                format!("127.0.0.1:{}", self.metrics_port + i as u16),
                 "--tls-cert".into(),
                 self.pki().controller_cert().display().to_string(),
                 "--tls-key".into(),
@@ -183,10 +271,22 @@ impl Record {
                 "--admin-token-hash-file".into(),
                 self.pki().admin_hash().display().to_string(),
             ],
-            log: dir.join("logs/controller.log"),
-            pidfile: dir.join("run/controller.pid"),
+            log,
+            pidfile: pid,
             marker: state.display().to_string(),
+        };
+        if let Some(e) = &self.etcd {
+            spec.args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                format!("http://127.0.0.1:{}", e.client_port),
+                // Followers name the leader by the address agents dial.
+                "--advertise".into(),
+                format!("{gw}:{port}"),
+            ]);
         }
+        spec
     }
 
     pub fn agent_state_dir(&self, host: &str) -> PathBuf {
@@ -208,11 +308,10 @@ impl Record {
             "--host-id".into(),
             host.id.clone(),
             "--controller".into(),
-            format!(
-                "https://{}:{}",
-                self.layout.gateway.addr(),
-                self.listen_port
-            ),
+            (0..self.controllers)
+                .map(|i| format!("https://{}:{}", self.layout.gateway.addr(), self.port(i)))
+                .collect::<Vec<_>>()
+                .join(","),
             "--underlay-address".into(),
             host.primary.to_string(),
             "--ca".into(),
@@ -433,6 +532,42 @@ fn port_free(port: u16) -> anyhow::Result<()> {
         })
 }
 
+/// The etcd member to start (with `--store etcd`): free loopback ports and the binary; checks
+/// that several controllers have the store they need.
+fn etcd_choice(opts: &UpOptions) -> anyhow::Result<Option<EtcdRecord>> {
+    anyhow::ensure!(
+        (1..=9).contains(&opts.controllers),
+        "--controllers {} is not within 1..=9",
+        opts.controllers
+    );
+    match opts.store.as_str() {
+        "redb" => {
+            anyhow::ensure!(
+                opts.controllers == 1,
+                "--controllers {} needs --store etcd (a redb file has one writer)",
+                opts.controllers
+            );
+            Ok(None)
+        }
+        "etcd" => {
+            let bin = crate::which::on_path("etcd").context(
+                "`etcd` is not on PATH: install etcd-server (apt-get install etcd-server)",
+            )?;
+            let free = || -> anyhow::Result<u16> {
+                Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+                    .local_addr()?
+                    .port())
+            };
+            Ok(Some(EtcdRecord {
+                client_port: free()?,
+                peer_port: free()?,
+                bin,
+            }))
+        }
+        other => anyhow::bail!("--store {other}: unknown (known: redb, etcd)"),
+    }
+}
+
 /// `vnctl testbed up`.
 pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     require_root("testbed up")?;
@@ -458,10 +593,22 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             "`{tool}` is not on PATH: install iproute2 (apt-get install iproute2)"
         );
     }
+    let etcd = etcd_choice(opts)?;
     let mut net = net::IpRoute2;
     preflight(&net, &layout)?;
-    port_free(opts.listen_port)?;
-    port_free(opts.metrics_port)?;
+    for i in 0..opts.controllers {
+        let i = u16::try_from(i).context("too many controllers")?;
+        port_free(
+            opts.listen_port
+                .checked_add(i)
+                .context("--listen-port too high")?,
+        )?;
+        port_free(
+            opts.metrics_port
+                .checked_add(i)
+                .context("--metrics-port too high")?,
+        )?;
+    }
 
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -474,6 +621,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         controller_bin,
         agent_bin,
         owned: Vec::new(),
+        controllers: opts.controllers,
+        etcd,
     };
     record.save()?;
     eprintln!(
@@ -555,7 +704,10 @@ fn resume(record: &Record, timeout: Duration) -> anyhow::Result<()> {
 
 /// The names of the testbed's daemons that are not running ("controller", "agent h3").
 fn dead_daemons(record: &Record) -> Vec<String> {
-    std::iter::once(record.controller_daemon())
+    record
+        .etcd_daemon()
+        .into_iter()
+        .chain(record.controller_daemons())
         .chain(record.layout.hosts.iter().map(|h| record.agent_daemon(h)))
         .filter(|s| daemon::running(s).is_none())
         .map(|s| s.name)
@@ -611,10 +763,16 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
 fn run_daemons(record: &Record, timeout: Duration, only_missing: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let opts = record.admin_opts()?;
-    let ctl_spec = record.controller_daemon();
+    let ctl_spec = record.controller_daemon(0);
     let mut children: Vec<(DaemonSpec, Child)> = Vec::new();
-    if !only_missing || daemon::running(&ctl_spec).is_none() {
-        children.push((ctl_spec.clone(), daemon::spawn(&ctl_spec)?));
+    let daemons = record
+        .etcd_daemon()
+        .into_iter()
+        .chain(record.controller_daemons());
+    for spec in daemons {
+        if !only_missing || daemon::running(&spec).is_none() {
+            children.push((spec.clone(), daemon::spawn(&spec)?));
+        }
     }
     crate::client::block_on(async {
         // The controller must accept connections before agents dial it (they retry anyway).
@@ -739,11 +897,18 @@ fn teardown(record: &mut Record) -> Vec<String> {
             )),
         }
     }
-    let ctl = record.controller_daemon();
-    match daemon::stop(&ctl, grace) {
-        Ok(daemon::Stopped::Killed) => eprintln!("controller did not stop on SIGTERM; killed"),
-        Ok(_) => {}
-        Err(e) => problems.push(format!("{e:#}")),
+    for spec in record
+        .controller_daemons()
+        .into_iter()
+        .chain(record.etcd_daemon())
+    {
+        match daemon::stop(&spec, grace) {
+            Ok(daemon::Stopped::Killed) => {
+                eprintln!("{} did not stop on SIGTERM; killed", spec.name)
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
+        }
     }
     problems.extend(remove_network(&mut net::IpRoute2, record));
     if problems.is_empty() {
@@ -767,12 +932,14 @@ fn remove_runtime_files(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    for sub in ["run", "controller", "agents", "pki"] {
-        match std::fs::remove_dir_all(dir.join(sub)) {
+    let replicas = (1..10).map(|i| format!("controller-{i}"));
+    let subs = ["run", "controller", "agents", "pki", "etcd"].map(String::from);
+    for sub in subs.into_iter().chain(replicas) {
+        match std::fs::remove_dir_all(dir.join(&sub)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("removing {}", dir.join(sub).display()));
+                return Err(e).with_context(|| format!("removing {}", dir.join(&sub).display()));
             }
         }
     }
@@ -813,8 +980,11 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     let net = net::IpRoute2;
-    let ctl_spec = record.controller_daemon();
-    let ctl_pid = daemon::running(&ctl_spec);
+    let pids: Vec<Option<i32>> = record
+        .controller_daemons()
+        .iter()
+        .map(daemon::running)
+        .collect();
     let hosts: Result<Vec<pb::Host>, String> = crate::client::block_on(async {
         let opts = record.admin_opts().map_err(|e| format!("{e:#}"))?;
         let ctl = Controller::connect(&opts)
@@ -826,10 +996,13 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
     println!(
         "controller:  {} ({}), {}",
         record.controller_url(),
-        match ctl_pid {
-            Some(p) => format!("pid {p}"),
-            None => "not running".into(),
-        },
+        pids.iter()
+            .map(|p| match p {
+                Some(p) => format!("pid {p}"),
+                None => "not running".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         match &hosts {
             Ok(_) => "reachable".to_owned(),
             Err(e) => format!("unreachable: {e}"),
@@ -930,6 +1103,8 @@ mod tests {
             controller_bin: "/bin/vn-controller".into(),
             agent_bin: "/bin/substrate-agent".into(),
             owned: Vec::new(),
+            controllers: 1,
+            etcd: None,
         }
     }
 
@@ -1020,7 +1195,7 @@ mod tests {
     fn daemon_command_lines() {
         let dir = Path::new("/var/lib/vnet/testbed");
         let r = record(dir);
-        let c = r.controller_daemon();
+        let c = r.controller_daemon(0);
         assert_eq!(
             c.args.join(" "),
             "--listen 127.0.0.1:7000 --listen 10.254.0.1:7000 --state-dir \

@@ -335,30 +335,35 @@ impl Bed {
     /// `hosts` hosts (a full mesh) up; the returned guard takes them down however the test
     /// ends.
     pub fn up_hosts(&self, hosts: usize) -> Down<'_> {
+        self.up_with(hosts, &[])
+    }
+
+    /// [`Bed::up_hosts`] with more `testbed up` arguments.
+    pub fn up_with(&self, hosts: usize, extra: &[&str]) -> Down<'_> {
         let guard = Down(self);
         let hosts = hosts.to_string();
-        ok(
-            self.testbed(&[
-                "up",
-                "--hosts",
-                &hosts,
-                "--netns-prefix",
-                &self.tag,
-                "--mgmt-bridge",
-                &self.bridge,
-                "--mgmt-subnet",
-                &self.subnet,
-                "--node-prefix",
-                self.tag.trim_end_matches('-'),
-                "--listen-port",
-                &self.port.to_string(),
-                "--metrics-port",
-                &self.metrics.to_string(),
-                "--timeout",
-                "90s",
-            ]),
-            "testbed up",
-        );
+        let (port, metrics) = (self.port.to_string(), self.metrics.to_string());
+        let mut args = vec![
+            "up",
+            "--hosts",
+            &hosts,
+            "--netns-prefix",
+            &self.tag,
+            "--mgmt-bridge",
+            &self.bridge,
+            "--mgmt-subnet",
+            &self.subnet,
+            "--node-prefix",
+            self.tag.trim_end_matches('-'),
+            "--listen-port",
+            &port,
+            "--metrics-port",
+            &metrics,
+            "--timeout",
+            "90s",
+        ];
+        args.extend_from_slice(extra);
+        ok(self.testbed(&args), "testbed up");
         guard
     }
 

@@ -37,7 +37,8 @@ use crate::vlan::config::DatapathControl;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub host_id: String,
-    /// `http://host:port` of the controller.
+    /// `http(s)://host:port` of the controller; several replicas comma-separated (the agent
+    /// attaches to the leader and moves on when refused or cut off).
     pub controller: String,
     pub underlay_address: IpAddr,
     pub underlay: Vec<pb::UnderlayInterface>,
@@ -66,6 +67,8 @@ pub struct Agent<K: Kernel + 'static> {
     prober: Mutex<Option<(ProbeConfig, Prober)>>,
     /// Reconcile passes, session state (served with `--metrics-listen`).
     pub metrics: Arc<AgentMetrics>,
+    /// The controller replicas and the one in use (the session's; exec dials the same).
+    replicas: vnet_proto::replicas::Replicas,
 }
 
 /// `/proc/sys/kernel/random/boot_id`.
@@ -85,7 +88,9 @@ impl<K: Kernel + 'static> Agent<K> {
     ) -> Self {
         let naming = Naming::new(cfg.name_prefix.clone(), cfg.host_id.clone());
         let metrics = Arc::new(AgentMetrics::new(&cfg.host_id));
+        let replicas = vnet_proto::replicas::Replicas::parse(&cfg.controller);
         Self {
+            replicas,
             cfg,
             naming,
             kernel,
@@ -96,6 +101,25 @@ impl<K: Kernel + 'static> Agent<K> {
             prober: Mutex::new(None),
             metrics,
         }
+    }
+
+    /// With several controller replicas, moves to the leader a refusal named, else to the next
+    /// replica; returns the (short) delay before trying it, `None` with one controller.
+    fn next_replica(&self, e: &anyhow::Error) -> Option<Duration> {
+        if !self.replicas.several() {
+            return None;
+        }
+        let hint = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<tonic::Status>())
+            .and_then(vnet_proto::replicas::leader_hint);
+        let to_leader = self.replicas.after_failure(hint.as_deref());
+        tracing::info!(next = %self.replicas.current(), to_leader, "trying another controller replica");
+        Some(if to_leader {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(250)
+        })
     }
 
     /// The first message of every session.
@@ -230,8 +254,9 @@ impl<K: Kernel + 'static> Agent<K> {
     /// The controller's endpoint (one per session, and one per exec: a command's output never
     /// shares a connection, and so HTTP/2 flow-control windows, with the control session).
     fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.cfg.controller.clone())
-            .context("controller address")?
+        let addr = self.replicas.current().to_string();
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("controller address {addr:?}"))?
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
@@ -421,14 +446,18 @@ impl<K: Kernel + 'static> Agent<K> {
                 shutdown.clone(),
                 &mut attached_at,
             );
+            let mut delay = None;
             tokio::select! {
                 r = session => if let Err(e) = r {
-                    tracing::warn!(controller = %self.cfg.controller, error = %format!("{e:#}"), "session ended");
+                    tracing::warn!(controller = %self.replicas.current(), error = %format!("{e:#}"), "session ended");
+                    delay = self.next_replica(&e);
                 },
                 _ = shutdown.changed() => break,
             }
             self.metrics.set_attached(false);
-            let delay = backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
+            let backoff_delay =
+                backoff.next_delay(attached_at.map(|t: tokio::time::Instant| t.elapsed()));
+            let delay = delay.map_or(backoff_delay, |d| d.min(backoff_delay));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
@@ -467,7 +496,7 @@ impl<K: Kernel + 'static> Agent<K> {
             .await
             .context("attach")?
             .into_inner();
-        tracing::info!(controller = %self.cfg.controller, "attached");
+        tracing::info!(controller = %self.replicas.current(), "attached");
         *attached_at = Some(tokio::time::Instant::now());
         self.metrics.set_attached(true);
         // The latest report again (the controller may have restarted).

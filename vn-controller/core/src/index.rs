@@ -32,7 +32,7 @@ impl Default for IndexConfig {
 }
 
 /// What happened to a VN, for watchers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
     Accepted,
     HostProgress,
@@ -44,7 +44,7 @@ pub enum EventKind {
     Updated,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub provider: ProviderId,
     pub name: String,

@@ -1,12 +1,18 @@
 //! What the controller needs of a durable store, whatever keeps the bytes: load everything at
 //! start, then write each [`Change`] (and the hosts' records) atomically, in order. Records are
 //! JSON ([`encode`], [`decode`]) in every store, so that a backend only moves bytes.
+//!
+//! Events are stored too, each under its sequence number ([`Seq`]) in the transaction of the
+//! change that made it, so a watcher can resume after the last one it saw, on this controller
+//! after a restart or on another replica after a failover, without losing or repeating any.
+//! Sequence numbers are `epoch << 32 | n`: each start (or takeover) of a writer begins a new
+//! epoch, so an event lost with a commit that was not yet durable never has its number reused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::alloc::Cursors;
-use crate::index::Change;
+use crate::index::{Change, Event};
 use crate::record::VnRecord;
 use crate::substrate::HostInfo;
 
@@ -38,6 +44,24 @@ pub enum StoreError {
     Schema { found: String, supported: String },
 }
 
+/// An event's sequence number: `epoch << 32 | n`, growing in persistence order.
+pub type Seq = u64;
+
+/// Events kept for watchers that resume; older ones are trimmed (such a watcher gets a snapshot).
+pub const EVENTS_KEPT: u64 = 20_000;
+
+/// The first sequence number of `epoch`.
+pub fn epoch_start(epoch: u64) -> Seq {
+    epoch << 32
+}
+
+/// An event with its sequence number, as stored and published.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub event: Event,
+}
+
 /// Everything a store holds.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -45,6 +69,10 @@ pub struct Loaded {
     pub hosts: Vec<HostInfo>,
     pub generations: BTreeMap<String, u64>,
     pub cursors: Cursors,
+    /// The writer epoch stored last (0: none yet).
+    pub epoch: u64,
+    /// The last stored event's sequence number (0: none).
+    pub last_seq: Seq,
 }
 
 /// A durable store of the controller's state.
@@ -52,19 +80,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Everything stored.
     fn load(&self) -> Result<Loaded, StoreError>;
 
-    /// Writes several changes (in order) and host records in one atomic transaction; without
-    /// `durable`, the write may become durable only with the next durable one.
+    /// Writes several changes (in order), host records and the changes' events (`events`,
+    /// numbered) in one atomic transaction; without `durable`, the write may become durable
+    /// only with the next durable one.
     fn apply_all(
         &self,
         changes: &[&Change],
         hosts: &[&HostInfo],
+        events: &[StoredEvent],
         durable: bool,
     ) -> Result<(), StoreError>;
 
-    /// Writes one change in one durable transaction.
+    /// Writes one change in one durable transaction (its events unnumbered, not stored).
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        self.apply_all(&[change], &[], true)
+        self.apply_all(&[change], &[], &[], true)
     }
+
+    /// Durably records that a writer starts epoch `epoch` (greater than every stored one).
+    fn begin_epoch(&self, epoch: u64) -> Result<(), StoreError>;
+
+    /// Stored events with a sequence number above `after`, oldest first, at most `limit`.
+    /// The boolean says whether events after `after` were trimmed already (a gap).
+    fn events_after(
+        &self,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, bool), StoreError>;
 }
 
 /// Whether a change writes nothing to a store (events and hosts to notify are not stored).

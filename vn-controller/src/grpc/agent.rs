@@ -45,6 +45,8 @@ impl AgentControl for AgentService {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let certified = identity::host(&self.ctl, &req)?;
+        // Agents attach to the leader; a follower names it.
+        self.ctl.require_leader().map_err(status)?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()

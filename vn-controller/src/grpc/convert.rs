@@ -6,12 +6,13 @@ use prost::Message;
 use vnet_proto::v1 as pb;
 
 use crate::core::alloc::mac_string;
-use crate::core::index::{Event, EventKind, Index};
+use crate::core::index::{EventKind, Index};
 use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
 use crate::core::replan::{Action, Diff};
 use crate::core::substrate::{GuestImage, HostInfo, SubstrateLink};
 use crate::core::usage::Usage;
+use crate::store::StoredEvent;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -232,7 +233,8 @@ pub fn link(ix: &Index, l: &SubstrateLink) -> pb::SubstrateLink {
     }
 }
 
-pub fn event(e: &Event) -> pb::VnEvent {
+pub fn event(stored: &StoredEvent) -> pb::VnEvent {
+    let e = &stored.event;
     let kind = match e.kind {
         EventKind::Accepted => pb::VnEventKind::Accepted,
         EventKind::HostProgress => pb::VnEventKind::HostProgress,
@@ -249,10 +251,12 @@ pub fn event(e: &Event) -> pb::VnEvent {
         host: e.host.clone(),
         message: e.message.clone(),
         unix_ms: now_ms(),
+        seq: stored.seq,
     }
 }
 
-pub fn snapshot(rec: &VnRecord) -> pb::VnEvent {
+/// A VN's current state at the start of a watch; `seq`: the last event it reflects.
+pub fn snapshot(rec: &VnRecord, seq: u64) -> pb::VnEvent {
     pb::VnEvent {
         kind: pb::VnEventKind::Snapshot as i32,
         name: rec.name().to_string(),
@@ -260,6 +264,7 @@ pub fn snapshot(rec: &VnRecord) -> pb::VnEvent {
         host: String::new(),
         message: rec.reason.clone(),
         unix_ms: now_ms(),
+        seq,
     }
 }
 

@@ -38,6 +38,13 @@ pub fn status(e: ControlError) -> Status {
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
         ControlError::Internal(m) => Status::internal(m),
         ControlError::Aborted(m) => Status::aborted(m),
+        ControlError::NotLeader(leader) => {
+            let mut st = Status::unavailable(ControlError::NotLeader(leader.clone()).to_string());
+            if let Some(v) = leader.and_then(|l| l.parse().ok()) {
+                st.metadata_mut().insert(vnet_proto::LEADER_METADATA_KEY, v);
+            }
+            st
+        }
     }
 }
 
@@ -59,9 +66,26 @@ pub async fn router(ctl: &Controller, tls: Option<ServerTlsConfig>) -> Result<Ro
     health
         .set_serving::<SubstrateServer<substrate::SubstrateService>>()
         .await;
-    health
-        .set_serving::<AgentControlServer<agent::AgentService>>()
-        .await;
+    // Only the leader serves agents: a replica's AgentControl health says whether it leads
+    // (what vnctl and agents look for among several replicas).
+    let mut leading = ctl.leadership();
+    let reporter = health.clone();
+    tokio::spawn(async move {
+        loop {
+            if *leading.borrow_and_update() {
+                reporter
+                    .set_serving::<AgentControlServer<agent::AgentService>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<AgentControlServer<agent::AgentService>>()
+                    .await;
+            }
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()

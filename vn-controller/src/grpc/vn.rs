@@ -41,12 +41,57 @@ impl VnService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VnEvent, Status>> + Send>>;
 
-fn snapshot(ctl: &Controller, provider: &ProviderId, name: &str) -> Vec<pb::VnEvent> {
+/// The caller's VNs now (`name`: only that one), each standing for the events up to `seq`.
+fn snapshot(ctl: &Controller, provider: &ProviderId, name: &str, seq: u64) -> Vec<pb::VnEvent> {
     ctl.list(provider)
         .iter()
         .filter(|r| name.is_empty() || r.name() == name)
-        .map(convert::snapshot)
+        .map(|r| convert::snapshot(r, seq))
         .collect()
+}
+
+/// Stored events read per call when a watcher resumes.
+const RESUME_PAGE: usize = 1000;
+
+/// Where a watch starts: a snapshot (`after` 0, or events after it trimmed already), or the
+/// stored events after `after`. Returns them and the number of the last event they cover.
+async fn watch_start(
+    ctl: &Controller,
+    caller: &ProviderId,
+    name: &str,
+    after: u64,
+) -> Result<(Vec<pb::VnEvent>, u64), Status> {
+    if after > 0 {
+        let mut out = Vec::new();
+        let mut last = after;
+        loop {
+            let c = ctl.clone();
+            let (page, gap) =
+                tokio::task::spawn_blocking(move || c.events_after(last, RESUME_PAGE))
+                    .await
+                    .map_err(|e| Status::internal(format!("reading stored events: {e}")))?
+                    .map_err(status)?;
+            if gap {
+                tracing::debug!(
+                    after,
+                    "events after the resume point were trimmed, sending a snapshot"
+                );
+                break;
+            }
+            let n = page.len();
+            for e in page {
+                last = e.seq;
+                if e.event.provider == *caller && (name.is_empty() || e.event.name == name) {
+                    out.push(convert::event(&e));
+                }
+            }
+            if n < RESUME_PAGE {
+                return Ok((out, last));
+            }
+        }
+    }
+    let seq = ctl.last_seq();
+    Ok((snapshot(ctl, caller, name, seq), seq))
 }
 
 #[tonic::async_trait]
@@ -114,16 +159,17 @@ impl VirtualNetworks for VnService {
         req: Request<pb::WatchVnsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = identity::provider(&self.ctl, &req)?;
-        let name = req.into_inner().name;
+        let pb::WatchVnsRequest { name, after_seq } = req.into_inner();
         if !name.is_empty() {
             // A name the caller does not have (yet) is watched for its creation: only the
             // caller's own events ever flow, so another provider's VN of that name shows nothing.
             validate::vn_name(&name, "name")?;
         }
-        // Subscribe before the snapshot so that nothing falls between them.
+        // Subscribe before the snapshot (or the stored events) so that nothing falls between;
+        // what both hold is skipped by number.
         let mut events = self.ctl.subscribe();
         let mut shutdown = self.ctl.shutdown_signal();
-        let initial = snapshot(&self.ctl, &caller, &name);
+        let (initial, mut last) = watch_start(&self.ctl, &caller, &name, after_seq).await?;
         let (tx, rx) = mpsc::channel(256);
         let ctl = self.ctl.clone();
         tokio::spawn(async move {
@@ -136,7 +182,12 @@ impl VirtualNetworks for VnService {
                 tokio::select! {
                     ev = events.recv() => match ev {
                         Ok(e) => {
-                            if e.provider != caller || (!name.is_empty() && e.name != name) {
+                            if e.seq <= last {
+                                continue;
+                            }
+                            last = e.seq;
+                            let ev = &e.event;
+                            if ev.provider != caller || (!name.is_empty() && ev.name != name) {
                                 continue;
                             }
                             if tx.send(Ok(convert::event(&e))).await.is_err() {
@@ -146,7 +197,8 @@ impl VirtualNetworks for VnService {
                         // Too slow: start over from a fresh snapshot rather than miss events.
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::debug!(missed = n, "watcher lagged, sending a snapshot");
-                            for e in snapshot(&ctl, &caller, &name) {
+                            last = ctl.last_seq();
+                            for e in snapshot(&ctl, &caller, &name, last) {
                                 if tx.send(Ok(e)).await.is_err() {
                                     return;
                                 }

@@ -15,12 +15,12 @@ use vnet_proto::v1 as pb;
 
 use crate::core::desired::DesiredSnapshot;
 use crate::core::embed::{Planner, View};
-use crate::core::index::{Change, CoreError, Event, Index, IndexConfig};
+use crate::core::index::{Change, CoreError, Index, IndexConfig};
 use crate::core::model::{ProviderId, VnReq};
 use crate::core::record::VnRecord;
 use crate::core::substrate::{HostInfo, LinkSource, Registry};
 use crate::core::topology::TopologyHost;
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{EtcdStore, Loaded, RedbStore, Role, Store, StoreError, StoredEvent};
 
 use super::credentials::{Credentials, CredentialsError, Usage};
 use super::metrics::{Metrics, Rejected};
@@ -29,6 +29,7 @@ use super::writer::{Publisher, Writer};
 mod console;
 mod exec;
 mod failover;
+mod replica;
 mod update;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
 pub use exec::{AgentExec, ExecOpts, ExecSession};
@@ -68,6 +69,8 @@ pub struct ControllerConfig {
     /// Plain-text mode (`--insecure`): agents present no certificate, so the host id of their
     /// hello is believed. Never in production.
     pub insecure: bool,
+    /// The address a replica on etcd advertises as leader (what followers name).
+    pub advertise: String,
 }
 
 impl ControllerConfig {
@@ -92,6 +95,7 @@ impl ControllerConfig {
             admin_token_hashes: vec![],
             failed_ttl: Some(Duration::from_secs(3600)),
             insecure: false,
+            advertise: String::new(),
         }
     }
 }
@@ -120,6 +124,9 @@ pub enum ControlError {
     /// Optimistic concurrency: the VN changed since the caller read it.
     #[error("{0}")]
     Aborted(String),
+    /// This replica does not lead; the leader's advertised address when known.
+    #[error("this controller is a follower; {}", match .0 { Some(a) => format!("the leader is at {a}"), None => "no leader is elected yet".to_string() })]
+    NotLeader(Option<String>),
 }
 
 impl From<CoreError> for ControlError {
@@ -147,8 +154,8 @@ pub enum OpenError {
     Credentials(#[from] CredentialsError),
 }
 
-/// A published event, with the provider it belongs to.
-pub type Published = Arc<Event>;
+/// A published event, with its sequence number.
+pub type Published = Arc<StoredEvent>;
 
 struct AgentSlot {
     epoch: u64,
@@ -174,6 +181,17 @@ struct Shared {
     /// sessions then send their agent a new probe configuration.
     links_changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
+    /// The store (also the writer's), read again by a follower and at a takeover.
+    store: Arc<dyn Store>,
+    /// This replica's role as the store decides it (always leader with redb).
+    role: watch::Receiver<Role>,
+    /// Set once a leader's state is loaded and its epoch begun; writes need it.
+    leading: watch::Sender<bool>,
+    /// The etcd store, when replicated.
+    etcd: Option<Arc<EtcdStore>>,
+    /// After a takeover: until then, creates wait for the stored hosts' agents to re-attach
+    /// (a VN is placed only on attached hosts; they come within a moment of the election).
+    settle_until: Mutex<Option<Instant>>,
     // Last field: dropped last, after every other user of the store.
     writer: Writer,
 }
@@ -207,27 +225,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controller {
-    /// Opens the store and restores every VN. Needs no runtime; call [`Controller::start`]
-    /// from inside one.
+    /// Opens the redb store in the state directory and restores every VN. Needs no runtime;
+    /// call [`Controller::start`] from inside one.
     pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
-        let store = RedbStore::open(&cfg.state_dir)?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir)?);
+        let ctl = Self::with_store(cfg, planner, store, None)?;
+        let loaded = ctl.shared.store.load()?;
+        ctl.begin_epoch(loaded.epoch, loaded.last_seq)?;
+        ctl.shared.leading.send_replace(true);
+        Ok(ctl)
+    }
+
+    /// A replica on etcd: it starts as a follower with the stored state; [`Controller::start`]
+    /// campaigns, advertising `advertise` to the other replicas' clients.
+    pub fn open_replicated(
+        cfg: ControllerConfig,
+        planner: Box<dyn Planner>,
+        etcd: Arc<EtcdStore>,
+    ) -> Result<Self, OpenError> {
+        let store: Arc<dyn Store> = etcd.clone();
+        Self::with_store(cfg, planner, store, Some(etcd))
+    }
+
+    fn with_store(
+        cfg: ControllerConfig,
+        planner: Box<dyn Planner>,
+        store: Arc<dyn Store>,
+        etcd: Option<Arc<EtcdStore>>,
+    ) -> Result<Self, OpenError> {
         let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
-        let loaded = store.load()?;
-        let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
-        let index = Index::restore(
-            IndexConfig {
-                vxlan_port: cfg.vxlan_port,
-            },
-            registry,
-            loaded.hosts,
-            &loaded.cursors,
-            loaded.generations,
-            loaded.records,
-        )
-        .map_err(OpenError::Restore)?;
+        let index = restore(&cfg, store.load()?).map_err(OpenError::Restore)?;
         let (shutdown, _) = watch::channel(false);
         let publisher = Arc::new(Publisher::new(cfg.event_buffer));
-        let writer = Writer::spawn(Arc::new(store), publisher.clone());
+        let writer = Writer::spawn(store.clone(), publisher.clone());
+        let role = match &etcd {
+            Some(e) => e.role(),
+            None => watch::channel(Role::Leader { fence: 0 }).1,
+        };
         Ok(Controller {
             shared: Arc::new(Shared {
                 cfg,
@@ -240,13 +274,91 @@ impl Controller {
                 faults: Mutex::new(failover::Faults::default()),
                 links_changed: watch::channel(0).0,
                 shutdown,
+                store,
+                role,
+                leading: watch::channel(false).0,
+                etcd,
+                settle_until: Mutex::new(None),
                 writer,
             }),
         })
     }
 
+    /// Starts a writer epoch after the stored one: events are numbered in it from now on.
+    fn begin_epoch(&self, stored: u64, last_seq: u64) -> Result<(), StoreError> {
+        let epoch = stored + 1;
+        self.shared.store.begin_epoch(epoch)?;
+        self.shared.publisher.begin_epoch(epoch, last_seq);
+        Ok(())
+    }
+
+    /// Whether this replica leads (always, with redb).
+    pub fn leading(&self) -> bool {
+        *self.shared.leading.borrow()
+    }
+
+    /// Whether this replica leads, and its changes.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.shared.leading.subscribe()
+    }
+
+    /// Right after a takeover, waits (at most until the settle time) for every stored host's
+    /// agent to re-attach.
+    async fn settle(&self) {
+        loop {
+            let Some(until) = *lock(&self.shared.settle_until) else {
+                return;
+            };
+            let all =
+                self.with_index(|ix| ix.registry.hosts().all(|h| ix.registry.is_connected(&h.id)));
+            if all || Instant::now() >= until {
+                *lock(&self.shared.settle_until) = None;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Refuses a write on a follower, naming the leader.
+    pub fn require_leader(&self) -> Result<(), ControlError> {
+        if self.leading() {
+            return Ok(());
+        }
+        Err(ControlError::NotLeader(match &*self.shared.role.borrow() {
+            Role::Follower { leader } => leader.clone(),
+            Role::Leader { .. } => None,
+        }))
+    }
+
+    /// Stored events after `after` (for a watcher that resumes), and whether some were
+    /// trimmed already.
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, bool), ControlError> {
+        self.shared
+            .store
+            .events_after(after, limit)
+            .map_err(|e| ControlError::Unavailable(format!("{:#}", anyhow::Error::new(e))))
+    }
+
+    /// The number of the last event published (what a snapshot taken now stands for).
+    pub fn last_seq(&self) -> u64 {
+        self.shared.publisher.last_seq()
+    }
+
     /// Starts the timers of restored state: provisioning timeouts and the re-attach grace.
+    /// A replica on etcd campaigns instead, and starts them when it takes over.
     pub fn start(&self) {
+        if let Some(etcd) = self.shared.etcd.clone() {
+            self.spawn_replica(etcd);
+            return;
+        }
+        self.start_timers();
+    }
+
+    fn start_timers(&self) {
         let (provisioning, held) = {
             let ix = lock(&self.shared.index);
             (
@@ -326,6 +438,10 @@ impl Controller {
         &self,
         f: impl FnOnce(&mut Index) -> (R, Change) + Send + 'static,
     ) -> Option<R> {
+        if !self.leading() {
+            // A follower's index mirrors the store; only the leader changes it.
+            return None;
+        }
         let this = self.clone();
         let out = tokio::task::spawn_blocking(move || {
             let mut ix = lock(&this.shared.index);
@@ -467,6 +583,8 @@ impl Controller {
     /// Embeds and commits a validated request; returns the VN in state provisioning.
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
+        self.require_leader()?;
+        self.settle().await;
         let started = Instant::now();
         let algorithm = self.algorithm_for(&req);
         let spec_pb = prost::Message::encode_to_vec(&spec);
@@ -618,6 +736,7 @@ impl Controller {
         name: &str,
         cascade: bool,
     ) -> Result<Vec<String>, ControlError> {
+        self.require_leader()?;
         let (p, n) = (provider.clone(), name.to_string());
         self.mutate(move |ix| match ix.delete(&p, &n, cascade) {
             Ok((deleted, c)) => (Ok(deleted), c),
@@ -638,16 +757,24 @@ impl Controller {
         let epoch = self.shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let (exec_tx, exec_rx) = mpsc::channel(64);
         let (console_tx, console_rx) = mpsc::channel(64);
-        lock(&self.shared.agents).insert(
-            host.clone(),
-            AgentSlot {
-                epoch,
-                exec_tx,
-                pending: HashMap::new(),
-                console_tx,
-                consoles: HashMap::new(),
-            },
-        );
+        {
+            let mut agents = lock(&self.shared.agents);
+            // Under the agents' lock: a step-down clears them after it stops leading, so no
+            // session outlives the leadership.
+            if !self.leading() {
+                return None;
+            }
+            agents.insert(
+                host.clone(),
+                AgentSlot {
+                    epoch,
+                    exec_tx,
+                    pending: HashMap::new(),
+                    console_tx,
+                    consoles: HashMap::new(),
+                },
+            );
+        }
         self.host_back(&host);
         let this = self.clone();
         let h = host.clone();
@@ -808,9 +935,10 @@ fn rejected_as(e: &ControlError) -> Rejected {
         ControlError::Aborted(_) => Rejected::Conflict,
         ControlError::NotFound(_) | ControlError::Precondition(_) => Rejected::Parent,
         ControlError::PermissionDenied(_) => Rejected::Denied,
-        ControlError::Unavailable(_) | ControlError::Timeout(_) | ControlError::Internal(_) => {
-            Rejected::Internal
-        }
+        ControlError::Unavailable(_)
+        | ControlError::NotLeader(_)
+        | ControlError::Timeout(_)
+        | ControlError::Internal(_) => Rejected::Internal,
     }
 }
 
@@ -824,6 +952,21 @@ impl From<ControlError> for Attempt {
     fn from(e: ControlError) -> Self {
         Attempt::Error(e)
     }
+}
+
+/// The index of a loaded store.
+fn restore(cfg: &ControllerConfig, loaded: Loaded) -> Result<Index, CoreError> {
+    let registry = Registry::new(cfg.links.clone(), &cfg.topology_hosts);
+    Index::restore(
+        IndexConfig {
+            vxlan_port: cfg.vxlan_port,
+        },
+        registry,
+        loaded.hosts,
+        &loaded.cursors,
+        loaded.generations,
+        loaded.records,
+    )
 }
 
 fn desired_of(ix: &Index, change: &Change) -> Vec<(String, DesiredSnapshot)> {

@@ -17,6 +17,15 @@ use crate::core::topology::TopologyFile;
 
 use super::controller::{Controller, ControllerConfig};
 
+/// Where the controller keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// One redb file in --state-dir: one controller.
+    Redb,
+    /// etcd (--etcd-endpoints): any number of replicas, one leader elected.
+    Etcd,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -30,9 +39,33 @@ pub struct Args {
     /// gRPC listen address (repeatable).
     #[arg(long = "listen", default_value = "127.0.0.1:7000")]
     pub listen: Vec<SocketAddr>,
-    /// Directory of the durable store (controller.redb).
+    /// Directory of the durable store (controller.redb) and of the credentials.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// The store: redb (one controller) or etcd (replicas with leader election).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+    pub store: StoreKind,
+    /// etcd client URLs (comma-separated or repeated), with --store etcd.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this deployment in etcd.
+    #[arg(long, default_value = "/vnet/")]
+    pub etcd_prefix: String,
+    /// Leader lease, seconds: a dead leader is replaced after about this long.
+    #[arg(long, default_value_t = 2)]
+    pub etcd_lease_secs: i64,
+    /// CA (PEM) of etcd's server certificates (https endpoints).
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd, when it asks for one.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The address (host:port) followers name as this replica's when it leads; default: the
+    /// first --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Substrate links (YAML); without it, a full mesh over the registered hosts.
     #[arg(long)]
     pub topology: Option<PathBuf>,
@@ -158,7 +191,60 @@ impl Args {
             cfg.admin_token_hashes = crate::runtime::credentials::read_hash_file(f)?;
         }
         cfg.exec_max_output = self.exec_max_output_mib.saturating_mul(1 << 20);
+        cfg.advertise = match &self.advertise {
+            Some(a) => a.clone(),
+            None => self
+                .listen
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        };
         Ok(cfg)
+    }
+
+    /// The etcd configuration (`None` with --store redb).
+    pub fn etcd(&self) -> anyhow::Result<Option<crate::store::EtcdConfig>> {
+        if self.store == StoreKind::Redb {
+            anyhow::ensure!(
+                self.etcd_endpoints.is_empty(),
+                "--etcd-endpoints needs --store etcd"
+            );
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            !self.etcd_endpoints.is_empty(),
+            "--store etcd needs --etcd-endpoints"
+        );
+        anyhow::ensure!(
+            (1..=60).contains(&self.etcd_lease_secs),
+            "--etcd-lease-secs {} is not within 1..=60",
+            self.etcd_lease_secs
+        );
+        anyhow::ensure!(
+            self.etcd_prefix.starts_with('/') && self.etcd_prefix.ends_with('/'),
+            "--etcd-prefix {:?} must start and end with /",
+            self.etcd_prefix
+        );
+        let mut tls = None;
+        if let Some(ca) = &self.etcd_ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --etcd-ca {}", ca.display()))?;
+            let mut t = etcd_client::TlsOptions::new().ca_certificate(Certificate::from_pem(pem));
+            if let (Some(c), Some(k)) = (&self.etcd_cert, &self.etcd_key) {
+                let cert = std::fs::read(c)
+                    .with_context(|| format!("reading --etcd-cert {}", c.display()))?;
+                let key = std::fs::read(k)
+                    .with_context(|| format!("reading --etcd-key {}", k.display()))?;
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            tls = Some(t);
+        }
+        Ok(Some(crate::store::EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            lease_ttl: self.etcd_lease_secs,
+            tls,
+        }))
     }
 
     /// The TLS configuration: the controller's identity, and the CA of host certificates.
@@ -229,8 +315,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let planner = Box::new(EmbeddingPlanner::new());
-    let ctl = Controller::open(cfg, planner)
-        .with_context(|| format!("opening the state in {}", args.state_dir.display()))?;
+    let ctl = match args.etcd()? {
+        None => Controller::open(cfg, planner)
+            .with_context(|| format!("opening the state in {}", args.state_dir.display()))?,
+        Some(e) => {
+            let where_ = e.endpoints.join(",");
+            // etcd may be starting too (a testbed, a boot): try for up to 30 s.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let store = loop {
+                let cfg = e.clone();
+                let r = tokio::task::spawn_blocking(move || crate::store::EtcdStore::connect(cfg))
+                    .await?;
+                match r {
+                    Ok(s) => break s,
+                    Err(err) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(err)), "etcd not reachable yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("connecting to etcd at {where_}"));
+                    }
+                }
+            };
+            Controller::open_replicated(cfg, planner, std::sync::Arc::new(store))
+                .with_context(|| format!("reading the state in etcd at {where_}"))?
+        }
+    };
     let (held, total) = ctl.with_index(|ix| {
         (
             ix.records().filter(|r| r.status.holds_resources()).count(),

@@ -8,8 +8,12 @@
 //! their own (redb `Durability::None`): they become durable with the next durable commit, and
 //! losing them in a crash only means agents report them again. VN state changes (accepted,
 //! ready, degraded, failed, deleted) are durable before they are published.
+//!
+//! The writer numbers events (`epoch << 32 | n`) and stores them with their change, so that a
+//! watcher can resume after the last number it saw.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -18,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use crate::core::desired::DesiredSnapshot;
 use crate::core::index::{Change, Event};
 use crate::core::substrate::HostInfo;
-use crate::store::Store;
+use crate::store::{Seq, Store, StoredEvent};
 
 use super::metrics::Metrics;
 
@@ -28,8 +32,12 @@ const MAX_BATCH: usize = 512;
 /// Where desired states and events go once persisted.
 pub struct Publisher {
     desired: Mutex<HashMap<String, watch::Sender<Arc<DesiredSnapshot>>>>,
-    pub events: broadcast::Sender<Arc<Event>>,
+    pub events: broadcast::Sender<Arc<StoredEvent>>,
     pub metrics: Metrics,
+    /// The number of the next event this replica's writer stores.
+    next_seq: AtomicU64,
+    /// The number of the last event published (the point a snapshot stands for).
+    last_seq: AtomicU64,
 }
 
 impl Publisher {
@@ -39,7 +47,31 @@ impl Publisher {
             desired: Mutex::new(HashMap::new()),
             events: broadcast::channel(event_buffer.max(1)).0,
             metrics: Metrics::new(),
+            next_seq: AtomicU64::new(crate::core::store::epoch_start(1) + 1),
+            last_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Events stored from now on are numbered in `epoch`; `last` is the last number stored.
+    pub fn begin_epoch(&self, epoch: u64, last: Seq) {
+        self.next_seq
+            .store(crate::core::store::epoch_start(epoch) + 1, Ordering::SeqCst);
+        self.last_seq.fetch_max(last, Ordering::SeqCst);
+    }
+
+    /// The number of the last event published.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn number(&self, events: &[Event]) -> Vec<StoredEvent> {
+        events
+            .iter()
+            .map(|e| StoredEvent {
+                seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
+                event: e.clone(),
+            })
+            .collect()
     }
 
     /// Replaces `host`'s desired state unless a newer generation was published already; returns
@@ -61,9 +93,13 @@ impl Publisher {
         tx.subscribe()
     }
 
-    pub fn events(&self, events: Vec<Event>) {
+    /// Publishes stored events, in order, each once (a follower may see one twice).
+    pub fn events(&self, events: Vec<StoredEvent>) {
         for e in events {
-            self.metrics.event(&e);
+            if self.last_seq.fetch_max(e.seq, Ordering::SeqCst) >= e.seq {
+                continue;
+            }
+            self.metrics.event(&e.event);
             // No watcher is not an error.
             let _ = self.events.send(Arc::new(e));
         }
@@ -119,19 +155,24 @@ impl Writer {
                     let hosts: Vec<&HostInfo> =
                         batch.iter().filter_map(|c| c.host.as_ref()).collect();
                     let t = std::time::Instant::now();
+                    let numbered: Vec<Vec<StoredEvent>> = batch
+                        .iter()
+                        .map(|c| publisher.number(&c.change.events))
+                        .collect();
+                    let all: Vec<StoredEvent> = numbered.iter().flatten().cloned().collect();
                     let res = store
-                        .apply_all(&changes, &hosts, durable)
+                        .apply_all(&changes, &hosts, &all, durable)
                         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
                     publisher.metrics.store_committed(t.elapsed(), durable);
                     if let Err(e) = &res {
                         tracing::error!(error = %e, "cannot persist state changes");
                     }
-                    for c in batch {
+                    for (c, events) in batch.into_iter().zip(numbered) {
                         if res.is_ok() {
                             for (h, d) in c.desired {
                                 publisher.desired(&h, d);
                             }
-                            publisher.events(c.change.events);
+                            publisher.events(events);
                         }
                         if let Some(ack) = c.ack {
                             let _ = ack.send(res.clone());

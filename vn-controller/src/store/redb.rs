@@ -2,25 +2,33 @@
 //!
 //! Tables: `vns` (VN id -> JSON `VnRecord`, with its embedding and identifiers), `hosts` (host id
 //! -> JSON `HostInfo` from the last hello), `generations` (host id -> desired generation) and
-//! `meta` (allocator cursors, schema version). Every [`Change`] is written in one transaction
+//! `meta` (allocator cursors, schema version, writer epoch, the last trimmed event) and `events`
+//! (sequence number -> JSON `StoredEvent`, the newest `EVENTS_KEPT`). Every [`Change`] is written in one transaction
 //! with immediate durability, so a crash leaves either all of an operation or none of it.
 
 use std::path::{Path, PathBuf};
 
-use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::core::index::Change;
-use crate::core::store::{Loaded, Store, StoreError, decode, encode, writes_nothing};
+use crate::core::store::{
+    EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, decode, encode, writes_nothing,
+};
 use crate::core::substrate::HostInfo;
 
 const VNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("vns");
 const HOSTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("hosts");
 const GENERATIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("generations");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA: &[u8] = b"1";
 const CURSORS_KEY: &str = "cursors";
+const EPOCH_KEY: &str = "epoch";
+const TRIMMED_KEY: &str = "events_trimmed";
 
 /// The store in one redb file.
 pub struct RedbStore {
@@ -64,6 +72,7 @@ impl RedbStore {
             tx.open_table(VNS).map_err(|e| self.err(e))?;
             tx.open_table(HOSTS).map_err(|e| self.err(e))?;
             tx.open_table(GENERATIONS).map_err(|e| self.err(e))?;
+            tx.open_table(EVENTS).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             let found = meta
                 .get(SCHEMA_KEY)
@@ -83,6 +92,39 @@ impl RedbStore {
             }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+impl RedbStore {
+    /// Appends `events` and trims the table to the newest [`EVENTS_KEPT`], recording the last
+    /// trimmed sequence number (a watcher resuming before it gets a snapshot).
+    fn write_events(
+        &self,
+        tx: &::redb::WriteTransaction,
+        meta: &mut ::redb::Table<'_, &str, &[u8]>,
+        events: &[StoredEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut table = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        for e in events {
+            table
+                .insert(e.seq, encode(e).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        let mut trimmed = None;
+        while table.len().map_err(|e| self.err(e))? > EVENTS_KEPT {
+            match table.pop_first().map_err(|e| self.err(e))? {
+                Some((k, _)) => trimmed = Some(k.value()),
+                None => break,
+            }
+        }
+        if let Some(t) = trimmed {
+            meta.insert(TRIMMED_KEY, encode(&t).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 }
 
@@ -116,7 +158,48 @@ impl Store for RedbStore {
         if let Some(v) = meta.get(CURSORS_KEY).map_err(|e| self.err(e))? {
             out.cursors = decode(CURSORS_KEY, v.value())?;
         }
+        if let Some(v) = meta.get(EPOCH_KEY).map_err(|e| self.err(e))? {
+            out.epoch = decode(EPOCH_KEY, v.value())?;
+        }
+        let events = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        if let Some((k, _)) = events.last().map_err(|e| self.err(e))? {
+            out.last_seq = k.value();
+        }
         Ok(out)
+    }
+
+    fn begin_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(EPOCH_KEY, encode(&epoch).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn events_after(
+        &self,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        let trimmed: Seq = match meta.get(TRIMMED_KEY).map_err(|e| self.err(e))? {
+            Some(v) => decode(TRIMMED_KEY, v.value())?,
+            None => 0,
+        };
+        let events = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in events
+            .range(after.saturating_add(1)..)
+            .map_err(|e| self.err(e))?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push(decode(&format!("event {}", k.value()), v.value())?);
+        }
+        Ok((out, trimmed > after))
     }
 
     /// Without `durable`, the commit becomes durable with the next durable one (redb
@@ -125,9 +208,10 @@ impl Store for RedbStore {
         &self,
         changes: &[&Change],
         hosts: &[&HostInfo],
+        events: &[StoredEvent],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if hosts.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
+        if hosts.is_empty() && events.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
             return Ok(());
         }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -161,6 +245,7 @@ impl Store for RedbStore {
                         .map_err(|e| self.err(e))?;
                 }
             }
+            self.write_events(&tx, &mut meta, events)?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
