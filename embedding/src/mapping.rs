@@ -248,6 +248,18 @@ impl Embedding {
             owner[h.index()] = Some(i);
         }
         let opts = request.options();
+        if let Some(cap) = opts.max_nodes_per_host {
+            let mut count = vec![0u32; n];
+            for &h in &self.nodes {
+                count[h.index()] += 1;
+                if count[h.index()] > cap {
+                    return Err(EmbeddingError::Structure(format!(
+                        "host `{}` holds more than max_nodes_per_host {cap} nodes of the request",
+                        substrate.node(h).id
+                    )));
+                }
+            }
+        }
         let mut cost = request.total_cpu();
         for (l, (le, vl)) in self.links.iter().zip(request.links()).enumerate() {
             let bad = |reason: String| EmbeddingError::Link {
@@ -288,6 +300,14 @@ impl Embedding {
                         "path has {} hops, the limit is {max}",
                         f.edges.len()
                     )));
+                }
+                if let Some(max) = vl.max_delay_us {
+                    let d = crate::algo::paths::path_delay_us(substrate, &f.edges);
+                    if d > max {
+                        return Err(bad(format!(
+                            "path delay {d} us exceeds max_delay_us {max}"
+                        )));
+                    }
                 }
                 let mut seen = std::collections::HashSet::with_capacity(f.hosts.len());
                 for (k, &e) in f.edges.iter().enumerate() {

@@ -35,7 +35,7 @@
 
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, Dijkstra, Path};
+use crate::algo::paths::{Bfs, Dijkstra, Path, within_delay};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -356,6 +356,26 @@ impl Search<'_> {
                     {
                         Ok(p) => {
                             let c = p.1.len() as f64;
+                            (p, c)
+                        }
+                        Err(f) => return Err(Failure::Link(l, from, h, f.into())),
+                    }
+                }
+            };
+            let (path, cost) = match request.links()[l].max_delay_us {
+                None => (path, cost),
+                Some(_) => {
+                    let found = within_delay(
+                        s,
+                        &child.work.bandwidth,
+                        bw,
+                        (from, h),
+                        (request.links()[l].max_delay_us, self.max_hops),
+                        Ok(path),
+                    );
+                    match found {
+                        Ok(p) => {
+                            let c = cost.max(p.1.len() as f64);
                             (p, c)
                         }
                         Err(f) => return Err(Failure::Link(l, from, h, f.into())),

@@ -892,6 +892,8 @@ mod tests {
                 interfaces: [None, None],
                 encap,
                 encap_explicit: false,
+                impair: Default::default(),
+                max_delay_us: None,
             }],
             algorithm: None,
             max_path_hops: None,
@@ -903,6 +905,8 @@ mod tests {
             nestable: false,
             share_with: Default::default(),
             parent: None,
+            max_nodes_per_host: None,
+            spread: false,
         }
     }
 

@@ -125,6 +125,10 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             interfaces: p.ifnames.to_vec(),
             macs: p.macs.iter().map(|m| mac_string(*m)).collect(),
             children_bandwidth_mbps: 0,
+            delay_us: crate::core::nest::effective_delay_us(l, p),
+            jitter_us: l.impair.jitter_us,
+            loss_percent: l.impair.loss_percent(),
+            path_delay_us: p.path_delay_us,
         })
         .collect();
     pb::VirtualNetwork {

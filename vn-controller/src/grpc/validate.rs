@@ -17,7 +17,7 @@ use vnet_proto::v1 as pb;
 
 use crate::core::attributes::encap_name;
 use crate::core::model::{
-    Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
+    Attributes, Encap, GuestReq, Impairment, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
     ParentRef, ProviderId, VnReq,
 };
 use crate::core::nest::carrier_range;
@@ -453,6 +453,7 @@ impl<'s> LinkChecker<'s> {
                 encap_name(want)
             )));
         }
+        let (impair, max_delay_us) = impairment(l, &what)?;
         Ok(LinkReq {
             a,
             b,
@@ -461,6 +462,8 @@ impl<'s> LinkChecker<'s> {
             interfaces,
             encap: link_encap,
             encap_explicit: self.wide.encap_explicit || chosen(l.encapsulation),
+            impair,
+            max_delay_us,
         })
     }
 
@@ -537,6 +540,39 @@ impl<'s> LinkChecker<'s> {
             ))),
         }
     }
+}
+
+/// A link's delay, jitter, loss and path delay bound, each checked by name.
+fn impairment(l: &pb::LinkSpec, what: &str) -> Result<(Impairment, Option<u64>), SpecError> {
+    let max = Impairment::MAX_DELAY_US;
+    let micros = |v: i64, field: &str| -> Result<u64, SpecError> {
+        if !(0..=max as i64).contains(&v) {
+            return Err(invalid(format!(
+                "{what}: {field} {v} is outside 0..={max} microseconds"
+            )));
+        }
+        Ok(v as u64)
+    };
+    let delay_us = micros(l.delay_us, "delay_us")?;
+    let jitter_us = micros(l.jitter_us, "jitter_us")?;
+    if jitter_us > delay_us {
+        return Err(invalid(format!(
+            "{what}: jitter_us {jitter_us} exceeds delay_us {delay_us} (a frame's delay is delay +- jitter)"
+        )));
+    }
+    let loss = l.loss_percent;
+    if !loss.is_finite() || !(0.0..100.0).contains(&loss) {
+        return Err(invalid(format!(
+            "{what}: loss_percent {loss} is outside [0, 100)"
+        )));
+    }
+    let max_delay_us = micros(l.max_delay_us, "max_delay_us")?;
+    let impair = Impairment {
+        delay_us,
+        jitter_us,
+        loss_ppm: (loss * 10_000.0).round() as u32,
+    };
+    Ok((impair, (max_delay_us > 0).then_some(max_delay_us)))
 }
 
 /// The links of a spec.
@@ -636,7 +672,14 @@ pub fn vn_spec(
         nestable: spec.nestable,
         share_with,
         parent,
+        max_nodes_per_host: (spec.max_nodes_per_host > 0).then_some(spec.max_nodes_per_host),
+        spread: spec.spread,
     };
+    if req.spread && req.max_nodes_per_host.is_some() {
+        return Err(invalid(
+            "spec.spread and spec.max_nodes_per_host are both set: give one (spread finds the smallest bound itself)",
+        ));
+    }
     Ok((req, spec))
 }
 
