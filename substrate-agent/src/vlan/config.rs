@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct DatapathConfig {
     /// Wires by id (`<vn>:<link>[:<side>]`).
     pub wires: BTreeMap<String, Wire>,
+    /// Impairment relays by id (`<vn>:<link>:<node>`), served by the same process
+    /// ([`crate::impair`]).
+    #[serde(default)]
+    pub relays: BTreeMap<String, crate::impair::RelayConfig>,
 }
 
 /// Two ends joined.
@@ -41,6 +45,11 @@ pub enum WireEnd {
 }
 
 impl DatapathConfig {
+    /// Nothing to serve: the process is not needed.
+    pub fn is_empty(&self) -> bool {
+        self.wires.is_empty() && self.relays.is_empty()
+    }
+
     /// Checks that no (namespace, device, VLAN ID) and no TAP is used by two wires.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen: BTreeMap<&WireEnd, &str> = BTreeMap::new();

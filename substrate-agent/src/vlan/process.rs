@@ -368,7 +368,7 @@ impl DatapathControl for ProcessDatapath {
         cfg.validate().map_err(DatapathError::Config)?;
         let _g = self.lock.lock().expect("datapath lock");
         let running = self.running_pid();
-        if cfg.wires.is_empty() {
+        if cfg.is_empty() {
             if let Some(pid) = running {
                 self.stop(pid);
             }
