@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod error;
 mod output;
+mod picture;
 mod spec;
 mod testbed;
 #[cfg(test)]

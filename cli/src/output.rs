@@ -766,6 +766,8 @@ pub struct CapabilitiesView {
     pub kvm_usable: bool,
     pub kvm_reason: String,
     pub vlan_datapath: String,
+    /// How link delay, jitter and loss are realized ("relay", "netem", or "").
+    pub impairment: String,
 }
 
 fn resources(r: Option<&pb::Resources>) -> ResourcesView {
@@ -808,6 +810,7 @@ impl HostView {
                 kvm_usable: c.kvm_usable,
                 kvm_reason: c.kvm_reason.clone(),
                 vlan_datapath: c.vlan_datapath.clone(),
+                impairment: c.impairment.clone(),
             }),
             desired_generation: h.desired_generation,
             observed_generation: h.observed_generation,
@@ -836,6 +839,10 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 v.capabilities
                     .as_ref()
+                    .map(|c| dash(&c.impairment))
+                    .unwrap_or_else(|| "-".into()),
+                v.capabilities
+                    .as_ref()
                     .map(|c| if c.kvm_usable { "yes" } else { "no" }.to_owned())
                     .unwrap_or_else(|| "-".into()),
                 dash(&v.labels.join(",")),
@@ -852,6 +859,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
             "KINDS",
             "GEN(OBS/DES)",
             "VLAN",
+            "IMPAIR",
             "KVM",
             "LABELS",
         ],
