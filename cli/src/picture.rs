@@ -1,13 +1,16 @@
 //! The topology picture as Graphviz DOT, readable at 50 virtual nodes.
 //!
-//! - One cluster per host, the hosts laid out as a grid (rows of ceil(sqrt(hosts))), each host's
-//!   virtual nodes as a grid inside it; the grids are held by invisible edges, so virtual links
-//!   (drawn with `constraint=false`) never move anything.
-//! - A virtual node that carries child VNs is itself a cluster with the child's nodes inside it
-//!   (and so on down), labelled with its name.
+//! The layout is computed here, not by Graphviz: every box and node has a pinned position and
+//! `neato -n2` only draws (routing `dot` with clusters, compound edges and unconstrained edges
+//! crashed Graphviz 2.42 on ordinary testbed pictures).
+//! - One box per host, the hosts as a grid (rows of ceil(sqrt(hosts)), odd columns half a row
+//!   lower so that links between non-adjacent hosts pass by the ones between), each host's
+//!   virtual nodes as a grid inside it.
+//! - A virtual node that carries child VNs is itself a box with the child's nodes inside it
+//!   (and so on down), labelled with its name and VN.
 //! - One colour per provider (legend at the bottom); node borders and links in it.
 //! - Links whose ends share a host (or a parent node) are drawn one by one; the others are
-//!   bundled: one edge per provider and substrate path between the two ends' clusters, its width
+//!   bundled: one edge per provider and substrate path between the two ends' boxes, its width
 //!   growing with the number of links, labelled with the count (and `via` for transit hops).
 //! - With `labels`, every link also says its VNI/VLAN per hop, bandwidth and delay.
 
@@ -93,17 +96,10 @@ enum Place {
 }
 
 impl Place {
-    fn cluster(&self) -> String {
-        match self {
-            Place::Host(h) => format!("cluster_host:{h}"),
-            Place::Node(n) => format!("cluster_{n}"),
-        }
-    }
-
     fn anchor(&self) -> String {
         match self {
-            Place::Host(h) => format!("anchor:host:{h}"),
-            Place::Node(n) => format!("anchor:{n}"),
+            Place::Host(h) => format!("box:host:{h}"),
+            Place::Node(n) => format!("box:{n}"),
         }
     }
 }
@@ -163,18 +159,10 @@ impl<'a> Model<'a> {
     }
 
     fn color_of(&self, vn: &pb::EmbeddedVn) -> &'static str {
-        self.colors.get(vn.provider.as_str()).copied().unwrap_or("black")
-    }
-
-    /// The host a place is on.
-    fn host_of(&self, p: &Place) -> String {
-        match p {
-            Place::Host(h) => h.clone(),
-            Place::Node(n) => self
-                .place_of
-                .get(n)
-                .map_or_else(String::new, |pp| self.host_of(pp)),
-        }
+        self.colors
+            .get(vn.provider.as_str())
+            .copied()
+            .unwrap_or("black")
     }
 }
 
@@ -189,13 +177,84 @@ fn natural(s: &str) -> (String, u64, String) {
     (head.to_string(), n, tail[end..].to_string())
 }
 
-/// The whole picture.
+/// Points: a virtual node's cell, the padding inside a box, a box's title band, the gap between
+/// hosts (room for link labels).
+const CELL: f64 = 54.0;
+const PAD: f64 = 10.0;
+const TITLE_HOST: f64 = 38.0;
+const TITLE_NODE: f64 = 20.0;
+const GAP: f64 = 120.0;
+
+/// Width in points a title needs (Helvetica, about 0.6 of the font size a character).
+fn text_width(lines: &[String], fontsize: f64) -> f64 {
+    lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64 * fontsize * 0.62 + 16.0
+}
+
+/// The size (w, h) of a place's box: a grid of its items (cells of the largest item), under its
+/// title, at least as wide as the title.
+fn size_of(m: &Model<'_>, place: &Place, title: &[String]) -> (f64, f64) {
+    let items = m.inside.get(place).map_or(&[][..], Vec::as_slice);
+    let (cw, ch) = cell_of(m, items);
+    let cols = grid_cols(items.len());
+    let rows = items.len().div_ceil(cols.max(1));
+    let (head, fontsize) = if matches!(place, Place::Host(_)) {
+        (TITLE_HOST, 12.0)
+    } else {
+        (TITLE_NODE, 10.0)
+    };
+    let w = (2.0 * PAD + cols as f64 * cw).max(text_width(title, fontsize));
+    let h = head + PAD + rows as f64 * ch;
+    (w, h.max(head + PAD))
+}
+
+fn cell_of(m: &Model<'_>, items: &[String]) -> (f64, f64) {
+    items.iter().fold((CELL, CELL), |(w, h), id| {
+        if m.carriers.contains(id) {
+            let (sw, sh) = size_of(m, &Place::Node(id.clone()), &node_title(m, id));
+            (w.max(sw + PAD), h.max(sh + PAD))
+        } else {
+            (w, h)
+        }
+    })
+}
+
+fn grid_cols(n: usize) -> usize {
+    (n as f64).sqrt().ceil().max(1.0) as usize
+}
+
+fn node_title(m: &Model<'_>, id: &str) -> Vec<String> {
+    let (i, name) = m.owner[id];
+    vec![format!("{name} ({})", m.vns[i].name)]
+}
+
+fn host_title(id: &str, h: Option<&pb::Host>) -> Vec<String> {
+    let mut title = vec![id.to_string()];
+    match h {
+        Some(h) => {
+            if let (Some(c), Some(r)) = (&h.capacity, &h.residual) {
+                title.push(format!(
+                    "cpu {}/{}, mem {}/{} MiB free",
+                    r.cpu, c.cpu, r.memory_mb, c.memory_mb
+                ));
+            }
+            if !h.connected {
+                title.push("(disconnected)".into());
+            }
+        }
+        None => title.push("(not registered)".into()),
+    }
+    title
+}
+
+/// The whole picture. Every position is computed here and pinned (`pos="x,y!"`), so Graphviz
+/// (`neato -n2`) only draws: boxes as nodes, children declared after (and so drawn over) their
+/// box, links as lines clipped at the boxes' borders.
 pub fn to_dot(t: &pb::Topology, opts: Options) -> String {
     let m = Model::new(t);
     let mut hosts: Vec<&pb::Host> = t.hosts.iter().collect();
     hosts.sort_by(|a, b| natural(&a.id).cmp(&natural(&b.id)));
     let mut host_ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
-    // Hosts named by placements or links but not registered still get a cluster.
+    // Hosts named by placements or links but not registered still get a box.
     let named = m
         .inside
         .keys()
@@ -209,151 +268,130 @@ pub fn to_dot(t: &pb::Topology, opts: Options) -> String {
             host_ids.push(h);
         }
     }
+    let by_id: BTreeMap<&str, &pb::Host> = hosts.iter().map(|h| (h.id.as_str(), *h)).collect();
     let mut o = String::new();
     o.push_str("graph vnet {\n");
     o.push_str(
-        "  graph [fontname=\"Helvetica\", compound=true, newrank=true, nodesep=0.2, ranksep=0.35, \
-         splines=true, outputorder=edgesfirst, pad=0.3];\n",
+        "  graph [fontname=\"Helvetica\", splines=curved, outputorder=nodesfirst, pad=0.3];\n",
     );
     o.push_str(
         "  node [fontname=\"Helvetica\", fontsize=10, shape=circle, fixedsize=true, width=0.5, \
          style=filled, penwidth=1.5];\n",
     );
     o.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
-    let by_id: BTreeMap<&str, &pb::Host> = hosts.iter().map(|h| (h.id.as_str(), *h)).collect();
-    for h in &host_ids {
-        write_host(&mut o, &m, h, by_id.get(h.as_str()).copied());
+    // Hosts in rows of ceil(sqrt(hosts)): columns as wide as their widest host, rows as tall as
+    // their tallest.
+    let titles: Vec<Vec<String>> = host_ids
+        .iter()
+        .map(|h| host_title(h, by_id.get(h.as_str()).copied()))
+        .collect();
+    let sizes: Vec<(f64, f64)> = host_ids
+        .iter()
+        .zip(&titles)
+        .map(|(h, t)| size_of(&m, &Place::Host(h.clone()), t))
+        .collect();
+    let cols = grid_cols(host_ids.len());
+    let mut col_w = vec![0.0f64; cols];
+    let mut row_h = vec![0.0f64; host_ids.len().div_ceil(cols)];
+    for (k, (w, h)) in sizes.iter().enumerate() {
+        col_w[k % cols] = col_w[k % cols].max(*w);
+        row_h[k / cols] = row_h[k / cols].max(*h);
     }
-    host_grid(&mut o, &m, &host_ids);
-    write_substrate_links(&mut o, t);
+    // Odd columns sit half a row lower (a brick pattern), so that a link between the hosts left
+    // and right of one passes by it instead of through it.
+    let shift = row_h.iter().copied().fold(0.0, f64::max) / 2.0 + GAP / 4.0;
+    for (k, h) in host_ids.iter().enumerate() {
+        let x = col_w[..k % cols].iter().sum::<f64>() + (k % cols) as f64 * GAP;
+        let y = row_h[..k / cols].iter().sum::<f64>()
+            + (k / cols) as f64 * GAP
+            + if k % cols % 2 == 1 { shift } else { 0.0 };
+        let connected = by_id.get(h.as_str()).is_some_and(|h| h.connected);
+        let style = BoxStyle {
+            color: if connected { "#555555" } else { "red" }.into(),
+            fill: "#f4f4f4".into(),
+            fontcolor: "black".into(),
+            fontsize: 12,
+        };
+        let place = Place::Host(h.clone());
+        write_box(&mut o, &m, &place, &titles[k], (x, y), sizes[k], &style);
+    }
+    write_substrate_links(&mut o, t, opts);
     write_links(&mut o, &m, opts);
     write_legend(&mut o, &m);
     o.push_str("}\n");
     o
 }
 
-/// A host's cluster: its name, capacity and what is free, then its virtual nodes.
-fn write_host(o: &mut String, m: &Model<'_>, id: &str, h: Option<&pb::Host>) {
-    let mut title = vec![id.to_string()];
-    match h {
-        Some(h) => {
-            if let (Some(c), Some(r)) = (&h.capacity, &h.residual) {
-                title.push(format!(
-                    "cpu {}/{} free, mem {}/{} MiB free",
-                    r.cpu, c.cpu, r.memory_mb, c.memory_mb
-                ));
-            }
-            if !h.connected {
-                title.push("(disconnected)".into());
-            }
-        }
-        None => title.push("(not registered)".into()),
-    }
-    let connected = h.is_some_and(|h| h.connected);
-    let place = Place::Host(id.to_string());
-    let _ = writeln!(o, "  subgraph {} {{", q(&place.cluster()));
-    let _ = writeln!(
-        o,
-        "    label={}; labeljust=l; fontsize=12; style=\"rounded,filled\"; fillcolor=\"#f4f4f4\"; color={}; penwidth=2;",
-        label(&title),
-        q(if connected { "#555555" } else { "red" })
-    );
-    write_contents(o, m, &place, "    ");
-    o.push_str("  }\n");
+/// How a box is drawn.
+struct BoxStyle {
+    color: String,
+    fill: String,
+    fontcolor: String,
+    fontsize: u32,
 }
 
-/// A place's anchor and its virtual nodes as a grid (carriers as clusters of their own).
-fn write_contents(o: &mut String, m: &Model<'_>, place: &Place, indent: &str) {
+/// A place's box with its top-left corner at `at` (points, y down), then what is inside it.
+fn write_box(
+    o: &mut String,
+    m: &Model<'_>,
+    place: &Place,
+    title: &[String],
+    at: (f64, f64),
+    size: (f64, f64),
+    style: &BoxStyle,
+) {
+    let (x, y) = at;
+    let (w, h) = size;
     let _ = writeln!(
         o,
-        "{indent}{} [shape=point, width=0.01, style=invis, label=\"\"];",
-        q(&place.anchor())
+        "  {} [shape=box, style=\"rounded,filled\", fixedsize=true, pos=\"{:.1},{:.1}!\", width={:.3}, height={:.3}, labelloc=t, label={}, color={}, fillcolor={}, fontcolor={}, fontsize={}];",
+        q(&place.anchor()),
+        x + w / 2.0,
+        -(y + h / 2.0),
+        w / 72.0,
+        h / 72.0,
+        label(title),
+        q(&style.color),
+        q(&style.fill),
+        q(&style.fontcolor),
+        style.fontsize
     );
     let items = m.inside.get(place).cloned().unwrap_or_default();
-    let mut grid_ids = Vec::with_capacity(items.len());
-    for id in &items {
+    let (cw, ch) = cell_of(m, &items);
+    let cols = grid_cols(items.len());
+    let head = if matches!(place, Place::Host(_)) {
+        TITLE_HOST
+    } else {
+        TITLE_NODE
+    };
+    for (k, id) in items.iter().enumerate() {
+        let cx = x + PAD + (k % cols) as f64 * cw;
+        let cy = y + head + (k / cols) as f64 * ch;
         let (i, name) = m.owner[id];
-        let vn = m.vns[i];
-        let color = m.color_of(vn);
+        let color = m.color_of(m.vns[i]);
         if m.carriers.contains(id) {
             let sub = Place::Node(id.clone());
-            let _ = writeln!(o, "{indent}subgraph {} {{", q(&sub.cluster()));
-            let _ = writeln!(
-                o,
-                "{indent}  label={}; labeljust=l; fontsize=10; fontcolor={}; style=\"rounded,filled\"; fillcolor={}; color={}; penwidth=1.5;",
-                label(&[format!("{name} ({})", vn.name)]),
-                q(color),
-                q(&tint(color)),
-                q(color)
-            );
-            write_contents(o, m, &sub, &format!("{indent}  "));
-            let _ = writeln!(o, "{indent}}}");
-            grid_ids.push(sub.anchor());
+            let t = node_title(m, id);
+            let (sw, sh) = size_of(m, &sub, &t);
+            let style = BoxStyle {
+                color: color.into(),
+                fill: tint(color),
+                fontcolor: color.into(),
+                fontsize: 10,
+            };
+            write_box(o, m, &sub, &t, (cx + (cw - sw) / 2.0, cy), (sw, sh), &style);
         } else {
             let _ = writeln!(
                 o,
-                "{indent}{} [label={}, color={}, fillcolor={}];",
+                "  {} [label={}, pos=\"{:.1},{:.1}!\", color={}, fillcolor={}];",
                 q(id),
                 q(name),
+                cx + cw / 2.0,
+                -(cy + ch / 2.0),
                 q(color),
                 q(&tint(color))
             );
-            grid_ids.push(id.clone());
         }
-    }
-    // Rows of ceil(sqrt(n)): each item above the one of the next row in its column.
-    let cols = (grid_ids.len() as f64).sqrt().ceil().max(1.0) as usize;
-    let _ = writeln!(
-        o,
-        "{indent}{} -- {} [style=invis];",
-        q(&place.anchor()),
-        q(grid_ids.first().map_or(&place.anchor(), |s| s))
-    );
-    for (k, id) in grid_ids.iter().enumerate() {
-        if k >= cols {
-            let _ = writeln!(
-                o,
-                "{indent}{} -- {} [style=invis];",
-                q(&grid_ids[k - cols]),
-                q(id)
-            );
-        } else if k > 0 {
-            let _ = writeln!(
-                o,
-                "{indent}{} -- {} [style=invis];",
-                q(&place.anchor()),
-                q(id)
-            );
-        }
-    }
-}
-
-/// Hosts in rows of ceil(sqrt(hosts)): every host below the one above it in its column.
-fn host_grid(o: &mut String, m: &Model<'_>, hosts: &[String]) {
-    let cols = (hosts.len() as f64).sqrt().ceil().max(1.0) as usize;
-    for (k, h) in hosts.iter().enumerate().skip(cols) {
-        let above = Place::Host(hosts[k - cols].clone());
-        let below = Place::Host(h.clone());
-        // From every node of the upper host's last row, so the lower host starts under it.
-        let bottom = m
-            .inside
-            .get(&above)
-            .and_then(|v| v.last().cloned())
-            .map_or_else(|| above.anchor(), |id| grid_id(m, &id));
-        let _ = writeln!(
-            o,
-            "  {} -- {} [style=invis, minlen=2];",
-            q(&bottom),
-            q(&below.anchor())
-        );
-    }
-    // Hosts of one row side by side.
-    for row in hosts.chunks(cols) {
-        let anchors: Vec<String> = row
-            .iter()
-            .map(|h| q(&Place::Host(h.clone()).anchor()))
-            .collect();
-        let _ = writeln!(o, "  {{ rank=same; {} }}", anchors.join("; "));
     }
 }
 
@@ -366,23 +404,28 @@ fn grid_id(m: &Model<'_>, id: &str) -> String {
     }
 }
 
-/// Substrate links: gray, between host clusters, with free bandwidth and latency.
-fn write_substrate_links(o: &mut String, t: &pb::Topology) {
+/// Substrate links: light gray, between host clusters; with `labels`, their free bandwidth and
+/// latency.
+fn write_substrate_links(o: &mut String, t: &pb::Topology, opts: Options) {
     let mut links: Vec<&pb::SubstrateLink> = t.links.iter().collect();
     links.sort_by(|a, b| (&a.a, &a.b).cmp(&(&b.a, &b.b)));
     for l in links {
         let (a, b) = (Place::Host(l.a.clone()), Place::Host(l.b.clone()));
-        let mut lines = vec![format!("{}/{} Mbit/s free", l.residual_mbps, l.bandwidth_mbps)];
-        if let Some(lat) = l.latency_ms {
-            lines.push(format!("{lat} ms"));
+        let mut lines = Vec::new();
+        if opts.labels {
+            lines.push(format!(
+                "{}/{} Mbit/s free",
+                l.residual_mbps, l.bandwidth_mbps
+            ));
+            if let Some(lat) = l.latency_ms {
+                lines.push(format!("{lat} ms"));
+            }
         }
         let _ = writeln!(
             o,
-            "  {} -- {} [ltail={}, lhead={}, constraint=false, color=\"#bbbbbb\", penwidth=4, fontcolor=\"#777777\", label={}];",
+            "  {} -- {} [color=\"#d0d0d0\", penwidth=3, fontcolor=\"#888888\", label={}];",
             q(&a.anchor()),
             q(&b.anchor()),
-            q(&a.cluster()),
-            q(&b.cluster()),
             label(&lines)
         );
     }
@@ -391,7 +434,12 @@ fn write_substrate_links(o: &mut String, t: &pb::Topology) {
 /// One link's label: hops' identifiers, bandwidth and impairments.
 fn link_text(l: &pb::EmbeddedLink) -> String {
     let mut parts = vec![format!("{}-{}", l.a, l.b)];
-    let ids: Vec<&str> = l.hops.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    let ids: Vec<&str> = l
+        .hops
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
     if !ids.is_empty() {
         parts.push(ids.join("/"));
     }
@@ -416,10 +464,14 @@ fn write_links(o: &mut String, m: &Model<'_>, opts: Options) {
                 continue;
             };
             if pa == pb_ {
-                let text = if opts.labels { link_text(l) } else { String::new() };
+                let text = if opts.labels {
+                    link_text(l)
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     o,
-                    "  {} -- {} [constraint=false, color={}, fontcolor={}, penwidth=1.2, label={}];",
+                    "  {} -- {} [color={}, fontcolor={}, penwidth=1.2, label={}];",
                     q(&grid_id(m, &a)),
                     q(&grid_id(m, &b)),
                     q(color),
@@ -431,7 +483,11 @@ fn write_links(o: &mut String, m: &Model<'_>, opts: Options) {
             let (from, to, path) = if pa <= pb_ {
                 (pa.clone(), pb_.clone(), l.path.clone())
             } else {
-                (pb_.clone(), pa.clone(), l.path.iter().rev().cloned().collect())
+                (
+                    pb_.clone(),
+                    pa.clone(),
+                    l.path.iter().rev().cloned().collect(),
+                )
             };
             bundles
                 .entry((vn.provider.clone(), from, to, path))
@@ -458,17 +514,14 @@ fn write_links(o: &mut String, m: &Model<'_>, opts: Options) {
         }
         let _ = writeln!(
             o,
-            "  {} -- {} [ltail={}, lhead={}, constraint=false, color={}, fontcolor={}, penwidth={:.1}, label={}];",
+            "  {} -- {} [color={}, fontcolor={}, penwidth={:.1}, label={}];",
             q(&from.anchor()),
             q(&to.anchor()),
-            q(&from.cluster()),
-            q(&to.cluster()),
             q(color),
             q(color),
             (1.0 + (n as f64).sqrt()).min(6.0),
             label(&lines)
         );
-        let _ = m.host_of(&from);
     }
 }
 
@@ -579,24 +632,72 @@ mod tests {
     fn one_cluster_per_host_and_nested_nodes_inside_their_parent() {
         let d = to_dot(&topo(), Options::default());
         assert!(d.starts_with("graph vnet {"), "{d}");
-        assert_eq!(d.matches("subgraph \"cluster_host:").count(), 2, "{d}");
-        // a carries sub's nodes: a cluster inside h1's, holding x and y
-        let h1 = d.find("subgraph \"cluster_host:h1\"").unwrap();
-        let a = d.find("subgraph \"cluster_vn:red/big/a\"").unwrap();
-        let x = d.find("\"vn:blue/sub/x\" [label=\"x\"").unwrap();
-        let h2 = d.find("subgraph \"cluster_host:h2\"").unwrap();
-        assert!(h1 < a && a < x && x < h2, "{d}");
+        assert_eq!(
+            d.matches("\"box:host:").count(),
+            2 + 2 + 2,
+            "two boxes, two links: {d}"
+        );
+        // a carries sub's nodes: a box drawn after h1's, inside it, holding x and y
+        let pos = |id: &str| -> (f64, f64, f64, f64) {
+            let line = d
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("\"{id}\" [")))
+                .unwrap_or_else(|| panic!("{id}: {d}"));
+            let p = line.split("pos=\"").nth(1).unwrap();
+            let p = &p[..p.find('!').unwrap()];
+            let (x, y) = p.split_once(',').unwrap();
+            let dim = |k: &str| {
+                line.split(&format!("{k}=")).nth(1).map_or(0.5, |v| {
+                    v.split(',').next().unwrap().parse::<f64>().unwrap()
+                }) * 72.0
+            };
+            (
+                x.parse().unwrap(),
+                y.parse().unwrap(),
+                dim("width"),
+                dim("height"),
+            )
+        };
+        let inside = |outer: (f64, f64, f64, f64), inner: (f64, f64, f64, f64)| {
+            (inner.0 - outer.0).abs() + inner.2 / 2.0 <= outer.2 / 2.0
+                && (inner.1 - outer.1).abs() + inner.3 / 2.0 <= outer.3 / 2.0
+        };
+        let (h1, h2, a) = (
+            pos("box:host:h1"),
+            pos("box:host:h2"),
+            pos("box:vn:red/big/a"),
+        );
+        let (x, y, c) = (
+            pos("vn:blue/sub/x"),
+            pos("vn:blue/sub/y"),
+            pos("vn:red/big/c"),
+        );
+        assert!(inside(h1, a) && inside(a, x) && inside(a, y), "{d}");
+        assert!(inside(h2, c) && !inside(h1, c), "{d}");
+        assert!(h2.0 > h1.0, "h2 right of h1: {d}");
+        let order = |id: &str| d.find(&format!("\"{id}\" [")).unwrap();
+        assert!(order("box:host:h1") < order("box:vn:red/big/a"));
+        assert!(order("box:vn:red/big/a") < order("vn:blue/sub/x"));
         assert_eq!(d.matches('{').count(), d.matches('}').count());
     }
 
     #[test]
     fn one_colour_per_provider() {
         let d = to_dot(&topo(), Options::default());
-        assert!(d.contains("\"vn:blue/sub/x\" [label=\"x\", color=\"#1f77b4\""), "{d}");
-        assert!(d.contains("\"vn:red/big/c\" [label=\"c\", color=\"#d62728\""), "{d}");
+        let line = |id: &str| {
+            d.lines()
+                .find(|l| l.contains(&format!("\"{id}\" [label=")))
+                .unwrap_or_else(|| panic!("{id}: {d}"))
+                .to_string()
+        };
+        assert!(line("vn:blue/sub/x").contains("color=\"#1f77b4\""), "{d}");
+        assert!(line("vn:red/big/c").contains("color=\"#d62728\""), "{d}");
         let others = provider_colors(&["acme", "zeta", "red"].into());
         assert_eq!(others["red"], "#d62728");
-        assert_eq!(others["acme"], "#1f77b4", "the first colour red does not hold");
+        assert_eq!(
+            others["acme"], "#1f77b4",
+            "the first colour red does not hold"
+        );
         assert_ne!(others["acme"], others["zeta"]);
         assert!(d.contains("<b>blue</b>: sub (2 nodes, in red/big)"), "{d}");
         assert!(d.contains("<b>red</b>: big (3 nodes)"), "{d}");
@@ -607,12 +708,15 @@ mod tests {
         let d = to_dot(&topo(), Options::default());
         let bundles: Vec<&str> = d
             .lines()
-            .filter(|l| l.contains("lhead=\"cluster_host:h2\"") && l.contains("#d62728"))
+            .filter(|l| l.contains("-- \"box:host:h2\"") && l.contains("#d62728"))
             .collect();
         assert_eq!(bundles.len(), 1, "{d}");
         assert!(bundles[0].contains("label=\"2 links\\n20 Mbit/s\""), "{d}");
         // co-located: one by one, unlabelled without --labels
-        assert!(d.contains("-- \"vn:red/big/b\" [constraint=false"), "{d}");
+        assert!(
+            d.contains("\"box:vn:red/big/a\" -- \"vn:red/big/b\" [color=\"#d62728\""),
+            "{d}"
+        );
         let l = to_dot(&topo(), Options { labels: true });
         assert!(l.contains("a-c vni 4097 10M delay 20ms"), "{l}");
         assert!(l.contains("x-y 10M delay 20ms"), "{l}");
@@ -621,6 +725,9 @@ mod tests {
     #[test]
     fn quotes_are_escaped() {
         assert_eq!(q("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(natural("n10").cmp(&natural("n9")), std::cmp::Ordering::Greater);
+        assert_eq!(
+            natural("n10").cmp(&natural("n9")),
+            std::cmp::Ordering::Greater
+        );
     }
 }

@@ -493,8 +493,14 @@ impl LinkFile {
             interfaces: self.interfaces.clone(),
             encapsulation: encap_to_proto(self.encapsulation) as i32,
             // checked by `VnFile::check`; -1 makes the controller refuse it, naming the field
-            delay_us: self.delay.as_deref().map_or(0, |d| duration_us(d).unwrap_or(-1)),
-            jitter_us: self.jitter.as_deref().map_or(0, |d| duration_us(d).unwrap_or(-1)),
+            delay_us: self
+                .delay
+                .as_deref()
+                .map_or(0, |d| duration_us(d).unwrap_or(-1)),
+            jitter_us: self
+                .jitter
+                .as_deref()
+                .map_or(0, |d| duration_us(d).unwrap_or(-1)),
             loss_percent: self.loss.unwrap_or(0.0),
             max_delay_us: self
                 .max_delay

@@ -304,9 +304,7 @@ impl Embedding {
                 if let Some(max) = vl.max_delay_us {
                     let d = crate::algo::paths::path_delay_us(substrate, &f.edges);
                     if d > max {
-                        return Err(bad(format!(
-                            "path delay {d} us exceeds max_delay_us {max}"
-                        )));
+                        return Err(bad(format!("path delay {d} us exceeds max_delay_us {max}")));
                     }
                 }
                 let mut seen = std::collections::HashSet::with_capacity(f.hosts.len());

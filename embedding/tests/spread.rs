@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use embedding::{
-    Embedder, RequestOptions, Residual, Resource, Rejection, Substrate, SubstrateLink,
+    Embedder, Rejection, RequestOptions, Residual, Resource, Substrate, SubstrateLink,
     SubstrateNode, VirtualNode, VnRequest, by_name, embed_spread,
 };
 
@@ -19,8 +19,12 @@ fn mesh(n: usize) -> Substrate {
     }
     for i in 0..n {
         for j in i + 1..n {
-            s.add_link(&format!("h{i}"), &format!("h{j}"), SubstrateLink::new(100_000))
-                .unwrap();
+            s.add_link(
+                &format!("h{i}"),
+                &format!("h{j}"),
+                SubstrateLink::new(100_000),
+            )
+            .unwrap();
         }
     }
     s
@@ -62,7 +66,10 @@ fn without_a_bound_a_ring_lands_on_one_host() {
 #[test]
 fn max_nodes_per_host_is_honoured_by_every_algorithm() {
     let res = Residual::new(Arc::new(mesh(5)));
-    let req = ring(12, RequestOptions::default().with_max_nodes_per_host(Some(3)));
+    let req = ring(
+        12,
+        RequestOptions::default().with_max_nodes_per_host(Some(3)),
+    );
     for name in ALGOS {
         let e = by_name(name)
             .unwrap()
@@ -101,7 +108,11 @@ fn spread_takes_the_smallest_bound_that_fits() {
     for i in 0..5 {
         for j in i + 1..5 {
             small
-                .add_link(&format!("h{i}"), &format!("h{j}"), SubstrateLink::new(100_000))
+                .add_link(
+                    &format!("h{i}"),
+                    &format!("h{j}"),
+                    SubstrateLink::new(100_000),
+                )
                 .unwrap();
         }
     }
@@ -120,7 +131,10 @@ fn spread_takes_the_smallest_bound_that_fits() {
 fn a_bound_too_small_is_a_clear_rejection() {
     // 12 nodes, 5 hosts, at most 2 per host: 10 places.
     let res = Residual::new(Arc::new(mesh(5)));
-    let req = ring(12, RequestOptions::default().with_max_nodes_per_host(Some(2)));
+    let req = ring(
+        12,
+        RequestOptions::default().with_max_nodes_per_host(Some(2)),
+    );
     for name in ["grc", "lace", "rw-bfs"] {
         let err = by_name(name).unwrap().embed(&res, &req).unwrap_err();
         match &err {
@@ -202,5 +216,8 @@ fn a_path_over_the_bound_fails_the_check() {
         .embed(&res, &pinned_pair(None))
         .unwrap();
     let err = res.check(&pinned_pair(Some(5_000)), &e).unwrap_err();
-    assert!(err.to_string().contains("exceeds max_delay_us 5000"), "{err}");
+    assert!(
+        err.to_string().contains("exceeds max_delay_us 5000"),
+        "{err}"
+    );
 }

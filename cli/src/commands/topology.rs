@@ -1,6 +1,6 @@
 //! `vnctl topology [--svg FILE] [--png FILE] [--labels]`: the substrate (hosts, links, residual
 //! capacities) and where the caller's VNs are embedded (an admin sees every provider's), as
-//! Graphviz DOT ([`crate::picture`]); rendered to SVG or PNG by `dot` when it is installed.
+//! Graphviz DOT ([`crate::picture`]); rendered to SVG or PNG by `neato -n2` (Graphviz) when it is installed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,10 +15,10 @@ use crate::picture;
 /// Print the substrate and the embedded VNs as Graphviz DOT, or draw them.
 #[derive(Debug, clap::Args)]
 pub struct TopologyArgs {
-    /// Write an SVG rendering to FILE (needs Graphviz `dot`) instead of printing DOT.
+    /// Write an SVG rendering to FILE (needs Graphviz `neato`) instead of printing DOT.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// Write a PNG rendering to FILE (needs Graphviz `dot`).
+    /// Write a PNG rendering to FILE (needs Graphviz `neato`).
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
     /// Label every virtual link with its VNI/VLAN IDs, bandwidth and delay.
@@ -58,14 +58,15 @@ impl TopologyArgs {
 
 /// Renders `dot` to `out` in `format` (`svg`, `png`) with Graphviz.
 fn render(dot: &str, format: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    let Some(prog) = crate::which::on_path("dot") else {
+    let Some(prog) = crate::which::on_path("neato") else {
         anyhow::bail!(
-            "Graphviz `dot` is not on PATH, so no {format} was written: install graphviz \
+            "Graphviz `neato` is not on PATH, so no {format} was written: install graphviz \
              (apt-get install graphviz), or run without --{format} to print DOT"
         );
     };
     let mut cmd = Command::new(&prog);
-    cmd.arg(format!("-T{format}"));
+    // -n2: positions are given (in points) and kept; neato only draws.
+    cmd.args(["-n2", &format!("-T{format}")]);
     if format == "png" {
         cmd.arg("-Gdpi=110");
     }
@@ -81,11 +82,11 @@ fn render(dot: &str, format: &str, out: &std::path::Path) -> anyhow::Result<()> 
         .take()
         .expect("piped stdin")
         .write_all(dot.as_bytes())
-        .context("feeding dot")?;
-    let res = child.wait_with_output().context("waiting for dot")?;
+        .context("feeding neato")?;
+    let res = child.wait_with_output().context("waiting for neato")?;
     if !res.status.success() {
         anyhow::bail!(
-            "dot failed ({}): {}",
+            "neato failed ({}): {}",
             res.status,
             String::from_utf8_lossy(&res.stderr).trim()
         );
@@ -123,8 +124,10 @@ mod tests {
 
     #[test]
     fn dot_renders_to_svg_and_png_when_graphviz_is_installed() {
-        if crate::which::on_path("dot").is_none() {
-            println!("SKIP dot_renders_to_svg_and_png_when_graphviz_is_installed: graphviz `dot` not on PATH");
+        if crate::which::on_path("neato").is_none() {
+            println!(
+                "SKIP dot_renders_to_svg_and_png_when_graphviz_is_installed: graphviz `neato` not on PATH"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -133,7 +136,7 @@ mod tests {
         render(&dot, "svg", &svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.contains("<svg"), "{text}");
-        assert!(text.contains("cluster_host:h1"), "{text}");
+        assert!(text.contains("box:host:h1"), "{text}");
         let png = dir.path().join("t.png");
         render(&dot, "png", &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();

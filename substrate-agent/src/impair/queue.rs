@@ -74,7 +74,8 @@ impl DelayLine {
             return self.delay;
         }
         let u = self.rng.below(2 * self.jitter_us + 1);
-        (self.delay + Duration::from_micros(u)).saturating_sub(Duration::from_micros(self.jitter_us))
+        (self.delay + Duration::from_micros(u))
+            .saturating_sub(Duration::from_micros(self.jitter_us))
     }
 
     /// Offers a frame received at `now`.

@@ -306,7 +306,9 @@ fn relays_ok(
     relay_ifaces(naming, seg).iter().all(|(ns, tap, dev)| {
         kept_ns.contains(ns) && {
             let links = &observed.namespaces[ns].links;
-            links.get(tap).is_some_and(|l| l.alias.as_deref() == Some(tag) && l.up)
+            links
+                .get(tap)
+                .is_some_and(|l| l.alias.as_deref() == Some(tag) && l.up)
                 && links.get(dev).is_some_and(|l| l.ingress_qdisc)
         }
     })
@@ -624,7 +626,13 @@ fn plan_segments(
                 continue;
             }
             let taps = relays.iter().map(|(ns, tap, _)| (ns.clone(), tap.clone()));
-            for (ns, ifname) in ifaces.iter().cloned().chain(taps).collect::<Vec<_>>().iter() {
+            for (ns, ifname) in ifaces
+                .iter()
+                .cloned()
+                .chain(taps)
+                .collect::<Vec<_>>()
+                .iter()
+            {
                 if kept_ns.contains(ns) && observed.namespaces[ns].links.contains_key(ifname) {
                     deletes.push((
                         vn.clone(),

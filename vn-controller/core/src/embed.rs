@@ -189,7 +189,8 @@ impl Planner for EmbeddingPlanner {
             .ok_or_else(|| format!("unknown algorithm {algorithm}"))?;
         let (s, r, edge_ids) = model(view, req)?;
         let residual = Residual::new(Arc::new(s));
-        let emb = embedding::embed_spread(algo.as_ref(), &residual, &r).map_err(|e| e.to_string())?;
+        let emb =
+            embedding::embed_spread(algo.as_ref(), &residual, &r).map_err(|e| e.to_string())?;
         // The algorithm's result must fit the snapshot it was given.
         residual
             .check(&r, &emb)

@@ -17,8 +17,8 @@ use vnet_proto::v1 as pb;
 
 use crate::core::attributes::encap_name;
 use crate::core::model::{
-    Attributes, Encap, GuestReq, Impairment, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
-    ParentRef, ProviderId, VnReq,
+    Attributes, Encap, GuestReq, Impairment, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES,
+    NodeReq, ParentRef, ProviderId, VnReq,
 };
 use crate::core::nest::carrier_range;
 use crate::core::substrate::{GuestImage, HostInfo, UnderlayIf};
