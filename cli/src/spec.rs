@@ -718,6 +718,48 @@ links:
     }
 
     #[test]
+    fn impairments_and_spreading_parse_and_round_trip() {
+        let text = "name: x\nspread: true\nnodes: [{name: a}, {name: b}]\nlinks:\n  - {endpoints: [a, b], bandwidth: 5, delay: 20ms, jitter: 1.5ms, loss: 5, maxDelay: 1s}\n";
+        let f = p(text).unwrap();
+        let spec = f.to_proto();
+        let l = &spec.links[0];
+        assert_eq!(
+            (l.delay_us, l.jitter_us, l.loss_percent, l.max_delay_us),
+            (20_000, 1_500, 5.0, 1_000_000)
+        );
+        assert!(spec.spread);
+        let back = VnFile::from_proto(&spec);
+        assert_eq!(back.links[0].jitter.as_deref(), Some("1500us"));
+        assert_eq!(back.normalized(), f.normalized());
+        for (d, us) in [
+            ("500us", 500),
+            ("2s", 2_000_000),
+            ("7", 7_000),
+            (" 3ms ", 3_000),
+        ] {
+            assert_eq!(duration_us(d), Ok(us), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_field() {
+        for (field, value, want) in [
+            ("delay", "20 parsecs", "unknown unit"),
+            ("jitter", "fast", "unknown unit \"fast\""),
+            ("maxDelay", "ms", "is not a duration"),
+        ] {
+            let text = format!(
+                "name: x\nnodes: [{{name: a}}, {{name: b}}]\nlinks:\n  - {{endpoints: [a, b], bandwidth: 5, {field}: \"{value}\"}}\n"
+            );
+            let e = p(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("links[0].{field}")) && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn issue_example_parses_into_the_proto() {
         let spec = p(ISSUE4).unwrap().to_proto();
         assert_eq!(spec.name, "red-net");

@@ -888,6 +888,29 @@ mod tests {
     }
 
     #[test]
+    fn impairments_become_domain_values() {
+        let mut s = spec();
+        s.links[0].delay_us = 20_000;
+        s.links[0].jitter_us = 5_000;
+        s.links[0].loss_percent = 5.0;
+        s.links[0].max_delay_us = 30_000;
+        s.max_nodes_per_host = 3;
+        let (req, _) = vn_spec(Some(s), &caller(), &["grc"]).unwrap();
+        assert_eq!(
+            req.links[0].impair,
+            Impairment {
+                delay_us: 20_000,
+                jitter_us: 5_000,
+                loss_ppm: 50_000
+            }
+        );
+        assert_eq!(req.links[0].max_delay_us, Some(30_000));
+        assert!(req.links[1].impair.is_none());
+        assert_eq!(req.links[1].max_delay_us, None);
+        assert_eq!(req.max_nodes_per_host, Some(3));
+    }
+
+    #[test]
     fn each_bad_input_names_the_item() {
         type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
         let cases: Vec<(Mutate, &str)> = vec![
@@ -906,6 +929,44 @@ mod tests {
             (
                 Box::new(|s| s.links[0].bandwidth_mbps = -5),
                 "bandwidth_mbps must be > 0, got -5",
+            ),
+            (
+                Box::new(|s| s.links[0].delay_us = -1),
+                "spec.links[0] (a-b): delay_us -1 is outside 0..=10000000 microseconds",
+            ),
+            (
+                Box::new(|s| s.links[1].delay_us = 10_000_001),
+                "spec.links[1] (b-c): delay_us 10000001 is outside",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].delay_us = 5_000;
+                    s.links[0].jitter_us = 6_000;
+                }),
+                "spec.links[0] (a-b): jitter_us 6000 exceeds delay_us 5000",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = 100.0),
+                "spec.links[0] (a-b): loss_percent 100 is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = -0.5),
+                "loss_percent -0.5 is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = f64::NAN),
+                "loss_percent NaN is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].max_delay_us = -3),
+                "spec.links[0] (a-b): max_delay_us -3 is outside",
+            ),
+            (
+                Box::new(|s| {
+                    s.spread = true;
+                    s.max_nodes_per_host = 2;
+                }),
+                "spec.spread and spec.max_nodes_per_host are both set",
             ),
             (
                 Box::new(|s| {
