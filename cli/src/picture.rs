@@ -139,7 +139,7 @@ impl<'a> Model<'a> {
         for (i, vn) in m.vns.clone().into_iter().enumerate() {
             let parent = by_label.get(&vn.parent).copied();
             let mut nodes: Vec<(&String, &String)> = vn.placement.iter().collect();
-            nodes.sort_by(|a, b| natural(a.0).cmp(&natural(b.0)));
+            nodes.sort_by_key(|a| natural(a.0));
             for (node, target) in nodes {
                 let id = vid(vn, node);
                 let place = match parent {
@@ -252,7 +252,7 @@ fn host_title(id: &str, h: Option<&pb::Host>) -> Vec<String> {
 pub fn to_dot(t: &pb::Topology, opts: Options) -> String {
     let m = Model::new(t);
     let mut hosts: Vec<&pb::Host> = t.hosts.iter().collect();
-    hosts.sort_by(|a, b| natural(&a.id).cmp(&natural(&b.id)));
+    hosts.sort_by_key(|a| natural(&a.id));
     let mut host_ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
     // Hosts named by placements or links but not registered still get a box.
     let named = m

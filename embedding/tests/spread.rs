@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use embedding::{
-    Embedder, Rejection, RequestOptions, Residual, Resource, Substrate, SubstrateLink,
-    SubstrateNode, VirtualNode, VnRequest, by_name, embed_spread,
+    Rejection, RequestOptions, Residual, Resource, Substrate, SubstrateLink, SubstrateNode,
+    VirtualNode, VnRequest, by_name, embed_spread,
 };
 
 /// Five hosts in a full mesh, plenty of everything.
