@@ -248,18 +248,7 @@ impl Embedding {
             owner[h.index()] = Some(i);
         }
         let opts = request.options();
-        if let Some(cap) = opts.max_nodes_per_host {
-            let mut count = vec![0u32; n];
-            for &h in &self.nodes {
-                count[h.index()] += 1;
-                if count[h.index()] > cap {
-                    return Err(EmbeddingError::Structure(format!(
-                        "host `{}` holds more than max_nodes_per_host {cap} nodes of the request",
-                        substrate.node(h).id
-                    )));
-                }
-            }
-        }
+        self.check_nodes_per_host(substrate, request)?;
         let mut cost = request.total_cpu();
         for (l, (le, vl)) in self.links.iter().zip(request.links()).enumerate() {
             let bad = |reason: String| EmbeddingError::Link {
@@ -330,6 +319,28 @@ impl Embedding {
             }
         }
         Ok(cost)
+    }
+
+    /// No host holds more than the request's `max_nodes_per_host` of its nodes.
+    fn check_nodes_per_host(
+        &self,
+        substrate: &Substrate,
+        request: &VnRequest,
+    ) -> Result<(), EmbeddingError> {
+        let Some(cap) = request.options().max_nodes_per_host else {
+            return Ok(());
+        };
+        let mut count = vec![0u32; substrate.node_count()];
+        for &h in &self.nodes {
+            count[h.index()] += 1;
+            if count[h.index()] > cap {
+                return Err(EmbeddingError::Structure(format!(
+                    "host `{}` holds more than max_nodes_per_host {cap} nodes of the request",
+                    substrate.node(h).id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Host of each virtual node, in request order.
