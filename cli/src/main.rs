@@ -7,8 +7,10 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod experiment;
 mod output;
 mod picture;
+mod probe;
 mod spec;
 mod testbed;
 #[cfg(test)]

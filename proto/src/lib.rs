@@ -34,3 +34,20 @@ pub const HOST_URI_PREFIX: &str = "spiffe://vnet/host/";
 /// Smallest memory (MiB) of a `vm` node: the project's guest image does not boot in 64 MiB
 /// (measured). The controller refuses less at its edge; the agent checks it again.
 pub const VM_MIN_MEMORY_MB: u64 = 96;
+
+/// Reads the PEM file that the command-line option `--{option}` names, for the daemons' and
+/// vnctl's TLS set-up. The error names the option and the path.
+pub fn read_pem_option(path: Option<&std::path::Path>, option: &str) -> std::io::Result<Vec<u8>> {
+    let path = path.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("--{option} is required"),
+        )
+    })?;
+    std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("reading --{option} {}: {e}", path.display()),
+        )
+    })
+}
