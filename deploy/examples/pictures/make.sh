@@ -23,14 +23,12 @@ apply blue tenant.yaml
 apply blue team.yaml
 apply blue exp.yaml
 apply green green.yaml
-"$vnctl" topology > "$state/nested.dot"; cp "$state/nested.dot" /tmp/pic-nested.dot
 "$vnctl" topology --svg "$here/nested.svg" --png "$here/nested.png"
 "$vnctl" topology --labels --svg "$here/nested-labels.svg"
 for vn in exp team tenant; do "$vnctl" --as blue delete vn "$vn" --wait >/dev/null; done
 "$vnctl" --as lab delete vn campus --wait >/dev/null
 "$vnctl" --as green delete vn lab-net --wait >/dev/null
 apply red fifty.yaml
-"$vnctl" --as red topology > "$state/fifty.dot"; cp "$state/fifty.dot" /tmp/pic-fifty.dot
 "$vnctl" --as red topology --svg "$here/fifty.svg" --png "$here/fifty.png"
 "$vnctl" --as red topology --labels --svg "$here/fifty-labels.svg"
 "$vnctl" --as red delete vn fifty --wait >/dev/null
