@@ -11,6 +11,8 @@
 #   qemu-system-x86, busybox-static           QEMU guests and the project's guest image
 #   graphviz                                  `vnctl topology --svg`
 #   jq, python3                               bench scripts and the VNE referee
+#   clang, llvm, libbpf-dev, linux-libc-dev   the agent's BPF 802.1Q datapath (compiled by build.rs)
+#   bpftool                                   inspecting BPF programs and maps in tests and checks
 set -euo pipefail
 
 PACKAGES=(
@@ -19,6 +21,7 @@ PACKAGES=(
   iperf3 tcpdump tshark
   qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils
   graphviz jq python3 ca-certificates
+  clang llvm libbpf-dev linux-libc-dev bpftool
 )
 
 missing=()

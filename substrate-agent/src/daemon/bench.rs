@@ -98,6 +98,7 @@ fn converge<K: Kernel>(
         &obs.observed,
         PlanContext {
             guests_supported: false,
+            vlan_bpf: false,
         },
     );
     let dp = FakeDatapath::default();
@@ -230,6 +231,7 @@ pub fn apply_once<K: Kernel>(
         &obs.observed,
         PlanContext {
             guests_supported: false,
+            vlan_bpf: datapath.bpf(),
         },
     );
     let env = Env {

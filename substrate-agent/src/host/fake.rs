@@ -349,6 +349,30 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn create_port(
+        &self,
+        dev: &IfSpec,
+        ctx: Option<&str>,
+        outer: &str,
+        tag: &str,
+    ) -> Result<(), KernelError> {
+        let mut h = self.host.lock().unwrap();
+        self.record(
+            &mut h,
+            format!(
+                "create_port {}/{} {}/{outer}",
+                dev.ns,
+                dev.ifname,
+                ctx.unwrap_or("<host>")
+            ),
+        )?;
+        check_free(&h, dev)?;
+        let mut l = new_link(&mut h, dev, "veth", "");
+        l.obs.alias = Some(tag.to_string());
+        ns_mut(&mut h, &dev.ns)?.links.insert(dev.ifname.clone(), l);
+        Ok(())
+    }
+
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError> {
         let mut h = self.host.lock().unwrap();
         self.record(

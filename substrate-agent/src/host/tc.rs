@@ -8,8 +8,9 @@
 use rtnetlink::packet_core::DefaultNla;
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
-    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption,
+    TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption,
+    TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 
 const TCA_TBF_PARMS: u16 = 1;
@@ -22,6 +23,9 @@ const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 /// Priority of our redirect filters on an ingress qdisc: ours alone, so that a join can find,
 /// keep or replace exactly its own filter and leave anyone else's alone.
 pub const REDIRECT_PREF: u16 = 49;
+
+/// Priority of the BPF 802.1Q datapath's classifier on an ingress qdisc (ours alone, as above).
+pub const BPF_PREF: u16 = 48;
 
 /// Token bucket parameters for a rate in Mbit/s: bytes per second, burst and queue limit in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +142,52 @@ pub fn our_filters(ifindex: u32) -> TcMessage {
         minor: ETH_P_ALL_BE,
     });
     m
+}
+
+/// The filters at [`BPF_PREF`] on the ingress qdisc of `ifindex` (dump or delete request).
+pub fn bpf_filters(ifindex: u32) -> TcMessage {
+    let mut m = our_filters(ifindex);
+    m.header.info = u32::from(TcHandle {
+        major: BPF_PREF,
+        minor: ETH_P_ALL_BE,
+    });
+    m
+}
+
+/// `tc filter replace dev IFINDEX ingress pref 48 handle 1 protocol all bpf direct-action fd FD
+/// name NAME`: replacing in place swaps the program without a moment in which no filter runs.
+pub fn bpf_filter(ifindex: u32, prog_fd: u32, name: &str) -> TcMessage {
+    let mut m = bpf_filters(ifindex);
+    m.header.handle = TcHandle { major: 0, minor: 1 };
+    m.attributes
+        .push(TcAttribute::Kind(TcFilterBpf::KIND.to_string()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    m
+}
+
+/// A BPF classifier of ours as dumped: its program's name and tag (`None`: not one of ours, or
+/// the filter's root node that a dump shows without options).
+pub fn our_bpf(f: &TcMessage) -> Option<(String, [u8; 8])> {
+    if (f.header.info >> 16) as u16 != BPF_PREF {
+        return None;
+    }
+    let opts = f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let name = opts.iter().find_map(|o| match o {
+        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => Some(n.clone()),
+        _ => None,
+    })?;
+    let tag = opts.iter().find_map(|o| match o {
+        TcOption::Bpf(TcFilterBpfOption::ProgTag(t)) => Some(*t),
+        _ => None,
+    })?;
+    Some((name, tag))
 }
 
 /// `tc filter add dev FROM parent ffff: pref 49 protocol all u32 match u8 0 0 action mirred

@@ -76,6 +76,16 @@ impl Naming {
         format!("x{link}{side}")
     }
 
+    /// The outer end of a BPF VLAN port: the host-side peer of the veth whose inner end is
+    /// `ifname` in namespace `ns`. It lives in the link's context namespace (the agent's own, or a
+    /// parent node's), where the BPF datapath pushes and pops the tag; 12 characters.
+    pub fn port_dev(ns: &str, ifname: &str) -> String {
+        format!(
+            "vb{:010x}",
+            fnv1a64(&format!("{ns}/{ifname}")) & 0xff_ffff_ffff
+        )
+    }
+
     fn tag_head(&self) -> String {
         format!("vnet:{}:", self.host_id)
     }

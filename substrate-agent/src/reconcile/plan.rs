@@ -2,7 +2,7 @@
 //!
 //! In: the validated desired state of the host, what the agent observed of its own objects, and
 //! what this agent supports. Out: the operations that turn the observed host into the desired one,
-//! the VLAN wires the userspace datapath must serve, and the slices that cannot be built (with the
+//! the VLAN wires the VLAN datapath (BPF or userspace) must serve, and the slices that cannot be built (with the
 //! first error). The planner reads nothing and writes nothing; [`crate::reconcile::apply`] executes.
 //!
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
@@ -33,6 +33,8 @@ use crate::reconcile::spec::{
 pub struct PlanContext {
     /// A guest runtime is wired in: VM nodes can be built.
     pub guests_supported: bool,
+    /// VLAN links use the BPF datapath: their node-side devices are veth ports, not TAPs.
+    pub vlan_bpf: bool,
 }
 
 /// One NIC handed to a guest.
@@ -143,6 +145,14 @@ pub enum Op {
         dev: IfSpec,
         tag: String,
     },
+    /// A veth port of the BPF VLAN datapath: `dev` in its namespace, the outer end `outer` in
+    /// the context namespace (`None`: the agent's own).
+    CreatePort {
+        dev: IfSpec,
+        ctx: Option<String>,
+        outer: String,
+        tag: String,
+    },
     /// Egress shaping (TBF) of an interface.
     Shape {
         ns: String,
@@ -178,7 +188,10 @@ impl Op {
             | Op::DeleteHostLink { .. }
             | Op::DeleteRoute { .. } => 1,
             Op::CreateNetns { .. } => 2,
-            Op::CreateVeth { .. } | Op::CreateVxlan { .. } | Op::CreateTap { .. } => 3,
+            Op::CreateVeth { .. }
+            | Op::CreateVxlan { .. }
+            | Op::CreateTap { .. }
+            | Op::CreatePort { .. } => 3,
             Op::Shape { .. } | Op::JoinTransit { .. } | Op::RedirectEgress { .. } => 4,
             Op::AddRoute { .. } => 5,
             Op::EnsureGuest(_) => 6,
@@ -253,6 +266,31 @@ impl Plan {
     /// True when the datapath process serves something of slice `vn`.
     pub fn serves(&self, vn: &VnId) -> bool {
         self.wires.iter().any(|w| &w.vn == vn) || self.relays.iter().any(|r| &r.vn == vn)
+    }
+}
+
+/// The link kind a VLAN hop's device must have: a veth port (BPF) or a TAP (userspace).
+fn vlan_kind(hop: &Hop, ctx: PlanContext) -> Option<&'static str> {
+    match (hop.encap, ctx.vlan_bpf) {
+        (Encap::Vlan { .. }, true) => Some("veth"),
+        (Encap::Vlan { .. }, false) => Some("tun"),
+        (Encap::Vxlan { .. }, _) => None,
+    }
+}
+
+/// The link kind that the device `ifname` of a segment must have, where it matters (a VLAN
+/// hop's device: switching datapaths rebuilds the segment).
+fn want_kind(seg: &Segment, ifname: &str, ctx: PlanContext) -> Option<&'static str> {
+    match seg.shape() {
+        SegmentShape::NodeTunnel(_, hop) => vlan_kind(hop, ctx),
+        SegmentShape::Transit(a, b) => {
+            if ifname == Naming::transit_dev(&seg.link_id, 'a') {
+                vlan_kind(a, ctx)
+            } else {
+                vlan_kind(b, ctx)
+            }
+        }
+        SegmentShape::NodeNode(..) => None,
     }
 }
 
@@ -391,7 +429,7 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     let mut p = Plan::default();
     let good = buildable(naming, desired, observed, ctx, &mut p);
     let (want_ns, kept_ns) = plan_namespaces(naming, &good, observed, &mut p);
-    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, &mut p);
+    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, ctx, &mut p);
     plan_nodes(naming, &good, observed, &kept_ns, &touched_nodes, &mut p);
     p.ops.sort_by_key(|(_, op)| op.phase());
     p
@@ -580,6 +618,7 @@ fn plan_segments(
     observed: &Observed,
     want_ns: &WantedNs,
     kept_ns: &BTreeSet<String>,
+    ctx: PlanContext,
     p: &mut Plan,
 ) -> BTreeSet<NodeId> {
     let mut wanted_ifaces: BTreeSet<(String, String)> = BTreeSet::new();
@@ -620,7 +659,9 @@ fn plan_segments(
                     ),
                     None => (vec![], false, true),
                 };
-                link_ok(l, &tag, seg.mtu, &addrs, shaped) && (!transit || l.ingress_qdisc)
+                link_ok(l, &tag, seg.mtu, &addrs, shaped)
+                    && (!transit || l.ingress_qdisc)
+                    && want_kind(seg, ifname, ctx).is_none_or(|k| l.kind == k)
             });
             if healthy && relays_ok(naming, seg, observed, kept_ns, &tag) {
                 continue;
@@ -646,7 +687,7 @@ fn plan_segments(
             for n in seg.node_ifs() {
                 touched_nodes.insert(n.node.clone());
             }
-            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), p);
+            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), ctx.vlan_bpf, p);
         }
     }
     // Links of ours in our namespaces that no segment wants.
@@ -788,6 +829,7 @@ fn build_segment(
     seg: &Segment,
     tag: &str,
     ctx_ns: Option<&String>,
+    bpf: bool,
     p: &mut Plan,
 ) {
     let vn = Some(&s.vn_id);
@@ -848,7 +890,7 @@ fn build_segment(
         SegmentShape::NodeTunnel(n, hop) => {
             let dev = if_spec(naming, s, seg, n);
             shape(p, &dev.ns, &dev.ifname);
-            p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns));
+            p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns, bpf));
             if matches!(hop.encap, Encap::Vlan { .. }) {
                 p.datapath_reattach = true;
             }
@@ -871,7 +913,7 @@ fn build_segment(
                 if matches!(hop.encap, Encap::Vlan { .. }) {
                     p.datapath_reattach = true;
                 }
-                p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns));
+                p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns, bpf));
             }
             p.push(
                 vn,
@@ -885,7 +927,14 @@ fn build_segment(
     }
 }
 
-fn tunnel_op(seg: &Segment, hop: &Hop, dev: IfSpec, tag: &str, ctx_ns: Option<&String>) -> Op {
+fn tunnel_op(
+    seg: &Segment,
+    hop: &Hop,
+    dev: IfSpec,
+    tag: &str,
+    ctx_ns: Option<&String>,
+    bpf: bool,
+) -> Op {
     match hop.encap {
         Encap::Vxlan { vni, port } => Op::CreateVxlan {
             ctx: ctx_ns.cloned(),
@@ -896,6 +945,12 @@ fn tunnel_op(seg: &Segment, hop: &Hop, dev: IfSpec, tag: &str, ctx_ns: Option<&S
             remote: hop.remote,
             tag: tag.to_string(),
             link: seg.link_id.clone(),
+        },
+        Encap::Vlan { .. } if bpf => Op::CreatePort {
+            outer: Naming::port_dev(&dev.ns, &dev.ifname),
+            dev,
+            ctx: ctx_ns.cloned(),
+            tag: tag.to_string(),
         },
         Encap::Vlan { .. } => Op::CreateTap {
             dev,

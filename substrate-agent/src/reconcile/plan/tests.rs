@@ -17,6 +17,7 @@ use crate::vlan::config::FakeDatapath;
 
 const NETNS_ONLY: PlanContext = PlanContext {
     guests_supported: false,
+    vlan_bpf: false,
 };
 
 fn naming() -> Naming {
@@ -37,6 +38,7 @@ struct Host {
     ledger: StateDir,
     dp: FakeDatapath,
     guests: Option<RecordingGuestRuntime>,
+    vlan_bpf: bool,
 }
 
 impl Host {
@@ -62,12 +64,14 @@ impl Host {
             ledger: StateDir::in_memory("h1"),
             dp: FakeDatapath::default(),
             guests: None,
+            vlan_bpf: false,
         }
     }
 
     fn ctx(&self) -> PlanContext {
         PlanContext {
             guests_supported: self.guests.is_some(),
+            vlan_bpf: self.vlan_bpf,
         }
     }
 
@@ -424,6 +428,45 @@ fn vlan_links_become_datapath_wires() {
     let p = h.plan(&d);
     assert!(p.is_noop());
     assert_eq!(p.wires.len(), 1);
+}
+
+#[test]
+fn bpf_vlan_ports_are_veth_pairs_and_switching_datapaths_rebuilds_them() {
+    let mut h = Host::new();
+    h.vlan_bpf = true;
+    let s = slice(
+        "vc",
+        &["c1"],
+        vec![link(
+            "cl1",
+            nif("c1", "eth0", "10.0.0.1/24"),
+            vlan(42, "10.255.0.1", "10.255.0.2"),
+        )],
+    );
+    let d = desired(vec![s]);
+    let p = h.plan(&d);
+    assert_eq!(kinds(&p), vec!["CreateNetns", "CreatePort"]);
+    let Op::CreatePort {
+        dev, ctx, outer, ..
+    } = &p.ops[1].1
+    else {
+        panic!("{:?}", p.ops[1]);
+    };
+    assert_eq!((dev.ifname.as_str(), ctx), ("eth0", &None));
+    assert_eq!(outer, &Naming::port_dev(&dev.ns, "eth0"));
+    assert!(outer.len() <= 15 && outer.starts_with("vb"), "{outer}");
+    assert_ne!(outer, &Naming::port_dev(&dev.ns, "eth1"));
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    // The wire names the node-side device; the BPF datapath finds the port by its name.
+    assert!(matches!(
+        &h.last_datapath().wires["vc:cl1"].a,
+        crate::vlan::config::WireEnd::Tap { ifname, .. } if ifname == "eth0"
+    ));
+    assert!(h.plan(&d).is_noop(), "converged");
+    // The host switches to the userspace datapath: the port is rebuilt as a TAP.
+    h.vlan_bpf = false;
+    assert_eq!(kinds(&h.plan(&d)), vec!["DeleteLink", "CreateTap"]);
 }
 
 #[test]
