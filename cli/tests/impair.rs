@@ -104,8 +104,7 @@ fn loss(bed: &Bed, node: &str, addr: &str, count: u32, interval: &str) -> f64 {
             .unwrap_or_else(|| panic!("ping {addr} from {node}: no summary: {out:?}"))
     };
     let (sent, got) = (count_of("transmitted"), count_of("received"));
-    let loss = 100.0 * (sent - got) / sent;
-    loss
+    100.0 * (sent - got) / sent
 }
 
 /// The RTTs (ms) of `count` pings, one every 10 ms.
