@@ -359,6 +359,10 @@ impl ProcessDatapath {
 }
 
 impl DatapathControl for ProcessDatapath {
+    fn serves_relays(&self) -> bool {
+        true
+    }
+
     fn healthy(&self) -> bool {
         let _g = self.lock.lock().expect("datapath lock");
         !self.config_path().exists() || self.running_pid().is_some()
