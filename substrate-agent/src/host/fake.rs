@@ -191,6 +191,7 @@ fn new_link(h: &mut Host, spec: &IfSpec, kind: &str, tag: &str) -> FakeLink {
             mtu: spec.mtu,
             addresses: spec.addresses.clone(),
             root_qdisc: None,
+            root_rate: None,
             ingress_qdisc: false,
         },
         peer: None,
@@ -402,6 +403,7 @@ impl Kernel for FakeKernel {
                 what: format!("link {ifname} in {ns}"),
             })?;
         l.obs.root_qdisc = Some("tbf".into());
+        l.obs.root_rate = Some(crate::host::tc::TbfParams::for_mbps(mbps).rate_bytes);
         Ok(())
     }
 

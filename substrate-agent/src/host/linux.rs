@@ -210,6 +210,7 @@ fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<Ro
             Some("ingress") | Some("clsact") => l.ingress_qdisc = true,
             Some(k) if q.header.parent == TcHandle::ROOT && k != "noqueue" && k != "noop" => {
                 l.root_qdisc = Some(k.to_string());
+                l.root_rate = (k == "tbf").then(|| tc::tbf_rate(&q)).flatten();
             }
             _ => {}
         }

@@ -254,9 +254,70 @@ fn redirect_target(f: &TcMessage) -> Option<u32> {
     })
 }
 
+/// The rate (bytes per second) of a TBF qdisc as the kernel dumps it: `TCA_OPTIONS` nesting
+/// `TCA_TBF_PARMS` (whose `rate.rate` is the rate, capped at `u32::MAX`) and, above that,
+/// `TCA_TBF_RATE64`. `None` when the message carries neither.
+pub fn tbf_rate(q: &TcMessage) -> Option<u64> {
+    use rtnetlink::packet_core::{Nla, NlasIterator};
+    let opts = q.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let (mut rate32, mut rate64) = (None, None);
+    for o in opts {
+        let TcOption::Other(nla) = o else { continue };
+        let mut value = vec![0u8; nla.value_len()];
+        nla.emit_value(&mut value);
+        for inner in NlasIterator::new(&value[..]).flatten() {
+            let v = inner.value();
+            match inner.kind() {
+                TCA_TBF_PARMS if v.len() >= 12 => {
+                    rate32 = v[8..12].try_into().ok().map(u32::from_ne_bytes);
+                }
+                TCA_TBF_RATE64 if v.len() >= 8 => {
+                    rate64 = v[..8].try_into().ok().map(u64::from_ne_bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+    rate64.or(rate32.map(u64::from))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A qdisc dump as the kernel sends it: one `TCA_OPTIONS` whose payload nests the TBF
+    /// attributes (parsed by `netlink-packet-route` as one opaque attribute).
+    fn dumped(mbps: u64) -> TcMessage {
+        use rtnetlink::packet_core::Emitable;
+        let TcAttribute::Options(inner) = tbf_qdisc(3, mbps).attributes.remove(1) else {
+            panic!("options")
+        };
+        let nlas: Vec<DefaultNla> = inner
+            .into_iter()
+            .map(|o| match o {
+                TcOption::Other(n) => n,
+                _ => panic!("tbf options are opaque"),
+            })
+            .collect();
+        let mut payload = vec![0u8; nlas.as_slice().buffer_len()];
+        nlas.as_slice().emit(&mut payload);
+        let mut m = TcMessage::with_index(3);
+        m.attributes.push(TcAttribute::Kind("tbf".into()));
+        m.attributes.push(TcAttribute::Options(vec![TcOption::Other(
+            DefaultNla::new(2, payload),
+        )]));
+        m
+    }
+
+    #[test]
+    fn tbf_rate_is_read_back_from_a_dump() {
+        assert_eq!(tbf_rate(&dumped(50)), Some(6_250_000));
+        assert_eq!(tbf_rate(&dumped(100_000)), Some(12_500_000_000));
+        assert_eq!(tbf_rate(&ingress_qdisc(3)), None);
+    }
 
     #[test]
     fn tbf_parameters() {

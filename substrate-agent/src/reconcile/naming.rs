@@ -170,10 +170,16 @@ pub fn fingerprint_node(node: &Node) -> String {
     fnv1a(&format!("{:?}", node.kind))
 }
 
-/// Fingerprint of everything that shapes a segment's interfaces.
+/// Fingerprint of everything that shapes a segment's interfaces, except the shaping rate: a
+/// bandwidth change is applied to the qdisc in place (the interfaces stay), so only whether the
+/// segment is shaped at all counts.
 pub fn fingerprint_segment(seg: &Segment) -> String {
     let mut s = String::new();
-    let _ = write!(s, "{:?}", seg);
+    let shaped = Segment {
+        bandwidth_mbps: u64::from(seg.bandwidth_mbps > 0),
+        ..seg.clone()
+    };
+    let _ = write!(s, "{:?}", shaped);
     fnv1a(&s)
 }
 

@@ -8,8 +8,11 @@
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
 //! desired one, else deleted and created anew; a segment is kept when every one of its interfaces
 //! exists, carries the segment's tag, is up, has the segment's MTU, its addresses and (when
-//! shaped) its qdisc; otherwise its remaining interfaces are deleted and it is built again. Links
-//! in our namespaces that no segment wants are deleted. Routes are diffed one by one.
+//! shaped) its qdisc; otherwise its remaining interfaces are deleted and it is built again. A kept
+//! segment whose shaping rate changed gets its qdisc replaced in place (the tag does not cover the
+//! rate), so a bandwidth change never interrupts the link. Links in our namespaces that no segment
+//! wants are deleted. Routes are diffed one by one. A changed VN thus costs only the operations
+//! of what changed: untouched namespaces, links and qdiscs are not in the plan.
 //!
 //! Cost: linear in the number of desired and observed objects.
 
@@ -421,7 +424,34 @@ fn link_ok(l: &LinkObs, tag: &str, mtu: u32, addrs: &[IpNet], shaped: bool) -> b
         && l.up
         && l.mtu == mtu
         && addrs.iter().all(|a| l.addresses.contains(a))
-        && (!shaped || l.root_qdisc.as_deref() == Some("tbf"))
+        && (l.root_qdisc.as_deref() == Some("tbf")) == shaped
+}
+
+/// The node interfaces of a kept, shaped segment whose TBF rate is not the segment's: their
+/// qdisc is replaced in place.
+fn reshape(naming: &Naming, s: &Slice, seg: &Segment, observed: &Observed, p: &mut Plan) {
+    if seg.bandwidth_mbps == 0 {
+        return;
+    }
+    let want = crate::host::tc::TbfParams::for_mbps(seg.bandwidth_mbps).rate_bytes;
+    for n in seg.node_ifs() {
+        let ns = naming.node_ns(&n.node);
+        let rate = observed
+            .namespaces
+            .get(&ns)
+            .and_then(|o| o.links.get(n.ifname.as_str()))
+            .and_then(|l| l.root_rate);
+        if rate != Some(want) {
+            p.push(
+                Some(&s.vn_id),
+                Op::Shape {
+                    ns,
+                    ifname: n.ifname.to_string(),
+                    mbps: seg.bandwidth_mbps,
+                },
+            );
+        }
+    }
 }
 
 /// Computes the operations that take `observed` to `desired`.
@@ -664,6 +694,7 @@ fn plan_segments(
                     && want_kind(seg, ifname, ctx).is_none_or(|k| l.kind == k)
             });
             if healthy && relays_ok(naming, seg, observed, kept_ns, &tag) {
+                reshape(naming, s, seg, observed, p);
                 continue;
             }
             let taps = relays.iter().map(|(ns, tap, _)| (ns.clone(), tap.clone()));

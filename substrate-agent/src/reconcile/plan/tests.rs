@@ -349,6 +349,95 @@ fn changing_one_slice_leaves_the_other_alone() {
     assert!(h.plan(&d2).is_noop());
 }
 
+/// What a plan does, as op kinds with their interface or namespace: `Shape vn-h1-a1/eth0`.
+fn touched(p: &Plan) -> Vec<String> {
+    p.ops
+        .iter()
+        .map(|(_, op)| match op {
+            Op::Shape { ns, ifname, mbps } => format!("Shape {ns}/{ifname} {mbps}"),
+            Op::DeleteLink { ns, ifname } => format!("DeleteLink {ns}/{ifname}"),
+            Op::CreateVeth { a, b, .. } => {
+                format!("CreateVeth {}/{} {}/{}", a.ns, a.ifname, b.ns, b.ifname)
+            }
+            Op::CreateVxlan { dev, .. } => format!("CreateVxlan {}/{}", dev.ns, dev.ifname),
+            Op::CreateNetns { name, .. } => format!("CreateNetns {name}"),
+            Op::DeleteNetns { name } => format!("DeleteNetns {name}"),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_bandwidth_change_reshapes_in_place_and_touches_nothing_else() {
+    let h = Host::new();
+    let mut s = two_node_vn("va", "a1", "a2");
+    s.links[0].bandwidth_mbps = 50;
+    s.links[1].bandwidth_mbps = 20;
+    h.converge(&desired(vec![s.clone()]));
+    let tags: Vec<_> =
+        h.k.links("vn-h1-a1")
+            .into_iter()
+            .map(|l| (l.name, l.index, l.alias))
+            .collect();
+    // The veth doubles: its two qdiscs are replaced, nothing is deleted or created.
+    s.links[0].bandwidth_mbps = 100;
+    let d = desired(vec![s.clone()]);
+    let p = h.plan(&d);
+    assert_eq!(
+        touched(&p),
+        ["Shape vn-h1-a1/eth0 100", "Shape vn-h1-a2/eth0 100"]
+    );
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert!(h.plan(&d).is_noop(), "{:?}", h.plan(&d).ops);
+    // Same devices (same index, same tag): they were never recreated.
+    let now: Vec<_> =
+        h.k.links("vn-h1-a1")
+            .into_iter()
+            .map(|l| (l.name, l.index, l.alias))
+            .collect();
+    assert_eq!(now, tags);
+    let want = crate::host::tc::TbfParams::for_mbps(100).rate_bytes;
+    assert!(
+        h.k.links("vn-h1-a2")
+            .iter()
+            .all(|l| l.root_rate == Some(want))
+    );
+    // Shaping removed: the segment is rebuilt without a qdisc (there is no unshape op).
+    s.links[0].bandwidth_mbps = 0;
+    let d = desired(vec![s]);
+    assert!(kinds(&h.plan(&d)).contains(&"CreateVeth".to_string()));
+    h.converge(&d);
+    assert!(h.plan(&d).is_noop());
+}
+
+#[test]
+fn adding_and_removing_links_leaves_the_other_links_alone() {
+    let h = Host::new();
+    let s = two_node_vn("va", "a1", "a2");
+    h.converge(&desired(vec![s.clone()]));
+    // A third node and a link to it come; the VXLAN link of a1 goes.
+    let mut grown = s.clone();
+    grown.nodes.push(crate::reconcile::spec::tests::node("a3"));
+    grown.links[1] = link(
+        "val3",
+        nif("a2", "eth1", "10.0.2.1/24"),
+        nif("a3", "eth0", "10.0.2.2/24"),
+    );
+    let d = desired(vec![grown]);
+    let p = h.plan(&d);
+    assert_eq!(
+        touched(&p),
+        [
+            "DeleteLink vn-h1-a1/eth1",
+            "CreateNetns vn-h1-a3",
+            "CreateVeth vn-h1-a2/eth1 vn-h1-a3/eth0",
+        ]
+    );
+    h.converge(&d);
+    assert!(h.plan(&d).is_noop());
+}
+
 #[test]
 fn removal_of_everything_deletes_all_namespaces() {
     let h = Host::new();
