@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod experiment;
 mod output;
+mod picture;
 mod probe;
 mod spec;
 mod testbed;

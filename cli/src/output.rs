@@ -219,6 +219,44 @@ pub struct LinkView {
     /// Nestable VNs: the bandwidth child VNs reserve on this link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub children_bandwidth_mbps: Option<u64>,
+    /// One-way impairments in force (delay at least the path's).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub delay_us: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub jitter_us: u64,
+    #[serde(skip_serializing_if = "is_zero_f")]
+    pub loss_percent: f64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub path_delay_us: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_f(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// A link's impairments for people: `delay 20ms +-5ms, loss 5%`, or `-`.
+pub fn impairment_text(delay_us: u64, jitter_us: u64, loss_percent: f64) -> String {
+    let ms = |us: u64| crate::spec::duration_text(us as i64);
+    let mut parts = Vec::new();
+    if delay_us > 0 {
+        let mut d = format!("delay {}", ms(delay_us));
+        if jitter_us > 0 {
+            d.push_str(&format!(" +-{}", ms(jitter_us)));
+        }
+        parts.push(d);
+    }
+    if loss_percent > 0.0 {
+        parts.push(format!("loss {loss_percent}%"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -314,6 +352,10 @@ impl VnView {
                     interfaces: l.interfaces.clone(),
                     macs: l.macs.clone(),
                     children_bandwidth_mbps: nestable.then_some(l.children_bandwidth_mbps),
+                    delay_us: l.delay_us,
+                    jitter_us: l.jitter_us,
+                    loss_percent: l.loss_percent,
+                    path_delay_us: l.path_delay_us,
                 })
                 .collect(),
             recoveries: vn.recoveries.iter().map(RecoveryView::from_proto).collect(),
@@ -667,6 +709,7 @@ fn describe_links(v: &VnView, out: &mut String) {
                     },
                     pair(&l.interfaces),
                     pair(&l.addresses),
+                    impairment_text(l.delay_us, l.jitter_us, l.loss_percent),
                 ]
             })
             .collect();
@@ -679,6 +722,7 @@ fn describe_links(v: &VnView, out: &mut String) {
                 "HOPS",
                 "INTERFACES",
                 "ADDRESSES",
+                "IMPAIRMENT",
             ],
             &rows,
         )));
@@ -792,6 +836,8 @@ pub struct CapabilitiesView {
     pub kvm_usable: bool,
     pub kvm_reason: String,
     pub vlan_datapath: String,
+    /// How link delay, jitter and loss are realized ("relay", "netem", or "").
+    pub impairment: String,
 }
 
 fn resources(r: Option<&pb::Resources>) -> ResourcesView {
@@ -835,6 +881,7 @@ impl HostView {
                 kvm_usable: c.kvm_usable,
                 kvm_reason: c.kvm_reason.clone(),
                 vlan_datapath: c.vlan_datapath.clone(),
+                impairment: c.impairment.clone(),
             }),
             desired_generation: h.desired_generation,
             observed_generation: h.observed_generation,
@@ -864,6 +911,10 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 v.capabilities
                     .as_ref()
+                    .map(|c| dash(&c.impairment))
+                    .unwrap_or_else(|| "-".into()),
+                v.capabilities
+                    .as_ref()
                     .map(|c| if c.kvm_usable { "yes" } else { "no" }.to_owned())
                     .unwrap_or_else(|| "-".into()),
                 dash(&v.labels.join(",")),
@@ -881,6 +932,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
             "KINDS",
             "GEN(OBS/DES)",
             "VLAN",
+            "IMPAIR",
             "KVM",
             "LABELS",
         ],
@@ -1083,6 +1135,10 @@ pub(crate) mod tests {
                 interfaces: vec!["eth0".into(), "eth0".into()],
                 macs: vec!["02:00:00:00:00:01".into(), "02:00:00:00:00:02".into()],
                 children_bandwidth_mbps: 0,
+                delay_us: 20_000,
+                jitter_us: 5_000,
+                loss_percent: 5.0,
+                path_delay_us: 0,
             }],
             algorithm: "grc".into(),
             revenue: 130.0,
@@ -1339,6 +1395,7 @@ pub(crate) mod tests {
                 "512/1024Mi",
                 "netns,vm",
                 "0/0",
+                "-",
                 "-",
                 "-",
                 "-"

@@ -124,6 +124,12 @@ pub struct VnFile {
     pub attributes: Option<AttributesFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryName>,
+    /// At most this many nodes on one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes_per_host: Option<u32>,
+    /// As few nodes per host as the hosts allow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
     pub nodes: Vec<NodeFile>,
     #[serde(default)]
     pub links: Vec<LinkFile>,
@@ -203,6 +209,55 @@ pub struct LinkFile {
     pub interfaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encapsulation: Option<EncapsulationName>,
+    /// One-way added delay, e.g. `20ms`, `500us`, `1.5ms`, `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Each frame's delay is uniform in `delay +- jitter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    /// Random loss in percent, each direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Largest one-way latency of the substrate path the link may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
+}
+
+/// A duration of the spec (`20ms`, `500us`, `1.5ms`, `2s`; a bare number is milliseconds) in
+/// microseconds.
+pub fn duration_us(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "us" | "µs" => 1.0,
+        "" | "ms" => 1_000.0,
+        "s" => 1_000_000.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use us, ms or s, e.g. 20ms)"
+            ));
+        }
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 20ms, 500us)"))?;
+    let us = (v * scale).round();
+    if !us.is_finite() || us > i64::MAX as f64 / 2.0 {
+        return Err(format!("{text:?} is too long"));
+    }
+    Ok(us as i64)
+}
+
+/// The spec's form of a duration in microseconds (`20ms`, `1500us`).
+pub fn duration_text(us: i64) -> String {
+    if us % 1000 == 0 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}us")
+    }
 }
 
 /// Parses and structurally checks spec text; `path` only names it in errors.
@@ -427,6 +482,15 @@ impl VnFile {
                     ));
                 }
             }
+            for (field, d) in [
+                ("delay", &l.delay),
+                ("jitter", &l.jitter),
+                ("maxDelay", &l.max_delay),
+            ] {
+                if let Some(d) = d {
+                    duration_us(d).map_err(|e| (format!("links[{i}].{field}"), e))?;
+                }
+            }
             for (field, list) in [("addresses", &l.addresses), ("interfaces", &l.interfaces)] {
                 if !list.is_empty() && list.len() != 2 {
                     return Err((
@@ -463,6 +527,8 @@ impl VnFile {
                 Some(RecoveryName::Reembed) => pb::RecoveryPolicy::Reembed,
                 Some(RecoveryName::Wait) => pb::RecoveryPolicy::Wait,
             } as i32,
+            max_nodes_per_host: self.max_nodes_per_host.unwrap_or(0),
+            spread: self.spread,
         }
     }
 
@@ -485,6 +551,8 @@ impl VnFile {
                 Ok(pb::RecoveryPolicy::Wait) => Some(RecoveryName::Wait),
                 _ => None,
             },
+            max_nodes_per_host: (spec.max_nodes_per_host != 0).then_some(spec.max_nodes_per_host),
+            spread: spec.spread,
             nodes: spec.nodes.iter().map(NodeFile::from_proto).collect(),
             links: spec.links.iter().map(LinkFile::from_proto).collect(),
         }
@@ -501,6 +569,14 @@ impl VnFile {
         for l in &mut v.links {
             if l.encapsulation == Some(EncapsulationName::Auto) {
                 l.encapsulation = None;
+            }
+            for d in [&mut l.delay, &mut l.jitter, &mut l.max_delay] {
+                if let Some(us) = d.as_deref().and_then(|t| duration_us(t).ok()) {
+                    *d = (us != 0).then(|| duration_text(us));
+                }
+            }
+            if l.loss == Some(0.0) {
+                l.loss = None;
             }
         }
         if v.attributes.as_ref() == Some(&AttributesFile::default()) {
@@ -584,16 +660,35 @@ impl LinkFile {
             addresses: self.addresses.clone(),
             interfaces: self.interfaces.clone(),
             encapsulation: encap_to_proto(self.encapsulation) as i32,
+            // checked by `VnFile::check`; -1 makes the controller refuse it, naming the field
+            delay_us: self
+                .delay
+                .as_deref()
+                .map_or(0, |d| duration_us(d).unwrap_or(-1)),
+            jitter_us: self
+                .jitter
+                .as_deref()
+                .map_or(0, |d| duration_us(d).unwrap_or(-1)),
+            loss_percent: self.loss.unwrap_or(0.0),
+            max_delay_us: self
+                .max_delay
+                .as_deref()
+                .map_or(0, |d| duration_us(d).unwrap_or(-1)),
         }
     }
 
     fn from_proto(l: &pb::LinkSpec) -> Self {
+        let dur = |us: i64| (us != 0).then(|| duration_text(us));
         LinkFile {
             endpoints: l.endpoints.clone(),
             bandwidth: l.bandwidth_mbps,
             addresses: l.addresses.clone(),
             interfaces: l.interfaces.clone(),
             encapsulation: encap_from_proto(l.encapsulation),
+            delay: dur(l.delay_us),
+            jitter: dur(l.jitter_us),
+            loss: (l.loss_percent != 0.0).then_some(l.loss_percent),
+            max_delay: dur(l.max_delay_us),
         }
     }
 }
@@ -788,6 +883,48 @@ links:
 
     fn p(text: &str) -> Result<VnFile, SpecError> {
         parse(Path::new("vn.yaml"), text)
+    }
+
+    #[test]
+    fn impairments_and_spreading_parse_and_round_trip() {
+        let text = "name: x\nspread: true\nnodes: [{name: a}, {name: b}]\nlinks:\n  - {endpoints: [a, b], bandwidth: 5, delay: 20ms, jitter: 1.5ms, loss: 5, maxDelay: 1s}\n";
+        let f = p(text).unwrap();
+        let spec = f.to_proto();
+        let l = &spec.links[0];
+        assert_eq!(
+            (l.delay_us, l.jitter_us, l.loss_percent, l.max_delay_us),
+            (20_000, 1_500, 5.0, 1_000_000)
+        );
+        assert!(spec.spread);
+        let back = VnFile::from_proto(&spec);
+        assert_eq!(back.links[0].jitter.as_deref(), Some("1500us"));
+        assert_eq!(back.normalized(), f.normalized());
+        for (d, us) in [
+            ("500us", 500),
+            ("2s", 2_000_000),
+            ("7", 7_000),
+            (" 3ms ", 3_000),
+        ] {
+            assert_eq!(duration_us(d), Ok(us), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_field() {
+        for (field, value, want) in [
+            ("delay", "20 parsecs", "unknown unit"),
+            ("jitter", "fast", "unknown unit \"fast\""),
+            ("maxDelay", "ms", "is not a duration"),
+        ] {
+            let text = format!(
+                "name: x\nnodes: [{{name: a}}, {{name: b}}]\nlinks:\n  - {{endpoints: [a, b], bandwidth: 5, {field}: \"{value}\"}}\n"
+            );
+            let e = p(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("links[0].{field}")) && e.contains(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -89,6 +89,33 @@ pub fn by_name(name: &str) -> Option<BoxedEmbedder> {
     })
 }
 
+/// Embeds `request` with `algo`, honouring [`crate::RequestOptions::spread`]: as few nodes per
+/// host as the hosts allow. With spreading on, tries `max_nodes_per_host` = ceil(nodes / hosts),
+/// then one more, and so on up to the request's own bound (or the node count), and returns the
+/// first embedding found; the rejection of the last attempt otherwise. Without spreading, one
+/// call of `algo`. `O(nodes)` calls of the algorithm at worst.
+pub fn embed_spread(
+    algo: &dyn Embedder,
+    residual: &Residual,
+    request: &VnRequest,
+) -> Result<Embedding, Rejection> {
+    let opts = request.options();
+    let n = request.nodes().len() as u32;
+    let hosts = residual.substrate().node_count() as u32;
+    if !opts.spread || n <= 1 || hosts == 0 || !opts.allow_revisitation {
+        return algo.embed(residual, request);
+    }
+    let upper = opts.max_nodes_per_host.unwrap_or(n).min(n);
+    let mut last = None;
+    for cap in n.div_ceil(hosts).min(upper)..=upper {
+        match algo.embed(residual, &request.with_nodes_per_host(cap)) {
+            Ok(e) => return Ok(e),
+            Err(r) => last = Some(r),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

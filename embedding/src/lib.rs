@@ -51,7 +51,8 @@ pub mod substrate;
 pub mod trace;
 
 pub use embedder::{
-    ALGORITHMS, AlgorithmInfo, BoxedEmbedder, DEFAULT_ALGORITHM, Embedder, algorithm_names, by_name,
+    ALGORITHMS, AlgorithmInfo, BoxedEmbedder, DEFAULT_ALGORITHM, Embedder, algorithm_names,
+    by_name, embed_spread,
 };
 pub use generator::{GeneratorError, WaxmanConfig, generate};
 pub use mapping::{

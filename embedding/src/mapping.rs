@@ -266,6 +266,7 @@ impl Embedding {
             owner[h.index()] = Some(i);
         }
         let opts = request.options();
+        self.check_nodes_per_host(substrate, request)?;
         let mut cost = request.total_cpu();
         for (l, (le, vl)) in self.links.iter().zip(request.links()).enumerate() {
             let bad = |reason: String| EmbeddingError::Link {
@@ -307,6 +308,12 @@ impl Embedding {
                         f.edges.len()
                     )));
                 }
+                if let Some(max) = vl.max_delay_us {
+                    let d = crate::algo::paths::path_delay_us(substrate, &f.edges);
+                    if d > max {
+                        return Err(bad(format!("path delay {d} us exceeds max_delay_us {max}")));
+                    }
+                }
                 let mut seen = std::collections::HashSet::with_capacity(f.hosts.len());
                 for (k, &e) in f.edges.iter().enumerate() {
                     if e.index() >= substrate.link_count() {
@@ -330,6 +337,28 @@ impl Embedding {
             }
         }
         Ok(cost)
+    }
+
+    /// No host holds more than the request's `max_nodes_per_host` of its nodes.
+    fn check_nodes_per_host(
+        &self,
+        substrate: &Substrate,
+        request: &VnRequest,
+    ) -> Result<(), EmbeddingError> {
+        let Some(cap) = request.options().max_nodes_per_host else {
+            return Ok(());
+        };
+        let mut count = vec![0u32; substrate.node_count()];
+        for &h in &self.nodes {
+            count[h.index()] += 1;
+            if count[h.index()] > cap {
+                return Err(EmbeddingError::Structure(format!(
+                    "host `{}` holds more than max_nodes_per_host {cap} nodes of the request",
+                    substrate.node(h).id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Host of each virtual node, in request order.

@@ -26,6 +26,10 @@ pub enum Resource {
     DistinctHosts,
     /// Computation time.
     Time,
+    /// The path delay bound of a link (`max_delay_us`).
+    Delay,
+    /// The bound on nodes per host (`max_nodes_per_host`, spreading).
+    NodesPerHost,
 }
 
 impl std::fmt::Display for Resource {
@@ -38,6 +42,8 @@ impl std::fmt::Display for Resource {
             Resource::Location => "location",
             Resource::Host => "host constraint",
             Resource::Hops => "path hops",
+            Resource::Delay => "path delay",
+            Resource::NodesPerHost => "nodes per host",
             Resource::DistinctHosts => "distinct hosts",
             Resource::Time => "time",
         })

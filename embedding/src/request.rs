@@ -21,6 +21,13 @@ pub struct RequestOptions {
     /// Longest substrate path (in hops) of any virtual link; `None`: no limit.
     #[serde(default)]
     pub max_path_hops: Option<u32>,
+    /// At most this many of the request's nodes on one host.
+    #[serde(default)]
+    pub max_nodes_per_host: Option<u32>,
+    /// As few nodes per host as the hosts allow: [`crate::embed_spread`] searches the smallest
+    /// `max_nodes_per_host` the algorithm meets.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 impl RequestOptions {
@@ -39,6 +46,16 @@ impl RequestOptions {
     /// Sets [`RequestOptions::max_path_hops`] (`0` or `None`: no limit).
     pub fn with_max_path_hops(mut self, hops: Option<u32>) -> Self {
         self.max_path_hops = hops.filter(|h| *h > 0);
+        self
+    }
+
+    pub fn with_max_nodes_per_host(mut self, n: Option<u32>) -> Self {
+        self.max_nodes_per_host = n.filter(|n| *n > 0);
+        self
+    }
+
+    pub fn with_spread(mut self, spread: bool) -> Self {
+        self.spread = spread;
         self
     }
 }
@@ -118,6 +135,8 @@ pub struct VirtualLink {
     pub v: usize,
     /// Bandwidth demand (0 is legal).
     pub bandwidth: u64,
+    /// Largest one-way latency of its substrate path, microseconds (links' `latency_ms`).
+    pub max_delay_us: Option<u64>,
 }
 
 /// Why a request could not be built.
@@ -235,6 +254,7 @@ impl VnRequest {
             u: iu,
             v: iv,
             bandwidth,
+            max_delay_us: None,
         });
         self.adjacency[iu].push((iv, l));
         self.adjacency[iv].push((iu, l));
@@ -242,6 +262,20 @@ impl VnRequest {
     }
 
     /// The request id.
+    /// Bounds the one-way latency of link `l`'s substrate path (`None`: no bound).
+    pub fn set_max_delay_us(&mut self, l: usize, max: Option<u64>) {
+        if let Some(link) = self.links.get_mut(l) {
+            link.max_delay_us = max;
+        }
+    }
+
+    /// The request with `max_nodes_per_host` set to `n`.
+    pub fn with_nodes_per_host(&self, n: u32) -> Self {
+        let mut r = self.clone();
+        r.options.max_nodes_per_host = Some(n);
+        r
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

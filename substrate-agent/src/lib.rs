@@ -19,6 +19,7 @@
 pub mod daemon;
 pub mod guest;
 pub mod host;
+pub mod impair;
 pub mod mac;
 pub mod reconcile;
 pub mod vlan;

@@ -81,6 +81,7 @@ impl StandInConfig {
                 vxlan: true,
                 tc: true,
                 vlan_datapath: "userspace".into(),
+                impairment: "relay".into(),
                 ..Default::default()
             }),
             agent_version: "stand-in".into(),

@@ -635,3 +635,69 @@ async fn a_child_of_a_parent_still_provisioning_or_in_a_vm_node_is_refused() {
     drop(agents);
     h.stop().await;
 }
+
+/// Impairments nest: a child's link gets at least the delay of the parent links its path
+/// crosses (describe shows it), its own relays add only the rest, and `max_delay_us` restricts
+/// its path by the parent links' delays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_link_inherits_its_parent_paths_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), |_| {}).await;
+    let agents = h.agents(3, 200, 4096, Behaviour::Ready).await;
+    let mut c = h.vns().await;
+    // P: p1 - p2 (10 ms) - p3 (5 ms).
+    let mut ps = parent_spec("p");
+    ps.links[0].delay_us = 10_000;
+    ps.links[1].delay_us = 5_000;
+    ps.links[1].loss_percent = 1.0;
+    let p = create_ready(&mut c, "red", ps).await;
+    assert_eq!((p.links[0].delay_us, p.links[1].delay_us), (10_000, 5_000));
+    assert_eq!(p.links[1].loss_percent, 1.0);
+    // The parent's slices carry its impairment to the agents.
+    let s1 = slice_of(&agents[0], "red/p").await;
+    assert_eq!((s1.links[0].delay_us, s1.links[0].loss_ppm), (10_000, 0));
+    let s3 = slice_of(&agents[2], "red/p").await;
+    assert_eq!(
+        (s3.links[0].delay_us, s3.links[0].loss_ppm),
+        (5_000, 10_000)
+    );
+
+    // A: asks 3 ms across p1 - p2 - p3 (15 ms already): gets 15 ms, its relays add nothing.
+    let mut a = child_spec("a", "p", "p1", "p3", 10);
+    a.links[0].delay_us = 3_000;
+    let a = create_ready(&mut c, "red", a).await;
+    assert_eq!(a.links[0].path_delay_us, 15_000);
+    assert_eq!(
+        a.links[0].delay_us, 15_000,
+        "at least the parent path's delay"
+    );
+    let sa = slice_of(&agents[0], "red/a").await;
+    assert_eq!(sa.links[0].delay_us, 0);
+    // B: asks 40 ms with 2 ms jitter across the same path: its relays add 25 ms and the jitter.
+    let mut b = child_spec("b", "p", "p1", "p3", 10);
+    b.links[0].delay_us = 40_000;
+    b.links[0].jitter_us = 2_000;
+    let b = create_ready(&mut c, "red", b).await;
+    assert_eq!((b.links[0].delay_us, b.links[0].jitter_us), (40_000, 2_000));
+    let sb = slice_of(&agents[2], "red/b").await;
+    assert_eq!(
+        (sb.links[0].delay_us, sb.links[0].jitter_us),
+        (25_000, 2_000)
+    );
+    // M: at most 12 ms between p1 and p3: no path of P is that fast.
+    let mut m = child_spec("m", "p", "p1", "p3", 10);
+    m.links[0].max_delay_us = 12_000;
+    let err = create_err(&mut c, "red", m).await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("delay of at most 12000 us"),
+        "{err:?}"
+    );
+    // At most 10 ms between p1 and p2 fits.
+    let mut ok = child_spec("ok", "p", "p1", "p2", 10);
+    ok.links[0].max_delay_us = 10_000;
+    let ok = create_ready(&mut c, "red", ok).await;
+    assert_eq!(ok.links[0].path, ["p1", "p2"]);
+    drop(agents);
+    h.stop().await;
+}

@@ -21,7 +21,7 @@
 
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, Path, PathFailure, k_shortest_paths};
+use crate::algo::paths::{Bfs, Path, PathFailure, k_shortest_paths, within_delay};
 use crate::algo::{Work, allowed_matrix, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -200,6 +200,14 @@ pub(crate) fn two_stage(
                 }
             }
         };
+        let found = within_delay(
+            s,
+            &work.bandwidth,
+            vl.bandwidth,
+            (a, b),
+            (vl.max_delay_us, max_hops),
+            found,
+        );
         match found {
             Ok(p) => {
                 work.route(&p.1, vl.bandwidth);

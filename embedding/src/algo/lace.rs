@@ -39,7 +39,7 @@ use std::rc::Rc;
 
 use petgraph::graph::NodeIndex;
 
-use crate::algo::paths::{Bfs, Dijkstra, LevelBfs, Path};
+use crate::algo::paths::{Bfs, Dijkstra, LevelBfs, Path, within_delay};
 use crate::algo::{Work, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -515,7 +515,7 @@ impl Search<'_> {
         } else {
             (h, placed)
         };
-        match found {
+        let routed = match found {
             Some((mut p, c)) if self.max_hops.is_none_or(|m| p.1.len() <= m as usize) => {
                 if from_placed {
                     p.0.reverse();
@@ -529,9 +529,29 @@ impl Search<'_> {
                 .map(|p| {
                     let c = p.1.len() as f64;
                     (p, c)
+                }),
+        };
+        // A delay bound: the lowest-latency path when this one is too slow.
+        let max_delay = self.request.links()[l].max_delay_us;
+        let routed = match max_delay {
+            None => routed,
+            Some(_) => {
+                let cost = routed.as_ref().map_or(0.0, |(_, c)| *c);
+                within_delay(
+                    s,
+                    &self.work.bandwidth,
+                    bw,
+                    (from, to),
+                    (max_delay, self.max_hops),
+                    routed.map(|(p, _)| p),
+                )
+                .map(|p| {
+                    let c = cost.max(p.1.len() as f64);
+                    (p, c)
                 })
-                .map_err(|f| Failure::Link(l, from, to, f.into())),
-        }
+            }
+        };
+        routed.map_err(|f| Failure::Link(l, from, to, f.into()))
     }
 }
 

@@ -386,7 +386,10 @@ impl<'a> Instance<'a> {
             residual,
             request,
             revisit,
-            split_ok: mip.splittable && opts.allow_path_split && opts.max_path_hops.is_none(),
+            split_ok: mip.splittable
+                && opts.allow_path_split
+                && opts.max_path_hops.is_none()
+                && request.links().iter().all(|l| l.max_delay_us.is_none()),
             must_hop,
             lower,
             ub,
@@ -498,9 +501,14 @@ impl<'a> Instance<'a> {
                 at_host[h.index()].push((v, var));
             }
         }
+        let cap = request.options().max_nodes_per_host;
         for (h, here) in at_host.iter().enumerate() {
             if here.len() < 2 {
                 continue;
+            }
+            if let Some(cap) = cap.filter(|c| (*c as usize) < here.len()) {
+                let sum: Expression = here.iter().map(|(_, v)| *v).sum();
+                model.add_constraint(constraint::leq(sum, f64::from(cap)));
             }
             if self.revisit {
                 let node = NodeIndex::new(h);
@@ -565,6 +573,15 @@ impl<'a> Instance<'a> {
                 && let Some(c) = self.hop_cap(l)
             {
                 model.add_constraint(constraint::leq(total, c as f64));
+            }
+            if let Some(max) = vl.max_delay_us {
+                // unit flow: the path's latency; split flow: every unit's, summed
+                let mut delay = Expression::with_capacity(lv.arcs.len());
+                for &(_, _, e, var) in &lv.arcs {
+                    let us = s.link(e).latency_ms.unwrap_or(0.0).max(0.0) * 1000.0;
+                    delay.add_mul(us, var);
+                }
+                model.add_constraint(constraint::leq(delay, max as f64 * q));
             }
         }
         for (e, expr) in per_edge.into_iter().enumerate() {

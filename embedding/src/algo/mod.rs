@@ -156,6 +156,15 @@ impl Work {
         self.cpu[k] >= vn.cpu
             && self.memory[k] >= vn.memory_mb
             && (self.hosted[k] == 0 || request.options().allow_revisitation)
+            && self.below_cap(request, k)
+    }
+
+    /// True when host `k` holds fewer of the request's nodes than `max_nodes_per_host`.
+    fn below_cap(&self, request: &VnRequest, k: usize) -> bool {
+        request
+            .options()
+            .max_nodes_per_host
+            .is_none_or(|cap| self.hosted[k] < cap)
     }
 
     /// Why virtual node `i` fits on none of its `eligible` hosts now, counting per host the first
@@ -171,6 +180,7 @@ impl Work {
     ) -> Rejection {
         let vn = &request.nodes()[i];
         let (mut total, mut cpu, mut memory, mut taken) = (0usize, 0usize, 0usize, 0usize);
+        let mut full = 0usize;
         for h in eligible {
             let k = h.index();
             total += 1;
@@ -180,10 +190,14 @@ impl Work {
                 memory += 1;
             } else if self.hosted[k] > 0 && !request.options().allow_revisitation {
                 taken += 1;
+            } else if !self.below_cap(request, k) {
+                full += 1;
             }
         }
         let resource = if taken > 0 {
             Resource::DistinctHosts
+        } else if full > 0 {
+            Resource::NodesPerHost
         } else if memory > cpu {
             Resource::Memory
         } else {
@@ -196,6 +210,11 @@ impl Work {
         if !request.options().allow_revisitation {
             parts.push(format!(
                 "{taken} already hold another node of this request (revisitation is off)"
+            ));
+        }
+        if let Some(cap) = request.options().max_nodes_per_host {
+            parts.push(format!(
+                "{full} already hold {cap} nodes of this request (max_nodes_per_host)"
             ));
         }
         Rejection::Node {
@@ -281,6 +300,13 @@ pub fn no_path(
                     Some(m) if resource == Resource::Hops => format!(" within {m} hops"),
                     _ => String::new(),
                 }
+            ),
+            Resource::Delay => format!(
+                "no path with {} bandwidth free and a delay of at most {} us between `{}` and `{}`",
+                vl.bandwidth,
+                vl.max_delay_us.unwrap_or(0),
+                substrate.node(from).id,
+                substrate.node(to).id
             ),
             Resource::Hops => format!(
                 "no path of at most {} hops with enough bandwidth between `{}` and `{}`",

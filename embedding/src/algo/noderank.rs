@@ -22,7 +22,7 @@
 use petgraph::graph::NodeIndex;
 
 use crate::algo::grc::{LinkStrategy, by_rank, two_stage};
-use crate::algo::paths::{Bfs, Path};
+use crate::algo::paths::{Bfs, Path, within_delay};
 use crate::algo::{Work, allowed_matrix, assemble, candidate_hosts, no_path};
 use crate::embedder::Embedder;
 use crate::mapping::Embedding;
@@ -271,10 +271,17 @@ impl Search<'_> {
                 let Some(hu) = self.hosts[u] else { continue };
                 let vl = &request.links()[l];
                 let (a, b) = if vl.u == u { (hu, h) } else { (h, hu) };
-                match self
+                let found = self
                     .bfs
-                    .shortest(s, &child.bandwidth, vl.bandwidth, a, b, max_hops)
-                {
+                    .shortest(s, &child.bandwidth, vl.bandwidth, a, b, max_hops);
+                match within_delay(
+                    s,
+                    &child.bandwidth,
+                    vl.bandwidth,
+                    (a, b),
+                    (vl.max_delay_us, max_hops),
+                    found,
+                ) {
                     Ok(p) => {
                         child.route(&p.1, vl.bandwidth);
                         routed.push((l, p));

@@ -26,6 +26,8 @@ pub enum PathFailure {
     Bandwidth,
     /// Connected, but only by paths longer than the hop limit.
     Hops,
+    /// Connected, but only by paths whose latency exceeds the link's `max_delay_us`.
+    Delay,
 }
 
 impl From<PathFailure> for Resource {
@@ -34,6 +36,7 @@ impl From<PathFailure> for Resource {
         match f {
             PathFailure::Bandwidth => Resource::Bandwidth,
             PathFailure::Hops => Resource::Hops,
+            PathFailure::Delay => Resource::Delay,
         }
     }
 }
@@ -219,6 +222,55 @@ impl Ord for HeapItem {
 impl PartialOrd for HeapItem {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+/// One-way latency of a path, microseconds (links without a latency count 0).
+pub fn path_delay_us(substrate: &Substrate, edges: &[EdgeIndex]) -> u64 {
+    edges
+        .iter()
+        .map(|e| {
+            substrate
+                .link(*e)
+                .latency_ms
+                .map_or(0, |ms| (ms * 1000.0).round().max(0.0) as u64)
+        })
+        .sum()
+}
+
+/// Holds a found path to a link's delay bound: `found` when it is within `max_delay_us` (or
+/// there is no bound), else the lowest-latency path over links with `bandwidth[e] >= need` if
+/// that one is within the bound (then no path is; `O((n + m) log n)`), else
+/// [`PathFailure::Delay`]. The hop limit still holds for the replacement.
+pub fn within_delay(
+    substrate: &Substrate,
+    bandwidth: &[u64],
+    need: u64,
+    (src, dst): (NodeIndex, NodeIndex),
+    max: (Option<u64>, Option<u32>),
+    found: Result<Path, PathFailure>,
+) -> Result<Path, PathFailure> {
+    let (Some(max_delay), max_hops) = max else {
+        return found;
+    };
+    if let Ok(p) = &found
+        && path_delay_us(substrate, &p.1) <= max_delay
+    {
+        return found;
+    }
+    let fastest = Dijkstra::default().cheapest(substrate, src, dst, |e| {
+        (bandwidth[e.index()] >= need)
+            .then(|| substrate.link(e).latency_ms.unwrap_or(0.0).max(0.0) * 1000.0)
+    });
+    match fastest {
+        Some((p, d)) if d.round() as u64 <= max_delay => {
+            if max_hops.is_some_and(|m| p.1.len() > m as usize) {
+                return Err(PathFailure::Hops);
+            }
+            Ok(p)
+        }
+        Some(_) => Err(PathFailure::Delay),
+        None => Err(found.err().unwrap_or(PathFailure::Bandwidth)),
     }
 }
 

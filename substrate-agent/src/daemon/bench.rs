@@ -66,6 +66,7 @@ pub fn scale_desired(n: usize, bandwidth_mbps: u64) -> pb::DesiredState {
                 a: Some(ep(2 * i, 1)),
                 b: Some(ep(2 * i + 1, 2)),
                 context_node_id: String::new(),
+                ..Default::default()
             }
         })
         .collect();
@@ -197,6 +198,7 @@ pub fn link_desired(side: u8, local: &str, remote: &str) -> pb::DesiredState {
                     a: Some(ep_node("eth0", format!("10.97.0.{side}/24"))),
                     b: Some(ep_hop(pb::Encapsulation::Vxlan, 9001, 0)),
                     context_node_id: String::new(),
+                    ..Default::default()
                 },
                 pb::LinkSegment {
                     link_id: "vl".into(),
@@ -205,6 +207,7 @@ pub fn link_desired(side: u8, local: &str, remote: &str) -> pb::DesiredState {
                     a: Some(ep_node("eth1", format!("10.96.0.{side}/24"))),
                     b: Some(ep_hop(pb::Encapsulation::Vlan, 0, 901)),
                     context_node_id: String::new(),
+                    ..Default::default()
                 },
             ],
         }],

@@ -51,6 +51,12 @@ impl Probe {
             kvm_usable: self.kvm_usable,
             kvm_reason: self.kvm_reason.clone(),
             vlan_datapath: self.vlan_datapath.clone(),
+            // The relay needs TAP devices and tc (clsact egress + mirred); no netem here.
+            impairment: if self.tap && self.tc {
+                "relay".into()
+            } else {
+                String::new()
+            },
         }
     }
 }

@@ -423,6 +423,25 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn redirect_egress(&self, ns: &str, from: &str, to: &str) -> Result<(), KernelError> {
+        let mut h = self.host.lock().unwrap();
+        self.record(&mut h, format!("redirect_egress {ns} {from} {to}"))?;
+        let n = ns_mut(&mut h, ns)?;
+        if !n.links.contains_key(to) {
+            return Err(KernelError::NotFound {
+                what: format!("link {to} in {ns}"),
+            });
+        }
+        n.links
+            .get_mut(from)
+            .ok_or_else(|| KernelError::NotFound {
+                what: format!("link {from} in {ns}"),
+            })?
+            .obs
+            .ingress_qdisc = true;
+        Ok(())
+    }
+
     fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError> {
         let mut h = self.host.lock().unwrap();
         self.record(&mut h, format!("unjoin {ns} {ifname}"))?;

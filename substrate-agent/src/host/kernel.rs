@@ -149,6 +149,9 @@ pub trait Kernel: Send + Sync {
     fn join(&self, ns: &str, a: &str, b: &str) -> Result<(), KernelError>;
     /// Removes the redirect a [`Kernel::join`] put on `ifname`'s ingress (none there is fine).
     fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError>;
+    /// Everything `from` sends leaves through `to` instead (tc clsact egress + mirred): an
+    /// impaired interface hands its frames to the impairment relay's TAP `to`. Idempotent.
+    fn redirect_egress(&self, ns: &str, from: &str, to: &str) -> Result<(), KernelError>;
     fn add_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     fn delete_route(&self, ns: &str, route: &Route) -> Result<(), KernelError>;
     /// Route lookup of `dst` in a namespace (`None`: the agent's own).

@@ -714,6 +714,37 @@ impl Kernel for LinuxKernel {
         )
     }
 
+    fn redirect_egress(&self, ns: &str, from: &str, to: &str) -> Result<(), KernelError> {
+        self.in_ns(
+            ns,
+            format!("tc egress redirect from {from} to {to} in {ns}"),
+            |r| {
+                let (ifrom, ito) = (index_of(r, from)?, index_of(r, to)?);
+                match r.request(
+                    RouteNetlinkMessage::NewQueueDiscipline(tc::clsact_qdisc(ifrom)),
+                    CREATE,
+                ) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+                match r.request(
+                    RouteNetlinkMessage::DelTrafficFilter(tc::our_egress_filters(ifrom)),
+                    0,
+                ) {
+                    Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+                        return Err(e);
+                    }
+                    _ => {}
+                }
+                r.request(
+                    RouteNetlinkMessage::NewTrafficFilter(tc::egress_redirect_filter(ifrom, ito)),
+                    CREATE,
+                )
+                .map(|_| ())
+            },
+        )
+    }
+
     fn unjoin(&self, ns: &str, ifname: &str) -> Result<(), KernelError> {
         self.in_ns(ns, format!("remove tc redirect of {ifname} in {ns}"), |r| {
             let idx = index_of(r, ifname)?;

@@ -102,6 +102,33 @@ pub fn ingress_qdisc(ifindex: u32) -> TcMessage {
     m
 }
 
+/// `tc qdisc add dev IFINDEX clsact` (ingress and egress filter hooks).
+pub fn clsact_qdisc(ifindex: u32) -> TcMessage {
+    let mut m = TcMessage::with_index(ifindex as i32);
+    m.header.parent = TcHandle::CLSACT;
+    m.header.handle = TcHandle::from(0xffff_0000);
+    m.attributes.push(TcAttribute::Kind("clsact".into()));
+    m
+}
+
+/// The filters at [`REDIRECT_PREF`] on the clsact egress hook of `ifindex` (dump or delete).
+pub fn our_egress_filters(ifindex: u32) -> TcMessage {
+    let mut m = our_filters(ifindex);
+    m.header.parent = TcHandle {
+        major: 0xffff,
+        minor: TcHandle::MIN_EGRESS,
+    };
+    m
+}
+
+/// `tc filter add dev FROM egress pref 49 protocol all u32 match u8 0 0 action mirred egress
+/// redirect dev TO`.
+pub fn egress_redirect_filter(from: u32, to: u32) -> TcMessage {
+    let mut m = redirect_filter(from, to);
+    m.header.parent = our_egress_filters(from).header.parent;
+    m
+}
+
 /// The filters at [`REDIRECT_PREF`] on the ingress qdisc of `ifindex`: a dump request
 /// (`tc filter show dev IFINDEX ingress pref 49`) and, as it is, a delete request.
 pub fn our_filters(ifindex: u32) -> TcMessage {

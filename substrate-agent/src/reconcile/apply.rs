@@ -72,6 +72,9 @@ fn describe(op: &Op) -> String {
         }
         Op::Shape { ns, ifname, mbps } => format!("shape {ifname} in {ns} to {mbps} Mbit/s"),
         Op::JoinTransit { ns, a, b } => format!("join {a} and {b} in {ns}"),
+        Op::RedirectEgress { ns, from, to } => {
+            format!("redirect what {from} sends to the relay {to} in {ns}")
+        }
         Op::AddRoute { ns, route } => {
             format!(
                 "add route {:?} via {} in {ns}",
@@ -146,6 +149,7 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
         } => k.create_port(dev, c.as_deref(), outer, tag).map_err(ctx),
         Op::Shape { ns, ifname, mbps } => k.shape(ns, ifname, *mbps).map_err(ctx),
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
+        Op::RedirectEgress { ns, from, to } => k.redirect_egress(ns, from, to).map_err(ctx),
         Op::AddRoute { ns, route } => k.add_route(ns, route).map_err(ctx),
         Op::EnsureGuest(g) => match env.guests {
             Some(rt) => ensure_booted(env, rt, g).map_err(|e| format!("{}: {e}", describe(op))),
@@ -244,7 +248,21 @@ fn datapath_config<K: Kernel + ?Sized>(
             }
         }
     }
+    for r in &plan.relays {
+        if !skip.contains_key(&r.vn) && !failed.contains_key(&r.vn) {
+            cfg.relays.insert(r.id.clone(), r.cfg.clone());
+        }
+    }
     cfg
+}
+
+/// The slice a wire or relay id of the datapath belongs to.
+fn served_by<'a>(plan: &'a Plan, id: &str) -> Option<&'a VnId> {
+    plan.wires
+        .iter()
+        .find(|w| w.id == id)
+        .map(|w| &w.vn)
+        .or_else(|| plan.relays.iter().find(|r| r.id == id).map(|r| &r.vn))
 }
 
 /// Deletes every namespace of `vn` that the ledger records as ours.
@@ -432,7 +450,7 @@ fn finish<K: Kernel + ?Sized>(
         let late = report
             .failed
             .keys()
-            .any(|vn| !before.contains(vn) && plan.wires.iter().any(|w| &w.vn == vn));
+            .any(|vn| !before.contains(vn) && plan.serves(vn));
         if late {
             let mut ignored = BTreeMap::new();
             let cfg = datapath_config(env, plan, &report.failed.clone(), &mut ignored);
@@ -450,10 +468,10 @@ fn configure_datapath<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan, report:
         if let crate::vlan::config::DatapathError::Wires(per_wire) = &e {
             // Only the slices whose wires failed.
             for (wire, err) in per_wire {
-                if let Some(w) = plan.wires.iter().find(|w| &w.id == wire) {
+                if let Some(vn) = served_by(plan, wire) {
                     report
                         .failed
-                        .entry(w.vn.clone())
+                        .entry(vn.clone())
                         .or_insert_with(|| format!("vlan datapath: wire {wire}: {err}"));
                 }
             }
@@ -465,11 +483,11 @@ fn configure_datapath<K: Kernel + ?Sized>(env: &Env<'_, K>, plan: &Plan, report:
             return;
         }
         let msg = e.to_string();
-        let vns: BTreeSet<VnId> = plan
+        let vns: BTreeSet<VnId> = cfg
             .wires
-            .iter()
-            .filter(|w| cfg.wires.contains_key(&w.id))
-            .map(|w| w.vn.clone())
+            .keys()
+            .chain(cfg.relays.keys())
+            .filter_map(|id| served_by(plan, id).cloned())
             .collect();
         if vns.is_empty() {
             report.errors.push(msg);

@@ -23,6 +23,7 @@ use ipnet::IpNet;
 
 use crate::guest::{GuestConfig, GuestNic, GuestRoute};
 use crate::host::kernel::IfSpec;
+use crate::impair::{RelayConfig, relay_tap};
 use crate::reconcile::naming::{Naming, NsRole, slice_needs_transit_ns};
 use crate::reconcile::observed::{LinkObs, Observed, RouteObs};
 use crate::reconcile::spec::{
@@ -167,6 +168,12 @@ pub enum Op {
         a: String,
         b: String,
     },
+    /// Hand everything `from` sends to the impairment relay's TAP `to` (tc clsact egress).
+    RedirectEgress {
+        ns: String,
+        from: String,
+        to: String,
+    },
     AddRoute {
         ns: String,
         route: Route,
@@ -188,7 +195,7 @@ impl Op {
             | Op::CreateVxlan { .. }
             | Op::CreateTap { .. }
             | Op::CreatePort { .. } => 3,
-            Op::Shape { .. } | Op::JoinTransit { .. } => 4,
+            Op::Shape { .. } | Op::JoinTransit { .. } | Op::RedirectEgress { .. } => 4,
             Op::AddRoute { .. } => 5,
             Op::EnsureGuest(_) => 6,
         }
@@ -220,6 +227,14 @@ pub struct WireSpec {
     pub b: WireEndSpec,
 }
 
+/// An impairment relay the datapath process must run (kept or new).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySpec {
+    pub id: String,
+    pub vn: VnId,
+    pub cfg: RelayConfig,
+}
+
 /// The planner's result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -227,6 +242,8 @@ pub struct Plan {
     pub ops: Vec<(Option<VnId>, Op)>,
     /// Every VLAN wire the desired state needs (kept or new).
     pub wires: Vec<WireSpec>,
+    /// Every impairment relay the desired state needs (kept or new).
+    pub relays: Vec<RelaySpec>,
     /// A TAP was (re)created: the datapath must re-attach even if its config is unchanged.
     pub datapath_reattach: bool,
     /// Slices that cannot be built, with the first error.
@@ -247,6 +264,11 @@ impl Plan {
     /// True when there is nothing to do.
     pub fn is_noop(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// True when the datapath process serves something of slice `vn`.
+    pub fn serves(&self, vn: &VnId) -> bool {
+        self.wires.iter().any(|w| &w.vn == vn) || self.relays.iter().any(|r| &r.vn == vn)
     }
 }
 
@@ -297,6 +319,60 @@ fn segment_ifaces(naming: &Naming, vn: &VnId, seg: &Segment) -> Vec<(String, Str
     }
 }
 
+/// The impaired node interfaces of a segment: (namespace, relay TAP, interface).
+fn relay_ifaces(naming: &Naming, seg: &Segment) -> Vec<(String, String, String)> {
+    if seg.impair.is_none() {
+        return vec![];
+    }
+    seg.node_ifs()
+        .map(|n| {
+            (
+                naming.node_ns(&n.node),
+                relay_tap(seg.link_id.as_str()),
+                n.ifname.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The relays of an impaired segment are in place: each TAP carries the segment's tag and each
+/// impaired interface has its clsact qdisc.
+fn relays_ok(
+    naming: &Naming,
+    seg: &Segment,
+    observed: &Observed,
+    kept_ns: &BTreeSet<String>,
+    tag: &str,
+) -> bool {
+    relay_ifaces(naming, seg).iter().all(|(ns, tap, dev)| {
+        kept_ns.contains(ns) && {
+            let links = &observed.namespaces[ns].links;
+            links
+                .get(tap)
+                .is_some_and(|l| l.alias.as_deref() == Some(tag) && l.up)
+                && links.get(dev).is_some_and(|l| l.ingress_qdisc)
+        }
+    })
+}
+
+/// Relays the datapath process serves for a segment.
+fn collect_relays(naming: &Naming, s: &Slice, seg: &Segment, out: &mut Vec<RelaySpec>) {
+    for (ns, tap, dev) in relay_ifaces(naming, seg) {
+        out.push(RelaySpec {
+            id: format!("{}:{}:{}", s.vn_id, seg.link_id, ns),
+            vn: s.vn_id.clone(),
+            cfg: RelayConfig {
+                netns: ns,
+                dev,
+                tap,
+                delay_us: seg.impair.delay_us,
+                jitter_us: seg.impair.jitter_us,
+                loss_ppm: seg.impair.loss_ppm,
+            },
+        });
+    }
+}
+
 fn check_slice(slice: &Slice, ctx: PlanContext) -> Result<(), String> {
     if !ctx.guests_supported
         && let Some(n) = slice
@@ -308,6 +384,16 @@ fn check_slice(slice: &Slice, ctx: PlanContext) -> Result<(), String> {
             "vn {}: node {}: vm nodes not supported by this agent yet",
             slice.vn_id, n.id
         ));
+    }
+    // A vm's interface is joined to its TAP by tc ingress, which excludes the clsact hook the
+    // relay needs.
+    for seg in slice.links.iter().filter(|s| !s.impair.is_none()) {
+        if let Some(n) = seg.node_ifs().find(|n| is_vm(slice, &n.node)) {
+            return Err(format!(
+                "vn {}: link {}: delay, jitter and loss are not supported on a vm node's link (node {})",
+                slice.vn_id, seg.link_id, n.node
+            ));
+        }
     }
     Ok(())
 }
@@ -575,8 +661,11 @@ fn plan_segments(
             let tag = naming.link_tag(vn, seg);
             let ifaces = segment_ifaces(naming, vn, seg);
             wanted_ifaces.extend(ifaces.iter().cloned());
-            // Wires of the userspace datapath (VLAN), kept or new.
+            // Wires of the userspace datapath (VLAN) and impairment relays, kept or new.
             collect_wires(naming, s, seg, ctx_ns.as_ref(), &mut p.wires);
+            collect_relays(naming, s, seg, &mut p.relays);
+            let relays = relay_ifaces(naming, seg);
+            wanted_ifaces.extend(relays.iter().map(|(ns, tap, _)| (ns.clone(), tap.clone())));
 
             let healthy = ifaces.iter().all(|(ns, ifname)| {
                 if !kept_ns.contains(ns) {
@@ -604,11 +693,18 @@ fn plan_segments(
                     && (!transit || l.ingress_qdisc)
                     && want_kind(seg, ifname, ctx).is_none_or(|k| l.kind == k)
             });
-            if healthy {
+            if healthy && relays_ok(naming, seg, observed, kept_ns, &tag) {
                 reshape(naming, s, seg, observed, p);
                 continue;
             }
-            for (ns, ifname) in &ifaces {
+            let taps = relays.iter().map(|(ns, tap, _)| (ns.clone(), tap.clone()));
+            for (ns, ifname) in ifaces
+                .iter()
+                .cloned()
+                .chain(taps)
+                .collect::<Vec<_>>()
+                .iter()
+            {
                 if kept_ns.contains(ns) && observed.namespaces[ns].links.contains_key(ifname) {
                     deletes.push((
                         vn.clone(),
@@ -780,6 +876,33 @@ fn build_segment(
             );
         }
     };
+    for (ns, tap, dev) in relay_ifaces(naming, seg) {
+        let r = IfSpec {
+            ns: ns.clone(),
+            ifname: tap.clone(),
+            mtu: seg.mtu,
+            mac: None,
+            addresses: vec![],
+        };
+        p.push(
+            vn,
+            Op::CreateTap {
+                dev: r,
+                tag: tag.to_string(),
+            },
+        );
+        // Frames pass the relay TAP's shaper before the delay line (the interface's own is
+        // bypassed by the relay's sends).
+        shape(p, &ns, &tap);
+        p.push(
+            vn,
+            Op::RedirectEgress {
+                ns,
+                from: dev,
+                to: tap,
+            },
+        );
+    }
     match seg.shape() {
         SegmentShape::NodeNode(a, b) => {
             let a = if_spec(naming, s, seg, a);

@@ -185,6 +185,51 @@ pub struct Segment {
     pub bandwidth_mbps: u64,
     pub a: Endpoint,
     pub b: Endpoint,
+    /// What each node interface of the segment does to the frames it sends.
+    pub impair: Impair,
+}
+
+/// One-way impairment of a node interface's sent frames (all zero: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Impair {
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    pub loss_ppm: u32,
+}
+
+impl Impair {
+    /// Largest delay or jitter accepted, microseconds (10 s).
+    pub const MAX_US: u64 = 10_000_000;
+
+    pub fn is_none(&self) -> bool {
+        self.delay_us == 0 && self.jitter_us == 0 && self.loss_ppm == 0
+    }
+
+    fn from_proto(l: &pb::LinkSegment) -> Result<Self, SpecError> {
+        let link = &l.link_id;
+        for (v, field) in [(l.delay_us, "delay_us"), (l.jitter_us, "jitter_us")] {
+            if v > Self::MAX_US {
+                return err(format!("link {link}: {field} {v} exceeds {}", Self::MAX_US));
+            }
+        }
+        if l.jitter_us > l.delay_us {
+            return err(format!(
+                "link {link}: jitter_us {} exceeds delay_us {}",
+                l.jitter_us, l.delay_us
+            ));
+        }
+        if l.loss_ppm >= 1_000_000 {
+            return err(format!(
+                "link {link}: loss_ppm {} is not below 1000000",
+                l.loss_ppm
+            ));
+        }
+        Ok(Impair {
+            delay_us: l.delay_us,
+            jitter_us: l.jitter_us,
+            loss_ppm: l.loss_ppm,
+        })
+    }
 }
 
 /// An end of a segment.
@@ -566,12 +611,14 @@ impl Segment {
                 x.ifname, x.node
             ));
         }
+        let impair = Impair::from_proto(l)?;
         Ok(Segment {
             link_id,
             mtu: l.mtu,
             bandwidth_mbps: l.bandwidth_mbps,
             a,
             b,
+            impair,
         })
     }
 }
@@ -727,6 +774,7 @@ pub(crate) mod tests {
             a: Some(a),
             b: Some(b),
             context_node_id: String::new(),
+            ..Default::default()
         }
     }
 

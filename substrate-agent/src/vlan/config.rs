@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct DatapathConfig {
     /// Wires by id (`<vn>:<link>[:<side>]`).
     pub wires: BTreeMap<String, Wire>,
+    /// Impairment relays by id (`<vn>:<link>:<node>`), served by the same process
+    /// ([`crate::impair`]).
+    #[serde(default)]
+    pub relays: BTreeMap<String, crate::impair::RelayConfig>,
 }
 
 /// Two ends joined.
@@ -41,6 +45,11 @@ pub enum WireEnd {
 }
 
 impl DatapathConfig {
+    /// Nothing to serve: the process is not needed.
+    pub fn is_empty(&self) -> bool {
+        self.wires.is_empty() && self.relays.is_empty()
+    }
+
     /// Checks that no (namespace, device, VLAN ID) and no TAP is used by two wires.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen: BTreeMap<&WireEnd, &str> = BTreeMap::new();
@@ -89,6 +98,12 @@ pub trait DatapathControl: Send + Sync {
     fn bpf(&self) -> bool {
         false
     }
+
+    /// True when this datapath runs impairment relays ([`DatapathConfig::relays`]): the
+    /// userspace process does, whichever datapath serves the VLAN wires.
+    fn serves_relays(&self) -> bool {
+        false
+    }
 }
 
 /// The datapath in use and the others, which are kept empty: switching a host between the BPF
@@ -99,15 +114,31 @@ pub struct SelectedDatapath {
 }
 
 impl DatapathControl for SelectedDatapath {
+    /// The active datapath gets the wires; the impairment relays go to the one that runs them
+    /// (the active one, or else the first other that does); every other gets nothing.
     fn configure(&self, cfg: &DatapathConfig, reattach: bool) -> Result<(), DatapathError> {
+        let relays_to_active = self.active.serves_relays();
+        let mut relays_placed = relays_to_active;
         for o in &self.others {
-            o.configure(&DatapathConfig::default(), false)?;
+            let mut mine = DatapathConfig::default();
+            if !relays_placed && o.serves_relays() {
+                mine.relays = cfg.relays.clone();
+                relays_placed = true;
+            }
+            o.configure(&mine, false)?;
         }
-        self.active.configure(cfg, reattach)
+        if relays_to_active {
+            return self.active.configure(cfg, reattach);
+        }
+        let wires = DatapathConfig {
+            wires: cfg.wires.clone(),
+            relays: Default::default(),
+        };
+        self.active.configure(&wires, reattach)
     }
 
     fn healthy(&self) -> bool {
-        self.active.healthy()
+        self.active.healthy() && self.others.iter().all(|o| o.healthy())
     }
 
     fn bpf(&self) -> bool {

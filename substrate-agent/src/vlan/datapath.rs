@@ -403,6 +403,7 @@ struct Runtime {
     home: File,
     underlays: HashMap<UlKey, (Arc<Underlay>, JoinHandle<()>)>,
     taps: HashMap<TapKey, (Arc<Tap>, JoinHandle<()>)>,
+    relays: crate::impair::relay::Relays,
 }
 
 impl Runtime {
@@ -556,6 +557,7 @@ impl Runtime {
     }
 
     fn stop_all(&mut self) {
+        self.relays.stop_all();
         for (_, (t, h)) in self.taps.drain() {
             stop_tap(t, h);
         }
@@ -611,11 +613,16 @@ pub fn run(config: PathBuf, status: PathBuf) -> anyhow::Result<()> {
         home: netns::current()?,
         underlays: HashMap::new(),
         taps: HashMap::new(),
+        relays: Default::default(),
     };
     let pid = std::process::id();
     loop {
         let (nonce, errors) = match read_config(&config) {
-            Ok(c) => (c.nonce, rt.reload(&c.config)),
+            Ok(c) => {
+                let mut errors = rt.reload(&c.config);
+                errors.extend(rt.relays.reload(&c.config.relays, &rt.home));
+                (c.nonce, errors)
+            }
             Err(e) => (0, BTreeMap::from([("config".to_string(), e.to_string())])),
         };
         for (w, e) in &errors {
@@ -625,6 +632,7 @@ pub fn run(config: PathBuf, status: PathBuf) -> anyhow::Result<()> {
             nonce,
             taps = rt.taps.len(),
             underlays = rt.underlays.len(),
+            relays = rt.relays.len(),
             "loaded"
         );
         write_status(

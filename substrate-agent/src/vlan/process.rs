@@ -359,6 +359,10 @@ impl ProcessDatapath {
 }
 
 impl DatapathControl for ProcessDatapath {
+    fn serves_relays(&self) -> bool {
+        true
+    }
+
     fn healthy(&self) -> bool {
         let _g = self.lock.lock().expect("datapath lock");
         !self.config_path().exists() || self.running_pid().is_some()
@@ -368,7 +372,7 @@ impl DatapathControl for ProcessDatapath {
         cfg.validate().map_err(DatapathError::Config)?;
         let _g = self.lock.lock().expect("datapath lock");
         let running = self.running_pid();
-        if cfg.wires.is_empty() {
+        if cfg.is_empty() {
             if let Some(pid) = running {
                 self.stop(pid);
             }

@@ -781,6 +781,7 @@ pub fn seg(id: &str, mtu: u32, mbps: u64, a: pb::Endpoint, b: pb::Endpoint) -> p
         a: Some(a),
         b: Some(b),
         context_node_id: String::new(),
+        ..Default::default()
     }
 }
 

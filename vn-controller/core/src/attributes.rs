@@ -319,6 +319,8 @@ mod tests {
                 interfaces: [None, None],
                 encap: Encap::Vxlan,
                 encap_explicit: false,
+                impair: Default::default(),
+                max_delay_us: None,
             }],
             algorithm: None,
             max_path_hops: None,
@@ -327,6 +329,8 @@ mod tests {
             share_with: Default::default(),
             parent: None,
             recovery: Default::default(),
+            max_nodes_per_host: None,
+            spread: false,
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::model::{Encap, GuestReq, Kind, RouteSpec, VnReq};
+use crate::model::{Encap, GuestReq, Impairment, Kind, RouteSpec, VnReq};
 use crate::record::{Hop, PlacedLink, VnRecord};
 
 /// The part of one VN that one host realizes.
@@ -50,6 +50,9 @@ pub struct Segment {
     pub b: Endpoint,
     /// A child's segment: the parent node whose namespace carries its tunnels.
     pub context_node_id: String,
+    /// What the node interfaces of this segment add to the frames they send: the link's
+    /// impairment minus the delay its path already has.
+    pub impair: Impairment,
 }
 
 /// One end of a segment.
@@ -162,6 +165,7 @@ pub fn slice(rec: &VnRecord, host: &str) -> Option<Slice> {
                 a,
                 b,
                 context_node_id: context.to_string(),
+                impair: l.impair.on_top_of(pl.path_delay_us),
             });
         }
     }

@@ -142,7 +142,9 @@ pub fn model(
         embedding::RequestOptions::default()
             .with_revisitation(req.allow_revisitation)
             .with_path_split(false)
-            .with_max_path_hops(req.max_path_hops),
+            .with_max_path_hops(req.max_path_hops)
+            .with_max_nodes_per_host(req.max_nodes_per_host)
+            .with_spread(req.spread),
     );
     for n in &req.nodes {
         let mut v = embedding::VirtualNode::new(n.name.clone(), n.cpu)
@@ -166,8 +168,10 @@ pub fn model(
         r.add_node(v).map_err(|e| e.to_string())?;
     }
     for l in &req.links {
-        r.add_link(&req.nodes[l.a].name, &req.nodes[l.b].name, l.bandwidth_mbps)
+        let i = r
+            .add_link(&req.nodes[l.a].name, &req.nodes[l.b].name, l.bandwidth_mbps)
             .map_err(|e| e.to_string())?;
+        r.set_max_delay_us(i, l.max_delay_us);
     }
     Ok((s, r, edge_ids))
 }
@@ -186,7 +190,8 @@ impl Planner for EmbeddingPlanner {
             .ok_or_else(|| format!("unknown algorithm {algorithm}"))?;
         let (s, r, edge_ids) = model(view, req)?;
         let residual = Residual::new(Arc::new(s));
-        let emb = algo.embed(&residual, &r).map_err(|e| e.to_string())?;
+        let emb =
+            embedding::embed_spread(algo.as_ref(), &residual, &r).map_err(|e| e.to_string())?;
         // The algorithm's result must fit the snapshot it was given.
         residual
             .check(&r, &emb)

@@ -931,6 +931,8 @@ pub(crate) mod tests {
                 interfaces: [None, None],
                 encap,
                 encap_explicit: false,
+                impair: Default::default(),
+                max_delay_us: None,
             }],
             algorithm: None,
             max_path_hops: None,
@@ -943,6 +945,8 @@ pub(crate) mod tests {
             share_with: Default::default(),
             parent: None,
             recovery: Default::default(),
+            max_nodes_per_host: None,
+            spread: false,
         }
     }
 

@@ -93,6 +93,54 @@ pub struct LinkReq {
     /// defaulted: a child VN's defaulted links take the encapsulation it inherits instead.
     #[serde(default)]
     pub encap_explicit: bool,
+    /// Delay, jitter and loss of each direction.
+    #[serde(default)]
+    pub impair: Impairment,
+    /// Largest one-way latency of the path the link may take, microseconds.
+    #[serde(default)]
+    pub max_delay_us: Option<u64>,
+}
+
+/// Impairments of a virtual link, one-way: every frame either direction sends is delayed by
+/// `delay_us` +- `jitter_us` (uniform) and dropped with probability `loss_ppm` / 10^6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Impairment {
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    pub loss_ppm: u32,
+}
+
+impl Impairment {
+    /// Largest delay or jitter, microseconds (10 s).
+    pub const MAX_DELAY_US: u64 = 10_000_000;
+
+    /// Nothing to impair.
+    pub fn is_none(&self) -> bool {
+        self.delay_us == 0 && self.jitter_us == 0 && self.loss_ppm == 0
+    }
+
+    pub fn loss_percent(&self) -> f64 {
+        f64::from(self.loss_ppm) / 10_000.0
+    }
+
+    /// The impairment with its delay raised to at least `floor_us` (what the link's path through
+    /// its parent VN adds already): the part left for this link's own relay is
+    /// [`Impairment::on_top_of`].
+    pub fn at_least(self, floor_us: u64) -> Self {
+        Self {
+            delay_us: self.delay_us.max(floor_us),
+            ..self
+        }
+    }
+
+    /// What must be added to a path that already delays frames by `path_us` to reach this
+    /// impairment's delay; jitter and loss are kept.
+    pub fn on_top_of(self, path_us: u64) -> Self {
+        Self {
+            delay_us: self.delay_us.saturating_sub(path_us),
+            ..self
+        }
+    }
 }
 
 /// How strongly a VN is kept apart from others; a larger level is stronger (narrower).
@@ -206,6 +254,12 @@ pub struct VnReq {
     /// Failure recovery of this VN.
     #[serde(default)]
     pub recovery: RecoveryPolicy,
+    /// At most this many nodes on one host.
+    #[serde(default)]
+    pub max_nodes_per_host: Option<u32>,
+    /// As few nodes per host as the hosts allow.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 impl VnReq {

@@ -22,8 +22,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::alloc::mac_string;
-use crate::model::Kind;
-use crate::record::VnRecord;
+use crate::model::{Kind, LinkReq};
+use crate::record::{PlacedLink, VnRecord};
 use crate::substrate::{HostInfo, LinkSource, Registry, SubstrateLink, UnderlayIf};
 use crate::usage::Usage;
 
@@ -117,6 +117,11 @@ impl Nests {
     }
 }
 
+/// The one-way delay a virtual link has in force: its own impairment's, at least its path's.
+pub fn effective_delay_us(l: &LinkReq, pl: &PlacedLink) -> u64 {
+    l.impair.delay_us.max(pl.path_delay_us)
+}
+
 /// The parent's virtual topology as a substrate for its children, and where each of its nodes
 /// is. Links without addresses (or touching a vm node) cannot carry children and are left out;
 /// vm nodes and nodes on detached hosts are present (paths of stored children may name them)
@@ -140,7 +145,8 @@ pub fn virtual_substrate(
             a: req.nodes[l.a].name.clone(),
             b: req.nodes[l.b].name.clone(),
             bandwidth_mbps: l.bandwidth_mbps,
-            latency_ms: None,
+            // What a child's frames take to cross this link: its own delay or its path's.
+            latency_ms: Some(effective_delay_us(l, pl) as f64 / 1000.0),
             a_address: Some(addrs[0].addr()),
             b_address: Some(addrs[1].addr()),
             // Each virtual link is an L2 segment of its own (one VLAN ID space).

@@ -91,6 +91,7 @@ pub fn allocate(
             contexts,
             segment_ids,
             carrier,
+            path_delay_us: crate::usage::path_delay_us(target.reg, &mapping.link_paths[i]),
         });
     }
     let placement = Placement {

@@ -137,6 +137,10 @@ pub struct PlacedLink {
     /// between them) because the spec gave none.
     #[serde(default)]
     pub carrier: Option<[ipnet::IpNet; 2]>,
+    /// One-way latency of the path, microseconds: the substrate links' latencies, or for a
+    /// child the delays of the parent's links it crosses.
+    #[serde(default)]
+    pub path_delay_us: u64,
 }
 
 impl PlacedLink {

@@ -678,6 +678,7 @@ fn reallocate(
             contexts,
             segment_ids,
             carrier,
+            path_delay_us: crate::usage::path_delay_us(target.reg, link_path),
         });
     }
     Ok(Placement {
@@ -734,6 +735,8 @@ mod tests {
             interfaces: [None, None],
             encap: Encap::Vxlan,
             encap_explicit: false,
+            impair: Default::default(),
+            max_delay_us: None,
         }
     }
 
@@ -752,6 +755,8 @@ mod tests {
             share_with: Default::default(),
             parent: None,
             recovery: Default::default(),
+            max_nodes_per_host: None,
+            spread: false,
         }
     }
 

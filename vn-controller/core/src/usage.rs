@@ -39,6 +39,16 @@ pub struct Usage {
 }
 
 /// Follows `links` from `from`; returns the hosts visited (first `from`, last the far end).
+/// One-way latency of a path of substrate link ids, microseconds (links without a latency
+/// count 0; unknown ids are skipped, [`walk_path`] refuses them).
+pub fn path_delay_us(reg: &Registry, links: &[String]) -> u64 {
+    links
+        .iter()
+        .filter_map(|id| reg.link(id)?.latency_ms)
+        .map(|ms| (ms * 1000.0).round().max(0.0) as u64)
+        .fold(0u64, u64::saturating_add)
+}
+
 pub fn walk_path(reg: &Registry, from: &str, links: &[String]) -> Result<Vec<String>, String> {
     let mut path = vec![from.to_string()];
     for id in links {
@@ -197,6 +207,14 @@ impl Usage {
                 && links.len() > max as usize
             {
                 return Err(format!("link {i}: {} hops exceed {max}", links.len()));
+            }
+            if let Some(max) = l.max_delay_us {
+                let d = path_delay_us(reg, links);
+                if d > max {
+                    return Err(format!(
+                        "link {i}: the path's delay {d} us exceeds max_delay_us {max}"
+                    ));
+                }
             }
             for id in links {
                 let sl = reg.link(id).expect("walked");

@@ -128,6 +128,10 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             interfaces: p.ifnames.to_vec(),
             macs: p.macs.iter().map(|m| mac_string(*m)).collect(),
             children_bandwidth_mbps: 0,
+            delay_us: crate::core::nest::effective_delay_us(l, p),
+            jitter_us: l.impair.jitter_us,
+            loss_percent: l.impair.loss_percent(),
+            path_delay_us: p.path_delay_us,
         })
         .collect();
     pb::VirtualNetwork {
@@ -298,6 +302,30 @@ pub fn embedded(rec: &VnRecord) -> pb::EmbeddedVn {
                 )
             })
             .collect(),
+        links: req
+            .links
+            .iter()
+            .zip(&rec.placement.links)
+            .map(|(l, p)| pb::EmbeddedLink {
+                a: req.nodes[l.a].name.clone(),
+                b: req.nodes[l.b].name.clone(),
+                bandwidth_mbps: l.bandwidth_mbps,
+                path: p.path.clone(),
+                hops: p
+                    .hops
+                    .iter()
+                    .map(|h| match (h.vni, h.vlan_id) {
+                        (Some(v), _) => format!("vni {v}"),
+                        (None, Some(v)) => format!("vlan {v}"),
+                        (None, None) => String::new(),
+                    })
+                    .collect(),
+                delay_us: crate::core::nest::effective_delay_us(l, p),
+                jitter_us: l.impair.jitter_us,
+                loss_percent: l.impair.loss_percent(),
+            })
+            .collect(),
+        depth: rec.depth(),
     }
 }
 

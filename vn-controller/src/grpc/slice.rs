@@ -78,6 +78,9 @@ fn segment(s: &Segment) -> pb::LinkSegment {
         a: Some(endpoint(&s.a)),
         b: Some(endpoint(&s.b)),
         context_node_id: s.context_node_id.clone(),
+        delay_us: s.impair.delay_us,
+        jitter_us: s.impair.jitter_us,
+        loss_ppm: s.impair.loss_ppm,
     }
 }
 

@@ -85,15 +85,20 @@ impl Substrate for SubstrateService {
                 .iter()
                 .map(|l| convert::link(ix, l))
                 .collect(),
-            vns: caller
-                .map(|p| {
-                    ix.list(&p)
-                        .into_iter()
-                        .filter(|r| r.status.holds_resources())
-                        .map(convert::embedded)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            // An admin (without --as) sees every provider's VNs.
+            vns: match caller {
+                Some(p) => ix
+                    .list(&p)
+                    .into_iter()
+                    .filter(|r| r.status.holds_resources())
+                    .map(convert::embedded)
+                    .collect(),
+                None => ix
+                    .records()
+                    .filter(|r| r.status.holds_resources())
+                    .map(convert::embedded)
+                    .collect(),
+            },
         });
         Ok(Response::new(topo))
     }

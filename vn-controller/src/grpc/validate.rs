@@ -17,8 +17,8 @@ use vnet_proto::v1 as pb;
 
 use crate::core::attributes::encap_name;
 use crate::core::model::{
-    Attributes, Encap, GuestReq, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES, NodeReq,
-    ParentRef, ProviderId, RecoveryPolicy, VnReq,
+    Attributes, Encap, GuestReq, Impairment, Isolation, Kind, LinkReq, MAX_LINKS, MAX_NODES,
+    NodeReq, ParentRef, ProviderId, RecoveryPolicy, VnReq,
 };
 use crate::core::nest::carrier_range;
 use crate::core::substrate::{GuestImage, HostInfo, UnderlayIf};
@@ -453,6 +453,7 @@ impl<'s> LinkChecker<'s> {
                 encap_name(want)
             )));
         }
+        let (impair, max_delay_us) = impairment(l, &what)?;
         Ok(LinkReq {
             a,
             b,
@@ -461,6 +462,8 @@ impl<'s> LinkChecker<'s> {
             interfaces,
             encap: link_encap,
             encap_explicit: self.wide.encap_explicit || chosen(l.encapsulation),
+            impair,
+            max_delay_us,
         })
     }
 
@@ -537,6 +540,39 @@ impl<'s> LinkChecker<'s> {
             ))),
         }
     }
+}
+
+/// A link's delay, jitter, loss and path delay bound, each checked by name.
+fn impairment(l: &pb::LinkSpec, what: &str) -> Result<(Impairment, Option<u64>), SpecError> {
+    let max = Impairment::MAX_DELAY_US;
+    let micros = |v: i64, field: &str| -> Result<u64, SpecError> {
+        if !(0..=max as i64).contains(&v) {
+            return Err(invalid(format!(
+                "{what}: {field} {v} is outside 0..={max} microseconds"
+            )));
+        }
+        Ok(v as u64)
+    };
+    let delay_us = micros(l.delay_us, "delay_us")?;
+    let jitter_us = micros(l.jitter_us, "jitter_us")?;
+    if jitter_us > delay_us {
+        return Err(invalid(format!(
+            "{what}: jitter_us {jitter_us} exceeds delay_us {delay_us} (a frame's delay is delay +- jitter)"
+        )));
+    }
+    let loss = l.loss_percent;
+    if !loss.is_finite() || !(0.0..100.0).contains(&loss) {
+        return Err(invalid(format!(
+            "{what}: loss_percent {loss} is outside [0, 100)"
+        )));
+    }
+    let max_delay_us = micros(l.max_delay_us, "max_delay_us")?;
+    let impair = Impairment {
+        delay_us,
+        jitter_us,
+        loss_ppm: (loss * 10_000.0).round() as u32,
+    };
+    Ok((impair, (max_delay_us > 0).then_some(max_delay_us)))
 }
 
 /// The links of a spec.
@@ -651,7 +687,14 @@ pub fn vn_spec(
         share_with,
         parent,
         recovery: recovery(&spec)?,
+        max_nodes_per_host: (spec.max_nodes_per_host > 0).then_some(spec.max_nodes_per_host),
+        spread: spec.spread,
     };
+    if req.spread && req.max_nodes_per_host.is_some() {
+        return Err(invalid(
+            "spec.spread and spec.max_nodes_per_host are both set: give one (spread finds the smallest bound itself)",
+        ));
+    }
     Ok((req, spec))
 }
 
@@ -861,6 +904,29 @@ mod tests {
     }
 
     #[test]
+    fn impairments_become_domain_values() {
+        let mut s = spec();
+        s.links[0].delay_us = 20_000;
+        s.links[0].jitter_us = 5_000;
+        s.links[0].loss_percent = 5.0;
+        s.links[0].max_delay_us = 30_000;
+        s.max_nodes_per_host = 3;
+        let (req, _) = vn_spec(Some(s), &caller(), &["grc"]).unwrap();
+        assert_eq!(
+            req.links[0].impair,
+            Impairment {
+                delay_us: 20_000,
+                jitter_us: 5_000,
+                loss_ppm: 50_000
+            }
+        );
+        assert_eq!(req.links[0].max_delay_us, Some(30_000));
+        assert!(req.links[1].impair.is_none());
+        assert_eq!(req.links[1].max_delay_us, None);
+        assert_eq!(req.max_nodes_per_host, Some(3));
+    }
+
+    #[test]
     fn each_bad_input_names_the_item() {
         type Mutate = Box<dyn Fn(&mut pb::VnSpec)>;
         let cases: Vec<(Mutate, &str)> = vec![
@@ -879,6 +945,44 @@ mod tests {
             (
                 Box::new(|s| s.links[0].bandwidth_mbps = -5),
                 "bandwidth_mbps must be > 0, got -5",
+            ),
+            (
+                Box::new(|s| s.links[0].delay_us = -1),
+                "spec.links[0] (a-b): delay_us -1 is outside 0..=10000000 microseconds",
+            ),
+            (
+                Box::new(|s| s.links[1].delay_us = 10_000_001),
+                "spec.links[1] (b-c): delay_us 10000001 is outside",
+            ),
+            (
+                Box::new(|s| {
+                    s.links[0].delay_us = 5_000;
+                    s.links[0].jitter_us = 6_000;
+                }),
+                "spec.links[0] (a-b): jitter_us 6000 exceeds delay_us 5000",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = 100.0),
+                "spec.links[0] (a-b): loss_percent 100 is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = -0.5),
+                "loss_percent -0.5 is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].loss_percent = f64::NAN),
+                "loss_percent NaN is outside [0, 100)",
+            ),
+            (
+                Box::new(|s| s.links[0].max_delay_us = -3),
+                "spec.links[0] (a-b): max_delay_us -3 is outside",
+            ),
+            (
+                Box::new(|s| {
+                    s.spread = true;
+                    s.max_nodes_per_host = 2;
+                }),
+                "spec.spread and spec.max_nodes_per_host are both set",
             ),
             (
                 Box::new(|s| {

@@ -961,3 +961,92 @@ fn stray_entries_under_the_prefix_are_skipped_and_reported() {
     assert!(h.k.namespaces().contains(&"vn-h1-junk".to_string()));
     assert!(h.k.namespaces().contains(&"vn-h1-b1".to_string()));
 }
+
+#[test]
+fn impaired_interfaces_get_a_shaped_relay_tap_an_egress_redirect_and_a_relay() {
+    let h = Host::new();
+    let mut s = two_node_vn("va", "a1", "a2");
+    s.links[0].bandwidth_mbps = 20;
+    s.links[0].delay_us = 20_000;
+    s.links[0].jitter_us = 1_000;
+    s.links[1].loss_ppm = 50_000;
+    let d = desired(vec![s.clone()]);
+    let p = h.plan(&d);
+    assert!(p.failed.is_empty(), "{:?}", p.failed);
+    // veth: both ends; VXLAN: the node end.
+    let taps: Vec<String> = p
+        .ops
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Op::CreateTap { dev, .. } => Some(format!("{}/{}", dev.ns, dev.ifname)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        taps,
+        ["vn-h1-a1/irval1", "vn-h1-a2/irval1", "vn-h1-a1/irval2"]
+    );
+    assert!(p.ops.iter().any(|(_, o)| matches!(o,
+        Op::Shape { ns, ifname, mbps: 20 } if ns == "vn-h1-a2" && ifname == "irval1")));
+    assert!(p.ops.iter().any(|(_, o)| matches!(o,
+        Op::RedirectEgress { ns, from, to } if ns == "vn-h1-a1" && from == "eth1" && to == "irval2")));
+    let relays: Vec<(&str, u64, u64, u32)> = p
+        .relays
+        .iter()
+        .map(|r| {
+            (
+                r.cfg.dev.as_str(),
+                r.cfg.delay_us,
+                r.cfg.jitter_us,
+                r.cfg.loss_ppm,
+            )
+        })
+        .collect();
+    assert_eq!(
+        relays,
+        [
+            ("eth0", 20_000, 1_000, 0),
+            ("eth0", 20_000, 1_000, 0),
+            ("eth1", 0, 0, 50_000)
+        ]
+    );
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(h.last_datapath().relays.len(), 3);
+    assert!(h.plan(&d).is_noop(), "{:?}", h.plan(&d).ops);
+    // A relay TAP deleted behind our back rebuilds its segment.
+    h.k.delete_link(Some("vn-h1-a2"), "irval1").unwrap();
+    let p = h.plan(&d);
+    assert!(
+        p.ops
+            .iter()
+            .any(|(_, o)| matches!(o, Op::CreateVeth { .. }))
+    );
+    h.converge(&d);
+    assert!(h.plan(&d).is_noop());
+    // Impairment removed: the relay TAPs go, the datapath serves no relay.
+    let d2 = desired(vec![two_node_vn("va", "a1", "a2")]);
+    h.converge(&d2);
+    assert!(h.last_datapath().relays.is_empty());
+    assert!(
+        h.k.links("vn-h1-a1")
+            .iter()
+            .all(|l| !l.name.starts_with("ir"))
+    );
+}
+
+#[test]
+fn bad_impairments_fail_the_slice_naming_the_field() {
+    let mut s = two_node_vn("va", "a1", "a2");
+    s.links[0].delay_us = 1_000;
+    s.links[0].jitter_us = 2_000;
+    let d = Desired::from_proto(&pb::DesiredState {
+        generation: 1,
+        vns: vec![s],
+    });
+    let why = &d.invalid.first().expect("refused").1;
+    assert!(
+        why.contains("jitter_us 2000 exceeds delay_us 1000"),
+        "{why}"
+    );
+}
