@@ -179,6 +179,7 @@ fn config(
         image: "default".into(),
         nic,
         accel: Accel::Auto,
+        arch: Default::default(),
         nics: vec![GuestNic {
             ifname: ifname.into(),
             mac: Mac::derived(node_id),
@@ -616,6 +617,7 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         image: "default".into(),
         nic: NicModel::Virtio,
         accel: Accel::Auto,
+        arch: Default::default(),
         nics: vec![GuestNic {
             ifname: "eth0".into(),
             mac: Mac::derived(&id),

@@ -30,6 +30,8 @@ pub struct Probe {
     pub kvm_reason: String,
     /// "kernel" or "userspace".
     pub vlan_datapath: String,
+    /// Guest architectures a QEMU system emulator runs here for.
+    pub guest_archs: Vec<String>,
     /// Per feature, why it failed.
     pub errors: Vec<String>,
 }
@@ -48,6 +50,7 @@ impl Probe {
             kvm_usable: self.kvm_usable,
             kvm_reason: self.kvm_reason.clone(),
             vlan_datapath: self.vlan_datapath.clone(),
+            guest_archs: self.guest_archs.clone(),
         }
     }
 }
@@ -189,6 +192,7 @@ pub fn probe_with_guests(g: &crate::guest::HostGuestSupport) -> Probe {
         kvm_usable: g.kvm.usable,
         kvm_reason: g.kvm.reason.clone(),
         vlan_datapath: if kernel_vlan { "kernel" } else { "userspace" }.into(),
+        guest_archs: g.archs.iter().map(|a| a.to_string()).collect(),
         errors,
     }
 }
