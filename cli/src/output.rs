@@ -164,6 +164,20 @@ pub struct NodeView {
     pub children_cpu: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub children_memory_mb: Option<u64>,
+    /// vm nodes: how the guest runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestView>,
+}
+
+/// How a guest runs (the controller's `GuestPlacement`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestView {
+    pub accel: String,
+    pub arch: String,
+    pub machine: String,
+    pub nic: String,
+    pub image: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,6 +261,13 @@ impl VnView {
                         memory_mb: spec.map(|s| s.memory_mb).unwrap_or(0),
                         children_cpu: nestable.then_some(p.children_cpu),
                         children_memory_mb: nestable.then_some(p.children_memory_mb),
+                        guest: p.guest.as_ref().map(|g| GuestView {
+                            accel: g.accel.clone(),
+                            arch: g.arch.clone(),
+                            machine: g.machine.clone(),
+                            nic: g.nic.clone(),
+                            image: g.image.clone(),
+                        }),
                     }
                 })
                 .collect(),
@@ -441,6 +462,7 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     let mut out = describe_header(vn, &v);
     describe_hosts(&v, &mut out);
     describe_nodes(&v, &mut out);
+    describe_guests(&v, &mut out);
     describe_links(&v, &mut out);
     describe_children_use(&v, &mut out);
     out
@@ -570,6 +592,38 @@ fn describe_nodes(v: &VnView, out: &mut String) {
             &rows,
         )));
     }
+}
+
+/// `Guests:`: per vm node, the accelerator, architecture, machine type, NIC model and image.
+fn describe_guests(v: &VnView, out: &mut String) {
+    let rows: Vec<Vec<String>> = v
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let g = n.guest.as_ref()?;
+            let nic = match g.nic.as_str() {
+                "virtio" => "virtio (paravirtualized)".to_string(),
+                "e1000" => "e1000 (emulated)".to_string(),
+                other => other.to_string(),
+            };
+            Some(vec![
+                n.node.clone(),
+                dash(&g.accel),
+                dash(&g.arch),
+                dash(&g.machine),
+                nic,
+                dash(&g.image),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("Guests:\n");
+    out.push_str(&indent(&table(
+        &["NODE", "ACCEL", "ARCH", "MACHINE", "NIC", "IMAGE"],
+        &rows,
+    )));
 }
 
 /// `Links:`: each virtual link's path, hops, MTU, interfaces and addresses.
@@ -722,6 +776,9 @@ pub struct CapabilitiesView {
     pub kvm_usable: bool,
     pub kvm_reason: String,
     pub vlan_datapath: String,
+    /// Guest architectures the host runs.
+    pub guest_archs: Vec<String>,
+    pub host_arch: String,
 }
 
 fn resources(r: Option<&pb::Resources>) -> ResourcesView {
@@ -764,6 +821,8 @@ impl HostView {
                 kvm_usable: c.kvm_usable,
                 kvm_reason: c.kvm_reason.clone(),
                 vlan_datapath: c.vlan_datapath.clone(),
+                guest_archs: c.guest_archs.clone(),
+                host_arch: c.host_arch.clone(),
             }),
             desired_generation: h.desired_generation,
             observed_generation: h.observed_generation,
@@ -794,6 +853,10 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
                     .as_ref()
                     .map(|c| if c.kvm_usable { "yes" } else { "no" }.to_owned())
                     .unwrap_or_else(|| "-".into()),
+                v.capabilities
+                    .as_ref()
+                    .map(|c| dash(&c.guest_archs.join(",")))
+                    .unwrap_or_else(|| "-".into()),
                 dash(&v.labels.join(",")),
             ]
         })
@@ -809,6 +872,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
             "GEN(OBS/DES)",
             "VLAN",
             "KVM",
+            "GUEST-ARCHS",
             "LABELS",
         ],
         &rows,

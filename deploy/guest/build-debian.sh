@@ -65,18 +65,12 @@ trap 'rm -rf "$work"' EXIT
 "$here/build-image.sh" --out "$work/boot" --kernel-package "$kpkg" --modules "virtio_blk isofs" \
   --force || die "building the initramfs failed"
 
-# Leave out what a guest never uses: documentation, locales, and the kernel's drivers for
-# graphics, wireless, media, sound and other hardware QEMU does not emulate here.
-excludes=(/usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/*
-  /usr/share/lintian/* /lib/modules/*/kernel/drivers/gpu/* /lib/modules/*/kernel/drivers/media/*
-  /lib/modules/*/kernel/drivers/net/wireless/* /lib/modules/*/kernel/drivers/infiniband/*
-  /lib/modules/*/kernel/drivers/staging/* /lib/modules/*/kernel/sound/*
-  /lib/modules/*/kernel/drivers/bluetooth/* /lib/modules/*/kernel/drivers/iio/*
-  /lib/modules/*/kernel/drivers/usb/* /lib/modules/*/kernel/drivers/scsi/*
-  /lib/modules/*/kernel/drivers/hid/* /lib/modules/*/kernel/drivers/input/*)
-dpkgopts=()
-for e in "${excludes[@]}"; do dpkgopts+=(--dpkgopt="path-exclude=$e"); done
-dpkgopts+=(--dpkgopt="path-include=/usr/share/doc/*/copyright")
+# Left out after installation (dpkg's path-exclude breaks on excluded directories with files
+# inside): documentation, locales, and the kernel's drivers for graphics, wireless, media, sound
+# and other hardware QEMU does not emulate here.
+prune="usr/share/man usr/share/info usr/share/locale usr/share/lintian
+  drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound
+  drivers/bluetooth drivers/iio drivers/usb drivers/scsi drivers/hid drivers/input drivers/isdn"
 
 # Few units, a short boot under TCG: no timers, no VT getty, no initramfs in /boot (the agent
 # boots the image's kernel with vnet's initramfs).
@@ -97,10 +91,18 @@ echo "LABEL=vnet-root / ext4 rw,noatime 0 1" > "\$root/etc/fstab"
 passwd --root "\$root" -d root
 rm -f "\$root"/boot/initrd.img* "\$root"/var/cache/apt/*.bin
 rm -rf "\$root"/var/lib/apt/lists/*
+for p in $prune; do
+  case \$p in
+    usr/*) rm -rf "\$root/\$p"/* ;;
+    *) rm -rf "\$root"/lib/modules/*/kernel/"\$p" ;;
+  esac
+done
+find "\$root/usr/share/doc" -type f ! -name copyright -delete
+for k in "\$root"/lib/modules/*; do depmod -b "\$root" "\${k##*/}"; done
 EOF
 )
 echo "build-debian: mmdebstrap $suite into $work/root (sources: ${sources[*]})"
-mmdebstrap --variant=minbase --include="$packages" "${dpkgopts[@]}" \
+mmdebstrap --quiet --variant=minbase --include="$packages" \
   --customize-hook="$customize" "$suite" "$work/root" "${sources[@]}" \
   || die "mmdebstrap failed"
 

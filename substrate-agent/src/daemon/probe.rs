@@ -51,6 +51,7 @@ impl Probe {
             kvm_reason: self.kvm_reason.clone(),
             vlan_datapath: self.vlan_datapath.clone(),
             guest_archs: self.guest_archs.clone(),
+            host_arch: std::env::consts::ARCH.into(),
         }
     }
 }

@@ -849,6 +849,7 @@ mod tests {
             boot_id: String::new(),
             last_seen_unix_ms: 0,
             images: Vec::new(),
+            guest_archs: BTreeSet::new(),
         }
     }
 

@@ -55,12 +55,22 @@ pub struct HostInfo {
     /// The guest images it holds (a `vm` node goes only to a host that holds its image).
     #[serde(default)]
     pub images: Vec<GuestImage>,
+    /// Guest CPU architectures it runs (a `vm` node goes only to a host that runs its arch).
+    #[serde(default)]
+    pub guest_archs: BTreeSet<String>,
 }
 
 impl HostInfo {
     /// Whether the host holds image `name`.
     pub fn has_image(&self, name: &str) -> bool {
         self.images.iter().any(|i| i.name == name)
+    }
+
+    /// Whether the host can run a guest of image `name` and architecture `arch`: it holds the
+    /// image, of that architecture, and runs that architecture.
+    pub fn runs_image(&self, name: &str, arch: &str) -> bool {
+        self.guest_archs.contains(arch)
+            && self.images.iter().any(|i| i.name == name && i.arch == arch)
     }
 }
 
@@ -199,6 +209,24 @@ impl Registry {
         offers
     }
 
+    /// The architectures hosts run, as people read them: `aarch64 on h2; x86_64 on h1, h2`.
+    pub fn arch_offer_summary(&self) -> String {
+        let mut archs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for h in self.hosts.values() {
+            for a in &h.guest_archs {
+                archs.entry(a).or_default().push(&h.id);
+            }
+        }
+        if archs.is_empty() {
+            return "no host runs guests".into();
+        }
+        archs
+            .iter()
+            .map(|(a, hosts)| format!("{a} on {}", hosts.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The offer as people read it: `default (kernel, x86_64) on h1, h2; ...`.
     pub fn image_offer_summary(&self) -> String {
         let offers = self.image_offers();
@@ -280,6 +308,7 @@ mod tests {
             boot_id: String::new(),
             last_seen_unix_ms: 0,
             images: Vec::new(),
+            guest_archs: BTreeSet::new(),
         }
     }
 
