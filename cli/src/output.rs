@@ -1032,6 +1032,7 @@ pub(crate) mod tests {
                     node_id: "n1".into(),
                     children_cpu: 0,
                     children_memory_mb: 0,
+                    guest: None,
                 },
                 pb::NodePlacement {
                     node: "b".into(),
@@ -1040,6 +1041,13 @@ pub(crate) mod tests {
                     node_id: "n2".into(),
                     children_cpu: 0,
                     children_memory_mb: 0,
+                    guest: Some(pb::GuestPlacement {
+                        accel: "tcg".into(),
+                        arch: "aarch64".into(),
+                        machine: "virt".into(),
+                        nic: "virtio".into(),
+                        image: "default-aarch64 (kernel)".into(),
+                    }),
                 },
             ],
             links: vec![pb::LinkPlacement {
@@ -1209,6 +1217,38 @@ pub(crate) mod tests {
             .unwrap();
         let cols: Vec<&str> = node_b.split_whitespace().collect();
         assert_eq!(cols, ["b", "h3", "n2", "netns", "20", "128Mi"]);
+    }
+
+    #[test]
+    fn describe_shows_how_each_guest_runs() {
+        let d = describe_vn(&sample_vn());
+        let rows: Vec<Vec<&str>> = d
+            .split("Guests:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{d}"))
+            .lines()
+            .take(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["NODE", "ACCEL", "ARCH", "MACHINE", "NIC", "IMAGE"],
+                vec![
+                    "b",
+                    "tcg",
+                    "aarch64",
+                    "virt",
+                    "virtio",
+                    "(paravirtualized)",
+                    "default-aarch64",
+                    "(kernel)"
+                ],
+            ]
+        );
+        let json = serde_json::to_value(VnView::from_proto(&sample_vn())).unwrap();
+        assert_eq!(json["nodes"][1]["guest"]["machine"], "virt", "{json}");
+        assert!(json["nodes"][0].get("guest").is_none(), "{json}");
     }
 
     #[test]

@@ -59,7 +59,8 @@ fi
 start=$(date +%s.%N)
 mkdir -p "$out" || die "cannot create $out"
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/vnet-debian.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# --one-file-system: never into what a killed mmdebstrap may have left mounted in the tree.
+trap 'rm -rf --one-file-system "$work"' EXIT
 
 # The kernel and the initramfs that mounts the disk, from the same kernel package as the image's.
 "$here/build-image.sh" --out "$work/boot" --kernel-package "$kpkg" --modules "virtio_blk isofs" \
@@ -68,9 +69,9 @@ trap 'rm -rf "$work"' EXIT
 # Left out after installation (dpkg's path-exclude breaks on excluded directories with files
 # inside): documentation, locales, and the kernel's drivers for graphics, wireless, media, sound
 # and other hardware QEMU does not emulate here.
-prune="usr/share/man usr/share/info usr/share/locale usr/share/lintian
+prune=(usr/share/man usr/share/info usr/share/locale usr/share/lintian
   drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound
-  drivers/bluetooth drivers/iio drivers/usb drivers/scsi drivers/hid drivers/input drivers/isdn"
+  drivers/bluetooth drivers/iio drivers/usb drivers/scsi drivers/hid drivers/input drivers/isdn)
 
 # Few units, a short boot under TCG: no timers, no VT getty, no initramfs in /boot (the agent
 # boots the image's kernel with vnet's initramfs).
@@ -91,7 +92,7 @@ echo "LABEL=vnet-root / ext4 rw,noatime 0 1" > "\$root/etc/fstab"
 passwd --root "\$root" -d root
 rm -f "\$root"/boot/initrd.img* "\$root"/var/cache/apt/*.bin
 rm -rf "\$root"/var/lib/apt/lists/*
-for p in $prune; do
+for p in ${prune[*]}; do
   case \$p in
     usr/*) rm -rf "\$root/\$p"/* ;;
     *) rm -rf "\$root"/lib/modules/*/kernel/"\$p" ;;

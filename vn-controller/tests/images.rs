@@ -172,13 +172,7 @@ async fn images_are_listed_refused_and_placed() {
     // How the guest runs, as `describe` shows it: TCG (h4's probe found no KVM), aarch64 on
     // `virt`, virtio NICs.
     let got = c
-        .get(req(
-            "red",
-            pb::GetVnRequest {
-                name: "arm".into(),
-                ..Default::default()
-            },
-        ))
+        .get(req("red", pb::GetVnRequest { name: "arm".into() }))
         .await
         .unwrap()
         .into_inner();
