@@ -116,7 +116,8 @@ rm -rf "$work/root"
 qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2" || die "qemu-img convert failed"
 rm -f "$work/disk.raw"
 
-kernel_file=$(cd "$work/boot" && ls vmlinux vmlinuz 2>/dev/null | head -1)
+kernel_file=vmlinux
+[[ -f $work/boot/$kernel_file ]] || kernel_file=vmlinuz
 digest=$(cat "$work/disk.qcow2" "$work/boot/$kernel_file" "$work/boot/initrd.img" | sha256sum | cut -d' ' -f1)
 cp "$work/boot/$kernel_file" "$work/boot/initrd.img" "$work/"
 cat > "$work/image.json" <<EOF
