@@ -11,6 +11,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
+use vnet_proto::v1 as pb;
 use vnet_proto::v1::admin_client::AdminClient;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
@@ -193,6 +194,14 @@ impl Controller {
     /// The operators' service.
     pub fn substrate(&self) -> SubstrateApi {
         SubstrateClient::with_interceptor(self.channel.clone(), self.header())
+    }
+
+    /// Every registered host, as `Substrate.ListHosts` returns them.
+    pub async fn hosts(&self) -> Result<Vec<pb::Host>, Status> {
+        self.substrate()
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .map(|r| r.into_inner().hosts)
     }
 }
 

@@ -13,7 +13,7 @@
 //! The file holds a secret: it is written with mode 0600.
 
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -94,18 +94,17 @@ impl Config {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(serde_yaml_ng::to_string(self)?.as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        let body = serde_yaml_ng::to_string(self)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let f = tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir.unwrap_or(Path::new(".")))
+            .and_then(|mut f| f.write_all(body.as_bytes()).map(|()| f))
+            .and_then(|f| f.as_file().sync_all().map(|()| f))
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.persist(path)
+            .map(drop)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Adds or replaces the context of that name and makes it the current one.

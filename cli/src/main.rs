@@ -7,7 +7,9 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod experiment;
 mod output;
+mod probe;
 mod spec;
 mod testbed;
 #[cfg(test)]

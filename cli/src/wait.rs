@@ -257,13 +257,7 @@ pub async fn until_deleted(
 async fn host_generations(
     ctl: &Controller,
 ) -> anyhow::Result<std::collections::BTreeMap<String, (u64, (u64, bool))>> {
-    let hosts = ctl
-        .substrate()
-        .list_hosts(pb::ListHostsRequest {})
-        .await
-        .map_err(|s| rpc_error("list hosts", s))?
-        .into_inner()
-        .hosts;
+    let hosts = ctl.hosts().await.map_err(|s| rpc_error("list hosts", s))?;
     Ok(hosts
         .into_iter()
         .map(|h| {

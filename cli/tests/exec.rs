@@ -248,22 +248,16 @@ fn exec_is_confined_to_its_node() {
     bed.assert_gone(&before);
 }
 
+/// `vnctl exec red-x NODE --timeout TIMEOUT --` as red, for the caller to add the command and spawn.
+fn red_x_exec(bed: &Bed, node: &str, timeout: &str) -> Command {
+    let mut c = bed.vnctl_command("red");
+    c.args(["exec", "red-x", node, "--timeout", timeout, "--"]);
+    c
+}
+
 /// iperf3 from a to b, both through vnctl exec.
 fn iperf(bed: &Bed) {
-    let server = Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args([
-            "--provider",
-            "red",
-            "exec",
-            "red-x",
-            "b",
-            "--timeout",
-            "60s",
-            "--",
-        ])
+    let server = red_x_exec(bed, "b", "60s")
         .args(["iperf3", "-s", "-1", "-p", "5301"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,11 +337,8 @@ fn big_output(bed: &Bed) {
     let watches: Vec<_> = ["red", "blue"]
         .into_iter()
         .map(|p| {
-            Command::new(VNCTL)
-                .env_remove("VNET_PROVIDER")
-                .env("VNET_CONTROLLER", &bed.ctl)
-                .env("VNET_CONFIG", bed.config())
-                .args(["--provider", p, "watch"])
+            bed.vnctl_command(p)
+                .arg("watch")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -366,20 +357,7 @@ fn big_output(bed: &Bed) {
         })
     };
     let started = Instant::now();
-    let mut child = Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args([
-            "--provider",
-            "red",
-            "exec",
-            "red-x",
-            "a",
-            "--timeout",
-            "600s",
-            "--",
-        ])
+    let mut child = red_x_exec(bed, "a", "600s")
         .args(["head", "-c", "1G", "/dev/zero"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -508,20 +486,7 @@ fn ended_early(bed: &Bed) {
         Duration::from_secs(5),
         || !running("sleep 303") && !running("sleep 304"),
     );
-    let mut vnctl = Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args([
-            "--provider",
-            "red",
-            "exec",
-            "red-x",
-            "a",
-            "--timeout",
-            "600s",
-            "--",
-        ])
+    let mut vnctl = red_x_exec(bed, "a", "600s")
         .args(["sleep", "305"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -45,3 +45,20 @@ pub fn guest_machine(arch: &str, nic: v1::NicModel) -> &'static str {
         _ => "microvm",
     }
 }
+
+/// Reads the PEM file that the command-line option `--{option}` names, for the daemons' and
+/// vnctl's TLS set-up. The error names the option and the path.
+pub fn read_pem_option(path: Option<&std::path::Path>, option: &str) -> std::io::Result<Vec<u8>> {
+    let path = path.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("--{option} is required"),
+        )
+    })?;
+    std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("reading --{option} {}: {e}", path.display()),
+        )
+    })
+}

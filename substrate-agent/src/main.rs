@@ -102,15 +102,9 @@ fn client_tls(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsCon
         tracing::warn!("--insecure: plain text, the controller is not verified");
         return Ok(None);
     }
-    let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
-        let p = p
-            .as_ref()
-            .with_context(|| format!("--{what} is required"))?;
-        std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
-    };
-    let ca = read(&cli.ca, "ca")?;
-    let cert = read(&cli.cert, "cert")?;
-    let key = read(&cli.key, "key")?;
+    let ca = vnet_proto::read_pem_option(cli.ca.as_deref(), "ca")?;
+    let cert = vnet_proto::read_pem_option(cli.cert.as_deref(), "cert")?;
+    let key = vnet_proto::read_pem_option(cli.key.as_deref(), "key")?;
     Ok(Some(
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))

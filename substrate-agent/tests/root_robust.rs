@@ -164,17 +164,7 @@ fn agent_killed_around_datapath_start_never_orphans_it() {
     );
     println!("{orphans} orphaned datapaths found and killed over 20 kills");
     // Delete: nothing of the VNs is left, no process, no namespace.
-    for h in [&h1, &h2] {
-        tb.ctl().set_desired(
-            h,
-            pb::DesiredState {
-                generation: 2,
-                vns: vec![],
-            },
-        );
-    }
-    tb.ctl().wait_converged(&h1, 2, T);
-    tb.ctl().wait_converged(&h2, 2, T);
+    delete_everything(&tb, [&h1, &h2]);
     for i in [1, 2] {
         let prefix = format!("{}-{}-", tb.prefix, tb.hosts[i - 1].id);
         assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new(), "host {i}");
@@ -239,17 +229,7 @@ fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
     assert!(ping(&tb.node_ns(1, "sa1"), "10.40.0.2"));
     assert!(ping(&tb.node_ns(1, "sa1"), "10.41.0.2"));
     // Delete: ours go, the strays stay (not ours).
-    for h in [&h1, &h2] {
-        tb.ctl().set_desired(
-            h,
-            pb::DesiredState {
-                generation: 2,
-                vns: vec![],
-            },
-        );
-    }
-    tb.ctl().wait_converged(&h1, 2, T);
-    tb.ctl().wait_converged(&h2, 2, T);
+    delete_everything(&tb, [&h1, &h2]);
     let prefix = format!("{}-{h1}-", tb.prefix);
     let left = netns_with_prefix(&prefix);
     assert_eq!(
@@ -356,5 +336,21 @@ fn a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn() {
         // Nothing of the VN in the host's own namespace either.
         let links = sh(&format!("ip -n {} -o link show", tb.hosts[i - 1].ns));
         assert!(!links.contains("vnet:"), "host {i}: {links}");
+    }
+}
+
+/// Sends each host an empty desired state (generation 2) and waits until both converge on it.
+fn delete_everything(tb: &Testbed, hosts: [&String; 2]) {
+    for h in hosts {
+        tb.ctl().set_desired(
+            h,
+            pb::DesiredState {
+                generation: 2,
+                vns: vec![],
+            },
+        );
+    }
+    for h in hosts {
+        tb.ctl().wait_converged(h, 2, T);
     }
 }

@@ -122,13 +122,7 @@ impl GetArgs {
     }
 
     async fn hosts(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
-        let mut hosts = ctl
-            .substrate()
-            .list_hosts(pb::ListHostsRequest {})
-            .await
-            .map_err(|s| rpc_error("list hosts", s))?
-            .into_inner()
-            .hosts;
+        let mut hosts = ctl.hosts().await.map_err(|s| rpc_error("list hosts", s))?;
         hosts.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(name) = &self.name {
             hosts.retain(|h| &h.id == name);

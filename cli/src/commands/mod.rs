@@ -8,7 +8,10 @@ pub mod delete;
 pub mod describe;
 pub mod embed;
 pub mod exec;
+pub mod experiment;
 pub mod get;
+pub mod iperf;
+pub mod pingall;
 pub mod sim;
 pub mod testbed;
 pub mod topology;
@@ -77,6 +80,12 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Administration: credentials and quotas (needs an admin credential).
     Admin(admin::AdminArgs),
+    /// Multi-provider experiments on the live testbed: run one, compare two.
+    Experiment(experiment::ExperimentArgs),
+    /// Ping over every link of a VN, both ways; non-zero exit if any fails.
+    Pingall(pingall::PingallArgs),
+    /// One iperf3 TCP stream between two linked nodes of a VN.
+    Iperf(iperf::IperfArgs),
 }
 
 impl Command {
@@ -87,11 +96,16 @@ impl Command {
             Command::Embed(args) => return args.run(),
             Command::Testbed(args) => return args.run(),
             Command::Completions(args) => return args.run(crate::cli_command()),
+            Command::Experiment(args) => return args.run(global),
             _ => {}
         }
         let ctl = global.resolve()?;
         match self {
-            Command::Sim(_) | Command::Embed(_) | Command::Testbed(_) | Command::Completions(_) => {
+            Command::Sim(_)
+            | Command::Embed(_)
+            | Command::Testbed(_)
+            | Command::Completions(_)
+            | Command::Experiment(_) => {
                 unreachable!("run above")
             }
             Command::Admin(args) => args.run(&ctl),
@@ -103,6 +117,8 @@ impl Command {
             Command::Exec(args) => args.run(&ctl),
             Command::Console(args) => args.run(&ctl),
             Command::Topology(args) => args.run(&ctl),
+            Command::Pingall(args) => args.run(&ctl),
+            Command::Iperf(args) => args.run(&ctl),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! `vnctl sim`: the online embedding simulator, the algorithm list and the workload generator.
 //!
-//! - `vnctl sim --trace FILE [--algo NAME] [--decisions OUT.jsonl] [--json] [--limit N]`
+//! - `vnctl sim --trace FILE [--algo NAME[,NAME...]] [--decisions OUT.jsonl] [--json] [--limit N]
+//!   [--report DIR]`: several algorithms run on the same trace one after the other; `--report`
+//!   writes the plots of a live experiment's report (acceptance over time, CDF of the solve
+//!   time, utilisation and VNs alive over trace time) and its CSV/JSON. The text output's labels
+//!   are the JSON keys.
 //! - `vnctl sim --list-algos`
 //! - `vnctl sim --generate waxman --nodes N --requests R --rate ETA --lifetime L --seed S --out FILE`
 
@@ -27,9 +31,14 @@ pub struct SimArgs {
     /// Trace to simulate (JSON, the shared VNE trace format).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Embedding algorithm (see --list-algos); default: the flagship.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_ALGORITHM)]
+    /// Embedding algorithm (see --list-algos), or several separated by commas (each runs on the
+    /// same trace); default: the flagship.
+    #[arg(long, value_name = "NAME[,NAME...]", default_value = DEFAULT_ALGORITHM)]
     pub algo: String,
+    /// Write the report (report.html, one SVG per plot, requests.csv, timeline.csv, run.json)
+    /// into this directory.
+    #[arg(long, value_name = "DIR", requires = "trace")]
+    pub report: Option<PathBuf>,
     /// Write the decision log (one JSON object per request) to this file.
     #[arg(long, value_name = "OUT.jsonl", requires = "trace")]
     pub decisions: Option<PathBuf>,
@@ -137,14 +146,26 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
-    let algo = embedding::by_name(&args.algo).with_context(|| {
-        format!(
-            "unknown algorithm `{}` (known: {})",
-            args.algo,
-            embedding::algorithm_names().join(", ")
-        )
-    })?;
+/// The algorithms of `--algo NAME[,NAME...]`, checked, without repeats.
+fn algorithms(list: &str) -> anyhow::Result<Vec<Box<dyn embedding::Embedder + Send + Sync>>> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if seen.contains(&name) {
+            bail!("--algo names {name} twice");
+        }
+        seen.push(name);
+        out.push(embedding::by_name(name).with_context(|| {
+            format!(
+                "unknown algorithm `{name}` (known: {})",
+                embedding::algorithm_names().join(", ")
+            )
+        })?);
+    }
+    Ok(out)
+}
+
+fn load_trace(args: &SimArgs, path: &Path) -> anyhow::Result<embedding::Trace> {
     let mut trace = embedding::parse_trace(&read(path)?)
         .with_context(|| format!("invalid trace {}", path.display()))?;
     if let Some(n) = args.limit {
@@ -160,14 +181,37 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
             tr.request.set_options(o);
         }
     }
-    let mut log = match &args.decisions {
-        Some(p) => Some((
-            BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
-            p,
-        )),
-        None => None,
-    };
-    let bar = ProgressBar::new(trace.requests.len() as u64);
+    Ok(trace)
+}
+
+fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
+    let algos = algorithms(&args.algo)?;
+    if algos.len() > 1 && args.decisions.is_some() {
+        bail!("--decisions writes one algorithm's log: give a single --algo");
+    }
+    let trace = load_trace(args, path)?;
+    if trace.requests.is_empty() {
+        bail!("the trace has no requests");
+    }
+    let mut reports = Vec::new();
+    let mut outcomes = Vec::new();
+    for algo in &algos {
+        let (report, outs) = simulate_one(args, &trace, algo.as_ref())?;
+        reports.push(report);
+        outcomes.push((algo.name().to_owned(), outs));
+    }
+    if let Some(dir) = &args.report {
+        let run = crate::experiment::offline::run(&trace, &outcomes);
+        run.write(dir)?;
+        crate::experiment::report::write_report(&run, dir)?;
+        eprintln!("report: {}", dir.join("report.html").display());
+    }
+    print_reports(&reports, args.json);
+    Ok(())
+}
+
+fn progress(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
     if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.set_style(
@@ -179,14 +223,42 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    bar
+}
+
+/// One algorithm over the trace: its metrics and what it decided per request.
+fn simulate_one(
+    args: &SimArgs,
+    trace: &embedding::Trace,
+    algo: &dyn embedding::Embedder,
+) -> anyhow::Result<(SimReport, Vec<crate::experiment::offline::Outcome>)> {
+    let mut log = match &args.decisions {
+        Some(p) => Some((
+            BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            p,
+        )),
+        None => None,
+    };
+    let bar = progress(trace.requests.len());
     let mut accepted = 0usize;
     let mut write_err: Option<anyhow::Error> = None;
-    let report = embedding::simulate(&trace, algo.as_ref(), |tr, d| {
+    let mut outs = Vec::with_capacity(trace.requests.len());
+    let report = embedding::simulate(trace, algo, |tr, d| {
         bar.inc(1);
         if d.outcome.is_ok() {
             accepted += 1;
         }
-        bar.set_message(format!("{accepted} accepted"));
+        bar.set_message(format!("{} {accepted} accepted", algo.name()));
+        outs.push(crate::experiment::offline::Outcome {
+            index: d.index,
+            accepted: d.outcome.as_ref().map(|_| ()).map_err(|r| r.to_string()),
+            solve_ms: d.solve_time.as_secs_f64() * 1e3,
+            cpu: d.outcome.as_ref().map_or(0, |_| tr.request.total_cpu()),
+            bandwidth_hops: d
+                .outcome
+                .as_ref()
+                .map_or(0, |e| e.cost().saturating_sub(tr.request.total_cpu())),
+        });
         if let Some((w, p)) = &mut log
             && write_err.is_none()
         {
@@ -204,34 +276,45 @@ fn simulate(args: &SimArgs, path: &Path) -> anyhow::Result<()> {
         w.flush()
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    print_report(&report, args.json);
-    if report.requests == 0 {
-        bail!("the trace has no requests");
-    }
-    Ok(())
+    Ok((report, outs))
 }
 
-fn print_report(r: &SimReport, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(r).expect("a report serialises"));
-        return;
-    }
-    let rows = [
-        ("algorithm", r.algo.clone()),
+/// The text rows of a report: each label is the report's JSON key.
+fn report_rows(r: &SimReport) -> Vec<(&'static str, String)> {
+    vec![
+        ("algo", r.algo.clone()),
         ("requests", r.requests.to_string()),
         ("accepted", r.accepted.to_string()),
-        ("acceptance ratio", format!("{:.4}", r.acceptance_ratio)),
+        ("acceptance_ratio", format!("{:.4}", r.acceptance_ratio)),
         ("revenue", r.revenue.to_string()),
         ("cost", r.cost.to_string()),
-        ("R/C", format!("{:.4}", r.lt_r2c)),
-        ("R/C (lifetime)", format!("{:.4}", r.lt_time_r2c)),
-        ("solve ms mean", format!("{:.3}", r.solve_ms_mean)),
-        ("solve ms p95", format!("{:.3}", r.solve_ms_p95)),
-        ("solve ms max", format!("{:.3}", r.solve_ms_max)),
-        ("wall s", format!("{:.2}", r.wall_s)),
-    ];
-    for (k, v) in rows {
-        println!("{k:<18} {v}");
+        ("lt_r2c", format!("{:.4}", r.lt_r2c)),
+        ("lt_time_r2c", format!("{:.4}", r.lt_time_r2c)),
+        ("lar", format!("{:.4}", r.lar)),
+        ("solve_ms_mean", format!("{:.3}", r.solve_ms_mean)),
+        ("solve_ms_p95", format!("{:.3}", r.solve_ms_p95)),
+        ("solve_ms_max", format!("{:.3}", r.solve_ms_max)),
+        ("wall_s", format!("{:.2}", r.wall_s)),
+    ]
+}
+
+/// One JSON object for one algorithm (as before), an array for several; text: one block each.
+fn print_reports(rs: &[SimReport], json: bool) {
+    if json {
+        let text = match rs {
+            [one] => serde_json::to_string(one),
+            many => serde_json::to_string(many),
+        };
+        println!("{}", text.expect("a report serialises"));
+        return;
+    }
+    for (i, r) in rs.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        for (k, v) in report_rows(r) {
+            println!("{k:<18} {v}");
+        }
     }
 }
 
@@ -244,6 +327,7 @@ mod tests {
             trace: Some(trace),
             algo: DEFAULT_ALGORITHM.into(),
             decisions: None,
+            report: None,
             json: true,
             limit: None,
             allow_revisit: false,
@@ -304,5 +388,73 @@ mod tests {
         a.algo = "grc".into();
         let m = format!("{:#}", a.run().unwrap_err());
         assert!(m.contains("absent.json"), "{m}");
+    }
+
+    /// The first 150 requests of the standard trace wx100_s0_r014 (embedding's test data, the
+    /// head of /work/shared/vne/traces/wx100_s0_r014.json).
+    fn standard_trace() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../embedding/tests/data/wx100_s0_r014_first150.json"
+        ))
+    }
+
+    #[test]
+    fn several_algorithms_write_one_report_with_their_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("rep");
+        let mut a = args(standard_trace());
+        a.algo = "grc,lace".into();
+        a.report = Some(out.clone());
+        // LACE takes about 0.3 s per request in a debug build on a shared machine.
+        a.limit = Some(80);
+        a.run().unwrap();
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        for id in ["acceptance", "setup-latency", "utilisation", "vns-alive"] {
+            assert!(html.contains(&format!("<figure id=\"{id}\"><svg")), "{id}");
+            let svg = std::fs::read_to_string(out.join(format!("{id}.svg"))).unwrap();
+            assert!(
+                svg.contains("grc") && svg.contains("lace"),
+                "{id}: a series per algorithm"
+            );
+        }
+        assert!(html.contains("sim/grc") && html.contains("sim/lace"));
+        let csv = std::fs::read_to_string(out.join("requests.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 2 * 80);
+        let run = crate::experiment::records::Run::read(&out).unwrap();
+        let acc = |algo: &str| {
+            run.records
+                .iter()
+                .filter(|r| r.algorithm == algo && r.accepted)
+                .count()
+        };
+        // LACE accepts more than GRC on the standard workload (RESULTS.md).
+        assert!(
+            acc("lace") > acc("grc"),
+            "{} vs {}",
+            acc("lace"),
+            acc("grc")
+        );
+        let bad = |algo: &str| {
+            let mut a = args(standard_trace());
+            a.algo = algo.into();
+            format!("{:#}", a.run().unwrap_err())
+        };
+        assert!(bad("grc,grc").contains("twice"));
+        assert!(bad("grc,nope").contains("unknown algorithm `nope`"));
+    }
+
+    #[test]
+    fn text_labels_are_the_json_keys() {
+        let trace = embedding::parse_trace(&read(&standard_trace()).unwrap()).unwrap();
+        let algo = embedding::by_name("grc").unwrap();
+        let r = embedding::simulate(&trace, algo.as_ref(), |_, _| {});
+        let json = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        let mut labels: Vec<&str> = report_rows(&r).iter().map(|(k, _)| *k).collect();
+        labels.sort_unstable();
+        let mut keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(labels, keys);
     }
 }

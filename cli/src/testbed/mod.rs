@@ -599,12 +599,7 @@ fn start_daemons(record: &Record, substrate: &Substrate, timeout: Duration) -> a
         let want: Vec<&str> = record.layout.hosts.iter().map(|h| h.id.as_str()).collect();
         loop {
             check_children(&mut children)?;
-            let hosts = ctl
-                .substrate()
-                .list_hosts(pb::ListHostsRequest {})
-                .await
-                .map(|r| r.into_inner().hosts)
-                .unwrap_or_default();
+            let hosts = ctl.hosts().await.unwrap_or_default();
             let missing: Vec<&str> = want
                 .iter()
                 .copied()
@@ -776,11 +771,7 @@ pub fn status(state_dir: &Path) -> anyhow::Result<()> {
         let ctl = Controller::connect(&opts)
             .await
             .map_err(|e| crate::client::unreachable_reason(&e))?;
-        ctl.substrate()
-            .list_hosts(pb::ListHostsRequest {})
-            .await
-            .map(|r| r.into_inner().hosts)
-            .map_err(|s| s.message().to_owned())
+        ctl.hosts().await.map_err(|s| s.message().to_owned())
     });
     println!("state dir:   {}", state_dir.display());
     println!(

@@ -379,6 +379,17 @@ impl Bed {
         vnctl(&self.ctl, provider, args)
     }
 
+    /// A vnctl command against this testbed acting for `provider`, to be spawned by the caller
+    /// (for commands that run alongside the test: servers, streams, long output).
+    pub fn vnctl_command(&self, provider: &str) -> Command {
+        let mut c = Command::new(VNCTL);
+        c.env_remove("VNET_PROVIDER")
+            .env("VNET_CONTROLLER", &self.ctl)
+            .env("VNET_CONFIG", self.config())
+            .args(["--provider", provider]);
+        c
+    }
+
     /// `vnctl apply -f FILE --wait --timeout TIMEOUT` as `provider`; panics unless it succeeds.
     pub fn apply_wait(&self, provider: &str, file: &Path, timeout: &str) {
         ok(

@@ -818,55 +818,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// A slice of one node `n1` with one link `l1`.
+    fn one_link(a: pb::Endpoint, b: pb::Endpoint) -> pb::VnSlice {
+        slice("vn1", &["n1"], vec![link("l1", a, b)])
+    }
+
     #[test]
     fn bad_inputs_name_the_field() {
         let cases: Vec<(pb::VnSlice, &str)> = vec![
             (
-                slice(
-                    "vn1",
-                    &["n1"],
-                    vec![link(
-                        "l1",
-                        nif("n9", "eth0", ""),
-                        vxlan(1, "1.1.1.1", "1.1.1.2"),
-                    )],
-                ),
+                one_link(nif("n9", "eth0", ""), vxlan(1, "1.1.1.1", "1.1.1.2")),
                 "node n9 is not a node of this slice",
             ),
             (
-                slice(
-                    "vn1",
-                    &["n1"],
-                    vec![link(
-                        "l1",
-                        nif("n1", "eth0", "10.0.0.300/24"),
-                        vxlan(1, "1.1.1.1", "1.1.1.2"),
-                    )],
+                one_link(
+                    nif("n1", "eth0", "10.0.0.300/24"),
+                    vxlan(1, "1.1.1.1", "1.1.1.2"),
                 ),
                 "address \"10.0.0.300/24\"",
             ),
             (
-                slice(
-                    "vn1",
-                    &["n1"],
-                    vec![link(
-                        "l1",
-                        nif("n1", "eth0", ""),
-                        vxlan(0, "1.1.1.1", "1.1.1.2"),
-                    )],
-                ),
+                one_link(nif("n1", "eth0", ""), vxlan(0, "1.1.1.1", "1.1.1.2")),
                 "vni 0",
             ),
             (
-                slice(
-                    "vn1",
-                    &["n1"],
-                    vec![link(
-                        "l1",
-                        nif("n1", "eth0", ""),
-                        vlan(4095, "1.1.1.1", "1.1.1.2"),
-                    )],
-                ),
+                one_link(nif("n1", "eth0", ""), vlan(4095, "1.1.1.1", "1.1.1.2")),
                 "vlan_id 4095",
             ),
             (
@@ -885,15 +861,7 @@ pub(crate) mod tests {
                 "node n1 already has an interface eth0",
             ),
             (
-                slice(
-                    "vn1",
-                    &["n1"],
-                    vec![link(
-                        "l1",
-                        nif("n1", "eth0", ""),
-                        vxlan(5, "1.1.1.1", "::1"),
-                    )],
-                ),
+                one_link(nif("n1", "eth0", ""), vxlan(5, "1.1.1.1", "::1")),
                 "mix address families",
             ),
         ];

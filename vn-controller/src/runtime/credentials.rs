@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -257,18 +257,16 @@ impl Credentials {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(state).expect("credentials serialise");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut f = tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
             .map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        f.write_all(&body)
+            .and_then(|()| f.as_file().sync_all())
+            .map_err(err)?;
+        f.persist(&self.path).map(drop).map_err(|e| err(e.error))
     }
 
     /// Applies `f` to the state and persists it; on a write failure memory is left unchanged.

@@ -146,15 +146,9 @@ impl Args {
         if self.insecure {
             return Ok(None);
         }
-        let read = |p: &Option<PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
-            let p = p
-                .as_ref()
-                .with_context(|| format!("--{what} is required"))?;
-            std::fs::read(p).with_context(|| format!("reading --{what} {}", p.display()))
-        };
-        let cert = read(&self.tls_cert, "tls-cert")?;
-        let key = read(&self.tls_key, "tls-key")?;
-        let ca = read(&self.client_ca, "client-ca")?;
+        let cert = vnet_proto::read_pem_option(self.tls_cert.as_deref(), "tls-cert")?;
+        let key = vnet_proto::read_pem_option(self.tls_key.as_deref(), "tls-key")?;
+        let ca = vnet_proto::read_pem_option(self.client_ca.as_deref(), "client-ca")?;
         Ok(Some(
             ServerTlsConfig::new()
                 .identity(Identity::from_pem(cert, key))

@@ -387,18 +387,23 @@ fn node_kind_change_rebuilds_that_namespace() {
     );
 }
 
-#[test]
-fn vlan_links_become_datapath_wires() {
-    let h = Host::new();
-    let s = slice(
+/// VN `vc`: node `c1` with one VLAN 42 link `cl1` from underlay address 10.255.0.1 to `remote`.
+fn vlan_vn(addr: &str, remote: &str) -> pb::VnSlice {
+    slice(
         "vc",
         &["c1"],
         vec![link(
             "cl1",
-            nif("c1", "eth0", "10.0.0.1/24"),
-            vlan(42, "10.255.0.1", "10.255.0.2"),
+            nif("c1", "eth0", addr),
+            vlan(42, "10.255.0.1", remote),
         )],
-    );
+    )
+}
+
+#[test]
+fn vlan_links_become_datapath_wires() {
+    let h = Host::new();
+    let s = vlan_vn("10.0.0.1/24", "10.255.0.2");
     let d = desired(vec![s]);
     let p = h.plan(&d);
     assert!(p.datapath_reattach);
@@ -424,15 +429,7 @@ fn vlan_links_become_datapath_wires() {
 #[test]
 fn vlan_hop_through_a_gateway_fails_with_a_clear_error() {
     let h = Host::new();
-    let s = slice(
-        "vc",
-        &["c1"],
-        vec![link(
-            "cl1",
-            nif("c1", "eth0", ""),
-            vlan(42, "10.255.0.1", "10.9.9.9"),
-        )],
-    );
+    let s = vlan_vn("", "10.9.9.9");
     let r = h.converge(&desired(vec![s]));
     let e = &r.failed[&VnId::parse("vc").unwrap()];
     assert!(e.contains("needs a directly connected neighbour"), "{e}");
