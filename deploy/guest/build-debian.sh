@@ -63,7 +63,7 @@ work=$(mktemp -d "${TMPDIR:-/var/tmp}/vnet-debian.XXXXXX")
 trap 'rm -rf --one-file-system "$work"' EXIT
 
 # The kernel and the initramfs that mounts the disk, from the same kernel package as the image's.
-"$here/build-image.sh" --out "$work/boot" --kernel-package "$kpkg" --modules "virtio_blk isofs" \
+"$here/build-image.sh" --out "$work/boot" --kernel-package "$kpkg" --modules "virtio_blk crc32c_generic ext4 isofs" \
   --force || die "building the initramfs failed"
 
 # Left out after installation (dpkg's path-exclude breaks on excluded directories with files
