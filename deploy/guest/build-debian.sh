@@ -84,7 +84,7 @@ install -m 0644 "$here/debian/vnet-seed.service" "$here/debian/vnet-cmd.service"
 install -m 0644 "$here/debian/autologin.conf" "\$root/etc/systemd/system/serial-getty@ttyS0.service.d/"
 chroot "\$root" systemctl enable vnet-seed.service vnet-cmd.service
 chroot "\$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
-  e2scrub_all.timer fstrim.timer getty@tty1.service systemd-timesyncd.service \
+  e2scrub_all.timer fstrim.timer getty@tty1.service getty-static.service systemd-timesyncd.service \
   systemd-networkd-wait-online.service e2scrub_reap.service 2>/dev/null || true
 echo vnet-guest > "\$root/etc/hostname"
 echo "LABEL=vnet-root / ext4 rw,noatime 0 1" > "\$root/etc/fstab"
