@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compares the machine's namespaces, root-namespace links and our processes with a snapshot taken
-# before the suite, and fails when something of ours outlived it.
+# Compares the machine's namespaces, root-namespace links, our processes and the BPF datapath's
+# pins and programs with a snapshot taken before the suite, and fails when something of ours
+# outlived it.
 #
 #   deploy/check-leftovers.sh snapshot FILE    record the current state
 #   deploy/check-leftovers.sh compare FILE     fail if anything was added since
@@ -14,6 +15,16 @@ state() {
   for p in substrate-agent vn-controller qemu-system iperf3; do
     if grep -q -F -- "$p" <<<"$procs"; then echo "process $p"; fi
   done
+  # the agents' BPF 802.1Q datapath: pin directories (/sys/fs/bpf/vnet/<prefix>-<host>/...) and
+  # loaded programs named vnet_vlan (a program outlives its pins while a classifier holds it)
+  if [[ -d /sys/fs/bpf/vnet ]]; then
+    find /sys/fs/bpf/vnet -mindepth 1 2>/dev/null | sed 's/^/bpf pin /'
+  fi
+  if command -v bpftool >/dev/null; then
+    local n
+    n=$(bpftool -j prog show 2>/dev/null | jq '[.[] | select(.name == "vnet_vlan")] | length' 2>/dev/null)
+    [[ "${n:-0}" -gt 0 ]] && echo "bpf programs vnet_vlan: $n"
+  fi
   return 0
 }
 case "${1:-}" in

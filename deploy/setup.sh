@@ -15,6 +15,8 @@
 #   mmdebstrap, e2fsprogs                     deploy/guest/build-debian.sh (Debian disk image)
 #   graphviz                                  `vnctl topology --svg`
 #   jq, python3                               bench scripts and the VNE referee
+#   clang, llvm, libbpf-dev, linux-libc-dev   the agent's BPF 802.1Q datapath (compiled by build.rs)
+#   bpftool                                   inspecting BPF programs and maps in tests and checks
 set -euo pipefail
 
 PACKAGES=(
@@ -24,6 +26,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils
   qemu-system-arm genisoimage mmdebstrap e2fsprogs
   graphviz jq python3 ca-certificates
+  clang llvm libbpf-dev linux-libc-dev bpftool
 )
 
 missing=()

@@ -59,6 +59,7 @@ pub fn vn_state(s: i32) -> &'static str {
         Ok(pb::VnState::Failed) => "FAILED",
         Ok(pb::VnState::Deleting) => "DELETING",
         Ok(pb::VnState::Deleted) => "DELETED",
+        Ok(pb::VnState::Updating) => "UPDATING",
         _ => "UNKNOWN",
     }
 }
@@ -73,6 +74,7 @@ pub fn event_kind(k: i32) -> &'static str {
         Ok(pb::VnEventKind::Degraded) => "DEGRADED",
         Ok(pb::VnEventKind::Failed) => "FAILED",
         Ok(pb::VnEventKind::Deleted) => "DELETED",
+        Ok(pb::VnEventKind::Updated) => "UPDATED",
         _ => "UNKNOWN",
     }
 }
@@ -129,6 +131,9 @@ pub struct VnView {
     pub name: String,
     pub provider: String,
     pub state: &'static str,
+    /// Generation of the spec and placement (`vnctl apply` of this output updates only this
+    /// generation).
+    pub generation: u64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
     pub algorithm: String,
@@ -227,6 +232,7 @@ impl VnView {
             name: vn.name.clone(),
             provider: vn.provider.clone(),
             state: vn_state(vn.state),
+            generation: vn.generation,
             reason: vn.reason.clone(),
             algorithm: vn.algorithm.clone(),
             revenue: vn.revenue,

@@ -196,15 +196,6 @@ pub struct LinkFile {
     pub encapsulation: Option<EncapsulationName>,
 }
 
-/// Reads, parses and structurally checks a spec file.
-pub fn load(path: &Path) -> Result<VnFile, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(path, &text)
-}
-
 /// Parses and structurally checks spec text; `path` only names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<VnFile, SpecError> {
     let file: VnFile = serde_yaml_ng::from_str(text).map_err(|e| parse_error(path, &e))?;
@@ -215,6 +206,161 @@ pub fn parse(path: &Path, text: &str) -> Result<VnFile, SpecError> {
             message,
         })?;
     Ok(file)
+}
+
+/// Reads, parses and structurally checks a file of one spec.
+pub fn load(path: &Path) -> Result<VnFile, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// One VN spec of a source, with where it came from and (when the document is what
+/// `vnctl get vn NAME -o yaml` prints) the generation it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecDoc {
+    pub file: VnFile,
+    /// The VN generation the document names (`generation:` next to `spec:`), if any.
+    pub generation: Option<u64>,
+    /// `path`, or `path` and the document's first line for a multi-document file.
+    pub origin: String,
+}
+
+/// Every VN spec of `source`, as kubectl reads `-f`: a file (several YAML documents separated by
+/// `---` lines), `-` for standard input, or a directory (its `*.yaml`, `*.yml` and `*.json`
+/// files in name order, not recursive). A document is a spec, or a VN as `vnctl get vn -o
+/// yaml|json` prints it (its `spec` is applied, its status ignored), or a list of those (`vnctl
+/// get vns -o yaml`). Every document is checked before anything is returned: one bad document
+/// fails the whole source, naming its file and line.
+pub fn load_all(source: &Path) -> Result<Vec<SpecDoc>, SpecError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    if source == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+            SpecError::Read {
+                path: PathBuf::from("<stdin>"),
+                source: e,
+            }
+        })?;
+        return parse_all(Path::new("<stdin>"), &text);
+    }
+    if source.is_dir() {
+        let entries = std::fs::read_dir(source).map_err(|e| SpecError::Read {
+            path: source.to_owned(),
+            source: e,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+            })
+            .collect();
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(parse_all(&f, &read(&f)?)?);
+        }
+        return Ok(out);
+    }
+    parse_all(source, &read(source)?)
+}
+
+/// The documents of `text` (separated by `---` lines), each parsed and checked; line numbers in
+/// errors are the file's.
+pub fn parse_all(path: &Path, text: &str) -> Result<Vec<SpecDoc>, SpecError> {
+    let mut chunks: Vec<(usize, String)> = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            chunks.push((i + 1, String::new()));
+            continue;
+        }
+        let chunk = &mut chunks.last_mut().expect("one chunk").1;
+        chunk.push_str(line);
+        chunk.push('\n');
+    }
+    let several = chunks.len() > 1;
+    let mut out = Vec::new();
+    for (first, chunk) in chunks {
+        let blank = chunk
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        if blank {
+            continue;
+        }
+        let origin = if several {
+            format!("{}:{}", path.display(), first + 1)
+        } else {
+            path.display().to_string()
+        };
+        let shift = |e: SpecError| match e {
+            SpecError::Parse {
+                path,
+                line,
+                column,
+                message,
+            } => SpecError::Parse {
+                path,
+                line: line + first,
+                column,
+                message,
+            },
+            e => e,
+        };
+        for (file, generation) in parse_document(path, &chunk).map_err(shift)? {
+            out.push(SpecDoc {
+                file,
+                generation,
+                origin: origin.clone(),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(SpecError::Invalid {
+            path: path.to_owned(),
+            field: "(document)".into(),
+            message: "no VN spec in it".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// One YAML document: a spec, a VN as `get -o yaml` prints it, or a list of those.
+fn parse_document(path: &Path, text: &str) -> Result<Vec<(VnFile, Option<u64>)>, SpecError> {
+    use serde_yaml_ng::Value;
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| parse_error(path, &e))?;
+    let wrapped = |v: &Value| v.as_mapping().is_some_and(|m| m.contains_key("spec"));
+    let items: Vec<&Value> = match &value {
+        Value::Sequence(items) if items.iter().all(wrapped) => items.iter().collect(),
+        v if wrapped(v) => vec![v],
+        // A plain spec: parsed from the text, so that errors carry their line and column.
+        _ => return Ok(vec![(parse(path, text)?, None)]),
+    };
+    let mut out = Vec::new();
+    for (i, v) in items.into_iter().enumerate() {
+        let invalid = |field: &str, message: String| SpecError::Invalid {
+            path: path.to_owned(),
+            field: field.into(),
+            message,
+        };
+        let spec = v.get("spec").cloned().unwrap_or(Value::Null);
+        let file: VnFile = serde_yaml_ng::from_value(spec)
+            .map_err(|e| invalid(&format!("[{i}].spec"), e.to_string()))?;
+        file.check()
+            .map_err(|(field, message)| invalid(&format!("[{i}].spec.{field}"), message))?;
+        let generation = v.get("generation").and_then(Value::as_u64);
+        out.push((file, generation));
+    }
+    Ok(out)
 }
 
 fn parse_error(path: &Path, e: &serde_yaml_ng::Error) -> SpecError {
@@ -764,17 +910,47 @@ links:
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
-                let f = load(&path).unwrap_or_else(|e| panic!("{e}"));
-                assert!(!f.to_proto().nodes.is_empty());
-                n += 1;
+                for d in load_all(&path).unwrap_or_else(|e| panic!("{e}")) {
+                    assert!(!d.file.to_proto().nodes.is_empty());
+                    n += 1;
+                }
             }
         }
         assert!(n >= 5, "examples found: {n}");
     }
 
     #[test]
+    fn several_documents_a_directory_and_get_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = "name: a\nnodes: [{name: x}]\n";
+        let two = "# two VNs\n---\nname: b\nnodes: [{name: x}]\n---\nname: c\nnodes: [{name: y}]\n";
+        std::fs::write(dir.path().join("1.yaml"), one).unwrap();
+        std::fs::write(dir.path().join("2.yml"), two).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a spec").unwrap();
+        let names: Vec<String> = load_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.file.name)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // An error in the third document names the file's line.
+        let bad = "name: b\nnodes: [{name: x}]\n---\nname: c\nnodes: [{name: y, cpus: 1}]\n";
+        let e = parse_all(Path::new("f.yaml"), bad).unwrap_err().to_string();
+        assert!(e.starts_with("f.yaml:5:"), "{e}");
+        // What `vnctl get vn -o yaml` prints: its spec and its generation; status is ignored.
+        let got = "name: a\nprovider: red\nstate: READY\ngeneration: 4\nnodes: [{node: x, host: h1}]\nspec:\n  name: a\n  provider: red\n  nodes: [{name: x}]\n";
+        let d = parse_all(Path::new("g.yaml"), got).unwrap();
+        assert_eq!((d[0].file.name.as_str(), d[0].generation), ("a", Some(4)));
+        // ... and a list of them (`get vns -o yaml`).
+        let list = format!("- {}", got.replace('\n', "\n  "));
+        assert_eq!(parse_all(Path::new("l.yaml"), &list).unwrap().len(), 1);
+        let e = parse_all(Path::new("e.yaml"), "---\n# nothing\n").unwrap_err();
+        assert!(e.to_string().contains("no VN spec"), "{e}");
+    }
+
+    #[test]
     fn missing_file_is_named() {
-        let e = load(Path::new("/nonexistent/vn.yaml"))
+        let e = load_all(Path::new("/nonexistent/vn.yaml"))
             .unwrap_err()
             .to_string();
         assert!(

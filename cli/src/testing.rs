@@ -229,6 +229,76 @@ impl VirtualNetworks for FakeController {
         Ok(Response::new(vn))
     }
 
+    /// Updates the stored spec (generation + 1); the plan compares nodes and links by name.
+    async fn update(
+        &self,
+        req: Request<pb::UpdateVnRequest>,
+    ) -> Result<Response<pb::UpdateVnResponse>, Status> {
+        let provider = self.identity(&req)?;
+        let r = req.into_inner();
+        let mut spec = r.spec.ok_or_else(|| Status::invalid_argument("no spec"))?;
+        spec.provider = provider.clone();
+        let mut st = self.state.lock().unwrap();
+        let vn = st
+            .vns
+            .get_mut(&(provider, spec.name.clone()))
+            .ok_or_else(|| Status::not_found(format!("vn {} not found", spec.name)))?;
+        if vn.generation == 0 {
+            vn.generation = 1;
+        }
+        if r.generation != 0 && r.generation != vn.generation {
+            return Err(Status::aborted(format!(
+                "VN {} changed meanwhile (it is at generation {}): read it again",
+                spec.name, vn.generation
+            )));
+        }
+        let old = vn.spec.clone().unwrap_or_default();
+        let item = |node: &str, ends: &[String], action: pb::PlanAction| pb::PlanItem {
+            node: node.into(),
+            endpoints: ends.to_vec(),
+            action: action as i32,
+            ..Default::default()
+        };
+        let mut plan = Vec::new();
+        for n in &spec.nodes {
+            let action = match old.nodes.iter().find(|o| o.name == n.name) {
+                None => pb::PlanAction::Add,
+                Some(o) if o == n => pb::PlanAction::Keep,
+                Some(_) => pb::PlanAction::Change,
+            };
+            plan.push(item(&n.name, &[], action));
+        }
+        for o in old
+            .nodes
+            .iter()
+            .filter(|o| !spec.nodes.iter().any(|n| n.name == o.name))
+        {
+            plan.push(item(&o.name, &[], pb::PlanAction::Remove));
+        }
+        for l in &spec.links {
+            let action = match old.links.iter().find(|o| o.endpoints == l.endpoints) {
+                None => pb::PlanAction::Add,
+                Some(o) if o == l => pb::PlanAction::Keep,
+                Some(_) => pb::PlanAction::Change,
+            };
+            plan.push(item("", &l.endpoints, action));
+        }
+        let changed = old != spec;
+        let mut after = vn.clone();
+        if changed {
+            after.generation += 1;
+            after.spec = Some(spec);
+        }
+        if changed && !r.dry_run {
+            *vn = after.clone();
+        }
+        Ok(Response::new(pb::UpdateVnResponse {
+            vn: Some(after),
+            plan,
+            changed,
+        }))
+    }
+
     async fn get(
         &self,
         req: Request<pb::GetVnRequest>,

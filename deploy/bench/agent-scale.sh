@@ -39,6 +39,8 @@ for tool in iperf3 ip jq; do
   command -v "$tool" >/dev/null || { echo "agent-scale.sh: $tool is missing (deploy/setup.sh installs it)" >&2; exit 1; }
 done
 
+# Its VLAN row is the userspace datapath's (datapath.sh compares every datapath side by side).
+export VNET_VLAN_DATAPATH=userspace
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p substrate-agent
 BIN="$TARGET_DIR/release/substrate-agent"

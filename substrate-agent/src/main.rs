@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use substrate_agent::daemon::agent::{Agent, AgentConfig};
+use substrate_agent::host::bpf::{BpfDatapath, TcBpf};
 use substrate_agent::host::linux::LinuxKernel;
 use substrate_agent::reconcile::naming::Naming;
 use substrate_agent::reconcile::state::StateDir;
+use substrate_agent::vlan::config::{DatapathControl, SelectedDatapath};
 use substrate_agent::vlan::process::ProcessDatapath;
 use vnet_proto::v1 as pb;
 
@@ -18,6 +20,17 @@ use vnet_proto::v1 as pb;
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Which 802.1Q datapath serves VLAN links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VlanMode {
+    /// BPF where the capability probe loads and attaches it, else userspace.
+    Auto,
+    /// BPF, or fail at start-up.
+    Bpf,
+    /// The userspace datapath process (AF_PACKET + TAP).
+    Userspace,
 }
 
 #[derive(Debug, Parser)]
@@ -91,6 +104,15 @@ struct Cli {
     /// The private key of --cert (PEM).
     #[arg(long, required_unless_present = "insecure")]
     key: Option<PathBuf>,
+    /// The 802.1Q datapath of VLAN links.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "VNET_VLAN_DATAPATH",
+        default_value = "auto"
+    )]
+    vlan_datapath: VlanMode,
     /// Plain text, no certificates either way. For experiments only.
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
     insecure: bool,
@@ -272,15 +294,64 @@ fn guest_runtime(
 struct HostContext {
     kernel: Arc<LinuxKernel>,
     ledger: Arc<StateDir>,
-    datapath: ProcessDatapath,
+    datapath: SelectedDatapath,
+    /// "bpf" or "userspace".
+    vlan_datapath: &'static str,
+}
+
+/// The VLAN datapath in use and the other one (kept empty). BPF needs the probe to pass; the
+/// userspace datapath is chosen only where BPF is unusable or when asked for.
+fn select_datapath(
+    mode: VlanMode,
+    kernel: &Arc<LinuxKernel>,
+    naming: &Naming,
+    user: ProcessDatapath,
+) -> anyhow::Result<(SelectedDatapath, &'static str)> {
+    let probe = match mode {
+        VlanMode::Userspace => Err("the userspace datapath was asked for".to_string()),
+        _ => substrate_agent::daemon::probe::bpf_vlan(),
+    };
+    let bpf = probe.and_then(|()| {
+        BpfDatapath::new(kernel.clone() as Arc<dyn TcBpf>, naming)
+            .map_err(|e| format!("bpffs on /sys/fs/bpf: {e}"))
+    });
+    match (mode, bpf) {
+        (VlanMode::Bpf, Err(e)) => anyhow::bail!("--vlan-datapath bpf: unusable here: {e}"),
+        (VlanMode::Userspace, Ok(_)) => unreachable!("not probed"),
+        (_, Ok(b)) => Ok((
+            SelectedDatapath {
+                active: Box::new(b),
+                others: vec![Box::new(user)],
+            },
+            "bpf",
+        )),
+        (_, Err(e)) => {
+            tracing::info!(reason = %e, "VLAN links use the userspace datapath");
+            // Still empty what a BPF datapath of this agent may have left (a mode switch).
+            let others: Vec<Box<dyn DatapathControl>> =
+                match BpfDatapath::new(kernel.clone() as Arc<dyn TcBpf>, naming) {
+                    Ok(b) if b.pin_dir().exists() => vec![Box::new(b)],
+                    _ => vec![],
+                };
+            Ok((
+                SelectedDatapath {
+                    active: Box::new(user),
+                    others,
+                },
+                "userspace",
+            ))
+        }
+    }
 }
 
 impl HostContext {
     fn open(
         netns: Option<&str>,
         state_dir: &std::path::Path,
-        host_id: &str,
+        naming: &Naming,
+        mode: VlanMode,
     ) -> anyhow::Result<Self> {
+        let host_id = naming.host_id.as_str();
         if let Some(ns) = netns {
             substrate_agent::host::netns::enter_for_good(ns)
                 .with_context(|| format!("enter network namespace {ns}"))?;
@@ -289,11 +360,13 @@ impl HostContext {
         let ledger =
             Arc::new(StateDir::open(state_dir, host_id).context("open the state directory")?);
         let exe = std::env::current_exe().context("locate own binary")?;
-        let datapath = ProcessDatapath::new(exe, ledger.clone())?;
+        let user = ProcessDatapath::new(exe, ledger.clone())?;
+        let (datapath, vlan_datapath) = select_datapath(mode, &kernel, naming, user)?;
         Ok(HostContext {
             kernel,
             ledger,
             datapath,
+            vlan_datapath,
         })
     }
 }
@@ -336,8 +409,8 @@ fn main() -> anyhow::Result<()> {
             name_prefix,
             teardown,
         }) => {
-            let host = HostContext::open(Some(&netns), &state_dir, &host_id)?;
             let naming = Naming::new(name_prefix, host_id.clone());
+            let host = HostContext::open(Some(&netns), &state_dir, &naming, cli.vlan_datapath)?;
             let desired = if teardown {
                 pb::DesiredState {
                     generation: 2,
@@ -363,8 +436,8 @@ fn main() -> anyhow::Result<()> {
             qemu,
         }) => {
             init_tracing(LogFormat::Text);
-            let host = HostContext::open(netns.as_deref(), &state_dir, &host_id)?;
             let naming = Naming::new(name_prefix, host_id.clone());
+            let host = HostContext::open(netns.as_deref(), &state_dir, &naming, cli.vlan_datapath)?;
             // Stopping guests needs their run directories only: no image, no KVM verdict.
             let guests = guest_runtime(
                 &host_id,
@@ -421,7 +494,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let tls = client_tls(&cli)?;
     let host_id = cli.host_id.expect("required");
     let state_dir = cli.state_dir.expect("required");
-    let host = HostContext::open(cli.netns.as_deref(), &state_dir, &host_id)?;
+    let naming = Naming::new(cli.name_prefix.clone(), host_id.clone());
+    let host = HostContext::open(cli.netns.as_deref(), &state_dir, &naming, cli.vlan_datapath)?;
     raise_nofile();
     // The guest runtime first: a KVM test boot may overturn the static verdict, and the
     // capabilities must report what guests will actually use.
@@ -449,13 +523,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_ref()
         .map(|g| g.support().clone())
         .unwrap_or(static_guests);
-    let probe = substrate_agent::daemon::probe::probe_with_guests(&guest_support);
+    let mut probe = substrate_agent::daemon::probe::probe_with_guests(&guest_support);
+    probe.vlan_datapath = host.vlan_datapath.to_string();
     tracing::info!(probe = %serde_json::to_string(&probe)?, "capability probe");
-    if probe.kernel_vlan {
-        tracing::info!("kernel 802.1Q is available; VLAN links still use the userspace datapath");
-    } else {
-        tracing::info!("no kernel 802.1Q: VLAN links use the userspace datapath");
-    }
+    tracing::info!(datapath = host.vlan_datapath, "VLAN links datapath");
     let kernel = host.kernel;
     let ledger = host.ledger;
     let datapath = Arc::new(host.datapath);

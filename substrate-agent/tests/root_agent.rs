@@ -114,7 +114,41 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     ) {
         return;
     }
-    let mut tb = Testbed::new("a", 2);
+    isolated_and_clean("a", "bpf");
+}
+
+/// The same on the userspace VLAN datapath (forced), so that both stay correct.
+#[test]
+fn same_address_plan_isolated_and_clean_on_the_userspace_vlan_datapath() {
+    if !root_or_skip("same_address_plan_isolated_and_clean_on_the_userspace_vlan_datapath") {
+        return;
+    }
+    isolated_and_clean("u", "userspace");
+}
+
+/// Sends `n` crafted IPv4/UDP frames (to 10.2.0.2 port 9) tagged with `vid` from `dev` in `ns`.
+fn send_tagged(ns: &str, dev: &str, vid: u16, n: u32) {
+    let py = format!(
+        r"import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('{dev}', 0))
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 17, 0,
+                 socket.inet_aton('10.2.0.1'), socket.inet_aton('10.2.0.2'))
+udp = struct.pack('!HHHH', 9, 9, 20, 0) + b'vnet-crafted'
+f = b'\xff' * 6 + bytes([2, 0xcc, 0, 0, 0, 1]) + struct.pack('!HHH', 0x8100, {vid}, 0x0800) + ip + udp
+for _ in range({n}):
+    s.send(f)
+"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), py).unwrap();
+    let (ok, out) = in_ns(ns, &format!("python3 {}", file.path().display()));
+    assert!(ok, "crafted frames from {ns}: {out}");
+}
+
+fn isolated_and_clean(letter: &str, mode: &'static str) {
+    let mut tb = Testbed::new(letter, 2);
+    tb.vlan_datapath = mode;
     let (u1, _u2) = tb.underlay(1, 2);
     let before = (tb.host_view(1), tb.host_view(2));
     let ns_before = tb.namespaces();
@@ -127,7 +161,7 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         caps.netns && caps.veth && caps.vxlan && caps.tap && caps.tc,
         "{caps:?}"
     );
-    assert_eq!(caps.vlan_datapath, "userspace");
+    assert_eq!(caps.vlan_datapath, mode);
     assert!(!caps.kvm_usable && !caps.kvm_reason.is_empty());
     assert!(
         hello
@@ -224,6 +258,10 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
     );
     assert!(tcp_ok(x, y, "10.1.0.2", 5201), "VN a TCP over VXLAN");
     assert!(tcp_ok(x, y, "10.2.0.2", 5202), "VN a TCP over VLAN");
+    // A node that tags its own frames with the other VN's VLAN ID (102, VN b's on the same
+    // substrate link) reaches only its own VN: its tag travels inside VN a's.
+    send_tagged(&na1, "eth1", 102, 20);
+    send_tagged(&na1, "eth1", 0, 5);
 
     // Nothing of VN a reached VN b's node with the same addresses.
     std::thread::sleep(Duration::from_millis(300));
@@ -293,8 +331,110 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         );
     }
 
-    // Killing the agent disturbs no tenant: the VLAN datapath is a process of its own and keeps
-    // forwarding; a restarted agent adopts it and converges without rebuilding anything.
+    if mode == "bpf" {
+        // Frames tagged with an ID that no link of h2 uses are dropped there and counted.
+        let before = tb.bpf_counter(2, 0);
+        send_tagged(&tb.hosts[0].ns.clone(), &u1, 999, 7);
+        let t = std::time::Instant::now();
+        while tb.bpf_counter(2, 0) < before + 7 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "unknown IDs not counted"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(tb.bpf_counter(1, 3) > 0, "forwarded frames counted on h1");
+        bpf_survives_agent_kill(&mut tb, &na1);
+    } else {
+        userspace_survives_agent_kill(&mut tb, &na1);
+    }
+
+    // Teardown: an empty desired state leaves the hosts exactly as before.
+    tb.ctl().set_desired(&h1id, desired(2, vec![]));
+    tb.ctl().set_desired(&h2id, desired(2, vec![]));
+    tb.ctl().wait_converged(&h1id, 2, T);
+    tb.ctl().wait_converged(&h2id, 2, T);
+    let agents: Vec<u32> = tb
+        .hosts
+        .iter()
+        .map(|h| h.agent.as_ref().unwrap().id())
+        .collect();
+    let mut procs = tb.processes();
+    procs.retain(|p| !agents.contains(p));
+    assert!(
+        procs.is_empty(),
+        "processes left besides the agents: {procs:?}"
+    );
+    tb.stop_agent(1);
+    tb.stop_agent(2);
+    assert_eq!(tb.namespaces(), ns_before, "namespaces");
+    assert_eq!(
+        (tb.host_view(1), tb.host_view(2)),
+        before,
+        "links and qdiscs of the hosts"
+    );
+    assert!(tb.processes().is_empty());
+    for i in [1, 2] {
+        assert_eq!(tb.bpf_filters(i), "", "bpf classifiers left on h{i}");
+        assert!(!tb.bpf_pins(i).exists(), "bpf pins left on h{i}");
+    }
+}
+
+/// Kill -9 of the agent while BPF VLAN links are live: the classifiers stay attached and
+/// traffic flows; the restarted agent adopts them (the same programs, not reloaded) and
+/// converges without rebuilding anything. No datapath process exists.
+fn bpf_survives_agent_kill(tb: &mut Testbed, na1: &str) {
+    let h1id = tb.hosts[0].id.clone();
+    let filters = tb.bpf_filters(1);
+    assert!(
+        filters.lines().count() >= 3,
+        "classifiers on the underlay and both ports of h1:\n{filters}"
+    );
+    assert!(tb.bpf_pins(1).join("_agent/vnet_vlan_fwd").exists());
+    let agents: Vec<u32> = tb
+        .hosts
+        .iter()
+        .filter_map(|h| h.agent.as_ref().map(|a| a.id()))
+        .collect();
+    let mut procs = tb.processes();
+    procs.retain(|p| !agents.contains(p));
+    assert!(
+        procs.is_empty(),
+        "a datapath process on the BPF path: {procs:?}"
+    );
+    tb.kill_agent(1);
+    assert!(
+        ping(na1, "10.2.0.2"),
+        "VLAN link down while the agent is dead"
+    );
+    assert!(
+        ping(na1, "10.1.0.2"),
+        "VXLAN link down while the agent is dead"
+    );
+    let ns_inodes = sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag));
+    let since = tb.ctl().report_count(&h1id);
+    tb.start_agent(1);
+    tb.ctl().wait_attached(&h1id, 2, T);
+    let again = tb.ctl().wait_report_since(&h1id, 1, since, T);
+    assert!(again.converged, "{again:#?}");
+    assert_eq!(
+        sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag)),
+        ns_inodes,
+        "a restarted agent rebuilt namespaces"
+    );
+    assert_eq!(
+        tb.bpf_filters(1),
+        filters,
+        "classifiers were replaced, not adopted"
+    );
+    assert!(ping(na1, "10.2.0.2"));
+}
+
+/// Kill -9 of the agent: the userspace datapath is a process of its own and keeps forwarding; a
+/// restarted agent adopts it; if the datapath itself dies, the agent starts it again at once.
+fn userspace_survives_agent_kill(tb: &mut Testbed, na1: &str) {
+    let na1 = na1.to_string();
+    let h1id = tb.hosts[0].id.clone();
     let dp_pid = std::fs::read_to_string(tb.hosts[0].state_dir.join("state.json")).unwrap();
     tb.kill_agent(1);
     assert!(
@@ -325,7 +465,6 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         "datapath was restarted"
     );
     assert!(ping(&na1, "10.2.0.2"));
-    // If the datapath itself dies, the agent notices and starts it again at once.
     let dp = pid_of(&dp_pid_after)[0].as_u64().unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dp),
@@ -344,32 +483,6 @@ fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_
         "VLAN link restored {:?} after the datapath was killed",
         t.elapsed()
     );
-
-    // Teardown: an empty desired state leaves the hosts exactly as before.
-    tb.ctl().set_desired(&h1id, desired(2, vec![]));
-    tb.ctl().set_desired(&h2id, desired(2, vec![]));
-    tb.ctl().wait_converged(&h1id, 2, T);
-    tb.ctl().wait_converged(&h2id, 2, T);
-    let agents: Vec<u32> = tb
-        .hosts
-        .iter()
-        .map(|h| h.agent.as_ref().unwrap().id())
-        .collect();
-    let mut procs = tb.processes();
-    procs.retain(|p| !agents.contains(p));
-    assert!(
-        procs.is_empty(),
-        "processes left besides the agents: {procs:?}"
-    );
-    tb.stop_agent(1);
-    tb.stop_agent(2);
-    assert_eq!(tb.namespaces(), ns_before, "namespaces");
-    assert_eq!(
-        (tb.host_view(1), tb.host_view(2)),
-        before,
-        "links and qdiscs of the hosts"
-    );
-    assert!(tb.processes().is_empty());
 }
 
 #[test]

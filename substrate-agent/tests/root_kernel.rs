@@ -14,6 +14,20 @@ use common::{root_or_skip, sh, sh_ok};
 /// A namespace of this test, deleted even when the test panics.
 struct Ns(String);
 
+impl Ns {
+    /// Deletes the namespace and checks that it is gone (the leak check).
+    fn delete_and_check(self) {
+        let name = self.0.clone();
+        drop(self);
+        assert!(
+            !sh("ip netns list")
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+            "namespace {name} left behind"
+        );
+    }
+}
+
 impl Drop for Ns {
     fn drop(&mut self) {
         let _ = sh_ok(&format!("ip netns delete {}", self.0));
@@ -77,13 +91,45 @@ fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
         "a missing interface is reported as not found"
     );
 
-    let name = ns.0.clone();
     drop(k);
-    drop(ns);
-    assert!(
-        !sh("ip netns list")
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
-        "namespace {name} left behind"
-    );
+    ns.delete_and_check();
+}
+
+#[test]
+fn a_shaping_rate_is_read_back_and_replaced_in_place() {
+    if !root_or_skip("a_shaping_rate_is_read_back_and_replaced_in_place") {
+        return;
+    }
+    let ns = Ns(format!("vtq-{}", std::process::id()));
+    sh(&format!(
+        "ip netns add {0} && ip -n {0} link add a0 type veth peer name b0 && ip -n {0} link set a0 up",
+        ns.0
+    ));
+    let k = LinuxKernel::new().expect("kernel");
+    let a0 = |k: &LinuxKernel| {
+        k.ns_snapshot(&ns.0)
+            .expect("snapshot")
+            .links
+            .into_iter()
+            .find(|l| l.name == "a0")
+            .expect("a0")
+    };
+    assert_eq!(a0(&k).root_rate, None);
+    k.shape(&ns.0, "a0", 50).expect("shape");
+    let first = a0(&k);
+    assert_eq!(first.root_qdisc.as_deref(), Some("tbf"));
+    assert_eq!(first.root_rate, Some(6_250_000), "50 Mbit/s in bytes/s");
+    // Another rate replaces the qdisc on the same device.
+    k.shape(&ns.0, "a0", 100).expect("reshape");
+    let second = a0(&k);
+    assert_eq!(second.root_rate, Some(12_500_000));
+    assert_eq!(second.index, first.index);
+    let shown = sh(&format!("tc -n {} qdisc show dev a0", ns.0));
+    assert_eq!(shown.matches("qdisc tbf").count(), 1, "{shown}");
+    assert!(shown.contains("rate 100Mbit"), "{shown}");
+    // Above 2^32 bytes/s the rate comes back in TCA_TBF_RATE64.
+    k.shape(&ns.0, "a0", 40_000).expect("reshape fast");
+    assert_eq!(a0(&k).root_rate, Some(5_000_000_000));
+    drop(k);
+    ns.delete_and_check();
 }

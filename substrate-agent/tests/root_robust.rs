@@ -78,6 +78,8 @@ fn agent_killed_around_datapath_start_never_orphans_it() {
         return;
     }
     let mut tb = Testbed::new("r", 2);
+    // The crash points are those of the userspace datapath process.
+    tb.vlan_datapath = "userspace";
     tb.underlay(1, 2);
     let (h1, h2) = (tb.hosts[0].id.clone(), tb.hosts[1].id.clone());
     let (a1, a2) = vn("ka", 100, 20, true);

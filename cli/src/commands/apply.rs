@@ -1,4 +1,6 @@
-//! `vnctl apply -f vn.yaml [--wait]`: create a VN, or report how the existing one differs.
+//! `vnctl apply -f FILE|DIR|- [--dry-run] [--wait]`: create each VN of the source, update the
+//! ones that exist and differ in place, retry FAILED ones; `vnctl diff -f ...` shows what apply
+//! would change.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,18 +13,24 @@ use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
 use crate::output::vn_state;
 use crate::spec;
 
-/// Create a virtual network from a YAML spec (kubectl style).
+/// Create or update virtual networks from YAML specs (kubectl style).
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// The VN spec (YAML).
+    /// The VN specs: a file (several documents separated by `---`), a directory of `*.yaml`,
+    /// `*.yml` and `*.json` files, or `-` for standard input. `vnctl get vn NAME -o yaml`
+    /// output is accepted (its generation guards against concurrent updates).
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: PathBuf,
-    /// Wait until the VN is READY (watching its provisioning), or fail when it fails.
+    /// Wait until every VN is READY (watching its provisioning), or fail when one fails.
     #[arg(long)]
     pub wait: bool,
     /// How long `--wait` waits (e.g. 90s, 5m).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Print what would be done (for an existing VN: the controller's plan, what stays, what
+    /// moves, what is added or removed) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl ApplyArgs {
@@ -31,12 +39,16 @@ impl ApplyArgs {
     }
 
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
-        // The spec is checked before anything is sent: a bad file creates nothing.
-        let file = spec::load(&self.file)?;
-        self.apply(opts, file).await
+        // Every document is checked before anything is sent: a bad one applies nothing.
+        let docs = spec::load_all(&self.file)?;
+        for doc in &docs {
+            self.apply(opts, doc).await?;
+        }
+        Ok(())
     }
 
-    async fn apply(&self, opts: &ControllerOpts, file: spec::VnFile) -> anyhow::Result<()> {
+    async fn apply(&self, opts: &ControllerOpts, doc: &spec::SpecDoc) -> anyhow::Result<()> {
+        let file = &doc.file;
         let ctl = Controller::connect(opts)
             .await?
             .or_provider(file.provider.as_deref())?;
@@ -48,16 +60,24 @@ impl ApplyArgs {
             Err(s) if s.code() == Code::NotFound => None,
             Err(s) => return Err(rpc_error(&what, s)),
         };
+        if self.dry_run {
+            return match existing {
+                None => {
+                    println!("vn/{name} would be created (dry run)");
+                    Ok(())
+                }
+                Some(vn) => update(&ctl, doc, &vn, true).await,
+            };
+        }
         let existing = match existing {
             Some(vn) => Some(vn),
-            None => create(&ctl, &file, &what).await?,
+            None => create(&ctl, file, &what).await?,
         };
         if let Some(vn) = existing {
-            self.check_same(&vn, &file)?;
             if vn.state == pb::VnState::Failed as i32 {
-                self.retry(&ctl, &file, &vn, &what).await?;
+                self.retry(&ctl, file, &vn, &what).await?;
             } else {
-                println!("vn/{name} unchanged ({})", vn_state(vn.state));
+                update(&ctl, doc, &vn, false).await?;
             }
         }
         if self.wait {
@@ -65,32 +85,6 @@ impl ApplyArgs {
             println!("vn/{name} READY");
         }
         Ok(())
-    }
-
-    /// Fails, listing the differences, unless the applied spec of `vn` is the file's.
-    fn check_same(&self, vn: &pb::VirtualNetwork, file: &spec::VnFile) -> anyhow::Result<()> {
-        let name = &file.name;
-        let differences = vn
-            .spec
-            .as_ref()
-            .map(|applied| spec::diff(applied, file))
-            .unwrap_or_else(|| vec!["(the controller returned no spec)".into()]);
-        if differences.is_empty() {
-            return Ok(());
-        }
-        println!(
-            "vn/{name} exists and differs from {} (applied -> file):",
-            self.file.display()
-        );
-        for d in &differences {
-            println!("  {d}");
-        }
-        anyhow::bail!(
-            "vn/{name} exists with a different spec ({} difference{}); VNs are not \
-             updated in place: `vnctl delete vn {name} --wait`, then apply again",
-            differences.len(),
-            if differences.len() == 1 { "" } else { "s" }
-        )
     }
 
     /// Applying a FAILED VN's own spec again retries it: the VN is deleted (waiting until its
@@ -161,6 +155,91 @@ async fn create(
     }
 }
 
+/// Updates `vn` to the document's spec (or, `dry_run`, asks the controller for the plan) and
+/// prints what was (or would be) done. The update names the generation the VN was read at (the
+/// document's, else the Get's), so a concurrent change is refused, not overwritten.
+pub async fn update(
+    ctl: &Controller,
+    doc: &spec::SpecDoc,
+    vn: &pb::VirtualNetwork,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let name = &doc.file.name;
+    let out = ctl
+        .vns()
+        .update(pb::UpdateVnRequest {
+            spec: Some(doc.file.to_proto()),
+            generation: doc.generation.unwrap_or(vn.generation),
+            dry_run,
+        })
+        .await
+        .map_err(|s| {
+            let hint = if s.code() == Code::Aborted {
+                " (another update came first: read it again with `vnctl get vn NAME -o yaml`)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{}{hint}", rpc_error(&format!("update vn {name}"), s))
+        })?
+        .into_inner();
+    let now = out.vn.as_ref();
+    if !out.changed {
+        println!(
+            "vn/{name} unchanged ({})",
+            vn_state(now.map_or(vn.state, |v| v.state))
+        );
+        return Ok(());
+    }
+    let generation = now.map_or(0, |v| v.generation);
+    if dry_run {
+        println!("vn/{name} would be updated to generation {generation} (dry run):");
+    } else {
+        println!(
+            "vn/{name} updated to generation {generation} ({})",
+            vn_state(now.map_or(vn.state, |v| v.state))
+        );
+    }
+    for line in plan_lines(&out.plan, dry_run) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// The plan as lines: every change, and (`all`) what stays too.
+pub fn plan_lines(plan: &[pb::PlanItem], all: bool) -> Vec<String> {
+    plan.iter()
+        .filter(|p| all || p.action != pb::PlanAction::Keep as i32)
+        .map(|p| {
+            let action = match pb::PlanAction::try_from(p.action) {
+                Ok(pb::PlanAction::Keep) => "keep",
+                Ok(pb::PlanAction::Change) => "change",
+                Ok(pb::PlanAction::Move) => "move",
+                Ok(pb::PlanAction::Add) => "add",
+                Ok(pb::PlanAction::Remove) => "remove",
+                _ => "?",
+            };
+            let what = if p.node.is_empty() {
+                format!("link {}", p.endpoints.join("-"))
+            } else {
+                format!("node {}", p.node)
+            };
+            let place = match (p.from.is_empty(), p.to.is_empty()) {
+                (false, false) if p.from != p.to => {
+                    format!("{} -> {}", p.from.join(","), p.to.join(","))
+                }
+                (true, false) => p.to.join(","),
+                _ => p.from.join(","),
+            };
+            let detail = if p.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", p.detail)
+            };
+            format!("{action:<6} {what} ({place}){detail}")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +255,7 @@ mod tests {
             file,
             wait,
             timeout: Duration::from_secs(5),
+            dry_run: false,
         }
     }
 
@@ -188,7 +268,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_then_unchanged_then_differs() {
+    async fn create_then_unchanged_then_updated_in_place() {
         let fake = FakeController::new(Outcome::Ready);
         let addr = fake.clone().serve().await;
         let dir = tempfile::tempdir().unwrap();
@@ -200,27 +280,66 @@ mod tests {
         );
         // The same file again: unchanged, success.
         args(dir.path(), SPEC, false).execute(&o).await.unwrap();
-        // A different demand: an error that counts the differences; nothing is changed.
+        assert_eq!(fake.creates(), 1);
+        // A different demand, as a dry run: nothing changes.
         let changed = SPEC.replace("{name: b, cpu: 10}", "{name: b, cpu: 30}");
-        let e = args(dir.path(), &changed, false)
-            .execute(&o)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("exists with a different spec (1 difference)"),
-            "{e}"
-        );
+        let mut dry = args(dir.path(), &changed, false);
+        dry.dry_run = true;
+        dry.execute(&o).await.unwrap();
         assert_eq!(
             fake.vn("red", "web").unwrap().spec.unwrap().nodes[1].cpu,
             10
         );
+        // Applied: updated in place (no delete, no second create), one generation more.
+        args(dir.path(), &changed, false).execute(&o).await.unwrap();
+        let vn = fake.vn("red", "web").unwrap();
+        assert_eq!(vn.spec.unwrap().nodes[1].cpu, 30);
+        assert_eq!(vn.generation, 2);
+        assert_eq!(fake.creates(), 1);
+        // A document read at an older generation is refused, told to read again.
+        let stale = "generation: 1\nspec:\n  name: web\n  nodes: [{name: a, cpu: 10}]\n";
+        let e = args(dir.path(), stale, false)
+            .execute(&o)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("read it again"), "{e}");
+        assert_eq!(fake.vn("red", "web").unwrap().generation, 2);
         // Identity travelled on every call.
         assert!(
             fake.providers_seen()
                 .iter()
                 .all(|p| p.as_deref() == Some("red"))
         );
+    }
+
+    #[test]
+    fn the_plan_reads_as_lines() {
+        let item = |node: &str, ends: &[&str], a: pb::PlanAction, from: &[&str], to: &[&str]| {
+            pb::PlanItem {
+                node: node.into(),
+                endpoints: ends.iter().map(|s| s.to_string()).collect(),
+                action: a as i32,
+                from: from.iter().map(|s| s.to_string()).collect(),
+                to: to.iter().map(|s| s.to_string()).collect(),
+                detail: String::new(),
+            }
+        };
+        let plan = [
+            item("a", &[], pb::PlanAction::Keep, &["h1"], &["h1"]),
+            item("c", &[], pb::PlanAction::Move, &["h3"], &["h4"]),
+            item("", &["c", "d"], pb::PlanAction::Add, &[], &["h4", "h2"]),
+            item("", &["a", "b"], pb::PlanAction::Remove, &["h1", "h2"], &[]),
+        ];
+        assert_eq!(
+            plan_lines(&plan, false),
+            [
+                "move   node c (h3 -> h4)",
+                "add    link c-d (h4,h2)",
+                "remove link a-b (h1,h2)"
+            ]
+        );
+        assert_eq!(plan_lines(&plan, true)[0], "keep   node a (h1)");
     }
 
     #[tokio::test]

@@ -83,6 +83,7 @@ mod tests {
             file,
             wait: true,
             timeout: Duration::from_secs(5),
+            dry_run: false,
         }
         .execute(&opts)
         .await

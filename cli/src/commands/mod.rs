@@ -6,6 +6,7 @@ pub mod completions;
 pub mod console;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod embed;
 pub mod exec;
 pub mod experiment;
@@ -58,8 +59,10 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Embed one request on a substrate (offline, no controller).
     Embed(embed::EmbedArgs),
-    /// Create a virtual network from a YAML spec, or report how the existing one differs.
+    /// Create virtual networks from YAML specs, or update existing ones in place.
     Apply(apply::ApplyArgs),
+    /// Show what `apply -f` would change (the spec's differences and the controller's plan).
+    Diff(diff::DiffArgs),
     /// List virtual networks, substrate hosts or substrate links.
     Get(get::GetArgs),
     /// Show one virtual network in detail: placement, paths, VNIs and VLAN IDs, state.
@@ -110,6 +113,7 @@ impl Command {
             }
             Command::Admin(args) => args.run(&ctl),
             Command::Apply(args) => args.run(&ctl),
+            Command::Diff(args) => args.run(&ctl),
             Command::Get(args) => args.run(&ctl),
             Command::Describe(args) => args.run(&ctl),
             Command::Delete(args) => args.run(&ctl),

@@ -175,6 +175,7 @@ impl<K: Kernel + 'static> Agent<K> {
             &obs.observed,
             PlanContext {
                 guests_supported: self.guests.is_some(),
+                vlan_bpf: self.datapath.bpf(),
             },
         );
         for (vn, e) in &desired.invalid {

@@ -97,6 +97,7 @@ fn converge<K: Kernel>(
         &obs.observed,
         PlanContext {
             guests_supported: false,
+            vlan_bpf: false,
         },
     );
     let dp = FakeDatapath::default();
@@ -227,6 +228,7 @@ pub fn apply_once<K: Kernel>(
         &obs.observed,
         PlanContext {
             guests_supported: false,
+            vlan_bpf: datapath.bpf(),
         },
     );
     let env = Env {

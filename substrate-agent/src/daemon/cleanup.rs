@@ -49,6 +49,7 @@ pub fn cleanup<K: Kernel>(
         &obs.observed,
         PlanContext {
             guests_supported: guests.is_some(),
+            vlan_bpf: datapath.bpf(),
         },
     );
     let mut report = CleanupReport {

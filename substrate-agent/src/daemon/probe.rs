@@ -2,7 +2,8 @@
 //!
 //! Kernel features are tried, not guessed: a worker thread unshares a throw-away network namespace
 //! and creates a veth pair, a VXLAN device, a TAP, an 802.1Q device and a TBF qdisc there, then
-//! returns; the namespace and everything in it vanish with the thread's last reference. QEMU and
+//! returns; the namespace and everything in it vanish with the thread's last reference. The BPF
+//! 802.1Q datapath is tried the same way (load, attach to a veth). QEMU and
 //! KVM come from the guest module's probe (KVM counts as usable only with vmx/svm, `/dev/kvm` and
 //! a KVM module).
 
@@ -28,7 +29,9 @@ pub struct Probe {
     pub qemu: String,
     pub kvm_usable: bool,
     pub kvm_reason: String,
-    /// "kernel" or "userspace".
+    /// The BPF 802.1Q datapath loads and attaches here (cls_bpf, direct action).
+    pub bpf_vlan: bool,
+    /// The VLAN datapath in use: "bpf" or "userspace" (the agent sets it from its choice).
     pub vlan_datapath: String,
     /// Guest architectures a QEMU system emulator runs here for.
     pub guest_archs: Vec<String>,
@@ -170,6 +173,51 @@ fn try_kernel(errors: &mut Vec<String>) -> [bool; 6] {
     found
 }
 
+/// Tries the BPF 802.1Q datapath in a throw-away namespace: loads the program (verifier, JIT)
+/// and attaches it as a direct-action classifier to a veth's ingress. `Err` says what failed.
+pub fn bpf_vlan() -> Result<(), String> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), String> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("unshare a network namespace: {e}"))?;
+            let mut r = Rtnl::new().map_err(|e| format!("netlink: {e}"))?;
+            r.request(
+                RouteNetlinkMessage::NewLink(LinkVeth::new("pb0", "pb1").up().build()),
+                CREATE,
+            )
+            .map_err(|e| format!("veth: {e}"))?;
+            let idx = r
+                .get(RouteNetlinkMessage::GetLink(
+                    LinkUnspec::new_with_name("pb0").build(),
+                ))
+                .map_err(|e| format!("veth: {e}"))?
+                .into_iter()
+                .find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                    _ => None,
+                })
+                .ok_or("veth: no index")?;
+            crate::host::bpf::probe_attach(|fd| {
+                r.request(
+                    RouteNetlinkMessage::NewQueueDiscipline(crate::host::tc::ingress_qdisc(idx)),
+                    CREATE,
+                )?;
+                r.request(
+                    RouteNetlinkMessage::NewTrafficFilter(crate::host::tc::bpf_filter(
+                        idx,
+                        fd as u32,
+                        crate::host::bpf::PROGRAM,
+                    )),
+                    CREATE,
+                )
+                .map(|_| ())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("probe thread panicked".into()))
+    })
+}
+
 /// Runs the probe, with QEMU and KVM from the guest module's static probe.
 pub fn probe(qemu_binary: &str) -> Probe {
     probe_with_guests(&crate::guest::probe_host(qemu_binary))
@@ -181,6 +229,13 @@ pub fn probe(qemu_binary: &str) -> Probe {
 pub fn probe_with_guests(g: &crate::guest::HostGuestSupport) -> Probe {
     let mut errors = Vec::new();
     let [netns, veth, tap, vxlan, kernel_vlan, tc] = try_kernel(&mut errors);
+    let bpf_vlan = match bpf_vlan() {
+        Ok(()) => true,
+        Err(e) => {
+            errors.push(format!("bpf 802.1Q: {e}"));
+            false
+        }
+    };
     Probe {
         netns,
         veth,
@@ -192,7 +247,8 @@ pub fn probe_with_guests(g: &crate::guest::HostGuestSupport) -> Probe {
         qemu: g.qemu_string(),
         kvm_usable: g.kvm.usable,
         kvm_reason: g.kvm.reason.clone(),
-        vlan_datapath: if kernel_vlan { "kernel" } else { "userspace" }.into(),
+        bpf_vlan,
+        vlan_datapath: if bpf_vlan { "bpf" } else { "userspace" }.into(),
         guest_archs: g.archs.iter().map(|a| a.to_string()).collect(),
         errors,
     }

@@ -191,6 +191,7 @@ fn new_link(h: &mut Host, spec: &IfSpec, kind: &str, tag: &str) -> FakeLink {
             mtu: spec.mtu,
             addresses: spec.addresses.clone(),
             root_qdisc: None,
+            root_rate: None,
             ingress_qdisc: false,
         },
         peer: None,
@@ -349,6 +350,30 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn create_port(
+        &self,
+        dev: &IfSpec,
+        ctx: Option<&str>,
+        outer: &str,
+        tag: &str,
+    ) -> Result<(), KernelError> {
+        let mut h = self.host.lock().unwrap();
+        self.record(
+            &mut h,
+            format!(
+                "create_port {}/{} {}/{outer}",
+                dev.ns,
+                dev.ifname,
+                ctx.unwrap_or("<host>")
+            ),
+        )?;
+        check_free(&h, dev)?;
+        let mut l = new_link(&mut h, dev, "veth", "");
+        l.obs.alias = Some(tag.to_string());
+        ns_mut(&mut h, &dev.ns)?.links.insert(dev.ifname.clone(), l);
+        Ok(())
+    }
+
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError> {
         let mut h = self.host.lock().unwrap();
         self.record(
@@ -378,6 +403,7 @@ impl Kernel for FakeKernel {
                 what: format!("link {ifname} in {ns}"),
             })?;
         l.obs.root_qdisc = Some("tbf".into());
+        l.obs.root_rate = Some(crate::host::tc::TbfParams::for_mbps(mbps).rate_bytes);
         Ok(())
     }
 

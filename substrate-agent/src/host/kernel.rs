@@ -129,6 +129,17 @@ pub trait Kernel: Send + Sync {
     /// A persistent TAP device, configured and up; tagged with `tag` when given (a guest's TAPs
     /// are the guest runtime's, not the planner's, and carry none).
     fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError>;
+    /// A VLAN port for the BPF datapath: a veth pair whose inner end `dev` is created in
+    /// `dev.ns` (configured, tagged with `tag`, up) and whose outer end `outer` stays, up and
+    /// untagged, in the context namespace `ctx` (`None`: the agent's own). The pair dies with
+    /// `dev.ns`, so the outer end needs no record of its own.
+    fn create_port(
+        &self,
+        dev: &IfSpec,
+        ctx: Option<&str>,
+        outer: &str,
+        tag: &str,
+    ) -> Result<(), KernelError>;
     /// Deletes a link in a named namespace (`None`: the agent's own namespace).
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError>;
     /// Egress rate limit (TBF) on an interface.

@@ -210,6 +210,7 @@ fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<Ro
             Some("ingress") | Some("clsact") => l.ingress_qdisc = true,
             Some(k) if q.header.parent == TcHandle::ROOT && k != "noqueue" && k != "noop" => {
                 l.root_qdisc = Some(k.to_string());
+                l.root_rate = (k == "tbf").then(|| tc::tbf_rate(&q)).flatten();
             }
             _ => {}
         }
@@ -383,6 +384,120 @@ fn apply_if<T>(b: LinkMessageBuilder<T>, dev: &IfSpec, ns_fd: i32) -> LinkMessag
     }
 }
 
+impl crate::host::bpf::TcBpf for LinuxKernel {
+    fn ifindex(&self, ns: Option<&str>, ifname: &str) -> Result<u32, KernelError> {
+        self.in_ctx(
+            ns,
+            format!("link {ifname} in {}", ns.unwrap_or("the host namespace")),
+            |r| index_of(r, ifname),
+        )
+    }
+
+    fn bpf_attached(
+        &self,
+        ns: Option<&str>,
+        ifindex: u32,
+    ) -> Result<Option<(String, [u8; 8])>, KernelError> {
+        let what = format!(
+            "bpf classifier of link {ifindex} in {}",
+            ns.unwrap_or("the host namespace")
+        );
+        self.in_ctx(ns, what, |r| {
+            match r.dump(RouteNetlinkMessage::GetTrafficFilter(tc::bpf_filters(
+                ifindex,
+            ))) {
+                Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewTrafficFilter(f) => tc::our_bpf(f),
+                    _ => None,
+                })),
+                // No ingress qdisc (EINVAL) or no device.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn bpf_attach(
+        &self,
+        ns: Option<&str>,
+        ifindex: u32,
+        fd: std::os::fd::BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<bool, KernelError> {
+        let what = format!(
+            "attach bpf classifier to link {ifindex} in {}",
+            ns.unwrap_or("the host namespace")
+        );
+        self.in_ctx(ns, what, |r| {
+            let added = match r.request(
+                RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(ifindex)),
+                CREATE,
+            ) {
+                Ok(_) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                Err(e) => return Err(e),
+            };
+            r.request(
+                RouteNetlinkMessage::NewTrafficFilter(tc::bpf_filter(
+                    ifindex,
+                    fd.as_raw_fd() as u32,
+                    name,
+                )),
+                REPLACE,
+            )?;
+            Ok(added)
+        })
+    }
+
+    fn bpf_detach(
+        &self,
+        ns: Option<&str>,
+        ifindex: u32,
+        drop_qdisc: bool,
+    ) -> Result<(), KernelError> {
+        let what = format!(
+            "detach bpf classifier from link {ifindex} in {}",
+            ns.unwrap_or("the host namespace")
+        );
+        let gone = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::ENODEV)
+            )
+        };
+        self.in_ctx(ns, what, |r| {
+            match r.request(
+                RouteNetlinkMessage::DelTrafficFilter(tc::bpf_filters(ifindex)),
+                0,
+            ) {
+                Err(e) if !gone(&e) => return Err(e),
+                _ => {}
+            }
+            if drop_qdisc {
+                match r.request(
+                    RouteNetlinkMessage::DelQueueDiscipline(tc::ingress_qdisc(ifindex)),
+                    0,
+                ) {
+                    Err(e) if !gone(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn ns_inode(&self, ns: Option<&str>) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let m = match ns {
+            Some(n) => std::fs::metadata(std::path::Path::new(netns::NETNS_DIR).join(n)),
+            None => self.home.metadata(),
+        };
+        m.ok().map(|m| m.ino() as u32)
+    }
+}
+
 impl Kernel for LinuxKernel {
     fn list_netns(&self, prefix: &str) -> Result<Vec<NsEntry>, KernelError> {
         let list: Vec<NsEntry> = netns::list(prefix)
@@ -530,6 +645,38 @@ impl Kernel for LinuxKernel {
                 Ok(())
             },
         )
+    }
+
+    fn create_port(
+        &self,
+        dev: &IfSpec,
+        ctx: Option<&str>,
+        outer: &str,
+        tag: &str,
+    ) -> Result<(), KernelError> {
+        let inner = self.handle(&dev.ns)?;
+        let peer = apply_if(
+            LinkUnspec::new_with_name(&dev.ifname),
+            dev,
+            inner.file.as_raw_fd(),
+        )
+        .build();
+        let msg = LinkVeth::new(outer, &dev.ifname)
+            .mtu(dev.mtu)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.in_ctx(
+            ctx,
+            format!(
+                "vlan port {outer} in {} - {}/{}",
+                ctx.unwrap_or("the host namespace"),
+                dev.ns,
+                dev.ifname
+            ),
+            |r| r.request(RouteNetlinkMessage::NewLink(msg), CREATE),
+        )?;
+        self.finish_if(dev, tag)
     }
 
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError> {

@@ -8,8 +8,9 @@
 use rtnetlink::packet_core::DefaultNla;
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
-    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption,
+    TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption,
+    TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 
 const TCA_TBF_PARMS: u16 = 1;
@@ -22,6 +23,9 @@ const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 /// Priority of our redirect filters on an ingress qdisc: ours alone, so that a join can find,
 /// keep or replace exactly its own filter and leave anyone else's alone.
 pub const REDIRECT_PREF: u16 = 49;
+
+/// Priority of the BPF 802.1Q datapath's classifier on an ingress qdisc (ours alone, as above).
+pub const BPF_PREF: u16 = 48;
 
 /// Token bucket parameters for a rate in Mbit/s: bytes per second, burst and queue limit in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,52 @@ pub fn our_filters(ifindex: u32) -> TcMessage {
     m
 }
 
+/// The filters at [`BPF_PREF`] on the ingress qdisc of `ifindex` (dump or delete request).
+pub fn bpf_filters(ifindex: u32) -> TcMessage {
+    let mut m = our_filters(ifindex);
+    m.header.info = u32::from(TcHandle {
+        major: BPF_PREF,
+        minor: ETH_P_ALL_BE,
+    });
+    m
+}
+
+/// `tc filter replace dev IFINDEX ingress pref 48 handle 1 protocol all bpf direct-action fd FD
+/// name NAME`: replacing in place swaps the program without a moment in which no filter runs.
+pub fn bpf_filter(ifindex: u32, prog_fd: u32, name: &str) -> TcMessage {
+    let mut m = bpf_filters(ifindex);
+    m.header.handle = TcHandle { major: 0, minor: 1 };
+    m.attributes
+        .push(TcAttribute::Kind(TcFilterBpf::KIND.to_string()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    m
+}
+
+/// A BPF classifier of ours as dumped: its program's name and tag (`None`: not one of ours, or
+/// the filter's root node that a dump shows without options).
+pub fn our_bpf(f: &TcMessage) -> Option<(String, [u8; 8])> {
+    if (f.header.info >> 16) as u16 != BPF_PREF {
+        return None;
+    }
+    let opts = f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let name = opts.iter().find_map(|o| match o {
+        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => Some(n.clone()),
+        _ => None,
+    })?;
+    let tag = opts.iter().find_map(|o| match o {
+        TcOption::Bpf(TcFilterBpfOption::ProgTag(t)) => Some(*t),
+        _ => None,
+    })?;
+    Some((name, tag))
+}
+
 /// `tc filter add dev FROM parent ffff: pref 49 protocol all u32 match u8 0 0 action mirred
 /// egress redirect dev TO`.
 pub fn redirect_filter(from: u32, to: u32) -> TcMessage {
@@ -177,9 +227,70 @@ fn redirect_target(f: &TcMessage) -> Option<u32> {
     })
 }
 
+/// The rate (bytes per second) of a TBF qdisc as the kernel dumps it: `TCA_OPTIONS` nesting
+/// `TCA_TBF_PARMS` (whose `rate.rate` is the rate, capped at `u32::MAX`) and, above that,
+/// `TCA_TBF_RATE64`. `None` when the message carries neither.
+pub fn tbf_rate(q: &TcMessage) -> Option<u64> {
+    use rtnetlink::packet_core::{Nla, NlasIterator};
+    let opts = q.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let (mut rate32, mut rate64) = (None, None);
+    for o in opts {
+        let TcOption::Other(nla) = o else { continue };
+        let mut value = vec![0u8; nla.value_len()];
+        nla.emit_value(&mut value);
+        for inner in NlasIterator::new(&value[..]).flatten() {
+            let v = inner.value();
+            match inner.kind() {
+                TCA_TBF_PARMS if v.len() >= 12 => {
+                    rate32 = v[8..12].try_into().ok().map(u32::from_ne_bytes);
+                }
+                TCA_TBF_RATE64 if v.len() >= 8 => {
+                    rate64 = v[..8].try_into().ok().map(u64::from_ne_bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+    rate64.or(rate32.map(u64::from))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A qdisc dump as the kernel sends it: one `TCA_OPTIONS` whose payload nests the TBF
+    /// attributes (parsed by `netlink-packet-route` as one opaque attribute).
+    fn dumped(mbps: u64) -> TcMessage {
+        use rtnetlink::packet_core::Emitable;
+        let TcAttribute::Options(inner) = tbf_qdisc(3, mbps).attributes.remove(1) else {
+            panic!("options")
+        };
+        let nlas: Vec<DefaultNla> = inner
+            .into_iter()
+            .map(|o| match o {
+                TcOption::Other(n) => n,
+                _ => panic!("tbf options are opaque"),
+            })
+            .collect();
+        let mut payload = vec![0u8; nlas.as_slice().buffer_len()];
+        nlas.as_slice().emit(&mut payload);
+        let mut m = TcMessage::with_index(3);
+        m.attributes.push(TcAttribute::Kind("tbf".into()));
+        m.attributes.push(TcAttribute::Options(vec![TcOption::Other(
+            DefaultNla::new(2, payload),
+        )]));
+        m
+    }
+
+    #[test]
+    fn tbf_rate_is_read_back_from_a_dump() {
+        assert_eq!(tbf_rate(&dumped(50)), Some(6_250_000));
+        assert_eq!(tbf_rate(&dumped(100_000)), Some(12_500_000_000));
+        assert_eq!(tbf_rate(&ingress_qdisc(3)), None);
+    }
 
     #[test]
     fn tbf_parameters() {

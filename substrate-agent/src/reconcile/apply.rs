@@ -67,6 +67,9 @@ fn describe(op: &Op) -> String {
             )
         }
         Op::CreateTap { dev, .. } => format!("create tap {} in {}", dev.ifname, dev.ns),
+        Op::CreatePort { dev, outer, .. } => {
+            format!("create vlan port {} in {} ({outer})", dev.ifname, dev.ns)
+        }
         Op::Shape { ns, ifname, mbps } => format!("shape {ifname} in {ns} to {mbps} Mbit/s"),
         Op::JoinTransit { ns, a, b } => format!("join {a} and {b} in {ns}"),
         Op::AddRoute { ns, route } => {
@@ -135,6 +138,12 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
             .map_err(ctx)
         }
         Op::CreateTap { dev, tag } => k.create_tap(dev, Some(tag)).map_err(ctx),
+        Op::CreatePort {
+            dev,
+            ctx: c,
+            outer,
+            tag,
+        } => k.create_port(dev, c.as_deref(), outer, tag).map_err(ctx),
         Op::Shape { ns, ifname, mbps } => k.shape(ns, ifname, *mbps).map_err(ctx),
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
         Op::AddRoute { ns, route } => k.add_route(ns, route).map_err(ctx),

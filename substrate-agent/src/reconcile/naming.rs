@@ -76,6 +76,16 @@ impl Naming {
         format!("x{link}{side}")
     }
 
+    /// The outer end of a BPF VLAN port: the host-side peer of the veth whose inner end is
+    /// `ifname` in namespace `ns`. It lives in the link's context namespace (the agent's own, or a
+    /// parent node's), where the BPF datapath pushes and pops the tag; 12 characters.
+    pub fn port_dev(ns: &str, ifname: &str) -> String {
+        format!(
+            "vb{:010x}",
+            fnv1a64(&format!("{ns}/{ifname}")) & 0xff_ffff_ffff
+        )
+    }
+
     fn tag_head(&self) -> String {
         format!("vnet:{}:", self.host_id)
     }
@@ -160,10 +170,16 @@ pub fn fingerprint_node(node: &Node) -> String {
     fnv1a(&format!("{:?}", node.kind))
 }
 
-/// Fingerprint of everything that shapes a segment's interfaces.
+/// Fingerprint of everything that shapes a segment's interfaces, except the shaping rate: a
+/// bandwidth change is applied to the qdisc in place (the interfaces stay), so only whether the
+/// segment is shaped at all counts.
 pub fn fingerprint_segment(seg: &Segment) -> String {
     let mut s = String::new();
-    let _ = write!(s, "{:?}", seg);
+    let shaped = Segment {
+        bandwidth_mbps: u64::from(seg.bandwidth_mbps > 0),
+        ..seg.clone()
+    };
+    let _ = write!(s, "{:?}", shaped);
     fnv1a(&s)
 }
 

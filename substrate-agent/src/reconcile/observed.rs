@@ -47,6 +47,8 @@ pub struct LinkObs {
     pub addresses: Vec<IpNet>,
     /// Kind of the root qdisc, if any besides the default.
     pub root_qdisc: Option<String>,
+    /// Rate of a root TBF qdisc in bytes per second, as the kernel reports it.
+    pub root_rate: Option<u64>,
     /// An ingress (or clsact) qdisc is attached.
     pub ingress_qdisc: bool,
 }

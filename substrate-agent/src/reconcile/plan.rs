@@ -2,14 +2,17 @@
 //!
 //! In: the validated desired state of the host, what the agent observed of its own objects, and
 //! what this agent supports. Out: the operations that turn the observed host into the desired one,
-//! the VLAN wires the userspace datapath must serve, and the slices that cannot be built (with the
+//! the VLAN wires the VLAN datapath (BPF or userspace) must serve, and the slices that cannot be built (with the
 //! first error). The planner reads nothing and writes nothing; [`crate::reconcile::apply`] executes.
 //!
 //! Units of reconcile: a namespace (node or transit) is kept when its loopback tag matches the
 //! desired one, else deleted and created anew; a segment is kept when every one of its interfaces
 //! exists, carries the segment's tag, is up, has the segment's MTU, its addresses and (when
-//! shaped) its qdisc; otherwise its remaining interfaces are deleted and it is built again. Links
-//! in our namespaces that no segment wants are deleted. Routes are diffed one by one.
+//! shaped) its qdisc; otherwise its remaining interfaces are deleted and it is built again. A kept
+//! segment whose shaping rate changed gets its qdisc replaced in place (the tag does not cover the
+//! rate), so a bandwidth change never interrupts the link. Links in our namespaces that no segment
+//! wants are deleted. Routes are diffed one by one. A changed VN thus costs only the operations
+//! of what changed: untouched namespaces, links and qdiscs are not in the plan.
 //!
 //! Cost: linear in the number of desired and observed objects.
 
@@ -32,6 +35,8 @@ use crate::reconcile::spec::{
 pub struct PlanContext {
     /// A guest runtime is wired in: VM nodes can be built.
     pub guests_supported: bool,
+    /// VLAN links use the BPF datapath: their node-side devices are veth ports, not TAPs.
+    pub vlan_bpf: bool,
 }
 
 /// One NIC handed to a guest.
@@ -143,6 +148,14 @@ pub enum Op {
         dev: IfSpec,
         tag: String,
     },
+    /// A veth port of the BPF VLAN datapath: `dev` in its namespace, the outer end `outer` in
+    /// the context namespace (`None`: the agent's own).
+    CreatePort {
+        dev: IfSpec,
+        ctx: Option<String>,
+        outer: String,
+        tag: String,
+    },
     /// Egress shaping (TBF) of an interface.
     Shape {
         ns: String,
@@ -172,7 +185,10 @@ impl Op {
             | Op::DeleteHostLink { .. }
             | Op::DeleteRoute { .. } => 1,
             Op::CreateNetns { .. } => 2,
-            Op::CreateVeth { .. } | Op::CreateVxlan { .. } | Op::CreateTap { .. } => 3,
+            Op::CreateVeth { .. }
+            | Op::CreateVxlan { .. }
+            | Op::CreateTap { .. }
+            | Op::CreatePort { .. } => 3,
             Op::Shape { .. } | Op::JoinTransit { .. } => 4,
             Op::AddRoute { .. } => 5,
             Op::EnsureGuest(_) => 6,
@@ -232,6 +248,31 @@ impl Plan {
     /// True when there is nothing to do.
     pub fn is_noop(&self) -> bool {
         self.ops.is_empty()
+    }
+}
+
+/// The link kind a VLAN hop's device must have: a veth port (BPF) or a TAP (userspace).
+fn vlan_kind(hop: &Hop, ctx: PlanContext) -> Option<&'static str> {
+    match (hop.encap, ctx.vlan_bpf) {
+        (Encap::Vlan { .. }, true) => Some("veth"),
+        (Encap::Vlan { .. }, false) => Some("tun"),
+        (Encap::Vxlan { .. }, _) => None,
+    }
+}
+
+/// The link kind that the device `ifname` of a segment must have, where it matters (a VLAN
+/// hop's device: switching datapaths rebuilds the segment).
+fn want_kind(seg: &Segment, ifname: &str, ctx: PlanContext) -> Option<&'static str> {
+    match seg.shape() {
+        SegmentShape::NodeTunnel(_, hop) => vlan_kind(hop, ctx),
+        SegmentShape::Transit(a, b) => {
+            if ifname == Naming::transit_dev(&seg.link_id, 'a') {
+                vlan_kind(a, ctx)
+            } else {
+                vlan_kind(b, ctx)
+            }
+        }
+        SegmentShape::NodeNode(..) => None,
     }
 }
 
@@ -298,7 +339,34 @@ fn link_ok(l: &LinkObs, tag: &str, mtu: u32, addrs: &[IpNet], shaped: bool) -> b
         && l.up
         && l.mtu == mtu
         && addrs.iter().all(|a| l.addresses.contains(a))
-        && (!shaped || l.root_qdisc.as_deref() == Some("tbf"))
+        && (l.root_qdisc.as_deref() == Some("tbf")) == shaped
+}
+
+/// The node interfaces of a kept, shaped segment whose TBF rate is not the segment's: their
+/// qdisc is replaced in place.
+fn reshape(naming: &Naming, s: &Slice, seg: &Segment, observed: &Observed, p: &mut Plan) {
+    if seg.bandwidth_mbps == 0 {
+        return;
+    }
+    let want = crate::host::tc::TbfParams::for_mbps(seg.bandwidth_mbps).rate_bytes;
+    for n in seg.node_ifs() {
+        let ns = naming.node_ns(&n.node);
+        let rate = observed
+            .namespaces
+            .get(&ns)
+            .and_then(|o| o.links.get(n.ifname.as_str()))
+            .and_then(|l| l.root_rate);
+        if rate != Some(want) {
+            p.push(
+                Some(&s.vn_id),
+                Op::Shape {
+                    ns,
+                    ifname: n.ifname.to_string(),
+                    mbps: seg.bandwidth_mbps,
+                },
+            );
+        }
+    }
 }
 
 /// Computes the operations that take `observed` to `desired`.
@@ -306,7 +374,7 @@ pub fn plan(naming: &Naming, desired: &Desired, observed: &Observed, ctx: PlanCo
     let mut p = Plan::default();
     let good = buildable(naming, desired, observed, ctx, &mut p);
     let (want_ns, kept_ns) = plan_namespaces(naming, &good, observed, &mut p);
-    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, &mut p);
+    let touched_nodes = plan_segments(naming, &good, observed, &want_ns, &kept_ns, ctx, &mut p);
     plan_nodes(naming, &good, observed, &kept_ns, &touched_nodes, &mut p);
     p.ops.sort_by_key(|(_, op)| op.phase());
     p
@@ -495,6 +563,7 @@ fn plan_segments(
     observed: &Observed,
     want_ns: &WantedNs,
     kept_ns: &BTreeSet<String>,
+    ctx: PlanContext,
     p: &mut Plan,
 ) -> BTreeSet<NodeId> {
     let mut wanted_ifaces: BTreeSet<(String, String)> = BTreeSet::new();
@@ -532,9 +601,12 @@ fn plan_segments(
                     ),
                     None => (vec![], false, true),
                 };
-                link_ok(l, &tag, seg.mtu, &addrs, shaped) && (!transit || l.ingress_qdisc)
+                link_ok(l, &tag, seg.mtu, &addrs, shaped)
+                    && (!transit || l.ingress_qdisc)
+                    && want_kind(seg, ifname, ctx).is_none_or(|k| l.kind == k)
             });
             if healthy {
+                reshape(naming, s, seg, observed, p);
                 continue;
             }
             for (ns, ifname) in &ifaces {
@@ -551,7 +623,7 @@ fn plan_segments(
             for n in seg.node_ifs() {
                 touched_nodes.insert(n.node.clone());
             }
-            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), p);
+            build_segment(naming, s, seg, &tag, ctx_ns.as_ref(), ctx.vlan_bpf, p);
         }
     }
     // Links of ours in our namespaces that no segment wants.
@@ -693,6 +765,7 @@ fn build_segment(
     seg: &Segment,
     tag: &str,
     ctx_ns: Option<&String>,
+    bpf: bool,
     p: &mut Plan,
 ) {
     let vn = Some(&s.vn_id);
@@ -726,7 +799,7 @@ fn build_segment(
         SegmentShape::NodeTunnel(n, hop) => {
             let dev = if_spec(naming, s, seg, n);
             shape(p, &dev.ns, &dev.ifname);
-            p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns));
+            p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns, bpf));
             if matches!(hop.encap, Encap::Vlan { .. }) {
                 p.datapath_reattach = true;
             }
@@ -749,7 +822,7 @@ fn build_segment(
                 if matches!(hop.encap, Encap::Vlan { .. }) {
                     p.datapath_reattach = true;
                 }
-                p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns));
+                p.push(vn, tunnel_op(seg, hop, dev, tag, ctx_ns, bpf));
             }
             p.push(
                 vn,
@@ -763,7 +836,14 @@ fn build_segment(
     }
 }
 
-fn tunnel_op(seg: &Segment, hop: &Hop, dev: IfSpec, tag: &str, ctx_ns: Option<&String>) -> Op {
+fn tunnel_op(
+    seg: &Segment,
+    hop: &Hop,
+    dev: IfSpec,
+    tag: &str,
+    ctx_ns: Option<&String>,
+    bpf: bool,
+) -> Op {
     match hop.encap {
         Encap::Vxlan { vni, port } => Op::CreateVxlan {
             ctx: ctx_ns.cloned(),
@@ -774,6 +854,12 @@ fn tunnel_op(seg: &Segment, hop: &Hop, dev: IfSpec, tag: &str, ctx_ns: Option<&S
             remote: hop.remote,
             tag: tag.to_string(),
             link: seg.link_id.clone(),
+        },
+        Encap::Vlan { .. } if bpf => Op::CreatePort {
+            outer: Naming::port_dev(&dev.ns, &dev.ifname),
+            dev,
+            ctx: ctx_ns.cloned(),
+            tag: tag.to_string(),
         },
         Encap::Vlan { .. } => Op::CreateTap {
             dev,

@@ -84,6 +84,35 @@ pub trait DatapathControl: Send + Sync {
     fn healthy(&self) -> bool {
         true
     }
+
+    /// True for the BPF datapath: the planner then builds VLAN ports as veth pairs, not TAPs.
+    fn bpf(&self) -> bool {
+        false
+    }
+}
+
+/// The datapath in use and the others, which are kept empty: switching a host between the BPF
+/// and the userspace datapath tears down what the previous one served.
+pub struct SelectedDatapath {
+    pub active: Box<dyn DatapathControl>,
+    pub others: Vec<Box<dyn DatapathControl>>,
+}
+
+impl DatapathControl for SelectedDatapath {
+    fn configure(&self, cfg: &DatapathConfig, reattach: bool) -> Result<(), DatapathError> {
+        for o in &self.others {
+            o.configure(&DatapathConfig::default(), false)?;
+        }
+        self.active.configure(cfg, reattach)
+    }
+
+    fn healthy(&self) -> bool {
+        self.active.healthy()
+    }
+
+    fn bpf(&self) -> bool {
+        self.active.bpf()
+    }
 }
 
 /// A recording stand-in for tests.

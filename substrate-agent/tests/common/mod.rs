@@ -445,6 +445,9 @@ pub struct Testbed {
     pub hosts: Vec<Host>,
     pub ctl: Option<FakeController>,
     pub dir: tempfile::TempDir,
+    /// The VLAN datapath every agent is started with (`--vlan-datapath`; the agent's default,
+    /// `auto`, picks BPF here).
+    pub vlan_datapath: &'static str,
 }
 
 pub const PORT: u16 = 7000;
@@ -457,6 +460,7 @@ impl Testbed {
         let dir = tempfile::tempdir().unwrap();
         let mut tb = Testbed {
             prefix: "vt".into(),
+            vlan_datapath: "auto",
             ctl_ns: ctl_ns.clone(),
             hosts: Vec::new(),
             ctl: None,
@@ -560,6 +564,7 @@ impl Testbed {
                 h.state_dir.join("guests").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info")
+            .env("VNET_VLAN_DATAPATH", self.vlan_datapath)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -658,6 +663,48 @@ impl Testbed {
     }
 
     /// Links (with qdiscs) of host `i`'s own namespace, as text.
+    /// The BPF datapath's pin directory of host `i`'s agent.
+    pub fn bpf_pins(&self, i: usize) -> std::path::PathBuf {
+        std::path::Path::new("/sys/fs/bpf/vnet").join(format!(
+            "{}-{}",
+            self.prefix,
+            self.hosts[i - 1].id
+        ))
+    }
+
+    /// A drop/forward counter of host `i`'s BPF datapath (agent namespace), summed over CPUs:
+    /// slot 0 unknown VLAN ID, 1 foreign TPID, 2 tag errors, 3 forwarded.
+    pub fn bpf_counter(&self, i: usize, slot: u32) -> u64 {
+        let path = self.bpf_pins(i).join("_agent/vnet_vlan_cnt");
+        let out = sh(&format!("bpftool -j map dump pinned {}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["formatted"])
+            .find(|e| e["key"].as_u64() == Some(slot as u64))
+            .map(|e| {
+                e["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["value"].as_u64().unwrap())
+                    .sum()
+            })
+            .unwrap_or_else(|| panic!("no slot {slot}: {out}"))
+    }
+
+    /// Our BPF classifiers on host `i`'s devices: `dev ... id N ...` lines, sorted.
+    pub fn bpf_filters(&self, i: usize) -> String {
+        let ns = &self.hosts[i - 1].ns;
+        sh(&format!(
+            "for d in $(ip -n {ns} -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1); do \
+             tc -n {ns} filter show dev $d ingress 2>/dev/null | grep 'pref 48 bpf' | grep vnet_vlan | \
+             sed \"s/^/$d /\"; done | sort"
+        ))
+    }
+
     pub fn host_view(&self, i: usize) -> String {
         let ns = &self.hosts[i - 1].ns;
         // Names, kinds and promiscuity (carrier flags flap transiently and are not state).
@@ -682,6 +729,9 @@ impl Drop for Testbed {
             );
         }
         self.ctl.take();
+        for i in 1..=self.hosts.len() {
+            let _ = std::fs::remove_dir_all(self.bpf_pins(i));
+        }
         for ns in self.namespaces() {
             let _ = sh_ok(&format!("ip netns delete {ns}"));
         }

@@ -26,6 +26,9 @@ pub enum CoreError {
     /// A quota or a fixed capacity makes the request impossible (embedding again cannot help).
     #[error("{0}")]
     NoRoom(String),
+    /// The VN changed since the caller read it (optimistic concurrency): read it again.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<AllocError> for CoreError {

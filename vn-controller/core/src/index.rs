@@ -40,6 +40,8 @@ pub enum EventKind {
     Degraded,
     Failed,
     Deleted,
+    /// The spec or the placement changed (an update, a move off a failed host).
+    Updated,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,22 +99,22 @@ impl Change {
 
 #[derive(Clone, Debug)]
 pub struct Index {
-    cfg: IndexConfig,
+    pub(crate) cfg: IndexConfig,
     pub registry: Registry,
-    alloc: Allocators,
-    usage: Usage,
-    vns: BTreeMap<String, VnRecord>,
+    pub(crate) alloc: Allocators,
+    pub(crate) usage: Usage,
+    pub(crate) vns: BTreeMap<String, VnRecord>,
     by_name: BTreeMap<(ProviderId, String), String>,
-    host_vns: BTreeMap<String, BTreeSet<String>>,
-    generations: BTreeMap<String, u64>,
+    pub(crate) host_vns: BTreeMap<String, BTreeSet<String>>,
+    pub(crate) generations: BTreeMap<String, u64>,
     observed: BTreeMap<String, u64>,
     /// (host, vn_id) -> the VN's slice on that host, built once at accept/restore.
-    slices: HashMap<(String, String), Arc<Slice>>,
+    pub(crate) slices: HashMap<(String, String), Arc<Slice>>,
     /// Recursion: what children use of their parents, and the tree.
-    nests: Nests,
+    pub(crate) nests: Nests,
 }
 
-fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
+pub(crate) fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
     rec.placement
         .links
         .iter()
@@ -121,7 +123,7 @@ fn hop_links(rec: &VnRecord) -> Vec<Vec<String>> {
 }
 
 /// Where each node sits in the frame it was embedded in: the host, or for a child the parent node.
-fn node_hosts(rec: &VnRecord) -> Vec<String> {
+pub(crate) fn node_hosts(rec: &VnRecord) -> Vec<String> {
     rec.placement
         .nodes
         .iter()
@@ -258,7 +260,7 @@ impl Index {
         Ok(ix)
     }
 
-    fn reserve_ids(&mut self, rec: &VnRecord) -> Result<(), AllocError> {
+    pub(crate) fn reserve_ids(&mut self, rec: &VnRecord) -> Result<(), AllocError> {
         for l in &rec.placement.links {
             for m in l.macs {
                 self.alloc.mac.reserve(m)?;
@@ -275,7 +277,7 @@ impl Index {
         Ok(())
     }
 
-    fn release_ids(&mut self, placement: &Placement) {
+    pub(crate) fn release_ids(&mut self, placement: &Placement) {
         for l in &placement.links {
             for m in l.macs {
                 self.alloc.mac.release(m);
@@ -341,7 +343,7 @@ impl Index {
         Ok(())
     }
 
-    fn bump(&mut self, host: &str, change: &mut Change) -> u64 {
+    pub(crate) fn bump(&mut self, host: &str, change: &mut Change) -> u64 {
         let g = self.generations.entry(host.to_string()).or_insert(0);
         *g += 1;
         change.generations.insert(host.to_string(), *g);
@@ -361,7 +363,7 @@ impl Index {
         change
     }
 
-    fn cache_slices(&mut self, rec: &VnRecord) {
+    pub(crate) fn cache_slices(&mut self, rec: &VnRecord) {
         for h in rec.placement.hosts() {
             if let Some(s) = desired::slice(rec, &h) {
                 self.slices.insert((h, rec.vn_id.clone()), Arc::new(s));
@@ -388,6 +390,12 @@ impl Index {
     /// checks against the parent ([`frame`]). The attempt embeds in it; [`Index::accept`]
     /// computes it again, because the parent may have changed in between.
     pub fn frame(&self, req: &VnReq) -> Result<Frame, CoreError> {
+        self.frame_except(req, None)
+    }
+
+    /// [`Index::frame`] of a request that replaces the held VN `replaces`: its own nodes and
+    /// cpu do not count twice against its ancestors' quotas.
+    pub fn frame_except(&self, req: &VnReq, replaces: Option<&str>) -> Result<Frame, CoreError> {
         let Some(pref) = &req.parent else {
             return frame::top_level(req, &self.registry, self.cfg.vxlan_port);
         };
@@ -398,8 +406,13 @@ impl Index {
             })?;
         let mut ancestors = Vec::new();
         let mut anc = Some(parent);
+        let own = replaces
+            .and_then(|id| self.record(id))
+            .filter(|r| r.status.holds_resources())
+            .map_or((0, 0), |r| (r.req.nodes.len() as u64, r.req.total_cpu()));
         while let Some(rec) = anc {
             let (nodes, cpu) = self.subtree_totals(&rec.vn_id);
+            let (nodes, cpu) = (nodes.saturating_sub(own.0), cpu.saturating_sub(own.1));
             ancestors.push(Ancestor { rec, nodes, cpu });
             anc = rec.parent_id().and_then(|p| self.record(p));
         }
@@ -511,6 +524,7 @@ impl Index {
             placement,
             hosts,
             nesting,
+            generation: 1,
         };
         self.by_name.insert(
             (rec.provider().clone(), rec.name().to_string()),
@@ -667,9 +681,14 @@ impl Index {
     }
 
     /// Marks READY when every host reported its slice ready.
-    fn settle(rec: &mut VnRecord, change: &mut Change) {
+    pub(crate) fn settle(rec: &mut VnRecord, change: &mut Change) {
         let all_ready = rec.hosts.values().all(|p| p.phase == HostPhase::Ready);
-        if all_ready && matches!(rec.status, VnStatus::Provisioning | VnStatus::Degraded) {
+        if all_ready
+            && matches!(
+                rec.status,
+                VnStatus::Provisioning | VnStatus::Degraded | VnStatus::Updating
+            )
+        {
             rec.status = VnStatus::Ready;
             rec.reason.clear();
             change.status_changed = true;
@@ -685,7 +704,7 @@ impl Index {
     }
 
     fn degrade(rec: &mut VnRecord, reason: String, host: &str, change: &mut Change) {
-        if rec.status == VnStatus::Ready {
+        if matches!(rec.status, VnStatus::Ready | VnStatus::Updating) {
             rec.status = VnStatus::Degraded;
             rec.reason = reason.clone();
             change.status_changed = true;
@@ -824,13 +843,13 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::desired::Endpoint;
     use crate::model::{Attributes, Encap, Kind, LinkReq, NodeReq};
     use crate::substrate::{LinkSource, UnderlayIf};
 
-    fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
+    pub(crate) fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
         HostInfo {
             id: id.into(),
             underlay_address: format!("10.0.0.{n}").parse().unwrap(),

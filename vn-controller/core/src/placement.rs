@@ -66,28 +66,20 @@ pub fn allocate(
     let mut links = Vec::with_capacity(req.links.len());
     for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
         let ifnames = [names.next(l, 0), names.next(l, 1)];
-        let mut mac = || -> Result<u64, CoreError> {
-            let v = alloc.mac.allocate()?;
-            taken.push(Taken::Mac(v));
-            Ok(v)
-        };
-        let macs = [mac()?, mac()?];
-        let (hops, mtu) = place_hops(alloc, target, l, &mapping.link_paths[i], path, taken)?;
-        let mtu = match req.attributes.mtu {
-            Some(cap) => mtu.min(cap),
-            None => mtu,
-        };
-        let (hosts, contexts) = match target.parent_nodes {
-            Some(m) => (
-                path.iter().map(|p| m[p].host.clone()).collect(),
-                path.iter().map(|p| m[p].node_id.clone()).collect(),
-            ),
-            None => (vec![], vec![]),
-        };
+        let macs = [take_mac(alloc, taken)?, take_mac(alloc, taken)?];
+        let (hops, mtu) = place_hops(
+            alloc,
+            target,
+            l,
+            &mapping.link_paths[i],
+            path,
+            &BTreeMap::new(),
+            taken,
+        )?;
+        let mtu = req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap));
+        let (hosts, contexts) = path_places(target, path);
         let segment_ids = segment_ids(&vn_id, i, &hosts, &mut extra_segments)?;
-        let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
-        let carrier =
-            (req.nestable && l.addresses.is_none() && !vm_end).then(|| nest::carrier_pair(i));
+        let carrier = needs_carrier(req, l).then(|| nest::carrier_pair(i));
         links.push(PlacedLink {
             link_id: link_id(&vn_id, i),
             path: path.clone(),
@@ -111,31 +103,68 @@ pub fn allocate(
     Ok((vn_id, placement))
 }
 
+/// A new MAC address, recorded in `taken`.
+pub(crate) fn take_mac(alloc: &mut Allocators, taken: &mut Vec<Taken>) -> Result<u64, CoreError> {
+    let v = alloc.mac.allocate()?;
+    taken.push(Taken::Mac(v));
+    Ok(v)
+}
+
+/// A child's link: the substrate host and the context node id of each element of its `path`
+/// (parent nodes); empty for a VN on the substrate.
+pub(crate) fn path_places(target: &Target<'_>, path: &[String]) -> (Vec<String>, Vec<String>) {
+    match target.parent_nodes {
+        Some(m) => (
+            path.iter().map(|p| m[p].host.clone()).collect(),
+            path.iter().map(|p| m[p].node_id.clone()).collect(),
+        ),
+        None => (vec![], vec![]),
+    }
+}
+
+/// A link of a nestable VN without addresses and without a vm end gets carrier addresses.
+pub(crate) fn needs_carrier(req: &VnReq, l: &LinkReq) -> bool {
+    let vm_end = req.nodes[l.a].kind == Kind::Vm || req.nodes[l.b].kind == Kind::Vm;
+    req.nestable && l.addresses.is_none() && !vm_end
+}
+
+/// The node of `target` where frame host `h` is: (substrate host, parent node, context).
+pub(crate) fn node_place(target: &Target<'_>, h: &str) -> (String, Option<String>, Option<String>) {
+    (
+        target
+            .parent_nodes
+            .map_or_else(|| h.to_string(), |m| m[h].host.clone()),
+        target.parent_nodes.map(|_| h.to_string()),
+        target.parent_nodes.map(|m| m[h].node_id.clone()),
+    )
+}
+
 /// Each node where the mapping puts it: on a host, or (a child) in a parent node on its host.
 fn place_nodes(target: &Target<'_>, vn_id: &str, mapping: &Mapping) -> Vec<PlacedNode> {
     mapping
         .node_hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| PlacedNode {
-            host: target
-                .parent_nodes
-                .map_or_else(|| h.clone(), |m| m[h].host.clone()),
-            node_id: node_id(vn_id, i),
-            parent_node: target.parent_nodes.map(|_| h.clone()),
-            context: target.parent_nodes.map(|m| m[h].node_id.clone()),
+        .map(|(i, h)| {
+            let (host, parent_node, context) = node_place(target, h);
+            PlacedNode {
+                host,
+                node_id: node_id(vn_id, i),
+                parent_node,
+                context,
+            }
         })
         .collect()
 }
 
 /// Interface names: explicit ones first, then eth0, eth1, ... skipping taken names.
-struct InterfaceNames {
+pub(crate) struct InterfaceNames {
     used: Vec<BTreeSet<String>>,
     next_eth: Vec<usize>,
 }
 
 impl InterfaceNames {
-    fn new(req: &VnReq) -> Self {
+    pub(crate) fn new(req: &VnReq) -> Self {
         let mut used: Vec<BTreeSet<String>> = vec![BTreeSet::new(); req.nodes.len()];
         for l in &req.links {
             for (side, node) in [l.a, l.b].into_iter().enumerate() {
@@ -150,8 +179,13 @@ impl InterfaceNames {
         }
     }
 
+    /// Marks `name` taken on node `node` (an interface that an update keeps).
+    pub(crate) fn reserve(&mut self, node: usize, name: &str) {
+        self.used[node].insert(name.to_string());
+    }
+
     /// The name of link `l`'s interface at `side` (0: `a`, 1: `b`).
-    fn next(&mut self, l: &LinkReq, side: usize) -> String {
+    pub(crate) fn next(&mut self, l: &LinkReq, side: usize) -> String {
         if let Some(n) = &l.interfaces[side] {
             return n.clone();
         }
@@ -168,13 +202,15 @@ impl InterfaceNames {
 
 /// The hops of link `l` over the links `link_path` along the host path `path`, each with its
 /// VNI or VLAN ID and tunnel addresses, and the link's MTU (the smallest hop's; the default
-/// underlay MTU for a co-located link).
-fn place_hops(
+/// underlay MTU for a co-located link). A hop over a link named in `reuse` with that
+/// encapsulation keeps the identifier given there instead of taking a new one.
+pub(crate) fn place_hops(
     alloc: &mut Allocators,
     target: &Target<'_>,
     l: &LinkReq,
     link_path: &[String],
     path: &[String],
+    reuse: &BTreeMap<String, (Option<u32>, Option<u16>)>,
     taken: &mut Vec<Taken>,
 ) -> Result<(Vec<Hop>, u32), CoreError> {
     let mut hops = Vec::new();
@@ -193,13 +229,18 @@ fn place_hops(
         };
         let (from_address, to_address) = (addr(from)?, addr(to)?);
         let under = target.reg.mtu_on(&sl, from).min(target.reg.mtu_on(&sl, to));
-        let (vni, vlan_id, hop_mtu) = match l.encap {
-            Encap::Vxlan => {
+        let kept = reuse.get(sid).copied();
+        let (vni, vlan_id, hop_mtu) = match (l.encap, kept) {
+            (Encap::Vxlan, Some((Some(v), None))) => {
+                (Some(v), None, under.saturating_sub(VXLAN_OVERHEAD))
+            }
+            (Encap::Vlan, Some((None, Some(v)))) => (None, Some(v), under),
+            (Encap::Vxlan, _) => {
                 let v = alloc.vni.allocate()?;
                 taken.push(Taken::Vni(v));
                 (Some(v as u32), None, under.saturating_sub(VXLAN_OVERHEAD))
             }
-            Encap::Vlan => {
+            (Encap::Vlan, _) => {
                 let v = alloc.vlan_pool(&sl.segment).allocate()?;
                 taken.push(Taken::Vlan(sl.segment.clone(), v));
                 (None, Some(v as u16), under)
@@ -227,7 +268,7 @@ fn place_hops(
 
 /// A child's link may cross two parent nodes on one host: one segment id each after the first
 /// (`extra` counts them over the VN). Empty when no host repeats.
-fn segment_ids(
+pub(crate) fn segment_ids(
     vn_id: &str,
     link: usize,
     hosts: &[String],

@@ -16,14 +16,18 @@ pub enum VnStatus {
     Degraded,
     /// Rolled back: holds no resources, kept so that its provider sees why.
     Failed,
+    /// A held VN whose spec or placement changed: the hosts whose slices changed have not all
+    /// reported them ready yet (the others keep forwarding).
+    Updating,
 }
 
 impl VnStatus {
-    pub const ALL: [VnStatus; 4] = [
+    pub const ALL: [VnStatus; 5] = [
         VnStatus::Provisioning,
         VnStatus::Ready,
         VnStatus::Degraded,
         VnStatus::Failed,
+        VnStatus::Updating,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +36,7 @@ impl VnStatus {
             VnStatus::Ready => "ready",
             VnStatus::Degraded => "degraded",
             VnStatus::Failed => "failed",
+            VnStatus::Updating => "updating",
         }
     }
 
@@ -192,6 +197,14 @@ pub struct VnRecord {
     /// Child VN: where it sits in the hierarchy (`None`: on the substrate).
     #[serde(default)]
     pub nesting: Option<Nesting>,
+    /// Generation of the VN's spec and placement: 1 when created, one more at every update or
+    /// re-embedding (optimistic concurrency: an update names the generation it was read at).
+    #[serde(default = "first_generation")]
+    pub generation: u64,
+}
+
+fn first_generation() -> u64 {
+    1
 }
 
 /// Where a child VN sits: its parent (by VN id, never reused) and its depth.

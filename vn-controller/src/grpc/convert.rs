@@ -9,6 +9,7 @@ use crate::core::alloc::mac_string;
 use crate::core::index::{Event, EventKind, Index};
 use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
+use crate::core::replan::{Action, Diff};
 use crate::core::substrate::{GuestImage, HostInfo, Registry, SubstrateLink};
 use crate::core::usage::Usage;
 
@@ -25,6 +26,7 @@ pub fn state(s: VnStatus) -> pb::VnState {
         VnStatus::Ready => pb::VnState::Ready,
         VnStatus::Degraded => pb::VnState::Degraded,
         VnStatus::Failed => pb::VnState::Failed,
+        VnStatus::Updating => pb::VnState::Updating,
     }
 }
 
@@ -194,6 +196,7 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             .iter()
             .map(|(h, p)| (h.clone(), p.phase.describe()))
             .collect(),
+        generation: rec.generation,
     }
 }
 
@@ -271,6 +274,7 @@ pub fn event(e: &Event) -> pb::VnEvent {
         EventKind::Degraded => pb::VnEventKind::Degraded,
         EventKind::Failed => pb::VnEventKind::Failed,
         EventKind::Deleted => pb::VnEventKind::Deleted,
+        EventKind::Updated => pb::VnEventKind::Updated,
     };
     pb::VnEvent {
         kind: kind as i32,
@@ -324,4 +328,32 @@ pub fn embedded(rec: &VnRecord) -> pb::EmbeddedVn {
             })
             .collect(),
     }
+}
+
+/// What an update does to every node and link, on the wire.
+pub fn plan(d: &Diff) -> Vec<pb::PlanItem> {
+    let action = |a: Action| match a {
+        Action::Keep => pb::PlanAction::Keep,
+        Action::Change => pb::PlanAction::Change,
+        Action::Move => pb::PlanAction::Move,
+        Action::Add => pb::PlanAction::Add,
+        Action::Remove => pb::PlanAction::Remove,
+    } as i32;
+    let nodes = d.nodes.iter().map(|n| pb::PlanItem {
+        node: n.name.clone(),
+        endpoints: vec![],
+        action: action(n.action),
+        from: n.from.iter().cloned().collect(),
+        to: n.to.iter().cloned().collect(),
+        detail: n.detail.clone(),
+    });
+    let links = d.links.iter().map(|l| pb::PlanItem {
+        node: String::new(),
+        endpoints: l.ends.to_vec(),
+        action: action(l.action),
+        from: l.from.clone(),
+        to: l.to.clone(),
+        detail: l.detail.clone(),
+    });
+    nodes.chain(links).collect()
 }

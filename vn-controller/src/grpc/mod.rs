@@ -37,6 +37,7 @@ pub fn status(e: ControlError) -> Status {
         ControlError::Unavailable(m) => Status::unavailable(m),
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
         ControlError::Internal(m) => Status::internal(m),
+        ControlError::Aborted(m) => Status::aborted(m),
     }
 }
 

@@ -11,7 +11,7 @@ use vnet_proto::v1::virtual_networks_server::VirtualNetworks;
 
 use crate::core::model::ProviderId;
 use crate::core::record::VnRecord;
-use crate::runtime::controller::Controller;
+use crate::runtime::controller::{Controller, UpdateOpts};
 
 use super::{convert, identity, status, validate};
 
@@ -184,5 +184,30 @@ impl VirtualNetworks for VnService {
         req: Request<tonic::Streaming<pb::ConsoleRequest>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
         super::console::serve(&self.ctl, req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update(
+        &self,
+        req: Request<pb::UpdateVnRequest>,
+    ) -> Result<Response<pb::UpdateVnResponse>, Status> {
+        let caller = identity::provider(&self.ctl, &req)?;
+        let algorithms = self.ctl.algorithms();
+        let pb::UpdateVnRequest {
+            spec,
+            generation,
+            dry_run,
+        } = req.into_inner();
+        let (vn, spec) = validate::vn_spec(spec, &caller, &algorithms)?;
+        let opts = UpdateOpts {
+            generation: (generation > 0).then_some(generation),
+            dry_run,
+        };
+        let out = self.ctl.update(vn, spec, opts).await.map_err(status)?;
+        Ok(Response::new(pb::UpdateVnResponse {
+            vn: Some(self.present(&out.rec, &caller)),
+            plan: convert::plan(&out.diff),
+            changed: out.changed,
+        }))
     }
 }

@@ -28,8 +28,10 @@ use super::writer::{Publisher, Writer};
 
 mod console;
 mod exec;
+mod update;
 pub use console::{ConsoleEvent, ConsoleOpts, ConsoleSession};
 pub use exec::{AgentExec, ExecOpts, ExecSession};
+pub use update::{UpdateOpts, UpdateOutcome};
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -102,6 +104,9 @@ pub enum ControlError {
     Timeout(String),
     #[error("{0}")]
     Internal(String),
+    /// Optimistic concurrency: the VN changed since the caller read it.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl From<CoreError> for ControlError {
@@ -114,6 +119,7 @@ impl From<CoreError> for ControlError {
             CoreError::Precondition(m) => ControlError::Precondition(m),
             CoreError::Permission(m) => ControlError::PermissionDenied(m),
             CoreError::Invalid(m) => ControlError::InvalidArgument(m),
+            CoreError::Conflict(m) => ControlError::Aborted(m),
         }
     }
 }
@@ -342,24 +348,13 @@ impl Controller {
 
     /// What `provider` holds now: its VNs that hold resources (provisioning, ready, degraded).
     pub fn usage(ix: &Index, provider: &ProviderId) -> Usage {
-        let mut u = Usage::default();
-        for r in ix.list(provider) {
-            if r.status.holds_resources() {
-                u.add(&Self::demand(&r.req));
-            }
-        }
-        u
+        Self::usage_except(ix, provider, None)
     }
 
     /// Refuses a request beyond its provider's quota (checked under the index lock, so that
     /// concurrent creates cannot together exceed it).
     fn check_quota(&self, ix: &Index, req: &VnReq) -> Result<(), ControlError> {
-        let quota = self.shared.credentials.quota(&req.provider.0);
-        let used = Self::usage(ix, &req.provider);
-        match quota.exceeded(&req.provider.0, &used, &Self::demand(req)) {
-            Some(why) => Err(ControlError::Exhausted(why)),
-            None => Ok(()),
-        }
+        self.check_quota_replacing(ix, req, None)
     }
 
     /// Forgets FAILED records `ttl` after this controller first saw them failed, checking
@@ -456,44 +451,57 @@ impl Controller {
     #[tracing::instrument(skip_all, fields(provider = %req.provider, vn = %req.name))]
     pub async fn create(&self, req: VnReq, spec: pb::VnSpec) -> Result<VnRecord, ControlError> {
         let started = Instant::now();
-        let algorithm = req
-            .algorithm
-            .clone()
-            .or_else(|| self.shared.cfg.algorithm.clone())
-            .unwrap_or_else(|| self.shared.planner.default_algorithm().to_string());
+        let algorithm = self.algorithm_for(&req);
         let spec_pb = prost::Message::encode_to_vec(&spec);
         let req = Arc::new(req);
-        const OPTIMISTIC: usize = 2;
-        for attempt in 0..=OPTIMISTIC {
-            let this = self.clone();
-            let req2 = req.clone();
-            let algo = algorithm.clone();
-            let spec_pb = spec_pb.clone();
-            let serialised = attempt == OPTIMISTIC;
-            let out = tokio::task::spawn_blocking(move || {
-                this.create_attempt(&req2, &algo, spec_pb, serialised)
+        let out = self
+            .optimistic("create", move |this, serialised| {
+                this.create_attempt(&req, &algorithm, spec_pb.clone(), serialised)
             })
-            .await
-            .map_err(|e| ControlError::Internal(format!("create task failed: {e}")))?;
+            .await;
+        match &out {
+            Ok(rec) => {
+                self.arm_provisioning_timer(rec.vn_id.clone());
+                self.metrics().created(started.elapsed(), "accepted");
+                tracing::info!(vn_id = %rec.vn_id, hosts = ?rec.placement.hosts(), "accepted");
+            }
+            Err(_) => self.metrics().created(started.elapsed(), "rejected"),
+        }
+        out
+    }
+
+    /// The algorithm for `req`: its own, else the controller's, else the planner's default.
+    fn algorithm_for(&self, req: &VnReq) -> String {
+        req.algorithm
+            .clone()
+            .or_else(|| self.shared.cfg.algorithm.clone())
+            .unwrap_or_else(|| self.shared.planner.default_algorithm().to_string())
+    }
+
+    /// Runs `attempt` on a blocking thread until it commits: a conflict (a concurrent commit
+    /// took what its embedding needed) makes it embed again, twice optimistically (embedding
+    /// outside the index lock), the third time serialised (under the lock), where a conflict is
+    /// final (RESOURCE_EXHAUSTED).
+    async fn optimistic<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        attempt: impl Fn(&Controller, bool) -> Result<T, Attempt> + Send + Sync + 'static,
+    ) -> Result<T, ControlError> {
+        const OPTIMISTIC: usize = 2;
+        let attempt = Arc::new(attempt);
+        for n in 0..=OPTIMISTIC {
+            let (this, attempt) = (self.clone(), attempt.clone());
+            let serialised = n == OPTIMISTIC;
+            let out = tokio::task::spawn_blocking(move || attempt(&this, serialised))
+                .await
+                .map_err(|e| ControlError::Internal(format!("{what} task failed: {e}")))?;
             match out {
-                Ok(rec) => {
-                    self.arm_provisioning_timer(rec.vn_id.clone());
-                    self.metrics().created(started.elapsed(), "accepted");
-                    tracing::info!(vn_id = %rec.vn_id, hosts = ?rec.placement.hosts(), "accepted");
-                    return Ok(rec);
-                }
-                // A concurrent commit took what this mapping needed: embed again.
+                Ok(r) => return Ok(r),
                 Err(Attempt::Conflict(why)) if !serialised => {
-                    tracing::debug!(%why, attempt, "commit conflict, embedding again");
+                    tracing::debug!(%why, attempt = n, "{what}: commit conflict, embedding again");
                 }
-                Err(Attempt::Conflict(why)) => {
-                    self.metrics().created(started.elapsed(), "rejected");
-                    return Err(ControlError::Exhausted(why));
-                }
-                Err(Attempt::Error(e)) => {
-                    self.metrics().created(started.elapsed(), "rejected");
-                    return Err(e);
-                }
+                Err(Attempt::Conflict(why)) => return Err(ControlError::Exhausted(why)),
+                Err(Attempt::Error(e)) => return Err(e),
             }
         }
         unreachable!("the last attempt returns")

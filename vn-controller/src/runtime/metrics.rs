@@ -47,6 +47,7 @@ pub struct Metrics {
     registry: Registry,
     embedding: Histogram,
     create: Family<ResultLabel, Histogram>,
+    update: Family<ResultLabel, Histogram>,
     events: Family<KindLabel, Counter>,
     vns: Family<StateLabel, Gauge>,
     host_cpu: Family<HostLabel, FGauge>,
@@ -93,6 +94,14 @@ impl Metrics {
             "Create from request to accepted (or rejected), by result",
             create.clone(),
         );
+        let update = Family::<ResultLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "update_duration_seconds",
+            "Update from request to committed (or refused), by result",
+            update.clone(),
+        );
         let events = Family::<KindLabel, Counter>::default();
         registry.register("vn_events", "VN events published, by kind", events.clone());
         let vns = Family::<StateLabel, Gauge>::default();
@@ -127,6 +136,7 @@ impl Metrics {
             registry,
             embedding,
             create,
+            update,
             events,
             vns,
             host_cpu,
@@ -142,11 +152,18 @@ impl Metrics {
     }
 
     pub fn created(&self, d: Duration, result: &str) {
-        self.create
-            .get_or_create(&ResultLabel {
-                result: result.into(),
-            })
-            .observe(d.as_secs_f64());
+        Self::observe_result(&self.create, d, result);
+    }
+
+    pub fn updated(&self, d: Duration, result: &str) {
+        Self::observe_result(&self.update, d, result);
+    }
+
+    fn observe_result(f: &Family<ResultLabel, Histogram>, d: Duration, result: &str) {
+        f.get_or_create(&ResultLabel {
+            result: result.into(),
+        })
+        .observe(d.as_secs_f64());
     }
 
     pub fn event(&self, e: &Event) {
@@ -157,6 +174,7 @@ impl Metrics {
             EventKind::Degraded => "degraded",
             EventKind::Failed => "failed",
             EventKind::Deleted => "deleted",
+            EventKind::Updated => "updated",
         };
         self.events
             .get_or_create(&KindLabel { kind: kind.into() })

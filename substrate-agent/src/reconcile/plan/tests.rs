@@ -17,6 +17,7 @@ use crate::vlan::config::FakeDatapath;
 
 const NETNS_ONLY: PlanContext = PlanContext {
     guests_supported: false,
+    vlan_bpf: false,
 };
 
 fn naming() -> Naming {
@@ -37,6 +38,7 @@ struct Host {
     ledger: StateDir,
     dp: FakeDatapath,
     guests: Option<RecordingGuestRuntime>,
+    vlan_bpf: bool,
 }
 
 impl Host {
@@ -62,12 +64,14 @@ impl Host {
             ledger: StateDir::in_memory("h1"),
             dp: FakeDatapath::default(),
             guests: None,
+            vlan_bpf: false,
         }
     }
 
     fn ctx(&self) -> PlanContext {
         PlanContext {
             guests_supported: self.guests.is_some(),
+            vlan_bpf: self.vlan_bpf,
         }
     }
 
@@ -345,6 +349,95 @@ fn changing_one_slice_leaves_the_other_alone() {
     assert!(h.plan(&d2).is_noop());
 }
 
+/// What a plan does, as op kinds with their interface or namespace: `Shape vn-h1-a1/eth0`.
+fn touched(p: &Plan) -> Vec<String> {
+    p.ops
+        .iter()
+        .map(|(_, op)| match op {
+            Op::Shape { ns, ifname, mbps } => format!("Shape {ns}/{ifname} {mbps}"),
+            Op::DeleteLink { ns, ifname } => format!("DeleteLink {ns}/{ifname}"),
+            Op::CreateVeth { a, b, .. } => {
+                format!("CreateVeth {}/{} {}/{}", a.ns, a.ifname, b.ns, b.ifname)
+            }
+            Op::CreateVxlan { dev, .. } => format!("CreateVxlan {}/{}", dev.ns, dev.ifname),
+            Op::CreateNetns { name, .. } => format!("CreateNetns {name}"),
+            Op::DeleteNetns { name } => format!("DeleteNetns {name}"),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_bandwidth_change_reshapes_in_place_and_touches_nothing_else() {
+    let h = Host::new();
+    let mut s = two_node_vn("va", "a1", "a2");
+    s.links[0].bandwidth_mbps = 50;
+    s.links[1].bandwidth_mbps = 20;
+    h.converge(&desired(vec![s.clone()]));
+    let tags: Vec<_> =
+        h.k.links("vn-h1-a1")
+            .into_iter()
+            .map(|l| (l.name, l.index, l.alias))
+            .collect();
+    // The veth doubles: its two qdiscs are replaced, nothing is deleted or created.
+    s.links[0].bandwidth_mbps = 100;
+    let d = desired(vec![s.clone()]);
+    let p = h.plan(&d);
+    assert_eq!(
+        touched(&p),
+        ["Shape vn-h1-a1/eth0 100", "Shape vn-h1-a2/eth0 100"]
+    );
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert!(h.plan(&d).is_noop(), "{:?}", h.plan(&d).ops);
+    // Same devices (same index, same tag): they were never recreated.
+    let now: Vec<_> =
+        h.k.links("vn-h1-a1")
+            .into_iter()
+            .map(|l| (l.name, l.index, l.alias))
+            .collect();
+    assert_eq!(now, tags);
+    let want = crate::host::tc::TbfParams::for_mbps(100).rate_bytes;
+    assert!(
+        h.k.links("vn-h1-a2")
+            .iter()
+            .all(|l| l.root_rate == Some(want))
+    );
+    // Shaping removed: the segment is rebuilt without a qdisc (there is no unshape op).
+    s.links[0].bandwidth_mbps = 0;
+    let d = desired(vec![s]);
+    assert!(kinds(&h.plan(&d)).contains(&"CreateVeth".to_string()));
+    h.converge(&d);
+    assert!(h.plan(&d).is_noop());
+}
+
+#[test]
+fn adding_and_removing_links_leaves_the_other_links_alone() {
+    let h = Host::new();
+    let s = two_node_vn("va", "a1", "a2");
+    h.converge(&desired(vec![s.clone()]));
+    // A third node and a link to it come; the VXLAN link of a1 goes.
+    let mut grown = s.clone();
+    grown.nodes.push(crate::reconcile::spec::tests::node("a3"));
+    grown.links[1] = link(
+        "val3",
+        nif("a2", "eth1", "10.0.2.1/24"),
+        nif("a3", "eth0", "10.0.2.2/24"),
+    );
+    let d = desired(vec![grown]);
+    let p = h.plan(&d);
+    assert_eq!(
+        touched(&p),
+        [
+            "DeleteLink vn-h1-a1/eth1",
+            "CreateNetns vn-h1-a3",
+            "CreateVeth vn-h1-a2/eth1 vn-h1-a3/eth0",
+        ]
+    );
+    h.converge(&d);
+    assert!(h.plan(&d).is_noop());
+}
+
 #[test]
 fn removal_of_everything_deletes_all_namespaces() {
     let h = Host::new();
@@ -424,6 +517,45 @@ fn vlan_links_become_datapath_wires() {
     let p = h.plan(&d);
     assert!(p.is_noop());
     assert_eq!(p.wires.len(), 1);
+}
+
+#[test]
+fn bpf_vlan_ports_are_veth_pairs_and_switching_datapaths_rebuilds_them() {
+    let mut h = Host::new();
+    h.vlan_bpf = true;
+    let s = slice(
+        "vc",
+        &["c1"],
+        vec![link(
+            "cl1",
+            nif("c1", "eth0", "10.0.0.1/24"),
+            vlan(42, "10.255.0.1", "10.255.0.2"),
+        )],
+    );
+    let d = desired(vec![s]);
+    let p = h.plan(&d);
+    assert_eq!(kinds(&p), vec!["CreateNetns", "CreatePort"]);
+    let Op::CreatePort {
+        dev, ctx, outer, ..
+    } = &p.ops[1].1
+    else {
+        panic!("{:?}", p.ops[1]);
+    };
+    assert_eq!((dev.ifname.as_str(), ctx), ("eth0", &None));
+    assert_eq!(outer, &Naming::port_dev(&dev.ns, "eth0"));
+    assert!(outer.len() <= 15 && outer.starts_with("vb"), "{outer}");
+    assert_ne!(outer, &Naming::port_dev(&dev.ns, "eth1"));
+    let r = h.converge(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    // The wire names the node-side device; the BPF datapath finds the port by its name.
+    assert!(matches!(
+        &h.last_datapath().wires["vc:cl1"].a,
+        crate::vlan::config::WireEnd::Tap { ifname, .. } if ifname == "eth0"
+    ));
+    assert!(h.plan(&d).is_noop(), "converged");
+    // The host switches to the userspace datapath: the port is rebuilt as a TAP.
+    h.vlan_bpf = false;
+    assert_eq!(kinds(&h.plan(&d)), vec!["DeleteLink", "CreateTap"]);
 }
 
 #[test]
