@@ -9,6 +9,10 @@
 #   coinor-libcbc-dev, pkg-config             the CBC MIP solver behind the exact embedding
 #   iperf3, tcpdump, tshark                   bandwidth and capture checks in the tests and benches
 #   qemu-system-x86, busybox-static           QEMU guests and the project's guest image
+#   qemu-system-arm                           aarch64 guests (qemu-system-aarch64, TCG)
+#   qemu-utils, genisoimage                   disk-image guests: qcow2 overlays (qemu-img) and the
+#                                             NoCloud seed volume (genisoimage, as cloud-localds)
+#   mmdebstrap, e2fsprogs                     deploy/guest/build-debian.sh (Debian disk image)
 #   graphviz                                  `vnctl topology --svg`
 #   jq, python3                               bench scripts and the VNE referee
 #   clang, llvm, libbpf-dev, linux-libc-dev   the agent's BPF 802.1Q datapath (compiled by build.rs)
@@ -23,6 +27,7 @@ PACKAGES=(
   coinor-libcbc-dev pkg-config
   iperf3 tcpdump tshark
   qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils
+  qemu-system-arm genisoimage mmdebstrap e2fsprogs
   graphviz jq python3 ca-certificates
   clang llvm libbpf-dev linux-libc-dev bpftool
   protobuf-compiler etcd-server

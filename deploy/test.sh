@@ -14,9 +14,11 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 ./deploy/setup.sh
-if [[ -x deploy/guest/build-image.sh ]]; then
-  ./deploy/guest/build-image.sh
-fi
+# The guest images (each skipped when its inputs did not change): the project's small image for
+# x86_64 and aarch64 (Debian's arm64 packages are unpacked, not run), and a Debian disk image.
+./deploy/guest/build-image.sh
+./deploy/guest/build-image.sh --arch aarch64
+./deploy/guest/build-debian.sh
 
 before=$(mktemp)
 trap 'rm -f "$before"' EXIT

@@ -203,6 +203,20 @@ pub struct NodeView {
     pub children_cpu: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub children_memory_mb: Option<u64>,
+    /// vm nodes: how the guest runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestView>,
+}
+
+/// How a guest runs (the controller's `GuestPlacement`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestView {
+    pub accel: String,
+    pub arch: String,
+    pub machine: String,
+    pub nic: String,
+    pub image: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -325,6 +339,13 @@ impl VnView {
                         memory_mb: spec.map(|s| s.memory_mb).unwrap_or(0),
                         children_cpu: nestable.then_some(p.children_cpu),
                         children_memory_mb: nestable.then_some(p.children_memory_mb),
+                        guest: p.guest.as_ref().map(|g| GuestView {
+                            accel: g.accel.clone(),
+                            arch: g.arch.clone(),
+                            machine: g.machine.clone(),
+                            nic: g.nic.clone(),
+                            image: g.image.clone(),
+                        }),
                     }
                 })
                 .collect(),
@@ -524,6 +545,7 @@ pub fn describe_vn(vn: &pb::VirtualNetwork) -> String {
     let mut out = describe_header(vn, &v);
     describe_hosts(&v, &mut out);
     describe_nodes(&v, &mut out);
+    describe_guests(&v, &mut out);
     describe_links(&v, &mut out);
     describe_children_use(&v, &mut out);
     describe_recoveries(&v, &mut out);
@@ -682,6 +704,38 @@ fn describe_nodes(v: &VnView, out: &mut String) {
     }
 }
 
+/// `Guests:`: per vm node, the accelerator, architecture, machine type, NIC model and image.
+fn describe_guests(v: &VnView, out: &mut String) {
+    let rows: Vec<Vec<String>> = v
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let g = n.guest.as_ref()?;
+            let nic = match g.nic.as_str() {
+                "virtio" => "virtio (paravirtualized)".to_string(),
+                "e1000" => "e1000 (emulated)".to_string(),
+                other => other.to_string(),
+            };
+            Some(vec![
+                n.node.clone(),
+                dash(&g.accel),
+                dash(&g.arch),
+                dash(&g.machine),
+                nic,
+                dash(&g.image),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("Guests:\n");
+    out.push_str(&indent(&table(
+        &["NODE", "ACCEL", "ARCH", "MACHINE", "NIC", "IMAGE"],
+        &rows,
+    )));
+}
+
 /// `Links:`: each virtual link's path, hops, MTU, interfaces and addresses.
 fn describe_links(v: &VnView, out: &mut String) {
     out.push_str("Links:\n");
@@ -838,6 +892,9 @@ pub struct CapabilitiesView {
     pub vlan_datapath: String,
     /// How link delay, jitter and loss are realized ("relay", "netem", or "").
     pub impairment: String,
+    /// Guest architectures the host runs.
+    pub guest_archs: Vec<String>,
+    pub host_arch: String,
 }
 
 fn resources(r: Option<&pb::Resources>) -> ResourcesView {
@@ -882,6 +939,8 @@ impl HostView {
                 kvm_reason: c.kvm_reason.clone(),
                 vlan_datapath: c.vlan_datapath.clone(),
                 impairment: c.impairment.clone(),
+                guest_archs: c.guest_archs.clone(),
+                host_arch: c.host_arch.clone(),
             }),
             desired_generation: h.desired_generation,
             observed_generation: h.observed_generation,
@@ -917,6 +976,10 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
                     .as_ref()
                     .map(|c| if c.kvm_usable { "yes" } else { "no" }.to_owned())
                     .unwrap_or_else(|| "-".into()),
+                v.capabilities
+                    .as_ref()
+                    .map(|c| dash(&c.guest_archs.join(",")))
+                    .unwrap_or_else(|| "-".into()),
                 dash(&v.labels.join(",")),
             ]
         })
@@ -934,6 +997,7 @@ pub fn hosts_table(hosts: &[pb::Host]) -> String {
             "VLAN",
             "IMPAIR",
             "KVM",
+            "GUEST-ARCHS",
             "LABELS",
         ],
         &rows,
@@ -1098,6 +1162,7 @@ pub(crate) mod tests {
                     node_id: "n1".into(),
                     children_cpu: 0,
                     children_memory_mb: 0,
+                    guest: None,
                 },
                 pb::NodePlacement {
                     node: "b".into(),
@@ -1106,6 +1171,13 @@ pub(crate) mod tests {
                     node_id: "n2".into(),
                     children_cpu: 0,
                     children_memory_mb: 0,
+                    guest: Some(pb::GuestPlacement {
+                        accel: "tcg".into(),
+                        arch: "aarch64".into(),
+                        machine: "virt".into(),
+                        nic: "virtio".into(),
+                        image: "default-aarch64 (kernel)".into(),
+                    }),
                 },
             ],
             links: vec![pb::LinkPlacement {
@@ -1279,6 +1351,38 @@ pub(crate) mod tests {
             .unwrap();
         let cols: Vec<&str> = node_b.split_whitespace().collect();
         assert_eq!(cols, ["b", "h3", "n2", "netns", "20", "128Mi"]);
+    }
+
+    #[test]
+    fn describe_shows_how_each_guest_runs() {
+        let d = describe_vn(&sample_vn());
+        let rows: Vec<Vec<&str>> = d
+            .split("Guests:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{d}"))
+            .lines()
+            .take(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["NODE", "ACCEL", "ARCH", "MACHINE", "NIC", "IMAGE"],
+                vec![
+                    "b",
+                    "tcg",
+                    "aarch64",
+                    "virt",
+                    "virtio",
+                    "(paravirtualized)",
+                    "default-aarch64",
+                    "(kernel)"
+                ],
+            ]
+        );
+        let json = serde_json::to_value(VnView::from_proto(&sample_vn())).unwrap();
+        assert_eq!(json["nodes"][1]["guest"]["machine"], "virt", "{json}");
+        assert!(json["nodes"][0].get("guest").is_none(), "{json}");
     }
 
     #[test]

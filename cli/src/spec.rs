@@ -184,6 +184,9 @@ pub struct NodeFile {
     pub accel: Option<AccelName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
+    /// Guest CPU architecture: `x86_64` (default) or `aarch64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 /// A static route inside a node.
@@ -616,6 +619,7 @@ impl NodeFile {
                 Some(AccelName::Tcg) => pb::Acceleration::Tcg,
             } as i32,
             vcpus: self.vcpus.unwrap_or(0),
+            arch: self.arch.clone().unwrap_or_default(),
         }
     }
 
@@ -648,6 +652,7 @@ impl NodeFile {
                 _ => None,
             },
             vcpus: (n.vcpus != 0).then_some(n.vcpus),
+            arch: non_empty(&n.arch),
         }
     }
 }

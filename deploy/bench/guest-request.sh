@@ -9,6 +9,8 @@
 # end-to-end tests), then N times (default 5) per guest kind, one VN at a time:
 #   virtio guest on h1 + netns node on h2, linked over VXLAN;
 #   e1000 guest on h1 + netns node on h2, linked over (userspace) VLAN;
+#   a Debian disk-image guest (image debian: systemd, overlay, NoCloud seed), over VXLAN;
+#   an aarch64 guest (image default-aarch64, qemu-system-aarch64 under TCG), over VXLAN;
 # and measures, with the wall clock of this host:
 #   (a) request -> VN READY: `vnctl apply --wait` started -> returned;
 #   (b) request -> first ping reply from the netns node to the guest (busybox ping every 100 ms
@@ -16,9 +18,11 @@
 #       inside the node; the node's ARP retransmit interval set to --arp-ms, default 100, so the
 #       kernel's 1 s ARP retries do not round the result up; 0 keeps the kernel's default);
 #   (c) delete -> `vnctl delete --wait` returned, and delete -> all gone (no QEMU of the testbed,
-#       no guest run directory, no namespace of the VN left: node, sandbox, transit).
-# VNET_BENCH_KINDS replaces the two cases, e.g. "virtio:vlan:virtio-net-device e1000:vxlan:e1000,"
-# (NIC:ENCAPSULATION:what QEMU's command line must name).
+#       no guest run directory, no namespace of the VN left: node, sandbox, transit);
+#   (d) the guest's host memory once reachable: QEMU's RSS and PSS (/proc/PID/smaps_rollup).
+# VNET_BENCH_KINDS replaces the four cases, e.g. "virtio:vlan:virtio-net-device e1000:vxlan:e1000,"
+# (NIC:ENCAPSULATION:what QEMU's command line must name[:IMAGE[:ARCH[:MEMORY]]]); a kind whose
+# image the hosts do not hold is skipped with a note.
 # Each wait is bounded by --limit seconds (default 120); running out of it fails the benchmark.
 # Prints each run, then a Markdown table (min / median / max per phase), which it also writes to
 # its section of deploy/bench/RESULTS.md (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=-
@@ -59,7 +63,7 @@ done
 [[ $memory =~ ^[1-9][0-9]*$ ]] || die "--memory wants MiB as a positive integer, got '$memory'"
 [[ $arp_ms =~ ^[0-9]+$ ]] || die "--arp-ms wants milliseconds (0: the kernel's default), got '$arp_ms'"
 [[ $EUID -eq 0 ]] || die "needs root (namespaces, TAP devices, daemons, QEMU)"
-need jq flock ip ss busybox qemu-system-x86_64
+need jq flock ip ss busybox qemu-system-x86_64 awk
 images=${VNET_GUEST_IMAGES:-/var/lib/vnet/images}
 [[ -f $images/default/image.json ]] \
   || die "guest image missing: $images/default/image.json (run deploy/guest/build-image.sh)"
@@ -91,13 +95,13 @@ kvm=$(jq -r '.[0].capabilities | if .kvmUsable then "KVM usable" else "KVM unusa
   "$work/hosts.json")
 qemu=$(jq -r '.[0].capabilities.qemu // ""' "$work/hosts.json")
 
-# spec NAME NIC ENCAP: a VM node on h1 and a netns node on h2, one link between them.
+# spec NAME NIC ENCAP IMAGE ARCH MEMORY: a VM node on h1 and a netns node on h2, one link.
 spec() {
   cat >"$work/$1.yaml" <<EOF
 name: $1
 encapsulation: $3
 nodes:
-  - {name: vm, kind: vm, cpu: 20, memory: $memory, host: h1, image: default, nic: $2, vcpus: 1}
+  - {name: vm, kind: vm, cpu: 20, memory: $6, host: h1, image: $4, arch: $5, nic: $2, vcpus: 1}
   - {name: a, kind: netns, cpu: 10, memory: 64, host: h2}
 links:
   - {endpoints: [vm, a], bandwidth: 20, addresses: [10.63.0.1/24, 10.63.0.2/24]}
@@ -136,15 +140,33 @@ remains() {
 
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
-declare -A samples # "<kind>:<phase>" -> space-separated seconds
-kinds=(${VNET_BENCH_KINDS:-"virtio:vxlan:virtio-net-device" "e1000:vlan:e1000,"})
+# QEMU's resident and proportional set sizes in MiB: "RSS PSS".
+qemu_memory() {
+  awk '/^Rss:/ { r = $2 } /^Pss:/ { p = $2 } END { printf "%.0f %.0f", r / 1024, p / 1024 }' \
+    "/proc/$1/smaps_rollup"
+}
+
+declare -A samples # "<kind>:<phase>" -> space-separated seconds (or MiB)
+kinds=(${VNET_BENCH_KINDS:-"virtio:vxlan:virtio-net-device" "e1000:vlan:e1000,"
+  "virtio:vxlan:virtio-net-device:debian:x86_64:256"
+  "virtio:vxlan:virtio-net-device:default-aarch64:aarch64:256"})
 echo "guest-request: $hosts-host testbed $tag (state $state), $kvm${qemu:+, $qemu}"
 echo "load average at start: $load_start"
+labels=()
 for k in "${kinds[@]}"; do
-  IFS=: read -r nic encap model <<<"$k"
+  IFS=: read -r nic encap model image arch mem <<<"$k"
+  image=${image:-default} arch=${arch:-x86_64} mem=${mem:-$memory}
+  label="$image ($arch, $nic, $mem MiB)"
+  if ! jq -e --arg i "$image" --arg a "$arch" \
+    'any(.[]; .capabilities.guestArchs // [] | index($a))' "$work/hosts.json" >/dev/null \
+    || [[ ! -f $images/$image/image.json ]]; then
+    echo "guest-request: skipping $label: no image $images/$image or no host runs $arch"
+    continue
+  fi
+  labels+=("$label|$encap")
   for ((r = 1; r <= runs; r++)); do
-    name="gb-$nic-$r"
-    spec "$name" "$nic" "$encap"
+    name="gb-${image//_/-}-$nic-$r"
+    spec "$name" "$nic" "$encap" "$image" "$arch" "$mem"
     # (a) request -> READY
     t0=$EPOCHREALTIME
     bg "$work/apply.out" vn apply -f "$work/$name.yaml" --wait --timeout "${limit}s" \
@@ -165,8 +187,9 @@ for k in "${kinds[@]}"; do
     node_id=$(jq -r '.nodes[] | select(.node == "vm") | .nodeId' "$work/describe.json")
     pid=$(cat "$state/agents/h1/guests/$node_id/qemu.pid")
     qcmd=$(tr '\0' ' ' <"/proc/$pid/cmdline")
-    [[ $qcmd == *"vnet-$node_id "* && $qcmd == *"$model"* ]] \
-      || die "$name: QEMU pid $pid is not a $nic guest of $node_id: $qcmd"
+    [[ $qcmd == *"vnet-$node_id "* && $qcmd == *"$model"* && $qcmd == "qemu-system-$arch "* ]] \
+      || die "$name: QEMU pid $pid is not a $nic $arch guest of $node_id: $qcmd"
+    mem_now=$(qemu_memory "$pid")
     # (c) delete -> delete --wait returns -> all gone
     t3=$EPOCHREALTIME
     bg "$work/delete.out" vn delete vn "$name" --wait --timeout "${limit}s" \
@@ -180,33 +203,38 @@ for k in "${kinds[@]}"; do
     t5=$EPOCHREALTIME
     ready=$(secs "$t0" "$t1") reach=$(secs "$t0" "$t2")
     deleted=$(secs "$t3" "$t4") gone=$(secs "$t3" "$t5")
-    printf 'run %d/%d %-6s over %-5s READY %6.3f s  first ping reply %6.3f s  delete --wait %6.3f s  all gone %6.3f s\n' \
-      "$r" "$runs" "$nic" "$encap" "$ready" "$reach" "$deleted" "$gone"
-    samples[$nic:ready]+="$ready " samples[$nic:reach]+="$reach "
-    samples[$nic:deleted]+="$deleted " samples[$nic:gone]+="$gone "
+    printf 'run %d/%d %s over %-5s READY %6.3f s  first ping reply %6.3f s  delete --wait %6.3f s  all gone %6.3f s  QEMU RSS %s MiB PSS %s MiB\n' \
+      "$r" "$runs" "$label" "$encap" "$ready" "$reach" "$deleted" "$gone" $mem_now
+    samples[$label:ready]+="$ready " samples[$label:reach]+="$reach "
+    samples[$label:deleted]+="$deleted " samples[$label:gone]+="$gone "
+    read -r rss pss <<<"$mem_now"
+    samples[$label:rss]+="$rss " samples[$label:pss]+="$pss "
   done
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# min / median / max of the seconds in $1
+# min / median / max of the numbers in $1, with unit $2 (default s)
 stats() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 }
+  tr ' ' '\n' <<<"$1" | grep . | sort -g | awk -v u="${2:-s}" '{ v[NR] = $1 }
     END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-          printf "%.2f s | %.2f s | %.2f s", v[1], m, v[NR] }'
+          f = (u == "s") ? "%.2f %s | %.2f %s | %.2f %s" : "%.0f %s | %.0f %s | %.0f %s"
+          printf f, v[1], u, m, u, v[NR], u }'
 }
 {
   echo "Request to reachable guest, through vnctl, controller and agents ($runs runs each," \
-    "$memory MiB guests, $hosts-host testbed; $kvm${qemu:+, $qemu})"
+    "$hosts-host testbed; $kvm${qemu:+, $qemu})"
   echo
   echo "| guest | phase | min | median | max |"
   echo "| --- | --- | --- | --- | --- |"
-  for k in "${kinds[@]}"; do
-    IFS=: read -r nic encap _ <<<"$k"
-    label="$nic on h1, over ${encap^^} to a netns on h2"
-    echo "| $label | request -> VN READY (\`apply --wait\` returns) | $(stats "${samples[$nic:ready]}") |"
-    echo "| $label | request -> first ping reply, netns node -> guest | $(stats "${samples[$nic:reach]}") |"
-    echo "| $label | delete -> \`delete --wait\` returns | $(stats "${samples[$nic:deleted]}") |"
-    echo "| $label | delete -> all gone (QEMU, namespaces, run dir) | $(stats "${samples[$nic:gone]}") |"
+  for l in "${labels[@]}"; do
+    key=${l%|*} encap=${l##*|}
+    label="$key on h1, over ${encap^^} to a netns on h2"
+    echo "| $label | request -> VN READY (\`apply --wait\` returns) | $(stats "${samples[$key:ready]}") |"
+    echo "| $label | request -> first ping reply, netns node -> guest | $(stats "${samples[$key:reach]}") |"
+    echo "| $label | delete -> \`delete --wait\` returns | $(stats "${samples[$key:deleted]}") |"
+    echo "| $label | delete -> all gone (QEMU, namespaces, run dir) | $(stats "${samples[$key:gone]}") |"
+    echo "| $label | QEMU RSS once reachable | $(stats "${samples[$key:rss]}" MiB) |"
+    echo "| $label | QEMU PSS once reachable | $(stats "${samples[$key:pss]}" MiB) |"
   done
   echo
   if ((arp_ms > 0)); then arp_note="$arp_ms ms"; else arp_note="the kernel's default"; fi

@@ -4,11 +4,17 @@
 # e1000, virtio-console), and the init in deploy/guest/rootfs/ that configures NICs, addresses,
 # routes and the hostname from the kernel command line and serves the command channel.
 #
-#   deploy/guest/build-image.sh [--out DIR] [--kernel-package PKG] [--force]
+#   deploy/guest/build-image.sh [--out DIR] [--arch ARCH] [--kernel-package PKG] [--modules M]
+#                               [--force]
 #
-#   --out DIR             where the image goes (default /var/lib/vnet/images/default)
+#   --out DIR             where the image goes (default /var/lib/vnet/images/default, or
+#                         /var/lib/vnet/images/default-aarch64 for --arch aarch64)
+#   --arch ARCH           guest architecture: x86_64 (default) or aarch64; a foreign
+#                         architecture's kernel and busybox-static are unpacked from Debian's
+#                         packages (dpkg --add-architecture arm64 is done when needed), not run
 #   --kernel-package PKG  Debian kernel package or meta-package (default linux-image-amd64; the
 #                         cloud flavour has no e1000 driver, which e1000 guests need)
+#   --modules "M1 M2"     more kernel modules for the initramfs (build-debian.sh adds the disk's)
 #   --force               rebuild even when the image is up to date
 #
 # Output: DIR/vmlinux (the uncompressed kernel, booted through PVH; DIR/vmlinuz when it cannot be
@@ -19,20 +25,30 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=/var/lib/vnet/images/default
-kpkg=linux-image-amd64
+out=
+kpkg=
+arch=x86_64
+extra_modules=
 force=0
 while (($#)); do
   case "$1" in
     --out) out=$2; shift 2 ;;
+    --arch) arch=$2; shift 2 ;;
     --kernel-package) kpkg=$2; shift 2 ;;
+    --modules) extra_modules=$2; shift 2 ;;
     --force) force=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 die() { echo "build-image: $*" >&2; exit 1; }
+case $arch in
+  x86_64) debarch=amd64; qual=; suffix=; : "${kpkg:=linux-image-amd64}" ;;
+  aarch64) debarch=arm64; qual=:arm64; suffix=-aarch64; : "${kpkg:=linux-image-arm64}" ;;
+  *) die "unknown --arch $arch (x86_64 or aarch64)" ;;
+esac
+: "${out:=/var/lib/vnet/images/default$suffix}"
 for tool in apt-get apt-cache dpkg depmod cpio gzip sha256sum; do
   command -v "$tool" >/dev/null || die "$tool is missing (deploy/setup.sh installs it)"
 done
@@ -42,13 +58,18 @@ ldd $busybox >/dev/null 2>&1 && die "$busybox is dynamically linked; install bus
 
 cache=${VNET_CACHE:-/var/cache/vnet}/debs
 mkdir -p "$cache" "$out" || die "cannot create $cache or $out"
+if [[ $debarch != $(dpkg --print-architecture) ]] \
+  && ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
+  echo "build-image: adding the foreign architecture $debarch to dpkg (packages are only unpacked)"
+  dpkg --add-architecture "$debarch" && apt-get update -qq || die "cannot add architecture $debarch"
+fi
 
 # Resolve a meta-package to the versioned kernel package it depends on.
 resolve_kernel() {
   local pkg=$1 dep
   if [[ $pkg =~ ^linux-image-[0-9] ]]; then echo "$pkg"; return; fi
-  dep=$(apt-cache depends "$pkg" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  [[ -n $dep ]] && echo "$dep"
+  dep=$(apt-cache depends "$pkg$qual" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [[ -n $dep ]] && echo "${dep%:*}"
 }
 kernel_pkg=$(resolve_kernel "$kpkg")
 if [[ -z $kernel_pkg ]]; then
@@ -57,12 +78,15 @@ if [[ -z $kernel_pkg ]]; then
   kernel_pkg=$(resolve_kernel "$kpkg")
 fi
 [[ -n $kernel_pkg ]] || die "cannot resolve $kpkg to a kernel package (apt-cache depends $kpkg)"
-kver=$(apt-cache show "$kernel_pkg" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+kver=$(apt-cache show "$kernel_pkg$qual" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
 [[ -n $kver ]] || die "apt knows no version of $kernel_pkg"
 krel=${kernel_pkg#linux-image-}
 krel=${krel%-unsigned}
 
-inputs_hash=$( { echo "$kernel_pkg $kver"; sha256sum < "$busybox"; \
+# A foreign architecture's busybox comes from the same Debian version's busybox-static package.
+bbver=$(apt-cache show "busybox-static$qual" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+[[ -n $bbver ]] || die "apt knows no version of busybox-static$qual"
+inputs_hash=$( { echo "$arch $kernel_pkg $kver $bbver $extra_modules"; sha256sum < "$busybox"; \
   (cd "$here/rootfs" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum); \
   sha256sum < "$here/build-image.sh"; } | sha256sum | cut -c1-16)
 if ((!force)) && [[ -f $out/image.json && -f $out/initrd.img ]] \
@@ -75,14 +99,28 @@ start=$(date +%s.%N)
 work=$(mktemp -d "${TMPDIR:-/tmp}/vnet-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-deb=$(ls "$cache/${kernel_pkg}_${kver//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
-if [[ -z $deb ]]; then
-  echo "build-image: downloading $kernel_pkg $kver"
-  chown _apt "$work" 2>/dev/null || true
-  (cd "$work" && apt-get download -q "$kernel_pkg=$kver" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2) \
-    || die "apt-get download $kernel_pkg=$kver failed"
-  mv "$work"/*.deb "$cache/" || die "download of $kernel_pkg produced no .deb"
-  deb=$(ls "$cache/${kernel_pkg}_${kver//:/%3a}_"*.deb | head -1)
+# The .deb of package $1 at version $2 (for $debarch), from the cache or downloaded into it.
+fetch_deb() {
+  local pkg=$1 ver=$2 f
+  f=$(ls "$cache/${pkg}_${ver//:/%3a}_${debarch}.deb" 2>/dev/null | head -1 || true)
+  if [[ -z $f ]]; then
+    echo "build-image: downloading $pkg$qual $ver" >&2
+    mkdir -p "$work/dl" && chown _apt "$work/dl" 2>/dev/null || true
+    (cd "$work/dl" && apt-get download -q "$pkg$qual=$ver" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2) \
+      || die "apt-get download $pkg$qual=$ver failed"
+    mv "$work"/dl/*.deb "$cache/" || die "download of $pkg produced no .deb"
+    f=$(ls "$cache/${pkg}_${ver//:/%3a}_${debarch}.deb" | head -1)
+  fi
+  echo "$f"
+}
+deb=$(fetch_deb "$kernel_pkg" "$kver")
+if [[ -n $qual ]]; then
+  bbdeb=$(fetch_deb busybox-static "$bbver")
+  dpkg -x "$bbdeb" "$work/bb" || die "dpkg -x $bbdeb failed"
+  guest_busybox=$work/bb/bin/busybox
+  [[ -f $guest_busybox ]] || die "$bbdeb contains no /bin/busybox"
+else
+  guest_busybox=$busybox
 fi
 echo "build-image: unpacking $(basename "$deb")"
 dpkg -x "$deb" "$work/kernel" || die "dpkg -x $deb failed"
@@ -94,7 +132,8 @@ krel=$(basename "$kmods")
 depmod -b "$work/kernel" "$krel" || die "depmod failed"
 
 # The modules the guest loads, with their dependencies first.
-wanted=(virtio_mmio virtio_pci virtio_net e1000 virtio_console)
+# shellcheck disable=SC2206
+wanted=(virtio_mmio virtio_pci virtio_net e1000 virtio_console $extra_modules)
 order=()
 add_module() {
   local name=$1 path deps d
@@ -115,10 +154,10 @@ for m in "${wanted[@]}"; do add_module "$m"; done
 
 root=$work/root
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,root,lib/modules}
-cp "$busybox" "$root/bin/busybox"
+cp "$guest_busybox" "$root/bin/busybox"
+# The host's busybox lists the applets (a foreign one cannot run here; same Debian version).
 applets=$("$busybox" --list) || die "$busybox --list failed"
 for a in $applets; do [[ $a == busybox ]] || ln -s busybox "$root/bin/$a"; done
-ln -s bin/busybox "$root/init"
 : > "$root/etc/vnet-modules.tmp"
 for p in "${order[@]}"; do
   mkdir -p "$root/lib/modules/$(dirname "$p")"
@@ -135,8 +174,11 @@ echo "root:x:0:" > "$root/etc/group"
 
 # Under TCG, decompressing an xz bzImage takes about 4 s of a 5 s boot; the uncompressed ELF
 # boots through its PVH entry (CONFIG_PVH) with no decompression. Extract it.
+# (arm64's vmlinuz is the Image that QEMU's -M virt loads directly: nothing to extract.)
 kernel_file=vmlinux
-case $(grep -E '^CONFIG_KERNEL_(XZ|ZSTD|GZIP)=y' "$work"/kernel/boot/config-* | head -1) in
+config=$(grep -E '^CONFIG_KERNEL_(XZ|ZSTD|GZIP)=y' "$work"/kernel/boot/config-* | head -1 || true)
+[[ $arch == x86_64 ]] || config=
+case $config in
   *XZ=y) magic='\xfd7zXZ\x00'; unpack=(xz -dc --single-stream) ;;
   *ZSTD=y) magic='\x28\xb5\x2f\xfd'; unpack=(zstd -dcq) ;;
   *GZIP=y) magic='\x1f\x8b\x08'; unpack=(gzip -dc) ;;
@@ -152,7 +194,7 @@ if [[ -n $offset ]] && "${unpack[@]}" < <(tail -c +$((offset + 1)) "$vmlinuz") >
   && grep -q '^CONFIG_PVH=y' "$work"/kernel/boot/config-*; then
   echo "build-image: extracted the uncompressed kernel (PVH boot)"
 else
-  echo "build-image: cannot extract an uncompressed PVH kernel; using the bzImage (slower boot under TCG)" >&2
+  [[ $arch == x86_64 ]] && echo "build-image: cannot extract an uncompressed PVH kernel; using the bzImage (slower boot under TCG)" >&2
   rm -f "$work/vmlinux"
   kernel_file=vmlinuz
   cp "$vmlinuz" "$work/vmlinuz"
@@ -162,7 +204,7 @@ digest=$(cat "$work/$kernel_file" "$work/initrd.img" | sha256sum | cut -d' ' -f1
 cat > "$work/image.json" <<EOF
 {
   "format": "kernel",
-  "arch": "x86_64",
+  "arch": "$arch",
   "digest": "sha256:$digest",
   "kernel": "$kernel_file",
   "initrd": "initrd.img",
@@ -171,6 +213,7 @@ cat > "$work/image.json" <<EOF
   "kernel_release": "$krel",
   "modules": [$(printf '"%s",' "${order[@]##*/}" | sed 's/,$//')],
   "nic_models": ["virtio", "e1000"],
+  "busybox_version": "$bbver",
   "command_channel": "virtio-serial vnet.cmd v1",
   "inputs": "$inputs_hash"
 }

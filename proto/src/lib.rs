@@ -40,6 +40,17 @@ pub const HOST_URI_PREFIX: &str = "spiffe://vnet/host/";
 /// (measured). The controller refuses less at its edge; the agent checks it again.
 pub const VM_MIN_MEMORY_MB: u64 = 96;
 
+/// The QEMU machine type of a guest of `arch` whose NICs are `nic`: aarch64 guests run on `virt`;
+/// x86_64 guests on `microvm` (virtio-mmio, the fastest boot), or `q35` when their NICs are e1000
+/// (PCI). The agent's guest runtime starts guests so, and `describe` shows it.
+pub fn guest_machine(arch: &str, nic: v1::NicModel) -> &'static str {
+    match (arch, nic) {
+        ("aarch64", _) => "virt",
+        (_, v1::NicModel::E1000) => "q35",
+        _ => "microvm",
+    }
+}
+
 /// Reads the PEM file that the command-line option `--{option}` names, for the daemons' and
 /// vnctl's TLS set-up. The error names the option and the path.
 pub fn read_pem_option(path: Option<&std::path::Path>, option: &str) -> std::io::Result<Vec<u8>> {

@@ -91,6 +91,7 @@ impl Net {
             image: "default".into(),
             nic,
             accel: Accel::Auto,
+            arch: Default::default(),
             nics: vec![GuestNic {
                 ifname: "eth0".into(),
                 mac: Mac::derived(&id),

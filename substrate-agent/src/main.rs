@@ -281,6 +281,7 @@ fn guest_runtime(
         state_dir: run_dir.unwrap_or_else(|| PathBuf::from("/run/vnet/guests").join(host_id)),
         images_dir,
         qemu_binary: qemu.to_string(),
+        qemu_aarch64_binary: substrate_agent::guest::accel::aarch64_binary_for(qemu),
         ..Default::default()
     };
     match substrate_agent::guest::QemuRuntime::with_support(opts, support, kernel) {

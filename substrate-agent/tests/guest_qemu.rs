@@ -179,6 +179,7 @@ fn config(
         image: "default".into(),
         nic,
         accel: Accel::Auto,
+        arch: Default::default(),
         nics: vec![GuestNic {
             ifname: ifname.into(),
             mac: Mac::derived(node_id),
@@ -616,6 +617,7 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         image: "default".into(),
         nic: NicModel::Virtio,
         accel: Accel::Auto,
+        arch: Default::default(),
         nics: vec![GuestNic {
             ifname: "eth0".into(),
             mac: Mac::derived(&id),
@@ -682,4 +684,108 @@ fn guest_behind_a_userspace_tap_answers_arp() {
         "run directory left behind"
     );
     drop(dev);
+}
+
+/// Removes a namespace made with `ip netns add` however the test ends.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// Ten Debian disk-image guests on one host (no NICs, small memory; they need not finish
+/// booting): ten QEMU processes, each on a qcow2 overlay whose backing file is the one base, and
+/// the overlays together occupy far less disk than one more copy of the base. Stopping them
+/// removes every overlay.
+#[test]
+fn ten_disk_guests_share_one_base() {
+    let test = "ten_disk_guests_share_one_base";
+    if !preconditions(test, true) {
+        return;
+    }
+    let base = images_dir().join("debian/disk.qcow2");
+    if !base.is_file() {
+        assert!(
+            std::env::var("VNET_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "{test}: {} missing (deploy/guest/build-debian.sh)",
+            base.display()
+        );
+        println!("SKIP {test}: {} missing", base.display());
+        return;
+    }
+    let base = std::fs::canonicalize(base).unwrap();
+    let ns = format!("vnet-tg{}", std::process::id());
+    assert!(sh(&["ip", "netns", "add", &ns]).status.success());
+    let _ns = NetnsGuard(ns.clone());
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime(state.path());
+    let mut guards = Vec::new();
+    for i in 0..10 {
+        let id = format!("tg{i}");
+        let cfg = GuestConfig {
+            node_id: id.clone(),
+            name: id.clone(),
+            netns: ns.clone(),
+            vcpus: 1,
+            memory_mb: 128,
+            image: "debian".into(),
+            nic: NicModel::Virtio,
+            accel: Accel::Tcg,
+            arch: Default::default(),
+            nics: vec![],
+            routes: vec![],
+        };
+        rt.ensure(&cfg).expect("ensure");
+        guards.push(GuestGuard {
+            rt: &rt,
+            node_id: id,
+        });
+    }
+    assert_eq!(
+        qemu_pids_under(state.path()).len(),
+        10,
+        "ten QEMU processes"
+    );
+    let mut overlays = Vec::new();
+    for i in 0..10 {
+        let run = state.path().join(format!("tg{i}"));
+        let overlay: Vec<PathBuf> = std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "qcow2"))
+            .collect();
+        assert_eq!(overlay.len(), 1, "{overlay:?}");
+        let info = sh(&[
+            "qemu-img",
+            "info",
+            "-U",
+            "--output=json",
+            overlay[0].to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["backing-filename"], base.to_str().unwrap(), "{v}");
+        overlays.push(overlay[0].clone());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let used = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
+    let base_bytes = used(&base);
+    let overlay_bytes: u64 = overlays.iter().map(|o| used(o)).sum();
+    println!(
+        "{test}: base {} MiB on disk; ten overlays {} KiB together; ten copies would be {} MiB",
+        base_bytes >> 20,
+        overlay_bytes >> 10,
+        (10 * base_bytes) >> 20
+    );
+    assert!(base_bytes > 64 << 20, "{base_bytes}");
+    assert!(
+        overlay_bytes < base_bytes / 2,
+        "{overlay_bytes} vs {base_bytes}"
+    );
+    drop(guards);
+    assert!(qemu_pids_under(state.path()).is_empty(), "QEMU left");
+    let left: Vec<&PathBuf> = overlays.iter().filter(|o| o.exists()).collect();
+    assert!(left.is_empty(), "overlays left: {left:?}");
 }

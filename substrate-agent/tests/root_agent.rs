@@ -866,6 +866,7 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
         image: "default".into(),
         nic: pb::NicModel::Virtio as i32,
         accel: pb::Acceleration::Auto as i32,
+        arch: String::new(),
     });
     let s2 = slice(
         "vnm",

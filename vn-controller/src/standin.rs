@@ -37,6 +37,8 @@ pub struct StandInConfig {
     pub applied_generation: u64,
     /// Guest images reported in the hello (default: one kernel image `default`).
     pub images: Vec<pb::GuestImage>,
+    /// Guest architectures reported in the capabilities (default: `x86_64`).
+    pub guest_archs: Vec<String>,
 }
 
 impl StandInConfig {
@@ -56,6 +58,7 @@ impl StandInConfig {
                 size_bytes: 0,
                 digest: String::new(),
             }],
+            guest_archs: vec!["x86_64".into()],
         }
     }
 
@@ -82,6 +85,8 @@ impl StandInConfig {
                 tc: true,
                 vlan_datapath: "userspace".into(),
                 impairment: "relay".into(),
+                guest_archs: self.guest_archs.clone(),
+                host_arch: "x86_64".into(),
                 ..Default::default()
             }),
             agent_version: "stand-in".into(),

@@ -33,6 +33,8 @@ pub struct Probe {
     pub bpf_vlan: bool,
     /// The VLAN datapath in use: "bpf" or "userspace" (the agent sets it from its choice).
     pub vlan_datapath: String,
+    /// Guest architectures a QEMU system emulator runs here for.
+    pub guest_archs: Vec<String>,
     /// Per feature, why it failed.
     pub errors: Vec<String>,
 }
@@ -57,6 +59,8 @@ impl Probe {
             } else {
                 String::new()
             },
+            guest_archs: self.guest_archs.clone(),
+            host_arch: std::env::consts::ARCH.into(),
         }
     }
 }
@@ -251,6 +255,7 @@ pub fn probe_with_guests(g: &crate::guest::HostGuestSupport) -> Probe {
         kvm_reason: g.kvm.reason.clone(),
         bpf_vlan,
         vlan_datapath: if bpf_vlan { "bpf" } else { "userspace" }.into(),
+        guest_archs: g.archs.iter().map(|a| a.to_string()).collect(),
         errors,
     }
 }

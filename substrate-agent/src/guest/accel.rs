@@ -59,6 +59,20 @@ pub struct KvmVerdict {
     pub reason: String,
 }
 
+impl KvmVerdict {
+    /// The verdict for guests of another architecture than the host's: KVM runs only the host's
+    /// own instruction set, so they run under TCG.
+    pub fn foreign(arch: super::GuestArch) -> KvmVerdict {
+        KvmVerdict {
+            usable: false,
+            reason: format!(
+                "{arch} is not this host's architecture ({}): binary translation only",
+                std::env::consts::ARCH
+            ),
+        }
+    }
+}
+
 /// Judges the facts. Pure.
 pub fn decide_kvm(f: &KvmFacts) -> KvmVerdict {
     let mut problems = Vec::new();
@@ -236,6 +250,8 @@ pub struct HostGuestSupport {
     /// Host TSC in kHz, passed to microvm guests as `tsc_early_khz` (without it about a third of
     /// TCG boots hang).
     pub tsc_khz: Option<u64>,
+    /// Guest architectures whose QEMU system emulator runs here.
+    pub archs: Vec<super::GuestArch>,
 }
 
 impl HostGuestSupport {
@@ -266,7 +282,27 @@ pub fn qemu_info(qemu_binary: &str) -> Option<QemuInfo> {
     })
 }
 
-/// The host probe without a test boot: QEMU, KVM verdict, TSC rate. Cheap (one `--version` run).
+/// The QEMU binary of aarch64 guests beside the x86_64 one: `qemu-system-x86_64` with `x86_64`
+/// replaced (same directory), else `qemu-system-aarch64` from `PATH`. Pure.
+pub fn aarch64_binary_for(qemu_binary: &str) -> String {
+    if qemu_binary.ends_with("qemu-system-x86_64") {
+        qemu_binary.replace("qemu-system-x86_64", "qemu-system-aarch64")
+    } else {
+        "qemu-system-aarch64".into()
+    }
+}
+
+/// The guest architectures whose binary (`(arch, binary)`) answers `--version`.
+pub fn probe_archs(binaries: &[(super::GuestArch, &str)]) -> Vec<super::GuestArch> {
+    binaries
+        .iter()
+        .filter(|(_, b)| qemu_info(b).is_some())
+        .map(|(a, _)| *a)
+        .collect()
+}
+
+/// The host probe without a test boot: QEMU, KVM verdict, TSC rate, the guest architectures
+/// (x86_64 by `qemu_binary`, aarch64 by [`aarch64_binary_for`] it). Cheap (`--version` runs).
 pub fn probe_host(qemu_binary: &str) -> HostGuestSupport {
     let facts = gather_kvm_facts();
     let tsc_khz = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
@@ -275,10 +311,15 @@ pub fn probe_host(qemu_binary: &str) -> HostGuestSupport {
         .or_else(|| {
             tsc_khz_from_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
         });
+    let aarch64 = aarch64_binary_for(qemu_binary);
     HostGuestSupport {
         qemu: qemu_info(qemu_binary),
         kvm: decide_kvm(&facts),
         tsc_khz,
+        archs: probe_archs(&[
+            (super::GuestArch::X86_64, qemu_binary),
+            (super::GuestArch::Aarch64, &aarch64),
+        ]),
     }
 }
 

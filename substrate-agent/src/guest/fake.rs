@@ -301,6 +301,7 @@ pub(crate) fn test_config(id: &str, memory_mb: u64) -> GuestConfig {
         image: "default".into(),
         nic: NicModel::Virtio,
         accel: Accel::Auto,
+        arch: Default::default(),
         nics: vec![GuestNic {
             ifname: "eth0".into(),
             mac: Mac::derived(id),

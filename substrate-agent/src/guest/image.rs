@@ -1,9 +1,12 @@
 //! Guest images on disk: `<images_dir>/<name>/image.json` names the files of the image.
 //!
 //! The project's own image (`deploy/guest/build-image.sh`, format `kernel`) is a kernel and an
-//! initramfs booted directly, configured from the kernel command line. Cloud images (format
-//! `disk`, configured by cloud-init from a NoCloud seed, see [`super::seed`]) are recognized but
-//! not yet started by the runtime: it refuses them with a clear error.
+//! initramfs booted directly, configured from the kernel command line. A disk image (format
+//! `disk`, e.g. `deploy/guest/build-debian.sh`) is a qcow2 or raw root disk that every guest uses
+//! through a copy-on-write overlay of its own (see [`super::disk`]); it is configured from a
+//! NoCloud seed ([`super::seed`]). Its kernel and initramfs boot directly too (the initramfs
+//! mounts the disk named by the manifest's `root` and hands over to its init): firmware boot
+//! through a boot loader is refused with a clear error.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +34,15 @@ pub struct ImageManifest {
     /// Content digest of the image's files (`sha256:...`), as its builder recorded it.
     #[serde(default)]
     pub digest: Option<String>,
+    /// Disk images: the root disk, relative to the image directory.
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Disk images: `qcow2` or `raw`.
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    /// Disk images: the root file system for the initramfs (`LABEL=...`, `UUID=...` or a device).
+    #[serde(default)]
+    pub root: Option<String>,
 }
 
 /// Guest architecture of an image whose manifest names none.
@@ -138,15 +150,32 @@ fn describe(images_dir: &Path, name: &str) -> Result<ImageInfo, GuestError> {
     Ok(info)
 }
 
-/// A usable direct-boot image.
+/// A usable direct-boot image, with its root disk for disk images.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelImage {
     /// Image name.
     pub name: String,
+    /// Guest architecture.
+    pub arch: super::GuestArch,
     /// Kernel path.
     pub kernel: PathBuf,
     /// Initramfs path.
     pub initrd: PathBuf,
+    /// The shared base disk of a disk image.
+    pub disk: Option<BaseDisk>,
+}
+
+/// The base disk of a disk image: guests never write it (each gets an overlay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseDisk {
+    /// Absolute path of the base.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// The root file system for the initramfs (`vnet.root=`).
+    pub root: String,
+    /// The manifest's digest (names the overlay, so that a rebuilt base gets fresh overlays).
+    pub digest: String,
 }
 
 /// Loads and checks image `name` under `images_dir`.
@@ -169,16 +198,18 @@ pub fn load(images_dir: &Path, name: &str) -> Result<KernelImage, GuestError> {
             manifest_path.display()
         ))
     })?;
-    match m.format.as_str() {
-        "kernel" => {}
-        "disk" => {
-            return Err(err(
-                "cloud (disk) images are not supported by this agent yet; use a kernel image"
-                    .into(),
-            ));
-        }
-        other => return Err(err(format!("unknown image format {other:?}"))),
+    if !matches!(m.format.as_str(), "kernel" | "disk") {
+        return Err(err(format!(
+            "unknown image format {:?} (kernel or disk)",
+            m.format
+        )));
     }
+    let arch_name = m.arch.clone().unwrap_or_else(|| DEFAULT_ARCH.to_string());
+    let arch = super::GuestArch::parse(&arch_name).ok_or_else(|| {
+        err(format!(
+            "architecture {arch_name:?} is not x86_64 or aarch64"
+        ))
+    })?;
     let file = |f: Option<String>, what: &str| -> Result<PathBuf, GuestError> {
         let f = f.ok_or_else(|| err(format!("{} names no {what}", manifest_path.display())))?;
         if f.contains('/') {
@@ -193,10 +224,42 @@ pub fn load(images_dir: &Path, name: &str) -> Result<KernelImage, GuestError> {
         }
         Ok(p)
     };
+    let disk = if m.format == "disk" {
+        if m.kernel.is_none() {
+            return Err(err(format!(
+                "{} names no kernel: disk images boot their kernel directly with vnet's \
+                 initramfs (firmware boot through a boot loader is not supported)",
+                manifest_path.display()
+            )));
+        }
+        let format = m.disk_format.clone().unwrap_or_else(|| "qcow2".into());
+        if !matches!(format.as_str(), "qcow2" | "raw") {
+            return Err(err(format!("disk format {format:?} is not qcow2 or raw")));
+        }
+        let root = m.root.clone().unwrap_or_else(|| "LABEL=vnet-root".into());
+        if root.is_empty()
+            || root.len() > 128
+            || !root.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(err(format!(
+                "root {root:?} is not a short word without commas"
+            )));
+        }
+        Some(BaseDisk {
+            path: file(m.disk.clone(), "disk")?,
+            format,
+            root,
+            digest: m.digest.clone().unwrap_or_default(),
+        })
+    } else {
+        None
+    };
     Ok(KernelImage {
         name: name.to_string(),
+        arch,
         kernel: file(m.kernel, "kernel")?,
         initrd: file(m.initrd, "initrd")?,
+        disk,
     })
 }
 
@@ -223,12 +286,39 @@ mod tests {
         let k = load(d.path(), "default").unwrap();
         assert_eq!(k.kernel, img.join("vmlinux"));
         std::fs::write(img.join("image.json"), r#"{"format":"disk"}"#).unwrap();
+        let e = load(d.path(), "default").unwrap_err().to_string();
         assert!(
-            load(d.path(), "default")
-                .unwrap_err()
-                .to_string()
-                .contains("not supported")
+            e.contains("names no kernel") && e.contains("not supported"),
+            "{e}"
         );
+        std::fs::write(
+            img.join("image.json"),
+            r#"{"format":"disk","kernel":"vmlinux","initrd":"initrd.img","disk":"d.qcow2"}"#,
+        )
+        .unwrap();
+        let e = load(d.path(), "default").unwrap_err().to_string();
+        assert!(e.contains("d.qcow2") && e.contains("missing"), "{e}");
+        std::fs::write(img.join("d.qcow2"), b"q").unwrap();
+        let k = load(d.path(), "default").unwrap();
+        let disk = k.disk.unwrap();
+        assert_eq!(
+            (disk.path, disk.format.as_str(), disk.root.as_str()),
+            (img.join("d.qcow2"), "qcow2", "LABEL=vnet-root")
+        );
+        std::fs::write(
+            img.join("image.json"),
+            r#"{"format":"disk","kernel":"vmlinux","initrd":"initrd.img","disk":"d.qcow2","disk_format":"vmdk"}"#,
+        )
+        .unwrap();
+        let e = load(d.path(), "default").unwrap_err().to_string();
+        assert!(e.contains("vmdk"), "{e}");
+        std::fs::write(
+            img.join("image.json"),
+            r#"{"format":"kernel","kernel":"vmlinux","initrd":"initrd.img","arch":"riscv64"}"#,
+        )
+        .unwrap();
+        let e = load(d.path(), "default").unwrap_err().to_string();
+        assert!(e.contains("riscv64"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! vnet.nic=IFNAME,MAC,MTU[,ADDR/PREFIX...]   one per NIC, matched by MAC, renamed IFNAME
 //! vnet.route=DEST,VIA                         DEST in CIDR or "default"
 //! ```
+//!
+//! A disk image's guest gets `vnet.root=ROOT` instead (its initramfs mounts that file system and
+//! hands over to the disk's init); the same words reach it in its NoCloud seed's `vnet-net` file.
 
 use super::qemu_args::Machine;
 use super::{GuestConfig, GuestError};
@@ -34,19 +37,10 @@ pub fn hostname_for(name: &str, node_id: &str) -> String {
     }
 }
 
-/// The kernel command line of a guest. `tsc_khz` is given to microvm guests as
-/// `tsc_early_khz` (under TCG about a third of microvm boots hang without it). Pure.
-pub fn guest_kernel_cmdline(
-    cfg: &GuestConfig,
-    machine: Machine,
-    tsc_khz: Option<u64>,
-) -> Result<String, GuestError> {
-    let mut words: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into(), "quiet".into()];
-    if machine == Machine::Microvm
-        && let Some(khz) = tsc_khz
-    {
-        words.push(format!("tsc_early_khz={khz}"));
-    }
+/// The guest's network words: `vnet.hostname`, one `vnet.nic` per NIC, one `vnet.route` per
+/// route. Pure.
+pub fn config_words(cfg: &GuestConfig) -> Vec<String> {
+    let mut words = Vec::new();
     words.push(format!(
         "vnet.hostname={}",
         hostname_for(&cfg.name, &cfg.node_id)
@@ -65,6 +59,33 @@ pub fn guest_kernel_cmdline(
             .map(|d| d.to_string())
             .unwrap_or_else(|| "default".into());
         words.push(format!("vnet.route={dst},{}", r.via));
+    }
+    words
+}
+
+/// The kernel command line of a guest. `tsc_khz` is given to microvm guests as
+/// `tsc_early_khz` (under TCG about a third of microvm boots hang without it). With `root` (a
+/// disk image) the network words are left to the seed and `vnet.root=ROOT` is given. Pure.
+pub fn guest_kernel_cmdline(
+    cfg: &GuestConfig,
+    machine: Machine,
+    tsc_khz: Option<u64>,
+    root: Option<&str>,
+) -> Result<String, GuestError> {
+    let mut words: Vec<String> = vec![
+        format!("console={}", machine.console()),
+        "panic=-1".into(),
+        "quiet".into(),
+    ];
+    if machine == Machine::Microvm
+        && let Some(khz) = tsc_khz
+    {
+        words.push(format!("tsc_early_khz={khz}"));
+    }
+    match root {
+        // Kernel names of NICs stay eth*: the seed renames them by MAC, nothing else does.
+        Some(r) => words.extend([format!("vnet.root={r}"), "net.ifnames=0".into()]),
+        None => words.extend(config_words(cfg)),
     }
     let line = words.join(" ");
     if line.len() >= MAX_CMDLINE {
@@ -97,6 +118,7 @@ mod tests {
             image: "default".into(),
             nic: NicModel::Virtio,
             accel: Accel::Auto,
+            arch: Default::default(),
             nics: vec![
                 GuestNic {
                     ifname: "eth0".into(),
@@ -130,7 +152,7 @@ mod tests {
     #[test]
     fn carries_nics_addresses_routes_and_hostname() {
         let c = cfg();
-        let line = guest_kernel_cmdline(&c, Machine::Microvm, Some(2_600_000)).unwrap();
+        let line = guest_kernel_cmdline(&c, Machine::Microvm, Some(2_600_000), None).unwrap();
         assert_eq!(
             line,
             format!(
@@ -140,8 +162,19 @@ mod tests {
                 c.nics[1].mac
             )
         );
-        let q35 = guest_kernel_cmdline(&c, Machine::Q35, Some(2_600_000)).unwrap();
+        let q35 = guest_kernel_cmdline(&c, Machine::Q35, Some(2_600_000), None).unwrap();
         assert!(!q35.contains("tsc_early_khz"));
+        let arm = guest_kernel_cmdline(&c, Machine::Virt, Some(2_600_000), None).unwrap();
+        assert!(
+            arm.starts_with("console=ttyAMA0 panic=-1 quiet vnet.hostname="),
+            "{arm}"
+        );
+        let disk =
+            guest_kernel_cmdline(&c, Machine::Microvm, None, Some("LABEL=vnet-root")).unwrap();
+        assert_eq!(
+            disk,
+            "console=ttyS0 panic=-1 quiet vnet.root=LABEL=vnet-root net.ifnames=0"
+        );
     }
 
     #[test]
@@ -157,7 +190,7 @@ mod tests {
         c.nics[0].addresses = (0..200)
             .map(|i| format!("10.1.{}.{}/32", i / 250, i % 250).parse().unwrap())
             .collect();
-        let e = guest_kernel_cmdline(&c, Machine::Microvm, None)
+        let e = guest_kernel_cmdline(&c, Machine::Microvm, None, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("limit is 2047"), "{e}");

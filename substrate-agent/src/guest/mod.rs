@@ -22,13 +22,15 @@
 //! - [`tap`]: the guest's TAP devices and their tc redirects, made through the host's `Kernel`;
 //! - [`process`]: spawning QEMU in the sandbox, pidfiles, liveness and identity checks;
 //! - [`image`]: guest images on disk (kernel + initrd, or a disk with a NoCloud seed);
-//! - [`seed`]: the NoCloud seed for cloud images;
+//! - [`seed`]: the NoCloud seed of disk images;
+//! - [`disk`]: a disk image guest's copy-on-write overlay and its seed volume;
 //! - [`runtime`]: [`QemuRuntime`], the real implementation;
 //! - `fake`: `RecordingGuestRuntime`, a recording fake for planner tests (under `cfg(test)` and
 //!   the `testing` feature).
 
 pub mod accel;
 pub mod channel;
+pub mod disk;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod image;
@@ -69,6 +71,52 @@ pub enum NicModel {
     Virtio,
     /// Emulated Intel e1000, for guests without virtio drivers. Needs PCI: runs on `-M q35`.
     E1000,
+}
+
+/// CPU architecture of a guest. The host runs it with `qemu-system-<arch>`; a guest of another
+/// architecture than the host's runs under TCG only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GuestArch {
+    /// The default.
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit Arm, on QEMU's `virt` machine.
+    #[serde(rename = "aarch64")]
+    Aarch64,
+}
+
+impl GuestArch {
+    /// Every architecture the runtime knows.
+    pub const ALL: [GuestArch; 2] = [GuestArch::X86_64, GuestArch::Aarch64];
+
+    /// The name in specs, manifests and QEMU's binary name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestArch::X86_64 => "x86_64",
+            GuestArch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architecture of `s` ("" is the default).
+    pub fn parse(s: &str) -> Option<GuestArch> {
+        match s {
+            "" | "x86_64" => Some(GuestArch::X86_64),
+            "aarch64" => Some(GuestArch::Aarch64),
+            _ => None,
+        }
+    }
+
+    /// The architecture of the machine this agent runs on.
+    pub fn native() -> Option<GuestArch> {
+        GuestArch::parse(std::env::consts::ARCH)
+    }
+}
+
+impl fmt::Display for GuestArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// CPU acceleration requested for a guest.
@@ -150,6 +198,9 @@ pub struct GuestConfig {
     pub nic: NicModel,
     /// Requested acceleration.
     pub accel: Accel,
+    /// CPU architecture (the image must be of it).
+    #[serde(default)]
+    pub arch: GuestArch,
     /// One per link interface, in a stable order (the guest sees them in this order).
     pub nics: Vec<GuestNic>,
     /// Static routes inside the guest.

@@ -2,13 +2,15 @@
 //! function [`guest_command`] that assembles a guest's whole command line. Spawning is in
 //! [`super::process`].
 //!
-//! Machines: virtio guests run on `-M microvm` (virtio-mmio devices, no PCI, no firmware scan),
-//! e1000 guests on `-M q35` (PCI), with `qboot.rom` as firmware when QEMU ships it. Both boot the
-//! image's kernel directly (`-kernel`, `-initrd`, `-append`).
+//! Machines: x86_64 virtio guests run on `-M microvm` (virtio-mmio devices, no PCI, no firmware
+//! scan), e1000 guests on `-M q35` (PCI), with `qboot.rom` as firmware when QEMU ships it; aarch64
+//! guests on `-M virt` (virtio-mmio transports and a PCIe bus). All boot the image's kernel
+//! directly (`-kernel`, `-initrd`, `-append`); a disk image's overlay and NoCloud seed are
+//! virtio-blk drives.
 
 use std::path::{Path, PathBuf};
 
-use super::{AccelUsed, GuestNic, NicModel};
+use super::{AccelUsed, GuestArch, GuestNic, NicModel};
 use crate::mac::Mac;
 
 /// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
@@ -33,14 +35,46 @@ pub enum Machine {
     Microvm,
     /// `q35`: PCI, needed for e1000.
     Q35,
+    /// `virt`: aarch64's virtual board (virtio-mmio and PCIe, PL011 console).
+    Virt,
 }
 
 impl Machine {
-    /// The machine for a NIC model.
+    /// The machine for an x86_64 guest with a NIC model.
     pub fn for_nic(nic: NicModel) -> Machine {
         match nic {
             NicModel::Virtio => Machine::Microvm,
             NicModel::E1000 => Machine::Q35,
+        }
+    }
+
+    /// The machine for a guest of `arch` with a NIC model.
+    pub fn for_guest(arch: GuestArch, nic: NicModel) -> Machine {
+        match arch {
+            GuestArch::X86_64 => Machine::for_nic(nic),
+            GuestArch::Aarch64 => Machine::Virt,
+        }
+    }
+
+    /// QEMU's name of the machine type (what `describe` shows).
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+            Machine::Virt => "virt",
+        }
+    }
+
+    /// Whether virtio devices sit on virtio-mmio transports (else PCI).
+    fn virtio_mmio(self) -> bool {
+        matches!(self, Machine::Microvm | Machine::Virt)
+    }
+
+    /// The serial console device inside the guest.
+    pub fn console(self) -> &'static str {
+        match self {
+            Machine::Virt => "ttyAMA0",
+            Machine::Microvm | Machine::Q35 => "ttyS0",
         }
     }
 }
@@ -51,6 +85,7 @@ impl QemuArg for Machine {
             // ISA serial for the console, RTC for wall-clock time.
             Machine::Microvm => "microvm,isa-serial=on,rtc=on",
             Machine::Q35 => "q35",
+            Machine::Virt => "virt",
         };
         vec!["-machine".into(), m.into()]
     }
@@ -177,14 +212,14 @@ pub struct NicDevice {
 
 impl QemuArg for NicDevice {
     fn render(&self) -> Vec<String> {
-        let dev = match (self.model, self.machine) {
-            (NicModel::Virtio, Machine::Microvm) => "virtio-net-device",
-            (NicModel::Virtio, Machine::Q35) => "virtio-net-pci",
+        let dev = match self.model {
+            NicModel::Virtio if self.machine.virtio_mmio() => "virtio-net-device",
+            NicModel::Virtio => "virtio-net-pci",
             // No PXE option ROM: the kernel is booted directly.
-            (NicModel::E1000, _) => "e1000",
+            NicModel::E1000 => "e1000",
         };
         let mut extra = String::new();
-        if self.model == NicModel::E1000 || self.machine == Machine::Q35 {
+        if self.model == NicModel::E1000 || !self.machine.virtio_mmio() {
             extra.push_str(",romfile=");
         }
         if self.model == NicModel::E1000 {
@@ -255,9 +290,10 @@ pub struct VirtioSerialPort {
 
 impl QemuArg for VirtioSerialPort {
     fn render(&self) -> Vec<String> {
-        let ctrl = match self.machine {
-            Machine::Microvm => "virtio-serial-device",
-            Machine::Q35 => "virtio-serial-pci",
+        let ctrl = if self.machine.virtio_mmio() {
+            "virtio-serial-device"
+        } else {
+            "virtio-serial-pci"
         };
         vec![
             "-device".into(),
@@ -268,6 +304,43 @@ impl QemuArg for VirtioSerialPort {
                 escape(&self.chardev),
                 escape(&self.name)
             ),
+        ]
+    }
+}
+
+/// A disk on virtio-blk: `-drive if=none` and its `-device`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drive {
+    /// Drive id.
+    pub id: String,
+    /// The image file.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// The guest cannot write it.
+    pub read_only: bool,
+    /// The machine decides the transport.
+    pub machine: Machine,
+}
+
+impl QemuArg for Drive {
+    fn render(&self) -> Vec<String> {
+        let dev = if self.machine.virtio_mmio() {
+            "virtio-blk-device"
+        } else {
+            "virtio-blk-pci"
+        };
+        let ro = if self.read_only { ",readonly=on" } else { "" };
+        vec![
+            "-drive".into(),
+            format!(
+                "if=none,id={},file={},format={}{ro}",
+                escape(&self.id),
+                path_str(&self.path),
+                escape(&self.format)
+            ),
+            "-device".into(),
+            format!("{dev},drive={}", escape(&self.id)),
         ]
     }
 }
@@ -381,6 +454,22 @@ impl RunPaths {
     pub fn record(&self) -> PathBuf {
         self.dir.join("guest.json")
     }
+    /// A disk image's overlay on the base of digest `digest` (a rebuilt base gets a new one).
+    pub fn overlay(&self, digest: &str) -> PathBuf {
+        let tag: String = digest
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
+        self.dir.join(format!("disk-{tag}.qcow2"))
+    }
+    /// The NoCloud seed volume (iso9660, label `cidata`).
+    pub fn seed_iso(&self) -> PathBuf {
+        self.dir.join("seed.iso")
+    }
 }
 
 /// Inputs of [`guest_command`] besides the guest configuration.
@@ -396,6 +485,12 @@ pub struct LaunchInputs<'a> {
     pub kernel: &'a Path,
     /// Initramfs of the image.
     pub initrd: &'a Path,
+    /// The machine (see [`Machine::for_guest`]).
+    pub machine: Machine,
+    /// `-cpu` under TCG (under KVM: `host`); `None`: QEMU's default.
+    pub tcg_cpu: Option<&'a str>,
+    /// Disks in order (a disk image's overlay, then its seed).
+    pub drives: Vec<Drive>,
     /// Kernel command line (see [`super::kernel_cmdline`]).
     pub append: String,
     /// `qboot.rom` for q35, when shipped.
@@ -422,7 +517,7 @@ pub fn guest_command(
     nics: &[(GuestNic, String)],
     li: &LaunchInputs<'_>,
 ) -> QemuCommand {
-    let machine = Machine::for_nic(nic);
+    let machine = li.machine;
     let mut parts: Vec<Box<dyn QemuArg>> = vec![
         Box::new(Process {
             name: process_name(node_id),
@@ -436,6 +531,8 @@ pub fn guest_command(
     ];
     if li.accel == AccelUsed::Kvm {
         parts.push(Box::new(Cpu("host".into())));
+    } else if let Some(cpu) = li.tcg_cpu {
+        parts.push(Box::new(Cpu(cpu.into())));
     }
     if machine == Machine::Q35
         && let Some(q) = li.qboot
@@ -448,6 +545,9 @@ pub fn guest_command(
         initrd: li.initrd.to_path_buf(),
         append: li.append.clone(),
     }));
+    for d in &li.drives {
+        parts.push(Box::new(d.clone()));
+    }
     for (i, (n, tap)) in nics.iter().enumerate() {
         let id = format!("n{i}");
         parts.push(Box::new(NetdevTap {
@@ -604,13 +704,16 @@ mod tests {
         );
     }
 
-    fn inputs<'a>(paths: &'a RunPaths, accel: AccelUsed) -> LaunchInputs<'a> {
+    fn inputs<'a>(paths: &'a RunPaths, accel: AccelUsed, machine: Machine) -> LaunchInputs<'a> {
         LaunchInputs {
             qemu_binary: "qemu-system-x86_64",
             accel,
             tb_size_mb: 32,
             kernel: Path::new("/img/vmlinux"),
             initrd: Path::new("/img/initrd.img"),
+            machine,
+            tcg_cpu: None,
+            drives: vec![],
             append: "console=ttyS0".into(),
             qboot: Some(Path::new("/usr/share/qemu/qboot.rom")),
             paths,
@@ -629,7 +732,7 @@ mod tests {
                 nic("eth0", "52:56:00:00:00:01"),
                 nic("eth1", "52:56:00:00:00:02"),
             ],
-            &inputs(&paths, AccelUsed::Tcg),
+            &inputs(&paths, AccelUsed::Tcg, Machine::Microvm),
         );
         let s = c.args.join(" ");
         assert!(s.starts_with("-name vnet-n1 -nodefaults -no-user-config -display none -no-reboot -pidfile /run/vnet/guests/n1/qemu.pid -machine microvm,"), "{s}");
@@ -659,7 +762,7 @@ mod tests {
             256,
             NicModel::E1000,
             &[nic("eth0", "52:56:00:00:00:03")],
-            &inputs(&paths, AccelUsed::Kvm),
+            &inputs(&paths, AccelUsed::Kvm, Machine::Q35),
         );
         let s = c.args.join(" ");
         assert!(
@@ -675,5 +778,67 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("-device virtio-serial-pci"), "{s}");
+    }
+
+    #[test]
+    fn aarch64_disk_guest_runs_on_virt_with_overlay_and_seed_drives() {
+        let paths = RunPaths::new(Path::new("/run/vnet/guests"), "n3");
+        let mut li = inputs(
+            &paths,
+            AccelUsed::Tcg,
+            Machine::for_guest(GuestArch::Aarch64, NicModel::Virtio),
+        );
+        li.qemu_binary = "qemu-system-aarch64";
+        li.tcg_cpu = Some("cortex-a57");
+        li.drives = vec![
+            Drive {
+                id: "root".into(),
+                path: paths.overlay("sha256:0123456789abcdef"),
+                format: "qcow2".into(),
+                read_only: false,
+                machine: li.machine,
+            },
+            Drive {
+                id: "seed".into(),
+                path: paths.seed_iso(),
+                format: "raw".into(),
+                read_only: true,
+                machine: li.machine,
+            },
+        ];
+        let c = guest_command(
+            "n3",
+            1,
+            256,
+            NicModel::Virtio,
+            &[nic("eth0", "52:56:00:00:00:04")],
+            &li,
+        );
+        assert_eq!(c.binary, "qemu-system-aarch64");
+        let s = c.args.join(" ");
+        assert!(
+            s.contains("-machine virt -accel tcg,tb-size=32 -cpu cortex-a57 -smp 1"),
+            "{s}"
+        );
+        assert!(s.contains("-drive if=none,id=root,file=/run/vnet/guests/n3/disk-0123456789ab.qcow2,format=qcow2 -device virtio-blk-device,drive=root"), "{s}");
+        assert!(s.contains("-drive if=none,id=seed,file=/run/vnet/guests/n3/seed.iso,format=raw,readonly=on -device virtio-blk-device,drive=seed"), "{s}");
+        assert!(
+            s.contains("-device virtio-net-device,netdev=n0,mac=52:56:00:00:00:04 "),
+            "{s}"
+        );
+        assert!(s.contains("-device virtio-serial-device "), "{s}");
+        assert!(!s.contains("-bios"), "{s}");
+        assert_eq!(
+            (Machine::Virt.name(), Machine::Virt.console()),
+            ("virt", "ttyAMA0")
+        );
+        let q35 = Drive {
+            id: "d".into(),
+            path: "/x".into(),
+            format: "raw".into(),
+            read_only: false,
+            machine: Machine::Q35,
+        };
+        assert_eq!(q35.render()[3], "virtio-blk-pci,drive=d");
     }
 }

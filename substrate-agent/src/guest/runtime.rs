@@ -28,17 +28,19 @@ use tracing::{info, warn};
 
 use super::accel::{HostGuestSupport, decide_kvm, gather_kvm_facts, probe_host, resolve_accel};
 use super::channel::{Channel, ChannelError};
-use super::image;
+use super::disk::{ensure_overlay, write_seed};
+use super::image::{self, BaseDisk};
 use super::kernel_cmdline::guest_kernel_cmdline;
 use super::process::{
     is_guest_process, read_pidfile, reap_exited, signal, spawn_detached_in_netns, wait_gone,
 };
-use super::qemu_args::{LaunchInputs, Machine, RunPaths, guest_command, process_name};
+use super::qemu_args::{Drive, LaunchInputs, Machine, RunPaths, guest_command, process_name};
 use super::qmp::Qmp;
+use super::seed::nocloud_seed;
 use super::tap::{TapError, TapPair, ensure_taps, remove_taps, tap_names};
 use super::{
-    AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestConfig, GuestError,
-    GuestRuntime, GuestStatus, ObservedGuest,
+    AccelUsed, ConsoleChunk, ConsoleCursor, EnsureAction, ExecOutput, GuestArch, GuestConfig,
+    GuestError, GuestRuntime, GuestStatus, KvmVerdict, ObservedGuest,
 };
 use crate::host::kernel::Kernel;
 
@@ -66,8 +68,14 @@ pub struct QemuRuntimeOptions {
     pub state_dir: PathBuf,
     /// Images (`<images_dir>/<name>/image.json`).
     pub images_dir: PathBuf,
-    /// QEMU binary.
+    /// QEMU binary (x86_64 guests).
     pub qemu_binary: String,
+    /// QEMU binary of aarch64 guests.
+    pub qemu_aarch64_binary: String,
+    /// `-cpu` of aarch64 guests under TCG.
+    pub aarch64_cpu: String,
+    /// Tools that make a disk image's overlay and seed.
+    pub disk_tools: super::disk::DiskTools,
     /// Firmware for q35 guests (qboot boots faster than SeaBIOS); `None`: QEMU's default.
     pub qboot_rom: Option<PathBuf>,
     /// TCG translation cache, MiB.
@@ -83,6 +91,10 @@ impl Default for QemuRuntimeOptions {
             state_dir: PathBuf::from("/run/vnet/guests"),
             images_dir: PathBuf::from("/var/lib/vnet/images"),
             qemu_binary: "qemu-system-x86_64".into(),
+            qemu_aarch64_binary: "qemu-system-aarch64".into(),
+            // The A57 model: `max` adds pointer authentication, which TCG emulates slowly.
+            aarch64_cpu: "cortex-a57".into(),
+            disk_tools: Default::default(),
             qboot_rom: qboot.is_file().then_some(qboot),
             tb_size_mb: 32,
             stop_grace: Duration::from_secs(3),
@@ -103,6 +115,9 @@ struct GuestRecord {
     /// QEMU's pid once started (also after QEMU removed its pidfile on exit).
     #[serde(default)]
     pid: Option<u32>,
+    /// The QEMU binary (absent in records of older agents: the x86_64 one).
+    #[serde(default)]
+    binary: Option<String>,
 }
 
 impl GuestRecord {
@@ -142,6 +157,8 @@ struct Launch {
     names: Vec<(String, String)>,
     cmd: super::qemu_args::QemuCommand,
     pairs: Vec<TapPair>,
+    /// A disk image's base and the guest's overlay on it.
+    disk: Option<(BaseDisk, PathBuf)>,
 }
 
 /// What `ensure` does about what it found.
@@ -561,7 +578,10 @@ impl QemuRuntime {
             );
         }
         let cmd = super::qemu_args::QemuCommand {
-            binary: self.opts.qemu_binary.clone(),
+            binary: rec
+                .binary
+                .clone()
+                .unwrap_or_else(|| self.opts.qemu_binary.clone()),
             args: rec.argv.clone(),
         };
         let mut child = match spawn_detached_in_netns(&cmd, netns, &paths.qemu_log()) {
@@ -616,14 +636,56 @@ impl QemuRuntime {
     /// line and the TAP of each NIC.
     fn launch(&self, cfg: &GuestConfig, paths: &RunPaths) -> Result<Launch, GuestError> {
         let img = image::load(&self.opts.images_dir, &cfg.image)?;
-        let (accel, why) = resolve_accel(cfg.accel, &self.support.kvm).map_err(|reason| {
-            GuestError::KvmUnusable {
-                node_id: cfg.node_id.clone(),
-                reason,
-            }
+        if img.arch != cfg.arch {
+            return Err(GuestError::InvalidConfig(format!(
+                "guest {}: image {} is {}, the node asks for {}",
+                cfg.node_id, cfg.image, img.arch, cfg.arch
+            )));
+        }
+        let native = GuestArch::native() == Some(cfg.arch);
+        let (accel, why) = if native {
+            resolve_accel(cfg.accel, &self.support.kvm)
+        } else {
+            resolve_accel(cfg.accel, &KvmVerdict::foreign(cfg.arch))
+        }
+        .map_err(|reason| GuestError::KvmUnusable {
+            node_id: cfg.node_id.clone(),
+            reason,
         })?;
-        let machine = Machine::for_nic(cfg.nic);
-        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz)?;
+        let machine = Machine::for_guest(cfg.arch, cfg.nic);
+        let root = img.disk.as_ref().map(|d| d.root.as_str());
+        let append = guest_kernel_cmdline(cfg, machine, self.support.tsc_khz, root)?;
+        let disk = img
+            .disk
+            .clone()
+            .map(|b| (paths.overlay(&b.digest), b))
+            .map(|(o, b)| (b, o));
+        let drives: Vec<Drive> = match &disk {
+            Some((_, overlay)) => vec![
+                Drive {
+                    id: "root".into(),
+                    path: overlay.clone(),
+                    format: "qcow2".into(),
+                    read_only: false,
+                    machine,
+                },
+                Drive {
+                    id: "seed".into(),
+                    path: paths.seed_iso(),
+                    format: "raw".into(),
+                    read_only: true,
+                    machine,
+                },
+            ],
+            None => vec![],
+        };
+        let (binary, tcg_cpu) = match cfg.arch {
+            GuestArch::X86_64 => (&self.opts.qemu_binary, None),
+            GuestArch::Aarch64 => (
+                &self.opts.qemu_aarch64_binary,
+                Some(self.opts.aarch64_cpu.as_str()),
+            ),
+        };
         let names = tap_names(&cfg.nics);
         let nics: Vec<_> = cfg
             .nics
@@ -638,11 +700,14 @@ impl QemuRuntime {
             cfg.nic,
             &nics,
             &LaunchInputs {
-                qemu_binary: &self.opts.qemu_binary,
+                qemu_binary: binary,
                 accel,
                 tb_size_mb: self.opts.tb_size_mb,
                 kernel: &img.kernel,
                 initrd: &img.initrd,
+                machine,
+                tcg_cpu,
+                drives,
                 append,
                 qboot: self.opts.qboot_rom.as_deref(),
                 paths,
@@ -662,7 +727,21 @@ impl QemuRuntime {
             names,
             cmd,
             pairs,
+            disk,
         })
+    }
+
+    /// A disk image's overlay (kept across restarts) and a fresh NoCloud seed of `cfg`.
+    fn prepare_disk(
+        &self,
+        cfg: &GuestConfig,
+        paths: &RunPaths,
+        base: &BaseDisk,
+        overlay: &Path,
+    ) -> Result<(), GuestError> {
+        let tools = &self.opts.disk_tools;
+        ensure_overlay(&cfg.node_id, tools, base, overlay)?;
+        write_seed(&cfg.node_id, tools, &nocloud_seed(cfg), &paths.seed_iso())
     }
 
     /// Removes the TAPs of the old configuration (`prev`) that the new one does not use.
@@ -733,6 +812,7 @@ impl GuestRuntime for QemuRuntime {
             names,
             cmd,
             pairs,
+            disk,
         } = self.launch(cfg, &paths)?;
         let prev = self.read_record(&paths)?;
         let pid = self.running_pid(&cfg.node_id, &paths);
@@ -791,6 +871,14 @@ impl GuestRuntime for QemuRuntime {
         let fresh_dir = !paths.dir.exists();
         std::fs::create_dir_all(&paths.dir)
             .map_err(io_err("cannot create run directory", &paths.dir))?;
+        if let Some((base, overlay)) = &disk
+            && let Err(e) = self.prepare_disk(cfg, &paths, base, overlay)
+        {
+            if fresh_dir && prev.is_none() {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+            }
+            return Err(e);
+        }
         let rec = GuestRecord {
             config: cfg.clone(),
             accel,
@@ -798,6 +886,7 @@ impl GuestRuntime for QemuRuntime {
             argv: cmd.args.clone(),
             restarts,
             pid: None,
+            binary: Some(cmd.binary.clone()),
         };
         let pid = self.start(cfg, &paths, &rec, &pairs, fresh_dir && prev.is_none())?;
         info!(node_id = %cfg.node_id, pid, ?action, accel = %accel, why = %why, restarts, "guest started");

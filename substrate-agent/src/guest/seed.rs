@@ -1,18 +1,18 @@
-//! The cloud-init NoCloud seed for cloud images: `meta-data`, `user-data` and a version 2
-//! `network-config` that carries the same NICs (matched by MAC and renamed), addresses, MTUs and
-//! routes as the project's image gets on its kernel command line. Pure: the files as strings.
-//!
-//! Packing the seed into a `cidata` volume and booting disk images is a follow-up (no cloud image
-//! can be obtained on the build machines); [`super::image::load`] refuses disk images until then.
-//! QEMU's own `vvfat` driver can serve the seed directory with no extra tool (checked:
-//! `qemu-img info --image-opts driver=vvfat,dir=DIR,label=cidata` accepts the label).
+//! The NoCloud seed of a disk image's guest: `meta-data`, `user-data` and a version 2
+//! `network-config` that carry the same hostname, NICs (matched by MAC and renamed), addresses,
+//! MTUs and routes as the project's image gets on its kernel command line, for images that run
+//! cloud-init; `user-data` also installs and starts the command channel's service (the same
+//! script as the project's image serves). Images built by `deploy/guest/build-debian.sh` have no
+//! cloud-init (python and its start-up would double a TCG boot): their `vnet-seed` unit reads
+//! `vnet-net`, the kernel command line's words. Pure: the files as strings; [`super::disk`]
+//! packs them into the `cidata` volume.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::GuestConfig;
-use super::kernel_cmdline::hostname_for;
+use super::kernel_cmdline::{config_words, hostname_for};
 
 /// The three files of a NoCloud seed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +23,42 @@ pub struct NoCloudSeed {
     pub user_data: String,
     /// `network-config`.
     pub network_config: String,
+    /// `vnet-net`: the words of [`config_words`], one line.
+    pub vnet_net: String,
+}
+
+impl NoCloudSeed {
+    /// (file name, contents) of every file of the seed.
+    pub fn files(&self) -> [(&'static str, &str); 4] {
+        [
+            ("meta-data", &self.meta_data),
+            ("user-data", &self.user_data),
+            ("network-config", &self.network_config),
+            ("vnet-net", &self.vnet_net),
+        ]
+    }
+}
+
+/// The command channel's server, as the project's image runs it (busybox or coreutils `sh`,
+/// `timeout`, `xxd`).
+const CMD_SERVER: &str = include_str!("../../../deploy/guest/rootfs/etc/vnet/cmd-server");
+
+const CMD_UNIT: &str = "[Unit]\nDescription=vnet command channel\n\n[Service]\n\
+    ExecStart=/usr/local/sbin/vnet-cmd-server\nRestart=always\nRestartSec=1\n\n\
+    [Install]\nWantedBy=multi-user.target\n";
+
+#[derive(Serialize)]
+struct UserData {
+    hostname: String,
+    write_files: Vec<WriteFile>,
+    runcmd: Vec<Vec<&'static str>>,
+}
+
+#[derive(Serialize)]
+struct WriteFile {
+    path: &'static str,
+    permissions: &'static str,
+    content: &'static str,
 }
 
 #[derive(Serialize)]
@@ -103,13 +139,31 @@ pub fn nocloud_seed(cfg: &GuestConfig) -> NoCloudSeed {
         ethernets,
     })
     .unwrap_or_default();
+    let user_data = serde_yaml_ng::to_string(&UserData {
+        hostname: hostname.clone(),
+        write_files: vec![
+            WriteFile {
+                path: "/usr/local/sbin/vnet-cmd-server",
+                permissions: "0755",
+                content: CMD_SERVER,
+            },
+            WriteFile {
+                path: "/etc/systemd/system/vnet-cmd.service",
+                permissions: "0644",
+                content: CMD_UNIT,
+            },
+        ],
+        runcmd: vec![vec!["systemctl", "enable", "--now", "vnet-cmd.service"]],
+    })
+    .unwrap_or_default();
     NoCloudSeed {
         meta_data: format!(
             "instance-id: vnet-{}\nlocal-hostname: {hostname}\n",
             cfg.node_id
         ),
-        user_data: format!("#cloud-config\nhostname: {hostname}\n"),
+        user_data: format!("#cloud-config\n{user_data}"),
         network_config,
+        vnet_net: config_words(cfg).join(" ") + "\n",
     }
 }
 
@@ -129,6 +183,7 @@ mod tests {
             image: "debian".into(),
             nic: NicModel::Virtio,
             accel: Accel::Auto,
+            arch: Default::default(),
             nics: vec![GuestNic {
                 ifname: "eth0".into(),
                 mac: "52:56:00:00:00:09".parse().unwrap(),
@@ -151,5 +206,19 @@ mod tests {
         assert_eq!(e["addresses"][0], "10.0.0.9/24");
         assert_eq!(e["routes"][0]["to"], "default");
         assert_eq!(e["routes"][0]["via"], "10.0.0.1");
+        assert!(
+            s.user_data.starts_with("#cloud-config\n"),
+            "{}",
+            s.user_data
+        );
+        let u: serde_yaml_ng::Value = serde_yaml_ng::from_str(&s.user_data).unwrap();
+        assert_eq!(u["hostname"], "db");
+        assert_eq!(u["write_files"][0]["content"].as_str(), Some(CMD_SERVER));
+        assert_eq!(u["runcmd"][0][3], "vnet-cmd.service");
+        assert_eq!(
+            s.vnet_net,
+            "vnet.hostname=db vnet.nic=eth0,52:56:00:00:00:09,1450,10.0.0.9/24 \
+             vnet.route=default,10.0.0.1\n"
+        );
     }
 }

@@ -73,6 +73,7 @@ impl GuestRequest {
             image: self.spec.image.clone(),
             nic: self.spec.nic,
             accel: self.spec.accel,
+            arch: self.spec.arch,
             nics: self
                 .nics
                 .iter()

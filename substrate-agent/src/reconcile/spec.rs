@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use vnet_proto::v1 as pb;
 
-use crate::guest::{Accel, NicModel};
+use crate::guest::{Accel, GuestArch, NicModel};
 pub use crate::mac::Mac;
 
 /// The well-known VXLAN UDP port (IANA), used when a hop leaves `udp_port` at 0.
@@ -167,6 +167,7 @@ pub struct GuestSpec {
     pub image: String,
     pub nic: NicModel,
     pub accel: Accel,
+    pub arch: GuestArch,
 }
 
 /// A static route inside a node; `destination == None` is the default route.
@@ -530,6 +531,12 @@ impl Node {
                             return err(format!("node {id}: guest.accel {} is unknown", g.accel));
                         }
                     },
+                    arch: GuestArch::parse(&g.arch).ok_or_else(|| {
+                        SpecError(format!(
+                            "node {id}: guest.arch {:?} is not x86_64 or aarch64",
+                            g.arch.chars().take(32).collect::<String>()
+                        ))
+                    })?,
                 })
             }
             _ => return err(format!("node {id}: kind {} is not NETNS or VM", n.kind)),

@@ -23,8 +23,8 @@ pub struct ViewHost {
     pub memory_free: u64,
     pub kinds: BTreeSet<Kind>,
     pub labels: BTreeSet<String>,
-    /// Names of the guest images it holds.
-    pub images: BTreeSet<String>,
+    /// (name, architecture) of the guest images it holds and can run.
+    pub images: BTreeSet<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +61,12 @@ pub fn view_of(registry: &Registry, u: &Usage, req: &VnReq) -> View {
             memory_free: h.memory_mb.saturating_sub(u.host_memory(&h.id)),
             kinds: h.kinds.clone(),
             labels: h.labels.clone(),
-            images: h.images.iter().map(|i| i.name.clone()).collect(),
+            images: h
+                .images
+                .iter()
+                .filter(|i| h.guest_archs.contains(&i.arch))
+                .map(|i| (i.name.clone(), i.arch.clone()))
+                .collect(),
         })
         .collect();
     let links = registry.links_arc();
@@ -156,12 +161,13 @@ pub fn model(
         if let Some(loc) = &n.location {
             v = v.with_location(loc.clone());
         }
-        // A guest only where its image is.
+        // A guest only where its image is, of its architecture, and that architecture runs.
         if let Some(g) = &n.guest {
+            let want = (g.image.clone(), g.arch.clone());
             v = v.with_candidates(
                 view.hosts
                     .iter()
-                    .filter(|h| h.images.contains(&g.image))
+                    .filter(|h| h.images.contains(&want))
                     .map(|h| h.id.clone()),
             );
         }

@@ -888,6 +888,7 @@ pub(crate) mod tests {
             last_seen_unix_ms: 0,
             images: Vec::new(),
             cordoned: false,
+            guest_archs: BTreeSet::new(),
         }
     }
 

@@ -62,6 +62,16 @@ pub struct GuestReq {
     pub image: String,
     pub nic: i32,
     pub accel: i32,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    #[serde(default = "default_arch")]
+    pub arch: String,
+}
+
+/// The architecture of a guest whose spec names none.
+pub const DEFAULT_ARCH: &str = "x86_64";
+
+fn default_arch() -> String {
+    DEFAULT_ARCH.into()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -188,6 +188,7 @@ pub fn virtual_substrate(
             // A child's guest runs on the parent node's host: it holds what that host holds.
             images: host.map(|h| h.images.clone()).unwrap_or_default(),
             cordoned: false,
+            guest_archs: host.map(|h| h.guest_archs.clone()).unwrap_or_default(),
         });
         if n.kind == Kind::Netns && global.is_connected(&p.host) {
             reg.set_connected(&n.name, true);

@@ -269,7 +269,9 @@ fn host_suits(h: &ViewHost, n: &NodeReq, view: &View) -> bool {
     n.pin.as_ref().is_none_or(|p| *p == h.id)
         && n.location.as_ref().is_none_or(|l| h.labels.contains(l))
         && h.kinds.contains(&n.kind)
-        && n.guest.as_ref().is_none_or(|g| h.images.contains(&g.image))
+        && n.guest
+            .as_ref()
+            .is_none_or(|g| h.images.contains(&(g.image.clone(), g.arch.clone())))
         && !view.excluded.contains(&h.id)
 }
 

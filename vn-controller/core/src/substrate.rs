@@ -59,12 +59,22 @@ pub struct HostInfo {
     /// across the agent's hellos (which never set it) and persisted with the host.
     #[serde(default)]
     pub cordoned: bool,
+    /// Guest CPU architectures it runs (a `vm` node goes only to a host that runs its arch).
+    #[serde(default)]
+    pub guest_archs: BTreeSet<String>,
 }
 
 impl HostInfo {
     /// Whether the host holds image `name`.
     pub fn has_image(&self, name: &str) -> bool {
         self.images.iter().any(|i| i.name == name)
+    }
+
+    /// Whether the host can run a guest of image `name` and architecture `arch`: it holds the
+    /// image, of that architecture, and runs that architecture.
+    pub fn runs_image(&self, name: &str, arch: &str) -> bool {
+        self.guest_archs.contains(arch)
+            && self.images.iter().any(|i| i.name == name && i.arch == arch)
     }
 }
 
@@ -238,6 +248,24 @@ impl Registry {
         offers
     }
 
+    /// The architectures hosts run, as people read them: `aarch64 on h2; x86_64 on h1, h2`.
+    pub fn arch_offer_summary(&self) -> String {
+        let mut archs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for h in self.hosts.values() {
+            for a in &h.guest_archs {
+                archs.entry(a).or_default().push(&h.id);
+            }
+        }
+        if archs.is_empty() {
+            return "no host runs guests".into();
+        }
+        archs
+            .iter()
+            .map(|(a, hosts)| format!("{a} on {}", hosts.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The offer as people read it: `default (kernel, x86_64) on h1, h2; ...`.
     pub fn image_offer_summary(&self) -> String {
         let offers = self.image_offers();
@@ -321,6 +349,7 @@ pub(crate) mod tests {
             last_seen_unix_ms: 0,
             images: Vec::new(),
             cordoned: false,
+            guest_archs: BTreeSet::new(),
         }
     }
 

@@ -166,11 +166,11 @@ impl Usage {
                 ))?;
             }
             if let Some(g) = &n.guest
-                && !host.has_image(&g.image)
+                && !host.runs_image(&g.image, &g.arch)
             {
                 soft(format!(
-                    "node {}: host {h} does not hold image {}",
-                    n.name, g.image
+                    "node {}: host {h} does not run {} guests of image {}",
+                    n.name, g.arch, g.image
                 ))?;
             }
             if excluded.contains(h) {

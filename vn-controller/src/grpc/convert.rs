@@ -10,7 +10,7 @@ use crate::core::index::{EventKind, Index};
 use crate::core::model::{Attributes, Encap, Isolation, Kind};
 use crate::core::record::{VnRecord, VnStatus};
 use crate::core::replan::{Action, Diff};
-use crate::core::substrate::{GuestImage, HostInfo, SubstrateLink};
+use crate::core::substrate::{GuestImage, HostInfo, Registry, SubstrateLink};
 use crate::core::usage::Usage;
 use crate::store::StoredEvent;
 
@@ -64,6 +64,51 @@ fn kind(k: Kind) -> i32 {
     }
 }
 
+/// How each guest of `rec` runs (`NodePlacement.guest`): the machine type from its architecture
+/// and NIC model, the accelerator from its host's probe (KVM only for the host's own architecture
+/// when the probe proved it usable and the spec does not ask for TCG; empty when the host is not
+/// a substrate host, e.g. a child VN's parent node).
+pub fn guest_placements(vn: &mut pb::VirtualNetwork, rec: &VnRecord, registry: &Registry) {
+    for ((n, node), p) in vn
+        .nodes
+        .iter_mut()
+        .zip(&rec.req.nodes)
+        .zip(&rec.placement.nodes)
+    {
+        let Some(g) = &node.guest else { continue };
+        let nic = pb::NicModel::try_from(g.nic).unwrap_or(pb::NicModel::Virtio);
+        let host = registry.host(&p.host);
+        let accel = host.map_or(String::new(), |h| {
+            let c = pb::Capabilities::decode(h.capabilities_pb.as_slice()).unwrap_or_default();
+            let kvm = c.kvm_usable && c.host_arch == g.arch;
+            let tcg_asked = g.accel == pb::Acceleration::Tcg as i32;
+            if kvm && !tcg_asked { "kvm" } else { "tcg" }.to_string()
+        });
+        let format = host
+            .and_then(|h| {
+                h.images
+                    .iter()
+                    .find(|i| i.name == g.image && i.arch == g.arch)
+            })
+            .map_or(String::new(), |i| i.format.clone());
+        n.guest = Some(pb::GuestPlacement {
+            accel,
+            arch: g.arch.clone(),
+            machine: vnet_proto::guest_machine(&g.arch, nic).into(),
+            nic: match nic {
+                pb::NicModel::E1000 => "e1000",
+                _ => "virtio",
+            }
+            .into(),
+            image: if format.is_empty() {
+                g.image.clone()
+            } else {
+                format!("{} ({format})", g.image)
+            },
+        });
+    }
+}
+
 /// Fills in what the children of the nestable VN `rec` use of each of its nodes and links (the
 /// residual its children's embeddings see is the spec's capacity minus this).
 pub fn children_use(vn: &mut pb::VirtualNetwork, rec: &VnRecord, used: &Usage) {
@@ -93,6 +138,8 @@ pub fn vn(rec: &VnRecord) -> pb::VirtualNetwork {
             // filled by the service for nestable VNs (needs the index)
             children_cpu: 0,
             children_memory_mb: 0,
+            // filled by the service (needs the hosts)
+            guest: None,
         })
         .collect();
     let links = req

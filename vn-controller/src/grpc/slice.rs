@@ -66,6 +66,7 @@ fn node(n: &SliceNode) -> pb::VirtualNodeSpec {
             image: g.image.clone(),
             nic: g.nic,
             accel: g.accel,
+            arch: g.arch.clone(),
         }),
     }
 }

@@ -127,9 +127,14 @@ fn node(n: &pb::NodeSpec, what: &str) -> Result<NodeReq, SpecError> {
         .collect::<Result<Vec<_>, _>>()?;
     let guest = match k {
         Kind::Netns => {
-            if !n.image.is_empty() || n.nic != 0 || n.accel != 0 || n.vcpus != 0 {
+            if !n.image.is_empty()
+                || n.nic != 0
+                || n.accel != 0
+                || n.vcpus != 0
+                || !n.arch.is_empty()
+            {
                 return Err(invalid(format!(
-                    "{what}: image, nic, accel and vcpus apply to vm nodes only"
+                    "{what}: image, nic, accel, vcpus and arch apply to vm nodes only"
                 )));
             }
             None
@@ -171,9 +176,20 @@ fn guest(n: &pb::NodeSpec, memory_mb: u64, what: &str) -> Result<GuestReq, SpecE
         check_node_name(&n.image).map_err(|e| invalid(format!("{what}: image {e}")))?;
         n.image.clone()
     };
+    let arch = match n.arch.as_str() {
+        "" => crate::core::model::DEFAULT_ARCH.to_string(),
+        a @ ("x86_64" | "aarch64") => a.to_string(),
+        other => {
+            return Err(invalid(format!(
+                "{what}: arch {} is not x86_64 or aarch64",
+                quote(other)
+            )));
+        }
+    };
     Ok(GuestReq {
         vcpus: n.vcpus.max(1),
         image,
+        arch,
         nic: if n.nic == 0 {
             pb::NicModel::Virtio as i32
         } else {
@@ -776,7 +792,23 @@ pub fn hello(h: &pb::AgentHello, now_ms: u64) -> Result<HostInfo, Status> {
         last_seen_unix_ms: now_ms,
         images: images(&h.images).map_err(|m| bad(format!("images: {m}")))?,
         cordoned: false,
+        guest_archs: guest_archs(h.capabilities.as_ref())
+            .map_err(|m| bad(format!("capabilities.guest_archs: {m}")))?,
     })
+}
+
+/// The guest architectures a host runs: known names, each once.
+fn guest_archs(c: Option<&pb::Capabilities>) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    for a in c.map(|c| c.guest_archs.as_slice()).unwrap_or_default() {
+        if !matches!(a.as_str(), "x86_64" | "aarch64") {
+            return Err(format!("{} is not x86_64 or aarch64", quote(a)));
+        }
+        if !out.insert(a.clone()) {
+            return Err(format!("{a} is listed twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// Most images one host may report.

@@ -31,6 +31,7 @@ impl VnService {
         let mut vn = convert::vn(rec);
         self.ctl.with_index(|ix| {
             vn.children = ix.children_of(&rec.vn_id, caller);
+            convert::guest_placements(&mut vn, rec, &ix.registry);
             if rec.req.nestable {
                 convert::children_use(&mut vn, rec, ix.nests().usage(&rec.vn_id));
             }

@@ -564,16 +564,28 @@ impl Controller {
         Ok(())
     }
 
-    /// Refuses a `vm` node whose image no host holds, naming what the hosts offer.
+    /// Refuses a `vm` node of an architecture no host runs, or whose image no host that runs
+    /// its architecture holds (of that architecture), naming what the hosts offer.
     fn check_images(ix: &Index, req: &VnReq) -> Result<(), ControlError> {
         for (i, n) in req.nodes.iter().enumerate() {
             let Some(g) = &n.guest else { continue };
-            if !ix.registry.hosts().any(|h| h.has_image(&g.image)) {
+            if !ix.registry.hosts().any(|h| h.guest_archs.contains(&g.arch)) {
                 return Err(ControlError::InvalidArgument(format!(
-                    "spec.nodes[{i}] ({}): image {} is held by no host (the hosts offer: {})",
+                    "spec.nodes[{i}] ({}): architecture {} runs on no host (the hosts run: {})",
+                    n.name,
+                    g.arch,
+                    ix.registry.arch_offer_summary()
+                )));
+            }
+            if !ix.registry.hosts().any(|h| h.runs_image(&g.image, &g.arch)) {
+                return Err(ControlError::InvalidArgument(format!(
+                    "spec.nodes[{i}] ({}): image {} of architecture {} is held by no host that \
+                     runs it (the hosts offer: {}; they run: {})",
                     n.name,
                     g.image,
-                    ix.registry.image_offer_summary()
+                    g.arch,
+                    ix.registry.image_offer_summary(),
+                    ix.registry.arch_offer_summary()
                 )));
             }
         }

@@ -649,6 +649,7 @@ fn vm_vn() -> Desired {
         image: String::new(),
         nic: 0,
         accel: 0,
+        arch: String::new(),
     });
     desired(vec![s])
 }
