@@ -249,6 +249,15 @@ impl Controller {
         SubstrateClient::with_interceptor(self.channel.clone(), self.header())
     }
 
+    /// The caller's VN `name` (`Get`); an error says `what` failed ("describe vn x").
+    pub async fn vn(&self, name: &str, what: &str) -> anyhow::Result<pb::VirtualNetwork> {
+        self.vns()
+            .get(pb::GetVnRequest { name: name.into() })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| rpc_error(what, s))
+    }
+
     /// Every registered host, as `Substrate.ListHosts` returns them.
     pub async fn hosts(&self) -> Result<Vec<pb::Host>, Status> {
         self.substrate()

@@ -108,8 +108,9 @@ pub enum StandInError {
 /// A running stand-in agent; dropping it closes its stream (the controller sees a detach).
 pub struct StandIn {
     behaviour: Arc<Mutex<Behaviour>>,
-    /// Messages to the controller on the current session (underlay reports sent by the test).
-    up: Arc<Mutex<Option<mpsc::Sender<pb::AgentMessage>>>>,
+    /// Messages to the controller on the current session (underlay reports sent by the test);
+    /// weak, so that the session's request stream ends with the session.
+    up: Arc<Mutex<Option<mpsc::WeakSender<pb::AgentMessage>>>>,
     /// The underlay probe configuration received.
     probe: Arc<Mutex<Option<pb::UnderlayProbe>>>,
     desired: watch::Receiver<Option<pb::DesiredState>>,
@@ -214,7 +215,7 @@ struct Shared {
     behaviour: Arc<Mutex<Behaviour>>,
     desired: watch::Sender<Option<pb::DesiredState>>,
     consoles: Arc<Mutex<Vec<pb::controller_message::Msg>>>,
-    up: Arc<Mutex<Option<mpsc::Sender<pb::AgentMessage>>>>,
+    up: Arc<Mutex<Option<mpsc::WeakSender<pb::AgentMessage>>>>,
     probe: Arc<Mutex<Option<pb::UnderlayProbe>>>,
     /// The controller the current session is attached to.
     attached: watch::Sender<Option<String>>,
@@ -256,7 +257,7 @@ async fn serve(
     tx: mpsc::Sender<pb::AgentMessage>,
     mut inbound: tonic::Streaming<pb::ControllerMessage>,
 ) {
-    *sh.up.lock().expect("lock") = Some(tx.clone());
+    *sh.up.lock().expect("lock") = Some(tx.downgrade());
     while let Ok(Some(msg)) = inbound.message().await {
         match msg.msg {
             Some(pb::controller_message::Msg::Desired(d)) => {
@@ -406,7 +407,12 @@ impl StandIn {
         let m = pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Underlay(rep)),
         };
-        let up = self.up.lock().expect("lock").clone();
+        let up = self
+            .up
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .and_then(|w| w.upgrade());
         // No session, or a closed one (the test dropped it): the test's business.
         if let Some(up) = up {
             let _ = up.send(m).await;

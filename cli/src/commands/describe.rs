@@ -1,9 +1,7 @@
 //! `vnctl describe vn NAME [-o json|yaml]`: where every node landed, the substrate path and
 //! identifiers (VNI, VLAN ID) of every link, MTU, state and per-host state.
 
-use vnet_proto::v1 as pb;
-
-use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
+use crate::client::{Controller, ControllerOpts, block_on};
 use crate::output::{self, Format, VnView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,13 +25,8 @@ impl DescribeArgs {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
             let vn = ctl
-                .vns()
-                .get(pb::GetVnRequest {
-                    name: self.name.clone(),
-                })
-                .await
-                .map_err(|s| rpc_error(&format!("describe vn {}", self.name), s))?
-                .into_inner();
+                .vn(&self.name, &format!("describe vn {}", self.name))
+                .await?;
             match self.output {
                 Format::Table => {
                     print!("{}", output::describe_vn(&vn));

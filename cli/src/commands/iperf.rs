@@ -2,9 +2,7 @@
 //! between them (server in B, client in A, both through the exec path); prints the rate the
 //! receiver measured next to the link's reservation.
 
-use vnet_proto::v1 as pb;
-
-use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
+use crate::client::{Controller, ControllerOpts, block_on};
 use crate::probe;
 
 #[derive(Debug, clap::Args)]
@@ -27,14 +25,7 @@ impl IperfArgs {
         }
         block_on(async {
             let ctl = Controller::connect(opts).await?;
-            let vn = ctl
-                .vns()
-                .get(pb::GetVnRequest {
-                    name: self.vn.clone(),
-                })
-                .await
-                .map_err(|s| rpc_error(&format!("get vn {}", self.vn), s))?
-                .into_inner();
+            let vn = ctl.vn(&self.vn, &format!("get vn {}", self.vn)).await?;
             let link = probe::links(&vn)
                 .into_iter()
                 .find(|l| {

@@ -3,9 +3,7 @@
 
 use std::io::Write as _;
 
-use vnet_proto::v1 as pb;
-
-use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
+use crate::client::{Controller, ControllerOpts, block_on};
 use crate::probe;
 
 #[derive(Debug, clap::Args)]
@@ -21,14 +19,7 @@ impl PingallArgs {
     pub fn run(self, opts: &ControllerOpts) -> anyhow::Result<()> {
         block_on(async {
             let ctl = Controller::connect(opts).await?;
-            let vn = ctl
-                .vns()
-                .get(pb::GetVnRequest {
-                    name: self.vn.clone(),
-                })
-                .await
-                .map_err(|s| rpc_error(&format!("get vn {}", self.vn), s))?
-                .into_inner();
+            let vn = ctl.vn(&self.vn, &format!("get vn {}", self.vn)).await?;
             let skipped = vn.links.len() - probe::links(&vn).len();
             let rows = probe::pingall(&ctl, &vn, self.tries).await;
             let mut tw = tabwriter::TabWriter::new(std::io::stdout());

@@ -167,14 +167,12 @@ impl Index {
                 change.status_changed = true;
                 change.upserts.insert(rec.vn_id.clone(), rec.clone());
             }
-            change.events.push(Event {
-                provider: rec.provider().clone(),
-                name: rec.name().to_string(),
-                kind: EventKind::Degraded,
-                status: Some(rec.status),
-                host: fault.host().unwrap_or_default().to_string(),
-                message: reason,
-            });
+            change.events.push(Event::of(
+                rec,
+                EventKind::Degraded,
+                fault.host().unwrap_or_default(),
+                reason,
+            ));
         }
         change
     }
@@ -214,14 +212,9 @@ impl Index {
             change.status_changed = true;
             change.upserts.insert(rec.vn_id.clone(), rec.clone());
         }
-        change.events.push(Event {
-            provider: rec.provider().clone(),
-            name: rec.name().to_string(),
-            kind: EventKind::Degraded,
-            status: Some(rec.status),
-            host: String::new(),
-            message: reason.to_string(),
-        });
+        change
+            .events
+            .push(Event::of(rec, EventKind::Degraded, "", reason.to_string()));
         change
     }
 
@@ -242,14 +235,12 @@ impl Index {
                 rec.status = VnStatus::Ready;
                 rec.reason.clear();
                 change.status_changed = true;
-                change.events.push(Event {
-                    provider: rec.provider().clone(),
-                    name: rec.name().to_string(),
-                    kind: EventKind::Ready,
-                    status: Some(VnStatus::Ready),
-                    host: String::new(),
-                    message: format!("link {link} is up again"),
-                });
+                change.events.push(Event::of(
+                    rec,
+                    EventKind::Ready,
+                    "",
+                    format!("link {link} is up again"),
+                ));
                 change.upserts.insert(rec.vn_id.clone(), rec.clone());
             }
         }

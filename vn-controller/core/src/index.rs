@@ -55,6 +55,20 @@ pub struct Event {
     pub message: String,
 }
 
+impl Event {
+    /// An event of `kind` about `rec`, with its current status (none once deleted).
+    pub fn of(rec: &VnRecord, kind: EventKind, host: &str, message: impl Into<String>) -> Event {
+        Event {
+            provider: rec.provider().clone(),
+            name: rec.name().to_string(),
+            status: (kind != EventKind::Deleted).then_some(rec.status),
+            kind,
+            host: host.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The effects of one operation: what to persist (in one transaction) and what to publish.
 #[derive(Clone, Debug, Default)]
 pub struct Change {
@@ -600,14 +614,9 @@ impl Index {
         rec.status = VnStatus::Failed;
         rec.reason = reason.to_string();
         change.status_changed = true;
-        change.events.push(Event {
-            provider: rec.provider().clone(),
-            name: rec.name().to_string(),
-            kind: EventKind::Failed,
-            status: Some(VnStatus::Failed),
-            host: String::new(),
-            message: reason.to_string(),
-        });
+        change
+            .events
+            .push(Event::of(rec, EventKind::Failed, "", reason.to_string()));
         change.upserts.insert(vn_id.to_string(), rec.clone());
         change
     }
@@ -647,14 +656,9 @@ impl Index {
                 }
             }
             change.removed.insert(id);
-            change.events.push(Event {
-                provider: rec.provider().clone(),
-                name: rec.name().to_string(),
-                kind: EventKind::Deleted,
-                status: None,
-                host: String::new(),
-                message: String::new(),
-            });
+            change
+                .events
+                .push(Event::of(&rec, EventKind::Deleted, "", String::new()));
             deleted.push(rec.label_for(provider));
         }
         Ok((deleted, change))
@@ -671,14 +675,7 @@ impl Index {
     }
 
     fn progress_event(rec: &VnRecord, host: &str, phase: &HostPhase) -> Event {
-        Event {
-            provider: rec.provider().clone(),
-            name: rec.name().to_string(),
-            kind: EventKind::HostProgress,
-            status: Some(rec.status),
-            host: host.to_string(),
-            message: phase.describe(),
-        }
+        Event::of(rec, EventKind::HostProgress, host, phase.describe())
     }
 
     /// Marks READY when every host reported its slice ready (closing an open recovery).
@@ -696,14 +693,9 @@ impl Index {
             rec.reason.clear();
             change.status_changed = true;
             let message = now_ms.map(|t| rec.finish_recovery(t)).unwrap_or_default();
-            change.events.push(Event {
-                provider: rec.provider().clone(),
-                name: rec.name().to_string(),
-                kind: EventKind::Ready,
-                status: Some(VnStatus::Ready),
-                host: String::new(),
-                message,
-            });
+            change
+                .events
+                .push(Event::of(rec, EventKind::Ready, "", message));
         }
     }
 
@@ -712,14 +704,9 @@ impl Index {
             rec.status = VnStatus::Degraded;
             rec.reason = reason.clone();
             change.status_changed = true;
-            change.events.push(Event {
-                provider: rec.provider().clone(),
-                name: rec.name().to_string(),
-                kind: EventKind::Degraded,
-                status: Some(VnStatus::Degraded),
-                host: host.to_string(),
-                message: reason,
-            });
+            change
+                .events
+                .push(Event::of(rec, EventKind::Degraded, host, reason));
         }
     }
 
