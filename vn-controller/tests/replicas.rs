@@ -596,7 +596,7 @@ async fn wait_agents(want: &str, agents: &[StandIn], round: usize) {
 /// Waits until the watcher saw an ACCEPTED for every acknowledged red create and a DELETED
 /// for every acknowledged red delete; checks each event came once and in order.
 async fn check_watch(seen: &Mutex<Vec<pb::VnEvent>>, acked: &Acked, all_red: &BTreeSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let events = seen.lock().unwrap().clone();
         let kind = |e: &pb::VnEvent, k: pb::VnEventKind| e.kind == k as i32;
