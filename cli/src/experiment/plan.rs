@@ -272,102 +272,8 @@ fn check(path: &Path, base: &Path, f: ExperimentFile) -> Result<Plan, PlanError>
     }
     let mut providers = Vec::with_capacity(f.providers.len());
     for (i, p) in f.providers.into_iter().enumerate() {
-        let at = |what: &str| format!("providers[{i}] ({}).{what}", p.name);
-        if !is_dns_label(&p.name) {
-            return Err(bad(
-                &format!("providers[{i}].name"),
-                format!("{:?} must be 1-40 lowercase letters, digits or '-'", p.name),
-            ));
-        }
-        // VN names are <experiment>-<provider>-<n>; the controller takes at most 63 bytes.
-        if f.name.len() + p.name.len() + 2 + p.requests.to_string().len() > 63 {
-            return Err(bad(
-                &at("name"),
-                format!(
-                    "VN names {}-{}-<n> would exceed 63 bytes: shorten the names",
-                    f.name, p.name
-                ),
-            ));
-        }
-        if providers.iter().any(|q: &ProviderPlan| q.name == p.name) {
-            return Err(bad(&at("name"), "named twice".into()));
-        }
-        let algorithm = p.algorithm.clone().unwrap_or_else(|| default_algo.clone());
-        if embedding::by_name(&algorithm).is_none() {
-            return Err(bad(
-                &at("algorithm"),
-                format!(
-                    "unknown algorithm {algorithm:?} (known: {})",
-                    embedding::algorithm_names().join(", ")
-                ),
-            ));
-        }
-        if p.requests == 0 || p.requests > MAX_REQUESTS {
-            return Err(bad(
-                &at("requests"),
-                format!("{} must be between 1 and {MAX_REQUESTS}", p.requests),
-            ));
-        }
-        let arrivals = match p.arrivals {
-            ArrivalsFile::Poisson { rate } if rate.is_finite() && rate > 0.0 && rate <= 100.0 => {
-                Arrivals::Poisson { rate }
-            }
-            ArrivalsFile::Poisson { rate } => {
-                return Err(bad(
-                    &at("arrivals.poisson.rate"),
-                    format!("{rate} must be a rate per second in (0, 100]"),
-                ));
-            }
-            ArrivalsFile::Trace { file, time_scale }
-                if time_scale.is_finite() && time_scale > 0.0 =>
-            {
-                Arrivals::Trace {
-                    file: base.join(file),
-                    time_scale,
-                }
-            }
-            ArrivalsFile::Trace { time_scale, .. } => {
-                return Err(bad(
-                    &at("arrivals.trace.timeScale"),
-                    format!("{time_scale} must be a positive number of seconds per time unit"),
-                ));
-            }
-        };
-        let trace_arrivals = matches!(arrivals, Arrivals::Trace { .. });
-        match p.lifetime {
-            LifetimeFile::Exponential(s) | LifetimeFile::Fixed(s)
-                if !(s.is_finite() && s > 0.0 && s <= 86_400.0) =>
-            {
-                return Err(bad(
-                    &at("lifetime"),
-                    format!("{s} must be seconds in (0, 86400]"),
-                ));
-            }
-            LifetimeFile::Trace if !trace_arrivals => {
-                return Err(bad(&at("lifetime"), "`trace` needs trace arrivals".into()));
-            }
-            _ => {}
-        }
-        let shape = match p.shape {
-            ShapeFile::Template(t) => ShapeFile::Template(base.join(t)),
-            ShapeFile::Generator(g) => {
-                check_generator(&g).map_err(|m| bad(&at("shape.generator"), m))?;
-                ShapeFile::Generator(g)
-            }
-            ShapeFile::Trace if !trace_arrivals => {
-                return Err(bad(&at("shape"), "`trace` needs trace arrivals".into()));
-            }
-            ShapeFile::Trace => ShapeFile::Trace,
-        };
-        providers.push(ProviderPlan {
-            name: p.name,
-            credential: p.credential.map(|c| base.join(c)),
-            algorithm,
-            requests: p.requests,
-            arrivals,
-            lifetime: p.lifetime,
-            shape,
-        });
+        let plan = check_provider(path, base, (i, p), &f.name, &default_algo, &providers)?;
+        providers.push(plan);
     }
     Ok(Plan {
         name: f.name,
@@ -376,6 +282,119 @@ fn check(path: &Path, base: &Path, f: ExperimentFile) -> Result<Plan, PlanError>
         ping: f.probes.ping,
         iperf: f.probes.iperf,
         providers,
+    })
+}
+
+/// Checks provider `i` of the experiment file (`taken`: the providers checked before it).
+fn check_provider(
+    path: &Path,
+    base: &Path,
+    (i, p): (usize, ProviderFile),
+    experiment: &str,
+    default_algo: &str,
+    taken: &[ProviderPlan],
+) -> Result<ProviderPlan, PlanError> {
+    let bad = |field: &str, message: String| PlanError::Invalid {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    let at = |what: &str| format!("providers[{i}] ({}).{what}", p.name);
+    if !is_dns_label(&p.name) {
+        return Err(bad(
+            &format!("providers[{i}].name"),
+            format!("{:?} must be 1-40 lowercase letters, digits or '-'", p.name),
+        ));
+    }
+    // VN names are <experiment>-<provider>-<n>; the controller takes at most 63 bytes.
+    if experiment.len() + p.name.len() + 2 + p.requests.to_string().len() > 63 {
+        return Err(bad(
+            &at("name"),
+            format!(
+                "VN names {}-{}-<n> would exceed 63 bytes: shorten the names",
+                experiment, p.name
+            ),
+        ));
+    }
+    if taken.iter().any(|q: &ProviderPlan| q.name == p.name) {
+        return Err(bad(&at("name"), "named twice".into()));
+    }
+    let algorithm = p
+        .algorithm
+        .clone()
+        .unwrap_or_else(|| default_algo.to_owned());
+    if embedding::by_name(&algorithm).is_none() {
+        return Err(bad(
+            &at("algorithm"),
+            format!(
+                "unknown algorithm {algorithm:?} (known: {})",
+                embedding::algorithm_names().join(", ")
+            ),
+        ));
+    }
+    if p.requests == 0 || p.requests > MAX_REQUESTS {
+        return Err(bad(
+            &at("requests"),
+            format!("{} must be between 1 and {MAX_REQUESTS}", p.requests),
+        ));
+    }
+    let arrivals = match p.arrivals {
+        ArrivalsFile::Poisson { rate } if rate.is_finite() && rate > 0.0 && rate <= 100.0 => {
+            Arrivals::Poisson { rate }
+        }
+        ArrivalsFile::Poisson { rate } => {
+            return Err(bad(
+                &at("arrivals.poisson.rate"),
+                format!("{rate} must be a rate per second in (0, 100]"),
+            ));
+        }
+        ArrivalsFile::Trace { file, time_scale } if time_scale.is_finite() && time_scale > 0.0 => {
+            Arrivals::Trace {
+                file: base.join(file),
+                time_scale,
+            }
+        }
+        ArrivalsFile::Trace { time_scale, .. } => {
+            return Err(bad(
+                &at("arrivals.trace.timeScale"),
+                format!("{time_scale} must be a positive number of seconds per time unit"),
+            ));
+        }
+    };
+    let trace_arrivals = matches!(arrivals, Arrivals::Trace { .. });
+    match p.lifetime {
+        LifetimeFile::Exponential(s) | LifetimeFile::Fixed(s)
+            if !(s.is_finite() && s > 0.0 && s <= 86_400.0) =>
+        {
+            return Err(bad(
+                &at("lifetime"),
+                format!("{s} must be seconds in (0, 86400]"),
+            ));
+        }
+        LifetimeFile::Trace if !trace_arrivals => {
+            return Err(bad(&at("lifetime"), "`trace` needs trace arrivals".into()));
+        }
+        _ => {}
+    }
+    let shape = match p.shape {
+        ShapeFile::Template(t) => ShapeFile::Template(base.join(t)),
+        ShapeFile::Generator(g) => {
+            check_generator(&g).map_err(|m| bad(&at("shape.generator"), m))?;
+            ShapeFile::Generator(g)
+        }
+        ShapeFile::Trace if !trace_arrivals => {
+            return Err(bad(&at("shape"), "`trace` needs trace arrivals".into()));
+        }
+        ShapeFile::Trace => ShapeFile::Trace,
+    };
+    Ok(ProviderPlan {
+        name: p.name,
+        credential: p.credential.map(|c| base.join(c)),
+        algorithm,
+        requests: p.requests,
+        arrivals,
+        lifetime: p.lifetime,
+        shape,
     })
 }
 
