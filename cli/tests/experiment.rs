@@ -23,15 +23,7 @@ use common::{Bed, Snapshot, VNCTL, may_run, ok, testbed_lock, testbed_missing, t
 
 fn bed(test: &str, n: u32) -> Option<Bed> {
     let mut missing = testbed_missing("namespaces, veths, daemons");
-    for tool in ["iperf3", "busybox"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            missing.push(format!("{tool} is not installed"));
-        }
-    }
+    common::tools_missing(&mut missing, &["iperf3", "busybox"]);
     if !may_run(test, &missing) {
         return None;
     }

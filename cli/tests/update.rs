@@ -25,15 +25,7 @@ use common::{Bed, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
 
 fn bed(test: &str) -> Option<Bed> {
     let mut missing = testbed_missing("namespaces, veths, daemons");
-    for tool in ["iperf3", "busybox"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            missing.push(format!("{tool} is not installed"));
-        }
-    }
+    common::tools_missing(&mut missing, &["iperf3", "busybox"]);
     if !may_run(test, &missing) {
         return None;
     }

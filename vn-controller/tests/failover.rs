@@ -352,20 +352,7 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
-    let listed = h
-        .substrate()
-        .await
-        .list_hosts(admin(pb::ListHostsRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts;
-    let cordoned: Vec<&str> = listed
-        .iter()
-        .filter(|x| x.cordoned)
-        .map(|x| x.id.as_str())
-        .collect();
-    assert_eq!(cordoned, ["h1", "h2"]);
+    assert_eq!(cordoned(&h).await, ["h1", "h2"]);
     // A pair fits, on the two hosts left.
     let mut pair = ring("pair");
     pair.nodes.truncate(2);
@@ -398,6 +385,12 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
 
     // The cordon is durable: a restarted controller still has h3 cordoned.
     let h = Harness::start(dir.path(), |_| {}).await;
+    assert_eq!(cordoned(&h).await, ["h3"]);
+    h.stop().await;
+}
+
+/// The hosts the controller lists as cordoned.
+async fn cordoned(h: &Harness) -> Vec<String> {
     let listed = h
         .substrate()
         .await
@@ -406,11 +399,9 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
         .unwrap()
         .into_inner()
         .hosts;
-    let cordoned: Vec<&str> = listed
-        .iter()
+    listed
+        .into_iter()
         .filter(|x| x.cordoned)
-        .map(|x| x.id.as_str())
-        .collect();
-    assert_eq!(cordoned, ["h3"]);
-    h.stop().await;
+        .map(|x| x.id)
+        .collect()
 }

@@ -38,6 +38,19 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Adds "`tool` is not installed" to `missing` for each of `tools` not on the PATH.
+pub fn tools_missing(missing: &mut Vec<String>, tools: &[&str]) {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            missing.push(format!("{tool} is not installed"));
+        }
+    }
+}
+
 /// What every testbed test needs and is missing: root (`root_for` says what for) and the daemons
 /// built next to vnctl.
 pub fn testbed_missing(root_for: &str) -> Vec<String> {
