@@ -80,20 +80,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Everything stored.
     fn load(&self) -> Result<Loaded, StoreError>;
 
-    /// Writes several changes (in order), host records and the changes' events (`events`,
-    /// numbered) in one atomic transaction; without `durable`, the write may become durable
-    /// only with the next durable one.
+    /// Writes several changes (in order), each with its events (numbered), and host records.
+    /// A change and its events are stored together or not at all, changes in order; a store
+    /// that cannot write the whole batch atomically may store a prefix of it. Without
+    /// `durable`, the write may become durable only with the next durable one.
     fn apply_all(
         &self,
-        changes: &[&Change],
+        changes: &[(&Change, &[StoredEvent])],
         hosts: &[&HostInfo],
-        events: &[StoredEvent],
         durable: bool,
     ) -> Result<(), StoreError>;
 
     /// Writes one change in one durable transaction (its events unnumbered, not stored).
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        self.apply_all(&[change], &[], &[], true)
+        self.apply_all(&[(change, &[])], &[], true)
     }
 
     /// Durably records that a writer starts epoch `epoch` (greater than every stored one).

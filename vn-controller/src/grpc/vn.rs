@@ -169,6 +169,7 @@ impl VirtualNetworks for VnService {
         // Subscribe before the snapshot (or the stored events) so that nothing falls between;
         // what both hold is skipped by number.
         let mut events = self.ctl.subscribe();
+        let mut resync = self.ctl.resync_signal();
         let mut shutdown = self.ctl.shutdown_signal();
         let (initial, mut last) = watch_start(&self.ctl, &caller, &name, after_seq).await?;
         let (tx, rx) = mpsc::channel(256);
@@ -207,6 +208,15 @@ impl VirtualNetworks for VnService {
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
+                    // This replica skipped events it could not read: the same as a lag.
+                    Ok(()) = resync.changed() => {
+                        last = ctl.last_seq();
+                        for e in snapshot(&ctl, &caller, &name, last) {
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("controller is shutting down"))).await;
                         return;

@@ -254,9 +254,12 @@ impl Controller {
         etcd: Option<Arc<EtcdStore>>,
     ) -> Result<Self, OpenError> {
         let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
-        let index = restore(&cfg, store.load()?).map_err(OpenError::Restore)?;
-        let (shutdown, _) = watch::channel(false);
+        let loaded = store.load()?;
         let publisher = Arc::new(Publisher::new(cfg.event_buffer));
+        // The state read stands for the events stored so far: only later ones are published.
+        publisher.skip_to(loaded.last_seq);
+        let index = restore(&cfg, loaded).map_err(OpenError::Restore)?;
+        let (shutdown, _) = watch::channel(false);
         let writer = Writer::spawn(store.clone(), publisher.clone());
         let role = match &etcd {
             Some(e) => e.role(),
@@ -415,6 +418,11 @@ impl Controller {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.publisher.events.subscribe()
+    }
+
+    /// Changes when this replica skipped events it could not read (watchers send a snapshot).
+    pub fn resync_signal(&self) -> watch::Receiver<u64> {
+        self.shared.publisher.resync.subscribe()
     }
 
     /// Changes when the set of substrate links changes.

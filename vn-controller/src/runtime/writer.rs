@@ -38,6 +38,8 @@ pub struct Publisher {
     next_seq: AtomicU64,
     /// The number of the last event published (the point a snapshot stands for).
     last_seq: AtomicU64,
+    /// Bumped when events were skipped: watchers send a snapshot, as when they lag.
+    pub resync: watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -49,6 +51,7 @@ impl Publisher {
             metrics: Metrics::new(),
             next_seq: AtomicU64::new(crate::core::store::epoch_start(1) + 1),
             last_seq: AtomicU64::new(0),
+            resync: watch::channel(0).0,
         }
     }
 
@@ -57,6 +60,19 @@ impl Publisher {
         self.next_seq
             .store(crate::core::store::epoch_start(epoch) + 1, Ordering::SeqCst);
         self.last_seq.fetch_max(last, Ordering::SeqCst);
+    }
+
+    /// Counts the events up to `seq` as published without sending them (a state read from the
+    /// store stands for them).
+    pub fn skip_to(&self, seq: Seq) {
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Skips the unpublished events up to `seq` (they are gone from the store): every
+    /// watcher gets a snapshot instead.
+    pub fn resync(&self, seq: Seq) {
+        self.skip_to(seq);
+        self.resync.send_modify(|n| *n += 1);
     }
 
     /// The number of the last event published.
@@ -151,7 +167,6 @@ impl Writer {
                         }
                     }
                     let durable = batch.iter().any(Commit::durable);
-                    let changes: Vec<&Change> = batch.iter().map(|c| &c.change).collect();
                     let hosts: Vec<&HostInfo> =
                         batch.iter().filter_map(|c| c.host.as_ref()).collect();
                     let t = std::time::Instant::now();
@@ -159,9 +174,13 @@ impl Writer {
                         .iter()
                         .map(|c| publisher.number(&c.change.events))
                         .collect();
-                    let all: Vec<StoredEvent> = numbered.iter().flatten().cloned().collect();
+                    let changes: Vec<(&Change, &[StoredEvent])> = batch
+                        .iter()
+                        .zip(&numbered)
+                        .map(|(c, e)| (&c.change, e.as_slice()))
+                        .collect();
                     let res = store
-                        .apply_all(&changes, &hosts, &all, durable)
+                        .apply_all(&changes, &hosts, durable)
                         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
                     publisher.metrics.store_committed(t.elapsed(), durable);
                     if let Err(e) = &res {

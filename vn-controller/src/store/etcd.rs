@@ -57,9 +57,6 @@ pub enum Role {
     Leader { fence: i64 },
 }
 
-/// A change seen in etcd by a follower: the stored events it carries (possibly none).
-pub type Seen = Vec<StoredEvent>;
-
 pub struct EtcdStore {
     cfg: EtcdConfig,
     client: Client,
@@ -276,13 +273,13 @@ impl EtcdStore {
         }
     }
 
-    /// Watches every key from the revision after the last `load`; sends the events each
-    /// change carries (a follower reloads on each message). Ends when etcd ends the watch.
-    pub fn follow(&self) -> mpsc::Receiver<Result<Seen, String>> {
+    /// Watches every key from the revision after the last `load`; sends a message per change
+    /// (a follower reloads on each, and reads the new events from the store). Ends when etcd
+    /// ends the watch.
+    pub fn follow(&self) -> mpsc::Receiver<Result<(), String>> {
         let (tx, rx) = mpsc::channel(64);
         let mut c = self.client.clone();
         let prefix = self.cfg.prefix.clone();
-        let events_prefix = self.key("events/");
         let from = self.loaded_at.load(Ordering::SeqCst) + 1;
         self.rt().spawn(async move {
             let opts = WatchOptions::new().with_prefix().with_start_revision(from);
@@ -311,17 +308,7 @@ impl EtcdStore {
                     let _ = tx.send(Err(why)).await;
                     return;
                 }
-                let mut seen = Vec::new();
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    if ev.event_type() == etcd_client::EventType::Put
-                        && kv.key().starts_with(events_prefix.as_bytes())
-                        && let Ok(e) = decode::<StoredEvent>("event", kv.value())
-                    {
-                        seen.push(e);
-                    }
-                }
-                if tx.send(Ok(seen)).await.is_err() {
+                if tx.send(Ok(())).await.is_err() {
                     return;
                 }
             }
@@ -519,17 +506,21 @@ impl Store for EtcdStore {
 
     fn apply_all(
         &self,
-        changes: &[&Change],
+        changes: &[(&Change, &[StoredEvent])],
         hosts: &[&HostInfo],
-        events: &[StoredEvent],
         _durable: bool,
     ) -> Result<(), StoreError> {
-        if hosts.is_empty() && events.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
+        if hosts.is_empty()
+            && changes
+                .iter()
+                .all(|(c, e)| e.is_empty() && writes_nothing(c))
+        {
             return Ok(());
         }
         let p = &self.cfg.prefix;
         // etcd refuses a key twice in one transaction: the writes of a batch are merged per
-        // key (the last one wins), in chunks of whole changes.
+        // key (the last one wins), in chunks of whole changes, each change with its events, so
+        // that a leader killed between two chunks never leaves a change without its events.
         let mut chunks: Vec<BTreeMap<String, Option<Vec<u8>>>> = vec![BTreeMap::new()];
         let mut add = |writes: Vec<(String, Option<Vec<u8>>)>| {
             let cur = chunks.last_mut().expect("one at least");
@@ -542,7 +533,7 @@ impl Store for EtcdStore {
             .iter()
             .map(|h| (format!("{p}hosts/{}", h.id), Some(encode(*h))))
             .collect());
-        for change in changes {
+        for (change, events) in changes {
             let mut w = Vec::new();
             for (id, rec) in &change.upserts {
                 w.push((format!("{p}vns/{id}"), Some(encode(rec))));
@@ -556,12 +547,11 @@ impl Store for EtcdStore {
             if let Some(c) = &change.cursors {
                 w.push((format!("{p}meta/cursors"), Some(encode(c))));
             }
+            for e in *events {
+                w.push((event_key(p, e.seq), Some(encode(e))));
+            }
             add(w);
         }
-        add(events
-            .iter()
-            .map(|e| (event_key(p, e.seq), Some(encode(e))))
-            .collect());
         for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
             let ops = chunk
                 .into_iter()
@@ -572,7 +562,11 @@ impl Store for EtcdStore {
                 .collect();
             self.fenced(ops)?;
         }
-        if events.iter().any(|e| e.seq % 1000 == 0) {
+        if changes
+            .iter()
+            .flat_map(|(_, e)| *e)
+            .any(|e| e.seq % 1000 == 0)
+        {
             self.trim_events()?;
         }
         Ok(())

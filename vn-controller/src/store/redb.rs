@@ -102,7 +102,7 @@ impl RedbStore {
         &self,
         tx: &::redb::WriteTransaction,
         meta: &mut ::redb::Table<'_, &str, &[u8]>,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
@@ -110,7 +110,7 @@ impl RedbStore {
         let mut table = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
         for e in events {
             table
-                .insert(e.seq, encode(e).as_slice())
+                .insert(e.seq, encode(*e).as_slice())
                 .map_err(|e| self.err(e))?;
         }
         let mut trimmed = None;
@@ -206,12 +206,15 @@ impl Store for RedbStore {
     /// `Durability::None`).
     fn apply_all(
         &self,
-        changes: &[&Change],
+        changes: &[(&Change, &[StoredEvent])],
         hosts: &[&HostInfo],
-        events: &[StoredEvent],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if hosts.is_empty() && events.is_empty() && changes.iter().all(|c| writes_nothing(c)) {
+        if hosts.is_empty()
+            && changes
+                .iter()
+                .all(|(c, e)| e.is_empty() && writes_nothing(c))
+        {
             return Ok(());
         }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -229,7 +232,7 @@ impl Store for RedbStore {
                     .insert(h.id.as_str(), encode(*h).as_slice())
                     .map_err(|e| self.err(e))?;
             }
-            for change in changes {
+            for (change, _) in changes {
                 for (id, rec) in &change.upserts {
                     vns.insert(id.as_str(), encode(rec).as_slice())
                         .map_err(|e| self.err(e))?;
@@ -245,7 +248,8 @@ impl Store for RedbStore {
                         .map_err(|e| self.err(e))?;
                 }
             }
-            self.write_events(&tx, &mut meta, events)?;
+            let events: Vec<&StoredEvent> = changes.iter().flat_map(|(_, e)| *e).collect();
+            self.write_events(&tx, &mut meta, &events)?;
         }
         tx.commit().map_err(|e| self.err(e))
     }

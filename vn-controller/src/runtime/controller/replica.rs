@@ -11,10 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::{EtcdStore, Role, StoredEvent};
+use crate::store::{EtcdStore, Role, Seq};
 
 use super::{Controller, lock, restore};
 
+/// Stored events read per call when a replica catches up.
+const CATCH_UP_PAGE: usize = 1000;
 /// Changes gathered into one reload.
 const SETTLE: Duration = Duration::from_millis(50);
 /// After a takeover, creates wait at most this long for the agents to re-attach.
@@ -64,6 +66,8 @@ impl Controller {
                 }
             })?;
             *lock(&this.shared.index) = ix;
+            // The old leader's last events may not have reached this follower's watchers yet.
+            this.catch_up(last)?;
             this.begin_epoch(epoch, last)?;
             Ok::<_, crate::store::StoreError>((epoch + 1, vns))
         })
@@ -92,25 +96,51 @@ impl Controller {
         lock(&self.shared.agents).clear();
     }
 
-    /// Reads the store again into the index; publishes `seen` events afterwards.
-    async fn reload(&self, seen: Vec<StoredEvent>) {
+    /// Reads the store again into the index, then publishes the stored events this replica has
+    /// not published yet.
+    async fn reload(&self) {
         let this = self.clone();
         let res = tokio::task::spawn_blocking(move || {
             let loaded = this.shared.store.load()?;
             if this.leading() {
                 return Ok(());
             }
+            let last = loaded.last_seq;
             match restore(&this.shared.cfg, loaded) {
                 Ok(ix) => *lock(&this.shared.index) = ix,
                 Err(e) => tracing::error!(error = %e, "the stored state does not restore"),
             }
-            Ok::<_, crate::store::StoreError>(())
+            this.catch_up(last)
         })
         .await;
         if let Ok(Err(e)) = res {
             tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "cannot read the store");
         }
-        self.shared.publisher.events(seen);
+    }
+
+    /// Publishes, in order, the stored events after the last one this replica published, up to
+    /// `last` (read from the store, not from the watch: a watch that ends or a takeover drops
+    /// what it carried). If the store trimmed some already, watchers of this replica could not
+    /// resume from them: they get a snapshot, as watchers that lag do.
+    fn catch_up(&self, last: Seq) -> Result<(), crate::store::StoreError> {
+        let publisher = &self.shared.publisher;
+        while publisher.last_seq() < last {
+            let (page, gap) = self
+                .shared
+                .store
+                .events_after(publisher.last_seq(), CATCH_UP_PAGE)?;
+            if gap || page.is_empty() {
+                tracing::warn!(
+                    from = publisher.last_seq(),
+                    to = last,
+                    "stored events trimmed before this replica published them; watchers restart"
+                );
+                publisher.resync(last);
+                return Ok(());
+            }
+            publisher.events(page);
+        }
+        Ok(())
     }
 }
 
@@ -118,23 +148,21 @@ impl Controller {
 /// the caller starts over).
 async fn follow(weak: std::sync::Weak<super::Shared>, etcd: Arc<EtcdStore>) {
     let Some(shared) = weak.upgrade() else { return };
-    Controller { shared }.reload(vec![]).await;
+    Controller { shared }.reload().await;
     let mut changes = etcd.follow();
     loop {
         let Some(first) = changes.recv().await else {
             break;
         };
         tokio::time::sleep(SETTLE).await;
-        let mut seen = Vec::new();
         let mut failed = None;
         for msg in std::iter::once(first).chain(std::iter::from_fn(|| changes.try_recv().ok())) {
-            match msg {
-                Ok(s) => seen.extend(s),
-                Err(e) => failed = Some(e),
+            if let Err(e) = msg {
+                failed = Some(e);
             }
         }
         let Some(shared) = weak.upgrade() else { return };
-        Controller { shared }.reload(seen).await;
+        Controller { shared }.reload().await;
         if let Some(e) = failed {
             tracing::warn!(error = %e, "watching the store");
             break;
