@@ -34,7 +34,7 @@
 //! practice a few milliseconds on a 100-node substrate.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 
 use petgraph::graph::NodeIndex;
@@ -136,6 +136,60 @@ pub(crate) fn node_order(request: &VnRequest) -> Vec<usize> {
     order
 }
 
+/// The `width` lowest child scores of a level so far, to cut what cannot be among them.
+struct Bound {
+    width: usize,
+    /// A max-heap of those scores.
+    best: BinaryHeap<Score>,
+}
+
+/// A score ordered by [`f64::total_cmp`].
+#[derive(Clone, Copy, PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl Bound {
+    /// Keeps the `width` best (0: cuts nothing).
+    fn new(width: usize) -> Self {
+        Bound {
+            width,
+            best: BinaryHeap::with_capacity(width + 1),
+        }
+    }
+
+    /// Records a child's score.
+    fn add(&mut self, score: f64) {
+        if self.width == 0 {
+            return;
+        }
+        self.best.push(Score(score));
+        if self.best.len() > self.width {
+            self.best.pop();
+        }
+    }
+
+    /// True when `width` children scored below `score` (strictly): nothing scored at least
+    /// `score` survives the level (ties are ordered by more than the score, so they stay).
+    fn cuts(&self, score: f64) -> bool {
+        self.best.len() == self.width
+            && self.width > 0
+            && self.best.peek().is_some_and(|w| w.0 < score)
+    }
+}
+
 /// Why the last level of the beam produced nothing.
 enum Failure {
     /// No host left for a node, with why (in the best state of the level before).
@@ -204,8 +258,16 @@ impl Lace {
             let mut next: Vec<State> = Vec::new();
             // Which link failed, if one did; else no host was left (said at the end).
             let mut failure: Option<Failure> = None;
+            // Below the first level only the `width` best children survive: once that many
+            // exist, a state or child whose score (a lower bound on its children's, as every
+            // term added is non-negative) is above the `width`-th best is cut without routing
+            // more of its links. Cut ones would be sorted out below, so the beam is the same.
+            let mut bound = Bound::new(if level > 0 { width } else { 0 });
             for st in &beam {
-                search.expand(level, v, st, &mut next, &mut failure);
+                if bound.cuts(st.score) {
+                    continue;
+                }
+                search.expand(level, v, st, &mut next, &mut failure, &mut bound);
             }
             if next.is_empty() {
                 return Err(failure.unwrap_or_else(|| {
@@ -298,7 +360,8 @@ impl Search<'_> {
     }
 
     /// The children of `st` that place virtual node `v` (the `level`-th of the order), pushed
-    /// onto `next`; a link that could not be routed is recorded in `failure`.
+    /// onto `next` unless `bound` cuts them; a link that could not be routed is recorded in
+    /// `failure`.
     fn expand(
         &mut self,
         level: usize,
@@ -306,6 +369,7 @@ impl Search<'_> {
         st: &State,
         next: &mut Vec<State>,
         failure: &mut Option<Failure>,
+        bound: &mut Bound,
     ) {
         let request = self.request;
         self.apply(st, true);
@@ -346,8 +410,12 @@ impl Search<'_> {
             *failure = Some(Failure::Link(l, from, from, r));
         }
         for &(_, h) in &scored.hosts {
-            match self.child(v, st, h, &nbrs) {
-                Ok(child) => next.push(child),
+            match self.child(v, st, h, &nbrs, bound) {
+                Ok(Some(child)) => {
+                    bound.add(child.score);
+                    next.push(child);
+                }
+                Ok(None) => {}
                 Err(f) => *failure = Some(f),
             }
         }
@@ -433,22 +501,38 @@ impl Search<'_> {
     }
 
     /// `st` with `v` placed on `h` and its links to the placed neighbours `nbrs` routed
-    /// (heaviest first), scored; or the link that could not be routed. The dense copy holds
-    /// `st` before and after.
+    /// (heaviest first), scored; `None` when `bound` cuts it before it is complete; or the link
+    /// that could not be routed. The dense copy holds `st` before and after.
     fn child(
         &mut self,
         v: usize,
         st: &State,
         h: NodeIndex,
         nbrs: &[(usize, usize, u64)],
-    ) -> Result<State, Failure> {
+        bound: &Bound,
+    ) -> Result<Option<State>, Failure> {
         let request = self.request;
         let free_cpu = self.work.cpu[h.index()];
+        let vn = &request.nodes()[v];
+        // the host term, added last (the same sum as without cuts) but known now
+        let host_term = if self.lace.node_balance > 0.0 && vn.cpu > 0 {
+            Some(self.lace.node_balance * vn.cpu as f64 / free_cpu as f64)
+        } else {
+            None
+        };
+        let lower = |score: f64| host_term.map_or(score, |t| score + t);
+        if bound.cuts(lower(st.score)) {
+            return Ok(None);
+        }
         let mut child = st.clone();
         child.hosts[v] = Some(h);
         self.work.place(request, v, h);
-        let mut result = Ok(());
+        let mut result = Ok(true);
         for (j, &(u, l, bw)) in nbrs.iter().enumerate() {
+            if j > 0 && bound.cuts(lower(child.score)) {
+                result = Ok(false);
+                break;
+            }
             match self.route((j, u, l), child.hosts[u].expect("placed"), h, bw) {
                 Ok((path, cost)) => {
                     self.work.route(&path.1, bw);
@@ -469,12 +553,13 @@ impl Search<'_> {
             }
         }
         self.work.unplace(request, v, h);
-        result?;
-        let vn = &request.nodes()[v];
-        if self.lace.node_balance > 0.0 && vn.cpu > 0 {
-            child.score += self.lace.node_balance * vn.cpu as f64 / free_cpu as f64;
+        if !result? {
+            return Ok(None);
         }
-        Ok(child)
+        if let Some(t) = host_term {
+            child.score += t;
+        }
+        Ok((!bound.cuts(child.score)).then_some(child))
     }
 
     /// The path of virtual link `l` (bandwidth `bw`) between the host `placed` of its placed

@@ -120,11 +120,21 @@ impl Bfs {
 /// level at a time on demand: a caller that only needs the hosts near the source (LACE's
 /// candidate scoring on a dense substrate) stops after a level or two instead of scanning every
 /// link. Hosts not reached yet are at least `depth + 1` hops away.
+///
+/// A level is settled top-down (the frontier's links) while the frontier is smaller than the
+/// hosts not reached yet, else bottom-up (each host not reached looks for a link to the
+/// frontier and stops at the first; Beamer et al., SC 2012): on a dense substrate the level that
+/// reaches most hosts then costs a few links per remaining host instead of every link of the
+/// frontier. Both settle the same hosts at the same distance.
 #[derive(Clone, Debug)]
 pub struct LevelBfs {
     dist: Vec<u32>,
     frontier: Vec<NodeIndex>,
     next: Vec<NodeIndex>,
+    /// The hosts not reached yet, once a level was settled bottom-up (else empty, unused).
+    unreached: Vec<NodeIndex>,
+    /// Hosts reached so far.
+    reached: usize,
     depth: u32,
     complete: bool,
     need: u64,
@@ -139,6 +149,8 @@ impl LevelBfs {
             dist,
             frontier: vec![src],
             next: Vec::new(),
+            unreached: Vec::new(),
+            reached: 1,
             depth: 0,
             complete: false,
             need,
@@ -152,14 +164,41 @@ impl LevelBfs {
             return;
         }
         self.next.clear();
-        for &x in &self.frontier {
-            for &(y, e) in substrate.neighbors(x) {
-                if bandwidth[e.index()] >= self.need && self.dist[y.index()] == u32::MAX {
-                    self.dist[y.index()] = self.depth + 1;
-                    self.next.push(y);
+        let d = self.depth + 1;
+        let left = self.dist.len() - self.reached;
+        if self.frontier.len() < left {
+            for &x in &self.frontier {
+                for &(y, e) in substrate.neighbors(x) {
+                    if bandwidth[e.index()] >= self.need && self.dist[y.index()] == u32::MAX {
+                        self.dist[y.index()] = d;
+                        self.next.push(y);
+                    }
                 }
             }
+        } else {
+            if self.unreached.is_empty() {
+                let dist = &self.dist;
+                self.unreached
+                    .extend((0..dist.len()).filter(|&i| dist[i] == u32::MAX).map(NodeIndex::new));
+            }
+            // a host joins this level when it has a usable link to the last one (whose hosts
+            // are at `depth`; hosts settled in this pass are at `d` and do not count)
+            let (dist, next, need) = (&mut self.dist, &mut self.next, self.need);
+            self.unreached.retain(|&y| {
+                if dist[y.index()] != u32::MAX {
+                    return false;
+                }
+                let joins = substrate.neighbors(y).iter().any(|&(x, e)| {
+                    dist[x.index()] == d - 1 && bandwidth[e.index()] >= need
+                });
+                if joins {
+                    dist[y.index()] = d;
+                    next.push(y);
+                }
+                !joins
+            });
         }
+        self.reached += self.next.len();
         std::mem::swap(&mut self.frontier, &mut self.next);
         self.depth += 1;
         self.complete = self.frontier.is_empty();
@@ -363,6 +402,23 @@ impl Dijkstra {
         }
         if lower(src) == u32::MAX {
             return None;
+        }
+        // `dst` next to `src` over a link cheaper than 2: no path of two links or more (each at
+        // least 1) is as cheap, so that link is the answer (the first of the cheapest when
+        // several join them, as the search below would relax them in this order).
+        let mut direct: Option<(EdgeIndex, f64)> = None;
+        for &(y, e) in substrate.neighbors(src) {
+            if y == dst
+                && let Some(w) = weight(e)
+                && direct.is_none_or(|(_, b)| w < b)
+            {
+                direct = Some((e, w));
+            }
+        }
+        if let Some((e, w)) = direct
+            && w < 2.0
+        {
+            return Some(((vec![src, dst], vec![e]), w));
         }
         // Buffers are valid where `seen` holds this search's epoch (no O(n) reset per search:
         // LACE runs thousands of short searches per request on large substrates).
