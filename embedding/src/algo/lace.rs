@@ -337,6 +337,25 @@ impl Search<'_> {
         (bfs.clone(), true)
     }
 
+    /// Grows every neighbour's search to at least `depth` levels (or its end). Scoring asks
+    /// for no more than it needs (the best hosts are exact whatever the depth), but a search
+    /// that has settled only its source leaves every host inexact: starting deeper saves the
+    /// rounds that would find that out.
+    fn grow_to(&self, depth: u32) {
+        let s = self.residual.substrate();
+        for (bfs, on_residual) in &self.dist_buf {
+            let bw = if *on_residual {
+                self.residual.bandwidths()
+            } else {
+                &self.work.bandwidth
+            };
+            let mut b = bfs.borrow_mut();
+            while b.depth() < depth && !b.is_complete() {
+                b.grow(s, bw);
+            }
+        }
+    }
+
     /// Grows every neighbour's search by a level (`all`: to the end); false when all were
     /// complete already.
     fn grow(&self, all: bool) -> bool {
@@ -388,6 +407,8 @@ impl Search<'_> {
         if self.max_hops.is_some() {
             // a hop limit needs exact distances to tell "too far" from "unreachable"
             self.grow(true);
+        } else {
+            self.grow_to(2);
         }
         let take = if level == 0 {
             self.lace.roots

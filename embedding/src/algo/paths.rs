@@ -211,6 +211,11 @@ impl LevelBfs {
         }
     }
 
+    /// Levels settled so far.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
     /// True when every host reachable from the source is settled.
     pub fn is_complete(&self) -> bool {
         self.complete
