@@ -178,8 +178,11 @@ impl LevelBfs {
         } else {
             if self.unreached.is_empty() {
                 let dist = &self.dist;
-                self.unreached
-                    .extend((0..dist.len()).filter(|&i| dist[i] == u32::MAX).map(NodeIndex::new));
+                self.unreached.extend(
+                    (0..dist.len())
+                        .filter(|&i| dist[i] == u32::MAX)
+                        .map(NodeIndex::new),
+                );
             }
             // a host joins this level when it has a usable link to the last one (whose hosts
             // are at `depth`; hosts settled in this pass are at `d` and do not count)
@@ -188,9 +191,10 @@ impl LevelBfs {
                 if dist[y.index()] != u32::MAX {
                     return false;
                 }
-                let joins = substrate.neighbors(y).iter().any(|&(x, e)| {
-                    dist[x.index()] == d - 1 && bandwidth[e.index()] >= need
-                });
+                let joins = substrate
+                    .neighbors(y)
+                    .iter()
+                    .any(|&(x, e)| dist[x.index()] == d - 1 && bandwidth[e.index()] >= need);
                 if joins {
                     dist[y.index()] = d;
                     next.push(y);
