@@ -60,7 +60,9 @@ trap cleanup EXIT
 
 for ns in "$R1" "$R2" "$B1" "$B2" "$U1" "$U2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 underlay() { # ns1 ns2 net
-  ip link add "u$1" netns "$1" type veth peer name "u$2" netns "$2"
+  # MTU 1550 as the testbed's underlay (cli/src/testbed/layout.rs DEFAULT_UNDERLAY_MTU): VXLAN
+  # links carry 1500-byte frames like the raw veth and the 802.1Q links.
+  ip link add "u$1" netns "$1" mtu 1550 type veth peer name "u$2" netns "$2" mtu 1550
   ip -n "$1" addr add "$3.1/24" dev "u$1"; ip -n "$1" link set "u$1" up
   ip -n "$2" addr add "$3.2/24" dev "u$2"; ip -n "$2" link set "u$2" up
 }
@@ -114,7 +116,7 @@ row() { # label client server ip
 }
 rows=()
 rows+=("$(row "raw veth (baseline)" "$R1" "$R2" 10.98.0.2)")
-rows+=("$(row "VXLAN (kernel, MTU 1450)" "$NB1" "$NB2" 10.97.0.2)")
+rows+=("$(row "VXLAN (kernel, MTU 1500, underlay 1550)" "$NB1" "$NB2" 10.97.0.2)")
 rows+=("$(row "802.1Q, BPF datapath (MTU 1500)" "$NB1" "$NB2" 10.96.0.2)")
 rows+=("$(row "802.1Q, userspace datapath (MTU 1500)" "$NU1" "$NU2" 10.96.0.2)")
 veth1=$(cut -d'|' -f2 <<<"${rows[0]}")
