@@ -253,7 +253,19 @@ impl Controller {
         store: Arc<dyn Store>,
         etcd: Option<Arc<EtcdStore>>,
     ) -> Result<Self, OpenError> {
-        let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
+        let credentials = match &etcd {
+            Some(e) => {
+                if cfg.state_dir.join("credentials.json").exists() {
+                    tracing::warn!(
+                        dir = %cfg.state_dir.display(),
+                        "credentials.json in the state directory is not used: replicas keep \
+                         credentials in etcd"
+                    );
+                }
+                Credentials::shared(e.clone(), cfg.admin_token_hashes.clone())?
+            }
+            None => Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?,
+        };
         let loaded = store.load()?;
         let publisher = Arc::new(Publisher::new(cfg.event_buffer));
         // The state read stands for the events stored so far: only later ones are published.

@@ -1,7 +1,8 @@
 //! The replicated store: etcd (v3 API), for several controller replicas.
 //!
 //! Keys under a prefix (default `/vnet/`): `vns/<id>`, `hosts/<id>`, `generations/<host>`,
-//! `meta/{schema,cursors,epoch,events_trimmed}`, `events/<seq, 20 digits>` and `leader`.
+//! `meta/{schema,cursors,epoch,events_trimmed,credentials}`, `events/<seq, 20 digits>` and
+//! `leader`.
 //! Values are the same JSON as in redb. Leadership: a lease of `ttl` seconds kept alive, and the
 //! key `leader` created under it only if absent (its value: the leader's advertised address).
 //! Every write is one transaction that first compares the leader key's create revision with the
@@ -665,6 +666,28 @@ impl EtcdStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// The credentials (tokens and quotas) every replica reads: `meta/credentials`.
+impl crate::runtime::credentials::SharedValue for EtcdStore {
+    fn read(&self) -> Result<Option<Vec<u8>>, String> {
+        let mut c = self.client.clone();
+        let key = self.key("meta/credentials");
+        self.block(async move {
+            let r = timed(c.get(key, None)).await?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+    }
+
+    fn write(&self, body: &[u8]) -> Result<(), String> {
+        self.fenced(vec![TxnOp::put(
+            self.key("meta/credentials"),
+            body.to_vec(),
+            None,
+        )])
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
     }
 }
 
