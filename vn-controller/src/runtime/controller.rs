@@ -50,6 +50,8 @@ pub struct ControllerConfig {
     pub reattach_grace: Duration,
     /// A host whose agent stays away this long is lost and its VNs are re-embedded.
     pub host_grace: Duration,
+    /// How often a VN that could not be re-embedded is tried again while its fault lasts.
+    pub recovery_retry: Duration,
     /// Debounce of a substrate link's state as its agents' probes report it.
     pub link_grace: Duration,
     /// The agents' underlay probes: interval and misses before a link is down.
@@ -86,6 +88,7 @@ impl ControllerConfig {
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
             host_grace: Duration::from_secs(10),
+            recovery_retry: Duration::from_secs(10),
             link_grace: Duration::from_secs(1),
             probe_interval_ms: 300,
             probe_misses: 3,
@@ -387,6 +390,7 @@ impl Controller {
         if let Some(ttl) = self.shared.cfg.failed_ttl {
             self.spawn_failed_expiry(ttl);
         }
+        self.spawn_recovery_retry();
         if held {
             let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;
