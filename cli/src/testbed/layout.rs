@@ -40,10 +40,10 @@ pub struct Naming {
 
 /// The underlay MTU of a testbed unless told otherwise: 1500 plus the IPv4 VXLAN overhead (50), so
 /// that a VXLAN link carries the same 1500-byte frames as a veth or an 802.1Q link (the controller
-/// gives a VXLAN link the underlay MTU minus 50). Measured (helper vlanid, interleaved A/B, 7-10
-/// pairs of 3 s iperf3 runs, medians, load 13-24 on 2 cores): inner MTU 1500 over a 1550 underlay
-/// costs 3-10% less CPU per byte than 1450 over 1500 and ran faster in 6 of 7 comparisons
-/// (+2..+12%); a raw veth shows no such difference between 1450 and 1500.
+/// gives a VXLAN link the underlay MTU minus 50). Measured (interleaved A/B, 5-10 pairs of 3 s
+/// iperf3 runs, medians, load 10-26 on 2 cores): one TCP stream over VXLAN at 1500 on a 1550
+/// underlay beat 1450 on 1500 in 6 of 7 comparisons (+2..+12%, once -17%) and cost 3-10% less CPU
+/// per byte in 3 of 4 (once +7%); a raw veth at 1450 and at 1500 did not differ.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1550;
 
 impl Default for Naming {
