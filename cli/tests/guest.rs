@@ -62,20 +62,6 @@ fn preconditions(test: &str) -> bool {
     may_run(test, &missing)
 }
 
-/// This test's private testbed; its snapshot also covers TAP-named links in the root namespace
-/// (a guest's TAP belongs in its sandbox namespace).
-fn guest_bed() -> Bed {
-    let pid = std::process::id() % 100_000;
-    let mut bed = Bed::new(
-        "vnet-guest-e2e-",
-        format!("ge{pid}-"),
-        format!("vng{pid}"),
-        format!("10.253.{}.0/24", pid % 250),
-    );
-    bed.root_links.push("t-".into());
-    bed
-}
-
 impl Bed {
     fn boot_id(&self, provider: &str, vn: &str, node: &str) -> String {
         let out = self.exec(
@@ -268,7 +254,7 @@ fn guests_end_to_end() {
         return;
     }
     let _lock = testbed_lock();
-    let bed = guest_bed();
+    let bed = common::guest_bed("ge", 253);
     let before = bed.snapshot();
     let down = bed.up();
 

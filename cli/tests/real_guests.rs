@@ -62,18 +62,6 @@ fn preconditions(test: &str, images: &[&str]) -> bool {
     may_run(test, &missing)
 }
 
-fn real_bed(tag: &str) -> Bed {
-    let pid = std::process::id() % 100_000;
-    let mut bed = Bed::new(
-        &format!("vnet-{tag}-e2e-"),
-        format!("{tag}{pid}-"),
-        format!("vn{tag}{pid}"),
-        format!("10.252.{}.0/24", pid % 250),
-    );
-    bed.root_links.push("t-".into());
-    bed
-}
-
 impl Bed {
     fn guests_dir(&self, host: &str) -> PathBuf {
         self.dir.join("agents").join(host).join("guests")
@@ -130,7 +118,7 @@ fn real_guests_end_to_end() {
         return;
     }
     let _lock = testbed_lock();
-    let bed = real_bed("rg");
+    let bed = common::guest_bed("rg", 252);
     let before = bed.snapshot();
     let down = bed.up();
 

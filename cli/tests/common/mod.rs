@@ -80,13 +80,27 @@ pub fn private_bed(test: &str, n: u32, tools: &[&str], tag: &str, octet: u32) ->
     if !may_run(test, &missing) {
         return None;
     }
+    Some(named_bed(tag, n, octet))
+}
+
+/// The private testbed named by `tag`, `n` and `octet` (see [`private_bed`]), whose
+/// preconditions the caller checked.
+pub fn named_bed(tag: &str, n: u32, octet: u32) -> Bed {
     let pid = std::process::id() % 100_000;
-    Some(Bed::new(
+    Bed::new(
         &format!("vnet-{tag}-"),
         format!("{tag}{pid}x{n}-"),
         format!("vn{tag}{pid}x{n}"),
         format!("10.{octet}.{}.0/24", (pid + n) % 250),
-    ))
+    )
+}
+
+/// [`named_bed`] whose snapshot also covers TAP-named links in the root namespace (a guest's
+/// TAP belongs in its sandbox namespace).
+pub fn guest_bed(tag: &str, octet: u32) -> Bed {
+    let mut bed = named_bed(tag, 0, octet);
+    bed.root_links.push("t-".into());
+    bed
 }
 
 /// `true` when nothing is `missing`; otherwise prints `SKIP <test>: <what>` and returns `false`,
