@@ -73,10 +73,6 @@ impl Bed {
         ok(out, "read the guest's boot id").trim().to_owned()
     }
 
-    fn guests_dir(&self, host: &str) -> PathBuf {
-        self.dir.join("agents").join(host).join("guests")
-    }
-
     /// Whatever is in the guests' run directories of the three hosts.
     fn guest_run_dirs(&self) -> Vec<String> {
         ["h1", "h2", "h3"]
@@ -88,13 +84,7 @@ impl Bed {
 
     /// QEMU's pid of a guest, from its pidfile, checked against /proc.
     fn qemu_pid(&self, host: &str, node_id: &str) -> u32 {
-        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
-        let pid: u32 = std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .parse()
-            .unwrap();
-        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        let (pid, cmd) = self.qemu_process(host, node_id);
         assert!(
             cmd.contains(&format!("vnet-{node_id}")),
             "pid {pid} is not the QEMU of {node_id}: {cmd:?}"

@@ -63,10 +63,6 @@ fn preconditions(test: &str, images: &[&str]) -> bool {
 }
 
 impl Bed {
-    fn guests_dir(&self, host: &str) -> PathBuf {
-        self.dir.join("agents").join(host).join("guests")
-    }
-
     fn node_ids(&self, provider: &str, vn: &str) -> Vec<(String, String, String)> {
         self.describe(provider, vn)["nodes"]
             .as_array()
@@ -81,14 +77,7 @@ impl Bed {
 
     /// The guest's command line, from its QEMU pidfile (checked against /proc).
     fn qemu_cmdline(&self, host: &str, node_id: &str) -> (u32, String) {
-        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
-        let pid: u32 = std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .parse()
-            .unwrap();
-        let cmd = common::text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-            .replace('\0', " ");
+        let (pid, cmd) = self.qemu_process(host, node_id);
         assert!(
             cmd.contains(&format!("vnet-{node_id} ")),
             "pid {pid} is not the QEMU of {node_id}: {cmd:?}"

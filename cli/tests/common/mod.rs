@@ -531,6 +531,24 @@ impl Bed {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// The run directory of the guests of `host`'s agent.
+    pub fn guests_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("agents").join(host).join("guests")
+    }
+
+    /// The pid in the QEMU pidfile of guest `node_id` on `host`, and the command line of that
+    /// process (its arguments joined by spaces; empty when it is gone).
+    pub fn qemu_process(&self, host: &str, node_id: &str) -> (u32, String) {
+        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
+        let pid: u32 = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        (pid, cmd.replace('\0', " "))
+    }
+
     /// `vnctl exec VN NODE --timeout 20s -- ARGV`.
     pub fn exec(&self, provider: &str, vn: &str, node: &str, argv: &[&str]) -> Output {
         let mut args = vec!["exec", vn, node, "--timeout", "20s", "--"];
