@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use tonic::Code;
+use vn_controller::runtime::controller::ControllerConfig;
 use vn_controller::standin::{Behaviour, StandIn};
 use vnet_proto::v1 as pb;
 
@@ -42,11 +43,16 @@ fn host_of(vn: &pb::VirtualNetwork, node: &str) -> String {
         .unwrap()
 }
 
-/// A controller whose lost hosts have `grace` to return, and five ready stand-in hosts h1..h5
-/// of `cpu` each (as options: a test takes one away with [`take`]).
-async fn start_losing(dir: &Path, grace: Duration, cpu: u64) -> (Harness, Vec<Option<StandIn>>) {
-    let h = Harness::start(dir, |c| c.host_grace = grace).await;
-    let agents = h.agents(5, cpu, 4096, Behaviour::Ready).await;
+/// A controller (its configuration changed by `tweak`) and `n` ready stand-in hosts h1..hn of
+/// `cpu` each, as options: a test takes one away with [`take`].
+async fn start_losing(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ControllerConfig),
+    n: usize,
+    cpu: u64,
+) -> (Harness, Vec<Option<StandIn>>) {
+    let h = Harness::start(dir, tweak).await;
+    let agents = h.agents(n, cpu, 4096, Behaviour::Ready).await;
     (h, agents.into_iter().map(Some).collect())
 }
 
@@ -89,7 +95,7 @@ fn ready(vn: &pb::VirtualNetwork) -> bool {
 async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
-    let (h, mut agents) = start_losing(dir.path(), grace, 100).await;
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 100).await;
     let mut c = h.vns().await;
     c.create(req("red", create(ring("ring")))).await.unwrap();
     let before = wait_state(&mut c, "red", "ring", pb::VnState::Ready).await;
@@ -171,17 +177,11 @@ async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
 async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
-    let h = Harness::start(dir.path(), |c| {
+    let tweak = |c: &mut ControllerConfig| {
         c.host_grace = grace;
         c.recovery_retry = Duration::from_millis(500);
-    })
-    .await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(4, 100, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    };
+    let (h, mut agents) = start_losing(dir.path(), tweak, 4, 100).await;
     let mut c = h.vns().await;
     c.create(req("red", create(ring("full")))).await.unwrap();
     let before = wait_state(&mut c, "red", "full", pb::VnState::Ready).await;
@@ -219,7 +219,7 @@ async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
 async fn policy_wait_and_pinned_nodes_wait_and_a_quick_return_moves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(600);
-    let (h, mut agents) = start_losing(dir.path(), grace, 300).await;
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 300).await;
     let mut c = h.vns().await;
     let mut waiting = ring("waiting");
     waiting.recovery = pb::RecoveryPolicy::Wait as i32;

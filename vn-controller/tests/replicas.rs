@@ -734,14 +734,6 @@ async fn suite(etcd: Option<Etcd>, root: &Path) {
     drop(agents);
 }
 
-/// `msg` with `token` as the caller's own credential.
-fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 /// Through the leader `at`: a token for provider `yellow` and a quota of 3 VNs; a follower
 /// refuses both writes, naming the leader. Returns the token.
 async fn issue_token(cl: &Cluster, at: usize) -> String {
