@@ -244,9 +244,7 @@ fn a_killed_host_moves_its_node_and_leaves_nothing_when_it_returns() {
         bed.vnctl(Some("red"), &["delete", "vn", "ring", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }
 
 #[test]
@@ -330,9 +328,7 @@ links:
         bed.vnctl(Some("red"), &["delete", "vn", "pair", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }
 
 #[test]
@@ -421,7 +417,5 @@ links:
         bed.vnctl(Some("red"), &["delete", "vn", "tri", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }

@@ -251,9 +251,7 @@ fn real_guests_end_to_end() {
     left.extend(sandboxes.iter().filter(|ns| now.contains(*ns)).cloned());
     assert!(left.is_empty(), "left after delete --wait: {left:#?}");
 
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(down);
-    bed.assert_gone(&before);
+    down.finish(&before);
 }
 
 /// The one overlay (`disk-*.qcow2`) in a guest's run directory.

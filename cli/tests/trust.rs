@@ -422,7 +422,5 @@ fn providers_and_hosts_prove_who_they_are() {
     for n in ["red-net", "red-h1"] {
         ok(as_conf(&red, &["delete", "vn", n, "--wait"]), "delete");
     }
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(down);
-    bed.assert_gone(&before);
+    down.finish(&before);
 }

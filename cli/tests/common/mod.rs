@@ -598,6 +598,17 @@ impl Bed {
 /// Takes the testbed down however the test ends (with the logs' tails after a failure).
 pub struct Down<'a>(&'a Bed);
 
+impl Down<'_> {
+    /// The end of a test that went well: `testbed down` succeeds and leaves nothing of the
+    /// testbed compared with `before` ([`Bed::assert_gone`]).
+    pub fn finish(self, before: &Snapshot) {
+        let bed = self.0;
+        ok(bed.testbed(&["down"]), "testbed down");
+        drop(self);
+        bed.assert_gone(before);
+    }
+}
+
 impl Drop for Down<'_> {
     fn drop(&mut self) {
         let out = self.0.testbed(&["down"]);
