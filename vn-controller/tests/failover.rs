@@ -7,13 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use tonic::Code;
+use vn_controller::runtime::controller::ControllerConfig;
 use vn_controller::standin::{Behaviour, StandIn};
 use vnet_proto::v1 as pb;
-use vnet_proto::v1::admin_client::AdminClient;
 
 /// Four unpinned nodes in a ring, each too big to share a host with another.
 fn ring(name: &str) -> pb::VnSpec {
@@ -40,6 +41,19 @@ fn host_of(vn: &pb::VirtualNetwork, node: &str) -> String {
         .find(|n| n.node == node)
         .map(|n| n.host.clone())
         .unwrap()
+}
+
+/// A controller (its configuration changed by `tweak`) and `n` ready stand-in hosts h1..hn of
+/// `cpu` each, as options: a test takes one away with [`take`].
+async fn start_losing(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ControllerConfig),
+    n: usize,
+    cpu: u64,
+) -> (Harness, Vec<Option<StandIn>>) {
+    let h = Harness::start(dir, tweak).await;
+    let agents = h.agents(n, cpu, 4096, Behaviour::Ready).await;
+    (h, agents.into_iter().map(Some).collect())
 }
 
 /// The stand-in of host `id` among `agents` (h1..hn).
@@ -77,21 +91,11 @@ fn ready(vn: &pb::VirtualNetwork) -> bool {
     vn.state == pb::VnState::Ready as i32
 }
 
-async fn admin_client(h: &Harness) -> AdminClient<tonic::transport::Channel> {
-    AdminClient::connect(h.endpoint()).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
-    let h = Harness::start(dir.path(), |c| c.host_grace = grace).await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(5, 100, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 100).await;
     let mut c = h.vns().await;
     c.create(req("red", create(ring("ring")))).await.unwrap();
     let before = wait_state(&mut c, "red", "ring", pb::VnState::Ready).await;
@@ -173,17 +177,11 @@ async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
 async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
-    let h = Harness::start(dir.path(), |c| {
+    let tweak = |c: &mut ControllerConfig| {
         c.host_grace = grace;
         c.recovery_retry = Duration::from_millis(500);
-    })
-    .await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(4, 100, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    };
+    let (h, mut agents) = start_losing(dir.path(), tweak, 4, 100).await;
     let mut c = h.vns().await;
     c.create(req("red", create(ring("full")))).await.unwrap();
     let before = wait_state(&mut c, "red", "full", pb::VnState::Ready).await;
@@ -221,13 +219,7 @@ async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
 async fn policy_wait_and_pinned_nodes_wait_and_a_quick_return_moves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(600);
-    let h = Harness::start(dir.path(), |c| c.host_grace = grace).await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(5, 300, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 300).await;
     let mut c = h.vns().await;
     let mut waiting = ring("waiting");
     waiting.recovery = pb::RecoveryPolicy::Wait as i32;
@@ -327,28 +319,14 @@ async fn a_link_reported_down_is_routed_around_and_its_return_disturbs_nothing()
     .await;
     assert_eq!(after.links[0].path, ["h1", "h3", "h2"]);
     assert_eq!(after.recoveries.last().unwrap().cause, "link h1-h2 down");
-    let links = h
-        .substrate()
-        .await
-        .list_links(admin(pb::ListLinksRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .links;
+    let links = h.links().await;
     assert!(links.iter().find(|l| l.id == "h1-h2").unwrap().down);
 
     // It comes back: usable again, the VN stays where it is.
     agents[1].report_underlay(&[("h1-h2", true)]).await;
     let substrate_up = async {
         loop {
-            let links = h
-                .substrate()
-                .await
-                .list_links(admin(pb::ListLinksRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-                .links;
+            let links = h.links().await;
             if !links.iter().find(|l| l.id == "h1-h2").unwrap().down {
                 return;
             }
@@ -370,7 +348,7 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path(), |_| {}).await;
     let agents = h.agents(4, 100, 4096, Behaviour::Ready).await;
-    let mut admin_c = admin_client(&h).await;
+    let mut admin_c = h.admin().await;
     let host = |h: &str| pb::HostRequest { host: h.into() };
 
     // A provider may not cordon; an unknown host is named.
@@ -442,14 +420,7 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
 
 /// The hosts the controller lists as cordoned.
 async fn cordoned(h: &Harness) -> Vec<String> {
-    let listed = h
-        .substrate()
-        .await
-        .list_hosts(admin(pb::ListHostsRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts;
+    let listed = h.hosts().await;
     listed
         .into_iter()
         .filter(|x| x.cordoned)

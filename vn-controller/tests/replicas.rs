@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,24 +33,6 @@ use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
 const PROVIDERS: [&str; 3] = ["red", "blue", "green"];
 const KILLS: usize = 5;
 
-/// A child process killed (SIGKILL) and reaped on drop, so a failing test leaves nothing.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -66,7 +48,7 @@ async fn wait_port(port: u16, what: &str) {
 /// temporary directory; its members are killed on drop.
 struct Etcd {
     // Held to be killed on drop.
-    _members: Vec<Proc>,
+    _members: Vec<KillOnDrop>,
     clients: Vec<String>,
 }
 
@@ -100,7 +82,7 @@ impl Etcd {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn etcd");
-            members.push(Proc(child));
+            members.push(KillOnDrop(child));
         }
         for c in &clients {
             wait_port(*c, "etcd").await;
@@ -155,7 +137,7 @@ struct Cluster {
     hashes: PathBuf,
     ports: Vec<u16>,
     dirs: Vec<PathBuf>,
-    procs: Vec<Option<Proc>>,
+    procs: Vec<Option<KillOnDrop>>,
 }
 
 impl Cluster {
@@ -214,7 +196,7 @@ impl Cluster {
                 .args(["--etcd-endpoints", &e.clients.join(",")])
                 .args(["--etcd-prefix", &self.prefix]);
         }
-        self.procs[i] = Some(Proc(cmd.spawn().expect("spawn vn-controller")));
+        self.procs[i] = Some(KillOnDrop(cmd.spawn().expect("spawn vn-controller")));
         wait_port(self.ports[i], "vn-controller").await;
     }
 
@@ -244,7 +226,7 @@ impl Cluster {
     }
 
     fn kill(&mut self, i: usize) {
-        // SIGKILL and reap (Proc's drop).
+        // SIGKILL and reap (KillOnDrop's drop).
         self.procs[i].take();
     }
 }
@@ -750,14 +732,6 @@ async fn suite(etcd: Option<Etcd>, root: &Path) {
         check_token(&cl, &token).await;
     }
     drop(agents);
-}
-
-/// `msg` with `token` as the caller's own credential.
-fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 /// Through the leader `at`: a token for provider `yellow` and a quota of 3 VNs; a follower
