@@ -265,6 +265,55 @@ impl Controller {
             .await
             .map(|r| r.into_inner().hosts)
     }
+
+    /// Every substrate link, as `Substrate.ListLinks` returns them.
+    pub async fn links(&self) -> anyhow::Result<Vec<pb::SubstrateLink>> {
+        self.substrate()
+            .list_links(pb::ListLinksRequest {})
+            .await
+            .map(|r| r.into_inner().links)
+            .map_err(|s| rpc_error("list links", s))
+    }
+
+    /// The events of the caller's VN `name` from now on (`Watch`).
+    pub async fn watch_vn(&self, name: &str) -> anyhow::Result<tonic::Streaming<pb::VnEvent>> {
+        self.vns()
+            .watch(pb::WatchVnsRequest {
+                name: name.into(),
+                after_seq: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| rpc_error(&format!("watch vn {name}"), s))
+    }
+
+    /// Opens `Exec` with the requests `rx` sends; the call may take `timeout` (`None`: as long
+    /// as the controller lets it). An error says `what` failed.
+    pub async fn exec(
+        &self,
+        rx: tokio::sync::mpsc::Receiver<pb::ExecRequest>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> anyhow::Result<tonic::Streaming<pb::ExecResponse>> {
+        let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(t) = timeout {
+            call.set_timeout(t);
+        }
+        self.vns()
+            .exec(call)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| rpc_error(what, s))
+    }
+
+    /// The caller's VNs (`List`); an error says `what` failed ("list vns").
+    pub async fn list_vns(&self, what: &str) -> anyhow::Result<Vec<pb::VirtualNetwork>> {
+        self.vns()
+            .list(pb::ListVnsRequest {})
+            .await
+            .map(|r| r.into_inner().vns)
+            .map_err(|s| rpc_error(what, s))
+    }
 }
 
 fn check_provider(p: &str) -> anyhow::Result<()> {

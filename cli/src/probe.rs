@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 
 use crate::client::{Controller, rpc_error};
@@ -39,14 +38,8 @@ pub async fn exec(
     })
     .await?;
     drop(tx);
-    let mut call = tonic::Request::new(ReceiverStream::new(rx));
-    call.set_timeout(timeout + Duration::from_secs(10));
-    let mut out = ctl
-        .vns()
-        .exec(call)
-        .await
-        .map_err(|s| rpc_error(&what, s))?
-        .into_inner();
+    let call_timeout = timeout + Duration::from_secs(10);
+    let mut out = ctl.exec(rx, Some(call_timeout), &what).await?;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     loop {
         let m = out.message().await.map_err(|s| rpc_error(&what, s))?;

@@ -112,15 +112,7 @@ pub fn ready_outcome(e: &pb::VnEvent) -> Outcome {
 pub async fn until_ready(ctl: &Controller, name: &str, timeout: Duration) -> anyhow::Result<()> {
     let progress = Progress::new(&format!("waiting for vn/{name} to become READY"));
     let result = tokio::time::timeout(timeout, async {
-        let mut stream = ctl
-            .vns()
-            .watch(pb::WatchVnsRequest {
-                name: name.into(),
-                after_seq: 0,
-            })
-            .await
-            .map_err(|s| rpc_error(&format!("watch vn {name}"), s))?
-            .into_inner();
+        let mut stream = ctl.watch_vn(name).await?;
         loop {
             let Some(ev) = stream
                 .message()

@@ -23,10 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{
-    Bed, VNCTL, addr, assert_one_line_error, free_port, may_run, ok, testbed_lock, testbed_missing,
-    text, vnctl,
-};
+use common::{Bed, VNCTL, addr, assert_one_line_error, free_port, ok, testbed_lock, text, vnctl};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -141,16 +138,7 @@ fn completions_are_generated() {
 /// A private testbed of test `test` (`n` tells the tests of this file apart); None (after
 /// printing SKIP) when the preconditions are missing and may be.
 fn bed(test: &str, n: u32) -> Option<Bed> {
-    if !may_run(test, &testbed_missing("namespaces, veths, daemons")) {
-        return None;
-    }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-e2e-",
-        format!("e2e{pid}x{n}-"),
-        format!("vne{pid}x{n}"),
-        format!("10.252.{}.0/24", (pid + n) % 250),
-    ))
+    common::private_bed(test, n, &[], "e2e", 252)
 }
 
 struct Vn {
@@ -434,9 +422,7 @@ fn three_hosts_two_providers() {
         Value::Array(vec![])
     );
 
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
     // Down again is a no-op.
     ok(bed.testbed(&["down"]), "second testbed down");
 }

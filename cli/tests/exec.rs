@@ -25,38 +25,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bed, VNCTL, may_run, ok, processes, testbed_lock, testbed_missing, text};
+use common::{Bed, VNCTL, ok, processes, testbed_lock, text};
 
 /// A private testbed for test `n` of this file; None (after SKIP) when preconditions miss.
 fn bed(test: &str, n: u32) -> Option<Bed> {
-    let mut missing = testbed_missing("namespaces, veths, daemons");
-    for tool in [
+    let tools = [
         "tcpdump", "iperf3", "busybox", "nsenter", "script", "python3",
-    ] {
-        if which(tool).is_none() {
-            missing.push(format!("{tool} is not installed"));
-        }
-    }
-    if !may_run(test, &missing) {
-        return None;
-    }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-exec-",
-        format!("ex{pid}x{n}-"),
-        format!("vnx{pid}x{n}"),
-        format!("10.251.{}.0/24", (pid + n) % 250),
-    ))
-}
-
-fn which(tool: &str) -> Option<String> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| text(&out.stdout).trim().to_string())
+    ];
+    common::private_bed(test, n, &tools, "ex", 251)
 }
 
 /// Red: a and b on h1, joined; blue: x on h1, y on h2 (another provider on the same host).

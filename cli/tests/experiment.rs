@@ -13,41 +13,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Bed, Snapshot, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, Snapshot, ok, testbed_lock, text};
 
 fn bed(test: &str, n: u32) -> Option<Bed> {
-    let mut missing = testbed_missing("namespaces, veths, daemons");
-    common::tools_missing(&mut missing, &["iperf3", "busybox"]);
-    if !may_run(test, &missing) {
-        return None;
-    }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-exp-",
-        format!("xp{pid}x{n}-"),
-        format!("vnxp{pid}x{n}"),
-        format!("10.247.{}.0/24", (pid + n) % 250),
-    ))
-}
-
-/// vnctl as the testbed's admin (its config file), without waiting.
-fn spawn(bed: &Bed, args: &[&str]) -> Child {
-    Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run vnctl")
+    common::private_bed(test, n, &["iperf3", "busybox"], "xp", 247)
 }
 
 /// The experiment file: red with its own credential, blue through the admin's.
@@ -65,25 +40,38 @@ fn experiment(name: &str, requests: usize, rate: f64, lifetime: &str, red_conf: 
     )
 }
 
-fn red_credential(bed: &Bed) -> std::path::PathBuf {
+/// A run of `vnctl experiment run` (as the admin) on a testbed that is up.
+struct Run {
+    /// The running vnctl.
+    child: Child,
+    /// Holds the results while it lives.
+    results: tempfile::TempDir,
+    /// The run's output directory, inside `results`.
+    out_dir: PathBuf,
+    /// The testbed once red's credential exists, before the run.
+    mid: Snapshot,
+}
+
+/// Creates red's credential and starts [`experiment`] `name` on `bed`.
+fn start(bed: &Bed, name: &str, requests: usize, rate: f64, lifetime: &str) -> Run {
     // Next to the test's specs: the state dir must hold only logs after `down`.
-    let conf = bed.config().with_file_name("red.conf");
-    ok(
-        bed.vnctl(
-            None,
-            &[
-                "admin",
-                "credentials",
-                "create",
-                "--provider",
-                "red",
-                "--out",
-                conf.to_str().unwrap(),
-            ],
-        ),
-        "credentials create",
+    let red_conf = bed.config().with_file_name("red.conf");
+    bed.create_credential("red", &red_conf);
+    let mid = bed.snapshot();
+    let file = bed.spec(
+        "exp",
+        &experiment(name, requests, rate, lifetime, &red_conf),
     );
-    conf
+    let results = tempfile::tempdir().unwrap();
+    let out_dir = results.path().join("run");
+    let (file, out) = (file.to_str().unwrap(), out_dir.to_str().unwrap());
+    let child = bed.spawn_vnctl(None, &["experiment", "run", "-f", file, "--out", out]);
+    Run {
+        child,
+        results,
+        out_dir,
+        mid,
+    }
 }
 
 /// After a run: no VN of either provider, every host's capacity free, and the testbed's kernel
@@ -204,25 +192,14 @@ fn two_providers_thirty_requests() {
     let _lock = testbed_lock();
     let before = bed.snapshot();
     let down = bed.up();
-    let red_conf = red_credential(&bed);
-    let mid = bed.snapshot();
-    let file = bed.spec("exp", &experiment("ex", 15, 0.5, "{fixed: 6}", &red_conf));
-    let results = tempfile::tempdir().unwrap();
-    let out_dir = results.path().join("run");
     let started = Instant::now();
-    let out = spawn(
-        &bed,
-        &[
-            "experiment",
-            "run",
-            "-f",
-            file.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-    )
-    .wait_with_output()
-    .unwrap();
+    let Run {
+        child,
+        results,
+        out_dir,
+        mid,
+    } = start(&bed, "ex", 15, 0.5, "{fixed: 6}");
+    let out = child.wait_with_output().unwrap();
     let stdout = ok(out, "experiment run");
     eprintln!("experiment took {:?}: {stdout}", started.elapsed());
     let csv = std::fs::read_to_string(out_dir.join("requests.csv")).unwrap();
@@ -311,25 +288,12 @@ fn sigint_halfway_deletes_what_it_created() {
     let _lock = testbed_lock();
     let before = bed.snapshot();
     let down = bed.up();
-    let red_conf = red_credential(&bed);
-    let mid = bed.snapshot();
-    let file = bed.spec(
-        "exp",
-        &experiment("cut", 20, 1.0, "{fixed: 120}", &red_conf),
-    );
-    let results = tempfile::tempdir().unwrap();
-    let out_dir = results.path().join("run");
-    let child = spawn(
-        &bed,
-        &[
-            "experiment",
-            "run",
-            "-f",
-            file.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-    );
+    let Run {
+        child,
+        results: _results,
+        out_dir,
+        mid,
+    } = start(&bed, "cut", 20, 1.0, "{fixed: 120}");
     // Halfway: once both providers have VNs up.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -19,22 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Bed, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, ok, testbed_lock, text};
 
 /// The controller's default `--host-grace-secs`.
 const HOST_GRACE: Duration = Duration::from_secs(10);
 
 fn bed(test: &str, n: u32) -> Option<Bed> {
-    if !may_run(test, &testbed_missing("namespaces, veths, daemons")) {
-        return None;
-    }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-failover-",
-        format!("fo{pid}x{n}-"),
-        format!("vnf{pid}x{n}"),
-        format!("10.251.{}.0/24", (pid + n) % 250),
-    ))
+    common::private_bed(test, n, &[], "fo", 251)
 }
 
 /// A ring a-b-c-d-a of unpinned netns nodes (no revisitation: four hosts).
@@ -253,9 +244,7 @@ fn a_killed_host_moves_its_node_and_leaves_nothing_when_it_returns() {
         bed.vnctl(Some("red"), &["delete", "vn", "ring", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }
 
 #[test]
@@ -339,9 +328,7 @@ links:
         bed.vnctl(Some("red"), &["delete", "vn", "pair", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }
 
 #[test]
@@ -360,21 +347,7 @@ fn cordon_keeps_new_nodes_off_and_drain_moves_everything_off() {
     }
     // A provider may not (its own credential, not the admin's acting for it).
     let conf = bed.dir.join("red.conf");
-    ok(
-        bed.vnctl(
-            None,
-            &[
-                "admin",
-                "credentials",
-                "create",
-                "--provider",
-                "red",
-                "--out",
-                conf.to_str().unwrap(),
-            ],
-        ),
-        "credentials create",
-    );
+    bed.create_credential("red", &conf);
     let out = std::process::Command::new(common::VNCTL)
         .env_remove("VNET_PROVIDER")
         .env("VNET_CONFIG", &conf)
@@ -444,7 +417,5 @@ links:
         bed.vnctl(Some("red"), &["delete", "vn", "tri", "--wait"]),
         "delete",
     );
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(guard);
-    bed.assert_gone(&before);
+    guard.finish(&before);
 }

@@ -62,20 +62,6 @@ fn preconditions(test: &str) -> bool {
     may_run(test, &missing)
 }
 
-/// This test's private testbed; its snapshot also covers TAP-named links in the root namespace
-/// (a guest's TAP belongs in its sandbox namespace).
-fn guest_bed() -> Bed {
-    let pid = std::process::id() % 100_000;
-    let mut bed = Bed::new(
-        "vnet-guest-e2e-",
-        format!("ge{pid}-"),
-        format!("vng{pid}"),
-        format!("10.253.{}.0/24", pid % 250),
-    );
-    bed.root_links.push("t-".into());
-    bed
-}
-
 impl Bed {
     fn boot_id(&self, provider: &str, vn: &str, node: &str) -> String {
         let out = self.exec(
@@ -85,10 +71,6 @@ impl Bed {
             &["cat", "/proc/sys/kernel/random/boot_id"],
         );
         ok(out, "read the guest's boot id").trim().to_owned()
-    }
-
-    fn guests_dir(&self, host: &str) -> PathBuf {
-        self.dir.join("agents").join(host).join("guests")
     }
 
     /// Whatever is in the guests' run directories of the three hosts.
@@ -102,13 +84,7 @@ impl Bed {
 
     /// QEMU's pid of a guest, from its pidfile, checked against /proc.
     fn qemu_pid(&self, host: &str, node_id: &str) -> u32 {
-        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
-        let pid: u32 = std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .parse()
-            .unwrap();
-        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        let (pid, cmd) = self.qemu_process(host, node_id);
         assert!(
             cmd.contains(&format!("vnet-{node_id}")),
             "pid {pid} is not the QEMU of {node_id}: {cmd:?}"
@@ -268,7 +244,7 @@ fn guests_end_to_end() {
         return;
     }
     let _lock = testbed_lock();
-    let bed = guest_bed();
+    let bed = common::guest_bed("ge", 253);
     let before = bed.snapshot();
     let down = bed.up();
 
@@ -522,7 +498,5 @@ fn guests_end_to_end() {
     );
 
     // 8. Nothing of ours left.
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(down);
-    bed.assert_gone(&before);
+    down.finish(&before);
 }

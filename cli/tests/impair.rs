@@ -21,10 +21,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Bed, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, ok, testbed_lock, text};
 
 const SPEC: &str = "name: imp
 allowRevisitation: true
@@ -57,42 +57,33 @@ links:
 ";
 
 fn bed(test: &str) -> Option<Bed> {
-    if !may_run(test, &testbed_missing("namespaces, veths, daemons")) {
-        return None;
+    common::private_bed(test, 0, &[], "imp", 251)
+}
+
+/// busybox ping `count` times at `interval` seconds from `node` of `imp` to `addr` (2 s to
+/// answer each), with `quiet` only its summary.
+fn ping(bed: &Bed, node: &str, addr: &str, count: u32, interval: &str, quiet: bool) -> Output {
+    let count = count.to_string();
+    let mut args = vec![
+        "exec",
+        "imp",
+        node,
+        "--timeout",
+        "60s",
+        "--",
+        "busybox",
+        "ping",
+    ];
+    if quiet {
+        args.push("-q");
     }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-impair-",
-        format!("imp{pid}-"),
-        format!("vni{pid}"),
-        format!("10.251.{}.0/24", pid % 250),
-    ))
+    args.extend(["-c", &count, "-i", interval, "-W", "2", addr]);
+    bed.vnctl(Some("red"), &args)
 }
 
 /// The loss in percent of `count` pings at `interval` seconds.
 fn loss(bed: &Bed, node: &str, addr: &str, count: u32, interval: &str) -> f64 {
-    let count = count.to_string();
-    let out = bed.vnctl(
-        Some("red"),
-        &[
-            "exec",
-            "imp",
-            node,
-            "--timeout",
-            "60s",
-            "--",
-            "busybox",
-            "ping",
-            "-q",
-            "-c",
-            &count,
-            "-i",
-            interval,
-            "-W",
-            "2",
-            addr,
-        ],
-    );
+    let out = ping(bed, node, addr, count, interval, true);
     // "1000 packets transmitted, 903 packets received, 9% packet loss": count, busybox rounds
     let summary = text(&out.stdout);
     let count_of = |what: &str| -> f64 {
@@ -109,27 +100,7 @@ fn loss(bed: &Bed, node: &str, addr: &str, count: u32, interval: &str) -> f64 {
 
 /// The RTTs (ms) of `count` pings, one every 10 ms.
 fn rtts(bed: &Bed, node: &str, addr: &str, count: u32) -> Vec<f64> {
-    let count = count.to_string();
-    let out = bed.vnctl(
-        Some("red"),
-        &[
-            "exec",
-            "imp",
-            node,
-            "--timeout",
-            "60s",
-            "--",
-            "busybox",
-            "ping",
-            "-c",
-            &count,
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-            addr,
-        ],
-    );
+    let out = ping(bed, node, addr, count, "0.01", false);
     let t = text(&out.stdout);
     let v: Vec<f64> = t
         .lines()
@@ -160,25 +131,22 @@ fn stddev(v: &[f64]) -> f64 {
 
 /// iperf3 from p2 to q2 for 3 s; the receiver's Mbit/s.
 fn iperf(bed: &Bed) -> f64 {
-    let server = Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args([
-            "--provider",
-            "red",
+    let server = bed.spawn_vnctl(
+        Some("red"),
+        &[
             "exec",
             "imp",
             "q2",
             "--timeout",
             "60s",
             "--",
-        ])
-        .args(["iperf3", "-s", "-1", "-p", "5302"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5302",
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(40);
     let client = loop {
         let out = bed.exec(

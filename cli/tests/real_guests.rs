@@ -62,23 +62,7 @@ fn preconditions(test: &str, images: &[&str]) -> bool {
     may_run(test, &missing)
 }
 
-fn real_bed(tag: &str) -> Bed {
-    let pid = std::process::id() % 100_000;
-    let mut bed = Bed::new(
-        &format!("vnet-{tag}-e2e-"),
-        format!("{tag}{pid}-"),
-        format!("vn{tag}{pid}"),
-        format!("10.252.{}.0/24", pid % 250),
-    );
-    bed.root_links.push("t-".into());
-    bed
-}
-
 impl Bed {
-    fn guests_dir(&self, host: &str) -> PathBuf {
-        self.dir.join("agents").join(host).join("guests")
-    }
-
     fn node_ids(&self, provider: &str, vn: &str) -> Vec<(String, String, String)> {
         self.describe(provider, vn)["nodes"]
             .as_array()
@@ -93,14 +77,7 @@ impl Bed {
 
     /// The guest's command line, from its QEMU pidfile (checked against /proc).
     fn qemu_cmdline(&self, host: &str, node_id: &str) -> (u32, String) {
-        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
-        let pid: u32 = std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .parse()
-            .unwrap();
-        let cmd = common::text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-            .replace('\0', " ");
+        let (pid, cmd) = self.qemu_process(host, node_id);
         assert!(
             cmd.contains(&format!("vnet-{node_id} ")),
             "pid {pid} is not the QEMU of {node_id}: {cmd:?}"
@@ -130,7 +107,7 @@ fn real_guests_end_to_end() {
         return;
     }
     let _lock = testbed_lock();
-    let bed = real_bed("rg");
+    let bed = common::guest_bed("rg", 252);
     let before = bed.snapshot();
     let down = bed.up();
 
@@ -274,9 +251,7 @@ fn real_guests_end_to_end() {
     left.extend(sandboxes.iter().filter(|ns| now.contains(*ns)).cloned());
     assert!(left.is_empty(), "left after delete --wait: {left:#?}");
 
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(down);
-    bed.assert_gone(&before);
+    down.finish(&before);
 }
 
 /// The one overlay (`disk-*.qcow2`) in a guest's run directory.

@@ -56,21 +56,11 @@ fn vn_yaml(name: &str) -> String {
 
 #[test]
 fn agents_and_watch_follow_the_new_leader() {
-    let mut missing = testbed_missing("namespaces, veths, daemons");
-    if which_etcd().is_none() {
-        missing.push("etcd is not installed (apt-get install etcd-server)".into());
-    }
-    if !may_run("agents_and_watch_follow_the_new_leader", &missing) {
+    let test = "agents_and_watch_follow_the_new_leader";
+    let Some(bed) = private_bed(test, 0, &["etcd"], "rp", 247) else {
         return;
-    }
+    };
     let _lock = testbed_lock();
-    let pid = std::process::id() % 100_000;
-    let bed = Bed::new(
-        "vnet-failover-",
-        format!("fo{pid}-"),
-        format!("vnf{pid}"),
-        format!("10.247.{}.0/24", pid % 250),
-    );
     let before = bed.snapshot();
     let down = bed.up_with(3, &["--controllers", "3", "--store", "etcd"]);
 
@@ -161,13 +151,4 @@ fn agents_and_watch_follow_the_new_leader() {
     );
     drop(down);
     bed.assert_gone(&before);
-}
-
-/// The `etcd` binary on PATH.
-fn which_etcd() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("etcd"))
-            .find(|f| f.is_file())
-    })
 }

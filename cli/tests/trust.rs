@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Bed, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, VNCTL, ok, private_bed, testbed_lock, text};
 use futures::StreamExt as _;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -269,20 +269,10 @@ async fn hosts_are_bound_to_certificates(bed: &Bed) {
 
 #[test]
 fn providers_and_hosts_prove_who_they_are() {
-    if !may_run(
-        "providers_and_hosts_prove_who_they_are",
-        &testbed_missing("namespaces, veths, daemons"),
-    ) {
+    let Some(bed) = private_bed("providers_and_hosts_prove_who_they_are", 0, &[], "tr", 249) else {
         return;
-    }
+    };
     let _lock = testbed_lock();
-    let pid = std::process::id() % 100_000;
-    let bed = Bed::new(
-        "vnet-trust-",
-        format!("tr{pid}-"),
-        format!("vnt{pid}"),
-        format!("10.249.{}.0/24", pid % 250),
-    );
     let before = bed.snapshot();
     let down = bed.up();
     let admin = bed.config();
@@ -432,7 +422,5 @@ fn providers_and_hosts_prove_who_they_are() {
     for n in ["red-net", "red-h1"] {
         ok(as_conf(&red, &["delete", "vn", n, "--wait"]), "delete");
     }
-    ok(bed.testbed(&["down"]), "testbed down");
-    drop(down);
-    bed.assert_gone(&before);
+    down.finish(&before);
 }

@@ -16,26 +16,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Bed, VNCTL, may_run, ok, testbed_lock, testbed_missing, text};
+use common::{Bed, ok, testbed_lock, text};
 
 fn bed(test: &str) -> Option<Bed> {
-    let mut missing = testbed_missing("namespaces, veths, daemons");
-    common::tools_missing(&mut missing, &["iperf3", "busybox"]);
-    if !may_run(test, &missing) {
-        return None;
-    }
-    let pid = std::process::id() % 100_000;
-    Some(Bed::new(
-        "vnet-upd-",
-        format!("up{pid}-"),
-        format!("vnu{pid}"),
-        format!("10.249.{}.0/24", pid % 250),
-    ))
+    common::private_bed(test, 0, &["iperf3", "busybox"], "up", 249)
 }
 
 const BEFORE: &str = "name: x
@@ -66,17 +55,7 @@ links:
 
 /// `vnctl ARGS` of `bed` as provider red, running in the background.
 fn spawn(bed: &Bed, args: &[&str]) -> Child {
-    Command::new(VNCTL)
-        .env_remove("VNET_PROVIDER")
-        .env("VNET_CONTROLLER", &bed.ctl)
-        .env("VNET_CONFIG", bed.config())
-        .args(["--provider", "red"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vnctl")
+    bed.spawn_vnctl(Some("red"), args)
 }
 
 /// `count` pings at 10 per second from `node` of x to `to`.

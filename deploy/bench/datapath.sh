@@ -3,13 +3,15 @@
 # underlay veth, realized by the agent's own code (`substrate-agent bench-link`), every path in
 # the same run. Run as root:
 #
-#   deploy/bench/datapath.sh [--seconds S]
+#   deploy/bench/datapath.sh [--seconds S] [--rounds N]
 #
 # Paths: the raw veth (baseline, two plain namespaces), VXLAN, 802.1Q on the BPF datapath,
 # 802.1Q on the userspace datapath. For each: iperf3 TCP with 1 and 4 streams (Gbit/s), 64-byte
 # UDP frames (iperf3 -u -b 0 -l 22: 14 + 20 + 8 + 22 bytes on the wire; received frames/s) and
 # CPU per Gbit/s in the 1-stream run (busy cores of the whole machine from /proc/stat, divided by
-# Gbit/s: only meaningful on an otherwise idle machine). Targets, 1 stream: BPF 802.1Q >= 80% and
+# Gbit/s: only meaningful on an otherwise idle machine). The 1-stream TCP runs N rounds (default
+# 3), the paths interleaved in each round, and reports the median and the range: one sample per
+# path moves by tens of percent on a shared machine. Targets, 1 stream: BPF 802.1Q >= 80% and
 # VXLAN >= 85% of the raw veth. Writes its section of deploy/bench/RESULTS.md
 # (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
@@ -18,10 +20,12 @@ cd "$(dirname "$0")/../.."
 results_begin "$@"
 
 SECONDS_PER_RUN=5
+ROUNDS=3
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +64,9 @@ trap cleanup EXIT
 
 for ns in "$R1" "$R2" "$B1" "$B2" "$U1" "$U2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 underlay() { # ns1 ns2 net
-  ip link add "u$1" netns "$1" type veth peer name "u$2" netns "$2"
+  # MTU 1550 as the testbed's underlay (cli/src/testbed/layout.rs DEFAULT_UNDERLAY_MTU): VXLAN
+  # links carry 1500-byte frames like the raw veth and the 802.1Q links.
+  ip link add "u$1" netns "$1" mtu 1550 type veth peer name "u$2" netns "$2" mtu 1550
   ip -n "$1" addr add "$3.1/24" dev "u$1"; ip -n "$1" link set "u$1" up
   ip -n "$2" addr add "$3.2/24" dev "u$2"; ip -n "$2" link set "u$2" up
 }
@@ -105,36 +111,48 @@ udp() {
   wait "$srv" 2>/dev/null || true
   jq -r '.end.sum | ((.packets - .lost_packets) / .seconds | floor)' <<<"$j"
 }
-row() { # label client server ip
-  local one four fps
-  one=$(tcp "$2" "$3" "$4" 1)
-  four=$(tcp "$2" "$3" "$4" 4)
-  fps=$(udp "$2" "$3" "$4")
-  echo "$1|${one% *}|${four% *}|$fps|${one#* }"
-}
+labels=("raw veth (baseline)" "VXLAN (kernel, MTU 1500, underlay 1550)"
+  "802.1Q, BPF datapath (MTU 1500)" "802.1Q, userspace datapath (MTU 1500)")
+clients=("$R1" "$NB1" "$NB1" "$NU1")
+servers=("$R2" "$NB2" "$NB2" "$NU2")
+ips=(10.98.0.2 10.97.0.2 10.96.0.2 10.96.0.2)
+# 1-stream TCP: ROUNDS rounds, the paths interleaved, so that load from elsewhere hits all alike.
+gbps=("" "" "" "")
+cpus=("" "" "" "")
+for ((r = 0; r < ROUNDS; r++)); do
+  for i in "${!labels[@]}"; do
+    res=$(tcp "${clients[i]}" "${servers[i]}" "${ips[i]}" 1)
+    gbps[i]+="${res% *} "
+    cpus[i]+="${res#* } "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }'; }
 rows=()
-rows+=("$(row "raw veth (baseline)" "$R1" "$R2" 10.98.0.2)")
-rows+=("$(row "VXLAN (kernel, MTU 1450)" "$NB1" "$NB2" 10.97.0.2)")
-rows+=("$(row "802.1Q, BPF datapath (MTU 1500)" "$NB1" "$NB2" 10.96.0.2)")
-rows+=("$(row "802.1Q, userspace datapath (MTU 1500)" "$NU1" "$NU2" 10.96.0.2)")
+for i in "${!labels[@]}"; do
+  four=$(tcp "${clients[i]}" "${servers[i]}" "${ips[i]}" 4)
+  fps=$(udp "${clients[i]}" "${servers[i]}" "${ips[i]}")
+  rows+=("${labels[i]}|$(median <<<"${gbps[i]}")|$(range <<<"${gbps[i]}")|${four% *}|$fps|$(median <<<"${cpus[i]}")")
+done
 veth1=$(cut -d'|' -f2 <<<"${rows[0]}")
 {
   echo "One virtual link between two host namespaces over an underlay veth, realized by the agent's"
-  echo "code; iperf3, ${SECONDS_PER_RUN} s per run, all paths in the same run. % = 1-stream TCP of the raw"
-  echo "veth. CPU/Gbit/s: busy cores of the whole machine per Gbit/s in the 1-stream run (other"
-  echo "processes count too: compare within a run only)."
+  echo "code; iperf3, ${SECONDS_PER_RUN} s per run, all paths in the same run. TCP 1 stream: median of"
+  echo "${ROUNDS} rounds with the paths interleaved (range in brackets); % = that median over the raw"
+  echo "veth's. CPU/Gbit/s: busy cores of the whole machine per Gbit/s in the 1-stream runs (median;"
+  echo "other processes count too: compare within a run only)."
   echo
   echo "| path | TCP 1 stream (Gbit/s) | % of veth | TCP 4 streams (Gbit/s) | 64-byte UDP (frames/s) | CPU cores per Gbit/s | target |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
   for r in "${rows[@]}"; do
-    IFS='|' read -r label one four fps cpu <<<"$r"
+    IFS='|' read -r label one spread four fps cpu <<<"$r"
     pct=$(awk -v a="$one" -v b="$veth1" 'BEGIN { printf "%.0f%%", (b > 0 ? 100 * a / b : 0) }')
     target=""
     case "$label" in
       VXLAN*) target=">= 85%" ;;
       *BPF*) target=">= 80%" ;;
     esac
-    echo "| $label | $one | $pct | $four | $fps | $cpu | $target |"
+    echo "| $label | $one ($spread) | $pct | $four | $fps | $cpu | $target |"
   done
 } >"$BODY"
 echo

@@ -126,6 +126,155 @@ fn same_address_plan_isolated_and_clean_on_the_userspace_vlan_datapath() {
     isolated_and_clean("u", "userspace");
 }
 
+#[test]
+fn same_vlan_id_on_two_substrate_links_is_isolated_and_teardown_is_clean() {
+    if !root_or_skip("same_vlan_id_on_two_substrate_links_is_isolated_and_teardown_is_clean") {
+        return;
+    }
+    same_vlan_id_on_two_links("v", "bpf");
+}
+
+/// The same on the userspace VLAN datapath (forced).
+#[test]
+fn same_vlan_id_on_two_substrate_links_on_the_userspace_vlan_datapath() {
+    if !root_or_skip("same_vlan_id_on_two_substrate_links_on_the_userspace_vlan_datapath") {
+        return;
+    }
+    same_vlan_id_on_two_links("w", "userspace");
+}
+
+/// Node `<p><n>` of VN `vn<p>` with one VLAN link `<p>v`: 10.2.0.<n>/24 on eth1, MAC
+/// 02:<mac_byte>:00:00:01:<n>.
+fn vlan_end(p: &str, n: u8, mac_byte: u8, vid: u32, local: &str, remote: &str) -> pb::VnSlice {
+    let node = format!("{p}{n}");
+    slice(
+        &format!("vn{p}"),
+        &[&node],
+        vec![seg(
+            &format!("{p}v"),
+            1500,
+            0,
+            nif(
+                &node,
+                "eth1",
+                &format!("10.2.0.{n}/24"),
+                &format!("02:{mac_byte:02x}:00:00:01:{n:02x}"),
+            ),
+            hop(Vlan, vid, local, remote),
+        )],
+    )
+}
+
+/// Two providers' VNs with the same address plan and the same VLAN ID, 101, on two different
+/// substrate links of h1: VN a over h1-h2, VN b over h1-h3. h1 tells them apart by the device a
+/// tagged frame arrives on; each VN talks (ping, TCP, crafted frames tagged 101 from both of its
+/// nodes) while the other VN's nodes and the other substrate link see nothing of it.
+fn same_vlan_id_on_two_links(letter: &str, mode: &'static str) {
+    let mut tb = Testbed::new(letter, 3);
+    tb.vlan_datapath = mode;
+    let (u12, _) = tb.underlay(1, 2);
+    let (u13, _) = tb.underlay(1, 3);
+    let before: Vec<String> = (1..=3).map(|i| tb.host_view(i)).collect();
+    let ns_before = tb.namespaces();
+    let ids: Vec<String> = tb.hosts.iter().map(|h| h.id.clone()).collect();
+    for i in 1..=3 {
+        tb.start_agent(i);
+    }
+    let caps = tb.ctl().wait_attached(&ids[0], 1, T).capabilities.unwrap();
+    assert_eq!(caps.vlan_datapath, mode);
+    let slices = [
+        vec![
+            vlan_end("a", 1, 0xaa, 101, "10.255.12.1", "10.255.12.2"),
+            vlan_end("b", 1, 0xbb, 101, "10.255.13.1", "10.255.13.3"),
+        ],
+        vec![vlan_end("a", 2, 0xaa, 101, "10.255.12.2", "10.255.12.1")],
+        vec![vlan_end("b", 2, 0xbb, 101, "10.255.13.3", "10.255.13.1")],
+    ];
+    for (id, s) in ids.iter().zip(slices) {
+        tb.ctl().set_desired(id, desired(1, s));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let r = tb.ctl().wait_report(id, 1, T);
+        assert!(r.converged, "{id}: {r:#?}\n{}", tb.log(i + 1));
+    }
+    let h1 = tb.hosts[0].ns.clone();
+    if mode == "bpf" {
+        // h1 pops ID 101 on each substrate device into a different port.
+        let ifindex = |dev: &str| {
+            let v: serde_json::Value =
+                serde_json::from_str(&sh(&format!("ip -n {h1} -j link show {dev}"))).unwrap();
+            v[0]["ifindex"].as_u64().unwrap()
+        };
+        let path = tb.bpf_pins(1).join("_agent/vnet_vlan_fwd");
+        let out = sh(&format!("bpftool -j map dump pinned {}", path.display()));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut pops: Vec<(u64, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["formatted"])
+            .filter(|e| e["key"]["vid"] == 101 && e["value"]["action"] == 2)
+            .map(|e| {
+                let (k, v) = (&e["key"]["ifindex"], &e["value"]["ifindex"]);
+                (k.as_u64().unwrap(), v.as_u64().unwrap())
+            })
+            .collect();
+        pops.sort();
+        let mut devs = vec![ifindex(&u12), ifindex(&u13)];
+        devs.sort();
+        assert_eq!(pops.iter().map(|p| p.0).collect::<Vec<_>>(), devs, "{out}");
+        assert_ne!(pops[0].1, pops[1].1, "both pop into one port: {out}");
+    }
+    let (a1, a2, b1, b2) = (
+        tb.node_ns(1, "a1"),
+        tb.node_ns(2, "a2"),
+        tb.node_ns(1, "b1"),
+        tb.node_ns(3, "b2"),
+    );
+    let rounds = [
+        (&a1, &a2, 0xaa, [&b1, &b2], &u13),
+        (&b1, &b2, 0xbb, [&a1, &a2], &u12),
+    ];
+    for (x, y, mac_byte, others, other_link) in rounds {
+        let pcap = |what: &str| format!("/tmp/vt{}{what}.pcap", tb.tag);
+        let mut watch: Vec<Capture> = others
+            .iter()
+            .map(|ns| Capture::start(ns, "any", "ip", pcap(ns)))
+            .collect();
+        // IPv4 or ARP, tagged once or twice (IPv6 neighbour discovery of the idle VN is its own).
+        watch.push(Capture::start(
+            &h1,
+            other_link,
+            "vlan and not ip6",
+            pcap(other_link),
+        ));
+        assert!(ping(x, "10.2.0.2"), "{x}: ping\n{}", tb.log(1));
+        assert!(tcp_ok(x, y, "10.2.0.2", 5211), "{x}: TCP");
+        // The nodes tag frames themselves with the ID both VNs' links carry.
+        send_tagged(x, "eth1", 101, 20);
+        send_tagged(y, "eth1", 101, 20);
+        for (c, name) in watch
+            .into_iter()
+            .zip(others.iter().map(|s| s.as_str()).chain([h1.as_str()]))
+        {
+            let seen = c.stop();
+            assert!(
+                seen.trim().is_empty(),
+                "{x}'s traffic reached {name}:\n{seen}"
+            );
+        }
+        let neigh = in_ns(x, "ip neigh show 10.2.0.2").1;
+        assert!(
+            neigh.contains(&format!("02:{mac_byte:02x}:00:00:01:02")),
+            "{neigh}"
+        );
+    }
+    if mode == "bpf" {
+        assert!(tb.bpf_counter(1, 3) > 0, "forwarded frames counted on h1");
+    }
+    teardown_leaves_nothing(&mut tb, 2, &before, &ns_before);
+}
+
 /// Sends `n` crafted IPv4/UDP frames (to 10.2.0.2 port 9) tagged with `vid` from `dev` in `ns`.
 fn send_tagged(ns: &str, dev: &str, vid: u16, n: u32) {
     let py = format!(
@@ -146,11 +295,85 @@ for _ in range({n}):
     assert!(ok, "crafted frames from {ns}: {out}");
 }
 
+/// A tcpdump in `ns` on `dev` (frames matching `filter`), written to a file until `stop`.
+struct Capture {
+    child: std::process::Child,
+    file: String,
+}
+
+impl Capture {
+    fn start(ns: &str, dev: &str, filter: &str, file: String) -> Capture {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", dev, "-U", "-w", &file])
+            .args(filter.split_whitespace())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        Capture { child, file }
+    }
+
+    /// Stops the capture; its frames as `tcpdump -nn -e` prints them.
+    fn stop(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        sh(&format!(
+            "tcpdump -nn -e -r {0} 2>/dev/null; rm -f {0}",
+            self.file
+        ))
+    }
+}
+
+/// Empties every host's desired state (as `generation`) and checks that the hosts are left
+/// exactly as `before` (their links and qdiscs, in host order) with the namespaces `ns_before`:
+/// no process, BPF classifier or pin of ours remains.
+fn teardown_leaves_nothing(
+    tb: &mut Testbed,
+    generation: u64,
+    before: &[String],
+    ns_before: &[String],
+) {
+    let ids: Vec<String> = tb.hosts.iter().map(|h| h.id.clone()).collect();
+    for id in &ids {
+        tb.ctl().set_desired(id, desired(generation, vec![]));
+    }
+    for id in &ids {
+        tb.ctl().wait_converged(id, generation, T);
+    }
+    let agents: Vec<u32> = tb
+        .hosts
+        .iter()
+        .map(|h| h.agent.as_ref().unwrap().id())
+        .collect();
+    let mut procs = tb.processes();
+    procs.retain(|p| !agents.contains(p));
+    assert!(
+        procs.is_empty(),
+        "processes left besides the agents: {procs:?}"
+    );
+    for i in 1..=ids.len() {
+        tb.stop_agent(i);
+    }
+    assert_eq!(tb.namespaces(), ns_before, "namespaces");
+    let after: Vec<String> = (1..=ids.len()).map(|i| tb.host_view(i)).collect();
+    assert_eq!(after, before, "links and qdiscs of the hosts");
+    assert!(tb.processes().is_empty());
+    for i in 1..=ids.len() {
+        assert_eq!(tb.bpf_filters(i), "", "bpf classifiers left on h{i}");
+        assert!(!tb.bpf_pins(i).exists(), "bpf pins left on h{i}");
+    }
+}
+
 fn isolated_and_clean(letter: &str, mode: &'static str) {
     let mut tb = Testbed::new(letter, 2);
     tb.vlan_datapath = mode;
     let (u1, _u2) = tb.underlay(1, 2);
-    let before = (tb.host_view(1), tb.host_view(2));
+    let before = vec![tb.host_view(1), tb.host_view(2)];
     let ns_before = tb.namespaces();
     tb.start_agent(1);
     tb.start_agent(2);
@@ -207,24 +430,7 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
     );
 
     // Capture on h1's underlay while traffic flows.
-    let pcap = format!("/tmp/vt{}.pcap", tb.tag);
-    let mut cap = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &tb.hosts[0].ns,
-            "tcpdump",
-            "-i",
-            &u1,
-            "-U",
-            "-w",
-            &pcap,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    let cap = Capture::start(&tb.hosts[0].ns, &u1, "", format!("/tmp/vt{}.pcap", tb.tag));
 
     let (na1, na2, nb1, nb2) = (
         tb.node_ns(1, "a1"),
@@ -233,16 +439,7 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
         tb.node_ns(2, "b2"),
     );
     // Watch VN b's node with the same addresses for any IPv4 traffic while VN a talks.
-    let bcap = format!("/tmp/vt{}b.pcap", tb.tag);
-    let mut bwatch = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &nb2, "tcpdump", "-i", "any", "-U", "-w", &bcap, "ip",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    let bwatch = Capture::start(&nb2, "any", "ip", format!("/tmp/vt{}b.pcap", tb.tag));
     let (x, y) = (&na1, &na2);
     assert!(
         ping(x, "10.1.0.2"),
@@ -264,13 +461,7 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
     send_tagged(&na1, "eth1", 0, 5);
 
     // Nothing of VN a reached VN b's node with the same addresses.
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bwatch.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = bwatch.wait();
-    let seen = sh(&format!("tcpdump -nn -r {bcap} 2>/dev/null; rm -f {bcap}"));
+    let seen = bwatch.stop();
     assert!(
         seen.trim().is_empty(),
         "VN a traffic reached VN b's node:\n{seen}"
@@ -314,15 +505,7 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
         );
     }
 
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(cap.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = cap.wait();
-    let dump = sh(&format!(
-        "tcpdump -nn -e -r {pcap} 2>/dev/null; rm -f {pcap}"
-    ));
+    let dump = cap.stop();
     for want in ["vlan 101", "vlan 102", "vni 5001", "vni 5002"] {
         assert!(
             dump.contains(want),
@@ -350,34 +533,7 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
     }
 
     // Teardown: an empty desired state leaves the hosts exactly as before.
-    tb.ctl().set_desired(&h1id, desired(2, vec![]));
-    tb.ctl().set_desired(&h2id, desired(2, vec![]));
-    tb.ctl().wait_converged(&h1id, 2, T);
-    tb.ctl().wait_converged(&h2id, 2, T);
-    let agents: Vec<u32> = tb
-        .hosts
-        .iter()
-        .map(|h| h.agent.as_ref().unwrap().id())
-        .collect();
-    let mut procs = tb.processes();
-    procs.retain(|p| !agents.contains(p));
-    assert!(
-        procs.is_empty(),
-        "processes left besides the agents: {procs:?}"
-    );
-    tb.stop_agent(1);
-    tb.stop_agent(2);
-    assert_eq!(tb.namespaces(), ns_before, "namespaces");
-    assert_eq!(
-        (tb.host_view(1), tb.host_view(2)),
-        before,
-        "links and qdiscs of the hosts"
-    );
-    assert!(tb.processes().is_empty());
-    for i in [1, 2] {
-        assert_eq!(tb.bpf_filters(i), "", "bpf classifiers left on h{i}");
-        assert!(!tb.bpf_pins(i).exists(), "bpf pins left on h{i}");
-    }
+    teardown_leaves_nothing(&mut tb, 2, &before, &ns_before);
 }
 
 /// Kill -9 of the agent while BPF VLAN links are live: the classifiers stay attached and

@@ -61,14 +61,7 @@ async fn disconnect_degrades_and_reattach_restores() {
     assert_eq!(e.kind, pb::VnEventKind::Degraded as i32);
     assert_eq!(e.host, "h2");
     // Nothing was released: the VN still holds its capacity.
-    let hosts = h
-        .substrate()
-        .await
-        .list_hosts(admin(pb::ListHostsRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts;
+    let hosts = h.hosts().await;
     let h2 = hosts.iter().find(|x| x.id == "h2").unwrap();
     assert!(!h2.connected);
     assert_eq!(h2.residual.unwrap().cpu, 90);

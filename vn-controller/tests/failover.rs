@@ -1,18 +1,20 @@
 //! Failure recovery and maintenance with stand-in agents: a host lost beyond its grace period
 //! has its VNs re-embedded elsewhere (by policy; pinned nodes wait); a host back within the
-//! grace moves nothing; a substrate link reported down is routed around; a cordoned host takes
-//! no new node; a drain moves every VN off a host.
+//! grace moves nothing; a VN with nowhere to go stays DEGRADED and moves when room comes; a
+//! substrate link reported down is routed around; a cordoned host takes no new node; a drain
+//! moves every VN off a host.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use tonic::Code;
+use vn_controller::runtime::controller::ControllerConfig;
 use vn_controller::standin::{Behaviour, StandIn};
 use vnet_proto::v1 as pb;
-use vnet_proto::v1::admin_client::AdminClient;
 
 /// Four unpinned nodes in a ring, each too big to share a host with another.
 fn ring(name: &str) -> pb::VnSpec {
@@ -39,6 +41,19 @@ fn host_of(vn: &pb::VirtualNetwork, node: &str) -> String {
         .find(|n| n.node == node)
         .map(|n| n.host.clone())
         .unwrap()
+}
+
+/// A controller (its configuration changed by `tweak`) and `n` ready stand-in hosts h1..hn of
+/// `cpu` each, as options: a test takes one away with [`take`].
+async fn start_losing(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ControllerConfig),
+    n: usize,
+    cpu: u64,
+) -> (Harness, Vec<Option<StandIn>>) {
+    let h = Harness::start(dir, tweak).await;
+    let agents = h.agents(n, cpu, 4096, Behaviour::Ready).await;
+    (h, agents.into_iter().map(Some).collect())
 }
 
 /// The stand-in of host `id` among `agents` (h1..hn).
@@ -76,21 +91,11 @@ fn ready(vn: &pb::VirtualNetwork) -> bool {
     vn.state == pb::VnState::Ready as i32
 }
 
-async fn admin_client(h: &Harness) -> AdminClient<tonic::transport::Channel> {
-    AdminClient::connect(h.endpoint()).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
-    let h = Harness::start(dir.path(), |c| c.host_grace = grace).await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(5, 100, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 100).await;
     let mut c = h.vns().await;
     c.create(req("red", create(ring("ring")))).await.unwrap();
     let before = wait_state(&mut c, "red", "ring", pb::VnState::Ready).await;
@@ -166,17 +171,55 @@ async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
     h.stop().await;
 }
 
+/// No spare host when one is lost: the VN stays DEGRADED naming why; once a host with room
+/// attaches, a later attempt moves only the lost node there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(800);
+    let tweak = |c: &mut ControllerConfig| {
+        c.host_grace = grace;
+        c.recovery_retry = Duration::from_millis(500);
+    };
+    let (h, mut agents) = start_losing(dir.path(), tweak, 4, 100).await;
+    let mut c = h.vns().await;
+    c.create(req("red", create(ring("full")))).await.unwrap();
+    let before = wait_state(&mut c, "red", "full", pb::VnState::Ready).await;
+    let lost = host_of(&before, "b");
+    drop(take(&mut agents, &lost));
+    let stuck = wait_vn(&h, "full", grace + Duration::from_secs(5), |vn| {
+        vn.state == pb::VnState::Degraded as i32 && vn.reason.contains("cannot re-embed")
+    })
+    .await;
+    assert!(
+        stuck.reason.contains(&format!("host {lost} lost")),
+        "{}",
+        stuck.reason
+    );
+    assert_eq!(hosts_of(&stuck), hosts_of(&before));
+    // Still stuck a few attempts later: nothing moved, nothing doubled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = get_vn(&mut c, "red", "full").await;
+    assert_eq!(still.state, pb::VnState::Degraded as i32);
+    assert_eq!(hosts_of(&still), hosts_of(&before));
+
+    let _h5 = h.agent("h5", 5, 100, 4096, Behaviour::Ready).await;
+    let after = wait_vn(&h, "full", Duration::from_secs(5), |vn| {
+        ready(vn) && !hosts_of(vn).contains(&lost)
+    })
+    .await;
+    assert_eq!(host_of(&after, "b"), "h5");
+    for n in ["a", "c", "d"] {
+        assert_eq!(host_of(&after, n), host_of(&before, n), "{n} moved");
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_wait_and_pinned_nodes_wait_and_a_quick_return_moves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(600);
-    let h = Harness::start(dir.path(), |c| c.host_grace = grace).await;
-    let mut agents: Vec<Option<StandIn>> = h
-        .agents(5, 300, 4096, Behaviour::Ready)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let (h, mut agents) = start_losing(dir.path(), |c| c.host_grace = grace, 5, 300).await;
     let mut c = h.vns().await;
     let mut waiting = ring("waiting");
     waiting.recovery = pb::RecoveryPolicy::Wait as i32;
@@ -276,28 +319,14 @@ async fn a_link_reported_down_is_routed_around_and_its_return_disturbs_nothing()
     .await;
     assert_eq!(after.links[0].path, ["h1", "h3", "h2"]);
     assert_eq!(after.recoveries.last().unwrap().cause, "link h1-h2 down");
-    let links = h
-        .substrate()
-        .await
-        .list_links(admin(pb::ListLinksRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .links;
+    let links = h.links().await;
     assert!(links.iter().find(|l| l.id == "h1-h2").unwrap().down);
 
     // It comes back: usable again, the VN stays where it is.
     agents[1].report_underlay(&[("h1-h2", true)]).await;
     let substrate_up = async {
         loop {
-            let links = h
-                .substrate()
-                .await
-                .list_links(admin(pb::ListLinksRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-                .links;
+            let links = h.links().await;
             if !links.iter().find(|l| l.id == "h1-h2").unwrap().down {
                 return;
             }
@@ -319,7 +348,7 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path(), |_| {}).await;
     let agents = h.agents(4, 100, 4096, Behaviour::Ready).await;
-    let mut admin_c = admin_client(&h).await;
+    let mut admin_c = h.admin().await;
     let host = |h: &str| pb::HostRequest { host: h.into() };
 
     // A provider may not cordon; an unknown host is named.
@@ -391,14 +420,7 @@ async fn a_cordoned_host_takes_no_new_node_and_a_drain_moves_everything_off() {
 
 /// The hosts the controller lists as cordoned.
 async fn cordoned(h: &Harness) -> Vec<String> {
-    let listed = h
-        .substrate()
-        .await
-        .list_hosts(admin(pb::ListHostsRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts;
+    let listed = h.hosts().await;
     listed
         .into_iter()
         .filter(|x| x.cordoned)

@@ -426,14 +426,7 @@ async fn transit_host_forwards_hop_by_hop() {
     assert_eq!(b.remote_address, "10.77.0.4");
     assert_eq!(a.encapsulation, pb::Encapsulation::Vlan as i32);
     // The residual bandwidth drops on both links of the path.
-    let links = h
-        .substrate()
-        .await
-        .list_links(admin(pb::ListLinksRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .links;
+    let links = h.links().await;
     assert!(links.iter().all(|l| l.residual_mbps == 900), "{links:?}");
     h.stop().await;
 }

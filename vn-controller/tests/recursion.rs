@@ -18,36 +18,6 @@ use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
 
 type Client = VirtualNetworksClient<Channel>;
 
-fn pinned(name: &str, cpu: i64, host: &str) -> pb::NodeSpec {
-    pb::NodeSpec {
-        host: host.into(),
-        ..node(name, cpu)
-    }
-}
-
-/// A parent node: room for children's memory (64 MiB each).
-fn roomy(name: &str, cpu: i64, host: &str) -> pb::NodeSpec {
-    pb::NodeSpec {
-        memory_mb: 512,
-        ..pinned(name, cpu, host)
-    }
-}
-
-/// Nestable P: p1 (h1) - p2 (h2) - p3 (h3), 100 Mbit/s links, 60 cpu per node.
-fn parent_spec(name: &str) -> pb::VnSpec {
-    pb::VnSpec {
-        name: name.into(),
-        nestable: true,
-        nodes: vec![
-            roomy("p1", 60, "h1"),
-            roomy("p2", 60, "h2"),
-            roomy("p3", 60, "h3"),
-        ],
-        links: vec![link("p1", "p2", 100), link("p2", "p3", 100)],
-        ..Default::default()
-    }
-}
-
 /// A child with c1 in `a` and c2 in `b` of `parent`, one link of `bw`.
 fn child_spec(name: &str, parent: &str, a: &str, b: &str, bw: i64) -> pb::VnSpec {
     pb::VnSpec {
@@ -57,14 +27,6 @@ fn child_spec(name: &str, parent: &str, a: &str, b: &str, bw: i64) -> pb::VnSpec
         links: vec![link("c1", "c2", bw)],
         ..Default::default()
     }
-}
-
-async fn create_ready(c: &mut Client, provider: &str, spec: pb::VnSpec) -> pb::VirtualNetwork {
-    let name = spec.name.clone();
-    c.create(req(provider, create(spec)))
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
-    wait_state(c, provider, &name, pb::VnState::Ready).await
 }
 
 /// What the children of `parent` use, as Get shows it: per node (name, cpu, memory), per link
@@ -507,18 +469,10 @@ async fn revisitation_inside_parent_nodes() {
     let agents = h.agents(3, 400, 4096, Behaviour::Ready).await;
     let mut c = h.vns().await;
     // P revisits h1: p1 and p2 both there, joined by a local link; p3 on h2.
-    let ps = pb::VnSpec {
-        name: "p".into(),
-        nestable: true,
-        allow_revisitation: true,
-        nodes: vec![
-            roomy("p1", 60, "h1"),
-            roomy("p2", 60, "h1"),
-            roomy("p3", 60, "h2"),
-        ],
-        links: vec![link("p1", "p2", 100), link("p2", "p3", 100)],
-        ..Default::default()
-    };
+    let mut ps = parent_spec("p");
+    ps.allow_revisitation = true;
+    ps.nodes[1].host = "h1".into();
+    ps.nodes[2].host = "h2".into();
     let p = create_ready(&mut c, "red", ps).await;
     assert_eq!(p.links[0].path, ["h1"], "co-located: no substrate hop");
     assert_eq!(p.links[0].mtu, 1500);

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -160,25 +160,7 @@ async fn restart_in_process_restores_everything() {
     h.stop().await;
 }
 
-/// Kills its process on drop, so that a failing test leaves nothing behind.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn_daemon(dir: &std::path::Path, port: u16, metrics: u16) -> Daemon {
+async fn spawn_daemon(dir: &std::path::Path, port: u16, metrics: u16) -> KillOnDrop {
     // Plain text (the stand-in agents have no certificates); tenants use the admin token.
     let hashes = dir.join("admin.sha256");
     std::fs::write(
@@ -202,7 +184,7 @@ async fn spawn_daemon(dir: &std::path::Path, port: u16, metrics: u16) -> Daemon 
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn vn-controller");
-    let d = Daemon(child);
+    let d = KillOnDrop(child);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -62,20 +62,8 @@ async fn quotas_count_nodes_without_demands_and_leave_nothing() {
         .credentials()
         .issue("red", Role::Provider, 0, None)
         .unwrap();
-    let mut admin = vn_controller_admin(&h).await;
-    admin
-        .set_quota(with_token(
-            ADMIN_TOKEN,
-            pb::SetQuotaRequest {
-                provider: "red".into(),
-                quota: Some(pb::Quota {
-                    nodes: Some(3),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    let mut admin = h.admin().await;
+    h.set_node_quota("red", 3).await;
     // A provider may not set quotas.
     let e = admin
         .set_quota(with_token(&token, pb::SetQuotaRequest::default()))
@@ -135,7 +123,7 @@ async fn quotas_count_nodes_without_demands_and_leave_nothing() {
 async fn credentials_are_issued_revoked_and_admin_only() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path(), |_| {}).await;
-    let mut admin = vn_controller_admin(&h).await;
+    let mut admin = h.admin().await;
     let r = admin
         .create_credential(with_token(
             ADMIN_TOKEN,
@@ -190,12 +178,4 @@ async fn credentials_are_issued_revoked_and_admin_only() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("revoked"), "{e:?}");
     h.stop().await;
-}
-
-async fn vn_controller_admin(
-    h: &Harness,
-) -> vnet_proto::v1::admin_client::AdminClient<tonic::transport::Channel> {
-    vnet_proto::v1::admin_client::AdminClient::connect(h.endpoint())
-        .await
-        .unwrap()
 }

@@ -26,14 +26,6 @@ fn update(spec: pb::VnSpec, generation: u64) -> pb::UpdateVnRequest {
     }
 }
 
-async fn create_ready(c: &mut Client, provider: &str, spec: pb::VnSpec) -> pb::VirtualNetwork {
-    let name = spec.name.clone();
-    c.create(req(provider, create(spec)))
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
-    wait_state(c, provider, &name, pb::VnState::Ready).await
-}
-
 /// The chain a-b-c, then: node d added with links c-d and a-d, link a-b removed, b-c doubled.
 fn grown(name: &str) -> pb::VnSpec {
     let mut s = chain(name, 10, 20);
@@ -255,22 +247,7 @@ async fn a_refused_update_leaves_the_vn_as_it_was() {
     let e = c.update(req("red", update(other, 0))).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // The quota counts the VN as it would become.
-    let mut admin = vnet_proto::v1::admin_client::AdminClient::connect(h.endpoint())
-        .await
-        .unwrap();
-    admin
-        .set_quota(with_token(
-            ADMIN_TOKEN,
-            pb::SetQuotaRequest {
-                provider: "red".into(),
-                quota: Some(pb::Quota {
-                    nodes: Some(3),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    h.set_node_quota("red", 3).await;
     let e = c
         .update(req("red", update(grown("x"), 0)))
         .await
@@ -325,36 +302,13 @@ async fn of_two_concurrent_updates_one_wins_the_other_is_told_to_read_again() {
     h.stop().await;
 }
 
-fn pinned(name: &str, cpu: i64, host: &str) -> pb::NodeSpec {
-    pb::NodeSpec {
-        host: host.into(),
-        memory_mb: 512,
-        ..node(name, cpu)
-    }
-}
-
-/// Nestable p1 (h1) - p2 (h2) - p3 (h3), 100 Mbit/s links.
-fn parent_spec() -> pb::VnSpec {
-    pb::VnSpec {
-        name: "p".into(),
-        nestable: true,
-        nodes: vec![
-            pinned("p1", 60, "h1"),
-            pinned("p2", 60, "h2"),
-            pinned("p3", 60, "h3"),
-        ],
-        links: vec![link("p1", "p2", 100), link("p2", "p3", 100)],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_constrain_what_a_parent_update_may_remove_or_narrow() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path(), |_| {}).await;
     let _agents = h.agents(4, 200, 4096, Behaviour::Ready).await;
     let mut c = h.vns().await;
-    let parent = create_ready(&mut c, "red", parent_spec()).await;
+    let parent = create_ready(&mut c, "red", parent_spec("p")).await;
     // Child c: c1 in p1, c2 in p2, 60 Mbit/s over p1-p2.
     let child = pb::VnSpec {
         name: "c".into(),
@@ -386,23 +340,23 @@ async fn children_constrain_what_a_parent_update_may_remove_or_narrow() {
         }
     };
     // Removing a node that carries a child node.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.nodes.remove(0);
     s.links.remove(0);
     let m = refused(s).await;
     assert!(m.starts_with("node p1 cannot be removed"), "{m}");
     // Narrowing a link below what the child reserves on it.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.links[0].bandwidth_mbps = 50;
     let m = refused(s).await;
     assert!(m.contains("bandwidth cannot go below the 60 Mbit/s"), "{m}");
     // Shrinking a node's cpu below what the child uses there.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.nodes[1].cpu = 5;
     let m = refused(s).await;
     assert!(m.contains("cpu cannot go below the 10"), "{m}");
     // Narrowing an attribute below the child's.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.attributes = Some(pb::VnAttributes {
         max_nodes: Some(4),
         ..Default::default()
@@ -410,7 +364,7 @@ async fn children_constrain_what_a_parent_update_may_remove_or_narrow() {
     let m = refused(s).await;
     assert!(m.contains("max_nodes 4 is below the 5 nodes"), "{m}");
     // An attribute the child still fits is fine to narrow (checked on a dry run).
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.attributes = Some(pb::VnAttributes {
         max_link_bandwidth_mbps: Some(100),
         ..Default::default()
@@ -425,7 +379,7 @@ async fn children_constrain_what_a_parent_update_may_remove_or_narrow() {
             .changed
     );
     // A dry run refuses what the update would refuse.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.nodes.remove(0);
     s.links.remove(0);
     let mut dry = update(s, 0);
@@ -433,14 +387,14 @@ async fn children_constrain_what_a_parent_update_may_remove_or_narrow() {
     let e = c.update(req("red", dry)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     // No longer nestable.
-    let mut s = parent_spec();
+    let mut s = parent_spec("p");
     s.nestable = false;
     refused(s).await;
     assert_eq!(get_vn(&mut c, "red", "p").await, parent);
 
     // What the child does not use may change: p3 goes, p4 comes, p1-p2 widens.
-    let mut s = parent_spec();
-    s.nodes[2] = pinned("p4", 60, "h4");
+    let mut s = parent_spec("p");
+    s.nodes[2] = roomy("p4", 60, "h4");
     s.links[1] = link("p2", "p4", 100);
     s.links[0].bandwidth_mbps = 200;
     let out = c

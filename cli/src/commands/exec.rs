@@ -9,7 +9,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use vnet_proto::v1 as pb;
 
 use crate::client::{Controller, ControllerOpts, block_on, rpc_error};
@@ -137,17 +136,10 @@ impl ExecArgs {
         } else {
             drop(tx);
         }
-        let mut call = tonic::Request::new(ReceiverStream::new(rx));
         // The call may legitimately take as long as the command (0: the controller decides).
-        if !self.timeout.is_zero() {
-            call.set_timeout(self.timeout + Duration::from_secs(10));
-        }
-        let mut out = ctl
-            .vns()
-            .exec(call)
-            .await
-            .map_err(|s| rpc_error(&what, s))?
-            .into_inner();
+        let call_timeout =
+            (!self.timeout.is_zero()).then(|| self.timeout + Duration::from_secs(10));
+        let mut out = ctl.exec(rx, call_timeout, &what).await?;
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
         let code = loop {

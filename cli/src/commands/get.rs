@@ -94,13 +94,7 @@ impl GetArgs {
                     .into_inner(),
             ],
             None => {
-                let mut vns = ctl
-                    .vns()
-                    .list(pb::ListVnsRequest {})
-                    .await
-                    .map_err(|s| rpc_error("list vns", s))?
-                    .into_inner()
-                    .vns;
+                let mut vns = ctl.list_vns("list vns").await?;
                 vns.sort_by(|a, b| a.name.cmp(&b.name));
                 vns
             }
@@ -139,13 +133,7 @@ impl GetArgs {
     }
 
     async fn links(&self, ctl: &Controller) -> anyhow::Result<Option<String>> {
-        let mut links = ctl
-            .substrate()
-            .list_links(pb::ListLinksRequest {})
-            .await
-            .map_err(|s| rpc_error("list links", s))?
-            .into_inner()
-            .links;
+        let mut links = ctl.links().await?;
         links.sort_by(|a, b| (&a.a, &a.b, &a.id).cmp(&(&b.a, &b.b, &b.id)));
         if let Some(name) = &self.name {
             links.retain(|l| &l.id == name);

@@ -109,8 +109,8 @@ pub struct UpArgs {
     /// The controller's Prometheus port (127.0.0.1).
     #[arg(long, default_value_t = 9100)]
     pub metrics_port: u16,
-    /// MTU of the underlay veths.
-    #[arg(long, default_value_t = 1500)]
+    /// MTU of the underlay veths (the default lets VXLAN links carry 1500-byte frames).
+    #[arg(long, default_value_t = crate::testbed::layout::DEFAULT_UNDERLAY_MTU)]
     pub underlay_mtu: u32,
     /// The agents' --name-prefix (names of virtual-node namespaces); default: the agent's own.
     #[arg(long, value_name = "PREFIX")]

@@ -44,6 +44,20 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e:?}")
 }
 
+/// The legend of `chart`'s labelled series at `position`, on a translucent white box.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .draw()
+        .map_err(plot_err)
+}
+
 /// A tick label: no decimals for whole numbers, else as few as show the value.
 fn tick(v: &f64) -> String {
     if v.fract().abs() < 1e-9 {
@@ -131,13 +145,7 @@ pub fn line_chart(c: &Lines<'_>) -> anyhow::Result<String> {
                 });
         }
         if !c.series.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(c.legend.clone())
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .draw()
-                .map_err(plot_err)?;
+            draw_legend(&mut chart, c.legend.clone())?;
         }
         root.present().map_err(plot_err)?;
     }
@@ -183,13 +191,7 @@ pub fn throughput_chart(points: &[(f64, f64)]) -> anyhow::Result<String> {
             .map_err(plot_err)?
             .label("one VN link")
             .legend(move |(x, y)| Circle::new((x + 9, y), 4, blue.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .draw()
-            .map_err(plot_err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(plot_err)?;
     }
     Ok(svg)

@@ -91,12 +91,8 @@ async fn check_clean(plan: &Plan, ctls: &[Controller]) -> anyhow::Result<()> {
     for (p, ctl) in plan.providers.iter().zip(ctls) {
         let prefix = format!("{}-{}-", plan.name, p.name);
         let vns = ctl
-            .vns()
-            .list(pb::ListVnsRequest {})
-            .await
-            .map_err(|s| rpc_error(&format!("list vns of provider {}", p.name), s))?
-            .into_inner()
-            .vns;
+            .list_vns(&format!("list vns of provider {}", p.name))
+            .await?;
         let old: Vec<String> = vns
             .into_iter()
             .map(|v| v.name)
@@ -128,15 +124,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 
 /// Waits for READY through Watch: Ok(()) or why not.
 async fn ready(ctl: &Controller, name: &str) -> Result<(), String> {
-    let mut stream = ctl
-        .vns()
-        .watch(pb::WatchVnsRequest {
-            name: name.into(),
-            after_seq: 0,
-        })
-        .await
-        .map_err(|s| rpc_error(&format!("watch vn {name}"), s).to_string())?
-        .into_inner();
+    let mut stream = ctl.watch_vn(name).await.map_err(|e| e.to_string())?;
     loop {
         match stream.message().await {
             Ok(Some(ev)) if ev.name == name => match crate::wait::ready_outcome(&ev) {
@@ -345,13 +333,7 @@ async fn sample(admin: &Controller, t_s: f64, state: &State) -> anyhow::Result<S
         .hosts()
         .await
         .map_err(|s| rpc_error("list hosts", s))?;
-    let links = admin
-        .substrate()
-        .list_links(pb::ListLinksRequest {})
-        .await
-        .map_err(|s| rpc_error("list links", s))?
-        .into_inner()
-        .links;
+    let links = admin.links().await?;
     let (mut cap, mut free) = (0u64, 0u64);
     for h in &hosts {
         cap += h.capacity.map_or(0, |c| c.cpu);

@@ -38,13 +38,21 @@ pub struct Naming {
     pub underlay_mtu: u32,
 }
 
+/// The underlay MTU of a testbed unless told otherwise: 1500 plus the IPv4 VXLAN overhead (50), so
+/// that a VXLAN link carries the same 1500-byte frames as a veth or an 802.1Q link (the controller
+/// gives a VXLAN link the underlay MTU minus 50). Measured (interleaved A/B, 5-10 pairs of 3 s
+/// iperf3 runs, medians, load 10-26 on 2 cores): one TCP stream over VXLAN at 1500 on a 1550
+/// underlay beat 1450 on 1500 in 6 of 7 comparisons (+2..+12%, once -17%) and cost 3-10% less CPU
+/// per byte in 3 of 4 (once +7%); a raw veth at 1450 and at 1500 did not differ.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1550;
+
 impl Default for Naming {
     fn default() -> Self {
         Naming {
             netns_prefix: String::new(),
             mgmt_bridge: "vnmgmt0".into(),
             mgmt_subnet: "10.254.0.0/24".parse().expect("static"),
-            underlay_mtu: 1500,
+            underlay_mtu: DEFAULT_UNDERLAY_MTU,
         }
     }
 }
@@ -549,6 +557,15 @@ mod tests {
     fn up_ops_record_owned_objects_and_shape_both_ends() {
         let l = layout(&full_mesh(2, 50));
         let ops = l.up_ops("tag");
+        // Both underlay ends carry a 1500-byte VXLAN frame.
+        let mtus: Vec<(&str, u32)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                NetOp::SetMtu { dev, mtu, .. } => Some((dev.as_str(), *mtu)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(mtus, [("to-h2", 1550), ("to-h1", 1550)]);
         let owned: Vec<Owned> = ops.iter().filter_map(NetOp::creates).collect();
         assert_eq!(
             owned,

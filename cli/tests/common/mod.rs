@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -68,6 +68,39 @@ pub fn testbed_missing(root_for: &str) -> Vec<String> {
         }
     }
     missing
+}
+
+/// The private testbed of test `test`, or `None` after printing `SKIP` when root, the daemons
+/// or one of `tools` is missing. `tag` names the test file's kernel objects (namespaces
+/// `<tag><pid>x<n>-`, bridge `vn<tag><pid>x<n>`: at most 3 characters), `n` tells the tests of
+/// one file apart, `octet` is the second octet of the management subnet.
+pub fn private_bed(test: &str, n: u32, tools: &[&str], tag: &str, octet: u32) -> Option<Bed> {
+    let mut missing = testbed_missing("namespaces, veths, daemons");
+    tools_missing(&mut missing, tools);
+    if !may_run(test, &missing) {
+        return None;
+    }
+    Some(named_bed(tag, n, octet))
+}
+
+/// The private testbed named by `tag`, `n` and `octet` (see [`private_bed`]), whose
+/// preconditions the caller checked.
+pub fn named_bed(tag: &str, n: u32, octet: u32) -> Bed {
+    let pid = std::process::id() % 100_000;
+    Bed::new(
+        &format!("vnet-{tag}-"),
+        format!("{tag}{pid}x{n}-"),
+        format!("vn{tag}{pid}x{n}"),
+        format!("10.{octet}.{}.0/24", (pid + n) % 250),
+    )
+}
+
+/// [`named_bed`] whose snapshot also covers TAP-named links in the root namespace (a guest's
+/// TAP belongs in its sandbox namespace).
+pub fn guest_bed(tag: &str, octet: u32) -> Bed {
+    let mut bed = named_bed(tag, 0, octet);
+    bed.root_links.push("t-".into());
+    bed
 }
 
 /// `true` when nothing is `missing`; otherwise prints `SKIP <test>: <what>` and returns `false`,
@@ -404,15 +437,52 @@ impl Bed {
         vnctl(&self.ctl, provider, args)
     }
 
-    /// A vnctl command against this testbed acting for `provider`, to be spawned by the caller
-    /// (for commands that run alongside the test: servers, streams, long output).
-    pub fn vnctl_command(&self, provider: &str) -> Command {
+    /// A vnctl command against this testbed as its admin (its config file), to be spawned by
+    /// the caller (for commands that run alongside the test: servers, streams, long output).
+    pub fn admin_command(&self) -> Command {
         let mut c = Command::new(VNCTL);
         c.env_remove("VNET_PROVIDER")
             .env("VNET_CONTROLLER", &self.ctl)
-            .env("VNET_CONFIG", self.config())
-            .args(["--provider", provider]);
+            .env("VNET_CONFIG", self.config());
         c
+    }
+
+    /// [`Bed::admin_command`] acting for `provider`.
+    pub fn vnctl_command(&self, provider: &str) -> Command {
+        let mut c = self.admin_command();
+        c.args(["--provider", provider]);
+        c
+    }
+
+    /// `vnctl ARGS` as `provider` (`None`: the admin) running in the background, its output
+    /// piped.
+    pub fn spawn_vnctl(&self, provider: Option<&str>, args: &[&str]) -> Child {
+        let mut c = match provider {
+            Some(p) => self.vnctl_command(p),
+            None => self.admin_command(),
+        };
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vnctl")
+    }
+
+    /// `vnctl admin credentials create --provider PROVIDER --out OUT`; panics unless it
+    /// succeeds.
+    pub fn create_credential(&self, provider: &str, out: &Path) {
+        let out = out.to_str().unwrap();
+        let args = [
+            "admin",
+            "credentials",
+            "create",
+            "--provider",
+            provider,
+            "--out",
+            out,
+        ];
+        ok(self.vnctl(None, &args), "credentials create");
     }
 
     /// `vnctl apply -f FILE --wait --timeout TIMEOUT` as `provider`; panics unless it succeeds.
@@ -459,6 +529,24 @@ impl Bed {
             "describe",
         );
         serde_json::from_str(&out).unwrap()
+    }
+
+    /// The run directory of the guests of `host`'s agent.
+    pub fn guests_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("agents").join(host).join("guests")
+    }
+
+    /// The pid in the QEMU pidfile of guest `node_id` on `host`, and the command line of that
+    /// process (its arguments joined by spaces; empty when it is gone).
+    pub fn qemu_process(&self, host: &str, node_id: &str) -> (u32, String) {
+        let p = self.guests_dir(host).join(node_id).join("qemu.pid");
+        let pid: u32 = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let cmd = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        (pid, cmd.replace('\0', " "))
     }
 
     /// `vnctl exec VN NODE --timeout 20s -- ARGV`.
@@ -509,6 +597,17 @@ impl Bed {
 
 /// Takes the testbed down however the test ends (with the logs' tails after a failure).
 pub struct Down<'a>(&'a Bed);
+
+impl Down<'_> {
+    /// The end of a test that went well: `testbed down` succeeds and leaves nothing of the
+    /// testbed compared with `before` ([`Bed::assert_gone`]).
+    pub fn finish(self, before: &Snapshot) {
+        let bed = self.0;
+        ok(bed.testbed(&["down"]), "testbed down");
+        drop(self);
+        bed.assert_gone(before);
+    }
+}
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {

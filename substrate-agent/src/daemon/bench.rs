@@ -153,7 +153,7 @@ pub fn run_scale<K: Kernel>(
 }
 
 /// The desired state of the throughput benchmark on one side (`side` 1 or 2): node `p<side>` with
-/// a VXLAN link (eth0, 10.97.0.<side>/24, VNI 9001) and a userspace-VLAN link (eth1,
+/// a VXLAN link (eth0, 10.97.0.<side>/24, VNI 9001, MTU 1500: the underlay needs 1550) and a userspace-VLAN link (eth1,
 /// 10.96.0.<side>/24, VLAN 901) to the other side over the underlay `local` -> `remote`.
 pub fn link_desired(side: u8, local: &str, remote: &str) -> pb::DesiredState {
     let node = format!("p{side}");
@@ -193,7 +193,9 @@ pub fn link_desired(side: u8, local: &str, remote: &str) -> pb::DesiredState {
             links: vec![
                 pb::LinkSegment {
                     link_id: "vx".into(),
-                    mtu: 1450,
+                    // The testbed's underlay is 1550 (cli/src/testbed/layout.rs
+                    // DEFAULT_UNDERLAY_MTU), so the controller gives VXLAN links 1500.
+                    mtu: 1500,
                     bandwidth_mbps: 0,
                     a: Some(ep_node("eth0", format!("10.97.0.{side}/24"))),
                     b: Some(ep_hop(pb::Encapsulation::Vxlan, 9001, 0)),

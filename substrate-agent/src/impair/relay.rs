@@ -9,8 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read};
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::RelayConfig;
 use super::queue::{DelayLine, Offer};
 use crate::host::netns;
+use crate::host::packet::{self, ifindex};
 
 /// Frames relayed, lost and dropped (queue full) by every relay of this process.
 pub static RELAYED: AtomicU64 = AtomicU64::new(0);
@@ -41,56 +41,10 @@ pub struct Relays {
     running: HashMap<String, Running>,
 }
 
-fn ifindex(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("device {name} not found"),
-        )),
-        i => Ok(i),
-    }
-}
-
 /// An AF_PACKET socket that only sends, on `ifindex` of the calling thread's namespace.
 fn send_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: binds with a pointer to a live sockaddr_ll and its size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let one: i32 = 1;
-    // SAFETY: passes a pointer to a live i32 and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            &one as *const i32 as *const libc::c_void,
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = packet::bound_socket(ifindex, 0)?;
+    packet::setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
     Ok(fd)
 }
 

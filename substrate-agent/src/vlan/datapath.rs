@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{DatapathConfig, Wire, WireEnd};
 use super::frame::{ETH_HLEN, VLAN_HLEN, pop_inband, push_tag};
 use crate::host::netns;
+use crate::host::packet::{self, setsockopt_int};
 
 /// The config file: the agent bumps `nonce` on every write.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,74 +83,20 @@ fn last_err(what: &str) -> io::Error {
 }
 
 fn ifindex_in(home: &File, ns: Option<&str>, name: &str) -> io::Result<u32> {
-    let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    let f = || unsafe { libc::if_nametoindex(cname.as_ptr()) };
     let idx = match ns {
-        Some(ns) => netns::within(&netns::open(ns)?, home, f)?,
-        None => f(),
+        Some(ns) => netns::within(&netns::open(ns)?, home, || packet::ifindex(name))?,
+        None => packet::ifindex(name),
     };
-    if idx == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "device {name} not found in {}",
-                ns.unwrap_or("the host namespace")
-            ),
-        ));
-    }
-    Ok(idx)
-}
-
-fn setsockopt_int(fd: &OwnedFd, level: i32, opt: i32, val: i32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live i32 and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            &val as *const i32 as *const libc::c_void,
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(last_err("setsockopt"));
-    }
-    Ok(())
+    idx.map_err(|e| {
+        let place = ns.unwrap_or("the host namespace");
+        io::Error::new(e.kind(), format!("{e} in {place}"))
+    })
 }
 
 /// An AF_PACKET socket on `dev` of the calling thread's namespace.
 fn packet_socket(dev: &str, ifindex: u32) -> io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            proto as i32,
-        )
-    };
-    if raw < 0 {
-        return Err(last_err("socket(AF_PACKET)"));
-    }
-    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: binds with a pointer to a live sockaddr_ll and its size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(last_err(&format!("bind to {dev}")));
-    }
+    let fd = packet::bound_socket(ifindex, libc::ETH_P_ALL as u16)
+        .map_err(|e| io::Error::new(e.kind(), format!("packet socket on {dev}: {e}")))?;
     setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
     setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
     // Sends skip the qdisc layer (the underlay's own qdisc, if any, is not ours to use).
@@ -424,7 +371,7 @@ impl Runtime {
     fn open_tap(&self, ns: &str, ifname: &str) -> io::Result<Arc<Tap>> {
         let nsf = netns::open(ns)?;
         let (file, idx) = netns::within(&nsf, &self.home, || -> io::Result<(File, u32)> {
-            let idx = ifindex_in_current(ifname)?;
+            let idx = packet::ifindex(ifname)?;
             Ok((crate::host::tap::attach(ifname)?, idx))
         })??;
         Ok(Arc::new(Tap {
@@ -471,7 +418,7 @@ impl Runtime {
                             return Ok(Dest::Tap(t.clone()));
                         }
                         let current = netns::open(netns).and_then(|f| {
-                            netns::within(&f, &self.home, || ifindex_in_current(ifname))?
+                            netns::within(&f, &self.home, || packet::ifindex(ifname))?
                         });
                         let t = match (self.taps.get(&key), current) {
                             (Some((t, _)), Ok(idx)) if t.ifindex == idx => t.clone(),
@@ -573,19 +520,6 @@ fn stop_tap(t: Arc<Tap>, h: JoinHandle<()>) {
     t.stop.store(true, Ordering::Relaxed);
     let _ = h.join();
     *t.dest.write().expect("dest") = None;
-}
-
-fn ifindex_in_current(name: &str) -> io::Result<u32> {
-    let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if idx == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("tap {name} not found"),
-        ));
-    }
-    Ok(idx)
 }
 
 fn write_status(path: &Path, st: &StatusFile) -> io::Result<()> {

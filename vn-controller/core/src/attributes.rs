@@ -295,43 +295,12 @@ mod tests {
     }
 
     fn req() -> VnReq {
-        use crate::model::{LinkReq, NodeReq, ProviderId};
-        let node = |n: &str, kind| NodeReq {
-            name: n.into(),
-            kind,
-            cpu: 10,
-            memory_mb: 64,
-            pin: None,
-            location: None,
-            routes: vec![],
-            guest: None,
-        };
-        VnReq {
-            name: "c".into(),
-            provider: ProviderId("red".into()),
-            allow_revisitation: false,
-            nodes: vec![node("a", Kind::Netns), node("b", Kind::Netns)],
-            links: vec![LinkReq {
-                a: 0,
-                b: 1,
-                bandwidth_mbps: 10,
-                addresses: None,
-                interfaces: [None, None],
-                encap: Encap::Vxlan,
-                encap_explicit: false,
-                impair: Default::default(),
-                max_delay_us: None,
-            }],
-            algorithm: None,
-            max_path_hops: None,
-            attributes: Attributes::default(),
-            nestable: false,
-            share_with: Default::default(),
-            parent: None,
-            recovery: Default::default(),
-            max_nodes_per_host: None,
-            spread: false,
-        }
+        use crate::fixtures::{link, node, vn_req};
+        vn_req(
+            "c",
+            vec![node("a", 10, 64), node("b", 10, 64)],
+            vec![link(0, 1, 10)],
+        )
     }
 
     #[test]

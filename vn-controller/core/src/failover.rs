@@ -157,24 +157,35 @@ impl Index {
             let Decision::Wait(why) = &a.decision else {
                 continue;
             };
-            let Some(rec) = self.vns.get_mut(&a.vn_id) else {
-                continue;
-            };
             let reason = format!("{}: not re-embedded: {why}", fault.cause());
-            if matches!(rec.status, VnStatus::Ready | VnStatus::Degraded) {
-                rec.status = VnStatus::Degraded;
-                rec.reason = reason.clone();
-                change.status_changed = true;
-                change.upserts.insert(rec.vn_id.clone(), rec.clone());
-            }
-            change.events.push(Event::of(
-                rec,
-                EventKind::Degraded,
-                fault.host().unwrap_or_default(),
+            self.degrade_told(
+                &a.vn_id,
+                &[VnStatus::Ready, VnStatus::Degraded],
                 reason,
-            ));
+                fault.host().unwrap_or_default(),
+                &mut change,
+            );
         }
         change
+    }
+
+    /// [`Index::degrade`] of `vn_id` from the statuses `from`, told by an event naming `host`
+    /// whether or not its status changed.
+    fn degrade_told(
+        &mut self,
+        vn_id: &str,
+        from: &[VnStatus],
+        reason: String,
+        host: &str,
+        change: &mut Change,
+    ) {
+        let Some(rec) = self.vns.get_mut(vn_id) else {
+            return;
+        };
+        Self::degrade(rec, from, &reason, change);
+        change
+            .events
+            .push(Event::of(rec, EventKind::Degraded, host, reason));
     }
 
     /// Notes on the record of `vn_id` (just re-embedded by `change`) the recovery from `fault`
@@ -203,18 +214,8 @@ impl Index {
     /// A VN that could not be re-embedded stays DEGRADED, saying why.
     pub fn degrade_vn(&mut self, vn_id: &str, reason: &str) -> Change {
         let mut change = Change::default();
-        let Some(rec) = self.vns.get_mut(vn_id) else {
-            return change;
-        };
-        if rec.status.holds_resources() && rec.status != VnStatus::Provisioning {
-            rec.status = VnStatus::Degraded;
-            rec.reason = reason.to_string();
-            change.status_changed = true;
-            change.upserts.insert(rec.vn_id.clone(), rec.clone());
-        }
-        change
-            .events
-            .push(Event::of(rec, EventKind::Degraded, "", reason.to_string()));
+        let from = [VnStatus::Ready, VnStatus::Degraded, VnStatus::Updating];
+        self.degrade_told(vn_id, &from, reason.to_string(), "", &mut change);
         change
     }
 
@@ -281,19 +282,14 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attributes, Encap, Kind, LinkReq, NodeReq, ProviderId, VnReq};
+    use crate::fixtures;
+    use crate::model::{Encap, NodeReq, VnReq};
     use crate::record::{Hop, PlacedLink, PlacedNode, Placement};
 
     fn rec(pin: Option<&str>, recovery: RecoveryPolicy) -> VnRecord {
         let node = |n: &str, pin: Option<&str>| NodeReq {
-            name: n.into(),
-            kind: Kind::Netns,
-            cpu: 1,
-            memory_mb: 1,
             pin: pin.map(Into::into),
-            location: None,
-            routes: vec![],
-            guest: None,
+            ..fixtures::node(n, 1, 1)
         };
         let placed = |h: &str, id: &str| PlacedNode {
             host: h.into(),
@@ -316,30 +312,12 @@ mod tests {
         VnRecord {
             vn_id: "v1".into(),
             req: VnReq {
-                name: "x".into(),
-                provider: ProviderId("red".into()),
-                allow_revisitation: false,
-                nodes: vec![node("a", None), node("b", pin)],
-                links: vec![LinkReq {
-                    a: 0,
-                    b: 1,
-                    bandwidth_mbps: 1,
-                    addresses: None,
-                    interfaces: [None, None],
-                    encap: Encap::Vxlan,
-                    encap_explicit: false,
-                    impair: Default::default(),
-                    max_delay_us: None,
-                }],
-                algorithm: None,
-                max_path_hops: None,
-                attributes: Attributes::default(),
-                nestable: false,
-                share_with: Default::default(),
-                parent: None,
                 recovery,
-                max_nodes_per_host: None,
-                spread: false,
+                ..fixtures::vn_req(
+                    "x",
+                    vec![node("a", None), node("b", pin)],
+                    vec![fixtures::link(0, 1, 1)],
+                )
             },
             spec_pb: vec![],
             status: VnStatus::Ready,
@@ -450,15 +428,15 @@ mod tests {
                 &[],
             ),
         );
-        for (h, a) in [("h1", "10.0.0.1"), ("h2", "10.0.0.2"), ("h3", "10.0.0.3")] {
-            ix.attach(crate::substrate::tests::host(h, a));
+        for (h, n) in [("h1", 1), ("h2", 2), ("h3", 3)] {
+            ix.attach(crate::fixtures::host(h, n, 9000));
         }
         let r = rec(None, RecoveryPolicy::Wait).req;
         let view = |ix: &Index| ix.view(&ix.frame(&r).unwrap());
         assert_eq!(view(&ix).hosts.len(), 3);
         // A cordon survives the agent's next hello (which never sets it).
         ix.cordon("h2", true).unwrap();
-        ix.attach(crate::substrate::tests::host("h2", "10.0.0.2"));
+        ix.attach(crate::fixtures::host("h2", 2, 9000));
         let ids: Vec<String> = view(&ix).hosts.iter().map(|h| h.id.clone()).collect();
         assert_eq!(ids, ["h1", "h3"]);
         assert!(matches!(

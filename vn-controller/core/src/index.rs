@@ -699,11 +699,27 @@ impl Index {
         }
     }
 
-    fn degrade(rec: &mut VnRecord, reason: String, host: &str, change: &mut Change) {
-        if matches!(rec.status, VnStatus::Ready | VnStatus::Updating) {
-            rec.status = VnStatus::Degraded;
-            rec.reason = reason.clone();
-            change.status_changed = true;
+    /// Makes `rec` DEGRADED for `reason` when its status is one of `from`, noting the new record
+    /// in `change`; says whether it did (the caller tells of it by an event).
+    pub(crate) fn degrade(
+        rec: &mut VnRecord,
+        from: &[VnStatus],
+        reason: &str,
+        change: &mut Change,
+    ) -> bool {
+        if !from.contains(&rec.status) {
+            return false;
+        }
+        rec.status = VnStatus::Degraded;
+        rec.reason = reason.to_string();
+        change.status_changed = true;
+        change.upserts.insert(rec.vn_id.clone(), rec.clone());
+        true
+    }
+
+    /// A host of `rec` failed or went away: a READY or UPDATING VN becomes DEGRADED.
+    fn degrade_for_host(rec: &mut VnRecord, reason: String, host: &str, change: &mut Change) {
+        if Self::degrade(rec, &[VnStatus::Ready, VnStatus::Updating], &reason, change) {
             change
                 .events
                 .push(Event::of(rec, EventKind::Degraded, host, reason));
@@ -763,7 +779,7 @@ impl Index {
                     failures.push((r.vn_id.clone(), format!("host {host}: {msg}")));
                 }
                 HostPhase::Failed(msg) => {
-                    Self::degrade(rec, format!("host {host}: {msg}"), host, &mut change)
+                    Self::degrade_for_host(rec, format!("host {host}: {msg}"), host, &mut change)
                 }
                 _ => Self::settle(rec, &mut change, Some(now_ms)),
             }
@@ -794,7 +810,7 @@ impl Index {
                 continue;
             };
             p.phase = HostPhase::Disconnected;
-            Self::degrade(rec, format!("host {host} disconnected"), host, &mut change);
+            Self::degrade_for_host(rec, format!("host {host} disconnected"), host, &mut change);
             change.upserts.insert(vn_id, rec.clone());
         }
         change
@@ -849,35 +865,12 @@ impl Index {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::desired::Endpoint;
-    use crate::model::{Attributes, Encap, Kind, LinkReq, NodeReq};
-    use crate::substrate::{LinkSource, UnderlayIf};
-
-    pub(crate) fn host(id: &str, n: u8, mtu: u32) -> HostInfo {
-        HostInfo {
-            id: id.into(),
-            underlay_address: format!("10.0.0.{n}").parse().unwrap(),
-            underlay: vec![UnderlayIf {
-                name: "eth0".into(),
-                addresses: vec![format!("10.0.0.{n}/24").parse().unwrap()],
-                mtu,
-                mac: String::new(),
-            }],
-            cpu: 100,
-            memory_mb: 1000,
-            kinds: [Kind::Netns].into(),
-            labels: Default::default(),
-            capabilities_pb: vec![],
-            agent_version: String::new(),
-            boot_id: String::new(),
-            last_seen_unix_ms: 0,
-            images: Vec::new(),
-            cordoned: false,
-            guest_archs: BTreeSet::new(),
-        }
-    }
+    use crate::fixtures::{host, link, node, vn_req};
+    use crate::model::{Attributes, Encap, LinkReq};
+    use crate::substrate::LinkSource;
 
     fn index() -> Index {
         let mut ix = Index::new(
@@ -896,45 +889,22 @@ pub(crate) mod tests {
     }
 
     fn req(name: &str, encap: Encap, dedicated: bool, provider: &str) -> VnReq {
-        let node = |n: &str| NodeReq {
-            name: n.into(),
-            kind: Kind::Netns,
-            cpu: 30,
-            memory_mb: 10,
-            pin: None,
-            location: None,
-            routes: vec![],
-            guest: None,
-        };
+        let nodes = vec![node("a", 30, 10), node("b", 30, 10)];
         VnReq {
-            name: name.into(),
             provider: ProviderId(provider.into()),
-            allow_revisitation: false,
-            nodes: vec![node("a"), node("b")],
-            links: vec![LinkReq {
-                a: 0,
-                b: 1,
-                bandwidth_mbps: 40,
-                addresses: None,
-                interfaces: [None, None],
-                encap,
-                encap_explicit: false,
-                impair: Default::default(),
-                max_delay_us: None,
-            }],
-            algorithm: None,
-            max_path_hops: None,
             attributes: Attributes {
                 mtu: None,
                 dedicated_hosts: dedicated,
                 ..Attributes::default()
             },
-            nestable: false,
-            share_with: Default::default(),
-            parent: None,
-            recovery: Default::default(),
-            max_nodes_per_host: None,
-            spread: false,
+            ..vn_req(
+                name,
+                nodes,
+                vec![LinkReq {
+                    encap,
+                    ..link(0, 1, 40)
+                }],
+            )
         }
     }
 

@@ -9,6 +9,8 @@ pub mod desired;
 pub mod embed;
 pub mod error;
 pub mod failover;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod frame;
 pub mod index;
 pub mod model;

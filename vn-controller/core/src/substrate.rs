@@ -326,32 +326,9 @@ impl Registry {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn host(id: &str, addr: &str) -> HostInfo {
-        HostInfo {
-            id: id.into(),
-            underlay_address: addr.parse().unwrap(),
-            underlay: vec![UnderlayIf {
-                name: "eth0".into(),
-                addresses: vec![format!("{addr}/24").parse().unwrap()],
-                mtu: 9000,
-                mac: String::new(),
-            }],
-            cpu: 100,
-            memory_mb: 1024,
-            kinds: [Kind::Netns].into(),
-            labels: BTreeSet::new(),
-            capabilities_pb: vec![],
-            agent_version: String::new(),
-            boot_id: String::new(),
-            last_seen_unix_ms: 0,
-            images: Vec::new(),
-            cordoned: false,
-            guest_archs: BTreeSet::new(),
-        }
-    }
+    use crate::fixtures::host;
 
     #[test]
     fn full_mesh_grows_with_hosts() {
@@ -361,11 +338,11 @@ pub(crate) mod tests {
             },
             &[],
         );
-        assert!(r.upsert_host(host("h1", "10.0.0.1")));
+        assert!(r.upsert_host(host("h1", 1, 9000)));
         assert!(r.links().is_empty());
-        assert!(r.upsert_host(host("h2", "10.0.0.2")));
-        assert!(r.upsert_host(host("h3", "10.0.0.3")));
-        assert!(!r.upsert_host(host("h3", "10.0.0.3")));
+        assert!(r.upsert_host(host("h2", 2, 9000)));
+        assert!(r.upsert_host(host("h3", 3, 9000)));
+        assert!(!r.upsert_host(host("h3", 3, 9000)));
         let ids: Vec<_> = r.links().iter().map(|l| l.id.as_str()).collect();
         assert_eq!(ids, ["h1-h2", "h1-h3", "h2-h3"]);
         let l = r.link("h1-h3").unwrap().clone();
@@ -386,7 +363,7 @@ pub(crate) mod tests {
         assert_eq!(links[0].id, "h1-h2");
         assert_eq!(links[1].segment, "h2-h3");
         let mut r = Registry::new(LinkSource::Topology(links), &t.hosts);
-        r.upsert_host(host("h1", "10.0.0.1"));
+        r.upsert_host(host("h1", 1, 9000));
         assert!(r.host("h1").unwrap().labels.contains("eu"));
         let l = r.link("h1-h2").unwrap().clone();
         assert_eq!(r.address_on(&l, "h1"), Some("10.255.12.1".parse().unwrap()));

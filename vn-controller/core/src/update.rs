@@ -694,8 +694,9 @@ fn reallocate(
 mod tests {
     use super::*;
     use crate::embed::EmbeddingPlanner;
+    use crate::fixtures::{link, vn_req};
     use crate::index::IndexConfig;
-    use crate::model::{Attributes, Encap, LinkReq, NodeReq, ProviderId};
+    use crate::model::NodeReq;
     use crate::replan::{Avoid, replan};
     use crate::substrate::{LinkSource, Registry};
 
@@ -708,56 +709,19 @@ mod tests {
         );
         let mut ix = Index::new(IndexConfig::default(), reg);
         for n in 1..=hosts {
-            ix.attach(crate::index::tests::host(&format!("h{n}"), n, 1500));
+            ix.attach(crate::fixtures::host(&format!("h{n}"), n, 1500));
         }
         ix
     }
 
     fn node(name: &str, cpu: u64) -> NodeReq {
-        NodeReq {
-            name: name.into(),
-            kind: Kind::Netns,
-            cpu,
-            memory_mb: 10,
-            pin: None,
-            location: None,
-            routes: vec![],
-            guest: None,
-        }
-    }
-
-    fn link(a: usize, b: usize, bw: u64) -> LinkReq {
-        LinkReq {
-            a,
-            b,
-            bandwidth_mbps: bw,
-            addresses: None,
-            interfaces: [None, None],
-            encap: Encap::Vxlan,
-            encap_explicit: false,
-            impair: Default::default(),
-            max_delay_us: None,
-        }
+        crate::fixtures::node(name, cpu, 10)
     }
 
     /// A chain a-b-c with links of 10 Mbit/s.
     fn chain() -> VnReq {
-        VnReq {
-            name: "x".into(),
-            provider: ProviderId("red".into()),
-            allow_revisitation: false,
-            nodes: vec![node("a", 10), node("b", 10), node("c", 10)],
-            links: vec![link(0, 1, 10), link(1, 2, 10)],
-            algorithm: None,
-            max_path_hops: None,
-            attributes: Attributes::default(),
-            nestable: false,
-            share_with: Default::default(),
-            parent: None,
-            recovery: Default::default(),
-            max_nodes_per_host: None,
-            spread: false,
-        }
+        let nodes = vec![node("a", 10), node("b", 10), node("c", 10)];
+        vn_req("x", nodes, vec![link(0, 1, 10), link(1, 2, 10)])
     }
 
     fn create(ix: &mut Index, req: VnReq) -> VnRecord {

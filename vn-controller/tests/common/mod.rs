@@ -12,6 +12,7 @@ use vn_controller::core::embed::EmbeddingPlanner;
 use vn_controller::runtime::controller::{Controller, ControllerConfig};
 use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
 use vnet_proto::v1 as pb;
+use vnet_proto::v1::admin_client::AdminClient;
 use vnet_proto::v1::substrate_client::SubstrateClient;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
 use vnet_proto::{ACT_AS_METADATA_KEY, AUTHORIZATION_METADATA_KEY};
@@ -69,6 +70,45 @@ impl Harness {
 
     pub async fn substrate(&self) -> SubstrateClient<Channel> {
         SubstrateClient::connect(self.endpoint()).await.unwrap()
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(self.endpoint()).await.unwrap()
+    }
+
+    /// The substrate's links, as the test admin lists them.
+    pub async fn links(&self) -> Vec<pb::SubstrateLink> {
+        self.substrate()
+            .await
+            .list_links(admin(pb::ListLinksRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .links
+    }
+
+    /// The substrate's hosts, as the test admin lists them.
+    pub async fn hosts(&self) -> Vec<pb::Host> {
+        self.substrate()
+            .await
+            .list_hosts(admin(pb::ListHostsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .hosts
+    }
+
+    /// The test admin sets `provider`'s quota to at most `nodes` nodes.
+    pub async fn set_node_quota(&self, provider: &str, nodes: u64) {
+        let quota = pb::Quota {
+            nodes: Some(nodes),
+            ..Default::default()
+        };
+        let r = pb::SetQuotaRequest {
+            provider: provider.into(),
+            quota: Some(quota),
+        };
+        self.admin().await.set_quota(admin(r)).await.unwrap();
     }
 
     /// `n` stand-in hosts h1..hn with addresses 10.77.x.y.
@@ -161,6 +201,37 @@ pub fn link(a: &str, b: &str, bw: i64) -> pb::LinkSpec {
     }
 }
 
+/// [`node`] pinned to `host` (a host, or a node of the parent VN).
+pub fn pinned(name: &str, cpu: i64, host: &str) -> pb::NodeSpec {
+    pb::NodeSpec {
+        host: host.into(),
+        ..node(name, cpu)
+    }
+}
+
+/// A parent node: room for children's memory (64 MiB each).
+pub fn roomy(name: &str, cpu: i64, host: &str) -> pb::NodeSpec {
+    pb::NodeSpec {
+        memory_mb: 512,
+        ..pinned(name, cpu, host)
+    }
+}
+
+/// Nestable `name`: p1 (h1) - p2 (h2) - p3 (h3), 100 Mbit/s links, 60 cpu per node.
+pub fn parent_spec(name: &str) -> pb::VnSpec {
+    pb::VnSpec {
+        name: name.into(),
+        nestable: true,
+        nodes: vec![
+            roomy("p1", 60, "h1"),
+            roomy("p2", 60, "h2"),
+            roomy("p3", 60, "h3"),
+        ],
+        links: vec![link("p1", "p2", 100), link("p2", "p3", 100)],
+        ..Default::default()
+    }
+}
+
 /// A chain a - b - c of netns nodes.
 pub fn chain(name: &str, cpu: i64, bw: i64) -> pb::VnSpec {
     pb::VnSpec {
@@ -185,6 +256,19 @@ pub async fn get_vn(
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Creates `spec` as `provider` and waits until it is READY.
+pub async fn create_ready(
+    c: &mut VirtualNetworksClient<Channel>,
+    provider: &str,
+    spec: pb::VnSpec,
+) -> pb::VirtualNetwork {
+    let name = spec.name.clone();
+    c.create(req(provider, create(spec)))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
+    wait_state(c, provider, &name, pb::VnState::Ready).await
 }
 
 /// Waits until `provider`'s VN `name` reaches `state`.
@@ -213,4 +297,23 @@ pub async fn wait_state(
 /// `msg` from the test admin, acting for nobody (substrate listings).
 pub fn admin<T>(msg: T) -> Request<T> {
     with_token(ADMIN_TOKEN, msg)
+}
+
+/// A port nothing listens on now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, so that a failing test leaves nothing.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
