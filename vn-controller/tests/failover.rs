@@ -1,7 +1,8 @@
 //! Failure recovery and maintenance with stand-in agents: a host lost beyond its grace period
 //! has its VNs re-embedded elsewhere (by policy; pinned nodes wait); a host back within the
-//! grace moves nothing; a substrate link reported down is routed around; a cordoned host takes
-//! no new node; a drain moves every VN off a host.
+//! grace moves nothing; a VN with nowhere to go stays DEGRADED and moves when room comes; a
+//! substrate link reported down is routed around; a cordoned host takes no new node; a drain
+//! moves every VN off a host.
 
 mod common;
 
@@ -163,6 +164,56 @@ async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
     let again = get_vn(&mut c, "red", "ring").await;
     assert_eq!(hosts_of(&again), hosts_of(&after));
     assert!(ready(&again));
+    h.stop().await;
+}
+
+/// No spare host when one is lost: the VN stays DEGRADED naming why; once a host with room
+/// attaches, a later attempt moves only the lost node there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(800);
+    let h = Harness::start(dir.path(), |c| {
+        c.host_grace = grace;
+        c.recovery_retry = Duration::from_millis(500);
+    })
+    .await;
+    let mut agents: Vec<Option<StandIn>> = h
+        .agents(4, 100, 4096, Behaviour::Ready)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut c = h.vns().await;
+    c.create(req("red", create(ring("full")))).await.unwrap();
+    let before = wait_state(&mut c, "red", "full", pb::VnState::Ready).await;
+    let lost = host_of(&before, "b");
+    drop(take(&mut agents, &lost));
+    let stuck = wait_vn(&h, "full", grace + Duration::from_secs(5), |vn| {
+        vn.state == pb::VnState::Degraded as i32 && vn.reason.contains("cannot re-embed")
+    })
+    .await;
+    assert!(
+        stuck.reason.contains(&format!("host {lost} lost")),
+        "{}",
+        stuck.reason
+    );
+    assert_eq!(hosts_of(&stuck), hosts_of(&before));
+    // Still stuck a few attempts later: nothing moved, nothing doubled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = get_vn(&mut c, "red", "full").await;
+    assert_eq!(still.state, pb::VnState::Degraded as i32);
+    assert_eq!(hosts_of(&still), hosts_of(&before));
+
+    let _h5 = h.agent("h5", 5, 100, 4096, Behaviour::Ready).await;
+    let after = wait_vn(&h, "full", Duration::from_secs(5), |vn| {
+        ready(vn) && !hosts_of(vn).contains(&lost)
+    })
+    .await;
+    assert_eq!(host_of(&after, "b"), "h5");
+    for n in ["a", "c", "d"] {
+        assert_eq!(host_of(&after, n), host_of(&before, n), "{n} moved");
+    }
     h.stop().await;
 }
 

@@ -6,7 +6,8 @@
 //! Afterwards every acknowledged VN is there exactly once and every acknowledged delete is gone,
 //! no VNI, VLAN ID or MAC is held twice, the stand-in agents attached to the new leader, a
 //! watcher that resumes by sequence number saw every event of its provider once and in order,
-//! and a create succeeded within 5 s of each kill.
+//! and a create succeeded within 5 s of each kill. On etcd, a provider token and quota issued
+//! through the first leader (a follower refuses, naming it) hold on every replica afterwards.
 //!
 //! The etcd test needs the `etcd` binary (Debian `etcd-server`, installed by deploy/setup.sh):
 //! without it, it says SKIP, unless `VNET_REQUIRE_ROOT=1` (CI), where that is a failure.
@@ -675,6 +676,10 @@ async fn suite(etcd: Option<Etcd>, root: &Path) {
             ))
         })
         .collect();
+    let yellow = match cl.etcd {
+        Some(_) => Some(issue_token(&cl, first).await),
+        None => None,
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let to_create = kill_leaders(&mut cl, &agents, &mut rng).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -741,7 +746,87 @@ async fn suite(etcd: Option<Etcd>, root: &Path) {
         .collect();
     check_watch(&seen, &acked, &all_red).await;
     watch.abort();
+    if let Some(token) = yellow {
+        check_token(&cl, &token).await;
+    }
     drop(agents);
+}
+
+/// `msg` with `token` as the caller's own credential.
+fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Through the leader `at`: a token for provider `yellow` and a quota of 3 VNs; a follower
+/// refuses both writes, naming the leader. Returns the token.
+async fn issue_token(cl: &Cluster, at: usize) -> String {
+    use vnet_proto::v1::admin_client::AdminClient;
+    let follower = (at + 1) % cl.ports.len();
+    let mut f = AdminClient::connect(cl.endpoint(follower)).await.unwrap();
+    let cred = pb::CreateCredentialRequest {
+        provider: "yellow".into(),
+        role: pb::Role::Provider as i32,
+        ttl_secs: 0,
+    };
+    let st = f
+        .create_credential(req("red", cred.clone()))
+        .await
+        .expect_err("a follower issued a token");
+    assert_eq!(
+        leader_hint(&st),
+        Some(format!("127.0.0.1:{}", cl.ports[at])),
+        "{st:?}"
+    );
+    let mut a = AdminClient::connect(cl.endpoint(at)).await.unwrap();
+    let token = a
+        .create_credential(req("red", cred))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let quota = pb::SetQuotaRequest {
+        provider: "yellow".into(),
+        quota: Some(pb::Quota {
+            vns: Some(3),
+            ..Default::default()
+        }),
+    };
+    a.set_quota(req("red", quota)).await.unwrap();
+    token
+}
+
+/// After the leader kills: the token issued through the first leader is known to every
+/// replica (reads) and to the last leader (writes), with its quota.
+async fn check_token(cl: &Cluster, token: &str) {
+    use vnet_proto::v1::admin_client::AdminClient;
+    for i in 0..cl.ports.len() {
+        let mut c = VirtualNetworksClient::connect(cl.endpoint(i))
+            .await
+            .unwrap();
+        let listed = c
+            .list(with_token(token, pb::ListVnsRequest::default()))
+            .await;
+        assert!(
+            listed.is_ok(),
+            "replica {i} refuses yellow's token: {listed:?}"
+        );
+        let mut a = AdminClient::connect(cl.endpoint(i)).await.unwrap();
+        let q = a
+            .get_quota(with_token(token, pb::GetQuotaRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(q.quota.map(|q| q.vns), Some(Some(3)), "replica {i}");
+    }
+    let mut c = VirtualNetworksClient::connect(cl.endpoint(cl.leader().await))
+        .await
+        .unwrap();
+    c.create(with_token(token, create(spec("yellow-1", false))))
+        .await
+        .expect("yellow creates on the last leader");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

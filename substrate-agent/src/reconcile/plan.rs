@@ -435,19 +435,28 @@ fn reshape(naming: &Naming, s: &Slice, seg: &Segment, observed: &Observed, p: &m
         return;
     }
     let want = crate::host::tc::TbfParams::for_mbps(seg.bandwidth_mbps).rate_bytes;
-    for n in seg.node_ifs() {
-        let ns = naming.node_ns(&n.node);
+    // The node interfaces, and the relay TAPs of an impaired segment (which shape what the
+    // relay sends on, bypassing the interface's own shaper).
+    let shaped = seg
+        .node_ifs()
+        .map(|n| (naming.node_ns(&n.node), n.ifname.to_string()))
+        .chain(
+            relay_ifaces(naming, seg)
+                .into_iter()
+                .map(|(ns, tap, _)| (ns, tap)),
+        );
+    for (ns, ifname) in shaped {
         let rate = observed
             .namespaces
             .get(&ns)
-            .and_then(|o| o.links.get(n.ifname.as_str()))
+            .and_then(|o| o.links.get(ifname.as_str()))
             .and_then(|l| l.root_rate);
         if rate != Some(want) {
             p.push(
                 Some(&s.vn_id),
                 Op::Shape {
                     ns,
-                    ifname: n.ifname.to_string(),
+                    ifname,
                     mbps: seg.bandwidth_mbps,
                 },
             );

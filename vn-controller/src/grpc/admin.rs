@@ -75,6 +75,8 @@ impl Admin for AdminService {
         req: Request<pb::CreateCredentialRequest>,
     ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
         let admin = identity::admin(&self.ctl, &req)?;
+        // Credentials are written by the leader only (a follower names it).
+        self.ctl.require_leader().map_err(status)?;
         let r = req.into_inner();
         provider_name(&r.provider, "provider")?;
         let role = match pb::Role::try_from(r.role) {
@@ -116,6 +118,8 @@ impl Admin for AdminService {
         req: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
         let admin = identity::admin(&self.ctl, &req)?;
+        // Credentials are written by the leader only (a follower names it).
+        self.ctl.require_leader().map_err(status)?;
         let r = req.into_inner();
         let (id, provider) = match (r.token_id.is_empty(), r.provider.is_empty()) {
             (false, true) => (Some(r.token_id.as_str()), None),
@@ -150,6 +154,8 @@ impl Admin for AdminService {
         req: Request<pb::SetQuotaRequest>,
     ) -> Result<Response<pb::QuotaStatus>, Status> {
         let admin = identity::admin(&self.ctl, &req)?;
+        // Credentials are written by the leader only (a follower names it).
+        self.ctl.require_leader().map_err(status)?;
         let r = req.into_inner();
         provider_name(&r.provider, "provider")?;
         let q = r.quota.unwrap_or_default();

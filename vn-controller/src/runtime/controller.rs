@@ -50,6 +50,8 @@ pub struct ControllerConfig {
     pub reattach_grace: Duration,
     /// A host whose agent stays away this long is lost and its VNs are re-embedded.
     pub host_grace: Duration,
+    /// How often a VN that could not be re-embedded is tried again while its fault lasts.
+    pub recovery_retry: Duration,
     /// Debounce of a substrate link's state as its agents' probes report it.
     pub link_grace: Duration,
     /// The agents' underlay probes: interval and misses before a link is down.
@@ -86,6 +88,7 @@ impl ControllerConfig {
             provisioning_timeout: Duration::from_secs(120),
             reattach_grace: Duration::from_secs(30),
             host_grace: Duration::from_secs(10),
+            recovery_retry: Duration::from_secs(10),
             link_grace: Duration::from_secs(1),
             probe_interval_ms: 300,
             probe_misses: 3,
@@ -253,7 +256,19 @@ impl Controller {
         store: Arc<dyn Store>,
         etcd: Option<Arc<EtcdStore>>,
     ) -> Result<Self, OpenError> {
-        let credentials = Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?;
+        let credentials = match &etcd {
+            Some(e) => {
+                if cfg.state_dir.join("credentials.json").exists() {
+                    tracing::warn!(
+                        dir = %cfg.state_dir.display(),
+                        "credentials.json in the state directory is not used: replicas keep \
+                         credentials in etcd"
+                    );
+                }
+                Credentials::shared(e.clone(), cfg.admin_token_hashes.clone())?
+            }
+            None => Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?,
+        };
         let loaded = store.load()?;
         let publisher = Arc::new(Publisher::new(cfg.event_buffer));
         // The state read stands for the events stored so far: only later ones are published.
@@ -375,6 +390,7 @@ impl Controller {
         if let Some(ttl) = self.shared.cfg.failed_ttl {
             self.spawn_failed_expiry(ttl);
         }
+        self.spawn_recovery_retry();
         if held {
             let weak = Arc::downgrade(&self.shared);
             let grace = self.shared.cfg.reattach_grace;

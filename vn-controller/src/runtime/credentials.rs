@@ -10,13 +10,15 @@
 //! (`--admin-token-hash-file`), so the first admin needs nothing in the store.
 //!
 //! State lives in `credentials.json` in the state directory (mode 0600), rewritten atomically
-//! (temporary file, fsync, rename) on every change.
+//! (temporary file, fsync, rename) on every change; with replicated controllers, in the shared
+//! store instead (one value every replica reads again when it changes, only the leader writes),
+//! so that a token issued through one replica is valid on all of them and after a failover.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
@@ -163,6 +165,8 @@ pub enum CredentialsError {
     },
     #[error("{path} line {line}: not a SHA-256 in hex (64 hex digits)")]
     BadHash { path: PathBuf, line: usize },
+    #[error("the credentials in the shared store: {0}")]
+    Shared(String),
 }
 
 /// Why a token was refused. The messages say what to do, never which tokens exist.
@@ -176,10 +180,24 @@ pub enum Refused {
     Expired(String),
 }
 
-/// Tokens and quotas, persisted in the state directory.
+/// A value shared by the replicas of a controller: every replica reads it, only the leader
+/// writes it (a fenced write, refused to a replica that no longer leads).
+pub trait SharedValue: Send + Sync + std::fmt::Debug {
+    fn read(&self) -> Result<Option<Vec<u8>>, String>;
+    fn write(&self, body: &[u8]) -> Result<(), String>;
+}
+
+/// Where the credentials are persisted.
+#[derive(Debug)]
+enum Backing {
+    File(PathBuf),
+    Shared(Arc<dyn SharedValue>),
+}
+
+/// Tokens and quotas, persisted in the state directory or the replicas' shared store.
 #[derive(Debug)]
 pub struct Credentials {
-    path: PathBuf,
+    backing: Backing,
     /// SHA-256 of the operator's bootstrap admin tokens.
     bootstrap: Vec<[u8; 32]>,
     state: Mutex<State>,
@@ -242,10 +260,39 @@ impl Credentials {
             Err(source) => return Err(CredentialsError::Read { path, source }),
         };
         Ok(Credentials {
-            path,
+            backing: Backing::File(path),
             bootstrap,
             state: Mutex::new(state),
         })
+    }
+
+    /// Opens the credentials kept in `value`, shared by the replicas.
+    pub fn shared(
+        value: Arc<dyn SharedValue>,
+        bootstrap: Vec<[u8; 32]>,
+    ) -> Result<Self, CredentialsError> {
+        let c = Credentials {
+            backing: Backing::Shared(value),
+            bootstrap,
+            state: Mutex::new(State::default()),
+        };
+        c.reload()?;
+        Ok(c)
+    }
+
+    /// Reads the shared credentials again (a replica does on every change in the store);
+    /// nothing to do for a file, which only this controller writes.
+    pub fn reload(&self) -> Result<(), CredentialsError> {
+        let Backing::Shared(value) = &self.backing else {
+            return Ok(());
+        };
+        let state = match value.read().map_err(CredentialsError::Shared)? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| CredentialsError::Shared(format!("not valid: {e}")))?,
+            None => State::default(),
+        };
+        *self.lock() = state;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -253,12 +300,16 @@ impl Credentials {
     }
 
     fn save(&self, state: &State) -> Result<(), CredentialsError> {
+        let body = serde_json::to_vec_pretty(state).expect("credentials serialise");
+        let path = match &self.backing {
+            Backing::File(path) => path,
+            Backing::Shared(value) => return value.write(&body).map_err(CredentialsError::Shared),
+        };
         let err = |source| CredentialsError::Write {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
-        let body = serde_json::to_vec_pretty(state).expect("credentials serialise");
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = path.parent().unwrap_or(Path::new("."));
         let mut f = tempfile::Builder::new()
             .permissions(std::fs::Permissions::from_mode(0o600))
             .tempfile_in(dir)
@@ -266,7 +317,7 @@ impl Credentials {
         f.write_all(&body)
             .and_then(|()| f.as_file().sync_all())
             .map_err(err)?;
-        f.persist(&self.path).map(drop).map_err(|e| err(e.error))
+        f.persist(path).map(drop).map_err(|e| err(e.error))
     }
 
     /// Applies `f` to the state and persists it; on a write failure memory is left unchanged.

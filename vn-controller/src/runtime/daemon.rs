@@ -93,6 +93,10 @@ pub struct Args {
     /// re-embedded elsewhere (by their recovery policy; pinned nodes wait).
     #[arg(long, default_value_t = 10)]
     pub host_grace_secs: u64,
+    /// A VN that could not be re-embedded after a fault is tried again this often (seconds)
+    /// while the fault lasts: capacity may have come back elsewhere.
+    #[arg(long, default_value_t = 10)]
+    pub recovery_retry_secs: u64,
     /// A substrate link its agents' probes find down for this long (in ms) is down: VNs routed
     /// over it are rerouted. Coming back is debounced the same way.
     #[arg(long, default_value_t = 1000)]
@@ -176,6 +180,7 @@ impl Args {
         cfg.provisioning_timeout = Duration::from_secs(self.provisioning_timeout_secs);
         cfg.reattach_grace = Duration::from_secs(self.reattach_grace_secs);
         cfg.host_grace = Duration::from_secs(self.host_grace_secs);
+        cfg.recovery_retry = Duration::from_secs(self.recovery_retry_secs.max(1));
         cfg.link_grace = Duration::from_millis(self.link_grace_ms);
         anyhow::ensure!(
             self.probe_interval_ms >= 50 && self.probe_misses >= 1,

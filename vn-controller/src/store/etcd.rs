@@ -1,7 +1,8 @@
 //! The replicated store: etcd (v3 API), for several controller replicas.
 //!
 //! Keys under a prefix (default `/vnet/`): `vns/<id>`, `hosts/<id>`, `generations/<host>`,
-//! `meta/{schema,cursors,epoch,events_trimmed}`, `events/<seq, 20 digits>` and `leader`.
+//! `meta/{schema,cursors,epoch,events_trimmed,credentials}`, `events/<seq, 20 digits>` and
+//! `leader`.
 //! Values are the same JSON as in redb. Leadership: a lease of `ttl` seconds kept alive, and the
 //! key `leader` created under it only if absent (its value: the leader's advertised address).
 //! Every write is one transaction that first compares the leader key's create revision with the
@@ -32,7 +33,7 @@ use crate::core::substrate::HostInfo;
 
 const SCHEMA: &[u8] = b"1";
 /// Operations per transaction (etcd's default `--max-txn-ops` is 128); a larger group commit is
-/// split between changes, each change staying atomic.
+/// split between changes, each change staying atomic (see `chunked`).
 const MAX_OPS: usize = 120;
 /// Every call to etcd gives up after this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -440,6 +441,35 @@ fn rest<'a>(kv: &'a KeyValue, prefix: &str) -> Result<&'a str, StoreError> {
 }
 
 /// The key of an event: its sequence number in 20 digits, so that keys sort as numbers.
+/// One write: a key and its new value (`None`: delete it).
+type Write = (String, Option<Vec<u8>>);
+
+/// Groups units of writes (a change with its events) into transactions of at most `max` keys, in
+/// order. etcd refuses a key twice in one transaction, so writes are merged per key (the last one
+/// wins). A unit never straddles two transactions unless it alone has more than `max` writes
+/// (then its events, written last, land in its last transaction), so that a leader killed
+/// between two transactions leaves no change without its events.
+fn chunked(units: Vec<Vec<Write>>, max: usize) -> Vec<BTreeMap<String, Option<Vec<u8>>>> {
+    let mut chunks: Vec<BTreeMap<String, Option<Vec<u8>>>> = vec![BTreeMap::new()];
+    for unit in units {
+        let cur = chunks.last().expect("one at least");
+        let new_keys = unit.iter().filter(|(k, _)| !cur.contains_key(k)).count();
+        if !cur.is_empty() && cur.len() + new_keys > max {
+            chunks.push(BTreeMap::new());
+        }
+        for (k, v) in unit {
+            let cur = chunks.last_mut().expect("one at least");
+            if cur.len() >= max && !cur.contains_key(&k) {
+                chunks.push(BTreeMap::from([(k, v)]));
+            } else {
+                cur.insert(k, v);
+            }
+        }
+    }
+    chunks.retain(|c| !c.is_empty());
+    chunks
+}
+
 fn event_key(prefix: &str, seq: Seq) -> String {
     format!("{prefix}events/{seq:020}")
 }
@@ -518,21 +548,12 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let p = &self.cfg.prefix;
-        // etcd refuses a key twice in one transaction: the writes of a batch are merged per
-        // key (the last one wins), in chunks of whole changes, each change with its events, so
-        // that a leader killed between two chunks never leaves a change without its events.
-        let mut chunks: Vec<BTreeMap<String, Option<Vec<u8>>>> = vec![BTreeMap::new()];
-        let mut add = |writes: Vec<(String, Option<Vec<u8>>)>| {
-            let cur = chunks.last_mut().expect("one at least");
-            cur.extend(writes);
-            if cur.len() >= MAX_OPS {
-                chunks.push(BTreeMap::new());
-            }
-        };
-        add(hosts
-            .iter()
-            .map(|h| (format!("{p}hosts/{}", h.id), Some(encode(*h))))
-            .collect());
+        let mut units = vec![
+            hosts
+                .iter()
+                .map(|h| (format!("{p}hosts/{}", h.id), Some(encode(*h))))
+                .collect::<Vec<_>>(),
+        ];
         for (change, events) in changes {
             let mut w = Vec::new();
             for (id, rec) in &change.upserts {
@@ -550,9 +571,10 @@ impl Store for EtcdStore {
             for e in *events {
                 w.push((event_key(p, e.seq), Some(encode(e))));
             }
-            add(w);
+            units.push(w);
         }
-        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let chunks = chunked(units, MAX_OPS);
+        for chunk in chunks {
             let ops = chunk
                 .into_iter()
                 .map(|(k, v)| match v {
@@ -644,5 +666,75 @@ impl EtcdStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// The credentials (tokens and quotas) every replica reads: `meta/credentials`.
+impl crate::runtime::credentials::SharedValue for EtcdStore {
+    fn read(&self) -> Result<Option<Vec<u8>>, String> {
+        let mut c = self.client.clone();
+        let key = self.key("meta/credentials");
+        self.block(async move {
+            let r = timed(c.get(key, None)).await?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+    }
+
+    fn write(&self, body: &[u8]) -> Result<(), String> {
+        self.fenced(vec![TxnOp::put(
+            self.key("meta/credentials"),
+            body.to_vec(),
+            None,
+        )])
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(keys: &[&str]) -> Vec<Write> {
+        keys.iter()
+            .map(|k| (k.to_string(), Some(vec![1])))
+            .collect()
+    }
+
+    fn keys(c: &BTreeMap<String, Option<Vec<u8>>>) -> Vec<&str> {
+        c.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_unit_that_does_not_fit_starts_the_next_transaction() {
+        let chunks = chunked(vec![unit(&["a", "b", "c"]), unit(&["d", "e"])], 4);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(keys(&chunks[0]), ["a", "b", "c"]);
+        assert_eq!(keys(&chunks[1]), ["d", "e"]);
+    }
+
+    #[test]
+    fn keys_written_again_merge_and_the_last_write_wins() {
+        let mut second = unit(&["a", "d"]);
+        second[0].1 = None;
+        let chunks = chunked(vec![unit(&["a", "b", "c"]), second], 4);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0]["a"], None);
+        assert_eq!(keys(&chunks[0]), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_unit_larger_than_a_transaction_is_split_and_none_exceeds_it() {
+        let big: Vec<String> = (0..10).map(|i| format!("k{i:02}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let chunks = chunked(vec![unit(&["x"]), unit(&big), unit(&[]), unit(&["y"])], 4);
+        assert!(
+            chunks.iter().all(|c| !c.is_empty() && c.len() <= 4),
+            "{chunks:?}"
+        );
+        assert_eq!(keys(&chunks[0]), ["x"]);
+        let all: usize = chunks.iter().map(BTreeMap::len).sum();
+        assert_eq!(all, 12);
+        assert_eq!(keys(chunks.last().unwrap()), ["k08", "k09", "y"]);
     }
 }

@@ -1025,6 +1025,21 @@ fn impaired_interfaces_get_a_shaped_relay_tap_an_egress_redirect_and_a_relay() {
     );
     h.converge(&d);
     assert!(h.plan(&d).is_noop());
+    // A bandwidth change reshapes the relay TAPs with the interfaces, in place.
+    let mut faster = s.clone();
+    faster.links[0].bandwidth_mbps = 40;
+    let d40 = desired(vec![faster]);
+    assert_eq!(
+        touched(&h.plan(&d40)),
+        [
+            "Shape vn-h1-a1/eth0 40",
+            "Shape vn-h1-a2/eth0 40",
+            "Shape vn-h1-a1/irval1 40",
+            "Shape vn-h1-a2/irval1 40"
+        ]
+    );
+    h.converge(&d40);
+    assert!(h.plan(&d40).is_noop(), "{:?}", h.plan(&d40).ops);
     // Impairment removed: the relay TAPs go, the datapath serves no relay.
     let d2 = desired(vec![two_node_vn("va", "a1", "a2")]);
     h.converge(&d2);

@@ -9,6 +9,8 @@
 //! - Then [`Controller::recover`] re-embeds every VN the fault touches whose decision is to
 //!   re-embed (keeping what the fault does not touch: [`crate::core::replan`]) and holds the
 //!   others degraded. A drain is the same with the host cordoned first.
+//! - A VN that could not be re-embedded stays DEGRADED and is tried again every
+//!   `recovery_retry` while its fault lasts (a host or capacity may have come meanwhile).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub(super) struct Faults {
     /// When each link was first reported down (ms), for the recovery's timing.
     down_since: HashMap<String, u64>,
     next_token: u64,
+    /// VNs a recovery could not re-embed: the fault and when it happened (ms).
+    unrecovered: BTreeMap<String, (Fault, u64)>,
 }
 
 /// What a drain did.
@@ -217,8 +221,14 @@ impl Controller {
             match a.decision {
                 Decision::Wait(why) => out.remaining.push(format!("{}: {why}", a.label)),
                 Decision::Reembed => match self.reembed(&a.vn_id, &fault, fault_ms).await {
-                    Ok(moved) => out.moved.push(format!("{}: {moved}", a.label)),
+                    Ok(moved) => {
+                        lock(&self.shared.faults).unrecovered.remove(&a.vn_id);
+                        out.moved.push(format!("{}: {moved}", a.label));
+                    }
                     Err(why) => {
+                        lock(&self.shared.faults)
+                            .unrecovered
+                            .insert(a.vn_id.clone(), (fault.clone(), fault_ms));
                         tracing::warn!(vn = %a.label, cause = %fault.cause(), %why, "cannot re-embed");
                         let reason = format!("{}: cannot re-embed: {why}", fault.cause());
                         let id = a.vn_id.clone();
@@ -230,6 +240,54 @@ impl Controller {
             }
         }
         out
+    }
+
+    /// Every `recovery_retry`, re-embeds again the VNs a recovery could not, while their fault
+    /// lasts; a VN whose fault ended (the host or link is back) recovers in place and is dropped.
+    pub(super) fn spawn_recovery_retry(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let every = self.shared.cfg.recovery_retry;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let ctl = Controller { shared };
+                if *ctl.shared.shutdown.borrow() {
+                    return;
+                }
+                if ctl.leading() {
+                    ctl.retry_unrecovered().await;
+                }
+            }
+        });
+    }
+
+    async fn retry_unrecovered(&self) {
+        let pending: Vec<(String, Fault, u64)> = lock(&self.shared.faults)
+            .unrecovered
+            .iter()
+            .map(|(v, (f, ms))| (v.clone(), f.clone(), *ms))
+            .collect();
+        for (vn_id, fault, fault_ms) in pending {
+            let lasts = self.fault_lasts(&fault);
+            let done = lasts && self.reembed(&vn_id, &fault, fault_ms).await.is_ok();
+            if !lasts || done {
+                lock(&self.shared.faults).unrecovered.remove(&vn_id);
+            }
+            if done {
+                tracing::info!(vn = %rec_label(&self.shared, &vn_id), cause = %fault.cause(), "re-embedded on a later attempt");
+            }
+        }
+    }
+
+    /// Whether `fault` still holds: the host still away (or cordoned, for a drain), the link
+    /// still down.
+    fn fault_lasts(&self, fault: &Fault) -> bool {
+        match fault {
+            Fault::HostLost(h) => lock(&self.shared.faults).detached.contains_key(h),
+            Fault::LinkDown(l) => self.with_index(|ix| ix.registry.is_link_down(l)),
+            Fault::Drain(h) => self.with_index(|ix| ix.registry.is_cordoned(h)),
+        }
     }
 
     /// Re-embeds the VN `vn_id` away from `fault`, keeping what the fault does not touch: replan

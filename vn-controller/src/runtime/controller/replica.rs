@@ -66,6 +66,13 @@ impl Controller {
                 }
             })?;
             *lock(&this.shared.index) = ix;
+            this.shared
+                .credentials
+                .reload()
+                .map_err(|e| crate::store::StoreError::Backend {
+                    location: "credentials".into(),
+                    source: Box::new(e),
+                })?;
             // The old leader's last events may not have reached this follower's watchers yet.
             this.catch_up(last)?;
             this.begin_epoch(epoch, last)?;
@@ -109,6 +116,9 @@ impl Controller {
             match restore(&this.shared.cfg, loaded) {
                 Ok(ix) => *lock(&this.shared.index) = ix,
                 Err(e) => tracing::error!(error = %e, "the stored state does not restore"),
+            }
+            if let Err(e) = this.shared.credentials.reload() {
+                tracing::error!(error = %e, "cannot read the credentials; keeping the last read");
             }
             this.catch_up(last)
         })
