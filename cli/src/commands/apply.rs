@@ -2,6 +2,7 @@
 //! ones that exist and differ in place, retry FAILED ones; `vnctl diff -f ...` shows what apply
 //! would change.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,20 +39,44 @@ impl ApplyArgs {
         block_on(self.execute(opts))
     }
 
+    /// Applies every document, then (`--wait`) waits for all of them within one `--timeout`:
+    /// the VNs provision side by side, not one after the other. One connection per provider.
     pub async fn execute(&self, opts: &ControllerOpts) -> anyhow::Result<()> {
         // Every document is checked before anything is sent: a bad one applies nothing.
         let docs = spec::load_all(&self.file)?;
+        let mut conns: HashMap<Option<String>, Controller> = HashMap::new();
+        let mut applied = Vec::new();
         for doc in &docs {
-            self.apply(opts, doc).await?;
+            let provider = doc.file.provider.clone();
+            let ctl = match conns.get(&provider) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Controller::connect(opts)
+                        .await?
+                        .or_provider(provider.as_deref())?;
+                    conns.insert(provider, c.clone());
+                    c
+                }
+            };
+            self.apply(&ctl, doc).await?;
+            applied.push((ctl, doc.file.name.clone()));
+        }
+        if self.wait && !self.dry_run {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            for (ctl, name) in &applied {
+                // Whole milliseconds (rounded up): a timeout's message names what it waited.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = Duration::from_millis(left.as_micros().div_ceil(1000) as u64);
+                crate::wait::until_ready(ctl, name, left).await?;
+                println!("vn/{name} READY");
+            }
         }
         Ok(())
     }
 
-    async fn apply(&self, opts: &ControllerOpts, doc: &spec::SpecDoc) -> anyhow::Result<()> {
+    async fn apply(&self, ctl: &Controller, doc: &spec::SpecDoc) -> anyhow::Result<()> {
         let file = &doc.file;
-        let ctl = Controller::connect(opts)
-            .await?
-            .or_provider(file.provider.as_deref())?;
+        let ctl = ctl.clone();
         let name = file.name.clone();
         let what = format!("apply vn {name}");
 
@@ -79,10 +104,6 @@ impl ApplyArgs {
             } else {
                 update(&ctl, doc, &vn, false).await?;
             }
-        }
-        if self.wait {
-            crate::wait::until_ready(&ctl, &name, self.timeout).await?;
-            println!("vn/{name} READY");
         }
         Ok(())
     }
@@ -264,6 +285,26 @@ mod tests {
             controller: addr.into(),
             provider: provider.map(str::to_owned),
             ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn several_documents_are_all_created_then_all_waited_for() {
+        let fake = FakeController::new(Outcome::Ready);
+        let addr = fake.clone().serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let two = format!("{SPEC}---\n{}", SPEC.replace("name: web", "name: db"));
+        args(dir.path(), &two, true)
+            .execute(&opts(&addr, Some("red")))
+            .await
+            .unwrap();
+        assert_eq!(fake.creates(), 2);
+        for name in ["web", "db"] {
+            assert_eq!(
+                fake.vn("red", name).unwrap().state,
+                pb::VnState::Ready as i32,
+                "{name}"
+            );
         }
     }
 

@@ -106,7 +106,8 @@ pub struct UpArgs {
     /// The controller's gRPC port (on 127.0.0.1 and on the management bridge).
     #[arg(long, default_value_t = 7000)]
     pub listen_port: u16,
-    /// The controller's Prometheus port (127.0.0.1).
+    /// The controller's Prometheus port (127.0.0.1); every agent serves its own metrics on this
+    /// port of its management address (inside its host namespace, reachable from the root one).
     #[arg(long, default_value_t = 9100)]
     pub metrics_port: u16,
     /// MTU of the underlay veths (the default lets VXLAN links carry 1500-byte frames).

@@ -12,6 +12,10 @@
 //! run/*.pid           pidfiles
 //! logs/*.log          daemon logs (kept by `down`, for post-mortems)
 //! ```
+//!
+//! Metrics: the controller on `127.0.0.1:<metrics-port>`, each agent on `<its management
+//! address>:<metrics-port>` (inside its host namespace; the root namespace reaches it over the
+//! management bridge).
 
 pub mod daemon;
 pub mod faults;
@@ -324,6 +328,9 @@ impl Record {
             state.display().to_string(),
             "--guest-run-dir".into(),
             self.guest_run_dir(&host.id).display().to_string(),
+            // In the host namespace, on its management address: reachable from the root one.
+            "--metrics-listen".into(),
+            format!("{}:{}", host.mgmt_address.addr(), self.metrics_port),
         ];
         if let Some(p) = &self.node_prefix {
             args.extend(["--name-prefix".into(), p.clone()]);
@@ -631,10 +638,16 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         record.layout.links.len()
     );
     let ops = record.layout.up_ops(&record.alias());
+    let started = Instant::now();
     if let Err(e) = build_network(&mut net, &mut record, &ops) {
         let _ = remove_runtime_files(&state_dir);
         return Err(e);
     }
+    eprintln!(
+        "network built in {:.1} s ({} kernel operations)",
+        started.elapsed().as_secs_f64(),
+        ops.len()
+    );
     if let Err(e) = start_daemons(&record, &substrate, opts.timeout) {
         let problems = teardown(&mut record);
         let mut e = e.context("starting the testbed (everything it built was removed again)");
@@ -794,6 +807,7 @@ fn run_daemons(record: &Record, timeout: Duration, only_missing: bool) -> anyhow
             }
         };
         eprintln!("controller listening at {}", record.controller_url());
+        let agents_started = Instant::now();
         for h in &record.layout.hosts {
             let spec = record.agent_daemon(h);
             if only_missing && daemon::running(&spec).is_some() {
@@ -813,7 +827,11 @@ fn run_daemons(record: &Record, timeout: Duration, only_missing: bool) -> anyhow
                 .filter(|id| !hosts.iter().any(|h| h.id == *id && h.connected))
                 .collect();
             if missing.is_empty() {
-                eprintln!("all {} agents registered and connected", want.len());
+                eprintln!(
+                    "all {} agents registered and connected ({:.1} s after their start)",
+                    want.len(),
+                    agents_started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -1212,7 +1230,8 @@ mod tests {
              10.255.0.2 --ca /var/lib/vnet/testbed/pki/ca.crt --cert \
              /var/lib/vnet/testbed/pki/host-h2.crt --key /var/lib/vnet/testbed/pki/host-h2.key \
              --state-dir /var/lib/vnet/testbed/agents/h2 --guest-run-dir \
-             /var/lib/vnet/testbed/agents/h2/guests --name-prefix t1"
+             /var/lib/vnet/testbed/agents/h2/guests --metrics-listen 10.254.0.3:9100 \
+             --name-prefix t1"
         );
         assert_eq!(a.marker, "/var/lib/vnet/testbed/agents/h2");
         assert_eq!(

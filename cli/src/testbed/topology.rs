@@ -4,7 +4,8 @@
 //! The file is the one topology format ([`vn_core::topology`], which the controller reads too).
 //! The testbed adds its own checks and defaults: host ids short and plain enough to name
 //! namespaces, IPv4 link addresses whose two ends share a subnet (without a prefix length, a
-//! /30), and addresses for links that give none (`10.255.<k>.1/30` and `.2/30` for the k-th).
+//! /30), and addresses for links that give none (`10.255.<k>.1/30` and `.2/30` for the k-th, then
+//! the next /30 of each /24 in turn: `10.255.<k mod 256>.<4 (k div 256) + 1>`, up to 16384 links).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -145,6 +146,9 @@ fn hosts(t: &TopologyFile) -> anyhow::Result<Vec<TopologyHost>> {
     Ok(hosts)
 }
 
+/// Links that get automatic addresses at most: every /30 of 10.255.0.0/16.
+const AUTO_LINKS: u32 = 256 * 64;
+
 /// The addresses of the links so far: each used once; the next automatic /30.
 #[derive(Default)]
 struct Addresses {
@@ -158,14 +162,17 @@ impl Addresses {
     fn of(&mut self, l: &TopologyLink, name: &str) -> anyhow::Result<(Ipv4Net, Ipv4Net)> {
         let (a_address, b_address) = match (l.a_address, l.b_address) {
             (None, None) => {
-                // Skip /24s that a given address already uses.
+                // The k-th automatic pair: /30 number k div 256 of the /24 10.255.<k mod 256>
+                // (the first 256 links keep their addresses of old); pairs that a given address
+                // already uses are skipped.
                 let (a, b) = loop {
                     anyhow::ensure!(
-                        self.auto < 256,
-                        "more than 256 links without addresses: give a_address/b_address"
+                        self.auto < AUTO_LINKS,
+                        "more than {AUTO_LINKS} links without addresses: give a_address/b_address"
                     );
-                    let a = Ipv4Addr::new(10, 255, self.auto as u8, 1);
-                    let b = Ipv4Addr::new(10, 255, self.auto as u8, 2);
+                    let (net, quad) = ((self.auto % 256) as u8, (self.auto / 256) as u8 * 4);
+                    let a = Ipv4Addr::new(10, 255, net, quad + 1);
+                    let b = Ipv4Addr::new(10, 255, net, quad + 2);
                     self.auto += 1;
                     if !self.used.contains(&a) && !self.used.contains(&b) {
                         break (a, b);
@@ -276,6 +283,17 @@ mod tests {
             ]
         );
         assert_eq!(s.links[0].segment, "h1-h2");
+    }
+
+    #[test]
+    fn a_full_mesh_of_fifty_hosts_gets_addresses_beyond_256_links() {
+        let s = resolve(&full_mesh(50, 1000)).unwrap();
+        assert_eq!(s.links.len(), 1225);
+        assert_eq!(s.links[255].a_address.to_string(), "10.255.255.1/30");
+        assert_eq!(s.links[256].a_address.to_string(), "10.255.0.5/30");
+        assert_eq!(s.links[1224].b_address.to_string(), "10.255.200.18/30");
+        let e = format!("{:#}", resolve(&full_mesh(182, 1)).unwrap_err());
+        assert!(e.contains("more than 16384 links without addresses"), "{e}");
     }
 
     #[test]

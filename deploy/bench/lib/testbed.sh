@@ -65,7 +65,7 @@ snapshot() {
     | grep -E "^link ($root_links)" || true
   local p cmd
   for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
     [[ -n ${work:-} && $cmd == *"$work"* || $cmd == *"$tag"* ]] || continue
     [[ ${p#/proc/} == "$$" || $cmd == *"${0##*/}"* ]] && continue
     echo "process ${p#/proc/}: $cmd"

@@ -772,6 +772,17 @@ impl Index {
             if progress.phase == phase {
                 continue;
             }
+            // The agent's notice that it started on a newer generation (every slice it holds
+            // PROVISIONING) does not unsettle a ready slice that this generation left as it was:
+            // only the outcome of applying it can (else every VN on the host flips PROVISIONING
+            // and READY again, two writes and two events each, whenever any other VN changes).
+            if !applied
+                && generation > progress.since_generation
+                && progress.phase == HostPhase::Ready
+                && phase == HostPhase::Pending
+            {
+                continue;
+            }
             progress.phase = phase.clone();
             change.events.push(Self::progress_event(rec, host, &phase));
             match phase {
@@ -987,6 +998,43 @@ mod tests {
         assert_eq!(ix.usage(), &Usage::default());
         assert!(ix.desired("h2").vns.is_empty());
         assert_eq!(ix.generation("h2"), 2);
+    }
+
+    #[test]
+    fn another_vns_new_generation_leaves_a_ready_slice_alone() {
+        let mut ix = index();
+        ix.accept(req("x", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        for h in ["h1", "h2", "h3"] {
+            ix.observe(h, 1, true, &[report("v1", HostPhase::Ready)]);
+        }
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Ready);
+        // A second VN on the same hosts: generation 2, whose notice lists both slices.
+        ix.accept(req("y", Encap::Vxlan, false, "red"), vec![], &via_h2(), 1)
+            .unwrap();
+        let starting = [
+            report("v1", HostPhase::Pending),
+            report("v2", HostPhase::Pending),
+        ];
+        let c = ix.observe("h1", 2, false, &starting);
+        assert!(
+            c.upserts.is_empty() && c.events.is_empty(),
+            "{:?}",
+            c.upserts.keys()
+        );
+        assert_eq!(ix.record("v1").unwrap().hosts["h1"].phase, HostPhase::Ready);
+        // The outcome of applying it still counts for both.
+        let c = ix.observe(
+            "h1",
+            2,
+            true,
+            &[
+                report("v1", HostPhase::Failed("gone".into())),
+                report("v2", HostPhase::Ready),
+            ],
+        );
+        assert!(c.upserts.contains_key("v1"));
+        assert_eq!(ix.record("v1").unwrap().status, VnStatus::Degraded);
     }
 
     #[test]
