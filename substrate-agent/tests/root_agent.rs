@@ -540,7 +540,6 @@ fn isolated_and_clean(letter: &str, mode: &'static str) {
 /// traffic flows; the restarted agent adopts them (the same programs, not reloaded) and
 /// converges without rebuilding anything. No datapath process exists.
 fn bpf_survives_agent_kill(tb: &mut Testbed, na1: &str) {
-    let h1id = tb.hosts[0].id.clone();
     let filters = tb.bpf_filters(1);
     assert!(
         filters.lines().count() >= 3,
@@ -558,6 +557,19 @@ fn bpf_survives_agent_kill(tb: &mut Testbed, na1: &str) {
         procs.is_empty(),
         "a datapath process on the BPF path: {procs:?}"
     );
+    kill_and_restart_agent(tb, na1);
+    assert_eq!(
+        tb.bpf_filters(1),
+        filters,
+        "classifiers were replaced, not adopted"
+    );
+    assert!(ping(na1, "10.2.0.2"));
+}
+
+/// Kill -9 of h1's agent: both links of `na1` keep forwarding while it is dead; restarted, it
+/// converges without rebuilding a namespace.
+fn kill_and_restart_agent(tb: &mut Testbed, na1: &str) {
+    let h1id = tb.hosts[0].id.clone();
     tb.kill_agent(1);
     assert!(
         ping(na1, "10.2.0.2"),
@@ -578,40 +590,14 @@ fn bpf_survives_agent_kill(tb: &mut Testbed, na1: &str) {
         ns_inodes,
         "a restarted agent rebuilt namespaces"
     );
-    assert_eq!(
-        tb.bpf_filters(1),
-        filters,
-        "classifiers were replaced, not adopted"
-    );
-    assert!(ping(na1, "10.2.0.2"));
 }
 
 /// Kill -9 of the agent: the userspace datapath is a process of its own and keeps forwarding; a
 /// restarted agent adopts it; if the datapath itself dies, the agent starts it again at once.
 fn userspace_survives_agent_kill(tb: &mut Testbed, na1: &str) {
     let na1 = na1.to_string();
-    let h1id = tb.hosts[0].id.clone();
     let dp_pid = std::fs::read_to_string(tb.hosts[0].state_dir.join("state.json")).unwrap();
-    tb.kill_agent(1);
-    assert!(
-        ping(&na1, "10.2.0.2"),
-        "VLAN link down while the agent is dead"
-    );
-    assert!(
-        ping(&na1, "10.1.0.2"),
-        "VXLAN link down while the agent is dead"
-    );
-    let ns_inodes = sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag));
-    let since = tb.ctl().report_count(&h1id);
-    tb.start_agent(1);
-    tb.ctl().wait_attached(&h1id, 2, T);
-    let again = tb.ctl().wait_report_since(&h1id, 1, since, T);
-    assert!(again.converged, "{again:#?}");
-    assert_eq!(
-        sh(&format!("ls -i /run/netns | grep {} | sort", tb.tag)),
-        ns_inodes,
-        "a restarted agent rebuilt namespaces"
-    );
+    kill_and_restart_agent(tb, &na1);
     let dp_pid_after = std::fs::read_to_string(tb.hosts[0].state_dir.join("state.json")).unwrap();
     let pid_of =
         |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["datapath"].clone();

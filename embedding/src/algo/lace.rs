@@ -337,19 +337,26 @@ impl Search<'_> {
         (bfs.clone(), true)
     }
 
+    /// Each neighbour's search, with the bandwidths it runs on (the residual's, or the partial
+    /// embedding's).
+    fn searches(&self) -> impl Iterator<Item = (std::cell::RefMut<'_, LevelBfs>, &[u64])> {
+        self.dist_buf.iter().map(|(bfs, on_residual)| {
+            let bw: &[u64] = if *on_residual {
+                self.residual.bandwidths()
+            } else {
+                &self.work.bandwidth
+            };
+            (bfs.borrow_mut(), bw)
+        })
+    }
+
     /// Grows every neighbour's search to at least `depth` levels (or its end). Scoring asks
     /// for no more than it needs (the best hosts are exact whatever the depth), but a search
     /// that has settled only its source leaves every host inexact: starting deeper saves the
     /// rounds that would find that out.
     fn grow_to(&self, depth: u32) {
         let s = self.residual.substrate();
-        for (bfs, on_residual) in &self.dist_buf {
-            let bw = if *on_residual {
-                self.residual.bandwidths()
-            } else {
-                &self.work.bandwidth
-            };
-            let mut b = bfs.borrow_mut();
+        for (mut b, bw) in self.searches() {
             while b.depth() < depth && !b.is_complete() {
                 b.grow(s, bw);
             }
@@ -361,13 +368,7 @@ impl Search<'_> {
     fn grow(&self, all: bool) -> bool {
         let s = self.residual.substrate();
         let mut grew = false;
-        for (bfs, on_residual) in &self.dist_buf {
-            let bw = if *on_residual {
-                self.residual.bandwidths()
-            } else {
-                &self.work.bandwidth
-            };
-            let mut b = bfs.borrow_mut();
+        for (mut b, bw) in self.searches() {
             grew |= !b.is_complete();
             if all {
                 b.finish(s, bw);

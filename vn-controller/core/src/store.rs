@@ -109,6 +109,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Whether a change writes nothing to a store (events and hosts to notify are not stored).
+/// One write of a change, for a store to map onto its own keys or tables.
+#[derive(Debug, PartialEq)]
+pub enum Write<'a> {
+    /// A VN record (encoded), or its removal.
+    Vn(&'a str, Option<Vec<u8>>),
+    /// A host's generation.
+    Generation(&'a str, u64),
+    /// The identifier cursors (encoded).
+    Cursors(Vec<u8>),
+}
+
+/// What `c` writes, in order: upserted and removed VN records, generations, cursors.
+pub fn writes(c: &Change) -> impl Iterator<Item = Write<'_>> {
+    let upserts = c
+        .upserts
+        .iter()
+        .map(|(id, rec)| Write::Vn(id.as_str(), Some(encode(rec))));
+    let removed = c.removed.iter().map(|id| Write::Vn(id.as_str(), None));
+    let generations = c
+        .generations
+        .iter()
+        .map(|(h, g)| Write::Generation(h.as_str(), *g));
+    let cursors = c.cursors.iter().map(|k| Write::Cursors(encode(k)));
+    upserts.chain(removed).chain(generations).chain(cursors)
+}
+
 pub fn writes_nothing(c: &Change) -> bool {
     c.upserts.is_empty() && c.removed.is_empty() && c.generations.is_empty() && c.cursors.is_none()
 }

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::core::index::Change;
 use crate::core::store::{
-    BackendError, EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, decode, encode,
-    writes_nothing,
+    BackendError, EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write as StoreWrite,
+    decode, encode, writes, writes_nothing,
 };
 use crate::core::substrate::HostInfo;
 
@@ -555,19 +555,15 @@ impl Store for EtcdStore {
                 .collect::<Vec<_>>(),
         ];
         for (change, events) in changes {
-            let mut w = Vec::new();
-            for (id, rec) in &change.upserts {
-                w.push((format!("{p}vns/{id}"), Some(encode(rec))));
-            }
-            for id in &change.removed {
-                w.push((format!("{p}vns/{id}"), None));
-            }
-            for (h, g) in &change.generations {
-                w.push((format!("{p}generations/{h}"), Some(encode(g))));
-            }
-            if let Some(c) = &change.cursors {
-                w.push((format!("{p}meta/cursors"), Some(encode(c))));
-            }
+            let mut w: Vec<Write> = writes(change)
+                .map(|w| match w {
+                    StoreWrite::Vn(id, rec) => (format!("{p}vns/{id}"), rec),
+                    StoreWrite::Generation(h, g) => {
+                        (format!("{p}generations/{h}"), Some(encode(&g)))
+                    }
+                    StoreWrite::Cursors(c) => (format!("{p}meta/cursors"), Some(c)),
+                })
+                .collect();
             for e in *events {
                 w.push((event_key(p, e.seq), Some(encode(e))));
             }

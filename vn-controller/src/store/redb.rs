@@ -14,7 +14,8 @@ use ::redb::{
 
 use crate::core::index::Change;
 use crate::core::store::{
-    EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, decode, encode, writes_nothing,
+    EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write, decode, encode, writes,
+    writes_nothing,
 };
 use crate::core::substrate::HostInfo;
 
@@ -232,21 +233,14 @@ impl Store for RedbStore {
                     .insert(h.id.as_str(), encode(*h).as_slice())
                     .map_err(|e| self.err(e))?;
             }
-            for (change, _) in changes {
-                for (id, rec) in &change.upserts {
-                    vns.insert(id.as_str(), encode(rec).as_slice())
-                        .map_err(|e| self.err(e))?;
+            for w in changes.iter().flat_map(|(c, _)| writes(c)) {
+                match w {
+                    Write::Vn(id, Some(rec)) => vns.insert(id, rec.as_slice()).map(drop),
+                    Write::Vn(id, None) => vns.remove(id).map(drop),
+                    Write::Generation(h, g) => gens.insert(h, g).map(drop),
+                    Write::Cursors(c) => meta.insert(CURSORS_KEY, c.as_slice()).map(drop),
                 }
-                for id in &change.removed {
-                    vns.remove(id.as_str()).map_err(|e| self.err(e))?;
-                }
-                for (h, g) in &change.generations {
-                    gens.insert(h.as_str(), *g).map_err(|e| self.err(e))?;
-                }
-                if let Some(c) = &change.cursors {
-                    meta.insert(CURSORS_KEY, encode(c).as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
+                .map_err(|e| self.err(e))?;
             }
             let events: Vec<&StoredEvent> = changes.iter().flat_map(|(_, e)| *e).collect();
             self.write_events(&tx, &mut meta, &events)?;
