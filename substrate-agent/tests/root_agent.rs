@@ -97,11 +97,18 @@ fn tcp_ok(client_ns: &str, server_ns: &str, server_ip: &str, port: u16) -> bool 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = in_ns(
-        client_ns,
-        &format!("iperf3 -c {server_ip} -p {port} -t 1 -J"),
-    );
+    // The server may take a while to listen on a loaded machine: connection refused is retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (ok, out) = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let r = in_ns(
+            client_ns,
+            &format!("iperf3 -c {server_ip} -p {port} -t 1 -J"),
+        );
+        if r.0 || !r.1.contains("unable to connect") || std::time::Instant::now() > deadline {
+            break r;
+        }
+    };
     let _ = srv.kill();
     let _ = srv.wait();
     ok && out.contains("\"bits_per_second\"")

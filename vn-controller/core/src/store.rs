@@ -139,6 +139,14 @@ pub fn writes_nothing(c: &Change) -> bool {
     c.upserts.is_empty() && c.removed.is_empty() && c.generations.is_empty() && c.cursors.is_none()
 }
 
+/// Whether a batch for [`Store::apply_all`] writes nothing: no host record, no write, no event.
+pub fn batch_is_empty(changes: &[(&Change, &[StoredEvent])], hosts: &[&HostInfo]) -> bool {
+    hosts.is_empty()
+        && changes
+            .iter()
+            .all(|(c, e)| e.is_empty() && writes_nothing(c))
+}
+
 /// A stored value as JSON.
 pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialise")

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use crate::core::index::Change;
 use crate::core::store::{
     BackendError, EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write as StoreWrite,
-    decode, encode, writes, writes_nothing,
+    batch_is_empty, decode, encode, writes,
 };
 use crate::core::substrate::HostInfo;
 
@@ -540,11 +540,7 @@ impl Store for EtcdStore {
         hosts: &[&HostInfo],
         _durable: bool,
     ) -> Result<(), StoreError> {
-        if hosts.is_empty()
-            && changes
-                .iter()
-                .all(|(c, e)| e.is_empty() && writes_nothing(c))
-        {
+        if batch_is_empty(changes, hosts) {
             return Ok(());
         }
         let p = &self.cfg.prefix;

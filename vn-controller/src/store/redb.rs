@@ -14,8 +14,8 @@ use ::redb::{
 
 use crate::core::index::Change;
 use crate::core::store::{
-    EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write, decode, encode, writes,
-    writes_nothing,
+    EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write, batch_is_empty, decode,
+    encode, writes,
 };
 use crate::core::substrate::HostInfo;
 
@@ -211,11 +211,7 @@ impl Store for RedbStore {
         hosts: &[&HostInfo],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if hosts.is_empty()
-            && changes
-                .iter()
-                .all(|(c, e)| e.is_empty() && writes_nothing(c))
-        {
+        if batch_is_empty(changes, hosts) {
             return Ok(());
         }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
