@@ -8,7 +8,7 @@ use vnet_proto::v1 as pb;
 use vnet_proto::v1::admin_server::Admin;
 
 use crate::runtime::controller::Controller;
-use crate::runtime::credentials::{CredentialsError, Quota, Role, Usage};
+use crate::runtime::credentials::{CredentialsError, Principal, Quota, Role, Usage};
 
 use super::{convert, identity, status, validate::check_identifier};
 
@@ -23,6 +23,14 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(ctl: Controller) -> Self {
         AdminService { ctl }
+    }
+
+    /// The admin behind `req`, on the leader: credentials and quotas are written by the leader
+    /// only (a follower names it).
+    fn credentials_writer<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let admin = identity::admin(&self.ctl, req)?;
+        self.ctl.require_leader().map_err(status)?;
+        Ok(admin)
     }
 
     fn status_of(&self, provider: &str) -> pb::QuotaStatus {
@@ -74,9 +82,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateCredentialRequest>,
     ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
-        let admin = identity::admin(&self.ctl, &req)?;
-        // Credentials are written by the leader only (a follower names it).
-        self.ctl.require_leader().map_err(status)?;
+        let admin = self.credentials_writer(&req)?;
         let r = req.into_inner();
         provider_name(&r.provider, "provider")?;
         let role = match pb::Role::try_from(r.role) {
@@ -117,9 +123,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let admin = identity::admin(&self.ctl, &req)?;
-        // Credentials are written by the leader only (a follower names it).
-        self.ctl.require_leader().map_err(status)?;
+        let admin = self.credentials_writer(&req)?;
         let r = req.into_inner();
         let (id, provider) = match (r.token_id.is_empty(), r.provider.is_empty()) {
             (false, true) => (Some(r.token_id.as_str()), None),
@@ -153,9 +157,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetQuotaRequest>,
     ) -> Result<Response<pb::QuotaStatus>, Status> {
-        let admin = identity::admin(&self.ctl, &req)?;
-        // Credentials are written by the leader only (a follower names it).
-        self.ctl.require_leader().map_err(status)?;
+        let admin = self.credentials_writer(&req)?;
         let r = req.into_inner();
         provider_name(&r.provider, "provider")?;
         let q = r.quota.unwrap_or_default();

@@ -51,6 +51,19 @@ fn snapshot(ctl: &Controller, provider: &ProviderId, name: &str, seq: u64) -> Ve
         .collect()
 }
 
+/// Sends `events` in order to a watcher; false once it is gone.
+async fn send_all(
+    tx: &mpsc::Sender<Result<pb::VnEvent, Status>>,
+    events: Vec<pb::VnEvent>,
+) -> bool {
+    for e in events {
+        if tx.send(Ok(e)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Stored events read per call when a watcher resumes.
 const RESUME_PAGE: usize = 1000;
 
@@ -175,10 +188,8 @@ impl VirtualNetworks for VnService {
         let (tx, rx) = mpsc::channel(256);
         let ctl = self.ctl.clone();
         tokio::spawn(async move {
-            for e in initial {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
+            if !send_all(&tx, initial).await {
+                return;
             }
             loop {
                 tokio::select! {
@@ -200,10 +211,8 @@ impl VirtualNetworks for VnService {
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::debug!(missed = n, "watcher lagged, sending a snapshot");
                             last = ctl.last_seq();
-                            for e in snapshot(&ctl, &caller, &name, last) {
-                                if tx.send(Ok(e)).await.is_err() {
-                                    return;
-                                }
+                            if !send_all(&tx, snapshot(&ctl, &caller, &name, last)).await {
+                                return;
                             }
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
@@ -211,10 +220,8 @@ impl VirtualNetworks for VnService {
                     // This replica skipped events it could not read: the same as a lag.
                     Ok(()) = resync.changed() => {
                         last = ctl.last_seq();
-                        for e in snapshot(&ctl, &caller, &name, last) {
-                            if tx.send(Ok(e)).await.is_err() {
-                                return;
-                            }
+                        if !send_all(&tx, snapshot(&ctl, &caller, &name, last)).await {
+                            return;
                         }
                     }
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {

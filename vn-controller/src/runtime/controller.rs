@@ -232,9 +232,8 @@ impl Controller {
     /// call [`Controller::start`] from inside one.
     pub fn open(cfg: ControllerConfig, planner: Box<dyn Planner>) -> Result<Self, OpenError> {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir)?);
-        let ctl = Self::with_store(cfg, planner, store, None)?;
-        let loaded = ctl.shared.store.load()?;
-        ctl.begin_epoch(loaded.epoch, loaded.last_seq)?;
+        let (ctl, epoch) = Self::with_store(cfg, planner, store, None)?;
+        ctl.begin_epoch(epoch, ctl.last_seq())?;
         ctl.shared.leading.send_replace(true);
         Ok(ctl)
     }
@@ -247,15 +246,17 @@ impl Controller {
         etcd: Arc<EtcdStore>,
     ) -> Result<Self, OpenError> {
         let store: Arc<dyn Store> = etcd.clone();
-        Self::with_store(cfg, planner, store, Some(etcd))
+        Ok(Self::with_store(cfg, planner, store, Some(etcd))?.0)
     }
 
+    /// A controller on `store`, its state restored and its events up to the stored ones counted
+    /// as published; with the stored writer epoch.
     fn with_store(
         cfg: ControllerConfig,
         planner: Box<dyn Planner>,
         store: Arc<dyn Store>,
         etcd: Option<Arc<EtcdStore>>,
-    ) -> Result<Self, OpenError> {
+    ) -> Result<(Self, u64), OpenError> {
         let credentials = match &etcd {
             Some(e) => {
                 if cfg.state_dir.join("credentials.json").exists() {
@@ -270,6 +271,7 @@ impl Controller {
             None => Credentials::open(&cfg.state_dir, cfg.admin_token_hashes.clone())?,
         };
         let loaded = store.load()?;
+        let epoch = loaded.epoch;
         let publisher = Arc::new(Publisher::new(cfg.event_buffer));
         // The state read stands for the events stored so far: only later ones are published.
         publisher.skip_to(loaded.last_seq);
@@ -280,7 +282,7 @@ impl Controller {
             Some(e) => e.role(),
             None => watch::channel(Role::Leader { fence: 0 }).1,
         };
-        Ok(Controller {
+        let ctl = Controller {
             shared: Arc::new(Shared {
                 cfg,
                 planner,
@@ -299,7 +301,8 @@ impl Controller {
                 settle_until: Mutex::new(None),
                 writer,
             }),
-        })
+        };
+        Ok((ctl, epoch))
     }
 
     /// Starts a writer epoch after the stored one: events are numbered in it from now on.

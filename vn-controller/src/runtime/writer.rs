@@ -59,7 +59,7 @@ impl Publisher {
     pub fn begin_epoch(&self, epoch: u64, last: Seq) {
         self.next_seq
             .store(crate::core::store::epoch_start(epoch) + 1, Ordering::SeqCst);
-        self.last_seq.fetch_max(last, Ordering::SeqCst);
+        self.skip_to(last);
     }
 
     /// Counts the events up to `seq` as published without sending them (a state read from the

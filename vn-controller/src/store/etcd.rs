@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::core::index::Change;
 use crate::core::store::{
-    BackendError, EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write as StoreWrite,
-    batch_is_empty, decode, encode, writes,
+    BackendError, EVENTS_KEPT, Loaded, Seq, Store, StoreError, StoredEvent, Write, batch_is_empty,
+    decode, encode, writes,
 };
 use crate::core::substrate::HostInfo;
 
@@ -441,15 +441,15 @@ fn rest<'a>(kv: &'a KeyValue, prefix: &str) -> Result<&'a str, StoreError> {
 }
 
 /// The key of an event: its sequence number in 20 digits, so that keys sort as numbers.
-/// One write: a key and its new value (`None`: delete it).
-type Write = (String, Option<Vec<u8>>);
+/// One key's write: the key and its new value (`None`: delete it).
+type KeyWrite = (String, Option<Vec<u8>>);
 
 /// Groups units of writes (a change with its events) into transactions of at most `max` keys, in
 /// order. etcd refuses a key twice in one transaction, so writes are merged per key (the last one
 /// wins). A unit never straddles two transactions unless it alone has more than `max` writes
 /// (then its events, written last, land in its last transaction), so that a leader killed
 /// between two transactions leaves no change without its events.
-fn chunked(units: Vec<Vec<Write>>, max: usize) -> Vec<BTreeMap<String, Option<Vec<u8>>>> {
+fn chunked(units: Vec<Vec<KeyWrite>>, max: usize) -> Vec<BTreeMap<String, Option<Vec<u8>>>> {
     let mut chunks: Vec<BTreeMap<String, Option<Vec<u8>>>> = vec![BTreeMap::new()];
     for unit in units {
         let cur = chunks.last().expect("one at least");
@@ -551,13 +551,11 @@ impl Store for EtcdStore {
                 .collect::<Vec<_>>(),
         ];
         for (change, events) in changes {
-            let mut w: Vec<Write> = writes(change)
+            let mut w: Vec<KeyWrite> = writes(change)
                 .map(|w| match w {
-                    StoreWrite::Vn(id, rec) => (format!("{p}vns/{id}"), rec),
-                    StoreWrite::Generation(h, g) => {
-                        (format!("{p}generations/{h}"), Some(encode(&g)))
-                    }
-                    StoreWrite::Cursors(c) => (format!("{p}meta/cursors"), Some(c)),
+                    Write::Vn(id, rec) => (format!("{p}vns/{id}"), rec),
+                    Write::Generation(h, g) => (format!("{p}generations/{h}"), Some(encode(&g))),
+                    Write::Cursors(c) => (format!("{p}meta/cursors"), Some(c)),
                 })
                 .collect();
             for e in *events {
@@ -687,7 +685,7 @@ impl crate::runtime::credentials::SharedValue for EtcdStore {
 mod tests {
     use super::*;
 
-    fn unit(keys: &[&str]) -> Vec<Write> {
+    fn unit(keys: &[&str]) -> Vec<KeyWrite> {
         keys.iter()
             .map(|k| (k.to_string(), Some(vec![1])))
             .collect()
