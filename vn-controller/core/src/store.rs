@@ -106,6 +106,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Seq,
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, bool), StoreError>;
+
+    /// Every stored event above `after` up to `upto`, oldest first, read a page at a time;
+    /// `None` when some of them were trimmed already.
+    fn events_between(
+        &self,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        const PAGE: usize = 1000;
+        let mut out: Vec<StoredEvent> = Vec::new();
+        loop {
+            let from = out.last().map_or(after, |e| e.seq);
+            if from >= upto {
+                return Ok(Some(out));
+            }
+            let (page, gap) = self.events_after(from, PAGE)?;
+            if gap {
+                return Ok(None);
+            }
+            let full = page.len() == PAGE;
+            out.extend(page.into_iter().take_while(|e| e.seq <= upto));
+            if !full {
+                return Ok(Some(out));
+            }
+        }
+    }
 }
 
 /// Whether a change writes nothing to a store (events and hosts to notify are not stored).

@@ -64,11 +64,9 @@ async fn send_all(
     true
 }
 
-/// Stored events read per call when a watcher resumes.
-const RESUME_PAGE: usize = 1000;
-
 /// Where a watch starts: a snapshot (`after` 0, or events after it trimmed already), or the
-/// stored events after `after`. Returns them and the number of the last event they cover.
+/// stored events after `after` up to the last published one. Returns them and the number of the
+/// last event they cover.
 async fn watch_start(
     ctl: &Controller,
     caller: &ProviderId,
@@ -76,32 +74,27 @@ async fn watch_start(
     after: u64,
 ) -> Result<(Vec<pb::VnEvent>, u64), Status> {
     if after > 0 {
-        let mut out = Vec::new();
-        let mut last = after;
-        loop {
-            let c = ctl.clone();
-            let (page, gap) =
-                tokio::task::spawn_blocking(move || c.events_after(last, RESUME_PAGE))
-                    .await
-                    .map_err(|e| Status::internal(format!("reading stored events: {e}")))?
-                    .map_err(status)?;
-            if gap {
-                tracing::debug!(
-                    after,
-                    "events after the resume point were trimmed, sending a snapshot"
-                );
-                break;
+        let c = ctl.clone();
+        let stored = tokio::task::spawn_blocking(move || c.events_after(after))
+            .await
+            .map_err(|e| Status::internal(format!("reading stored events: {e}")))?
+            .map_err(status)?;
+        match stored {
+            Some(events) => {
+                let last = events.last().map_or(after, |e| e.seq);
+                let mine = events
+                    .iter()
+                    .filter(|e| {
+                        e.event.provider == *caller && (name.is_empty() || e.event.name == name)
+                    })
+                    .map(convert::event)
+                    .collect();
+                return Ok((mine, last));
             }
-            let n = page.len();
-            for e in page {
-                last = e.seq;
-                if e.event.provider == *caller && (name.is_empty() || e.event.name == name) {
-                    out.push(convert::event(&e));
-                }
-            }
-            if n < RESUME_PAGE {
-                return Ok((out, last));
-            }
+            None => tracing::debug!(
+                after,
+                "events after the resume point were trimmed, sending a snapshot"
+            ),
         }
     }
     let seq = ctl.last_seq();

@@ -351,16 +351,12 @@ impl Controller {
         }))
     }
 
-    /// Stored events after `after` (for a watcher that resumes), and whether some were
-    /// trimmed already.
-    pub fn events_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, bool), ControlError> {
+    /// The stored events after `after` up to the last one published (for a watcher that
+    /// resumes); `None` when some were trimmed already.
+    pub fn events_after(&self, after: u64) -> Result<Option<Vec<StoredEvent>>, ControlError> {
         self.shared
             .store
-            .events_after(after, limit)
+            .events_between(after, self.last_seq())
             .map_err(|e| ControlError::Unavailable(format!("{:#}", anyhow::Error::new(e))))
     }
 

@@ -15,8 +15,6 @@ use crate::store::{EtcdStore, Role, Seq};
 
 use super::{Controller, lock, restore};
 
-/// Stored events read per call when a replica catches up.
-const CATCH_UP_PAGE: usize = 1000;
 /// Changes gathered into one reload.
 const SETTLE: Duration = Duration::from_millis(50);
 /// After a takeover, creates wait at most this long for the agents to re-attach.
@@ -134,21 +132,20 @@ impl Controller {
     /// resume from them: they get a snapshot, as watchers that lag do.
     fn catch_up(&self, last: Seq) -> Result<(), crate::store::StoreError> {
         let publisher = &self.shared.publisher;
-        while publisher.last_seq() < last {
-            let (page, gap) = self
-                .shared
-                .store
-                .events_after(publisher.last_seq(), CATCH_UP_PAGE)?;
-            if gap || page.is_empty() {
-                tracing::warn!(
-                    from = publisher.last_seq(),
-                    to = last,
-                    "stored events trimmed before this replica published them; watchers restart"
-                );
-                publisher.resync(last);
-                return Ok(());
-            }
-            publisher.events(page);
+        if let Some(events) = self
+            .shared
+            .store
+            .events_between(publisher.last_seq(), last)?
+        {
+            publisher.events(events);
+        }
+        if publisher.last_seq() < last {
+            tracing::warn!(
+                from = publisher.last_seq(),
+                to = last,
+                "stored events trimmed before this replica published them; watchers restart"
+            );
+            publisher.resync(last);
         }
         Ok(())
     }
