@@ -16,28 +16,16 @@
 # deploy/bench/RESULTS.md (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
 results_begin "$@"
 
 VNODES=1000
 WORKERS=4
 SECONDS_PER_RUN=5
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --vnodes) VNODES="$2"; shift 2 ;;
-    --workers) WORKERS="$2"; shift 2 ;;
-    --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-if [[ $EUID -ne 0 ]]; then
-  echo "agent-scale.sh: needs root (creates namespaces)" >&2
-  exit 1
-fi
-for tool in iperf3 ip jq; do
-  command -v "$tool" >/dev/null || { echo "agent-scale.sh: $tool is missing (deploy/setup.sh installs it)" >&2; exit 1; }
-done
+parse_args --vnodes:VNODES --workers:WORKERS --seconds:SECONDS_PER_RUN -- "$@"
+need_root "creates namespaces"
+need_tools iperf3 ip jq
 
 # Its VLAN row is the userspace datapath's (datapath.sh compares every datapath side by side).
 export VNET_VLAN_DATAPATH=userspace

@@ -16,26 +16,15 @@
 # (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
 results_begin "$@"
 
 SECONDS_PER_RUN=5
 ROUNDS=3
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
-    --rounds) ROUNDS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-if [[ $EUID -ne 0 ]]; then
-  echo "datapath.sh: needs root (creates namespaces, loads BPF)" >&2
-  exit 1
-fi
-for tool in iperf3 ip jq busybox; do
-  command -v "$tool" >/dev/null || { echo "datapath.sh: $tool is missing (deploy/setup.sh installs it)" >&2; exit 1; }
-done
+parse_args --seconds:SECONDS_PER_RUN --rounds:ROUNDS -- "$@"
+need_root "creates namespaces, loads BPF"
+need_tools iperf3 ip jq busybox
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p substrate-agent

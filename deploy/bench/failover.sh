@@ -21,31 +21,18 @@
 # Needs jq, iproute2, util-linux (flock). Builds vnctl, vn-controller and substrate-agent
 # (release, honours CARGO_TARGET_DIR) unless --bin-dir names a directory holding all three.
 # Noisy when other builds share the machine: the load is printed.
-me=failover
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
 . deploy/bench/lib/testbed.sh
-. deploy/bench/lib/results.sh
 results_begin "$@"
 
 sizes=10,100 hosts=5 bin_dir=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-    --sizes | --hosts | --bin-dir)
-      # Each option sets the variable of its name (--bin-dir: bin_dir).
-      [[ $# -ge 2 ]] || { echo "failover: $1 wants a value" >&2; exit 2; }
-      opt=${1#--}
-      printf -v "${opt//-/_}" '%s' "$2"
-      shift 2 ;;
-    *) echo "failover: unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
+parse_args --sizes --hosts --bin-dir -- "$@"
 [[ $sizes =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--sizes wants sizes like 10,100, got '$sizes'"
-[[ $hosts =~ ^[1-9][0-9]*$ && $hosts -ge 3 ]] || die "--hosts wants at least 3, got '$hosts'"
-[[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
-need jq flock ip ss
+want_int --hosts "$hosts" 3
+need_root "namespaces, links, daemons"
+need_tools jq flock ip ss
 binaries "$bin_dir"
 
 testbed_names fo 249

@@ -20,22 +20,14 @@
 # Timings are noisy when other builds share the machine: re-run and compare.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
 results_begin "$@"
 results_env VNET_GUEST_IMAGES
 
 requests=5 boots=5 guests=16 memory=128
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --requests) requests=$2; shift 2 ;;
-    --boots) boots=$2; shift 2 ;;
-    --guests) guests=$2; shift 2 ;;
-    --memory) memory=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ $EUID -eq 0 ]] || { echo "guest-boot: needs root (namespaces, TAP devices, QEMU)" >&2; exit 1; }
+parse_args --requests --boots --guests --memory -- "$@"
+need_root "namespaces, TAP devices, QEMU"
 
 deploy/guest/build-image.sh ${VNET_GUEST_IMAGES:+--out "$VNET_GUEST_IMAGES/default"}
 if [[ $requests != 0 ]]; then

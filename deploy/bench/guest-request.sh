@@ -37,33 +37,19 @@
 set -euo pipefail
 export LC_ALL=C # a dot in $EPOCHREALTIME and in printf
 cd "$(dirname "$0")/../.."
-me=guest-request
 . deploy/bench/lib/testbed.sh
-. deploy/bench/lib/results.sh
 results_begin "$@"
 results_env VNET_BENCH_KINDS VNET_GUEST_IMAGES
 
 runs=5 hosts=2 memory=128 bin_dir="" limit=120 arp_ms=100
-while [[ $# -gt 0 ]]; do
-  [[ $1 == -h || $1 == --help || $# -ge 2 ]] || { echo "guest-request: $1 wants a value" >&2; exit 2; }
-  case "$1" in
-    --runs) runs=$2; shift 2 ;;
-    --hosts) hosts=$2; shift 2 ;;
-    --memory) memory=$2; shift 2 ;;
-    --bin-dir) bin_dir=$2; shift 2 ;;
-    --limit) limit=$2; shift 2 ;;
-    --arp-ms) arp_ms=$2; shift 2 ;;
-    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-    *) echo "guest-request: unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
-[[ $hosts == 2 || $hosts == 3 ]] || die "--hosts wants 2 or 3, got '$hosts'"
+parse_args --runs --hosts --memory --bin-dir --limit --arp-ms -- "$@"
+want_int --runs "$runs" 1
+want_int --hosts "$hosts" 2 3
 [[ $limit =~ ^[1-9][0-9]*$ ]] || die "--limit wants seconds as a positive integer, got '$limit'"
 [[ $memory =~ ^[1-9][0-9]*$ ]] || die "--memory wants MiB as a positive integer, got '$memory'"
 [[ $arp_ms =~ ^[0-9]+$ ]] || die "--arp-ms wants milliseconds (0: the kernel's default), got '$arp_ms'"
-[[ $EUID -eq 0 ]] || die "needs root (namespaces, TAP devices, daemons, QEMU)"
-need jq flock ip ss busybox qemu-system-x86_64 awk
+need_root "namespaces, TAP devices, daemons, QEMU"
+need_tools jq flock ip ss busybox qemu-system-x86_64 awk
 images=${VNET_GUEST_IMAGES:-/var/lib/vnet/images}
 [[ -f $images/default/image.json ]] \
   || die "guest image missing: $images/default/image.json (run deploy/guest/build-image.sh)"

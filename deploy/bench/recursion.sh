@@ -26,26 +26,15 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
-me=recursion
 . deploy/bench/lib/testbed.sh
-. deploy/bench/lib/results.sh
 results_begin "$@"
 
 runs=3 seconds=3 bin_dir=""
-while [[ $# -gt 0 ]]; do
-  [[ $1 == -h || $1 == --help || $# -ge 2 ]] || { echo "recursion: $1 wants a value" >&2; exit 2; }
-  case "$1" in
-    --runs) runs=$2; shift 2 ;;
-    --seconds) seconds=$2; shift 2 ;;
-    --bin-dir) bin_dir=$2; shift 2 ;;
-    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-    *) echo "recursion: unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
-[[ $seconds =~ ^[1-9][0-9]*$ ]] || die "--seconds wants a positive integer, got '$seconds'"
-[[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
-need jq flock ip ss busybox iperf3 nsenter
+parse_args --runs --seconds --bin-dir -- "$@"
+want_int --runs "$runs" 1
+want_int --seconds "$seconds" 1
+need_root "namespaces, links, daemons"
+need_tools jq flock ip ss busybox iperf3 nsenter
 binaries "$bin_dir"
 
 testbed_names rb 251

@@ -37,32 +37,17 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
-me=testbed-scale
 . deploy/bench/lib/testbed.sh
-. deploy/bench/lib/results.sh
 results_begin "$@"
 
 hosts=50 vns=2000 steps=4 vlan_every=4 bin_dir=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-    --hosts | --vns | --steps | --vlan-every | --bin-dir)
-      # Each option sets the variable of its name (--vlan-every: vlan_every).
-      [[ $# -ge 2 ]] || { echo "$me: $1 wants a value" >&2; exit 2; }
-      opt=${1#--}
-      printf -v "${opt//-/_}" '%s' "$2"
-      shift 2 ;;
-    *) echo "$me: unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ $hosts =~ ^[1-9][0-9]*$ ]] && ((hosts >= 3 && hosts <= 250)) \
-  || die "--hosts wants 3 to 250, got '$hosts'"
-[[ $vns =~ ^[1-9][0-9]*$ ]] || die "--vns wants a positive integer, got '$vns'"
-[[ $steps =~ ^[1-9][0-9]*$ ]] && ((steps <= vns)) \
-  || die "--steps wants 1 to --vns ($vns), got '$steps'"
+parse_args --hosts --vns --steps --vlan-every --bin-dir -- "$@"
+want_int --hosts "$hosts" 3 250
+want_int --vns "$vns" 1
+want_int --steps "$steps" 1 "$vns"
 [[ $vlan_every =~ ^[0-9]+$ ]] || die "--vlan-every wants 0 (no VLAN) or more, got '$vlan_every'"
-[[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
-need jq curl flock ip ss
+need_root "namespaces, links, daemons"
+need_tools jq curl flock ip ss
 binaries "$bin_dir"
 
 testbed_names ts 246

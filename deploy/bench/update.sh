@@ -20,30 +20,16 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
-me=update
 . deploy/bench/lib/testbed.sh
-. deploy/bench/lib/results.sh
 results_begin "$@"
 
 sizes="10 100" runs=3 hosts=5 bin_dir=""
-while [[ $# -gt 0 ]]; do
-  [[ $1 == -h || $1 == --help || $# -ge 2 ]] || { echo "update: $1 wants a value" >&2; exit 2; }
-  case "$1" in
-    --sizes) sizes=$2; shift 2 ;;
-    --runs) runs=$2; shift 2 ;;
-    --hosts) hosts=$2; shift 2 ;;
-    --bin-dir) bin_dir=$2; shift 2 ;;
-    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-    *) echo "update: unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got '$runs'"
-[[ $hosts =~ ^[1-9][0-9]*$ ]] || die "--hosts wants a positive integer, got '$hosts'"
-for n in $sizes; do
-  [[ $n =~ ^[0-9]+$ ]] && ((n >= 3 && n <= 250)) || die "--sizes wants sizes of 3 to 250, got '$n'"
-done
-[[ $EUID -eq 0 ]] || die "needs root (namespaces, links, daemons)"
-need jq flock ip ss
+parse_args --sizes --runs --hosts --bin-dir -- "$@"
+want_int --runs "$runs" 1
+want_int --hosts "$hosts" 1
+for n in $sizes; do want_int --sizes "$n" 3 250; done
+need_root "namespaces, links, daemons"
+need_tools jq flock ip ss
 binaries "$bin_dir"
 
 testbed_names ub 247

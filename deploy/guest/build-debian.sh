@@ -18,21 +18,13 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=deploy/lib/cli.sh
+. "$here/../lib/cli.sh"
 out=/var/lib/vnet/images/debian
 force=0
-while (($#)); do
-  case "$1" in
-    --out) out=$2; shift 2 ;;
-    --force) force=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "build-debian: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-die() { echo "build-debian: $*" >&2; exit 1; }
-for tool in mmdebstrap mkfs.ext4 qemu-img apt-cache sha256sum; do
-  command -v "$tool" >/dev/null || die "$tool is missing (deploy/setup.sh installs it)"
-done
-[[ $EUID -eq 0 ]] || die "mmdebstrap into a directory needs root"
+parse_args --out --force:force=1 -- "$@"
+need_tools mmdebstrap mkfs.ext4 qemu-img apt-cache sha256sum
+need_root "mmdebstrap into a directory"
 
 # The machine's own Debian suite and sources.
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

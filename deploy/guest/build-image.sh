@@ -25,33 +25,22 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=deploy/lib/cli.sh
+. "$here/../lib/cli.sh"
 out=
 kpkg=
 arch=x86_64
 extra_modules=
 force=0
-while (($#)); do
-  case "$1" in
-    --out) out=$2; shift 2 ;;
-    --arch) arch=$2; shift 2 ;;
-    --kernel-package) kpkg=$2; shift 2 ;;
-    --modules) extra_modules=$2; shift 2 ;;
-    --force) force=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "build-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+parse_args --out --arch --kernel-package:kpkg --modules:extra_modules --force:force=1 -- "$@"
 
-die() { echo "build-image: $*" >&2; exit 1; }
 case $arch in
   x86_64) debarch=amd64; qual=; suffix=; : "${kpkg:=linux-image-amd64}" ;;
   aarch64) debarch=arm64; qual=:arm64; suffix=-aarch64; : "${kpkg:=linux-image-arm64}" ;;
   *) die "unknown --arch $arch (x86_64 or aarch64)" ;;
 esac
 : "${out:=/var/lib/vnet/images/default$suffix}"
-for tool in apt-get apt-cache dpkg depmod cpio gzip sha256sum; do
-  command -v "$tool" >/dev/null || die "$tool is missing (deploy/setup.sh installs it)"
-done
+need_tools apt-get apt-cache dpkg depmod cpio gzip sha256sum
 busybox=/bin/busybox
 [[ -x $busybox ]] || die "busybox-static is missing (apt-get install busybox-static)"
 ldd $busybox >/dev/null 2>&1 && die "$busybox is dynamically linked; install busybox-static"

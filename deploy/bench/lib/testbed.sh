@@ -1,9 +1,11 @@
-# Sourced by the benchmark scripts that run on a private testbed (guest-request.sh, recursion.sh):
-# the binaries, the testbed's names, the cross-process testbed lock, `vnctl testbed up`, and the
-# EXIT trap that takes the testbed down and checks that nothing of it is left.
+# shellcheck shell=bash
+# Sourced by the benchmark scripts that run on a private testbed (failover.sh, guest-request.sh,
+# recursion.sh, testbed-scale.sh, update.sh): the binaries, the testbed's names, the cross-process
+# testbed lock, `vnctl testbed up`, and the EXIT trap that takes the testbed down and checks that
+# nothing of it is left. Sources deploy/lib/cli.sh (parse_args, die, need_root, need_tools, ...)
+# and deploy/bench/lib/results.sh (results_begin, results_write, ...), which these scripts use too.
 #
-# The script sets `me` (its name in messages) before sourcing, then in order:
-#   need CMD...                      every CMD is installed
+# In order:
 #   binaries "$bin_dir"              VNCTL (builds the three binaries when $bin_dir is empty)
 #   testbed_names SHORT NET          id tag bridge subnet port metrics ctl
 #   testbed_lock                     one testbed at a time (fd 9), like the end-to-end tests
@@ -11,14 +13,10 @@
 #   testbed_up ARGS...               vnctl testbed up with the names above and ARGS
 # Every command that starts daemons runs with `9>&-`: they must not inherit (and hold) the lock.
 
-die() { echo "$me: $*" >&2; exit 1; }
-
-need() {
-  local c
-  for c; do
-    command -v "$c" >/dev/null || die "$c is not installed (see deploy/setup.sh)"
-  done
-}
+# shellcheck source=deploy/lib/cli.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../lib/cli.sh"
+# shellcheck source=deploy/bench/lib/results.sh
+. "$(dirname "${BASH_SOURCE[0]}")/results.sh"
 
 # VNCTL from $1, a directory holding vnctl, vn-controller and substrate-agent; when $1 is empty,
 # they are built (release, honours CARGO_TARGET_DIR).
