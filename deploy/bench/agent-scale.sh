@@ -16,9 +16,7 @@
 # deploy/bench/RESULTS.md (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
-results_begin "$@"
 
 VNODES=1000
 WORKERS=4
@@ -26,6 +24,7 @@ SECONDS_PER_RUN=5
 parse_args --vnodes:VNODES --workers:WORKERS --seconds:SECONDS_PER_RUN -- "$@"
 need_root "creates namespaces"
 need_tools iperf3 ip jq
+results_begin "$@"
 
 # Its VLAN row is the userspace datapath's (datapath.sh compares every datapath side by side).
 export VNET_VLAN_DATAPATH=userspace

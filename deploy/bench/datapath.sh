@@ -16,15 +16,14 @@
 # (deploy/bench/lib/results.sh; VNET_BENCH_RESULTS=- writes no file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
-results_begin "$@"
 
 SECONDS_PER_RUN=5
 ROUNDS=3
 parse_args --seconds:SECONDS_PER_RUN --rounds:ROUNDS -- "$@"
 need_root "creates namespaces, loads BPF"
 need_tools iperf3 ip jq busybox
+results_begin "$@"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p substrate-agent

@@ -20,7 +20,6 @@
 # Timings are noisy when other builds share the machine: re-run and compare.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. deploy/lib/cli.sh
 . deploy/bench/lib/results.sh
 results_begin "$@"
 results_env VNET_GUEST_IMAGES

@@ -16,6 +16,9 @@
 # the flock on /run/lock/vnet-bench-results.lock.
 
 results_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+# The bench scripts' options and preconditions (parse_args, die, need_root, need_tools, ...).
+# shellcheck source=deploy/lib/cli.sh
+. "$results_root/deploy/lib/cli.sh"
 results_cmd=""
 results_load_start=""
 

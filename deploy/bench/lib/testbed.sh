@@ -2,8 +2,9 @@
 # Sourced by the benchmark scripts that run on a private testbed (failover.sh, guest-request.sh,
 # recursion.sh, testbed-scale.sh, update.sh): the binaries, the testbed's names, the cross-process
 # testbed lock, `vnctl testbed up`, and the EXIT trap that takes the testbed down and checks that
-# nothing of it is left. Sources deploy/lib/cli.sh (parse_args, die, need_root, need_tools, ...)
-# and deploy/bench/lib/results.sh (results_begin, results_write, ...), which these scripts use too.
+# nothing of it is left. Sources deploy/bench/lib/results.sh (results_begin, results_write, ...,
+# and through it deploy/lib/cli.sh: parse_args, die, need_root, need_tools), which these scripts
+# use too.
 #
 # In order:
 #   binaries "$bin_dir"              VNCTL (builds the three binaries when $bin_dir is empty)
@@ -13,8 +14,6 @@
 #   testbed_up ARGS...               vnctl testbed up with the names above and ARGS
 # Every command that starts daemons runs with `9>&-`: they must not inherit (and hold) the lock.
 
-# shellcheck source=deploy/lib/cli.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../../lib/cli.sh"
 # shellcheck source=deploy/bench/lib/results.sh
 . "$(dirname "${BASH_SOURCE[0]}")/results.sh"
 
