@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use common::{Bed, ok, testbed_lock, text};
 
-fn bed(test: &str) -> Option<Bed> {
-    common::private_bed(test, 0, &["iperf3", "busybox"], "up", 249)
+fn bed() -> Option<Bed> {
+    common::private_bed(0, &["iperf3", "busybox"], "up", 249)
 }
 
 const BEFORE: &str = "name: x
@@ -190,7 +190,7 @@ fn iperf_a_to_b(bed: &Bed) -> f64 {
 #[test]
 fn a_live_vn_is_updated_in_place_without_losing_a_packet() {
     let _one = testbed_lock();
-    let Some(bed) = bed("a_live_vn_is_updated_in_place_without_losing_a_packet") else {
+    let Some(bed) = bed() else {
         return;
     };
     let before_all = bed.snapshot();
