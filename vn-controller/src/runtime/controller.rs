@@ -391,21 +391,31 @@ impl Controller {
         }
         self.spawn_recovery_retry();
         if held {
-            let weak = Arc::downgrade(&self.shared);
-            let grace = self.shared.cfg.reattach_grace;
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                if let Some(shared) = weak.upgrade() {
-                    let ctl = Controller { shared };
-                    let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
-                    // As if their sessions ended now: lost unless back within the host grace.
-                    let now = crate::grpc::convert::now_ms();
-                    for h in missing.unwrap_or_default() {
-                        ctl.host_gone(&h, 0, now);
-                    }
+            self.after(self.shared.cfg.reattach_grace, |ctl| async move {
+                let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
+                // As if their sessions ended now: lost unless back within the host grace.
+                let now = crate::grpc::convert::now_ms();
+                for h in missing.unwrap_or_default() {
+                    ctl.host_gone(&h, 0, now);
                 }
             });
         }
+    }
+
+    /// Runs `f` on this controller after `delay`, unless the controller was dropped meanwhile:
+    /// timers hold no strong reference, so a dropped controller releases its store at once.
+    pub(super) fn after<F, Fut>(&self, delay: Duration, f: F)
+    where
+        F: FnOnce(Controller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(shared) = weak.upgrade() {
+                f(Controller { shared }).await;
+            }
+        });
     }
 
     /// Tokens and quotas.
@@ -489,16 +499,10 @@ impl Controller {
     }
 
     fn arm_provisioning_timer(&self, vn_id: String) {
-        // Timers hold no strong reference: a dropped controller releases its store at once.
-        let weak = Arc::downgrade(&self.shared);
-        let after = self.shared.cfg.provisioning_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            if let Some(shared) = weak.upgrade() {
-                Controller { shared }
-                    .mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, after)))
-                    .await;
-            }
+        let timeout = self.shared.cfg.provisioning_timeout;
+        self.after(timeout, move |ctl| async move {
+            ctl.mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, timeout)))
+                .await;
         });
     }
 
