@@ -498,6 +498,30 @@ impl Controller {
         }
     }
 
+    /// Runs one embedding of `req`, timed for the metrics. A failure is RESOURCE_EXHAUSTED:
+    /// cannot `verb` it, why, then `tail`. A child's "substrate" is its parent: the message says
+    /// so, or "host" and "substrate path" in the reason read as the physical ones.
+    fn embedding<T>(
+        &self,
+        req: &VnReq,
+        verb: &str,
+        tail: &str,
+        run: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, Attempt> {
+        let t = Instant::now();
+        let r = run();
+        self.shared.publisher.metrics.embedded(t.elapsed());
+        r.map_err(|why| {
+            let within = req.parent.as_ref().map_or(String::new(), |p| {
+                format!(" in its parent {p} (whose nodes and links are its hosts and links)")
+            });
+            Attempt::Error(ControlError::Exhausted(format!(
+                "cannot {verb} {}{within}: {why}{tail}",
+                req.name
+            )))
+        })
+    }
+
     fn arm_provisioning_timer(&self, vn_id: String) {
         let timeout = self.shared.cfg.provisioning_timeout;
         self.after(timeout, move |ctl| async move {
@@ -702,19 +726,8 @@ impl Controller {
             Self::check_images(&guard, req)?;
         }
         let embed = |view: &View| {
-            let t = Instant::now();
-            let r = shared.planner.plan(view, req, algorithm);
-            shared.publisher.metrics.embedded(t.elapsed());
-            r.map_err(|why| {
-                // A child's "substrate" is its parent: say so, or "host" and "substrate path"
-                // in the embedding's reason read as the physical ones.
-                let within = req.parent.as_ref().map_or(String::new(), |p| {
-                    format!(" in its parent {p} (whose nodes and links are its hosts and links)")
-                });
-                Attempt::Error(ControlError::Exhausted(format!(
-                    "cannot embed {}{within}: {why}",
-                    req.name
-                )))
+            self.embedding(req, "embed", "", || {
+                shared.planner.plan(view, req, algorithm)
             })
         };
         let mapping = if serialised {
