@@ -137,8 +137,8 @@ fn completions_are_generated() {
 
 /// A private testbed of test `test` (`n` tells the tests of this file apart); None (after
 /// printing SKIP) when the preconditions are missing and may be.
-fn bed(test: &str, n: u32) -> Option<Bed> {
-    common::private_bed(test, n, &[], "e2e", 252)
+fn bed(n: u32) -> Option<Bed> {
+    common::private_bed(n, &[], "e2e", 252)
 }
 
 struct Vn {
@@ -205,7 +205,7 @@ fn pairs(vn: &Vn) -> Vec<(String, String, String, String)> {
 #[test]
 fn three_hosts_two_providers() {
     let _one = testbed_lock();
-    let Some(bed) = bed("three_hosts_two_providers", 1) else {
+    let Some(bed) = bed(1) else {
         return;
     };
     let ctl = bed.ctl.clone();
@@ -430,7 +430,7 @@ fn three_hosts_two_providers() {
 #[test]
 fn down_after_a_crash() {
     let _one = testbed_lock();
-    let Some(bed) = bed("down_after_a_crash", 2) else {
+    let Some(bed) = bed(2) else {
         return;
     };
     let before = bed.snapshot();
@@ -469,7 +469,7 @@ fn down_after_a_crash() {
 #[test]
 fn down_after_a_partial_failure() {
     let _one = testbed_lock();
-    let Some(bed) = bed("down_after_a_partial_failure", 3) else {
+    let Some(bed) = bed(3) else {
         return;
     };
     let before = bed.snapshot();

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use common::{Bed, VNCTL, ok, processes, testbed_lock, text};
 
 /// A private testbed for test `n` of this file; None (after SKIP) when preconditions miss.
-fn bed(test: &str, n: u32) -> Option<Bed> {
+fn bed(n: u32) -> Option<Bed> {
     let tools = [
         "tcpdump", "iperf3", "busybox", "nsenter", "script", "python3",
     ];
-    common::private_bed(test, n, &tools, "ex", 251)
+    common::private_bed(n, &tools, "ex", 251)
 }
 
 /// Red: a and b on h1, joined; blue: x on h1, y on h2 (another provider on the same host).
@@ -86,7 +86,7 @@ const BPF_PROBE: &str = "import ctypes, struct\nlibc = ctypes.CDLL(None, use_err
 #[test]
 fn exec_is_confined_to_its_node() {
     let _one = testbed_lock();
-    let Some(bed) = bed("exec_is_confined_to_its_node", 1) else {
+    let Some(bed) = bed(1) else {
         return;
     };
     let before = bed.snapshot();
@@ -265,7 +265,7 @@ fn rss(pid: u32) -> u64 {
 #[test]
 fn exec_streams_both_ways() {
     let _one = testbed_lock();
-    let Some(bed) = bed("exec_streams_both_ways", 2) else {
+    let Some(bed) = bed(2) else {
         return;
     };
     let before = bed.snapshot();

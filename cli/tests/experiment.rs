@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use common::{Bed, Snapshot, ok, testbed_lock, text};
 
-fn bed(test: &str, n: u32) -> Option<Bed> {
-    common::private_bed(test, n, &["iperf3", "busybox"], "xp", 247)
+fn bed(n: u32) -> Option<Bed> {
+    common::private_bed(n, &["iperf3", "busybox"], "xp", 247)
 }
 
 /// The experiment file: red with its own credential, blue through the admin's.
@@ -186,7 +186,7 @@ fn pingall_and_iperf(bed: &Bed) {
 
 #[test]
 fn two_providers_thirty_requests() {
-    let Some(bed) = bed("two_providers_thirty_requests", 1) else {
+    let Some(bed) = bed(1) else {
         return;
     };
     let _lock = testbed_lock();
@@ -282,7 +282,7 @@ fn two_providers_thirty_requests() {
 
 #[test]
 fn sigint_halfway_deletes_what_it_created() {
-    let Some(bed) = bed("sigint_halfway_deletes_what_it_created", 2) else {
+    let Some(bed) = bed(2) else {
         return;
     };
     let _lock = testbed_lock();

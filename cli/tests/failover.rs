@@ -24,8 +24,8 @@ use common::{Bed, ok, testbed_lock, text};
 /// The controller's default `--host-grace-secs`.
 const HOST_GRACE: Duration = Duration::from_secs(10);
 
-fn bed(test: &str, n: u32) -> Option<Bed> {
-    common::private_bed(test, n, &[], "fo", 251)
+fn bed(n: u32) -> Option<Bed> {
+    common::private_bed(n, &[], "fo", 251)
 }
 
 /// A ring a-b-c-d-a of unpinned netns nodes (no revisitation: four hosts).
@@ -161,10 +161,7 @@ fn wait_host_settled(bed: &Bed, id: &str, within: Duration) {
 #[test]
 fn a_killed_host_moves_its_node_and_leaves_nothing_when_it_returns() {
     let _one = testbed_lock();
-    let Some(bed) = bed(
-        "a_killed_host_moves_its_node_and_leaves_nothing_when_it_returns",
-        1,
-    ) else {
+    let Some(bed) = bed(1) else {
         return;
     };
     let before = bed.snapshot();
@@ -250,10 +247,7 @@ fn a_killed_host_moves_its_node_and_leaves_nothing_when_it_returns() {
 #[test]
 fn a_dead_underlay_link_is_routed_around_and_its_return_disturbs_nothing() {
     let _one = testbed_lock();
-    let Some(bed) = bed(
-        "a_dead_underlay_link_is_routed_around_and_its_return_disturbs_nothing",
-        2,
-    ) else {
+    let Some(bed) = bed(2) else {
         return;
     };
     let before = bed.snapshot();
@@ -334,10 +328,7 @@ links:
 #[test]
 fn cordon_keeps_new_nodes_off_and_drain_moves_everything_off() {
     let _one = testbed_lock();
-    let Some(bed) = bed(
-        "cordon_keeps_new_nodes_off_and_drain_moves_everything_off",
-        3,
-    ) else {
+    let Some(bed) = bed(3) else {
         return;
     };
     let before = bed.snapshot();

@@ -42,7 +42,7 @@ fn images_dir() -> PathBuf {
 }
 
 /// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
-fn preconditions(test: &str) -> bool {
+fn preconditions() -> bool {
     let mut missing = testbed_missing("namespaces, TAP devices, daemons, QEMU");
     let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -59,7 +59,7 @@ fn preconditions(test: &str) -> bool {
             manifest.display()
         ));
     }
-    may_run(test, &missing)
+    may_run(&missing)
 }
 
 impl Bed {
@@ -239,8 +239,7 @@ fn placement(vn: &Value) -> std::collections::BTreeMap<String, (String, String)>
 
 #[test]
 fn guests_end_to_end() {
-    let test = "guests_end_to_end";
-    if !preconditions(test) {
+    if !preconditions() {
         return;
     }
     let _lock = testbed_lock();

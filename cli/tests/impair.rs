@@ -56,8 +56,8 @@ links:
   - {endpoints: [p8, q8], bandwidth: 100, addresses: [10.71.8.1/24, 10.71.8.2/24], encapsulation: vlan}
 ";
 
-fn bed(test: &str) -> Option<Bed> {
-    common::private_bed(test, 0, &[], "imp", 251)
+fn bed() -> Option<Bed> {
+    common::private_bed(0, &[], "imp", 251)
 }
 
 /// busybox ping `count` times at `interval` seconds from `node` of `imp` to `addr` (2 s to
@@ -173,7 +173,7 @@ fn iperf(bed: &Bed) -> f64 {
 #[test]
 fn delay_loss_and_jitter_as_specified() {
     let _one = testbed_lock();
-    let Some(bed) = bed("delay_loss_and_jitter_as_specified") else {
+    let Some(bed) = bed() else {
         return;
     };
     let before = bed.snapshot();

@@ -34,7 +34,7 @@ fn images_dir() -> PathBuf {
 }
 
 /// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
-fn preconditions(test: &str, images: &[&str]) -> bool {
+fn preconditions(images: &[&str]) -> bool {
     let mut missing = testbed_missing("namespaces, TAP devices, daemons, QEMU");
     for (bin, pkg) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
@@ -59,7 +59,7 @@ fn preconditions(test: &str, images: &[&str]) -> bool {
             ));
         }
     }
-    may_run(test, &missing)
+    may_run(&missing)
 }
 
 impl Bed {
@@ -103,7 +103,7 @@ links:
 #[test]
 fn real_guests_end_to_end() {
     let test = "real_guests_end_to_end";
-    if !preconditions(test, &["debian", "default-aarch64"]) {
+    if !preconditions(&["debian", "default-aarch64"]) {
         return;
     }
     let _lock = testbed_lock();

@@ -48,7 +48,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// `true` when the test may run; prints SKIP, or panics under `VNET_REQUIRE_ROOT=1`.
-fn preconditions(test: &str) -> bool {
+fn preconditions() -> bool {
     let mut missing = testbed_missing("namespaces, links, daemons, captures");
     for (program, package) in [
         ("tcpdump", "tcpdump"),
@@ -63,7 +63,7 @@ fn preconditions(test: &str) -> bool {
             ));
         }
     }
-    may_run(test, &missing)
+    may_run(&missing)
 }
 
 /// Names of the namespaces of the testbed and, for each, the links inside it: what a VN that
@@ -434,7 +434,7 @@ const FIELDS: [&str; 7] = [
 #[test]
 fn recursion_end_to_end() {
     let test = "recursion_end_to_end";
-    if !preconditions(test) {
+    if !preconditions() {
         return;
     }
     let started = Instant::now();

@@ -56,8 +56,7 @@ fn vn_yaml(name: &str) -> String {
 
 #[test]
 fn agents_and_watch_follow_the_new_leader() {
-    let test = "agents_and_watch_follow_the_new_leader";
-    let Some(bed) = private_bed(test, 0, &["etcd"], "rp", 247) else {
+    let Some(bed) = private_bed(0, &["etcd"], "rp", 247) else {
         return;
     };
     let _lock = testbed_lock();

@@ -269,7 +269,7 @@ async fn hosts_are_bound_to_certificates(bed: &Bed) {
 
 #[test]
 fn providers_and_hosts_prove_who_they_are() {
-    let Some(bed) = private_bed("providers_and_hosts_prove_who_they_are", 0, &[], "tr", 249) else {
+    let Some(bed) = private_bed(0, &[], "tr", 249) else {
         return;
     };
     let _lock = testbed_lock();

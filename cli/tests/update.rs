@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use common::{Bed, ok, testbed_lock, text};
 
-fn bed(test: &str) -> Option<Bed> {
-    common::private_bed(test, 0, &["iperf3", "busybox"], "up", 249)
+fn bed() -> Option<Bed> {
+    common::private_bed(0, &["iperf3", "busybox"], "up", 249)
 }
 
 const BEFORE: &str = "name: x
@@ -39,19 +39,26 @@ links:
   - {endpoints: [a, c], bandwidth: 20, addresses: [10.70.3.1/24, 10.70.3.2/24]}
 ";
 
-const AFTER: &str = "name: x
-allowRevisitation: true
-nodes:
-  - {name: a, cpu: 10, memory: 64, host: h1}
-  - {name: b, cpu: 10, memory: 64, host: h2}
-  - {name: c, cpu: 10, memory: 64, host: h3}
-  - {name: d, cpu: 10, memory: 64, host: h1}
-links:
-  - {endpoints: [a, b], bandwidth: 40, addresses: [10.70.1.1/24, 10.70.1.2/24]}
-  - {endpoints: [b, c], bandwidth: 20, addresses: [10.70.2.1/24, 10.70.2.2/24]}
-  - {endpoints: [c, d], bandwidth: 20, addresses: [10.70.4.1/24, 10.70.4.2/24]}
-  - {endpoints: [b, d], bandwidth: 20, addresses: [10.70.5.1/24, 10.70.5.2/24]}
-";
+/// The update: node d on h1, a-b from 20 to 40 Mbit/s, a-c replaced by c-d and b-d.
+fn after() -> String {
+    let mut spec = BEFORE.to_string();
+    for (from, to) in [
+        (
+            "links:\n",
+            "  - {name: d, cpu: 10, memory: 64, host: h1}\nlinks:\n",
+        ),
+        ("[a, b], bandwidth: 20", "[a, b], bandwidth: 40"),
+        (
+            "  - {endpoints: [a, c], bandwidth: 20, addresses: [10.70.3.1/24, 10.70.3.2/24]}\n",
+            "  - {endpoints: [c, d], bandwidth: 20, addresses: [10.70.4.1/24, 10.70.4.2/24]}
+  - {endpoints: [b, d], bandwidth: 20, addresses: [10.70.5.1/24, 10.70.5.2/24]}\n",
+        ),
+    ] {
+        assert!(spec.contains(from), "BEFORE has no {from:?}");
+        spec = spec.replacen(from, to, 1);
+    }
+    spec
+}
 
 /// `vnctl ARGS` of `bed` as provider red, running in the background.
 fn spawn(bed: &Bed, args: &[&str]) -> Child {
@@ -183,13 +190,13 @@ fn iperf_a_to_b(bed: &Bed) -> f64 {
 #[test]
 fn a_live_vn_is_updated_in_place_without_losing_a_packet() {
     let _one = testbed_lock();
-    let Some(bed) = bed("a_live_vn_is_updated_in_place_without_losing_a_packet") else {
+    let Some(bed) = bed() else {
         return;
     };
     let before_all = bed.snapshot();
     let guard = bed.up();
     let v1 = bed.spec("v1", BEFORE);
-    let v2 = bed.spec("v2", AFTER);
+    let v2 = bed.spec("v2", &after());
     let p = |f: &std::path::Path| f.to_str().unwrap().to_string();
     bed.apply_wait("red", &v1, "180s");
     for (from, to) in [("a", "10.70.1.2"), ("b", "10.70.2.2"), ("a", "10.70.3.2")] {
@@ -326,7 +333,7 @@ fn a_live_vn_is_updated_in_place_without_losing_a_packet() {
     // An update that does not fit: refused, and the VN is as it was.
     let huge = bed.spec(
         "huge",
-        &AFTER.replace("{name: d, cpu: 10", "{name: d, cpu: 100000"),
+        &after().replace("{name: d, cpu: 10", "{name: d, cpu: 100000"),
     );
     let out = bed.vnctl(Some("red"), &["apply", "-f", &p(&huge)]);
     assert_eq!(out.status.code(), Some(1));

@@ -111,42 +111,32 @@ fn tcp_ok(client_ns: &str, server_ns: &str, server_ip: &str, port: u16) -> bool 
     };
     let _ = srv.kill();
     let _ = srv.wait();
-    ok && out.contains("\"bits_per_second\"")
+    let measured = ok && out.contains("\"bits_per_second\"");
+    if !measured {
+        eprintln!("iperf3 from {client_ns} to {server_ip}:{port} failed: {out}");
+    }
+    measured
 }
 
 #[test]
 fn same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_clean() {
-    if !root_or_skip(
-        "same_address_plan_in_two_vns_over_vxlan_and_vlan_is_isolated_and_teardown_is_clean",
-    ) {
-        return;
-    }
     isolated_and_clean("a", "bpf");
 }
 
 /// The same on the userspace VLAN datapath (forced), so that both stay correct.
 #[test]
 fn same_address_plan_isolated_and_clean_on_the_userspace_vlan_datapath() {
-    if !root_or_skip("same_address_plan_isolated_and_clean_on_the_userspace_vlan_datapath") {
-        return;
-    }
     isolated_and_clean("u", "userspace");
 }
 
 #[test]
 fn same_vlan_id_on_two_substrate_links_is_isolated_and_teardown_is_clean() {
-    if !root_or_skip("same_vlan_id_on_two_substrate_links_is_isolated_and_teardown_is_clean") {
-        return;
-    }
     same_vlan_id_on_two_links("v", "bpf");
 }
 
 /// The same on the userspace VLAN datapath (forced).
 #[test]
 fn same_vlan_id_on_two_substrate_links_on_the_userspace_vlan_datapath() {
-    if !root_or_skip("same_vlan_id_on_two_substrate_links_on_the_userspace_vlan_datapath") {
-        return;
-    }
     same_vlan_id_on_two_links("w", "userspace");
 }
 
@@ -177,8 +167,9 @@ fn vlan_end(p: &str, n: u8, mac_byte: u8, vid: u32, local: &str, remote: &str) -
 /// tagged frame arrives on; each VN talks (ping, TCP, crafted frames tagged 101 from both of its
 /// nodes) while the other VN's nodes and the other substrate link see nothing of it.
 fn same_vlan_id_on_two_links(letter: &str, mode: &'static str) {
-    let mut tb = Testbed::new(letter, 3);
-    tb.vlan_datapath = mode;
+    let Some(mut tb) = Testbed::on_datapath(letter, 3, mode) else {
+        return;
+    };
     let (u12, _) = tb.underlay(1, 2);
     let (u13, _) = tb.underlay(1, 3);
     let before: Vec<String> = (1..=3).map(|i| tb.host_view(i)).collect();
@@ -352,13 +343,7 @@ fn teardown_leaves_nothing(
     for id in &ids {
         tb.ctl().wait_converged(id, generation, T);
     }
-    let agents: Vec<u32> = tb
-        .hosts
-        .iter()
-        .map(|h| h.agent.as_ref().unwrap().id())
-        .collect();
-    let mut procs = tb.processes();
-    procs.retain(|p| !agents.contains(p));
+    let procs = tb.processes_besides_agents();
     assert!(
         procs.is_empty(),
         "processes left besides the agents: {procs:?}"
@@ -377,8 +362,9 @@ fn teardown_leaves_nothing(
 }
 
 fn isolated_and_clean(letter: &str, mode: &'static str) {
-    let mut tb = Testbed::new(letter, 2);
-    tb.vlan_datapath = mode;
+    let Some(mut tb) = Testbed::on_datapath(letter, 2, mode) else {
+        return;
+    };
     let (u1, _u2) = tb.underlay(1, 2);
     let before = vec![tb.host_view(1), tb.host_view(2)];
     let ns_before = tb.namespaces();
@@ -636,7 +622,7 @@ fn userspace_survives_agent_kill(tb: &mut Testbed, na1: &str) {
 
 #[test]
 fn link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host() {
-    if !root_or_skip("link_over_three_hosts_is_forwarded_hop_by_hop_through_the_middle_host") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("b", 3);
@@ -818,7 +804,7 @@ fn iperf_mbps(client_ns: &str, server_ns: &str, server_ip: &str, port: u16, reve
 
 #[test]
 fn a_50_mbit_link_measures_within_ten_percent() {
-    if !root_or_skip("a_50_mbit_link_measures_within_ten_percent") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("c", 2);
@@ -862,7 +848,7 @@ fn a_50_mbit_link_measures_within_ten_percent() {
 
 #[test]
 fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
-    if !root_or_skip("agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("d", 1);
@@ -967,7 +953,7 @@ fn agent_killed_mid_apply_converges_after_restart_and_spares_look_alikes() {
 
 #[test]
 fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
-    if !root_or_skip("vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown") {
+    if !root_or_skip() {
         return;
     }
     let image = std::path::Path::new("/var/lib/vnet/images/default/image.json");
@@ -1074,20 +1060,14 @@ fn vm_node_joins_a_vn_over_vxlan_and_is_stopped_on_teardown() {
     tb.ctl().set_desired(&h2, desired(2, vec![]));
     tb.ctl().wait_converged(&h1, 2, T);
     tb.ctl().wait_converged(&h2, 2, T);
-    let agents: Vec<u32> = tb
-        .hosts
-        .iter()
-        .map(|h| h.agent.as_ref().unwrap().id())
-        .collect();
-    let mut procs = tb.processes();
-    procs.retain(|p| !agents.contains(p));
+    let procs = tb.processes_besides_agents();
     assert!(procs.is_empty(), "QEMU or datapath left running: {procs:?}");
     assert!(!tb.namespaces().contains(&sandbox));
 }
 
 #[test]
 fn child_vn_rides_inside_its_parents_link() {
-    if !root_or_skip("child_vn_rides_inside_its_parents_link") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("f", 2);
@@ -1193,7 +1173,7 @@ fn child_vn_rides_inside_its_parents_link() {
 
 #[test]
 fn a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing() {
-    if !root_or_skip("a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("g", 1);
@@ -1272,7 +1252,7 @@ fn a_slice_that_cannot_be_built_fails_alone_and_leaves_nothing() {
 
 #[test]
 fn newer_desired_state_supersedes_and_controller_restart_changes_nothing() {
-    if !root_or_skip("newer_desired_state_supersedes_and_controller_restart_changes_nothing") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("h", 1);

@@ -45,7 +45,7 @@ fn redirects(ns: &str, dev: &str) -> Vec<String> {
 
 #[test]
 fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
-    if !root_or_skip("joins_are_idempotent_follow_a_new_tap_and_unjoin") {
+    if !root_or_skip() {
         return;
     }
     let ns = Ns(format!("vtk-{}", std::process::id()));
@@ -97,7 +97,7 @@ fn joins_are_idempotent_follow_a_new_tap_and_unjoin() {
 
 #[test]
 fn a_shaping_rate_is_read_back_and_replaced_in_place() {
-    if !root_or_skip("a_shaping_rate_is_read_back_and_replaced_in_place") {
+    if !root_or_skip() {
         return;
     }
     let ns = Ns(format!("vtq-{}", std::process::id()));

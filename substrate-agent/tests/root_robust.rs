@@ -74,7 +74,7 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
 /// datapath runs; after delete no process and no namespace is left.
 #[test]
 fn agent_killed_around_datapath_start_never_orphans_it() {
-    if !root_or_skip("agent_killed_around_datapath_start_never_orphans_it") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("r", 2);
@@ -178,7 +178,7 @@ fn agent_killed_around_datapath_start_never_orphans_it() {
 /// report of h1 and left alone; the VNs on h1 still converge and carry traffic.
 #[test]
 fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
-    if !root_or_skip("stray_entries_under_the_agent_prefix_are_reported_and_skipped") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("s", 2);
@@ -246,7 +246,7 @@ fn stray_entries_under_the_agent_prefix_are_reported_and_skipped() {
 /// nothing of the VN is left.
 #[test]
 fn a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn() {
-    if !root_or_skip("a_tenant_rewriting_its_node_cannot_make_it_outlive_the_vn") {
+    if !root_or_skip() {
         return;
     }
     let mut tb = Testbed::new("t", 2);

@@ -175,11 +175,26 @@ async fn a_lost_host_moves_its_node_and_nothing_doubles_when_it_returns() {
 /// attaches, a later attempt moves only the lost node there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
+    stuck_then_room(false).await;
+}
+
+/// The same with a controller restart while the VN is stuck: the new controller finds the host
+/// still away and keeps trying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_vn_still_moves_when_room_comes_after_a_controller_restart() {
+    stuck_then_room(true).await;
+}
+
+/// A ring on four full hosts loses one: DEGRADED, nothing moves; (`restart`: the controller
+/// restarts on its store, the three others come back to it); a fifth host comes: the lost
+/// node moves there, the others stay.
+async fn stuck_then_room(restart: bool) {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_millis(800);
     let tweak = |c: &mut ControllerConfig| {
         c.host_grace = grace;
         c.recovery_retry = Duration::from_millis(500);
+        c.reattach_grace = Duration::from_millis(500);
     };
     let (h, mut agents) = start_losing(dir.path(), tweak, 4, 100).await;
     let mut c = h.vns().await;
@@ -197,10 +212,33 @@ async fn a_vn_with_nowhere_to_go_moves_when_room_comes() {
         stuck.reason
     );
     assert_eq!(hosts_of(&stuck), hosts_of(&before));
-    // Still stuck a few attempts later: nothing moved, nothing doubled.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let still = get_vn(&mut c, "red", "full").await;
-    assert_eq!(still.state, pb::VnState::Degraded as i32);
+    let h = if restart {
+        h.stop().await;
+        drop(agents);
+        let h = Harness::start(dir.path(), tweak).await;
+        agents = Vec::new();
+        for i in 1..=4 {
+            let id = format!("h{i}");
+            agents.push(if id == lost {
+                None
+            } else {
+                Some(h.agent(&id, i, 100, 4096, Behaviour::Ready).await)
+            });
+        }
+        h
+    } else {
+        h
+    };
+    // Still stuck a few attempts later (after the re-attach and host grace of a restart too):
+    // nothing moved, nothing doubled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = get_vn(&mut h.vns().await, "red", "full").await;
+    assert_eq!(
+        still.state,
+        pb::VnState::Degraded as i32,
+        "{}",
+        still.reason
+    );
     assert_eq!(hosts_of(&still), hosts_of(&before));
 
     let _h5 = h.agent("h5", 5, 100, 4096, Behaviour::Ready).await;

@@ -70,14 +70,14 @@ pub fn testbed_missing(root_for: &str) -> Vec<String> {
     missing
 }
 
-/// The private testbed of test `test`, or `None` after printing `SKIP` when root, the daemons
+/// The calling test's private testbed, or `None` after printing `SKIP` when root, the daemons
 /// or one of `tools` is missing. `tag` names the test file's kernel objects (namespaces
 /// `<tag><pid>x<n>-`, bridge `vn<tag><pid>x<n>`: at most 3 characters), `n` tells the tests of
 /// one file apart, `octet` is the second octet of the management subnet.
-pub fn private_bed(test: &str, n: u32, tools: &[&str], tag: &str, octet: u32) -> Option<Bed> {
+pub fn private_bed(n: u32, tools: &[&str], tag: &str, octet: u32) -> Option<Bed> {
     let mut missing = testbed_missing("namespaces, veths, daemons");
     tools_missing(&mut missing, tools);
-    if !may_run(test, &missing) {
+    if !may_run(&missing) {
         return None;
     }
     Some(named_bed(tag, n, octet))
@@ -104,11 +104,14 @@ pub fn guest_bed(tag: &str, octet: u32) -> Bed {
 }
 
 /// `true` when nothing is `missing`; otherwise prints `SKIP <test>: <what>` and returns `false`,
-/// or panics under `VNET_REQUIRE_ROOT=1`.
-pub fn may_run(test: &str, missing: &[String]) -> bool {
+/// or panics under `VNET_REQUIRE_ROOT=1`. `<test>` is the calling test's name: the harness names
+/// each test's thread after it.
+pub fn may_run(missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a testbed test");
     if require() {
         panic!("{test}: VNET_REQUIRE_ROOT=1 but {}", missing.join("; "));
     }

@@ -776,6 +776,15 @@ mod tests {
     use crate::substrate::{Substrate, SubstrateLink, SubstrateNode};
     use std::sync::Arc;
 
+    /// `m` with a time limit no loaded machine reaches: these problems solve in milliseconds, and
+    /// the assertions are about the answer, not the limit (tests/mip_limit.rs tests that).
+    fn patient(m: Mip) -> Mip {
+        Mip {
+            time_limit: Duration::from_secs(120),
+            ..m
+        }
+    }
+
     #[test]
     fn finds_the_optimum_on_a_line() {
         let res = Residual::new(Arc::new(line()));
@@ -783,7 +792,7 @@ mod tests {
         for warm_start in [false, true] {
             let m = Mip {
                 warm_start,
-                ..Mip::default()
+                ..patient(Mip::default())
             };
             let sol = m.solve(&res, &r).unwrap();
             assert!(sol.proven_optimal);
@@ -807,7 +816,7 @@ mod tests {
         r.add_node(VirtualNode::new("x", 1).pinned_to("a")).unwrap();
         r.add_node(VirtualNode::new("y", 1).pinned_to("c")).unwrap();
         r.add_link("x", "y", 10).unwrap();
-        let err = Mip::default().solve(&res, &r).unwrap_err();
+        let err = patient(Mip::default()).solve(&res, &r).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -818,7 +827,7 @@ mod tests {
             ),
             "{err}"
         );
-        let sol = Mip::splittable().solve(&res, &r).unwrap();
+        let sol = patient(Mip::splittable()).solve(&res, &r).unwrap();
         assert!(sol.proven_optimal);
         let flows = sol.embedding.links()[0].flows();
         assert_eq!(flows.len(), 2);
@@ -838,7 +847,7 @@ mod tests {
         r.add_node(VirtualNode::new("x", 5).pinned_to("a")).unwrap();
         r.add_node(VirtualNode::new("y", 5)).unwrap();
         r.add_link("x", "y", 3).unwrap();
-        let sol = Mip::default().solve(&res, &r).unwrap();
+        let sol = patient(Mip::default()).solve(&res, &r).unwrap();
         assert_eq!(
             sol.embedding.cost(),
             10,

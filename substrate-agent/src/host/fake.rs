@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::kernel::{
+    IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, PortSpec, RouteInfo, VxlanSpec,
+};
 use crate::reconcile::observed::{LinkObs, RouteObs};
 use crate::reconcile::spec::Route;
 
@@ -350,26 +352,22 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn create_port(
-        &self,
-        dev: &IfSpec,
-        ctx: Option<&str>,
-        outer: &str,
-        tag: &str,
-    ) -> Result<(), KernelError> {
+    fn create_port(&self, spec: &PortSpec) -> Result<(), KernelError> {
+        let dev = &spec.dev;
         let mut h = self.host.lock().unwrap();
         self.record(
             &mut h,
             format!(
-                "create_port {}/{} {}/{outer}",
+                "create_port {}/{} {}/{}",
                 dev.ns,
                 dev.ifname,
-                ctx.unwrap_or("<host>")
+                spec.ctx.as_deref().unwrap_or("<host>"),
+                spec.outer
             ),
         )?;
         check_free(&h, dev)?;
         let mut l = new_link(&mut h, dev, "veth", "");
-        l.obs.alias = Some(tag.to_string());
+        l.obs.alias = Some(spec.tag.clone());
         ns_mut(&mut h, &dev.ns)?.links.insert(dev.ifname.clone(), l);
         Ok(())
     }

@@ -109,6 +109,18 @@ pub struct VxlanSpec {
     pub tag: String,
 }
 
+/// A VLAN port of the BPF datapath to create: a veth pair whose inner end `dev` is created in
+/// `dev.ns` (configured, tagged with `tag`, up) and whose outer end `outer` stays, up and
+/// untagged, in the context namespace `ctx` (`None`: the agent's own). The pair dies with
+/// `dev.ns`, so the outer end needs no record of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub ctx: Option<String>,
+    pub dev: IfSpec,
+    pub outer: String,
+    pub tag: String,
+}
+
 /// The kernel operations the agent uses.
 pub trait Kernel: Send + Sync {
     /// Named namespaces whose name starts with `prefix`.
@@ -129,17 +141,8 @@ pub trait Kernel: Send + Sync {
     /// A persistent TAP device, configured and up; tagged with `tag` when given (a guest's TAPs
     /// are the guest runtime's, not the planner's, and carry none).
     fn create_tap(&self, dev: &IfSpec, tag: Option<&str>) -> Result<(), KernelError>;
-    /// A VLAN port for the BPF datapath: a veth pair whose inner end `dev` is created in
-    /// `dev.ns` (configured, tagged with `tag`, up) and whose outer end `outer` stays, up and
-    /// untagged, in the context namespace `ctx` (`None`: the agent's own). The pair dies with
-    /// `dev.ns`, so the outer end needs no record of its own.
-    fn create_port(
-        &self,
-        dev: &IfSpec,
-        ctx: Option<&str>,
-        outer: &str,
-        tag: &str,
-    ) -> Result<(), KernelError>;
+    /// A VLAN port for the BPF datapath (see [`PortSpec`]).
+    fn create_port(&self, spec: &PortSpec) -> Result<(), KernelError>;
     /// Deletes a link in a named namespace (`None`: the agent's own namespace).
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError>;
     /// Egress rate limit (TBF) on an interface.

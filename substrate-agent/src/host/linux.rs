@@ -32,7 +32,9 @@ use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
-use crate::host::kernel::{IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, RouteInfo, VxlanSpec};
+use crate::host::kernel::{
+    IfSpec, Kernel, KernelError, NsEntry, NsSnapshot, PortSpec, RouteInfo, VxlanSpec,
+};
 use crate::host::netns;
 use crate::host::rtnl::{CREATE, REPLACE, Rtnl};
 use crate::host::tc;
@@ -647,13 +649,8 @@ impl Kernel for LinuxKernel {
         )
     }
 
-    fn create_port(
-        &self,
-        dev: &IfSpec,
-        ctx: Option<&str>,
-        outer: &str,
-        tag: &str,
-    ) -> Result<(), KernelError> {
+    fn create_port(&self, spec: &PortSpec) -> Result<(), KernelError> {
+        let (dev, ctx, outer) = (&spec.dev, spec.ctx.as_deref(), spec.outer.as_str());
         let inner = self.handle(&dev.ns)?;
         let peer = apply_if(
             LinkUnspec::new_with_name(&dev.ifname),
@@ -676,7 +673,7 @@ impl Kernel for LinuxKernel {
             ),
             |r| r.request(RouteNetlinkMessage::NewLink(msg), CREATE),
         )?;
-        self.finish_if(dev, tag)
+        self.finish_if(dev, &spec.tag)
     }
 
     fn delete_link(&self, ns: Option<&str>, ifname: &str) -> Result<(), KernelError> {

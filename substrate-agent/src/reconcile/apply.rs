@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::guest::{self, GuestRuntime};
-use crate::host::kernel::{Kernel, KernelError, VxlanSpec};
+use crate::host::kernel::{Kernel, KernelError, PortSpec, VxlanSpec};
 use crate::reconcile::observe::parallel_map;
 use crate::reconcile::plan::{GuestRequest, Op, Plan, WireEndSpec};
 use crate::reconcile::spec::VnId;
@@ -67,7 +67,7 @@ fn describe(op: &Op) -> String {
             )
         }
         Op::CreateTap { dev, .. } => format!("create tap {} in {}", dev.ifname, dev.ns),
-        Op::CreatePort { dev, outer, .. } => {
+        Op::CreatePort(PortSpec { dev, outer, .. }) => {
             format!("create vlan port {} in {} ({outer})", dev.ifname, dev.ns)
         }
         Op::Shape { ns, ifname, mbps } => format!("shape {ifname} in {ns} to {mbps} Mbit/s"),
@@ -141,12 +141,7 @@ fn run_op<K: Kernel + ?Sized>(env: &Env<'_, K>, op: &Op) -> Result<(), String> {
             .map_err(ctx)
         }
         Op::CreateTap { dev, tag } => k.create_tap(dev, Some(tag)).map_err(ctx),
-        Op::CreatePort {
-            dev,
-            ctx: c,
-            outer,
-            tag,
-        } => k.create_port(dev, c.as_deref(), outer, tag).map_err(ctx),
+        Op::CreatePort(spec) => k.create_port(spec).map_err(ctx),
         Op::Shape { ns, ifname, mbps } => k.shape(ns, ifname, *mbps).map_err(ctx),
         Op::JoinTransit { ns, a, b } => k.join(ns, a, b).map_err(ctx),
         Op::RedirectEgress { ns, from, to } => k.redirect_egress(ns, from, to).map_err(ctx),

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::guest::{GuestConfig, GuestNic, GuestRoute};
-use crate::host::kernel::IfSpec;
+use crate::host::kernel::{IfSpec, PortSpec};
 use crate::impair::{RelayConfig, relay_tap};
 use crate::reconcile::naming::{Naming, NsRole, slice_needs_transit_ns};
 use crate::reconcile::observed::{LinkObs, Observed, RouteObs};
@@ -149,14 +149,8 @@ pub enum Op {
         dev: IfSpec,
         tag: String,
     },
-    /// A veth port of the BPF VLAN datapath: `dev` in its namespace, the outer end `outer` in
-    /// the context namespace (`None`: the agent's own).
-    CreatePort {
-        dev: IfSpec,
-        ctx: Option<String>,
-        outer: String,
-        tag: String,
-    },
+    /// A veth port of the BPF VLAN datapath.
+    CreatePort(PortSpec),
     /// Egress shaping (TBF) of an interface.
     Shape {
         ns: String,
@@ -195,7 +189,7 @@ impl Op {
             Op::CreateVeth { .. }
             | Op::CreateVxlan { .. }
             | Op::CreateTap { .. }
-            | Op::CreatePort { .. } => 3,
+            | Op::CreatePort(_) => 3,
             Op::Shape { .. } | Op::JoinTransit { .. } | Op::RedirectEgress { .. } => 4,
             Op::AddRoute { .. } => 5,
             Op::EnsureGuest(_) => 6,
@@ -987,12 +981,12 @@ fn tunnel_op(
             tag: tag.to_string(),
             link: seg.link_id.clone(),
         },
-        Encap::Vlan { .. } if bpf => Op::CreatePort {
+        Encap::Vlan { .. } if bpf => Op::CreatePort(PortSpec {
             outer: Naming::port_dev(&dev.ns, &dev.ifname),
             dev,
             ctx: ctx_ns.cloned(),
             tag: tag.to_string(),
-        },
+        }),
         Encap::Vlan { .. } => Op::CreateTap {
             dev,
             tag: tag.to_string(),

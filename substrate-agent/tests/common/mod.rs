@@ -20,12 +20,15 @@ use tonic::{Request, Response, Status, Streaming};
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::agent_control_server::{AgentControl, AgentControlServer};
 
-/// True when the test may run; prints SKIP otherwise (fails under VNET_REQUIRE_ROOT=1).
-pub fn root_or_skip(test: &str) -> bool {
+/// True when the calling test may run; prints SKIP with the test's name otherwise (fails under
+/// VNET_REQUIRE_ROOT=1). The test harness names each test's thread after the test.
+pub fn root_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a root test");
     if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
         panic!("{test}: needs root (VNET_REQUIRE_ROOT=1)");
     }
@@ -453,6 +456,16 @@ pub struct Testbed {
 pub const PORT: u16 = 7000;
 
 impl Testbed {
+    /// `n` hosts whose agents use the VLAN datapath `mode`; `None` (SKIP) without root.
+    pub fn on_datapath(letter: &str, n: usize, mode: &'static str) -> Option<Self> {
+        if !root_or_skip() {
+            return None;
+        }
+        let mut tb = Testbed::new(letter, n);
+        tb.vlan_datapath = mode;
+        Some(tb)
+    }
+
     /// `n` hosts. `letter` distinguishes tests of one binary.
     pub fn new(letter: &str, n: usize) -> Self {
         let tag = format!("{letter}{}", std::process::id() % 100_000);
@@ -646,6 +659,18 @@ impl Testbed {
             }
         }
         v
+    }
+
+    /// [`Testbed::processes`] besides the running agents (datapaths, QEMU).
+    pub fn processes_besides_agents(&self) -> Vec<u32> {
+        let agents: Vec<u32> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.agent.as_ref().map(Child::id))
+            .collect();
+        let mut procs = self.processes();
+        procs.retain(|p| !agents.contains(p));
+        procs
     }
 
     /// Live VLAN datapath processes of host `i`'s agent.

@@ -64,35 +64,28 @@ pub fn allocate(
     let mut names = InterfaceNames::new(req);
     let mut extra_segments = 0u64;
     let mut links = Vec::with_capacity(req.links.len());
-    for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
-        let ifnames = [names.next(l, 0), names.next(l, 1)];
-        let macs = [take_mac(alloc, taken)?, take_mac(alloc, taken)?];
-        let (hops, mtu) = place_hops(
+    let layout = Layout {
+        req,
+        mapping,
+        paths,
+    };
+    for (i, l) in req.links.iter().enumerate() {
+        let ids = LinkIds {
+            link_id: link_id(&vn_id, i),
+            ifnames: [names.next(l, 0), names.next(l, 1)],
+            macs: [take_mac(alloc, taken)?, take_mac(alloc, taken)?],
+            carrier: needs_carrier(req, l).then(|| nest::carrier_pair(i)),
+            reuse: BTreeMap::new(),
+        };
+        links.push(place_link(
             alloc,
             target,
-            l,
-            &mapping.link_paths[i],
-            path,
-            &BTreeMap::new(),
+            &layout,
+            i,
+            ids,
             taken,
-        )?;
-        let mtu = req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap));
-        let (hosts, contexts) = path_places(target, path);
-        let segment_ids = segment_ids(&vn_id, i, &hosts, &mut extra_segments)?;
-        let carrier = needs_carrier(req, l).then(|| nest::carrier_pair(i));
-        links.push(PlacedLink {
-            link_id: link_id(&vn_id, i),
-            path: path.clone(),
-            hops,
-            mtu,
-            ifnames,
-            macs,
-            hosts,
-            contexts,
-            segment_ids,
-            carrier,
-            path_delay_us: crate::usage::path_delay_us(target.reg, &mapping.link_paths[i]),
-        });
+            |hosts| segment_ids(&vn_id, i, hosts, &mut extra_segments),
+        )?);
     }
     let placement = Placement {
         nodes,
@@ -201,11 +194,59 @@ impl InterfaceNames {
     }
 }
 
+/// What a VN's placement follows: its request, the embedding's mapping and the host path of
+/// each link.
+pub(crate) struct Layout<'a> {
+    pub req: &'a VnReq,
+    pub mapping: &'a Mapping,
+    pub paths: &'a [Vec<String>],
+}
+
+/// What identifies a link wherever it runs: new, or kept from an earlier placement.
+pub(crate) struct LinkIds {
+    pub link_id: String,
+    pub ifnames: [String; 2],
+    pub macs: [u64; 2],
+    pub carrier: Option<[ipnet::IpNet; 2]>,
+    /// Per substrate link, the VNI or VLAN ID that a hop over it keeps ([`place_hops`]).
+    pub reuse: BTreeMap<String, (Option<u32>, Option<u16>)>,
+}
+
+/// Places link `i` of `layout` with `ids` along its path: its hops, its MTU (the path's, capped
+/// by the VN's), hosts, contexts and path delay; `segments` names its segments from its hosts.
+pub(crate) fn place_link(
+    alloc: &mut Allocators,
+    target: &Target<'_>,
+    layout: &Layout<'_>,
+    i: usize,
+    ids: LinkIds,
+    taken: &mut Vec<Taken>,
+    segments: impl FnOnce(&[String]) -> Result<Vec<String>, CoreError>,
+) -> Result<PlacedLink, CoreError> {
+    let (l, path) = (&layout.req.links[i], &layout.paths[i]);
+    let link_path = &layout.mapping.link_paths[i];
+    let (hops, mtu) = place_hops(alloc, target, l, link_path, path, &ids.reuse, taken)?;
+    let (hosts, contexts) = path_places(target, path);
+    Ok(PlacedLink {
+        link_id: ids.link_id,
+        path: path.clone(),
+        hops,
+        mtu: layout.req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap)),
+        ifnames: ids.ifnames,
+        macs: ids.macs,
+        segment_ids: segments(&hosts)?,
+        hosts,
+        contexts,
+        carrier: ids.carrier,
+        path_delay_us: crate::usage::path_delay_us(target.reg, link_path),
+    })
+}
+
 /// The hops of link `l` over the links `link_path` along the host path `path`, each with its
 /// VNI or VLAN ID and tunnel addresses, and the link's MTU (the smallest hop's; the default
 /// underlay MTU for a co-located link). A hop over a link named in `reuse` with that
 /// encapsulation keeps the identifier given there instead of taking a new one.
-pub(crate) fn place_hops(
+fn place_hops(
     alloc: &mut Allocators,
     target: &Target<'_>,
     l: &LinkReq,

@@ -17,10 +17,8 @@ use crate::frame::Frame;
 use crate::index::{Change, Event, EventKind, Index, hop_links, node_hosts};
 use crate::model::{Kind, MAX_LINKS, MAX_NODES, VnReq};
 use crate::nest;
-use crate::placement::{self, InterfaceNames, Taken, Target};
-use crate::record::{
-    HostPhase, HostProgress, PlacedLink, PlacedNode, Placement, VnRecord, VnStatus,
-};
+use crate::placement::{self, InterfaceNames, Layout, LinkIds, Taken, Target};
+use crate::record::{HostPhase, HostProgress, PlacedNode, Placement, VnRecord, VnStatus};
 use crate::replan::Replan;
 use crate::usage::{CheckMode, Usage};
 
@@ -36,9 +34,6 @@ pub struct ReplanCommit {
     /// Why, for the event (`spec updated`, `host h2 lost`).
     pub cause: String,
 }
-
-/// Names the children (as the parent's owner sees them) for which a predicate holds.
-type Who<'a> = &'a dyn Fn(&dyn Fn(&VnRecord) -> bool) -> String;
 
 /// An identifier a placement holds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -334,54 +329,46 @@ impl Index {
     /// providers, its attributes stay at least as wide as theirs, the nodes and links they use
     /// stay (same place, addresses, no smaller MTU) and hold what they use.
     fn check_children(&self, old: &VnRecord, new: &VnRecord) -> Result<(), CoreError> {
-        let kids: Vec<&VnRecord> = self
-            .nests
-            .children(&old.vn_id)
-            .filter_map(|c| self.vns.get(c))
-            .filter(|r| r.status.holds_resources())
-            .collect();
-        if kids.is_empty() {
+        let c = Children {
+            old,
+            new,
+            kids: self
+                .nests
+                .children(&old.vn_id)
+                .filter_map(|c| self.vns.get(c))
+                .filter(|r| r.status.holds_resources())
+                .collect(),
+            used: self.nests.usage(&old.vn_id),
+        };
+        if c.kids.is_empty() {
             return Ok(());
         }
-        let who = |pick: &dyn Fn(&VnRecord) -> bool| -> String {
-            let names: Vec<String> = kids
-                .iter()
-                .filter(|k| pick(k))
-                .map(|k| k.label_for(old.provider()))
-                .collect();
-            names.join(", ")
-        };
-        let refuse = |what: String, users: String| Err(constrained(&what, &users, old));
         if !new.req.nestable {
-            return refuse("spec.nestable cannot be turned off".into(), who(&|_| true));
+            return Err(c.refuse("spec.nestable cannot be turned off", &|_| true));
         }
-        for k in &kids {
+        for k in &c.kids {
             let p = &k.provider().0;
             if *p != old.provider().0 && !new.req.share_with.contains(p) {
-                let users = who(&|r: &VnRecord| r.provider() == k.provider());
-                return refuse(format!("spec.share_with must keep {p}"), users);
+                let what = format!("spec.share_with must keep {p}");
+                return Err(c.refuse(&what, &|r: &VnRecord| r.provider() == k.provider()));
             }
             let label = new.label();
             let fits = attributes::inherit(&new.req.attributes, &k.req.attributes)
                 .map_err(|e| format!("spec.{e}"))
                 .and_then(|eff| attributes::conform(&mut k.req.clone(), &eff, &label));
             if let Err(e) = fits {
-                return refuse(e, k.label_for(old.provider()));
+                return Err(constrained(&e, &k.label_for(old.provider()), old));
             }
         }
-        self.check_children_quota(old, new, &who)?;
-        self.check_children_nodes(old, new, &kids, &who)?;
-        self.check_children_links(old, new, &kids, &who)
+        self.check_children_quota(&c)?;
+        c.nodes()?;
+        c.links()
     }
 
     /// The VN's own quotas (`max_nodes`, `max_total_cpu` of it and all its descendants) hold
     /// with its new nodes.
-    fn check_children_quota(
-        &self,
-        old: &VnRecord,
-        new: &VnRecord,
-        who: Who<'_>,
-    ) -> Result<(), CoreError> {
+    fn check_children_quota(&self, c: &Children<'_>) -> Result<(), CoreError> {
+        let (old, new) = (c.old, c.new);
         let (nodes, cpu) = self.subtree_totals(&old.vn_id);
         let below = (
             nodes.saturating_sub(old.req.nodes.len() as u64),
@@ -399,17 +386,35 @@ impl Index {
             ),
             _ => return Ok(()),
         };
-        Err(constrained(&why, &who(&|_| true), old))
+        Err(c.refuse(&why, &|_| true))
+    }
+}
+
+/// An update of a parent VN `old` to `new`, as its children that hold resources see it.
+struct Children<'a> {
+    old: &'a VnRecord,
+    new: &'a VnRecord,
+    kids: Vec<&'a VnRecord>,
+    /// What the children use of the parent.
+    used: &'a Usage,
+}
+
+impl Children<'_> {
+    /// The refusal of the update because of `what`, naming the children (as the parent's
+    /// owner sees them) that `pick` selects.
+    fn refuse(&self, what: &str, pick: &dyn Fn(&VnRecord) -> bool) -> CoreError {
+        let names: Vec<String> = self
+            .kids
+            .iter()
+            .filter(|k| pick(k))
+            .map(|k| k.label_for(self.old.provider()))
+            .collect();
+        constrained(what, &names.join(", "), self.old)
     }
 
-    fn check_children_nodes(
-        &self,
-        old: &VnRecord,
-        new: &VnRecord,
-        kids: &[&VnRecord],
-        who: Who<'_>,
-    ) -> Result<(), CoreError> {
-        let used = self.nests.usage(&old.vn_id);
+    /// The parent nodes the children use stay where they are and hold what they use.
+    fn nodes(&self) -> Result<(), CoreError> {
+        let (old, new, used) = (self.old, self.new, self.used);
         for (i, n) in old.req.nodes.iter().enumerate() {
             let on_it = |k: &VnRecord| {
                 k.placement
@@ -418,7 +423,7 @@ impl Index {
                     .any(|p| p.parent_node.as_deref() == Some(&n.name))
                     || k.placement.links.iter().any(|l| l.path.contains(&n.name))
             };
-            if !kids.iter().any(|k| on_it(k)) {
+            if !self.kids.iter().any(|k| on_it(k)) {
                 continue;
             }
             let j = new.req.nodes.iter().position(|m| m.name == n.name);
@@ -442,20 +447,15 @@ impl Index {
             };
             if let Some(why) = why {
                 let what = format!("node {} {why}", n.name);
-                return Err(constrained(&what, &who(&on_it), old));
+                return Err(self.refuse(&what, &on_it));
             }
         }
         Ok(())
     }
 
-    fn check_children_links(
-        &self,
-        old: &VnRecord,
-        new: &VnRecord,
-        kids: &[&VnRecord],
-        who: Who<'_>,
-    ) -> Result<(), CoreError> {
-        let used = self.nests.usage(&old.vn_id);
+    /// The parent links the children cross keep their addresses and hold what they use.
+    fn links(&self) -> Result<(), CoreError> {
+        let (old, new, used) = (self.old, self.new, self.used);
         let ends = |r: &VnRecord, i: usize| {
             let l = &r.req.links[i];
             format!("{}-{}", r.req.nodes[l.a].name, r.req.nodes[l.b].name)
@@ -467,7 +467,7 @@ impl Index {
                     .iter()
                     .any(|l| l.hops.iter().any(|h| h.link == pl.link_id))
             };
-            if !kids.iter().any(|k| over(k)) {
+            if !self.kids.iter().any(|k| over(k)) {
                 continue;
             }
             let addrs = |r: &VnRecord, j: usize| {
@@ -499,7 +499,7 @@ impl Index {
             };
             if let Some(why) = why {
                 let what = format!("link {} {why}", ends(old, i));
-                return Err(constrained(&what, &who(&over), old));
+                return Err(self.refuse(&what, &over));
             }
         }
         Ok(())
@@ -618,47 +618,19 @@ fn reallocate(
         .filter_map(|s| u64::from_str_radix(s, 36).ok())
         .max()
         .unwrap_or(0);
+    let layout = Layout {
+        req,
+        mapping: &plan.mapping,
+        paths,
+    };
     let mut links = Vec::with_capacity(req.links.len());
-    for (i, (l, path)) in req.links.iter().zip(paths).enumerate() {
+    for (i, l) in req.links.iter().enumerate() {
         let prev = plan.link_origin[i].map(|o| (&old.placement.links[o.index], o.swapped));
         let index = match prev {
             Some((pl, _)) => id_index(vn_id, &pl.link_id, 'l').unwrap_or(i),
             None => new_links.next().ok_or_else(|| {
                 CoreError::NoRoom(format!("VN {} has no link id left", old.name()))
             })?,
-        };
-        let (ifnames, macs, reuse) = match prev {
-            Some((pl, sw)) => {
-                let side = |s: usize| s ^ usize::from(sw);
-                let name = |s: usize| {
-                    l.interfaces[s]
-                        .clone()
-                        .unwrap_or_else(|| pl.ifnames[side(s)].clone())
-                };
-                let reuse: BTreeMap<String, (Option<u32>, Option<u16>)> = pl
-                    .hops
-                    .iter()
-                    .filter(|h| h.encap == l.encap && h.udp_port == target.port)
-                    .map(|h| (h.link.clone(), (h.vni, h.vlan_id)))
-                    .collect();
-                let macs = [pl.macs[side(0)], pl.macs[side(1)]];
-                ([name(0), name(1)], macs, reuse)
-            }
-            None => {
-                let ifnames = [names.next(l, 0), names.next(l, 1)];
-                let macs = [
-                    placement::take_mac(alloc, taken)?,
-                    placement::take_mac(alloc, taken)?,
-                ];
-                (ifnames, macs, BTreeMap::new())
-            }
-        };
-        let link_path = &plan.mapping.link_paths[i];
-        let (hops, mtu) = placement::place_hops(alloc, target, l, link_path, path, &reuse, taken)?;
-        let (hosts, contexts) = placement::path_places(target, path);
-        let segment_ids = match prev {
-            Some((pl, false)) if pl.path == *path => pl.segment_ids.clone(),
-            _ => placement::segment_ids(vn_id, index, &hosts, &mut extra)?,
         };
         let carrier = placement::needs_carrier(req, l).then(|| {
             match prev.and_then(|(pl, sw)| pl.carrier.map(|c| (c, sw))) {
@@ -667,19 +639,45 @@ fn reallocate(
                 None => nest::carrier_pair(index),
             }
         });
-        links.push(PlacedLink {
-            link_id: link_id(vn_id, index),
-            path: path.clone(),
-            hops,
-            mtu: req.attributes.mtu.map_or(mtu, |cap| mtu.min(cap)),
-            ifnames,
-            macs,
-            hosts,
-            contexts,
-            segment_ids,
-            carrier,
-            path_delay_us: crate::usage::path_delay_us(target.reg, link_path),
-        });
+        let ids = match prev {
+            Some((pl, sw)) => {
+                let side = |s: usize| s ^ usize::from(sw);
+                let name = |s: usize| {
+                    l.interfaces[s]
+                        .clone()
+                        .unwrap_or_else(|| pl.ifnames[side(s)].clone())
+                };
+                LinkIds {
+                    link_id: link_id(vn_id, index),
+                    ifnames: [name(0), name(1)],
+                    macs: [pl.macs[side(0)], pl.macs[side(1)]],
+                    carrier,
+                    reuse: pl
+                        .hops
+                        .iter()
+                        .filter(|h| h.encap == l.encap && h.udp_port == target.port)
+                        .map(|h| (h.link.clone(), (h.vni, h.vlan_id)))
+                        .collect(),
+                }
+            }
+            None => LinkIds {
+                link_id: link_id(vn_id, index),
+                ifnames: [names.next(l, 0), names.next(l, 1)],
+                macs: [
+                    placement::take_mac(alloc, taken)?,
+                    placement::take_mac(alloc, taken)?,
+                ],
+                carrier,
+                reuse: BTreeMap::new(),
+            },
+        };
+        let path = &paths[i];
+        let segments = |hosts: &[String]| match prev {
+            Some((pl, false)) if pl.path == *path => Ok(pl.segment_ids.clone()),
+            _ => placement::segment_ids(vn_id, index, hosts, &mut extra),
+        };
+        let link = placement::place_link(alloc, target, &layout, i, ids, taken, segments)?;
+        links.push(link);
     }
     Ok(Placement {
         nodes,
@@ -817,14 +815,17 @@ mod tests {
     fn a_refused_update_leaves_everything_as_it_was() {
         let mut ix = index(3);
         create(&mut ix, chain());
-        let snapshot = (
-            ix.usage().clone(),
-            ix.allocators().clone(),
-            ix.records().cloned().collect::<Vec<_>>(),
-            (1..=3)
-                .map(|n| ix.generation(&format!("h{n}")))
-                .collect::<Vec<_>>(),
-        );
+        let state = |ix: &Index| {
+            (
+                ix.usage().clone(),
+                ix.allocators().clone(),
+                ix.records().cloned().collect::<Vec<_>>(),
+                (1..=3)
+                    .map(|n| ix.generation(&format!("h{n}")))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let snapshot = state(&ix);
         let mut req = chain();
         req.nodes[1].cpu = 1000;
         let e = update(&mut ix, req, &Avoid::default()).unwrap_err();
@@ -832,15 +833,7 @@ mod tests {
         let mut req = chain();
         req.links[0].bandwidth_mbps = 1000;
         update(&mut ix, req, &Avoid::default()).unwrap_err();
-        let now = (
-            ix.usage().clone(),
-            ix.allocators().clone(),
-            ix.records().cloned().collect::<Vec<_>>(),
-            (1..=3)
-                .map(|n| ix.generation(&format!("h{n}")))
-                .collect::<Vec<_>>(),
-        );
-        assert_eq!(now, snapshot);
+        assert_eq!(state(&ix), snapshot);
     }
 
     #[test]

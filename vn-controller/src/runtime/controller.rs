@@ -391,21 +391,31 @@ impl Controller {
         }
         self.spawn_recovery_retry();
         if held {
-            let weak = Arc::downgrade(&self.shared);
-            let grace = self.shared.cfg.reattach_grace;
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                if let Some(shared) = weak.upgrade() {
-                    let ctl = Controller { shared };
-                    let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
-                    // As if their sessions ended now: lost unless back within the host grace.
-                    let now = crate::grpc::convert::now_ms();
-                    for h in missing.unwrap_or_default() {
-                        ctl.host_gone(&h, 0, now);
-                    }
+            self.after(self.shared.cfg.reattach_grace, |ctl| async move {
+                let missing = ctl.mutate(|ix| ix.degrade_unattached()).await;
+                // As if their sessions ended now: lost unless back within the host grace.
+                let now = crate::grpc::convert::now_ms();
+                for h in missing.unwrap_or_default() {
+                    ctl.host_gone(&h, 0, now);
                 }
             });
         }
+    }
+
+    /// Runs `f` on this controller after `delay`, unless the controller was dropped meanwhile:
+    /// timers hold no strong reference, so a dropped controller releases its store at once.
+    pub(super) fn after<F, Fut>(&self, delay: Duration, f: F)
+    where
+        F: FnOnce(Controller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(shared) = weak.upgrade() {
+                f(Controller { shared }).await;
+            }
+        });
     }
 
     /// Tokens and quotas.
@@ -488,17 +498,35 @@ impl Controller {
         }
     }
 
+    /// Runs one embedding of `req`, timed for the metrics. A failure is RESOURCE_EXHAUSTED:
+    /// cannot `verb` it, why, then `tail`. A child's "substrate" is its parent: the message says
+    /// so, or "host" and "substrate path" in the reason read as the physical ones.
+    fn embedding<T>(
+        &self,
+        req: &VnReq,
+        verb: &str,
+        tail: &str,
+        run: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, Attempt> {
+        let t = Instant::now();
+        let r = run();
+        self.shared.publisher.metrics.embedded(t.elapsed());
+        r.map_err(|why| {
+            let within = req.parent.as_ref().map_or(String::new(), |p| {
+                format!(" in its parent {p} (whose nodes and links are its hosts and links)")
+            });
+            Attempt::Error(ControlError::Exhausted(format!(
+                "cannot {verb} {}{within}: {why}{tail}",
+                req.name
+            )))
+        })
+    }
+
     fn arm_provisioning_timer(&self, vn_id: String) {
-        // Timers hold no strong reference: a dropped controller releases its store at once.
-        let weak = Arc::downgrade(&self.shared);
-        let after = self.shared.cfg.provisioning_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            if let Some(shared) = weak.upgrade() {
-                Controller { shared }
-                    .mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, after)))
-                    .await;
-            }
+        let timeout = self.shared.cfg.provisioning_timeout;
+        self.after(timeout, move |ctl| async move {
+            ctl.mutate(move |ix| ((), ix.provisioning_timeout(&vn_id, timeout)))
+                .await;
         });
     }
 
@@ -698,19 +726,8 @@ impl Controller {
             Self::check_images(&guard, req)?;
         }
         let embed = |view: &View| {
-            let t = Instant::now();
-            let r = shared.planner.plan(view, req, algorithm);
-            shared.publisher.metrics.embedded(t.elapsed());
-            r.map_err(|why| {
-                // A child's "substrate" is its parent: say so, or "host" and "substrate path"
-                // in the embedding's reason read as the physical ones.
-                let within = req.parent.as_ref().map_or(String::new(), |p| {
-                    format!(" in its parent {p} (whose nodes and links are its hosts and links)")
-                });
-                Attempt::Error(ControlError::Exhausted(format!(
-                    "cannot embed {}{within}: {why}",
-                    req.name
-                )))
+            self.embedding(req, "embed", "", || {
+                shared.planner.plan(view, req, algorithm)
             })
         };
         let mapping = if serialised {

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::core::index::{Event, EventKind, Index};
 use crate::core::record::VnStatus;
@@ -125,65 +125,31 @@ struct Operator {
     /// Accepted VNs not READY yet: (provider, name) -> when their Create began.
     pending_ready: Mutex<HashMap<(String, String), Instant>>,
     rejections: Family<ReasonLabel, Counter>,
-    provider_vns: Family<ProviderLabel, Gauge>,
-    provider_cpu: Family<ProviderLabel, Gauge>,
-    provider_memory: Family<ProviderLabel, Gauge>,
-    provider_bandwidth: Family<ProviderLabel, Gauge>,
+    /// In the order of [`PROVIDER_GAUGES`].
+    provider: [Family<ProviderLabel, Gauge>; 4],
     store_commit: Family<DurableLabel, Histogram>,
     leader: Gauge,
 }
 
+/// The per-provider gauges (name, help): VNs, CPU, memory, bandwidth that a provider's VNs hold.
+const PROVIDER_GAUGES: [(&str, &str); 4] = [
+    (
+        "provider_vns",
+        "VNs that hold resources (provisioning, ready, degraded), per provider",
+    ),
+    ("provider_cpu", "CPU held, per provider"),
+    ("provider_memory_mib", "Memory held (MiB), per provider"),
+    (
+        "provider_bandwidth_mbps",
+        "Virtual link bandwidth held (Mbit/s), per provider",
+    ),
+];
+
 impl Operator {
     fn register(registry: &mut Registry) -> Operator {
-        let ready = Histogram::new(exponential_buckets(0.001, 2.0, 20));
-        registry.register(
-            "create_to_ready_duration_seconds",
-            "From the start of an accepted Create to the VN's READY on every host",
-            ready.clone(),
-        );
-        let rejections = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "create_rejections",
-            "Creates refused, by reason (invalid, exists, quota, capacity, conflict, parent, denied, internal)",
-            rejections.clone(),
-        );
-        let provider = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<ProviderLabel, Gauge>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-        let provider_vns = provider(
-            registry,
-            "provider_vns",
-            "VNs that hold resources (provisioning, ready, degraded), per provider",
-        );
-        let provider_cpu = provider(registry, "provider_cpu", "CPU held, per provider");
-        let provider_memory = provider(
-            registry,
-            "provider_memory_mib",
-            "Memory held (MiB), per provider",
-        );
-        let provider_bandwidth = provider(
-            registry,
-            "provider_bandwidth_mbps",
-            "Virtual link bandwidth held (Mbit/s), per provider",
-        );
-        let store_commit = Family::<DurableLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        registry.register(
-            "store_commit_duration_seconds",
-            "One (group) commit of the store, by durability (fsync or not)",
-            store_commit.clone(),
-        );
         let leader = Gauge::default();
         // a single controller on its own store is the leader; a replicated store sets it
         leader.set(1);
-        registry.register(
-            "leader",
-            "1 when this controller is the leader (embeds and allocates), 0 when a follower",
-            leader.clone(),
-        );
         let build = Family::<BuildLabel, Gauge>::default();
         build
             .get_or_create(&BuildLabel {
@@ -192,17 +158,47 @@ impl Operator {
             .set(1);
         registry.register("build_info", "The controller's version (value 1)", build);
         Operator {
-            ready,
+            ready: registered(
+                registry,
+                "create_to_ready_duration_seconds",
+                "From the start of an accepted Create to the VN's READY on every host",
+                Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            ),
             pending_ready: Mutex::new(HashMap::new()),
-            rejections,
-            provider_vns,
-            provider_cpu,
-            provider_memory,
-            provider_bandwidth,
-            store_commit,
-            leader,
+            rejections: registered(
+                registry,
+                "create_rejections",
+                "Creates refused, by reason (invalid, exists, quota, capacity, conflict, parent, denied, internal)",
+                Family::default(),
+            ),
+            provider: PROVIDER_GAUGES
+                .map(|(name, help)| registered(registry, name, help, Family::default())),
+            store_commit: registered(
+                registry,
+                "store_commit_duration_seconds",
+                "One (group) commit of the store, by durability (fsync or not)",
+                latencies(),
+            ),
+            leader: registered(
+                registry,
+                "leader",
+                "1 when this controller is the leader (embeds and allocates), 0 when a follower",
+                leader,
+            ),
         }
     }
+}
+
+/// Registers `metric` under `name` and returns it (a metric is a handle: the clone that the
+/// registry keeps sees every update).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// A family of latency histograms, 0.1 ms to about 13 s.
+fn latencies<L: Clone + std::hash::Hash + Eq>() -> Family<L, Histogram> {
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)))
 }
 
 impl std::fmt::Debug for Metrics {
@@ -232,59 +228,58 @@ fn ratio(used: u64, cap: u64) -> f64 {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vnet_controller");
-        let embedding = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        registry.register(
+        let r = &mut registry;
+        let embedding = registered(
+            r,
             "embedding_duration_seconds",
             "Time one embedding algorithm run took",
-            embedding.clone(),
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
         );
-        let create = Family::<ResultLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        registry.register(
+        let create = registered(
+            r,
             "create_duration_seconds",
             "Create from request to accepted (or rejected), by result",
-            create.clone(),
+            latencies(),
         );
-        let update = Family::<ResultLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        registry.register(
+        let update = registered(
+            r,
             "update_duration_seconds",
             "Update from request to committed (or refused), by result",
-            update.clone(),
+            latencies(),
         );
-        let events = Family::<KindLabel, Counter>::default();
-        registry.register("vn_events", "VN events published, by kind", events.clone());
-        let vns = Family::<StateLabel, Gauge>::default();
-        registry.register("vns", "VNs by state", vns.clone());
-        let host_cpu = Family::<HostLabel, FGauge>::default();
-        registry.register(
+        let events = registered(
+            r,
+            "vn_events",
+            "VN events published, by kind",
+            Family::default(),
+        );
+        let vns = registered(r, "vns", "VNs by state", Family::default());
+        let host_cpu = registered(
+            r,
             "host_cpu_utilisation_ratio",
             "CPU reserved by held VNs over capacity, per host",
-            host_cpu.clone(),
+            Family::default(),
         );
-        let host_memory = Family::<HostLabel, FGauge>::default();
-        registry.register(
+        let host_memory = registered(
+            r,
             "host_memory_utilisation_ratio",
             "Memory reserved by held VNs over capacity, per host",
-            host_memory.clone(),
+            Family::default(),
         );
-        let host_connected = Family::<HostLabel, Gauge>::default();
-        registry.register(
+        let host_connected = registered(
+            r,
             "host_connected",
             "1 when the host's agent is attached",
-            host_connected.clone(),
+            Family::default(),
         );
-        let link_bandwidth = Family::<LinkLabel, FGauge>::default();
-        registry.register(
+        let link_bandwidth = registered(
+            r,
             "link_bandwidth_utilisation_ratio",
             "Bandwidth reserved by held VNs over capacity, per substrate link",
-            link_bandwidth.clone(),
+            Family::default(),
         );
-        let agents = Gauge::default();
-        registry.register("agents_connected", "Attached agents", agents.clone());
-        let op = Operator::register(&mut registry);
+        let agents = registered(r, "agents_connected", "Attached agents", Gauge::default());
+        let op = Operator::register(r);
         Metrics {
             registry,
             embedding,
@@ -390,7 +385,7 @@ impl Metrics {
         self.agents.set(n as i64);
     }
 
-    /// Per-provider gauges: what each provider's VNs hold.
+    /// Per-provider gauges: what each provider's VNs hold ([`PROVIDER_GAUGES`]).
     fn render_providers(&self, ix: &Index) {
         let mut per: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
         for r in ix.records().filter(|r| r.status.holds_resources()) {
@@ -401,20 +396,14 @@ impl Metrics {
             t[2] += saturating_i64(req.nodes.iter().map(|n| n.memory_mb).sum());
             t[3] += saturating_i64(req.links.iter().map(|l| l.bandwidth_mbps).sum());
         }
-        for f in [
-            &self.op.provider_vns,
-            &self.op.provider_cpu,
-            &self.op.provider_memory,
-            &self.op.provider_bandwidth,
-        ] {
+        for f in &self.op.provider {
             f.clear();
         }
         for (p, t) in per {
             let l = ProviderLabel { provider: p.into() };
-            self.op.provider_vns.get_or_create(&l).set(t[0]);
-            self.op.provider_cpu.get_or_create(&l).set(t[1]);
-            self.op.provider_memory.get_or_create(&l).set(t[2]);
-            self.op.provider_bandwidth.get_or_create(&l).set(t[3]);
+            for (f, v) in self.op.provider.iter().zip(t) {
+                f.get_or_create(&l).set(v);
+            }
         }
     }
 

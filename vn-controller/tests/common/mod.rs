@@ -222,11 +222,9 @@ pub fn parent_spec(name: &str) -> pb::VnSpec {
     pb::VnSpec {
         name: name.into(),
         nestable: true,
-        nodes: vec![
-            roomy("p1", 60, "h1"),
-            roomy("p2", 60, "h2"),
-            roomy("p3", 60, "h3"),
-        ],
+        nodes: (1..=3)
+            .map(|i| roomy(&format!("p{i}"), 60, &format!("h{i}")))
+            .collect(),
         links: vec![link("p1", "p2", 100), link("p2", "p3", 100)],
         ..Default::default()
     }

@@ -8,7 +8,7 @@ use vnet_proto::v1 as pb;
 use super::*;
 use crate::guest::{GuestCall, RecordingGuestRuntime};
 use crate::host::fake::FakeKernel;
-use crate::host::kernel::{Kernel, RouteInfo};
+use crate::host::kernel::{Kernel, PortSpec, RouteInfo};
 use crate::reconcile::apply::{Env, apply};
 use crate::reconcile::observe::observe;
 use crate::reconcile::spec::tests::{link, nif, slice, vlan, vxlan};
@@ -535,9 +535,9 @@ fn bpf_vlan_ports_are_veth_pairs_and_switching_datapaths_rebuilds_them() {
     let d = desired(vec![s]);
     let p = h.plan(&d);
     assert_eq!(kinds(&p), vec!["CreateNetns", "CreatePort"]);
-    let Op::CreatePort {
+    let Op::CreatePort(PortSpec {
         dev, ctx, outer, ..
-    } = &p.ops[1].1
+    }) = &p.ops[1].1
     else {
         panic!("{:?}", p.ops[1]);
     };

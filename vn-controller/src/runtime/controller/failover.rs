@@ -102,13 +102,9 @@ impl Controller {
         for l in links {
             self.consider_link(&l);
         }
-        let weak = Arc::downgrade(&self.shared);
         let grace = self.shared.cfg.host_grace;
         let h = host.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let Some(shared) = weak.upgrade() else { return };
-            let ctl = Controller { shared };
+        self.after(grace, move |ctl| async move {
             let lost = lock(&ctl.shared.faults).detached.get(&h) == Some(&(epoch, now_ms));
             if lost && !*ctl.shared.shutdown.borrow() {
                 tracing::warn!(host = %h, ?grace, "host lost: re-embedding its VNs");
@@ -176,13 +172,9 @@ impl Controller {
         let token = f.next_token;
         f.pending.insert(link.to_string(), (reported_down, token));
         drop(f);
-        let weak = Arc::downgrade(&self.shared);
         let grace = self.shared.cfg.link_grace;
         let l = link.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let Some(shared) = weak.upgrade() else { return };
-            let ctl = Controller { shared };
+        self.after(grace, move |ctl| async move {
             let since = {
                 let mut f = lock(&ctl.shared.faults);
                 if f.pending.get(&l) != Some(&(reported_down, token)) {

@@ -104,24 +104,16 @@ impl Controller {
         let frame = guard.frame_except(req, Some(&rec.vn_id))?;
         let view = guard.replan_view(&frame, &rec.vn_id);
         let plan = |rec: &VnRecord| {
-            let t = Instant::now();
-            let r = replan::replan(
-                rec,
-                &frame.req,
-                &view,
-                &Avoid::default(),
-                shared.planner.as_ref(),
-                algorithm,
-            );
-            shared.publisher.metrics.embedded(t.elapsed());
-            r.map_err(|why| {
-                let within = req.parent.as_ref().map_or(String::new(), |p| {
-                    format!(" in its parent {p} (whose nodes and links are its hosts and links)")
-                });
-                Attempt::Error(ControlError::Exhausted(format!(
-                    "cannot update {}{within}: {why}; it stays as it was",
-                    req.name
-                )))
+            self.embedding(req, "update", "; it stays as it was", || {
+                let planner = shared.planner.as_ref();
+                replan::replan(
+                    rec,
+                    &frame.req,
+                    &view,
+                    &Avoid::default(),
+                    planner,
+                    algorithm,
+                )
             })
         };
         let planned: Replan = if serialised {
