@@ -10,7 +10,8 @@
 //! through the first leader (a follower refuses, naming it) hold on every replica afterwards.
 //!
 //! The etcd test needs the `etcd` binary (Debian `etcd-server`, installed by deploy/setup.sh):
-//! without it, it says SKIP, unless `VNET_REQUIRE_ROOT=1` (CI), where that is a failure.
+//! without it, it says SKIP, unless `VNET_REQUIRE_ROOT=1` (CI) or `VNET_REQUIRE_ETCD=1`, where
+//! that is a failure.
 
 mod common;
 
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use vn_controller::standin::{Behaviour, StandIn, StandInConfig};
+use vn_controller::store::have_etcd;
 use vnet_proto::replicas::{Replicas, leader_hint};
 use vnet_proto::v1 as pb;
 use vnet_proto::v1::virtual_networks_client::VirtualNetworksClient;
@@ -111,23 +113,6 @@ impl Etcd {
             clients,
         }
     }
-}
-
-/// Whether the `etcd` binary is here; if not, SKIP (or fail under VNET_REQUIRE_ROOT=1).
-fn have_etcd(test: &str) -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("VNET_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("{test}: VNET_REQUIRE_ROOT=1 but etcd is not installed (deploy/setup.sh)");
-        }
-        eprintln!("SKIP {test}: etcd is not installed (apt-get install etcd-server)");
-    }
-    found
 }
 
 /// The controllers under test: three replicas on etcd, or one on redb.

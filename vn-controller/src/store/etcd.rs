@@ -1020,6 +1020,28 @@ mod tests {
     }
 }
 
+/// Whether the `etcd` binary is here, for tests that need one: if not, they say SKIP, unless
+/// `VNET_REQUIRE_ETCD=1` or `VNET_REQUIRE_ROOT=1` (CI), where that is a failure.
+#[cfg(any(test, feature = "testing"))]
+pub fn have_etcd(test: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        for var in ["VNET_REQUIRE_ETCD", "VNET_REQUIRE_ROOT"] {
+            if std::env::var(var).as_deref() == Ok("1") {
+                panic!("{test}: {var}=1 but etcd is not installed (deploy/setup.sh)");
+            }
+        }
+        eprintln!("SKIP {test}: etcd is not installed (apt-get install etcd-server)");
+    }
+    found
+}
+
 /// The journal's pure parts, and the journal against a real etcd (`etcd` binary).
 #[cfg(test)]
 mod journal_tests {
@@ -1210,21 +1232,9 @@ mod journal_tests {
             .port()
     }
 
-    /// etcd, or `None` (SKIP) when the binary is missing, unless `VNET_REQUIRE_ETCD=1` (or
-    /// `VNET_REQUIRE_ROOT=1`, as in CI), where that is a failure.
+    /// etcd, or `None` when the binary is missing (see [`have_etcd`]).
     fn start_etcd(test: &str) -> Option<TestEtcd> {
-        let found = Command::new("etcd")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            let required = ["VNET_REQUIRE_ETCD", "VNET_REQUIRE_ROOT"]
-                .iter()
-                .any(|v| std::env::var(v).as_deref() == Ok("1"));
-            assert!(!required, "{test}: etcd is required but not installed");
-            eprintln!("SKIP {test}: etcd is not installed (apt-get install etcd-server)");
+        if !have_etcd(test) {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temporary directory");

@@ -5,6 +5,8 @@
 pub mod etcd;
 mod redb;
 
+#[cfg(any(test, feature = "testing"))]
+pub use self::etcd::have_etcd;
 pub use self::etcd::{EtcdConfig, EtcdStore, Role};
 pub use self::redb::RedbStore;
 pub use crate::core::store::{Loaded, Seq, Store, StoreError, StoredEvent};
