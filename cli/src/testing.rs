@@ -84,6 +84,22 @@ impl FakeController {
         addr
     }
 
+    /// A new fake of `outcome`, served (see [`FakeController::serve`]), and the options of a
+    /// client of it acting as `provider`.
+    pub async fn serving(
+        outcome: Outcome,
+        provider: Option<&str>,
+    ) -> (FakeController, crate::client::ControllerOpts) {
+        let fake = FakeController::new(outcome);
+        let controller = fake.clone().serve().await;
+        let opts = crate::client::ControllerOpts {
+            controller,
+            provider: provider.map(str::to_owned),
+            ..Default::default()
+        };
+        (fake, opts)
+    }
+
     /// Everything typed into consoles so far.
     pub fn console_input(&self) -> Vec<u8> {
         self.state.lock().unwrap().console_input.clone()

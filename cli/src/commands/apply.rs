@@ -280,24 +280,12 @@ mod tests {
         }
     }
 
-    fn opts(addr: &str, provider: Option<&str>) -> ControllerOpts {
-        ControllerOpts {
-            controller: addr.into(),
-            provider: provider.map(str::to_owned),
-            ..Default::default()
-        }
-    }
-
     #[tokio::test]
     async fn several_documents_are_all_created_then_all_waited_for() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
         let two = format!("{SPEC}---\n{}", SPEC.replace("name: web", "name: db"));
-        args(dir.path(), &two, true)
-            .execute(&opts(&addr, Some("red")))
-            .await
-            .unwrap();
+        args(dir.path(), &two, true).execute(&o).await.unwrap();
         assert_eq!(fake.creates(), 2);
         for name in ["web", "db"] {
             assert_eq!(
@@ -310,10 +298,8 @@ mod tests {
 
     #[tokio::test]
     async fn create_then_unchanged_then_updated_in_place() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
-        let o = opts(&addr, Some("red"));
         args(dir.path(), SPEC, true).execute(&o).await.unwrap();
         assert_eq!(
             fake.vn("red", "web").unwrap().state,
@@ -385,10 +371,8 @@ mod tests {
 
     #[tokio::test]
     async fn reapplying_a_failed_vn_retries_it() {
-        let fake = FakeController::new(Outcome::FailOnce);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::FailOnce, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
-        let o = opts(&addr, Some("red"));
         let e = args(dir.path(), SPEC, true)
             .execute(&o)
             .await
@@ -410,14 +394,10 @@ mod tests {
 
     #[tokio::test]
     async fn provider_from_the_spec_when_no_flag() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, None).await;
         let dir = tempfile::tempdir().unwrap();
         let text = format!("provider: blue\n{SPEC}");
-        args(dir.path(), &text, false)
-            .execute(&opts(&addr, None))
-            .await
-            .unwrap();
+        args(dir.path(), &text, false).execute(&o).await.unwrap();
         assert!(fake.vn("blue", "web").is_some());
     }
 
@@ -425,11 +405,10 @@ mod tests {
     /// meant: no acting-as header is sent (the fake, which has no tokens, refuses the call).
     #[tokio::test]
     async fn no_provider_sends_no_act_as() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, None).await;
         let dir = tempfile::tempdir().unwrap();
         let e = args(dir.path(), SPEC, false)
-            .execute(&opts(&addr, None))
+            .execute(&o)
             .await
             .unwrap_err()
             .to_string();
@@ -439,11 +418,10 @@ mod tests {
 
     #[tokio::test]
     async fn wait_reports_failure_with_the_hosts_reason() {
-        let fake = FakeController::new(Outcome::Fail);
-        let addr = fake.clone().serve().await;
+        let (_, o) = FakeController::serving(Outcome::Fail, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
         let e = args(dir.path(), SPEC, true)
-            .execute(&opts(&addr, Some("red")))
+            .execute(&o)
             .await
             .unwrap_err()
             .to_string();
@@ -452,16 +430,11 @@ mod tests {
 
     #[tokio::test]
     async fn wait_times_out_naming_the_state() {
-        let fake = FakeController::new(Outcome::Hang);
-        let addr = fake.clone().serve().await;
+        let (_, o) = FakeController::serving(Outcome::Hang, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path(), SPEC, true);
         a.timeout = Duration::from_millis(300);
-        let e = a
-            .execute(&opts(&addr, Some("red")))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = a.execute(&o).await.unwrap_err().to_string();
         assert!(
             e.starts_with("timed out after 300ms waiting for vn/web"),
             "{e}"
@@ -471,12 +444,11 @@ mod tests {
 
     #[tokio::test]
     async fn controller_validation_errors_are_one_line() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
         let text = SPEC.replace("{name: a, cpu: 10}", "{name: a, cpu: -1}");
         let e = args(dir.path(), &text, false)
-            .execute(&opts(&addr, Some("red")))
+            .execute(&o)
             .await
             .unwrap_err()
             .to_string();

@@ -234,16 +234,7 @@ mod tests {
     }
 
     async fn opts() -> (FakeController, ControllerOpts) {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
-        (
-            fake,
-            ControllerOpts {
-                controller: addr,
-                provider: Some("red".into()),
-                ..Default::default()
-            },
-        )
+        FakeController::serving(Outcome::Ready, Some("red")).await
     }
 
     #[tokio::test]

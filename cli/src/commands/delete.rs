@@ -69,13 +69,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_returns_after_the_hosts_applied_the_teardown() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
-        let opts = ControllerOpts {
-            controller: addr,
-            provider: Some("red".into()),
-            ..Default::default()
-        };
+        let (fake, opts) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vn.yaml");
         std::fs::write(&file, "name: web\nnodes: [{name: a}]\n").unwrap();
@@ -106,13 +100,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_accepts_other_providers_children_of_a_cascade() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
-        let opts = ControllerOpts {
-            controller: addr,
-            provider: Some("red".into()),
-            ..Default::default()
-        };
+        let (_, opts) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let ctl = Controller::connect(&opts).await.unwrap();
         // A cascade over a shared VN names a child of provider blue "blue/kid": red can
         // neither get nor watch it, and it is gone once Delete returned.

@@ -100,14 +100,8 @@ mod tests {
 
     #[tokio::test]
     async fn differences_exit_1_and_change_nothing() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
+        let (fake, o) = FakeController::serving(Outcome::Ready, Some("red")).await;
         let dir = tempfile::tempdir().unwrap();
-        let o = ControllerOpts {
-            controller: addr,
-            provider: Some("red".into()),
-            ..Default::default()
-        };
         let file = dir.path().join("vn.yaml");
         let spec = "name: web\nnodes: [{name: a, cpu: 10}]\n";
         std::fs::write(&file, spec).unwrap();

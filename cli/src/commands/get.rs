@@ -238,13 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn images_lists_the_offer_and_names_an_unknown_image() {
-        let fake = FakeController::new(Outcome::Ready);
-        let addr = fake.clone().serve().await;
-        let opts = ControllerOpts {
-            controller: addr,
-            provider: None,
-            ..Default::default()
-        };
+        let (_, opts) = FakeController::serving(Outcome::Ready, None).await;
         let get = |name: Option<&str>| GetArgs {
             resource: Resource::Images,
             name: name.map(str::to_owned),
