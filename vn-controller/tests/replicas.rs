@@ -411,8 +411,14 @@ async fn provider_stream(
 }
 
 /// `red`'s watcher: resumes after the last sequence number it saw on whichever replica
-/// answers; records every event.
-fn watcher(endpoints: String, seen: Arc<Mutex<Vec<pb::VnEvent>>>) -> tokio::task::JoinHandle<()> {
+/// answers; records every event. `subscribed` is sent once its first Watch is accepted (the
+/// controller subscribes before it answers): every VN created from then on is an event to it.
+fn watcher(
+    endpoints: String,
+    seen: Arc<Mutex<Vec<pb::VnEvent>>>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<()> {
+    let mut subscribed = Some(subscribed);
     tokio::spawn(async move {
         let mut t = Tenant::new(&endpoints);
         let mut after = 0;
@@ -425,7 +431,12 @@ fn watcher(endpoints: String, seen: Arc<Mutex<Vec<pb::VnEvent>>>) -> tokio::task
                 after_seq: after,
             };
             let mut stream = match c.watch(req("red", r)).await {
-                Ok(s) => s.into_inner(),
+                Ok(s) => {
+                    if let Some(tx) = subscribed.take() {
+                        let _ = tx.send(());
+                    }
+                    s.into_inner()
+                }
                 Err(st) => {
                     t.failed(&st).await;
                     continue;
@@ -606,9 +617,15 @@ async fn check_watch(seen: &Mutex<Vec<pb::VnEvent>>, acked: &Acked, all_red: &BT
             }
             return;
         }
+        let of_missing: Vec<(String, i32, u64)> = events
+            .iter()
+            .filter(|e| missing_acc.contains(&&e.name) || missing_del.contains(&&e.name))
+            .map(|e| (e.name.clone(), e.kind, e.seq))
+            .collect();
         assert!(
             Instant::now() < deadline,
-            "the watcher missed ACCEPTED of {missing_acc:?} and DELETED of {missing_del:?}"
+            "the watcher missed ACCEPTED of {missing_acc:?} and DELETED of {missing_del:?} \
+             (it saw of them, as name, kind, seq: {of_missing:?})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -627,7 +644,14 @@ async fn suite(etcd: Option<Etcd>, root: &Path) {
         .collect();
     wait_agents(&cl.endpoint(first), &agents, 0).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let watch = watcher(endpoints.clone(), seen.clone());
+    let (subscribed, watching) = tokio::sync::oneshot::channel();
+    let watch = watcher(endpoints.clone(), seen.clone(), subscribed);
+    // Creates begin once the watcher is subscribed: it must see each as an event, not in a
+    // snapshot.
+    tokio::time::timeout(Duration::from_secs(10), watching)
+        .await
+        .expect("the watcher subscribed within 10 s")
+        .expect("the watcher is running");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let streams: Vec<_> = PROVIDERS
