@@ -1,13 +1,15 @@
 //! Root tests of the kernel layer's TAP and join operations, which the planner's transit joins and
 //! the guest runtime's TAPs share: a TAP is created untagged when no tag is given; a join is
 //! idempotent (exactly one redirect of ours each way, however often it runs) and follows a TAP
-//! that was made anew; an unjoin removes our redirect and is idempotent too. Unique names, cleanup
-//! on panic, and a leak check.
+//! that was made anew; an unjoin removes our redirect and is idempotent too. A BPF VLAN port's
+//! host end is gone when its namespace's deletion returns. Unique names, cleanup on panic, and a
+//! leak check.
 
 mod common;
 
-use substrate_agent::host::kernel::{IfSpec, Kernel};
+use substrate_agent::host::kernel::{IfSpec, Kernel, PortSpec};
 use substrate_agent::host::linux::LinuxKernel;
+use substrate_agent::reconcile::naming::Naming;
 
 use common::{root_or_skip, sh, sh_ok};
 
@@ -132,4 +134,40 @@ fn a_shaping_rate_is_read_back_and_replaced_in_place() {
     assert_eq!(a0(&k).root_rate, Some(5_000_000_000));
     drop(k);
     ns.delete_and_check();
+}
+
+#[test]
+fn a_vlan_ports_host_end_is_gone_when_its_namespace_is_deleted() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = LinuxKernel::new().expect("kernel");
+    // The kernel destroys a deleted namespace's devices in the background: without deleting the
+    // port first, its host end is still there right after the call in some of these rounds.
+    for round in 0..20 {
+        let ns = Ns(format!("vtp{round}-{}", std::process::id()));
+        k.create_netns(&ns.0, "vnet-test").expect("namespace");
+        let port = PortSpec {
+            ctx: None,
+            dev: IfSpec {
+                ns: ns.0.clone(),
+                ifname: "eth1".into(),
+                mtu: 1500,
+                mac: None,
+                addresses: vec![],
+            },
+            outer: Naming::port_dev(&ns.0, "eth1"),
+            tag: "vnet-test".into(),
+        };
+        k.create_port(&port).expect("port");
+        let host_end = || sh_ok(&format!("ip link show {}", port.outer)).0;
+        assert!(host_end(), "round {round}: no host end {}", port.outer);
+        k.delete_netns(&ns.0).expect("delete the namespace");
+        assert!(
+            !host_end(),
+            "round {round}: the host end {} outlived its namespace",
+            port.outer
+        );
+        ns.delete_and_check();
+    }
 }

@@ -112,7 +112,8 @@ pub struct VxlanSpec {
 /// A VLAN port of the BPF datapath to create: a veth pair whose inner end `dev` is created in
 /// `dev.ns` (configured, tagged with `tag`, up) and whose outer end `outer` stays, up and
 /// untagged, in the context namespace `ctx` (`None`: the agent's own). The pair dies with
-/// `dev.ns`, so the outer end needs no record of its own.
+/// `dev.ns` (deleting a namespace deletes its ports in the agent's namespace first, so that their
+/// outer ends are gone when it returns), so the outer end needs no record of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {
     pub ctx: Option<String>,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -38,6 +38,7 @@ use crate::host::kernel::{
 use crate::host::netns;
 use crate::host::rtnl::{CREATE, REPLACE, Rtnl};
 use crate::host::tc;
+use crate::reconcile::naming::Naming;
 use crate::reconcile::observed::{LinkObs, RouteObs};
 use crate::reconcile::spec::Route;
 
@@ -146,6 +147,28 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// Links (loopback excluded unless `with_lo`), with addresses and qdisc kinds.
+/// Names of the veth devices in the socket's namespace.
+fn veth_names(rtnl: &mut Rtnl) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for m in rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+        let RouteNetlinkMessage::NewLink(l) = m else {
+            continue;
+        };
+        let veth = l.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        });
+        let name = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let (true, Some(n)) = (veth, name) {
+            names.push(n);
+        }
+    }
+    Ok(names)
+}
+
 fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<RouteObs>)> {
     let mut lo_alias = None;
     let mut links: Vec<LinkObs> = Vec::new();
@@ -317,6 +340,26 @@ impl LinuxKernel {
             Some(ns) => self.in_ns(ns, what, f),
             None => self.with_host(f).map_err(io_err(what)),
         }
+    }
+
+    /// Deletes, node end first, the BPF VLAN ports of namespace `ns` whose outer end is in the
+    /// agent's own namespace ([`Naming::port_dev`]). The kernel destroys a deleted namespace's
+    /// devices in the background: the outer end would outlive the namespace by a moment, and a
+    /// port created again at once would find its name taken. Deleting one end of a veth removes
+    /// both before the call returns.
+    fn delete_host_ports(&self, ns: &str) -> Result<(), KernelError> {
+        let veths = self.in_ns(ns, format!("read namespace {ns}"), veth_names)?;
+        for ifname in veths {
+            let outer = Naming::port_dev(ns, &ifname);
+            if self.with_host(|r| index_of(r, &outer)).is_err() {
+                continue;
+            }
+            self.in_ns(ns, format!("vlan port {outer} - {ns}/{ifname}"), |r| {
+                r.request(RouteNetlinkMessage::DelLink(link_by_name(&ifname)), 0)
+                    .map(|_| ())
+            })?;
+        }
+        Ok(())
     }
 
     /// Tag, up, addresses.
@@ -570,6 +613,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn delete_netns(&self, name: &str) -> Result<(), KernelError> {
+        self.delete_host_ports(name)?;
         self.forget(name);
         netns::delete(name).map_err(io_err(format!("namespace {name}")))
     }
