@@ -346,20 +346,29 @@ impl LinuxKernel {
     /// agent's own namespace ([`Naming::port_dev`]). The kernel destroys a deleted namespace's
     /// devices in the background: the outer end would outlive the namespace by a moment, and a
     /// port created again at once would find its name taken. Deleting one end of a veth removes
-    /// both before the call returns.
-    fn delete_host_ports(&self, ns: &str) -> Result<(), KernelError> {
-        let veths = self.in_ns(ns, format!("read namespace {ns}"), veth_names)?;
+    /// both before the call returns. Best effort: a namespace that cannot be read (a crash's
+    /// half-made one) or a port that cannot be deleted is left to the namespace's deletion.
+    fn delete_host_ports(&self, ns: &str) {
+        let veths = match self.in_ns(ns, format!("read namespace {ns}"), veth_names) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "no ports deleted before the namespace");
+                return;
+            }
+        };
         for ifname in veths {
             let outer = Naming::port_dev(ns, &ifname);
             if self.with_host(|r| index_of(r, &outer)).is_err() {
                 continue;
             }
-            self.in_ns(ns, format!("vlan port {outer} - {ns}/{ifname}"), |r| {
+            let deleted = self.in_ns(ns, format!("vlan port {outer} - {ns}/{ifname}"), |r| {
                 r.request(RouteNetlinkMessage::DelLink(link_by_name(&ifname)), 0)
                     .map(|_| ())
-            })?;
+            });
+            if let Err(e) = deleted {
+                tracing::warn!(error = %e, "left to the namespace's deletion");
+            }
         }
-        Ok(())
     }
 
     /// Tag, up, addresses.
@@ -613,7 +622,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn delete_netns(&self, name: &str) -> Result<(), KernelError> {
-        self.delete_host_ports(name)?;
+        self.delete_host_ports(name);
         self.forget(name);
         netns::delete(name).map_err(io_err(format!("namespace {name}")))
     }
