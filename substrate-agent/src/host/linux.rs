@@ -146,29 +146,47 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Links (loopback excluded unless `with_lo`), with addresses and qdisc kinds.
+/// A link as the kernel describes it: index, state, name, alias, MTU, kind.
+fn link_obs(l: &LinkMessage) -> LinkObs {
+    let mut o = LinkObs {
+        index: l.header.index,
+        up: l.header.flags.contains(LinkFlags::Up),
+        ..Default::default()
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => o.name = n.clone(),
+            LinkAttribute::IfAlias(s) => o.alias = Some(s.clone()),
+            LinkAttribute::Mtu(m) => o.mtu = *m,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        o.kind = k.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    o
+}
+
 /// Names of the veth devices in the socket's namespace.
 fn veth_names(rtnl: &mut Rtnl) -> io::Result<Vec<String>> {
+    let veth = InfoKind::Veth.to_string();
     let mut names = Vec::new();
     for m in rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
-        let RouteNetlinkMessage::NewLink(l) = m else {
-            continue;
-        };
-        let veth = l.attributes.iter().any(|a| {
-            matches!(a, LinkAttribute::LinkInfo(infos)
-                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
-        });
-        let name = l.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let (true, Some(n)) = (veth, name) {
-            names.push(n);
+        if let RouteNetlinkMessage::NewLink(l) = m {
+            let o = link_obs(&l);
+            if o.kind == veth {
+                names.push(o.name);
+            }
         }
     }
     Ok(names)
 }
 
+/// The loopback's alias, the other links (with addresses and qdisc kinds) and the static routes.
 fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<RouteObs>)> {
     let mut lo_alias = None;
     let mut links: Vec<LinkObs> = Vec::new();
@@ -176,31 +194,8 @@ fn snapshot(rtnl: &mut Rtnl) -> io::Result<(Option<String>, Vec<LinkObs>, Vec<Ro
         let RouteNetlinkMessage::NewLink(l) = m else {
             continue;
         };
-        let mut o = LinkObs {
-            index: l.header.index,
-            up: l.header.flags.contains(LinkFlags::Up),
-            ..Default::default()
-        };
-        let mut is_lo = l.header.flags.contains(LinkFlags::Loopback);
-        for a in &l.attributes {
-            match a {
-                LinkAttribute::IfName(n) => o.name = n.clone(),
-                LinkAttribute::IfAlias(s) => o.alias = Some(s.clone()),
-                LinkAttribute::Mtu(m) => o.mtu = *m,
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            o.kind = k.to_string();
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if o.name == "lo" {
-            is_lo = true;
-        }
-        if is_lo {
+        let mut o = link_obs(&l);
+        if l.header.flags.contains(LinkFlags::Loopback) || o.name == "lo" {
             lo_alias = o.alias.take();
         } else {
             links.push(o);
